@@ -1,0 +1,49 @@
+# The two commands of the README: `make run` and `make test`.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+CONFIG ?= etc/mtaserver.conf
+PYTEST_ARGS ?= -n 2
+
+.PHONY: run test lint install system-deps bench clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip setuptools wheel
+
+$(STAMP): $(BIN)/python setup.cfg pyproject.toml
+	$(BIN)/pip install -q -e '.[test]' --config-settings editable_mode=compat
+	touch $(STAMP)
+
+install: $(STAMP)
+
+# Debian packages the test suite talks to: slapd (LDAP tests), postfix
+# (smtp-source and smtp-sink for benchmarks), installed only when missing.
+system-deps:
+	@missing=""; \
+	command -v slapd >/dev/null 2>&1 || [ -x /usr/sbin/slapd ] || missing="$$missing slapd ldap-utils"; \
+	command -v smtp-sink >/dev/null 2>&1 || [ -x /usr/sbin/smtp-sink ] || missing="$$missing postfix"; \
+	if [ -n "$$missing" ]; then \
+		echo "installing:$$missing"; \
+		export DEBIAN_FRONTEND=noninteractive; \
+		echo "postfix postfix/main_mailer_type select No configuration" | debconf-set-selections; \
+		(apt-get update -qq || true) && apt-get install -y -qq --no-install-recommends $$missing; \
+	fi
+
+run: install
+	mkdir -p var
+	$(BIN)/twistd -n --pidfile= mtaserver --config $(CONFIG)
+
+test: install system-deps
+	$(BIN)/python -m pytest $(PYTEST_ARGS) -q
+
+lint: install
+	$(BIN)/ruff check mtaserver tests twisted
+	$(BIN)/mypy
+
+bench: install system-deps
+	$(BIN)/python bench/run.py
+
+clean:
+	rm -rf $(VENV) var build *.egg-info .pytest_cache .mypy_cache .ruff_cache

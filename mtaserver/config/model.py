@@ -1,0 +1,290 @@
+"""The loaded configuration: frozen records, and how settings resolve.
+
+A `Config` holds one *layer* (directive values as set in one scope) per scope, and
+resolves them the way PowerMTA does:
+
+* domains: `<domain *>` < `<domain *.tld>` < `<domain example.com>`, then the same
+  order inside the `<virtual-mta-pool>` and then the `<virtual-mta>` the queue uses;
+* sources: a client IP gets the most specific (longest prefix) `<source CIDR>`;
+  named sources such as `{transmissions-api}` are looked up by name, and `{auth}`
+  is laid over the IP's source once a client has authenticated.
+
+Each settings record's fields are the directive names with `_` for `-`, and its
+defaults are the defaults a PowerMTA user expects. A `Config` is never modified;
+reload builds a new one and swaps it.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import socket
+from collections.abc import Mapping
+from typing import Any
+
+import attrs
+
+from mtaserver.config.values import (
+    DomainKey,
+    HeaderMapping,
+    HostPort,
+    HttpAccess,
+    IPNetwork,
+    LdapGroupAccess,
+    Rate,
+    ReplyPattern,
+    SmtpHosts,
+    SourceHost,
+)
+
+Layer = Mapping[str, Any]
+
+
+@attrs.frozen
+class SourceSettings:
+    """Reception policy for a client (`<source>`)."""
+
+    smtp_service: bool = True
+    always_allow_relaying: bool = False
+    require_auth: bool = False
+    allow_starttls: bool = True
+    require_starttls_before_auth: bool = False
+    allow_unencrypted_plain_auth: bool = False
+    max_message_size: int = 50 * 2**20  # 0 = unlimited
+    max_rcpt_per_message: int = 1000
+    allow_smtputf8: bool = True
+    add_received_header: bool = True
+    add_message_id_header: bool = True
+    add_date_header: bool = True
+    process_x_virtual_mta: bool = False
+    process_x_job: bool = False
+    default_virtual_mta: str | None = None
+    smtp_command_timeout: float = 300.0
+    smtp_data_timeout: float = 600.0
+    auth_ldap: str | None = None
+    bare_newline: str = "normalize"  # normalize | reject (Postfix smtpd_forbid_bare_newline)
+    max_auth_failures_per_minute: int = 5
+
+
+@attrs.frozen
+class DomainSettings:
+    """Delivery policy for one queue (`domain/vmta`), resolved from every layer."""
+
+    type: str = "smtp"
+    smtp_hosts: SmtpHosts | None = None
+    default_smtp_port: int = 25
+    max_smtp_out: int = 20
+    max_msg_per_connection: int = 0  # 0 = unlimited
+    max_rcpt_per_transaction: int = 100
+    max_msg_rate: Rate | None = None
+    retry_after: tuple[float, ...] = (600.0,)
+    bounce_after: float = 4.5 * 86400
+    connect_timeout: float = 60.0
+    use_starttls: bool = True
+    require_starttls: bool = False
+    smtp_pattern_list: str | None = None
+    auth_username: str | None = None
+    auth_password: str | None = None
+    backoff_max_msg_rate: Rate | None = None
+    backoff_retry_after: tuple[float, ...] = (1200.0,)
+    backoff_to_normal_after: float = 3600.0
+    dkim_sign: bool = False
+    dkim_identity: str | None = None
+    deliver_local_dsn: bool = True
+    http_delivery_url: str | None = None
+    http_delivery_extra_headers: str | None = None
+    file_output_directory: str | None = None
+
+
+@attrs.frozen
+class SmtpUser:
+    name: str
+    password: str
+    source: str | None = None  # a named source such as {auth-users}
+
+
+@attrs.frozen
+class LdapSettings:
+    name: str
+    uri: str
+    start_tls: bool = False
+    bind_dn: str | None = None
+    bind_password: str | None = None
+    base_dn: str = ""
+    user_filter: str = "(uid=%u)"
+    ca_file: str | None = None
+    cache_ttl: float = 300.0
+    timeout: float = 10.0
+
+
+@attrs.frozen
+class VirtualMta:
+    name: str
+    smtp_source_host: tuple[SourceHost, ...] = ()
+    host_name: str | None = None
+    max_smtp_out: int | None = None
+    domains: Mapping[str, Layer] = attrs.field(factory=dict)
+
+
+@attrs.frozen
+class VirtualMtaPool:
+    name: str
+    virtual_mta: tuple[str, ...] = ()
+    domains: Mapping[str, Layer] = attrs.field(factory=dict)
+
+
+@attrs.frozen
+class AcctFileSettings:
+    path: str
+    records: frozenset[str] = frozenset({"d", "b"})
+    record_fields: tuple[tuple[str, tuple[str, ...]], ...] = ()
+    map_header_to_field: tuple[HeaderMapping, ...] = ()
+    max_size: int = 0
+    move_interval: float | None = None
+    delete_after: float | None = None
+    sync: bool = False
+    http_webhook_url: str | None = None
+    http_webhook_extra_headers: str | None = None
+    http_webhook_ca_file: str | None = None
+    http_webhook_certificate: str | None = None
+    http_webhook_max_interval: float = 300.0
+    http_webhook_transfer_encoding: str | None = None
+    http_webhook_hmac_key: str | None = None
+    http_webhook_connect_timeout: float = 30.0
+    http_webhook_io_timeout: float = 60.0
+
+
+@attrs.frozen
+class Listener:
+    """An SMTP or HTTP listener; `tls_certificate` is one PEM file with key and chain."""
+
+    address: HostPort
+    tls_certificate: str | None = None
+
+    @property
+    def is_loopback(self) -> bool:
+        return ipaddress.ip_address(self.address.host).is_loopback
+
+
+@attrs.frozen
+class TransmissionsApiSettings:
+    api_key: tuple[str, ...] = ()
+    log_requests: bool = False
+    log_data: bool = False
+    max_request_size: int = 20 * 2**20
+
+
+@attrs.frozen
+class GlobalSettings:
+    host_name: str = attrs.field(factory=socket.getfqdn)
+    postmaster: str | None = None
+    spool: str = "var/spool"
+    spool_min_free_space: int = 0
+    smtp_listener: tuple[Listener, ...] = ()
+    smtp_server_tls_certificate: str | None = None
+    name_server: tuple[HostPort, ...] = ()
+    relay_domain: tuple[str, ...] = ()
+    total_max_smtp_out: int = 1000
+    domain_key: tuple[DomainKey, ...] = ()
+    http_mgmt_port: HostPort | None = None
+    http_access: tuple[HttpAccess, ...] = ()
+    http_api_key: tuple[str, ...] = ()
+    http_auth_ldap: str | None = None
+    http_auth_ldap_group: tuple[LdapGroupAccess, ...] = ()
+
+
+def build(cls: type[Any], layers: list[Layer], **fixed: Any) -> Any:
+    """Lay `layers` over `cls`'s defaults, later layers winning."""
+    names = {f.name for f in attrs.fields(cls)}
+    merged: dict[str, Any] = {}
+    for layer in layers:
+        merged.update((k, val) for k, val in layer.items() if k in names)
+    merged.update(fixed)
+    return cls(**merged)
+
+
+def domain_matches(pattern: str, domain: str) -> bool:
+    if pattern == "*":
+        return True
+    if pattern.startswith("*."):
+        return domain.endswith(pattern[1:])
+    return pattern == domain
+
+
+def _specificity(pattern: str) -> tuple[int, int]:
+    if pattern == "*":
+        return (0, 0)
+    if pattern.startswith("*."):
+        return (1, len(pattern))
+    return (2, 0)
+
+
+def domain_layers(domains: Mapping[str, Layer], domain: str) -> list[Layer]:
+    patterns = sorted((p for p in domains if domain_matches(p, domain)), key=_specificity)
+    return [domains[p] for p in patterns]
+
+
+@attrs.frozen
+class Config:
+    """A whole, valid configuration. Build with `load.load_config`, never by hand."""
+
+    path: str
+    files: tuple[str, ...]
+    settings: GlobalSettings
+    sources: tuple[tuple[IPNetwork, Layer], ...] = ()
+    named_sources: Mapping[str, Layer] = attrs.field(factory=dict)
+    smtp_users: Mapping[str, SmtpUser] = attrs.field(factory=dict)
+    ldap: Mapping[str, LdapSettings] = attrs.field(factory=dict)
+    vmtas: Mapping[str, VirtualMta] = attrs.field(factory=dict)
+    vmta_pools: Mapping[str, VirtualMtaPool] = attrs.field(factory=dict)
+    domains: Mapping[str, Layer] = attrs.field(factory=dict)
+    pattern_lists: Mapping[str, tuple[ReplyPattern, ...]] = attrs.field(factory=dict)
+    acct_files: tuple[AcctFileSettings, ...] = ()
+    api_listeners: tuple[Listener, ...] = ()
+    api: TransmissionsApiSettings = TransmissionsApiSettings()
+    _cache: dict[Any, Any] = attrs.field(factory=dict, eq=False, repr=False, alias="_cache")
+
+    def source_layer(self, ip: str) -> Layer:
+        """The most specific `<source CIDR>` layer for a client address."""
+        address = ipaddress.ip_address(ip)
+        if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped:
+            address = address.ipv4_mapped
+        best: tuple[int, Layer] | None = None
+        for network, layer in self.sources:
+            if address.version == network.version and address in network:
+                if best is None or network.prefixlen > best[0]:
+                    best = (network.prefixlen, layer)
+        return best[1] if best else {}
+
+    def source_settings(self, ip: str, authenticated: bool = False) -> SourceSettings:
+        """The policy for a client IP; after AUTH, `{auth}` is laid over it."""
+        key = ("source", ip, authenticated)
+        if key not in self._cache:
+            layers = [self.source_layer(ip)]
+            if authenticated:
+                layers.append(self.named_sources.get("{auth}", {}))
+            self._cache[key] = build(SourceSettings, layers)
+        result: SourceSettings = self._cache[key]
+        return result
+
+    def named_source(self, name: str) -> SourceSettings:
+        """A named source such as `{transmissions-api}`, over the defaults."""
+        return build(SourceSettings, [self.named_sources.get(name, {})])  # type: ignore[no-any-return]
+
+    def domain_settings(
+        self, domain: str, vmta: str | None = None, pool: str | None = None
+    ) -> DomainSettings:
+        """Resolve a queue's settings: global, then pool, then vmta `<domain>` scopes."""
+        key = ("domain", domain.lower(), vmta, pool)
+        if key not in self._cache:
+            domain = domain.lower()
+            layers = domain_layers(self.domains, domain)
+            if pool and pool in self.vmta_pools:
+                layers += domain_layers(self.vmta_pools[pool].domains, domain)
+            if vmta and vmta in self.vmtas:
+                layers += domain_layers(self.vmtas[vmta].domains, domain)
+            self._cache[key] = build(DomainSettings, layers)
+        result: DomainSettings = self._cache[key]
+        return result
+
+    def is_relay_domain(self, domain: str) -> bool:
+        return any(domain_matches(p, domain.lower()) for p in self.settings.relay_domain)

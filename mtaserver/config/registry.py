@@ -1,0 +1,203 @@
+"""Which directives exist, where they may stand, and how their values parse.
+
+The registry is data: one `Spec` per directive name. Every directive of DESIGN.md
+section 3 is here, including those whose behaviour arrives in a later issue, so that a
+PowerMTA config is checked completely today. The model (`model.py`) has one field per
+directive, named by `field_name`; `tests/test_config_registry.py` keeps the two in step.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import attrs
+
+from mtaserver.config import values as v
+
+GLOBAL = "global"
+SOURCE = "source"
+SMTP_USER = "smtp-user"
+LDAP = "ldap"
+VMTA = "virtual-mta"
+VMTA_POOL = "virtual-mta-pool"
+DOMAIN = "domain"
+PATTERN_LIST = "smtp-pattern-list"
+ACCT_FILE = "acct-file"
+API_LISTENER = "transmissions-api-listener"
+API = "transmissions-api"
+SMTP_LISTENER = "smtp-listener"
+
+
+@attrs.frozen
+class Spec:
+    """A directive: its parser, the scopes it may appear in, whether it may repeat."""
+
+    parse: Callable[[str], Any]
+    scopes: frozenset[str]
+    repeatable: bool = False
+
+
+def field_name(directive: str) -> str:
+    return directive.replace("-", "_")
+
+
+def _source_arg(text: str) -> str:
+    if text.strip().startswith("{"):
+        return v.parse_source_name(text)
+    return str(v.parse_cidr(text))
+
+
+def _host_port_arg(text: str) -> str:
+    return str(v.parse_host_port(text))
+
+
+def _no_arg(text: str) -> str:
+    if text.strip():
+        raise ValueError("this scope takes no argument")
+    return ""
+
+
+def _path(text: str) -> str:
+    return v.parse_string(text)
+
+
+#: Scope name -> parser of its argument (which also normalises it, so that
+#: `<source 10/8>` and `<source 10.0.0.0/8>` are the same scope and merge).
+SCOPES: Mapping[str, Callable[[str], str]] = {
+    SOURCE: _source_arg,
+    SMTP_USER: v.parse_name,
+    LDAP: v.parse_name,
+    VMTA: v.parse_name,
+    VMTA_POOL: v.parse_name,
+    DOMAIN: v.parse_domain_pattern,
+    PATTERN_LIST: v.parse_name,
+    ACCT_FILE: _path,
+    API_LISTENER: _host_port_arg,
+    API: _no_arg,
+    SMTP_LISTENER: _host_port_arg,
+}
+
+#: Where a scope may be opened: top level (GLOBAL) or inside another scope.
+SCOPE_PARENTS: Mapping[str, frozenset[str]] = {
+    name: frozenset({GLOBAL}) for name in SCOPES
+} | {DOMAIN: frozenset({GLOBAL, VMTA, VMTA_POOL})}
+
+
+def _in(*scopes: str) -> frozenset[str]:
+    return frozenset(scopes)
+
+
+_yesno = v.parse_bool
+_G, _S, _D, _A = _in(GLOBAL), _in(SOURCE), _in(DOMAIN), _in(ACCT_FILE)
+
+DIRECTIVES: Mapping[str, Spec] = {
+    # global
+    "host-name": Spec(v.parse_hostname, _in(GLOBAL, VMTA)),
+    "postmaster": Spec(v.parse_email, _G),
+    "spool": Spec(_path, _G),
+    "spool-min-free-space": Spec(v.parse_size, _G),
+    "smtp-listener": Spec(v.parse_host_port, _G, repeatable=True),
+    "smtp-server-tls-certificate": Spec(_path, _G),
+    "name-server": Spec(v.parse_name_server, _G, repeatable=True),
+    "relay-domain": Spec(v.parse_domain_pattern, _G, repeatable=True),
+    "total-max-smtp-out": Spec(v.parse_positive_int, _G),
+    "domain-key": Spec(v.parse_domain_key, _G, repeatable=True),
+    "http-mgmt-port": Spec(v.parse_mgmt_port, _G),
+    "http-access": Spec(v.parse_http_access, _G, repeatable=True),
+    "http-api-key": Spec(v.parse_string, _G, repeatable=True),
+    "http-auth-ldap": Spec(v.parse_name, _G),
+    "http-auth-ldap-group": Spec(v.parse_ldap_group_access, _G, repeatable=True),
+    # listeners
+    "tls-certificate": Spec(_path, _in(SMTP_LISTENER, API_LISTENER)),
+    # <source>
+    "smtp-service": Spec(_yesno, _S),
+    "always-allow-relaying": Spec(_yesno, _S),
+    "require-auth": Spec(_yesno, _S),
+    "allow-starttls": Spec(_yesno, _S),
+    "require-starttls-before-auth": Spec(_yesno, _S),
+    "allow-unencrypted-plain-auth": Spec(_yesno, _S),
+    "max-message-size": Spec(v.parse_size, _S),
+    "max-rcpt-per-message": Spec(v.parse_positive_int, _S),
+    "allow-smtputf8": Spec(_yesno, _S),
+    "add-received-header": Spec(_yesno, _S),
+    "add-message-id-header": Spec(_yesno, _S),
+    "add-date-header": Spec(_yesno, _S),
+    "process-x-virtual-mta": Spec(_yesno, _S),
+    "process-x-job": Spec(_yesno, _S),
+    "default-virtual-mta": Spec(v.parse_name, _S),
+    "smtp-command-timeout": Spec(v.parse_interval, _S),
+    "smtp-data-timeout": Spec(v.parse_interval, _S),
+    "auth-ldap": Spec(v.parse_name, _S),
+    "bare-newline": Spec(v.parse_choice("normalize", "reject"), _S),
+    "max-auth-failures-per-minute": Spec(v.parse_positive_int, _S),
+    # <smtp-user>
+    "password": Spec(v.parse_password, _in(SMTP_USER)),
+    "source": Spec(v.parse_source_name, _in(SMTP_USER)),
+    # <ldap>
+    "uri": Spec(v.parse_ldap_uri, _in(LDAP)),
+    "start-tls": Spec(_yesno, _in(LDAP)),
+    "bind-dn": Spec(v.parse_string, _in(LDAP)),
+    "bind-password": Spec(v.parse_string, _in(LDAP)),
+    "base-dn": Spec(v.parse_string, _in(LDAP)),
+    "user-filter": Spec(v.parse_user_filter, _in(LDAP)),
+    "ca-file": Spec(_path, _in(LDAP)),
+    "cache-ttl": Spec(v.parse_interval, _in(LDAP)),
+    "timeout": Spec(v.parse_interval, _in(LDAP)),
+    # <virtual-mta>, <virtual-mta-pool>
+    "smtp-source-host": Spec(v.parse_source_host, _in(VMTA), repeatable=True),
+    "virtual-mta": Spec(v.parse_name, _in(VMTA_POOL), repeatable=True),
+    # <domain>
+    "type": Spec(v.parse_choice("smtp", "discard", "file", "http-delivery"), _D),
+    "smtp-hosts": Spec(v.parse_smtp_hosts, _D),
+    "default-smtp-port": Spec(v.parse_positive_int, _D),
+    "max-smtp-out": Spec(v.parse_positive_int, _in(DOMAIN, VMTA)),
+    "max-msg-per-connection": Spec(v.parse_int, _D),
+    "max-rcpt-per-transaction": Spec(v.parse_positive_int, _D),
+    "max-msg-rate": Spec(v.parse_rate, _D),
+    "retry-after": Spec(v.parse_interval_list, _D),
+    "bounce-after": Spec(v.parse_interval, _D),
+    "connect-timeout": Spec(v.parse_interval, _D),
+    "use-starttls": Spec(_yesno, _D),
+    "require-starttls": Spec(_yesno, _D),
+    "smtp-pattern-list": Spec(v.parse_name, _D),
+    "auth-username": Spec(v.parse_string, _D),
+    "auth-password": Spec(v.parse_string, _D),
+    "backoff-max-msg-rate": Spec(v.parse_rate, _D),
+    "backoff-retry-after": Spec(v.parse_interval_list, _D),
+    "backoff-to-normal-after": Spec(v.parse_interval, _D),
+    "dkim-sign": Spec(_yesno, _D),
+    "dkim-identity": Spec(v.parse_string, _D),
+    "deliver-local-dsn": Spec(_yesno, _D),
+    "http-delivery-url": Spec(v.parse_url, _D),
+    "http-delivery-extra-headers": Spec(_path, _D),
+    "file-output-directory": Spec(_path, _D),
+    # <smtp-pattern-list>
+    "reply": Spec(v.parse_reply_pattern, _in(PATTERN_LIST), repeatable=True),
+    # <acct-file>
+    "records": Spec(v.parse_record_types, _A),
+    "record-fields": Spec(v.parse_record_fields, _A, repeatable=True),
+    "map-header-to-field": Spec(v.parse_header_mapping, _A, repeatable=True),
+    "max-size": Spec(v.parse_size, _A),
+    "move-interval": Spec(v.parse_interval, _A),
+    "delete-after": Spec(v.parse_interval, _A),
+    "sync": Spec(_yesno, _A),
+    "http-webhook-url": Spec(v.parse_url, _A),
+    "http-webhook-extra-headers": Spec(_path, _A),
+    "http-webhook-ca-file": Spec(_path, _A),
+    "http-webhook-certificate": Spec(_path, _A),
+    "http-webhook-max-interval": Spec(v.parse_interval, _A),
+    "http-webhook-transfer-encoding": Spec(v.parse_choice("gzip", "identity"), _A),
+    "http-webhook-hmac-key": Spec(v.parse_string, _A),
+    "http-webhook-connect-timeout": Spec(v.parse_interval, _A),
+    "http-webhook-io-timeout": Spec(v.parse_interval, _A),
+    # <transmissions-api>
+    "api-key": Spec(v.parse_api_key, _in(API), repeatable=True),
+    "log-requests": Spec(_yesno, _in(API)),
+    "log-data": Spec(_yesno, _in(API)),
+    "max-request-size": Spec(v.parse_size, _in(API)),
+}
+
+
+def directives_for(scope: str) -> dict[str, Spec]:
+    return {name: spec for name, spec in DIRECTIVES.items() if scope in spec.scopes}

@@ -1,0 +1,183 @@
+"""The envelope of a spooled message and the events the journal records about it.
+
+These records are the contract between the three owners of durable state: reception
+writes `Received`, the scheduler writes `Outcome` and `QueueFailure`, and the
+accounting writers turn every event into acct records (`r d b t tq`). They are plain
+frozen data with a JSON form (`to_json` / `event_from_json`), so the journal can store
+them and a later process can read them back without importing Twisted.
+
+An `Outcome` carries every field an acct record needs (DESIGN.md section 5), so the
+accounting side never has to look a message up: a journal is enough to write the files.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import attrs
+
+
+@attrs.frozen
+class Recipient:
+    """One envelope recipient with its DSN parameters (RFC 3461)."""
+
+    address: str
+    orcpt: str | None = None
+    notify: str | None = None
+
+
+@attrs.frozen
+class Envelope:
+    """What we keep of a message besides its body: small, so a million fit in memory."""
+
+    msg_id: str
+    sender: str  # "" is the null reverse-path
+    recipients: tuple[Recipient, ...]
+    time_queued: float
+    src_type: str = "smtp"  # smtp | api
+    src_mta: str = ""  # "ehlo-name (ip)" for SMTP, the client address for the API
+    smtp_user: str | None = None
+    vmta: str | None = None
+    vmta_pool: str | None = None
+    job_id: str | None = None
+    env_id: str | None = None
+    ret: str | None = None  # FULL | HDRS
+    body_type: str = "7BIT"  # 7BIT | 8BITMIME
+    smtputf8: bool = False
+    size: int = 0
+    # Headers named by acct-file `map-header-to-field` / `header_X` fields, captured
+    # at reception so records never need the body again.
+    acct_headers: Mapping[str, str] = attrs.field(factory=dict)
+    is_dsn: bool = False  # a bounce we generated: never bounced again
+
+    def only(self, rcpt_indexes: tuple[int, ...]) -> Envelope:
+        """This envelope with only the recipients at `rcpt_indexes`, in that order."""
+        return attrs.evolve(self, recipients=tuple(self.recipients[i] for i in rcpt_indexes))
+
+    def to_json(self) -> dict[str, Any]:
+        data = attrs.asdict(self, recurse=True)
+        data["recipients"] = [attrs.asdict(r) for r in self.recipients]
+        data["acct_headers"] = dict(self.acct_headers)
+        return data
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> Envelope:
+        fields = dict(data)
+        fields["recipients"] = tuple(Recipient(**r) for r in data["recipients"])
+        fields["acct_headers"] = dict(data.get("acct_headers") or {})
+        return cls(**fields)
+
+
+@attrs.frozen
+class Received:
+    """A message became durable: one `r` acct record per recipient."""
+
+    envelope: Envelope
+    time: float
+
+    kind = "received"
+
+    def to_json(self) -> dict[str, Any]:
+        return {"ev": self.kind, "time": self.time, "envelope": self.envelope.to_json()}
+
+
+@attrs.frozen
+class Outcome:
+    """A delivery attempt's result for some recipients of one message.
+
+    `record` is the acct record type: `d` (final, delivered), `b` (final, bounced) or
+    `t` (transient, the recipients stay queued). `rcpt_indexes` index the full
+    envelope's recipients; `envelope` is `Envelope.only(rcpt_indexes)`, carrying just
+    those recipients in that order, so a record needs no lookup and a 1,000-recipient
+    message does not copy 1,000 addresses into every outcome.
+    """
+
+    record: str  # d | b | t
+    msg_id: str
+    rcpt_indexes: tuple[int, ...]
+    time: float
+    envelope: Envelope
+    dsn_action: str = ""
+    dsn_status: str = ""
+    dsn_diag: str = ""
+    dsn_mta: str = ""
+    bounce_cat: str = ""
+    dlv_type: str = ""
+    dlv_source_ip: str = ""
+    dlv_destination_ip: str = ""
+    dlv_esmtp_available: str = ""
+    dlv_size: int = 0
+    dlv_tls_protocol: str = ""
+    dlv_tls_cipher: str = ""
+    queue: str = ""
+    vmta: str = ""
+    vmta_pool: str = ""
+
+    kind = "outcome"
+
+    @property
+    def is_final(self) -> bool:
+        return self.record in ("d", "b")
+
+    def to_json(self) -> dict[str, Any]:
+        data = attrs.asdict(self, recurse=False)
+        data["envelope"] = self.envelope.to_json()
+        data["rcpt_indexes"] = list(self.rcpt_indexes)
+        data["ev"] = self.kind
+        return data
+
+
+@attrs.frozen
+class QueueFailure:
+    """A queue-level transient failure (`tq`): no connection, DNS failure, and so on."""
+
+    queue: str
+    time: float
+    dsn_status: str = ""
+    dsn_diag: str = ""
+    dsn_mta: str = ""
+    bounce_cat: str = ""
+    vmta: str = ""
+    vmta_pool: str = ""
+    dlv_destination_ip: str = ""
+
+    kind = "tq"
+
+    def to_json(self) -> dict[str, Any]:
+        data = attrs.asdict(self)
+        data["ev"] = self.kind
+        return data
+
+
+@attrs.frozen
+class Removed:
+    """Spool bookkeeping: every recipient of the message is final; no acct record."""
+
+    msg_id: str
+    time: float
+
+    kind = "removed"
+
+    def to_json(self) -> dict[str, Any]:
+        return {"ev": self.kind, "msg_id": self.msg_id, "time": self.time}
+
+
+Event = Received | Outcome | QueueFailure | Removed
+
+
+def event_from_json(data: Mapping[str, Any]) -> Event:
+    """Rebuild an event written by `to_json`; unknown kinds are a ValueError."""
+    kind = data.get("ev")
+    fields = {k: v for k, v in data.items() if k != "ev"}
+    if kind == Received.kind:
+        return Received(envelope=Envelope.from_json(fields["envelope"]), time=fields["time"])
+    if kind == Outcome.kind:
+        fields["envelope"] = Envelope.from_json(fields["envelope"])
+        fields["rcpt_indexes"] = tuple(fields["rcpt_indexes"])
+        return Outcome(**fields)
+    if kind == QueueFailure.kind:
+        return QueueFailure(**fields)
+    if kind == Removed.kind:
+        return Removed(**fields)
+    raise ValueError(f"unknown journal event kind {kind!r}")

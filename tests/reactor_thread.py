@@ -1,0 +1,47 @@
+"""A Twisted reactor running in a daemon thread for the whole test session.
+
+End-to-end tests drive real servers and real clients (smtplib, aiosmtpd, requests)
+from the test thread, while the code under test runs on the reactor as it would in
+production. `run_in_reactor` calls a function or coroutine function on the reactor
+thread and waits for its result (a Deferred or coroutine is awaited).
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from typing import Any
+
+from twisted.internet import defer, reactor, threads
+
+_started = threading.Lock()
+_thread: threading.Thread | None = None
+
+
+def ensure_reactor() -> None:
+    """Start the reactor thread once; later calls do nothing."""
+    global _thread
+    with _started:
+        if _thread is None:
+            _thread = threading.Thread(
+                target=reactor.run,  # type: ignore[attr-defined]
+                kwargs={"installSignalHandlers": False},
+                name="twisted-reactor",
+                daemon=True,
+            )
+            _thread.start()
+
+
+def run_in_reactor(fn: Callable[..., Any], *args: Any, timeout: float = 10, **kwargs: Any) -> Any:
+    """Run `fn(*args, **kwargs)` on the reactor thread and return its (awaited) result."""
+    ensure_reactor()
+
+    def call() -> Any:
+        result = fn(*args, **kwargs)
+        if hasattr(result, "__await__") and not isinstance(result, defer.Deferred):
+            result = defer.Deferred.fromCoroutine(result)
+        if isinstance(result, defer.Deferred):
+            result.addTimeout(timeout, reactor)  # type: ignore[arg-type]
+        return result
+
+    return threads.blockingCallFromThread(reactor, call)  # type: ignore[arg-type]
