@@ -65,8 +65,13 @@ _DIRECTIVE = re.compile(r"([A-Za-z][A-Za-z0-9-]*)(?:\s+(.*))?$")
 def strip_comment(line: str) -> str:
     """Drop a `#` comment: at the start of a line, or after a space outside quotes."""
     in_quotes = False
+    escaped = False
     for index, char in enumerate(line):
-        if char == '"':
+        if escaped:
+            escaped = False
+        elif char == "\\" and in_quotes:
+            escaped = True
+        elif char == '"':
             in_quotes = not in_quotes
         elif char == "#" and not in_quotes and (index == 0 or line[index - 1].isspace()):
             return line[:index]
@@ -177,16 +182,20 @@ def _expand_includes(
         for target in targets:
             if os.path.realpath(target) in including:
                 problems.append(
-                    ConfigProblem(node.file, node.line, f"include cycle: {node.value} includes "
-                                  "a file that includes it")
+                    ConfigProblem(
+                        node.file,
+                        node.line,
+                        f"include cycle: {node.value} includes a file that includes it",
+                    )
                 )
                 continue
             try:
                 expanded.extend(parse_file(target, problems, files, including))
             except OSError as exc:
                 problems.append(
-                    ConfigProblem(node.file, node.line, f"cannot include {node.value}: "
-                                  f"{exc.strerror}")
+                    ConfigProblem(
+                        node.file, node.line, f"cannot include {node.value}: {exc.strerror}"
+                    )
                 )
     return expanded
 

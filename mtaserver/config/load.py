@@ -23,6 +23,7 @@ from mtaserver.config.model import (
     GlobalSettings,
     LdapSettings,
     Listener,
+    SmtpPatternList,
     SmtpUser,
     SourceSettings,
     TransmissionsApiSettings,
@@ -58,8 +59,13 @@ class _Loader:
     def problem(self, node: Node, message: str) -> None:
         self.problems.append(ConfigProblem(node.file, node.line, message))
 
-    def walk(self, nodes: tuple[Node, ...] | list[Node], scope: str, layer: dict[str, Any],
-             parent: ScopeKey | None = None) -> None:
+    def walk(
+        self,
+        nodes: tuple[Node, ...] | list[Node],
+        scope: str,
+        layer: dict[str, Any],
+        parent: ScopeKey | None = None,
+    ) -> None:
         for node in nodes:
             if isinstance(node, Scope):
                 self.open_scope(node, scope, parent)
@@ -87,8 +93,12 @@ class _Loader:
         else:
             layer = self.layers.setdefault((node.name, arg), {})
         key = (node.name, arg)
-        self.walk(node.children, node.name, layer, parent=key if node.name in
-                  (reg.VMTA, reg.VMTA_POOL) else None)
+        self.walk(
+            node.children,
+            node.name,
+            layer,
+            parent=key if node.name in (reg.VMTA, reg.VMTA_POOL) else None,
+        )
 
     def directive(self, node: Directive, scope: str, layer: dict[str, Any]) -> None:
         spec = reg.DIRECTIVES.get(node.name)
@@ -123,9 +133,15 @@ class _Loader:
         }
         if node.name in kinds:
             self.references.append(_Reference(kinds[node.name], value, node.file, node.line))
-        files = {"tls-certificate", "smtp-server-tls-certificate", "ca-file",
-                 "http-webhook-ca-file", "http-webhook-certificate",
-                 "http-delivery-extra-headers", "http-webhook-extra-headers"}
+        files = {
+            "tls-certificate",
+            "smtp-server-tls-certificate",
+            "ca-file",
+            "http-webhook-ca-file",
+            "http-webhook-certificate",
+            "http-delivery-extra-headers",
+            "http-webhook-extra-headers",
+        }
         if node.name in files:
             self.files_to_check.append((value, node.file, node.line))
         if node.name == "domain-key":
@@ -175,7 +191,7 @@ def load_config(path: str) -> Config:
 
 def _assemble(loader: _Loader, path: str, files: list[str], nodes: list[Node]) -> Config:
     smtp_listeners = [Listener(a) for a in loader.global_layer.pop("smtp_listener", ())]
-    api_listeners = []
+    api_listeners: list[Listener] = []
     for kind, address, layer in loader.listener_scopes:
         listener = Listener(address, layer.get("tls_certificate"))
         (smtp_listeners if kind == reg.SMTP_LISTENER else api_listeners).append(listener)
@@ -199,19 +215,28 @@ def _assemble(loader: _Loader, path: str, files: list[str], nodes: list[Node]) -
             continue
         ldaps[name] = build(LdapSettings, [layer], name=name)
     vmtas = {
-        name: build(VirtualMta, [layer], name=name,
-                    domains=loader.nested_domains.get((reg.VMTA, name), {}))
+        name: build(
+            VirtualMta, [layer], name=name, domains=loader.nested_domains.get((reg.VMTA, name), {})
+        )
         for name, layer in loader.named(reg.VMTA).items()
     }
     pools = {
-        name: build(VirtualMtaPool, [layer], name=name,
-                    domains=loader.nested_domains.get((reg.VMTA_POOL, name), {}))
+        name: build(
+            VirtualMtaPool,
+            [layer],
+            name=name,
+            domains=loader.nested_domains.get((reg.VMTA_POOL, name), {}),
+        )
         for name, layer in loader.named(reg.VMTA_POOL).items()
     }
-    patterns = {name: tuple(layer.get("reply", ())) for name, layer in
-                loader.named(reg.PATTERN_LIST).items()}
-    acct_files = tuple(build(AcctFileSettings, [layer], path=name)
-                       for name, layer in loader.named(reg.ACCT_FILE).items())
+    patterns = {
+        name: build(SmtpPatternList, [layer], name=name)
+        for name, layer in loader.named(reg.PATTERN_LIST).items()
+    }
+    acct_files = tuple(
+        build(AcctFileSettings, [layer], path=name)
+        for name, layer in loader.named(reg.ACCT_FILE).items()
+    )
     api = build(TransmissionsApiSettings, [loader.layers.get((reg.API, ""), {})])
     return Config(
         path=os.path.abspath(path),
@@ -255,6 +280,7 @@ SCOPE_RECORDS: dict[str, type[Any]] = {
     reg.SOURCE: SourceSettings,
     reg.DOMAIN: DomainSettings,
     reg.SMTP_USER: SmtpUser,
+    reg.PATTERN_LIST: SmtpPatternList,
     reg.LDAP: LdapSettings,
     reg.VMTA: VirtualMta,
     reg.VMTA_POOL: VirtualMtaPool,

@@ -133,6 +133,21 @@ class VirtualMtaPool:
 
 
 @attrs.frozen
+class SmtpPatternList:
+    """`<smtp-pattern-list NAME>`: reply patterns and what a match does to a queue."""
+
+    name: str
+    reply: tuple[ReplyPattern, ...] = ()
+
+    def actions_for(self, reply_text: str) -> tuple[str, ...]:
+        """The actions of the first pattern matching a remote reply, or none."""
+        for pattern in self.reply:
+            if pattern.matches(reply_text):
+                return pattern.actions
+        return ()
+
+
+@attrs.frozen
 class AcctFileSettings:
     path: str
     records: frozenset[str] = frozenset({"d", "b"})
@@ -237,7 +252,7 @@ class Config:
     vmtas: Mapping[str, VirtualMta] = attrs.field(factory=dict)
     vmta_pools: Mapping[str, VirtualMtaPool] = attrs.field(factory=dict)
     domains: Mapping[str, Layer] = attrs.field(factory=dict)
-    pattern_lists: Mapping[str, tuple[ReplyPattern, ...]] = attrs.field(factory=dict)
+    pattern_lists: Mapping[str, SmtpPatternList] = attrs.field(factory=dict)
     acct_files: tuple[AcctFileSettings, ...] = ()
     api_listeners: tuple[Listener, ...] = ()
     api: TransmissionsApiSettings = TransmissionsApiSettings()
@@ -250,9 +265,9 @@ class Config:
             address = address.ipv4_mapped
         best: tuple[int, Layer] | None = None
         for network, layer in self.sources:
-            if address.version == network.version and address in network:
-                if best is None or network.prefixlen > best[0]:
-                    best = (network.prefixlen, layer)
+            matches = address.version == network.version and address in network
+            if matches and (best is None or network.prefixlen > best[0]):
+                best = (network.prefixlen, layer)
         return best[1] if best else {}
 
     def source_settings(self, ip: str, authenticated: bool = False) -> SourceSettings:
@@ -268,7 +283,7 @@ class Config:
 
     def named_source(self, name: str) -> SourceSettings:
         """A named source such as `{transmissions-api}`, over the defaults."""
-        return build(SourceSettings, [self.named_sources.get(name, {})])  # type: ignore[no-any-return]
+        return build(SourceSettings, [self.named_sources.get(name, {})])
 
     def domain_settings(
         self, domain: str, vmta: str | None = None, pool: str | None = None

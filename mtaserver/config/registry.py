@@ -79,9 +79,9 @@ SCOPES: Mapping[str, Callable[[str], str]] = {
 }
 
 #: Where a scope may be opened: top level (GLOBAL) or inside another scope.
-SCOPE_PARENTS: Mapping[str, frozenset[str]] = {
-    name: frozenset({GLOBAL}) for name in SCOPES
-} | {DOMAIN: frozenset({GLOBAL, VMTA, VMTA_POOL})}
+SCOPE_PARENTS: Mapping[str, frozenset[str]] = {name: frozenset({GLOBAL}) for name in SCOPES} | {
+    DOMAIN: frozenset({GLOBAL, VMTA, VMTA_POOL})
+}
 
 
 def _in(*scopes: str) -> frozenset[str]:

@@ -1,0 +1,80 @@
+"""The twistd plugin as a user runs it: found, started, refusing a bad config, SIGHUP."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def twistd(*args: str) -> list[str]:
+    """The command line of `twistd ARGS` in this interpreter."""
+    return [sys.executable, "-c", "from twisted.scripts.twistd import run; run()", *args]
+
+
+def test_twistd_help_finds_the_plugin(tmp_path: Path) -> None:
+    """`twistd --help` lists mtaserver and `twistd mtaserver --help` shows --config."""
+    listing = subprocess.run(
+        twistd("--help"), capture_output=True, text=True, cwd=tmp_path, timeout=60
+    )
+    assert "mtaserver" in listing.stdout
+    help_text = subprocess.run(
+        twistd("mtaserver", "--help"), capture_output=True, text=True, cwd=tmp_path, timeout=60
+    )
+    assert "--config" in help_text.stdout
+
+
+def test_bad_config_exits_non_zero_with_every_file_line(tmp_path: Path) -> None:
+    """A config with two errors stops the server with status 1 and both FILE:LINE lines."""
+    conf = tmp_path / "bad.conf"
+    conf.write_text("host-name ok\nfrobnicate 1\n<domain *>\n  retry-after never\n</domain>\n")
+    result = subprocess.run(
+        twistd("-n", "--pidfile=", "mtaserver", "--config", str(conf)),
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        timeout=60,
+    )
+    assert result.returncode == 1
+    assert f"{conf}:2: unknown directive 'frobnicate'" in result.stderr
+    assert f"{conf}:4: retry-after: expected an interval" in result.stderr
+
+
+def test_server_starts_on_a_minimal_config_and_reloads_on_sighup(tmp_path: Path) -> None:
+    """The server runs on a minimal config, and SIGHUP with a bad edit keeps it running."""
+    conf = tmp_path / "min.conf"
+    conf.write_text(f"spool {tmp_path}/spool\n")
+    log = tmp_path / "twistd.log"
+    proc = subprocess.Popen(
+        twistd("-n", "--pidfile=", "--logfile", str(log), "mtaserver", "--config", str(conf)),
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    try:
+        assert wait_for(log, "mtaserver configured from"), read(log)
+        conf.write_text("bogus-directive 1\n")
+        os.kill(proc.pid, signal.SIGHUP)
+        assert wait_for(log, "unknown directive 'bogus-directive'"), read(log)
+        assert proc.poll() is None
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+
+
+def read(path: Path) -> str:
+    return path.read_text() if path.exists() else ""
+
+
+def wait_for(path: Path, text: str, timeout: float = 30) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if text in read(path):
+            return True
+        time.sleep(0.1)
+    return False
