@@ -1,0 +1,130 @@
+"""The seam between the scheduler and the ways mail leaves: `IDeliverer` and its job.
+
+The scheduler owns queue state; a deliverer only runs one *session* for one queue: it
+pulls transactions with `job.next_transaction()` until that returns None and reports
+each result with `job.report()`. A failure of the queue as a whole (no route, no
+connection) is raised as `QueueLevelFailure`, which the scheduler turns into a `tq`
+record and a queue retry (or bounces, when permanent). `type smtp` lives in
+`mtaserver.smtp.deliverer`; `discard` and `file` are here; `http-delivery` plugs in
+the same way.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+from collections.abc import Awaitable, Callable
+from typing import Any, Protocol
+
+import attrs
+
+from mtaserver.config.model import DomainSettings
+from mtaserver.smtp.client import ConnectionInfo, Reply, Transaction, TransactionResult
+
+
+@attrs.frozen
+class SessionJob:
+    """What a deliverer needs for one session of one queue."""
+
+    queue: str
+    domain: str
+    vmta: str
+    pool: str | None
+    settings: DomainSettings
+    next_transaction: Callable[[], Awaitable[Transaction | None]]
+    report: Callable[[TransactionResult], None]
+
+
+class QueueLevelFailure(Exception):
+    """The queue as a whole could not be served: no route, no connection, and so on."""
+
+    def __init__(
+        self,
+        status: str,
+        diag: str,
+        *,
+        permanent: bool = False,
+        bounce_cat: str = "",
+        dsn_mta: str = "",
+        destination_ip: str = "",
+    ) -> None:
+        super().__init__(diag)
+        self.status = status
+        self.diag = diag
+        self.permanent = permanent
+        self.bounce_cat = bounce_cat
+        self.dsn_mta = dsn_mta
+        self.destination_ip = destination_ip
+
+
+class IDeliverer(Protocol):
+    async def run(self, job: SessionJob) -> None: ...
+
+
+LOCAL_INFO = ConnectionInfo(
+    source_ip="",
+    destination_ip="",
+    destination_host="localhost",
+    esmtp=False,
+    tls_protocol="",
+    tls_cipher="",
+    extensions=frozenset(),
+)
+
+
+class DiscardDeliverer:
+    """`type discard`: every recipient counts as delivered, nothing is sent."""
+
+    async def run(self, job: SessionJob) -> None:
+        while (transaction := await job.next_transaction()) is not None:
+            reply = Reply(250, "2.0.0", "discarded")
+            job.report(
+                TransactionResult(
+                    transaction,
+                    (reply,) * len(transaction.rcpt_indexes),
+                    attrs.evolve(LOCAL_INFO, destination_host="discard"),
+                )
+            )
+
+
+class FileDeliverer:
+    """`type file`: each message is written to `file-output-directory` as `<msg_id>.eml`.
+
+    The file is written to a temporary name, fsync'd and renamed (in a thread), so a
+    `d` record means the file is complete on disk.
+    """
+
+    def __init__(self, run_in_thread: Callable[[Callable[[], Any]], Any]) -> None:
+        self._run_in_thread = run_in_thread
+
+    async def run(self, job: SessionJob) -> None:
+        directory = job.settings.file_output_directory
+        if not directory:
+            raise QueueLevelFailure(
+                "4.3.5", "type file needs file-output-directory", bounce_cat="bad-configuration"
+            )
+        while (transaction := await job.next_transaction()) is not None:
+            path = os.path.join(directory, f"{transaction.envelope.msg_id}.eml")
+            try:
+                await self._run_in_thread(functools.partial(_write_file, path, transaction))
+                reply = Reply(250, "2.0.0", f"written to {path}")
+            except OSError as exc:
+                reply = Reply(451, "4.3.0", f"cannot write {path}: {exc.strerror}")
+            info = attrs.evolve(LOCAL_INFO, destination_host="file")
+            job.report(
+                TransactionResult(transaction, (reply,) * len(transaction.rcpt_indexes), info)
+            )
+
+
+def _write_file(path: str, transaction: Transaction) -> None:
+    envelope = transaction.envelope
+    header = f"Return-Path: <{envelope.sender}>\r\n".encode()
+    recipients = ", ".join(envelope.recipients[i].address for i in transaction.rcpt_indexes)
+    header += f"X-Delivered-To: {recipients}\r\n".encode()
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    temporary = path + ".tmp"
+    with open(temporary, "wb") as stream:
+        stream.write(header + transaction.body)
+        stream.flush()
+        os.fsync(stream.fileno())
+    os.replace(temporary, path)

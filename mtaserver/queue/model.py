@@ -1,0 +1,96 @@
+"""The scheduler's in-memory state: messages, work items and per-queue bookkeeping.
+
+A queued message keeps only its `Envelope` and the set of recipients not yet final;
+its body stays in the spool until a session needs it. A `WorkItem` is the recipients
+of one message that go to one queue together (at most `max-rcpt-per-transaction`).
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+from collections import deque
+
+import attrs
+
+from mtaserver.events import Envelope
+
+_sequence = itertools.count()
+
+
+@attrs.define(slots=True)
+class WorkItem:
+    msg_id: str
+    rcpt_indexes: tuple[int, ...]
+    failed_attempts: int = 0
+
+
+@attrs.define(slots=True)
+class MessageState:
+    envelope: Envelope
+    pending: set[int]
+
+
+@attrs.define
+class QueueCounters:
+    """What a queue has done since start (or `reset counters`)."""
+
+    delivered: int = 0
+    bounced: int = 0
+    deferred: int = 0
+    connections: int = 0
+    connection_failures: int = 0
+
+    def reset(self) -> None:
+        self.delivered = self.bounced = self.deferred = 0
+        self.connections = self.connection_failures = 0
+
+
+@attrs.define
+class Queue:
+    """One `domain/vmta` queue: ready work, retry heap, pause state and mode."""
+
+    name: str
+    domain: str
+    vmta: str
+    pool: str | None = None
+    ready: deque[WorkItem] = attrs.field(factory=deque)
+    retry: list[tuple[float, int, WorkItem]] = attrs.field(factory=list)
+    paused: bool = False
+    mode: str = "normal"  # normal | backoff
+    backoff_since: float = 0.0
+    active: int = 0  # sessions running
+    connecting: int = 0  # sessions that have not yet taken their first item
+    consecutive_failures: int = 0
+    next_send_at: float = 0.0
+    last_error: str = ""
+    counters: QueueCounters = attrs.field(factory=QueueCounters)
+
+    def add_retry(self, due: float, item: WorkItem) -> None:
+        heapq.heappush(self.retry, (due, next(_sequence), item))
+
+    def next_due(self) -> float | None:
+        return self.retry[0][0] if self.retry else None
+
+    def pop_due(self, now: float) -> list[WorkItem]:
+        due = []
+        while self.retry and self.retry[0][0] <= now:
+            due.append(heapq.heappop(self.retry)[2])
+        return due
+
+    def take_all(self) -> list[WorkItem]:
+        """Every waiting item, ready or in retry (for delete, bounce-queue, schedule)."""
+        items = list(self.ready) + [entry[2] for entry in self.retry]
+        self.ready.clear()
+        self.retry.clear()
+        return items
+
+    @property
+    def recipients(self) -> int:
+        return sum(len(i.rcpt_indexes) for i in self.ready) + sum(
+            len(entry[2].rcpt_indexes) for entry in self.retry
+        )
+
+    @property
+    def size(self) -> int:
+        return len(self.ready) + len(self.retry)

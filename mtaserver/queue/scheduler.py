@@ -1,0 +1,680 @@
+"""The scheduler: the one owner of queue state, in the way Postfix's qmgr is.
+
+Reception hands it accepted envelopes (`enqueue`); it splits recipients into
+`domain/vmta` queues, starts delivery sessions within each queue's limits
+(`max-smtp-out`, `total-max-smtp-out`, `max-msg-rate`, `max-msg-per-connection`), turns
+each reply into a journal `Outcome` (`d`, `b` or `t`), retries on `retry-after`,
+expires on `bounce-after`, applies `smtp-pattern-list` actions and backoff mode, and
+sends DSNs for bounces. A recipient's final state is durable in the journal before
+anything else happens to it (the acct files are written from the journal), and a
+message file is removed only once every recipient is final.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Iterable, Sequence
+from typing import Any, Protocol
+
+import attrs
+from twisted.internet import defer, task
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
+from twisted.logger import Logger
+
+from mtaserver.accounting.bounce import classify
+from mtaserver.config.model import DomainSettings
+from mtaserver.config.reload import ConfigHolder
+from mtaserver.events import Envelope, Event, Outcome, QueueFailure
+from mtaserver.queue.delivery import IDeliverer, QueueLevelFailure, SessionJob
+from mtaserver.queue.model import MessageState, Queue, WorkItem
+from mtaserver.queue.retry import is_expired, next_attempt_at
+from mtaserver.queue.routing import VmtaChooser, queue_matches, queue_name, recipient_domain
+from mtaserver.smtp.client import Reply, Transaction, TransactionResult
+
+log = Logger()
+
+#: A queue's rate wait longer than this ends the session instead of holding it open.
+MAX_RATE_WAIT = 2.0
+
+
+class IScheduleJournal(Protocol):
+    def append(self, events: Sequence[Event]) -> defer.Deferred[Any]: ...
+
+
+class IScheduleStore(Protocol):
+    def read_body(self, msg_id: str) -> defer.Deferred[bytes]: ...
+
+    def remove(self, msg_id: str) -> defer.Deferred[None]: ...
+
+
+BounceNotifier = Callable[[Envelope, list[Outcome], bytes | None], Awaitable[None]]
+BodyTransform = Callable[[Envelope, bytes, DomainSettings], Awaitable[bytes]]
+
+
+class Scheduler:
+    """Owns every queue; moves recipients between ready, retry, paused and final."""
+
+    def __init__(
+        self,
+        holder: ConfigHolder,
+        store: IScheduleStore,
+        journal: IScheduleJournal,
+        deliverers: dict[str, IDeliverer],
+        clock: IReactorTime,
+        notify_bounce: BounceNotifier | None = None,
+        transform_body: BodyTransform | None = None,
+    ) -> None:
+        self.holder = holder
+        self.store = store
+        self.journal = journal
+        self.deliverers = deliverers
+        self.clock = clock
+        self.notify_bounce = notify_bounce
+        self.transform_body = transform_body
+        self.queues: dict[str, Queue] = {}
+        self.messages: dict[str, MessageState] = {}
+        self.total_active = 0
+        self._timers: dict[str, IDelayedCall] = {}
+        self._vmtas = VmtaChooser()
+        self._sessions: set[defer.Deferred[None]] = set()
+        self._stopping = False
+        self._paused_patterns: set[str] = set()
+
+    # -- entering the queues -------------------------------------------------------
+
+    def enqueue(
+        self,
+        envelope: Envelope,
+        pending: Iterable[int] | None = None,
+        failed_attempts: int = 0,
+        retry_at: float | None = None,
+    ) -> None:
+        """Queue a durable message's pending recipients (all of them by default)."""
+        config = self.holder.config
+        indexes = sorted(set(range(len(envelope.recipients)) if pending is None else pending))
+        if not indexes:
+            return
+        self.messages[envelope.msg_id] = MessageState(envelope, set(indexes))
+        vmta, pool = self._vmtas.choose(config, envelope.vmta)
+        by_domain: dict[str, list[int]] = {}
+        for index in indexes:
+            by_domain.setdefault(recipient_domain(envelope.recipients[index].address), []).append(
+                index
+            )
+        for domain, rcpts in by_domain.items():
+            queue = self._queue(domain, vmta, pool or envelope.vmta_pool)
+            settings = self.settings_for(queue)
+            size = max(settings.max_rcpt_per_transaction, 1)
+            for start in range(0, len(rcpts), size):
+                item = WorkItem(
+                    envelope.msg_id, tuple(rcpts[start : start + size]), failed_attempts
+                )
+                if retry_at is not None and retry_at > self.clock.seconds():
+                    queue.add_retry(retry_at, item)
+                else:
+                    queue.ready.append(item)
+            self._arm_timer(queue)
+            self._pump(queue)
+
+    def _queue(self, domain: str, vmta: str, pool: str | None) -> Queue:
+        name = queue_name(domain, vmta)
+        queue = self.queues.get(name)
+        if queue is None:
+            queue = self.queues[name] = Queue(name, domain, vmta, pool)
+            queue.paused = any(queue_matches(p, name) for p in self._paused_patterns)
+        return queue
+
+    def settings_for(self, queue: Queue) -> DomainSettings:
+        settings = self.holder.config.domain_settings(queue.domain, queue.vmta, queue.pool)
+        if queue.mode == "backoff":
+            settings = attrs.evolve(
+                settings,
+                max_msg_rate=settings.backoff_max_msg_rate or settings.max_msg_rate,
+                retry_after=settings.backoff_retry_after,
+            )
+        return settings
+
+    # -- starting sessions ---------------------------------------------------------
+
+    def _session_limit(self, queue: Queue, settings: DomainSettings) -> int:
+        limit = settings.max_smtp_out
+        vmta = self.holder.config.vmtas.get(queue.vmta)
+        if vmta is not None and vmta.max_smtp_out:
+            limit = min(limit, vmta.max_smtp_out)
+        if queue.mode == "backoff":
+            limit = 1  # backoff: one connection, at the backoff rate
+        return max(limit, 1)
+
+    def _pump(self, queue: Queue) -> None:
+        """Start as many sessions as the queue's work and limits allow."""
+        if queue.paused or self._stopping:
+            return
+        self._leave_backoff_if_due(queue)
+        settings = self.settings_for(queue)
+        limit = self._session_limit(queue, settings)
+        total = self.holder.config.settings.total_max_smtp_out
+        while (
+            len(queue.ready) > queue.connecting
+            and queue.active < limit
+            and self.total_active < total
+        ):
+            if not self._rate_allows(queue, settings):
+                return
+            self._start_session(queue, settings)
+
+    def _rate_allows(self, queue: Queue, settings: DomainSettings) -> bool:
+        """With max-msg-rate, wake the queue later instead of starting a session now."""
+        if settings.max_msg_rate is None:
+            return True
+        now = self.clock.seconds()
+        if queue.next_send_at <= now + MAX_RATE_WAIT:
+            return True
+        self._arm_timer(queue, at=queue.next_send_at)
+        return False
+
+    def _start_session(self, queue: Queue, settings: DomainSettings) -> None:
+        queue.active += 1
+        queue.connecting += 1
+        self.total_active += 1
+        queue.counters.connections += 1
+        deferred = defer.Deferred.fromCoroutine(self._session(queue, settings))
+        self._sessions.add(deferred)
+        deferred.addBoth(lambda _: self._sessions.discard(deferred))
+
+    async def _session(self, queue: Queue, settings: DomainSettings) -> None:
+        state = _SessionState()
+        job = SessionJob(
+            queue=queue.name,
+            domain=queue.domain,
+            vmta=queue.vmta,
+            pool=queue.pool,
+            settings=settings,
+            next_transaction=lambda: self._next_transaction(queue, settings, state),
+            report=lambda result: self._report(queue, settings, state, result),
+        )
+        deliverer = self.deliverers.get(settings.type)
+        try:
+            if deliverer is None:
+                raise QueueLevelFailure(
+                    "4.3.5",
+                    f"no deliverer for type {settings.type}",
+                    bounce_cat="bad-configuration",
+                )
+            await deliverer.run(job)
+            queue.consecutive_failures = 0
+        except QueueLevelFailure as failure:
+            await self._queue_failure(queue, settings, failure, state)
+        except Exception as exc:  # a bug must not wedge the queue
+            log.failure("delivery session for {queue} failed", queue=queue.name)
+            await self._queue_failure(
+                queue, settings, QueueLevelFailure("4.3.0", f"internal error: {exc}"), state
+            )
+        finally:
+            if not state.took_first:
+                queue.connecting -= 1
+            queue.active -= 1
+            self.total_active -= 1
+            await self._unreported(queue, settings, state)
+            self._pump_all_if_capped(queue)
+
+    def _pump_all_if_capped(self, queue: Queue) -> None:
+        """A finished session frees a global slot: let every queue use it."""
+        self._pump(queue)
+        if self.total_active < self.holder.config.settings.total_max_smtp_out:
+            for other in list(self.queues.values()):
+                if other is not queue and other.ready:
+                    self._pump(other)
+
+    async def _next_transaction(
+        self, queue: Queue, settings: DomainSettings, state: _SessionState
+    ) -> Transaction | None:
+        if not state.took_first:
+            state.took_first = True
+            queue.connecting -= 1
+        per_connection = settings.max_msg_per_connection
+        if state.stop or queue.paused or self._stopping:
+            return None
+        if per_connection and state.transactions >= per_connection:
+            return None
+        while queue.ready:
+            if not await self._wait_for_rate(queue, settings):
+                return None
+            if not queue.ready:
+                return None
+            item = queue.ready.popleft()
+            message = self.messages.get(item.msg_id)
+            live = tuple(i for i in item.rcpt_indexes if message and i in message.pending)
+            if message is None or not live:
+                continue
+            item.rcpt_indexes = live
+            try:
+                body = await self.store.read_body(item.msg_id)
+                if self.transform_body is not None:
+                    body = await self.transform_body(message.envelope, body, settings)
+            except Exception as exc:
+                log.error("cannot read {msg_id}: {error}", msg_id=item.msg_id, error=exc)
+                self._retry_items(queue, settings, [item], self.clock.seconds())
+                continue
+            state.transactions += 1
+            transaction = Transaction(message.envelope, live, body)
+            state.in_flight[id(transaction)] = (transaction, item)
+            return transaction
+        return None
+
+    async def _wait_for_rate(self, queue: Queue, settings: DomainSettings) -> bool:
+        rate = settings.max_msg_rate
+        if rate is None:
+            return True
+        now = self.clock.seconds()
+        wait = queue.next_send_at - now
+        if wait > MAX_RATE_WAIT:
+            self._arm_timer(queue, at=queue.next_send_at)
+            return False
+        if wait > 0:
+            await task.deferLater(self.clock, wait)
+        queue.next_send_at = max(queue.next_send_at, self.clock.seconds()) + 1 / rate.per_second
+        return True
+
+    # -- results -------------------------------------------------------------------
+
+    def _report(
+        self,
+        queue: Queue,
+        settings: DomainSettings,
+        state: _SessionState,
+        result: TransactionResult,
+    ) -> None:
+        entry = state.in_flight.pop(id(result.transaction), None)
+        if entry is None:
+            return
+        _, item = entry
+        deferred = defer.Deferred.fromCoroutine(
+            self._apply_result(queue, settings, state, item, result)
+        )
+        deferred.addErrback(lambda f: log.failure("recording a result failed", f))
+        state.pending_writes.append(deferred)
+
+    async def _apply_result(
+        self,
+        queue: Queue,
+        settings: DomainSettings,
+        state: _SessionState,
+        item: WorkItem,
+        result: TransactionResult,
+    ) -> None:
+        message = self.messages.get(item.msg_id)
+        if message is None:
+            return
+        now = self.clock.seconds()
+        envelope = message.envelope
+        groups: dict[tuple[str, Reply], list[int]] = {}
+        retry: list[int] = []
+        queue_action = ""
+        patterns = self.holder.config.pattern_lists.get(settings.smtp_pattern_list or "")
+        for index, reply in zip(item.rcpt_indexes, result.replies, strict=False):
+            actions = patterns.actions_for(_reply_line(reply)) if patterns else ()
+            queue_action = self._apply_pattern_actions(queue, actions, now) or queue_action
+            if reply.is_success:
+                kind = "d"
+            elif reply.is_permanent or "bounce-rcpt" in actions:
+                kind = "b"
+            elif is_expired(envelope.time_queued, now, settings.bounce_after):
+                kind = "x"
+            else:
+                kind = "t"
+                retry.append(index)
+            groups.setdefault((kind, reply), []).append(index)
+        info = result.info
+        outcomes = []
+        for (kind, reply), indexes in groups.items():
+            outcomes.append(
+                self._outcome(
+                    kind,
+                    reply,
+                    envelope,
+                    tuple(indexes),
+                    now,
+                    queue,
+                    dsn_mta=f"{info.destination_host} ({info.destination_ip})"
+                    if info.destination_ip
+                    else info.destination_host,
+                    dlv_type="smtp" if info.destination_ip else info.destination_host,
+                    dlv_source_ip=info.source_ip,
+                    dlv_destination_ip=info.destination_ip,
+                    dlv_esmtp_available=",".join(sorted(info.extensions)),
+                    dlv_size=len(result.transaction.body),
+                    dlv_tls_protocol=info.tls_protocol,
+                    dlv_tls_cipher=info.tls_cipher,
+                )
+            )
+        await self._record(queue, outcomes, body=result.transaction.body)
+        settings = self.settings_for(queue)  # a pattern action may have changed the mode
+        if retry:
+            retry_item = WorkItem(item.msg_id, tuple(retry), item.failed_attempts + 1)
+            self._retry_items(queue, settings, [retry_item], now, already_counted=True)
+        if queue_action == "defer-queue":
+            state.stop = True
+            self._retry_items(queue, settings, queue.take_all(), now)
+        elif queue_action == "bounce-queue":
+            state.stop = True
+            await self._bounce_items(
+                queue, queue.take_all(), "5.0.0", "queue bounced by smtp-pattern-list", ""
+            )
+
+    def _apply_pattern_actions(self, queue: Queue, actions: tuple[str, ...], now: float) -> str:
+        for action in actions:
+            if action == "mode=backoff":
+                if queue.mode != "backoff":
+                    log.info("queue {queue} enters backoff mode", queue=queue.name)
+                queue.mode, queue.backoff_since = "backoff", now
+            elif action == "mode=normal":
+                queue.mode = "normal"
+        for action in ("bounce-queue", "defer-queue"):
+            if action in actions:
+                return action
+        return ""
+
+    def _leave_backoff_if_due(self, queue: Queue) -> None:
+        if queue.mode != "backoff":
+            return
+        settings = self.holder.config.domain_settings(queue.domain, queue.vmta, queue.pool)
+        if self.clock.seconds() - queue.backoff_since >= settings.backoff_to_normal_after:
+            log.info("queue {queue} returns to normal mode", queue=queue.name)
+            queue.mode = "normal"
+
+    def _outcome(
+        self,
+        kind: str,
+        reply: Reply,
+        envelope: Envelope,
+        indexes: tuple[int, ...],
+        now: float,
+        queue: Queue,
+        **delivery: Any,
+    ) -> Outcome:
+        """One journal Outcome; kind `x` is an expiry (a `b` with 4.4.7 message-expired)."""
+        status, diag = reply.status, _reply_line(reply)
+        record, action, category = kind, "", ""
+        if kind == "d":
+            action = "relayed"
+        elif kind == "t":
+            action = "delayed"
+            category = classify(status, diag)
+        else:
+            record, action = "b", "failed"
+            if kind == "x":
+                status, category = "4.4.7", "message-expired"
+                diag = f"smtp;{diag} (expired after bounce-after)"
+            else:
+                category = classify(status, diag)
+        if not diag.startswith("smtp;"):
+            diag = f"smtp;{diag}"
+        return Outcome(
+            record=record,
+            msg_id=envelope.msg_id,
+            rcpt_indexes=indexes,
+            time=now,
+            envelope=envelope.only(indexes),
+            dsn_action=action,
+            dsn_status=status,
+            dsn_diag=diag,
+            bounce_cat=category,
+            queue=queue.name,
+            vmta=queue.vmta,
+            vmta_pool=queue.pool or "",
+            **delivery,
+        )
+
+    async def _record(
+        self, queue: Queue, outcomes: list[Outcome], body: bytes | None = None
+    ) -> None:
+        """Make outcomes durable, then update state, send DSNs and remove finished files."""
+        if not outcomes:
+            return
+        finals: dict[str, list[Outcome]] = {}
+        for outcome in outcomes:
+            message = self.messages.get(outcome.msg_id)
+            if outcome.is_final and message is not None:
+                message.pending.difference_update(outcome.rcpt_indexes)
+                finals.setdefault(outcome.msg_id, []).append(outcome)
+            counter = {"d": "delivered", "b": "bounced", "t": "deferred"}[outcome.record]
+            setattr(
+                queue.counters,
+                counter,
+                getattr(queue.counters, counter) + len(outcome.rcpt_indexes),
+            )
+        await self.journal.append(outcomes)
+        for msg_id, finished in finals.items():
+            bounced = [o for o in finished if o.record == "b"]
+            message = self.messages.get(msg_id)
+            if bounced and self.notify_bounce is not None and message is not None:
+                try:
+                    await self.notify_bounce(message.envelope, bounced, body)
+                except Exception:
+                    log.failure("could not queue a DSN for {msg_id}", msg_id=msg_id)
+            if message is not None and not message.pending:
+                del self.messages[msg_id]
+                await self.store.remove(msg_id)
+
+    # -- failures and retries ------------------------------------------------------
+
+    def _retry_items(
+        self,
+        queue: Queue,
+        settings: DomainSettings,
+        items: list[WorkItem],
+        now: float,
+        already_counted: bool = False,
+    ) -> None:
+        for item in items:
+            message = self.messages.get(item.msg_id)
+            if message is None:
+                continue
+            attempts = item.failed_attempts if already_counted else item.failed_attempts + 1
+            item.failed_attempts = attempts
+            due = next_attempt_at(
+                now,
+                attempts,
+                settings.retry_after,
+                message.envelope.time_queued,
+                settings.bounce_after,
+            )
+            queue.add_retry(due, item)
+        self._arm_timer(queue)
+
+    async def _queue_failure(
+        self,
+        queue: Queue,
+        settings: DomainSettings,
+        failure: QueueLevelFailure,
+        state: _SessionState,
+    ) -> None:
+        now = self.clock.seconds()
+        queue.counters.connection_failures += 1
+        queue.last_error = f"{failure.status} {failure.diag}"
+        await self.journal.append(
+            [
+                QueueFailure(
+                    queue=queue.name,
+                    time=now,
+                    dsn_status=failure.status,
+                    dsn_diag=failure.diag,
+                    dsn_mta=failure.dsn_mta,
+                    bounce_cat=failure.bounce_cat or classify(failure.status, failure.diag),
+                    vmta=queue.vmta,
+                    vmta_pool=queue.pool or "",
+                    dlv_destination_ip=failure.destination_ip,
+                )
+            ]
+        )
+        items = list(queue.ready)
+        queue.ready.clear()
+        if failure.permanent:
+            await self._bounce_items(queue, items, failure.status, failure.diag, failure.dsn_mta)
+            return
+        queue.consecutive_failures += 1
+        expired = [i for i in items if self._expired(i, settings, now)]
+        waiting = [i for i in items if not self._expired(i, settings, now)]
+        if expired:
+            await self._bounce_items(
+                queue, expired, "4.4.7", failure.diag, failure.dsn_mta, expired_reason=True
+            )
+        self._retry_items(queue, settings, waiting, now)
+
+    def _expired(self, item: WorkItem, settings: DomainSettings, now: float) -> bool:
+        message = self.messages.get(item.msg_id)
+        return message is not None and is_expired(
+            message.envelope.time_queued, now, settings.bounce_after
+        )
+
+    async def _unreported(
+        self, queue: Queue, settings: DomainSettings, state: _SessionState
+    ) -> None:
+        """Items a session took but never reported go back to retry (nothing is dropped)."""
+        if state.pending_writes:
+            await defer.DeferredList(state.pending_writes)
+        items = [item for _, item in state.in_flight.values()]
+        state.in_flight.clear()
+        if items:
+            self._retry_items(queue, settings, items, self.clock.seconds())
+
+    async def _bounce_items(
+        self,
+        queue: Queue,
+        items: list[WorkItem],
+        status: str,
+        diag: str,
+        dsn_mta: str,
+        expired_reason: bool = False,
+        category: str = "",
+    ) -> None:
+        now = self.clock.seconds()
+        outcomes = []
+        for item in items:
+            message = self.messages.get(item.msg_id)
+            if message is None:
+                continue
+            live = tuple(i for i in item.rcpt_indexes if i in message.pending)
+            if not live:
+                continue
+            code = int(status[0]) * 100 + 50 if status[:1].isdigit() else 550
+            kind = "x" if expired_reason else "b"
+            outcome = self._outcome(
+                kind, Reply(code, status, diag), message.envelope, live, now, queue, dsn_mta=dsn_mta
+            )
+            if category:
+                outcome = attrs.evolve(outcome, bounce_cat=category)
+            outcomes.append(outcome)
+        await self._record(queue, outcomes)
+
+    # -- timers --------------------------------------------------------------------
+
+    def _arm_timer(self, queue: Queue, at: float | None = None) -> None:
+        due = queue.next_due()
+        if at is not None:
+            due = at if due is None else min(due, at)
+        if due is None:
+            return
+        timer = self._timers.get(queue.name)
+        if timer is not None and timer.active():
+            if timer.getTime() <= due:
+                return
+            timer.cancel()
+        delay = max(due - self.clock.seconds(), 0.0)
+        self._timers[queue.name] = self.clock.callLater(delay, self._wake, queue)
+
+    def _wake(self, queue: Queue) -> None:
+        try:
+            self._timers.pop(queue.name, None)
+            queue.ready.extend(queue.pop_due(self.clock.seconds()))
+            self._arm_timer(queue)
+            self._pump(queue)
+        except Exception:
+            log.failure("waking queue {queue} failed", queue=queue.name)
+
+    # -- operator commands ---------------------------------------------------------
+
+    def matching(self, pattern: str) -> list[Queue]:
+        return [q for name, q in sorted(self.queues.items()) if queue_matches(pattern, name)]
+
+    def pause(self, pattern: str) -> list[str]:
+        """Pause matching queues, and queues created later that match (a campaign's)."""
+        self._paused_patterns.add(pattern)
+        queues = self.matching(pattern)
+        for queue in queues:
+            queue.paused = True
+        return [q.name for q in queues]
+
+    def resume(self, pattern: str) -> list[str]:
+        self._paused_patterns = {
+            p for p in self._paused_patterns if p != pattern and not queue_matches(pattern, p)
+        }
+        queues = self.matching(pattern)
+        for queue in queues:
+            queue.paused = False
+            self._pump(queue)
+        return [q.name for q in queues]
+
+    def schedule(self, pattern: str) -> list[str]:
+        """Retry now: every item waiting for its retry time becomes ready."""
+        queues = self.matching(pattern)
+        for queue in queues:
+            queue.ready.extend(entry[2] for entry in sorted(queue.retry, key=lambda e: e[:2]))
+            queue.retry.clear()
+            self._pump(queue)
+        return [q.name for q in queues]
+
+    def set_mode(self, pattern: str, mode: str) -> list[str]:
+        if mode not in ("normal", "backoff"):
+            raise ValueError("mode must be normal or backoff")
+        queues = self.matching(pattern)
+        for queue in queues:
+            queue.mode, queue.backoff_since = mode, self.clock.seconds()
+            self._pump(queue)
+        return [q.name for q in queues]
+
+    async def delete(self, pattern: str, job_id: str | None = None) -> int:
+        """Bounce the matching queues' recipients (`b`, reason administrative); return count."""
+        count = 0
+        for queue in self.matching(pattern):
+            items = queue.take_all()
+            keep: list[WorkItem] = []
+            drop: list[WorkItem] = []
+            for item in items:
+                message = self.messages.get(item.msg_id)
+                matches = message is not None and (
+                    job_id is None or message.envelope.job_id == job_id
+                )
+                (drop if matches else keep).append(item)
+            queue.ready.extend(keep)
+            count += sum(len(i.rcpt_indexes) for i in drop)
+            await self._bounce_items(
+                queue, drop, "5.0.0", "deleted by administrator", "", category="other"
+            )
+            self._arm_timer(queue)
+        return count
+
+    def queued_recipients(self) -> int:
+        return sum(q.recipients for q in self.queues.values())
+
+    async def stop(self) -> None:
+        """Stop starting sessions and wait for running ones (they end at the next item)."""
+        self._stopping = True
+        for timer in self._timers.values():
+            if timer.active():
+                timer.cancel()
+        self._timers.clear()
+        if self._sessions:
+            await defer.DeferredList(list(self._sessions))
+
+
+@attrs.define
+class _SessionState:
+    took_first: bool = False
+    stop: bool = False
+    transactions: int = 0
+    in_flight: dict[int, tuple[Transaction, WorkItem]] = attrs.field(factory=dict)
+    pending_writes: list[defer.Deferred[None]] = attrs.field(factory=list)
+
+
+def _reply_line(reply: Reply) -> str:
+    return f"{reply.code} {reply.status} {reply.text}".strip()
