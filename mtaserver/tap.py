@@ -10,14 +10,32 @@ from __future__ import annotations
 
 import signal
 import sys
+from collections.abc import Callable
 from typing import Any
 
-from twisted.application.service import IService, MultiService
+from twisted.application.service import IService, MultiService, Service
+from twisted.internet.defer import Deferred
+from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
 from twisted.python import usage
+from twisted.python.threadpool import ThreadPool
 
+from mtaserver.accounting.service import AcctService, writer_for
 from mtaserver.config import ConfigError
 from mtaserver.config.reload import ConfigHolder
+from mtaserver.http.listen import InsecureListenerError
+from mtaserver.http.transmissions import make_transmissions_services
+from mtaserver.queue.bounces import DsnSender
+from mtaserver.queue.delivery import DiscardDeliverer, FileDeliverer, IDeliverer
+from mtaserver.queue.scheduler import Scheduler
+from mtaserver.queue.service import SchedulerService
+from mtaserver.smtp.deliverer import SmtpDeliverer
+from mtaserver.smtp.dkim import DkimSigner
+from mtaserver.smtp.mx import MxResolver, make_resolver
+from mtaserver.smtp.reception import ReceptionStats
+from mtaserver.smtp.server import make_smtp_service
+from mtaserver.smtp.signing import DkimTransform
+from mtaserver.spool import Journal, open_spool
 
 log = Logger()
 
@@ -47,13 +65,85 @@ def install_sighup(holder: ConfigHolder, reactor: Any) -> None:
         signal.signal(signal.SIGHUP, lambda *_: reactor.callFromThread(holder.reload))
 
 
+class ThreadPoolService(Service):
+    """The bounded pool for blocking work (fsync, file I/O, DKIM), started with the server."""
+
+    def __init__(self, pool: ThreadPool) -> None:
+        self.pool = pool
+
+    def startService(self) -> None:  # noqa: N802 - Twisted's name
+        super().startService()
+        self.pool.start()
+
+    def stopService(self) -> None:  # noqa: N802 - Twisted's name
+        super().stopService()
+        self.pool.stop()
+
+
+class JournalService(Service):
+    """Closes the journal after everything that writes to it has stopped."""
+
+    def __init__(self, journal: Journal) -> None:
+        self.journal = journal
+
+    def stopService(self) -> None:  # noqa: N802 - Twisted's name
+        super().stopService()
+        self.journal.close()
+
+
 def makeService(options: Options, reactor: Any = None) -> IService:  # noqa: N802 - twistd's name
     if reactor is None:
         from twisted.internet import reactor as global_reactor
 
         reactor = global_reactor
     holder = load_or_exit(options["config"])
+    config = holder.config
     root = MultiService()
+    pool = ThreadPool(minthreads=4, maxthreads=32, name="mtaserver-blocking")
+    ThreadPoolService(pool).setServiceParent(root)
+
+    def run_in_thread(work: Callable[[], Any]) -> Deferred[Any]:
+        return deferToThreadPool(reactor, pool, work)
+
+    recovered, journal, store = open_spool(
+        config.settings.spool, run_in_thread, min_free_space=config.settings.spool_min_free_space
+    )
+    JournalService(journal).setServiceParent(root)
+    writers = [writer_for(acct, journal, run_in_thread, reactor) for acct in config.acct_files]
+    acct = AcctService(writers, journal)
+    acct.setServiceParent(root)
+
+    resolver = MxResolver(make_resolver(config.settings.name_server, reactor))
+    deliverers: dict[str, IDeliverer] = {
+        "smtp": SmtpDeliverer(holder, resolver, reactor),
+        "discard": DiscardDeliverer(),
+        "file": FileDeliverer(run_in_thread),
+    }
+    signer = DkimSigner.from_settings(config.settings)
+    scheduler = Scheduler(
+        holder, store, journal, deliverers, reactor,
+        transform_body=DkimTransform(signer, run_in_thread),
+    )
+    scheduler.notify_bounce = DsnSender(holder, store, scheduler.enqueue, reactor)
+    SchedulerService(scheduler, recovered).setServiceParent(root)
+
+    stats = ReceptionStats()
+    for listener in config.settings.smtp_listener:
+        make_smtp_service(
+            holder, store, scheduler.enqueue, listener, reactor,
+            stats=stats, run_in_thread=run_in_thread,
+        ).setServiceParent(root)
+
+    # Transmissions API (http/transmissions.py): one service per
+    # <transmissions-api-listener>; plain HTTP off loopback stops the server here.
+    try:
+        api_services = make_transmissions_services(holder, store, scheduler.enqueue, reactor)
+    except InsecureListenerError as exc:
+        print(f"mtaserver: {exc}; not started", file=sys.stderr)
+        raise SystemExit(1) from None
+    for api_service in api_services:
+        api_service.setServiceParent(root)
+
     install_sighup(holder, reactor)
     log.info("mtaserver configured from {path}", path=holder.config.path)
     return root

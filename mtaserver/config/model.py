@@ -166,6 +166,7 @@ class AcctFileSettings:
     http_webhook_hmac_key: str | None = None
     http_webhook_connect_timeout: float = 30.0
     http_webhook_io_timeout: float = 60.0
+    http_webhook_max_size: int = 5 * 1024 * 1024  # the batch limit (max-size rotates the file)
 
 
 @attrs.frozen

@@ -191,6 +191,7 @@ DIRECTIVES: Mapping[str, Spec] = {
     "http-webhook-hmac-key": Spec(v.parse_string, _A),
     "http-webhook-connect-timeout": Spec(v.parse_interval, _A),
     "http-webhook-io-timeout": Spec(v.parse_interval, _A),
+    "http-webhook-max-size": Spec(v.parse_size, _A),
     # <transmissions-api>
     "api-key": Spec(v.parse_api_key, _in(API), repeatable=True),
     "log-requests": Spec(_yesno, _in(API)),

@@ -115,6 +115,38 @@ class Scheduler:
             self._arm_timer(queue)
             self._pump(queue)
 
+    def restore(self, envelope: Envelope, pending: Sequence[tuple[int, int, float | None]]) -> None:
+        """Queue a message found by recovery: (index, failed attempts, last attempt) each.
+
+        Recipients that had failed wait out the rest of their retry interval, so a
+        restart neither hammers a destination nor forgets a schedule.
+        """
+        if not pending:
+            return
+        attempts = max(a for _, a, _ in pending)
+        last = max((t for _, _, t in pending if t is not None), default=None)
+        retry_at = None
+        if attempts and last is not None:
+            domain = recipient_domain(envelope.recipients[pending[0][0]].address)
+            settings = self.holder.config.domain_settings(domain, envelope.vmta)
+            retry_at = next_attempt_at(
+                last, attempts, settings.retry_after, envelope.time_queued, settings.bounce_after
+            )
+        self.enqueue(envelope, [i for i, _, _ in pending], attempts, retry_at)
+
+    async def bounce_lost(self, envelope: Envelope, indexes: Sequence[int]) -> None:
+        """Recipients whose message file is gone or corrupt get a final `b`, not silence."""
+        now = self.clock.seconds()
+        outcome = self._outcome(
+            "b",
+            Reply(550, "5.3.0", "message file lost or corrupt in the spool"),
+            envelope,
+            tuple(indexes),
+            now,
+            Queue("", "", ""),
+        )
+        await self.journal.append([attrs.evolve(outcome, queue="", bounce_cat="other")])
+
     def _queue(self, domain: str, vmta: str, pool: str | None) -> Queue:
         name = queue_name(domain, vmta)
         queue = self.queues.get(name)

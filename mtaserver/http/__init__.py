@@ -1,0 +1,1 @@
+"""The HTTP APIs: Transmissions, Command, Configuration and Monitoring."""

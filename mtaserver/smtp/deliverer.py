@@ -1,0 +1,96 @@
+"""`type smtp`: one delivery session of a queue, from MX routing to the last transaction.
+
+Routes the queue's domain (`MxResolver`), picks the vmta's source address and EHLO
+name (several `smtp-source-host` lines: round robin), and tries the targets in
+preference order until one session runs. When every target fails before a session
+could run, the queue as a whole failed: `QueueLevelFailure` (a `tq` record and a
+queue retry); a permanent routing answer (NXDOMAIN, null MX) bounces the queue.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Iterator
+from typing import Any
+
+from twisted.logger import Logger
+
+from mtaserver.config.reload import ConfigHolder
+from mtaserver.config.values import SourceHost
+from mtaserver.queue.delivery import QueueLevelFailure, SessionJob
+from mtaserver.smtp.client import SessionFailure, run_session
+from mtaserver.smtp.mx import MxResolver, RouteError
+
+log = Logger()
+
+#: Targets tried in one session attempt before the queue is declared failed.
+MAX_TARGETS_PER_ATTEMPT = 5
+
+
+class SmtpDeliverer:
+    """Runs SMTP sessions for queues; the scheduler decides when and how many."""
+
+    def __init__(
+        self, holder: ConfigHolder, resolver: MxResolver, reactor: Any, trust_root: Any = None
+    ) -> None:
+        self.holder = holder
+        self.resolver = resolver
+        self.reactor = reactor
+        self.trust_root = trust_root
+        self._source_cycles: dict[tuple[str, tuple[SourceHost, ...]], Iterator[SourceHost]] = {}
+
+    def source_for(self, vmta_name: str) -> tuple[str | None, str]:
+        """(source IP or None, EHLO name) for a vmta, rotating over its source hosts."""
+        config = self.holder.config
+        vmta = config.vmtas.get(vmta_name)
+        default_name = (vmta.host_name if vmta and vmta.host_name else None) or (
+            config.settings.host_name
+        )
+        if vmta is None or not vmta.smtp_source_host:
+            return None, default_name
+        key = (vmta_name, vmta.smtp_source_host)
+        if key not in self._source_cycles:
+            self._source_cycles[key] = itertools.cycle(vmta.smtp_source_host)
+        source = next(self._source_cycles[key])
+        return source.ip, source.host_name
+
+    async def run(self, job: SessionJob) -> None:
+        try:
+            levels = await self.resolver.route(job.domain, job.settings)
+        except RouteError as error:
+            raise QueueLevelFailure(
+                error.status, error.diag, permanent=error.permanent, bounce_cat=error.bounce_cat
+            ) from None
+        source_ip, helo_name = self.source_for(job.vmta)
+        targets = [target for level in levels for target in level][:MAX_TARGETS_PER_ATTEMPT]
+        last: SessionFailure | None = None
+        for target in targets:
+            try:
+                await run_session(
+                    self.reactor,
+                    target,
+                    helo_name=helo_name,
+                    source_ip=source_ip,
+                    settings=job.settings,
+                    next_transaction=job.next_transaction,
+                    report=job.report,
+                    trust_root=self.trust_root,
+                )
+                return
+            except SessionFailure as failure:
+                log.info(
+                    "{queue}: {host} [{ip}]:{port} failed: {reply}",
+                    queue=job.queue,
+                    host=target.host,
+                    ip=target.ip,
+                    port=target.port,
+                    reply=failure.reply,
+                )
+                last = failure
+        reply = last.reply if last else None
+        raise QueueLevelFailure(
+            reply.status if reply else "4.4.4",
+            reply.text if reply else "no delivery target",
+            dsn_mta=targets[-1].host if targets else "",
+            destination_ip=targets[-1].ip if targets else "",
+        )

@@ -1,0 +1,325 @@
+"""Reception policy: who may send what to whom, and making an accepted message durable.
+
+The protocol (`server.py`) parses the wire and asks this handler, the way
+aiosmtpd's hooks are asked: `check_mail`, `check_rcpt`, `begin_message`,
+`accept_message`, each answering with a `Reply`. Everything a `<source>` decides
+lives here: relaying (`always-allow-relaying`, `relay-domain`, after AUTH),
+`require-auth`, `max-message-size`, `max-rcpt-per-message`, the added headers and
+the vmta/job selection, so it can be tested without a socket.
+
+`accept_message` answers `250` only after `writer.commit(envelope)` fired (file,
+directory and journal fsync'd): nothing acknowledged is lost. Spool errors are
+always 4xx, so the client keeps the message and tries again.
+"""
+
+from __future__ import annotations
+
+import datetime
+import email.utils
+import re
+from collections.abc import Callable
+from typing import Protocol
+
+import attrs
+from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IReactorTime
+from twisted.logger import Logger
+
+from mtaserver.config.model import SourceSettings, build
+from mtaserver.config.reload import ConfigHolder
+from mtaserver.events import Envelope, Recipient
+from mtaserver.smtp.server_message import HeaderRules, MessageBuilder
+from mtaserver.smtp.server_params import Mailbox, MailParams, RcptParams
+from mtaserver.smtp.server_reply import (
+    AUTH_REQUIRED,
+    RELAY_DENIED,
+    SPOOL_ERROR,
+    SPOOL_FULL,
+    TOO_BIG,
+    TOO_MANY_RCPTS,
+    Reply,
+)
+from mtaserver.spool.errors import SpoolError, SpoolFullError
+
+log = Logger()
+
+
+class MessageWriterLike(Protocol):
+    """What reception needs of `mtaserver.spool.MessageWriter`."""
+
+    msg_id: str
+
+    def write(self, data: bytes) -> None: ...
+
+    def commit(self, envelope: Envelope) -> Deferred[None]: ...
+
+    def abort(self) -> None: ...
+
+
+class MessageStoreLike(Protocol):
+    """What reception needs of `mtaserver.spool.MessageStore`."""
+
+    def begin(self) -> MessageWriterLike: ...
+
+    def check_space(self) -> None: ...
+
+
+OnAccepted = Callable[[Envelope], None]
+
+
+@attrs.define
+class ReceptionStats:
+    """Counters the monitoring API reads; one instance per server, shared by sessions."""
+
+    sessions_current: int = 0
+    sessions_total: int = 0
+    messages_received: int = 0
+    recipients_received: int = 0
+    bytes_received: int = 0
+    messages_rejected: int = 0
+    auth_failures: int = 0
+    eight_bit_undeclared: int = 0
+
+
+@attrs.define
+class Session:
+    """One SMTP connection's state, as far as policy is concerned."""
+
+    client_ip: str
+    settings: SourceSettings
+    helo: str | None = None
+    esmtp: bool = False
+    tls: bool = False
+    user: str | None = None
+
+
+@attrs.define
+class Transaction:
+    """MAIL FROM up to the end of DATA."""
+
+    sender: Mailbox
+    params: MailParams
+    recipients: list[Recipient] = attrs.field(factory=list)
+
+
+class ReceptionHandler:
+    """The policy hooks; one per listener, shared by its sessions."""
+
+    def __init__(
+        self,
+        holder: ConfigHolder,
+        store: MessageStoreLike,
+        on_accepted: OnAccepted,
+        stats: ReceptionStats,
+        clock: IReactorTime,
+    ) -> None:
+        self.holder = holder
+        self.store = store
+        self.on_accepted = on_accepted
+        self.stats = stats
+        self.clock = clock
+
+    @property
+    def host_name(self) -> str:
+        return self.holder.config.settings.host_name
+
+    def settings_for(self, ip: str, user: str | None = None) -> SourceSettings:
+        """The client's `<source>`; after AUTH `{auth}`, then the user's own `source {name}`."""
+        config = self.holder.config
+        if user is None:
+            return config.source_settings(ip)
+        entry = config.smtp_users.get(user)
+        if entry is None or entry.source is None:
+            return config.source_settings(ip, authenticated=True)
+        layers = [
+            config.source_layer(ip),
+            config.named_sources.get("{auth}", {}),
+            config.named_sources.get(entry.source, {}),
+        ]
+        settings: SourceSettings = build(SourceSettings, layers)
+        return settings
+
+    def check_connect(self, session: Session) -> Reply:
+        if not session.settings.smtp_service:
+            return Reply(554, "5.7.1", "No SMTP service for you")
+        return Reply(220, "", f"{self.host_name} ESMTP mtaserver")
+
+    def check_mail(self, session: Session, sender: Mailbox, params: MailParams) -> Reply:
+        settings = session.settings
+        if settings.require_auth and session.user is None:
+            return AUTH_REQUIRED
+        spool_problem = self._spool_space()
+        if spool_problem is not None:
+            return spool_problem
+        limit = settings.max_message_size
+        if params.size is not None and limit and params.size > limit:
+            return TOO_BIG
+        return Reply(250, "2.1.0", "Sender ok")
+
+    def _spool_space(self) -> Reply | None:
+        try:
+            self.store.check_space()
+        except SpoolFullError:
+            return SPOOL_FULL
+        except SpoolError:
+            return SPOOL_ERROR
+        return None
+
+    def check_rcpt(
+        self, session: Session, txn: Transaction, rcpt: Mailbox, params: RcptParams
+    ) -> Reply:
+        settings = session.settings
+        if len(txn.recipients) >= settings.max_rcpt_per_message:
+            return TOO_MANY_RCPTS
+        if not self.may_relay(session, rcpt):
+            return RELAY_DENIED
+        return Reply(250, "2.1.5", "Recipient ok")
+
+    def may_relay(self, session: Session, rcpt: Mailbox) -> bool:
+        """Trusted clients relay anywhere; others only to relay-domains, never routed."""
+        if session.settings.always_allow_relaying or session.user is not None:
+            return True
+        if rcpt.routed:
+            return False
+        return self.holder.config.is_relay_domain(rcpt.domain)
+
+    def begin_message(self, session: Session, txn: Transaction) -> MessageWriterLike | Reply:
+        """A spool writer for the body, or the 4xx reply to DATA if the spool cannot."""
+        problem = self._spool_space()
+        if problem is not None:
+            return problem
+        try:
+            return self.store.begin()
+        except SpoolFullError:
+            return SPOOL_FULL
+        except SpoolError:
+            return SPOOL_ERROR
+
+    def header_rules(self, session: Session, txn: Transaction, msg_id: str) -> HeaderRules:
+        settings = session.settings
+        now = self.clock.seconds()
+        date = email.utils.format_datetime(datetime.datetime.fromtimestamp(now, datetime.UTC))
+        received = None
+        if settings.add_received_header:
+            received = received_header(session, txn, msg_id, self.host_name, date).encode("utf-8")
+        acct_files = self.holder.config.acct_files
+        capture = tuple(sorted({m.header for a in acct_files for m in a.map_header_to_field}))
+        return HeaderRules(
+            received=received or b"",
+            message_id=(
+                f"Message-ID: <{msg_id}@{self.host_name}>\r\n".encode()
+                if settings.add_message_id_header
+                else None
+            ),
+            date=f"Date: {date}\r\n".encode() if settings.add_date_header else None,
+            process_x_virtual_mta=settings.process_x_virtual_mta,
+            process_x_job=settings.process_x_job,
+            capture=capture,
+        )
+
+    async def accept_message(
+        self,
+        session: Session,
+        txn: Transaction,
+        writer: MessageWriterLike,
+        message: MessageBuilder,
+        problem: Reply | None,
+    ) -> Reply:
+        """Commit the message and answer 250, or refuse it; never 5xx for a spool error."""
+        problem = problem or message.problem
+        vmta, pool = None, None
+        if problem is None:
+            vmta_name = message.x_virtual_mta or session.settings.default_virtual_mta
+            if vmta_name:
+                config = self.holder.config
+                if vmta_name in config.vmtas:
+                    vmta = vmta_name
+                elif vmta_name in config.vmta_pools:
+                    pool = vmta_name
+                else:
+                    problem = Reply(550, "5.7.1", f"Unknown virtual MTA {_printable(vmta_name)}")
+        if problem is not None:
+            writer.abort()
+            self.stats.messages_rejected += 1
+            log.info(
+                "message refused from {client_ip}: {reply}",
+                client_ip=session.client_ip,
+                reply=str(problem),
+            )
+            return problem
+        declared_8bit = txn.params.body == "8BITMIME"
+        if message.eight_bit and not declared_8bit:
+            self.stats.eight_bit_undeclared += 1
+            log.info(
+                "8-bit message {msg_id} from {client_ip} without BODY=8BITMIME, accepted",
+                msg_id=writer.msg_id,
+                client_ip=session.client_ip,
+            )
+        envelope = Envelope(
+            msg_id=writer.msg_id,
+            sender=txn.sender.address,
+            recipients=tuple(txn.recipients),
+            time_queued=self.clock.seconds(),
+            src_type="smtp",
+            src_mta=f"{session.helo or ''} ({session.client_ip})",
+            smtp_user=session.user,
+            vmta=vmta,
+            vmta_pool=pool,
+            job_id=message.x_job or None,
+            env_id=txn.params.env_id,
+            ret=txn.params.ret,
+            body_type="8BITMIME" if declared_8bit or message.eight_bit else "7BIT",
+            smtputf8=txn.params.smtputf8,
+            size=message.size,
+            acct_headers=message.acct_headers,
+        )
+        try:
+            await writer.commit(envelope)
+        except SpoolFullError:
+            return SPOOL_FULL
+        except SpoolError as exc:
+            log.error("spool error for {msg_id}: {error}", msg_id=writer.msg_id, error=str(exc))
+            return SPOOL_ERROR
+        except Exception:
+            log.failure("unexpected error committing {msg_id}", msg_id=writer.msg_id)
+            return SPOOL_ERROR
+        self.stats.messages_received += 1
+        self.stats.recipients_received += len(envelope.recipients)
+        self.stats.bytes_received += envelope.size
+        try:
+            self.on_accepted(envelope)
+        except Exception:
+            log.failure("on_accepted failed for {msg_id}", msg_id=envelope.msg_id)
+        return Reply(250, "2.0.0", f"Ok: queued as {envelope.msg_id}")
+
+
+_UNSAFE = re.compile(r"[^\x21-\x7e]")
+
+
+def _printable(text: str, limit: int = 255) -> str:
+    """Client-supplied text made safe for a header or a reply: visible ASCII only."""
+    return _UNSAFE.sub("?", text)[:limit]
+
+
+def received_header(
+    session: Session, txn: Transaction, msg_id: str, host_name: str, date: str
+) -> str:
+    """`Received:` per RFC 5321 4.4, with the RFC 3848 / 6531 `with` keyword."""
+    proto = "ESMTP" if session.esmtp else "SMTP"
+    if session.esmtp:
+        proto += ("S" if session.tls else "") + ("A" if session.user else "")
+        if txn.params.smtputf8:
+            proto = "UTF8SMTP" + proto[len("ESMTP") :]
+    helo = _printable(session.helo or "unknown")
+    ip = session.client_ip
+    literal = f"IPv6:{ip}" if ":" in ip else ip
+    lines = [
+        f"Received: from {helo} ([{literal}])",
+        f"\tby {host_name} (mtaserver) with {proto} id {msg_id}",
+    ]
+    if len(txn.recipients) == 1:
+        lines.append(f"\tfor <{txn.recipients[0].address}>; {date}")
+    else:
+        lines[-1] += ";"
+        lines.append(f"\t{date}")
+    return "\r\n".join(lines) + "\r\n"

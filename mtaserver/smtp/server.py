@@ -1,0 +1,615 @@
+"""The SMTP server: one `ESMTP` subclass with every customisation, its factory and service.
+
+Twisted's `ESMTP` gives the class shape (command dispatch by name, `TimeoutMixin`,
+`startTLS`), but its line handling is replaced: `dataReceived` frames the byte
+stream itself, because SMTP safety lives there.
+
+* Commands end at CR LF only; a command line over 512 octets (12288 for AUTH) gets
+  `500 5.5.2`, one holding a bare CR, LF or NUL gets `500 5.5.2`.
+* DATA goes through `DataReader` (only CR LF . CR LF ends it) and `MessageBuilder`
+  (headers processed, body streamed into the spool writer).
+* Commands are pipelined (RFC 2920): while a reply waits on a Deferred (AUTH check,
+  spool commit) input is buffered, and the transport paused once that buffer is
+  large, so memory stays bounded.
+* Bytes pipelined after STARTTLS are discarded, and the session forgets HELO, AUTH
+  and the transaction once TLS starts (RFC 3207).
+* Ten 5xx replies, or an idle `smtp-command-timeout` / `smtp-data-timeout`, end the
+  session with 421.
+
+Policy decisions are the `ReceptionHandler`'s; parsing of arguments is in
+`server_params`; this module is the conversation.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from twisted.application.internet import StreamServerEndpointService
+from twisted.application.service import IService
+from twisted.internet import ssl
+from twisted.internet.defer import Deferred
+from twisted.internet.endpoints import TCP4ServerEndpoint, TCP6ServerEndpoint
+from twisted.internet.interfaces import IAddress, IReactorTime, ITLSTransport
+from twisted.internet.protocol import ServerFactory
+from twisted.internet.threads import deferToThread, deferToThreadPool
+from twisted.logger import Logger
+from twisted.mail.smtp import ESMTP
+from twisted.python.failure import Failure
+
+from mtaserver.auth.checkers import CheckerChoice, RunInThread
+from mtaserver.auth.ldap import LdapCheckers
+from mtaserver.auth.limiter import AuthFailureLimiter
+from mtaserver.auth.users import LocalUserChecker
+from mtaserver.config.model import Listener
+from mtaserver.config.reload import ConfigHolder
+from mtaserver.events import Recipient
+from mtaserver.smtp import server_reply as R
+from mtaserver.smtp.reception import (
+    MessageStoreLike,
+    MessageWriterLike,
+    OnAccepted,
+    ReceptionHandler,
+    ReceptionStats,
+    Session,
+    Transaction,
+)
+from mtaserver.smtp.server_auth import MECHANISMS, Challenge, Credentials, SaslExchange
+from mtaserver.smtp.server_data import DataReader
+from mtaserver.smtp.server_message import MessageBuilder
+from mtaserver.smtp.server_params import (
+    ParamError,
+    decode_address,
+    parse_mail_params,
+    parse_mailbox,
+    parse_rcpt_params,
+    split_argument,
+)
+from mtaserver.smtp.server_reply import Reply
+from mtaserver.smtp.tls import server_tls_options
+
+log = Logger()
+
+COMMAND, DATA, AUTH = "COMMAND", "DATA", "AUTH"
+COMMANDS = frozenset(
+    {"HELO", "EHLO", "MAIL", "RCPT", "DATA", "RSET", "NOOP", "QUIT", "VRFY", "EXPN", "HELP"}
+)
+EXTENSION_COMMANDS = frozenset({"STARTTLS", "AUTH"})
+# Web requests sent to an SMTP port are cross-protocol attacks: hang up (as Postfix).
+FORBIDDEN = frozenset({"GET", "POST", "PUT", "HEAD", "CONNECT"})
+
+
+class SmtpServerProtocol(ESMTP):
+    """One SMTP session."""
+
+    max_errors = 10
+    max_command_line = 512  # octets with CRLF (RFC 5321 4.5.3.1.4)
+    max_auth_line = 12288  # RFC 4954 section 4
+    max_paused_buffer = 64 * 1024
+
+    def __init__(
+        self,
+        handler: ReceptionHandler,
+        checkers: CheckerChoice,
+        limiter: AuthFailureLimiter,
+        tls_options: ssl.CertificateOptions | None,
+        clock: IReactorTime,
+    ) -> None:
+        super().__init__(chal={}, contextFactory=tls_options)
+        self.handler = handler
+        self.checkers = checkers
+        self.limiter = limiter
+        self.clock = clock
+        self.callLater = clock.callLater  # type: ignore[method-assign,assignment]
+        self.stats: ReceptionStats = handler.stats
+        self.session = Session(client_ip="0.0.0.0", settings=handler.settings_for("0.0.0.0"))
+        self.mode = COMMAND
+        self.errors = 0
+        self._inbox = bytearray()
+        self._overlong = False
+        self._paused = 0
+        self._producer_paused = False
+        self._in_process = False
+        self._closing = False
+        self._txn: Transaction | None = None
+        self._writer: MessageWriterLike | None = None
+        self._reader: DataReader | None = None
+        self._message: MessageBuilder | None = None
+        self._sasl: SaslExchange | None = None
+
+    @property
+    def _transport(self) -> Any:
+        """The transport, untyped: TCP or TLS, with startTLS and pause/resumeProducing."""
+        return self.transport
+
+    # -- connection ---------------------------------------------------------------
+
+    def connectionMade(self) -> None:
+        peer = self._transport.getPeer()
+        ip = str(getattr(peer, "host", "0.0.0.0"))
+        self.session = Session(client_ip=ip, settings=self.handler.settings_for(ip))
+        self.stats.sessions_current += 1
+        self.stats.sessions_total += 1
+        greeting = self.handler.check_connect(self.session)
+        self.reply(greeting)
+        if not greeting.ok:
+            self._close()
+            return
+        self.setTimeout(self.session.settings.smtp_command_timeout)
+
+    def connectionLost(self, reason: Failure = Failure(ConnectionError())) -> None:  # noqa: B008
+        self._closing = True
+        self.setTimeout(None)
+        if self.mode == DATA and self._writer is not None:
+            self._writer.abort()
+            self._writer = None
+        self.stats.sessions_current -= 1
+
+    def timeoutConnection(self) -> None:
+        log.info("SMTP timeout for {client_ip}", client_ip=self.session.client_ip)
+        self.reply(R.TIMEOUT)
+        self._close()
+
+    def reply(self, reply: Reply) -> None:
+        """Send `reply`; the tenth 5xx of a session ends it (421)."""
+        if self._closing:
+            return
+        self._transport.write(b"".join(reply.lines()))
+        if reply.code >= 500:
+            self.errors += 1
+            if self.errors >= self.max_errors:
+                log.info("too many errors from {client_ip}", client_ip=self.session.client_ip)
+                self._transport.write(b"".join(R.TOO_MANY_ERRORS.lines()))
+                self._close()
+
+    def sendCode(self, code: int, message: bytes = b"") -> None:
+        """Twisted's reply method, kept working for anything inherited that calls it."""
+        self.reply(Reply(code, "", message.decode("utf-8", "replace")))
+
+    def _close(self) -> None:
+        if not self._closing:
+            self._closing = True
+            self.setTimeout(None)
+            self._transport.loseConnection()
+
+    # -- framing ------------------------------------------------------------------
+
+    def dataReceived(self, data: bytes) -> None:
+        if self._closing:
+            return
+        self.resetTimeout()
+        self._inbox += data
+        self._process()
+
+    def _process(self) -> None:
+        """Handle buffered input until it runs out or a reply has to wait."""
+        if self._in_process:
+            return
+        self._in_process = True
+        try:
+            while not self._paused and not self._closing:
+                if self.mode == DATA:
+                    if not self._inbox:
+                        break
+                    chunk = bytes(self._inbox)
+                    self._inbox.clear()
+                    self._data_chunk(chunk)
+                    continue
+                line = self._next_line()
+                if line is None:
+                    break
+                self._line(*line)
+        finally:
+            self._in_process = False
+        if (
+            self._paused
+            and len(self._inbox) > self.max_paused_buffer
+            and not self._producer_paused
+            and not self._closing
+        ):
+            self._producer_paused = True
+            self._transport.pauseProducing()
+
+    def _line_limit(self) -> int:
+        if self.mode == AUTH or self._inbox[:5].upper() == b"AUTH ":
+            return self.max_auth_line
+        return self.max_command_line
+
+    def _next_line(self) -> tuple[bytes, bool] | None:
+        """(line without CRLF, too long) or None until a whole line is buffered."""
+        limit = self._line_limit()
+        end = self._inbox.find(b"\r\n")
+        if end < 0:
+            if len(self._inbox) > limit:
+                keep = b"\r" if self._inbox.endswith(b"\r") else b""
+                self._inbox[:] = keep
+                self._overlong = True
+            return None
+        line = bytes(self._inbox[:end])
+        del self._inbox[: end + 2]
+        too_long = self._overlong or end + 2 > limit
+        self._overlong = False
+        return line, too_long
+
+    def _line(self, line: bytes, too_long: bool) -> None:
+        if too_long:
+            if self.mode == AUTH:
+                self.mode, self._sasl = COMMAND, None
+            self.reply(R.LINE_TOO_LONG)
+            return
+        if self.mode == AUTH:
+            self._auth_response(line)
+            return
+        if b"\r" in line or b"\n" in line or b"\x00" in line:
+            self.reply(R.BARE_NEWLINE_COMMAND)
+            return
+        verb, _, rest = line.strip(b" \t").partition(b" ")
+        name = verb.decode("ascii", "replace").upper()
+        if name in FORBIDDEN:
+            log.info("web request on SMTP from {client_ip}", client_ip=self.session.client_ip)
+            self._close()
+            return
+        if name in COMMANDS:
+            getattr(self, "do_" + name)(rest.lstrip(b" "))
+        elif name in EXTENSION_COMMANDS:
+            getattr(self, "ext_" + name)(rest.lstrip(b" "))
+        else:
+            self.reply(R.UNKNOWN_COMMAND)
+
+    def _wait(self, d: Deferred[Any], then: Callable[[Any], None]) -> None:
+        """Hold further input until `d` fires, then call `then` with its result."""
+        self._paused += 1
+
+        def done(result: Any) -> None:
+            self._paused -= 1
+            if self._closing:
+                return
+            then(result)
+            if self._producer_paused and not self._closing:
+                self._producer_paused = False
+                self._transport.resumeProducing()
+            self._process()
+
+        d.addBoth(done)
+        d.addErrback(lambda f: log.failure("SMTP session step failed", f))
+
+    # -- HELO / EHLO --------------------------------------------------------------
+
+    def _greeted(self, rest: bytes, esmtp: bool) -> bool:
+        if not rest:
+            self.reply(Reply(501, "5.5.4", "HELO/EHLO requires a domain name"))
+            return False
+        self._reset_transaction()
+        self.session.helo = rest.split(b" ")[0].decode("utf-8", "replace")[:255]
+        self.session.esmtp = esmtp
+        return True
+
+    def do_HELO(self, rest: bytes) -> None:
+        if self._greeted(rest, esmtp=False):
+            self.reply(Reply(250, "", self.handler.host_name))
+
+    def do_EHLO(self, rest: bytes) -> None:
+        if self._greeted(rest, esmtp=True):
+            self.reply(Reply(250, "", "\n".join(self.ehlo_lines())))
+
+    def ehlo_lines(self) -> list[str]:
+        settings = self.session.settings
+        size = settings.max_message_size
+        lines = [f"{self.handler.host_name} Hello [{self.session.client_ip}]", "PIPELINING"]
+        lines.append(f"SIZE {size}" if size else "SIZE")
+        lines.append("8BITMIME")
+        if settings.allow_smtputf8:
+            lines.append("SMTPUTF8")
+        lines += ["ENHANCEDSTATUSCODES", "DSN"]
+        if self._can_starttls():
+            lines.append("STARTTLS")
+        if self._auth_allowed() and self._checker() is not None:
+            lines.append("AUTH " + " ".join(MECHANISMS))
+        return lines
+
+    # -- the transaction ----------------------------------------------------------
+
+    def _reset_transaction(self) -> None:
+        self._txn = None
+
+    def do_MAIL(self, rest: bytes) -> None:
+        if self.session.helo is None:
+            self.reply(R.HELO_FIRST)
+            return
+        if self._txn is not None:
+            self.reply(Reply(503, "5.5.1", "Nested MAIL command"))
+            return
+        try:
+            raw, params = split_argument(rest, b"FROM:")
+            mail_params = parse_mail_params(
+                params, self.session.esmtp, self.session.settings.allow_smtputf8
+            )
+            text = decode_address(raw, mail_params.smtputf8, "5.1.7")
+            sender = parse_mailbox(text, "5.1.7", allow_null=True)
+        except ParamError as exc:
+            self.reply(exc.reply)
+            return
+        reply = self.handler.check_mail(self.session, sender, mail_params)
+        if reply.ok:
+            self._txn = Transaction(sender, mail_params)
+        self.reply(reply)
+
+    def do_RCPT(self, rest: bytes) -> None:
+        txn = self._txn
+        if txn is None:
+            self.reply(Reply(503, "5.5.1", "Need MAIL before RCPT"))
+            return
+        try:
+            raw, params = split_argument(rest, b"TO:")
+            rcpt_params = parse_rcpt_params(params, self.session.esmtp)
+            text = decode_address(raw, txn.params.smtputf8, "5.1.3")
+            rcpt = parse_mailbox(text, "5.1.3")
+        except ParamError as exc:
+            self.reply(exc.reply)
+            return
+        reply = self.handler.check_rcpt(self.session, txn, rcpt, rcpt_params)
+        if reply.ok:
+            txn.recipients.append(Recipient(rcpt.address, rcpt_params.orcpt, rcpt_params.notify))
+        self.reply(reply)
+
+    def do_DATA(self, rest: bytes) -> None:
+        txn = self._txn
+        if rest:
+            self.reply(Reply(501, "5.5.4", "DATA takes no arguments"))
+            return
+        if txn is None:
+            self.reply(Reply(503, "5.5.1", "Need MAIL command"))
+            return
+        if not txn.recipients:
+            self.reply(Reply(554, "5.5.1", "No valid recipients"))
+            return
+        started = self.handler.begin_message(self.session, txn)
+        if isinstance(started, Reply):
+            self._reset_transaction()
+            self.reply(started)
+            return
+        settings = self.session.settings
+        rules = self.handler.header_rules(self.session, txn, started.msg_id)
+        self._writer = started
+        self._message = MessageBuilder(started.write, rules, settings.max_message_size)
+        self._reader = DataReader(reject_bare_newline=settings.bare_newline == "reject")
+        self.mode = DATA
+        self.setTimeout(settings.smtp_data_timeout)
+        self.reply(Reply(354, "", "End data with <CR><LF>.<CR><LF>"))
+
+    def _data_chunk(self, chunk: bytes) -> None:
+        reader, message, writer, txn = self._reader, self._message, self._writer, self._txn
+        assert reader is not None and message is not None and writer is not None
+        assert txn is not None
+        lines, rest = reader.feed(chunk)
+        if lines:
+            message.add(lines)
+        if rest is None:
+            return
+        message.finish()
+        self.mode = COMMAND
+        self._inbox += rest
+        self._reader = self._message = self._writer = None
+        self._txn = None
+        self.setTimeout(None)
+        accepted = Deferred.fromCoroutine(
+            self.handler.accept_message(self.session, txn, writer, message, reader.problem)
+        )
+        accepted.addErrback(self._accept_failed)
+        self._wait(accepted, self._message_done)
+
+    def _accept_failed(self, failure: Failure) -> Reply:
+        log.failure("accepting a message failed", failure)
+        return R.SPOOL_ERROR
+
+    def _message_done(self, reply: Reply) -> None:
+        self.setTimeout(self.session.settings.smtp_command_timeout)
+        self.reply(reply)
+
+    def do_RSET(self, rest: bytes) -> None:
+        self._reset_transaction()
+        self.reply(R.OK)
+
+    def do_NOOP(self, rest: bytes) -> None:
+        self.reply(R.OK)
+
+    def do_QUIT(self, rest: bytes) -> None:
+        self.reply(Reply(221, "2.0.0", "Bye"))
+        self._close()
+
+    def do_VRFY(self, rest: bytes) -> None:
+        self.reply(Reply(252, "2.5.0", "Cannot VRFY user, but will accept message"))
+
+    def do_EXPN(self, rest: bytes) -> None:
+        self.reply(Reply(502, "5.5.1", "EXPN not available"))
+
+    def do_HELP(self, rest: bytes) -> None:
+        self.reply(Reply(214, "2.0.0", "See RFC 5321"))
+
+    # -- STARTTLS -----------------------------------------------------------------
+
+    def _can_starttls(self) -> bool:
+        return (
+            self.ctx is not None
+            and not self.session.tls
+            and self.session.settings.allow_starttls
+            and ITLSTransport.providedBy(self.transport)
+        )
+
+    def ext_STARTTLS(self, rest: bytes) -> None:
+        if rest:
+            self.reply(Reply(501, "5.5.4", "STARTTLS takes no arguments"))
+            return
+        if self.session.tls:
+            self.reply(Reply(503, "5.5.1", "TLS already active"))
+            return
+        if not self._can_starttls():
+            self.reply(Reply(454, "4.7.0", "TLS not available"))
+            return
+        self.reply(Reply(220, "2.0.0", "Ready to start TLS"))
+        if self._inbox:
+            log.warn(
+                "discarded {count} bytes pipelined after STARTTLS from {client_ip}",
+                count=len(self._inbox),
+                client_ip=self.session.client_ip,
+            )
+            self._inbox.clear()
+        self._transport.startTLS(self.ctx)
+        ip = self.session.client_ip
+        self.session = Session(client_ip=ip, settings=self.handler.settings_for(ip), tls=True)
+        self._reset_transaction()
+
+    # -- AUTH ---------------------------------------------------------------------
+
+    def _auth_allowed(self) -> bool:
+        settings = self.session.settings
+        if self.session.user is not None:
+            return False
+        if self.session.tls:
+            return True
+        return settings.allow_unencrypted_plain_auth and not settings.require_starttls_before_auth
+
+    def _checker(self) -> Any:
+        return self.checkers.for_source(self.session.settings.auth_ldap)
+
+    def ext_AUTH(self, rest: bytes) -> None:
+        session, settings = self.session, self.session.settings
+        if session.helo is None or not session.esmtp:
+            self.reply(Reply(503, "5.5.1", "Send EHLO first"))
+            return
+        if session.user is not None:
+            self.reply(Reply(503, "5.5.1", "Already authenticated"))
+            return
+        if self._txn is not None:
+            self.reply(Reply(503, "5.5.1", "AUTH not allowed during a mail transaction"))
+            return
+        if not self._auth_allowed():
+            self.reply(R.ENCRYPTION_REQUIRED)
+            return
+        if self._checker() is None:
+            self.reply(Reply(502, "5.5.1", "AUTH not available"))
+            return
+        if self.limiter.blocked(session.client_ip, settings.max_auth_failures_per_minute):
+            self.reply(R.AUTH_TOO_MANY)
+            self._close()
+            return
+        mechanism, _, initial = rest.partition(b" ")
+        name = mechanism.decode("ascii", "replace").upper()
+        if name not in MECHANISMS:
+            self.reply(Reply(504, "5.5.4", "Unrecognized authentication type"))
+            return
+        self._sasl = SaslExchange(name)
+        self._auth_step(self._sasl.start(initial.strip() or None))
+
+    def _auth_response(self, line: bytes) -> None:
+        assert self._sasl is not None
+        self._auth_step(self._sasl.respond(line))
+
+    def _auth_step(self, step: Challenge | Credentials | Reply) -> None:
+        if isinstance(step, Challenge):
+            self.mode = AUTH
+            self.reply(step.reply())
+            return
+        self.mode, self._sasl = COMMAND, None
+        if isinstance(step, Reply):
+            if step == R.AUTH_FAILED:
+                self._auth_failed()
+            else:
+                self.reply(step)
+            return
+        checker = self._checker()
+        checked: Deferred[bool] = checker.check(step.user, step.password)
+        self._wait(checked, lambda ok: self._auth_checked(step.user, ok))
+
+    def _auth_checked(self, user: str, ok: bool | Failure) -> None:
+        if isinstance(ok, Failure):
+            log.failure("AUTH check failed", ok)
+            self.reply(R.AUTH_TEMPORARY)
+        elif ok:
+            ip = self.session.client_ip
+            self.session.user = user
+            self.session.settings = self.handler.settings_for(ip, user)
+            log.info("AUTH {user} from {client_ip}", user=user, client_ip=ip)
+            self.reply(R.AUTH_OK)
+        else:
+            self._auth_failed()
+
+    def _auth_failed(self) -> None:
+        ip = self.session.client_ip
+        self.stats.auth_failures += 1
+        failures = self.limiter.record(ip)
+        log.info("AUTH failed from {client_ip} ({failures}/min)", client_ip=ip, failures=failures)
+        if failures >= self.session.settings.max_auth_failures_per_minute:
+            self.reply(R.AUTH_TOO_MANY)
+            self._close()
+        else:
+            self.reply(R.AUTH_FAILED)
+
+
+def default_run_in_thread(reactor: Any) -> RunInThread:
+    """Run blocking work (password hashing) in the reactor's thread pool."""
+    if hasattr(reactor, "getThreadPool"):
+        return lambda f: deferToThreadPool(reactor, reactor.getThreadPool(), f)
+    return deferToThread
+
+
+class SmtpServerFactory(ServerFactory):
+    """Builds sessions for one `smtp-listener`; shares handler, stats and AUTH limiter."""
+
+    def __init__(
+        self,
+        holder: ConfigHolder,
+        store: MessageStoreLike,
+        on_accepted: OnAccepted,
+        clock: IReactorTime,
+        listener: Listener,
+        *,
+        stats: ReceptionStats | None = None,
+        checkers: CheckerChoice | None = None,
+        run_in_thread: RunInThread | None = None,
+        tls_options: ssl.CertificateOptions | None = None,
+    ) -> None:
+        self.holder = holder
+        self.clock = clock
+        self.listener = listener
+        self.stats = stats if stats is not None else ReceptionStats()
+        self.handler = ReceptionHandler(holder, store, on_accepted, self.stats, clock)
+        if tls_options is None:
+            pem = listener.tls_certificate or holder.config.settings.smtp_server_tls_certificate
+            tls_options = server_tls_options(pem) if pem else None
+        self.tls_options = tls_options
+        if checkers is None:
+            run = run_in_thread or default_run_in_thread(clock)
+            checkers = CheckerChoice(
+                LocalUserChecker(holder, run), LdapCheckers(holder, run, clock)
+            )
+        self.checkers = checkers
+        self.limiter = AuthFailureLimiter(clock.seconds)
+
+    def buildProtocol(self, addr: IAddress | None) -> SmtpServerProtocol:
+        protocol = SmtpServerProtocol(
+            self.handler, self.checkers, self.limiter, self.tls_options, self.clock
+        )
+        protocol.factory = self
+        return protocol
+
+
+def make_smtp_service(
+    holder: ConfigHolder,
+    store: MessageStoreLike,
+    on_accepted: OnAccepted,
+    listener: Listener,
+    reactor: Any,
+    **factory_options: Any,
+) -> IService:
+    """A service listening on `listener` (TCP, IPv4 or IPv6); STARTTLS from its PEM."""
+    factory = SmtpServerFactory(holder, store, on_accepted, reactor, listener, **factory_options)
+    host, port = listener.address.host, listener.address.port
+    endpoint = (
+        TCP6ServerEndpoint(reactor, port, interface=host)
+        if ":" in host
+        else TCP4ServerEndpoint(reactor, port, interface=host)
+    )
+    service = StreamServerEndpointService(endpoint, factory)
+    service.setName(f"smtp-listener {listener.address}")
+    return service

@@ -1,0 +1,151 @@
+"""The message as stored: the header block processed, the body streamed through.
+
+Only the header block is held in memory (up to `MAX_HEADER_BYTES`); body lines go
+to the spool writer as they arrive, so a session's memory does not grow with the
+message. In the header block this module
+
+* takes out `X-Virtual-MTA` and `X-Job` when the source says `process-x-virtual-mta`
+  / `process-x-job`, keeping their values for the envelope;
+* captures the headers the acct files map to fields (`map-header-to-field`);
+* puts a `Received` header first, and adds `Message-ID` and `Date` at the end of
+  the block when they are missing and the source wants them.
+
+A message whose first line is not a header gets an empty line after the added
+headers, so the client's first line stays body.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Iterable
+
+import attrs
+
+from mtaserver.smtp.server_reply import TOO_BIG, Reply
+
+MAX_HEADER_BYTES = 256 * 1024
+MAX_CAPTURED_VALUE = 998
+_FIELD_NAME = re.compile(rb"([\x21-\x39\x3b-\x7e]+)[ \t]*:")
+
+
+@attrs.frozen
+class HeaderRules:
+    """What to do with the header block of one message."""
+
+    received: bytes = b""  # a complete Received field, CRLF-terminated lines
+    message_id: bytes | None = None  # the field to add when the message has none
+    date: bytes | None = None
+    process_x_virtual_mta: bool = False
+    process_x_job: bool = False
+    capture: tuple[str, ...] = ()  # header names for acct records
+
+
+class MessageBuilder:
+    """Receives content lines (without CRLF), writes the stored message to `sink`."""
+
+    def __init__(
+        self, sink: Callable[[bytes], None], rules: HeaderRules, max_size: int = 0
+    ) -> None:
+        self._sink = sink
+        self._rules = rules
+        self._max_size = max_size
+        self._capture = {name.lower(): name for name in rules.capture}
+        self._in_header = True
+        self._header_lines: list[bytes] = []
+        self._header_bytes = 0
+        self.received_bytes = 0  # what the client sent, unstuffed, with CRLFs
+        self.size = 0  # what was written
+        self.eight_bit = False
+        self.problem: Reply | None = None
+        self.x_virtual_mta: str | None = None
+        self.x_job: str | None = None
+        self.acct_headers: dict[str, str] = {}
+
+    def add(self, lines: list[bytes]) -> None:
+        if not lines or self.problem is not None:
+            return
+        self.received_bytes += sum(len(line) for line in lines) + 2 * len(lines)
+        if self._max_size and self.received_bytes > self._max_size:
+            self.problem = TOO_BIG
+            return
+        if not self.eight_bit and not all(line.isascii() for line in lines):
+            self.eight_bit = True
+        index = 0
+        while self._in_header and index < len(lines):
+            self._header_line(lines[index])
+            index += 1
+        if index < len(lines):
+            rest = lines[index:] if index else lines
+            self._write(b"\r\n".join(rest) + b"\r\n")
+
+    def finish(self) -> None:
+        """The end of data: a message that is all header still gets its header work."""
+        if self._in_header and self.problem is None:
+            self._end_header(None)
+
+    def _header_line(self, line: bytes) -> None:
+        if line == b"":
+            self._end_header(b"")
+        elif (line[:1] in (b" ", b"\t") and self._header_lines) or _FIELD_NAME.match(line):
+            self._keep_header_line(line)
+        else:
+            self._end_header(line, add_separator=True)
+
+    def _keep_header_line(self, line: bytes) -> None:
+        self._header_lines.append(line)
+        self._header_bytes += len(line) + 2
+        if self._header_bytes > MAX_HEADER_BYTES:
+            # Too big to hold: what we have is processed, the rest passes as is.
+            self._end_header(None)
+
+    def _end_header(self, line: bytes | None, add_separator: bool = False) -> None:
+        self._in_header = False
+        rules = self._rules
+        out = [rules.received] if rules.received else []
+        seen: set[bytes] = set()
+        for field in _fields(self._header_lines):
+            name = _FIELD_NAME.match(field[0]).group(1).lower()  # type: ignore[union-attr]
+            seen.add(name)
+            value = _unfold(field)
+            if name == b"x-virtual-mta" and rules.process_x_virtual_mta:
+                self.x_virtual_mta = self.x_virtual_mta or value.strip()
+                continue
+            if name == b"x-job" and rules.process_x_job:
+                self.x_job = self.x_job or value.strip()
+                continue
+            wanted = self._capture.get(name.decode("ascii"))
+            if wanted is not None and wanted not in self.acct_headers:
+                self.acct_headers[wanted] = value.strip()[:MAX_CAPTURED_VALUE]
+            out.append(b"\r\n".join(field) + b"\r\n")
+        if rules.message_id is not None and b"message-id" not in seen:
+            out.append(rules.message_id)
+        if rules.date is not None and b"date" not in seen:
+            out.append(rules.date)
+        if add_separator:
+            out.append(b"\r\n")
+        if line is not None:
+            out.append(line + b"\r\n")
+        self._header_lines = []
+        self._write(b"".join(out))
+
+    def _write(self, data: bytes) -> None:
+        self.size += len(data)
+        self._sink(data)
+
+
+def _fields(lines: Iterable[bytes]) -> list[list[bytes]]:
+    fields: list[list[bytes]] = []
+    for line in lines:
+        if line[:1] in (b" ", b"\t") and fields:
+            fields[-1].append(line)
+        else:
+            fields.append([line])
+    return fields
+
+
+def _unfold(field: list[bytes]) -> str:
+    """The value of a field, continuation lines joined, as text."""
+    first = field[0]
+    value = first[first.index(b":") + 1 :]
+    joined = b"".join([value, *field[1:]])
+    return joined.decode("utf-8", "replace").replace("\t", " ")

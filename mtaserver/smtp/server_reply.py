@@ -1,0 +1,59 @@
+"""SMTP replies as values, with their enhanced status codes (RFC 3463).
+
+Policy code returns a `Reply` and the protocol sends it; nothing else formats
+reply lines, so every reply carries an enhanced status code and multi-line replies
+come out right.
+"""
+
+from __future__ import annotations
+
+import attrs
+
+
+@attrs.frozen
+class Reply:
+    """`code status text`, e.g. `Reply(250, "2.1.0", "Ok")`; `status` may be empty."""
+
+    code: int
+    status: str
+    text: str
+
+    @property
+    def ok(self) -> bool:
+        return self.code < 400
+
+    def lines(self) -> list[bytes]:
+        """The reply on the wire: one line per text line, `code-` on all but the last."""
+        texts = self.text.split("\n") or [""]
+        prefix = f"{self.status} " if self.status else ""
+        out = []
+        for i, text in enumerate(texts):
+            sep = " " if i == len(texts) - 1 else "-"
+            out.append(f"{self.code}{sep}{prefix}{text}".encode("utf-8", "replace") + b"\r\n")
+        return out
+
+    def __str__(self) -> str:
+        return f"{self.code} {self.status} {self.text}".replace("  ", " ")
+
+
+OK = Reply(250, "2.0.0", "Ok")
+BAD_SEQUENCE = Reply(503, "5.5.1", "Bad sequence of commands")
+HELO_FIRST = Reply(503, "5.5.1", "Send HELO or EHLO first")
+LINE_TOO_LONG = Reply(500, "5.5.2", "Line too long")
+BARE_NEWLINE_COMMAND = Reply(500, "5.5.2", "Bare CR or LF in command line")
+UNKNOWN_COMMAND = Reply(500, "5.5.1", "Command unrecognized")
+TOO_MANY_ERRORS = Reply(421, "4.7.0", "Too many errors, closing connection")
+TIMEOUT = Reply(421, "4.4.2", "Timeout exceeded, closing connection")
+RELAY_DENIED = Reply(550, "5.7.1", "Relaying denied")
+AUTH_REQUIRED = Reply(530, "5.7.0", "Authentication required")
+ENCRYPTION_REQUIRED = Reply(
+    538, "5.7.11", "Encryption required for requested authentication mechanism"
+)
+AUTH_FAILED = Reply(535, "5.7.8", "Authentication credentials invalid")
+AUTH_OK = Reply(235, "2.7.0", "Authentication successful")
+AUTH_TOO_MANY = Reply(421, "4.7.0", "Too many authentication failures, closing connection")
+AUTH_TEMPORARY = Reply(454, "4.7.0", "Temporary authentication failure")
+TOO_BIG = Reply(552, "5.3.4", "Message size exceeds fixed maximum message size")
+TOO_MANY_RCPTS = Reply(452, "4.5.3", "Too many recipients")
+SPOOL_FULL = Reply(452, "4.3.1", "Insufficient system storage")
+SPOOL_ERROR = Reply(451, "4.3.0", "Local error in processing, try again later")

@@ -1,0 +1,222 @@
+"""End to end: the real server (`twistd -n mtaserver`) relaying to real receivers.
+
+smtplib sends, the server spools and delivers to an aiosmtpd MX on loopback (found
+through `smtp-hosts` or a twisted.names DNS server), and the acct file tells what
+happened to each recipient. Crash tests kill the process and restart it on the same
+spool.
+"""
+
+from __future__ import annotations
+
+import csv
+import email
+import email.policy
+import smtplib
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.dns_server import start_dns_server_in_thread
+from tests.mx_receiver import Receiver
+from tests.server_process import ServerProcess, free_port
+
+
+def config(tmp_path: Path, smtp_port: int, domain_block: str, extra: str = "") -> str:
+    return f"""
+host-name mta.test
+postmaster postmaster@mta.test
+spool {tmp_path}/spool
+smtp-listener 127.0.0.1:{smtp_port}
+<source 127.0.0.1>
+    always-allow-relaying yes
+    process-x-job yes
+</source>
+<acct-file {tmp_path}/acct.csv>
+    records r,d,b,t,tq
+</acct-file>
+<domain *>
+    retry-after 1s
+    max-smtp-out 5
+{domain_block}
+</domain>
+{extra}
+"""
+
+
+def acct(tmp_path: Path) -> list[dict[str, str]]:
+    path = tmp_path / "acct.csv"
+    if not path.exists():
+        return []
+    with path.open(newline="") as stream:
+        return list(csv.DictReader(stream))
+
+
+def wait_until(predicate, timeout: float = 30.0) -> bool:  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.05)
+    return False
+
+
+@pytest.fixture
+def receiver() -> Iterator[Receiver]:
+    with Receiver() as r:
+        yield r
+
+
+def test_relay_records_r_d_b_t_and_sends_a_dsn(tmp_path: Path, receiver: Receiver) -> None:
+    """Per-recipient 250/451/550 give d, t (then retries) and b, and the sender gets a DSN."""
+    port = free_port()
+    conf = config(tmp_path, port, f"smtp-hosts [127.0.0.1]:{receiver.port}\nbounce-after 1h")
+    with ServerProcess(tmp_path, conf, wait_ports=(port,)):
+        with smtplib.SMTP("127.0.0.1", port) as client:
+            client.sendmail(
+                "sender@src.test",
+                ["ok@dst.test", "soft@dst.test", "hard@dst.test"],
+                b"Subject: three\r\nX-Job: campaign7\r\n\r\nhello\r\n",
+            )
+        assert wait_until(lambda: any(r["type"] == "b" for r in acct(tmp_path)))
+        assert wait_until(lambda: len([r for r in acct(tmp_path) if r["type"] == "t"]) >= 2)
+        # the DSN goes to sender@src.test, which routes to the same receiver
+        assert wait_until(lambda: any(m.mail_from in ("", "<>") for m in receiver.messages))
+    records = acct(tmp_path)
+    by_type = {t: [r for r in records if r["type"] == t] for t in ("r", "d", "b", "t")}
+    assert {r["rcpt"] for r in by_type["r"] if r["orig"]} == {
+        "ok@dst.test",
+        "soft@dst.test",
+        "hard@dst.test",
+    }
+    (delivered,) = [r for r in by_type["d"] if r["rcpt"] == "ok@dst.test"]
+    assert delivered["dlvDestinationIp"] == "127.0.0.1"
+    assert delivered["jobId"] == "campaign7"
+    assert delivered["dsnStatus"].startswith("2.")
+    (bounced,) = by_type["b"]
+    assert (bounced["rcpt"], bounced["dsnStatus"], bounced["bounceCat"]) == (
+        "hard@dst.test",
+        "5.1.1",
+        "bad-mailbox",
+    )
+    assert all(r["rcpt"] == "soft@dst.test" for r in by_type["t"])
+    original = [m for m in receiver.messages if m.mail_from == "sender@src.test"]
+    assert [m.rcpt_tos for m in original][0] == ["ok@dst.test"]
+    assert b"X-Job" not in original[0].data
+    dsn = next(m for m in receiver.messages if m.mail_from in ("", "<>"))
+    assert dsn.rcpt_tos == ["sender@src.test"]
+    report = email.message_from_bytes(dsn.data, policy=email.policy.default)
+    assert report.get_content_type() == "multipart/report"
+    status = next(p for p in report.walk() if p.get_content_type() == "message/delivery-status")
+    text = status.as_string()
+    assert "Final-Recipient: rfc822; hard@dst.test" in text
+    assert "Status: 5.1.1" in text
+
+
+def test_mx_lookup_nxdomain_and_null_mx(tmp_path: Path, receiver: Receiver) -> None:
+    """MX from a twisted.names server routes mail; NXDOMAIN and null MX bounce."""
+    records = {
+        "mx-ok.test": [("MX", 10, "mx1.mx-ok.test")],
+        "mx1.mx-ok.test": [("A", "127.0.0.1")],
+        "nullmx.test": [("MX", 0, ".")],
+    }
+    dns_port, stop_dns = start_dns_server_in_thread(records)
+    port = free_port()
+    conf = config(
+        tmp_path,
+        port,
+        f"default-smtp-port {receiver.port}",
+        extra=f"name-server 127.0.0.1:{dns_port}",
+    )
+    try:
+        with ServerProcess(tmp_path, conf, wait_ports=(port,)):
+            with smtplib.SMTP("127.0.0.1", port) as client:
+                client.sendmail("s@src.test", ["a@mx-ok.test"], b"Subject: x\r\n\r\nx\r\n")
+                client.sendmail(
+                    "s@mx-ok.test", ["b@nosuch.test", "c@nullmx.test"], b"Subject: y\r\n\r\ny\r\n"
+                )
+            assert wait_until(lambda: len([r for r in acct(tmp_path) if r["type"] == "b"]) == 2)
+            assert wait_until(lambda: any(r["type"] == "d" for r in acct(tmp_path)))
+    finally:
+        stop_dns()
+    bounces = {r["rcpt"]: r for r in acct(tmp_path) if r["type"] == "b"}
+    assert bounces["b@nosuch.test"]["bounceCat"] == "bad-domain"
+    assert bounces["b@nosuch.test"]["dsnStatus"] == "5.1.2"
+    assert bounces["c@nullmx.test"]["dsnStatus"] == "5.1.10"
+    assert any(m.rcpt_tos == ["a@mx-ok.test"] for m in receiver.messages)
+
+
+def test_kill9_with_400_waiting_then_all_delivered_after_restart(tmp_path: Path) -> None:
+    """400 messages queued for a down receiver survive kill -9 and are all delivered later."""
+    down_port = free_port()
+    port = free_port()
+    conf = config(tmp_path, port, f"smtp-hosts [127.0.0.1]:{down_port}\nretry-after 2s")
+    server = ServerProcess(tmp_path, conf, wait_ports=(port,)).start()
+    try:
+        with smtplib.SMTP("127.0.0.1", port) as client:
+            for n in range(400):
+                client.sendmail("s@src.test", [f"r{n}@dst.test"], f"Subject: m{n}\r\n\r\n{n}\r\n")
+        server.kill9()
+        with Receiver() as late:
+            # the receiver now listens where the config points
+            late_conf = conf.replace(f":{down_port}", f":{late.port}")
+            server = ServerProcess(tmp_path, late_conf, wait_ports=(port,)).start()
+            assert wait_until(lambda: len(late.messages) >= 400, timeout=120), len(late.messages)
+            subjects = {email.message_from_bytes(m.data)["Subject"] for m in late.messages}
+            assert subjects == {f"m{n}" for n in range(400)}
+    finally:
+        server.stop()
+    delivered = {r["rcpt"] for r in acct(tmp_path) if r["type"] == "d"}
+    assert delivered == {f"r{n}@dst.test" for n in range(400)}
+
+
+def test_kill9_under_load_loses_no_acknowledged_message(tmp_path: Path) -> None:
+    """Messages acknowledged with 250 before a kill -9 are all delivered after restart."""
+    down_port = free_port()
+    port = free_port()
+    conf = config(tmp_path, port, f"smtp-hosts [127.0.0.1]:{down_port}")
+    server = ServerProcess(tmp_path, conf, wait_ports=(port,)).start()
+    acknowledged: list[str] = []
+    lock = threading.Lock()
+    stop = threading.Event()
+
+    def sender(worker: int) -> None:
+        n = 0
+        try:
+            with smtplib.SMTP("127.0.0.1", port, timeout=10) as client:
+                while not stop.is_set():
+                    token = f"w{worker}-{n}"
+                    client.sendmail(
+                        "s@src.test", [f"{token}@dst.test"], f"Subject: {token}\r\n\r\n{token}\r\n"
+                    )
+                    with lock:
+                        acknowledged.append(token)
+                    n += 1
+        except (smtplib.SMTPException, OSError):
+            pass  # the kill cuts sessions off mid-transaction: not acknowledged
+
+    threads = [threading.Thread(target=sender, args=(w,)) for w in range(8)]
+    for thread in threads:
+        thread.start()
+    time.sleep(2.0)
+    server.kill9()
+    stop.set()
+    for thread in threads:
+        thread.join(timeout=30)
+    assert len(acknowledged) > 20
+    with Receiver() as late:
+        late_conf = conf.replace(f":{down_port}", f":{late.port}")
+        server = ServerProcess(tmp_path, late_conf, wait_ports=(port,)).start()
+        try:
+            expected = set(acknowledged)
+            seen: set[str] = set()
+
+            def all_seen() -> bool:
+                seen.update(m.rcpt_tos[0].split("@")[0] for m in late.messages)
+                return expected <= seen
+
+            assert wait_until(all_seen, timeout=120), len(expected - seen)
+        finally:
+            server.stop()
