@@ -220,3 +220,77 @@ def test_kill9_under_load_loses_no_acknowledged_message(tmp_path: Path) -> None:
             assert wait_until(all_seen, timeout=120), len(expected - seen)
         finally:
             server.stop()
+
+
+def _rsa_key_pem(path: Path) -> bytes:
+    """Write a fresh RSA private key to `path`; return the DNS TXT record for it."""
+    import base64
+
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import rsa
+
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    path.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.TraditionalOpenSSL,
+            serialization.NoEncryption(),
+        )
+    )
+    public = key.public_key().public_bytes(
+        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+    return b"v=DKIM1; k=rsa; p=" + base64.b64encode(public)
+
+
+def test_dkim_signed_on_the_way_out_verifies(tmp_path: Path, receiver: Receiver) -> None:
+    """dkim-sign yes signs with the domain-key; dkimpy's verifier accepts the signature."""
+    import dkim
+
+    record = _rsa_key_pem(tmp_path / "key.pem")
+    port = free_port()
+    conf = config(
+        tmp_path,
+        port,
+        f"smtp-hosts [127.0.0.1]:{receiver.port}\ndkim-sign yes",
+        extra=f"domain-key s1,brand.test,{tmp_path}/key.pem",
+    )
+    with ServerProcess(tmp_path, conf, wait_ports=(port,)):
+        with smtplib.SMTP("127.0.0.1", port) as client:
+            client.sendmail(
+                "news@brand.test",
+                ["ok@dst.test"],
+                b"From: News <news@brand.test>\r\nTo: ok@dst.test\r\n"
+                b"Subject: signed\r\n\r\nbody line\r\n",
+            )
+        assert wait_until(lambda: len(receiver.messages) == 1)
+    data = receiver.messages[0].data
+    assert data.startswith(b"DKIM-Signature:") or b"\nDKIM-Signature:" in data
+
+    def dnsfunc(name: bytes, timeout: int = 5) -> bytes:
+        return record if name == b"s1._domainkey.brand.test." else b""
+
+    assert dkim.verify(data, dnsfunc=dnsfunc)
+    assert not dkim.verify(data.replace(b"body line", b"body lime"), dnsfunc=dnsfunc)
+
+
+def test_json_acct_file_gets_r_and_d_records(tmp_path: Path, receiver: Receiver) -> None:
+    """An acct file ending in .json gets JSON lines with the DESIGN field names."""
+    import json
+
+    port = free_port()
+    conf = config(
+        tmp_path,
+        port,
+        f"smtp-hosts [127.0.0.1]:{receiver.port}",
+        extra=f"<acct-file {tmp_path}/acct.json>\n records r,d\n</acct-file>",
+    )
+    with ServerProcess(tmp_path, conf, wait_ports=(port,)):
+        with smtplib.SMTP("127.0.0.1", port) as client:
+            client.sendmail("s@src.test", ["ok@dst.test"], b"Subject: j\r\n\r\nj\r\n")
+        path = tmp_path / "acct.json"
+        assert wait_until(lambda: path.exists() and path.read_text().count("\n") >= 2)
+    lines = [json.loads(line) for line in (tmp_path / "acct.json").read_text().splitlines()]
+    assert [line["type"] for line in lines] == ["r", "d"]
+    assert lines[0]["srcType"] == "smtp" and lines[1]["rcpt"] == "ok@dst.test"
+    assert lines[1]["queue"] == "dst.test/{default}"

@@ -299,3 +299,67 @@ def test_set_mode_command(tmp_path: Path) -> None:
     assert world.scheduler.queues["a.test/{default}"].mode == "backoff"
     with pytest.raises(ValueError):
         world.scheduler.set_mode("a.test", "turbo")
+
+
+def test_total_max_smtp_out_caps_sessions_across_queues(tmp_path: Path) -> None:
+    """total-max-smtp-out bounds sessions over all queues; freed slots go to waiting queues."""
+    world = World(tmp_path, "max-smtp-out 5", extra="total-max-smtp-out 3")
+    world.deliverer.gate = defer.Deferred()
+    for domain in ("a.test", "b.test", "c.test", "d.test"):
+        for n in range(2):
+            world.submit(f"ok{n}@{domain}")
+    assert world.deliverer.running == 3
+    gate, world.deliverer.gate = world.deliverer.gate, None
+    gate.callback(None)
+    assert world.deliverer.max_running == 3
+    assert len(world.outcomes()) == 8
+
+
+def test_pool_spreads_messages_over_its_vmtas(tmp_path: Path) -> None:
+    """A message for a <virtual-mta-pool> is queued on its members in turn."""
+    world = World(
+        tmp_path,
+        extra="<virtual-mta v1>\n</virtual-mta>\n<virtual-mta v2>\n</virtual-mta>\n"
+        "<virtual-mta-pool p>\n virtual-mta v1\n virtual-mta v2\n</virtual-mta-pool>",
+    )
+    world.scheduler.pause("*")
+    for n in range(4):
+        world.submit(f"ok{n}@a.test", vmta="p")
+    queues = {name: q.size for name, q in world.scheduler.queues.items()}
+    assert queues == {"a.test/v1": 2, "a.test/v2": 2}
+    assert world.scheduler.queues["a.test/v1"].pool == "p"
+
+
+def test_smtp_source_hosts_rotate(tmp_path: Path) -> None:
+    """A vmta's smtp-source-host lines are used in turn, each with its EHLO name."""
+    from mtaserver.smtp.deliverer import SmtpDeliverer
+
+    world = World(
+        tmp_path,
+        extra="host-name global.test\n<virtual-mta v1>\n smtp-source-host 127.0.0.2 a.out.test\n"
+        " smtp-source-host 127.0.0.3 b.out.test\n</virtual-mta>",
+    )
+    deliverer = SmtpDeliverer(world.holder, resolver=None, reactor=None)  # type: ignore[arg-type]
+    picks = [deliverer.source_for("v1") for _ in range(3)]
+    assert picks == [
+        ("127.0.0.2", "a.out.test"),
+        ("127.0.0.3", "b.out.test"),
+        ("127.0.0.2", "a.out.test"),
+    ]
+    assert deliverer.source_for("{default}") == (None, "global.test")
+
+
+def test_restore_keeps_the_retry_schedule(tmp_path: Path) -> None:
+    """A recovered recipient with failed attempts waits out its retry interval."""
+    world = World(tmp_path, "retry-after 10m")
+    world.clock.advance(1000)
+    writer = world.store.begin()
+    writer.write(b"Subject: x\r\n\r\nx\r\n")
+    envelope = Envelope(writer.msg_id, "s@src.test", (Recipient("ok@a.test"),), 900.0)
+    writer.commit(envelope)
+    world.scheduler.restore(envelope, [(0, 1, 950.0)])  # failed once at t=950
+    assert world.outcomes() == []
+    world.clock.advance(549)  # due at 950 + 600 = 1550
+    assert world.outcomes() == []
+    world.clock.advance(1)
+    assert world.outcomes() == [("d", ("ok@a.test",), "2.0.0")]
