@@ -449,6 +449,22 @@ def test_250_only_after_commit_and_pipelined_commands_wait() -> None:
     assert len(s.accepted) == 1
 
 
+def test_input_paused_while_waiting_for_commit() -> None:
+    """Pipelined input piling up behind a pending commit pauses the transport, then resumes."""
+    store = FakeStore()
+    store.hold_commits = True
+    s = session(store=store)
+    s.command("EHLO c")
+    s.command("MAIL FROM:<a@b.test>")
+    s.command("RCPT TO:<b@relay.example>")
+    s.command("DATA")
+    s.send("x\r\n.\r\n" + "NOOP\r\n" * 20_000)
+    assert s.transport.producerState == "paused"
+    store.release()
+    assert s.transport.producerState == "producing"
+    assert s.lines().count("250 2.0.0 Ok") == 20_000
+
+
 def test_pipelined_transaction() -> None:
     """A whole pipelined transaction in one packet gets its replies in order."""
     s = session()

@@ -31,7 +31,7 @@ from twisted.internet import ssl
 from twisted.internet.defer import Deferred
 from twisted.internet.endpoints import TCP4ServerEndpoint, TCP6ServerEndpoint
 from twisted.internet.interfaces import IAddress, IReactorTime, ITLSTransport
-from twisted.internet.protocol import ServerFactory
+from twisted.internet.protocol import ServerFactory, connectionDone
 from twisted.internet.threads import deferToThread, deferToThreadPool
 from twisted.logger import Logger
 from twisted.mail.smtp import ESMTP
@@ -137,7 +137,7 @@ class SmtpServerProtocol(ESMTP):
             return
         self.setTimeout(self.session.settings.smtp_command_timeout)
 
-    def connectionLost(self, reason: Failure = Failure(ConnectionError())) -> None:  # noqa: B008
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
         self._closing = True
         self.setTimeout(None)
         if self.mode == DATA and self._writer is not None:
