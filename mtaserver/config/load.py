@@ -136,6 +136,7 @@ class _Loader:
         files = {
             "tls-certificate",
             "smtp-server-tls-certificate",
+            "http-mgmt-tls-certificate",
             "ca-file",
             "http-webhook-ca-file",
             "http-webhook-certificate",

@@ -202,6 +202,7 @@ class GlobalSettings:
     total_max_smtp_out: int = 1000
     domain_key: tuple[DomainKey, ...] = ()
     http_mgmt_port: HostPort | None = None
+    http_mgmt_tls_certificate: str | None = None  # PEM: key and chain
     http_access: tuple[HttpAccess, ...] = ()
     http_api_key: tuple[str, ...] = ()
     http_auth_ldap: str | None = None

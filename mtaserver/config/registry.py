@@ -104,6 +104,7 @@ DIRECTIVES: Mapping[str, Spec] = {
     "total-max-smtp-out": Spec(v.parse_positive_int, _G),
     "domain-key": Spec(v.parse_domain_key, _G, repeatable=True),
     "http-mgmt-port": Spec(v.parse_mgmt_port, _G),
+    "http-mgmt-tls-certificate": Spec(_path, _G),
     "http-access": Spec(v.parse_http_access, _G, repeatable=True),
     "http-api-key": Spec(v.parse_string, _G, repeatable=True),
     "http-auth-ldap": Spec(v.parse_name, _G),

@@ -1,0 +1,78 @@
+"""The Command API: `POST /command` runs one operator command (the `mtactl` language).
+
+Form fields (urlencoded, or multipart/form-data as `curl -F` sends them): `command`,
+and `format` = `json` (structured `data`) or `json-text` (`data` is the text table
+`mtactl` prints). The reply is PowerMTA's envelope,
+`{"status":"success"|"error","data":...,"message":...}`; an unknown command or a bad
+argument is a 400 whose message says what is wrong. Access is checked before the
+command runs: `monitor` may run reading commands, only `admin` changing ones.
+"""
+
+from __future__ import annotations
+
+import inspect
+from typing import Any
+
+from klein import Klein
+from twisted.web.iweb import IRequest
+
+from mtaserver.commands import CommandError, Commands, parse, render_text
+from mtaserver.http.access import Access, error_body, handle_mgmt_errors
+from mtaserver.http.errors import APIError, json_response, read_body
+
+MAX_COMMAND_BYTES = 64 * 1024
+
+
+async def require_level(access: Access, request: IRequest, needed: str) -> str:
+    """`access.require`, awaited when it is asynchronous (an LDAP login may be)."""
+    level: Any = access.require(request, needed)
+    if inspect.isawaitable(level):
+        level = await level
+    return str(level)
+
+
+def form_field(request: IRequest, name: str) -> str | None:
+    """A form field from the query string or the (urlencoded or multipart) body."""
+    values = request.args.get(name.encode())
+    if not values:
+        return None
+    try:
+        return bytes(values[0]).decode("utf-8")
+    except UnicodeDecodeError:
+        raise APIError(400, "Invalid encoding", f"{name} is not UTF-8") from None
+
+
+class CommandAPI:
+    """`POST /command`."""
+
+    app = Klein()
+
+    def __init__(self, commands: Commands, access: Access) -> None:
+        self.commands = commands
+        self.access = access
+
+    @app.route("/command", methods=["POST"])
+    @handle_mgmt_errors
+    async def command(self, request: IRequest) -> bytes:
+        await require_level(self.access, request, "monitor")
+        read_body(request, MAX_COMMAND_BYTES)
+        fmt = form_field(request, "format") or "json"
+        if fmt not in ("json", "json-text"):
+            raise APIError(400, "Invalid format", "format must be json or json-text")
+        text = form_field(request, "command")
+        if text is None or not text.strip():
+            raise APIError(400, "Missing command", "the form field 'command' is required")
+        try:
+            parsed = parse(text)
+            await require_level(self.access, request, parsed.level)
+            result = await self.commands.run(parsed)
+        except CommandError as exc:
+            return json_response(
+                request, error_body(APIError(400, exc.message), data=exc.data), 400
+            )
+        data = result.data
+        if fmt == "json-text":
+            data = render_text(result.command, result.data, result.message)
+        return json_response(
+            request, {"status": "success", "data": data, "message": result.message}
+        )

@@ -1,0 +1,109 @@
+"""Prometheus metrics of the running server, on a private `CollectorRegistry`.
+
+One custom collector reads the live state at scrape time, so nothing is counted
+twice and nothing needs updating on the hot path:
+
+* counters: messages and recipients received (`ReceptionStats`), recipients
+  delivered, bounced and deferred per queue (`TrafficStats.queue_totals`, fed from
+  the journal and never reset, as Prometheus expects);
+* gauges: recipients and messages queued per queue, paused queues, inbound SMTP
+  sessions and outbound connections;
+* a histogram of delivery latency (queued to delivered, seconds).
+
+The registry is private (not prometheus_client's global one) so tests and several
+servers in one process never collide.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+)
+from prometheus_client.registry import Collector
+
+from mtaserver.stats import TrafficStats
+
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+
+
+class ServerCollector(Collector):
+    """Reads the scheduler, reception counters and traffic stats at each scrape."""
+
+    def __init__(self, scheduler: Any, reception: Any, traffic: TrafficStats) -> None:
+        self.scheduler = scheduler
+        self.reception = reception
+        self.traffic = traffic
+
+    def collect(self) -> Iterator[Any]:
+        reception = self.reception
+        received = CounterMetricFamily(
+            "mtaserver_received_messages", "Messages accepted by SMTP reception"
+        )
+        received.add_metric([], getattr(reception, "messages_received", 0))
+        yield received
+        received_rcpts = CounterMetricFamily(
+            "mtaserver_received_recipients", "Recipients accepted by SMTP reception"
+        )
+        received_rcpts.add_metric([], getattr(reception, "recipients_received", 0))
+        yield received_rcpts
+        outcomes = {
+            name: CounterMetricFamily(
+                f"mtaserver_{name}_recipients", f"Recipients {name} per queue", labels=["queue"]
+            )
+            for name in ("delivered", "bounced", "deferred")
+        }
+        for queue, totals in sorted(self.traffic.queue_totals.items()):
+            outcomes["delivered"].add_metric([queue], totals.delivered)
+            outcomes["bounced"].add_metric([queue], totals.bounced)
+            outcomes["deferred"].add_metric([queue], totals.deferred)
+        yield from outcomes.values()
+
+        queued = GaugeMetricFamily(
+            "mtaserver_queue_recipients", "Recipients waiting per queue", labels=["queue"]
+        )
+        messages = GaugeMetricFamily(
+            "mtaserver_queue_messages", "Messages waiting per queue", labels=["queue"]
+        )
+        paused = GaugeMetricFamily(
+            "mtaserver_queue_paused", "1 when the queue is paused", labels=["queue"]
+        )
+        outbound = GaugeMetricFamily(
+            "mtaserver_queue_connections", "Outbound sessions per queue", labels=["queue"]
+        )
+        for name, queue in sorted(self.scheduler.queues.items()):
+            items = list(queue.ready) + [entry[2] for entry in queue.retry]
+            queued.add_metric([name], queue.recipients)
+            messages.add_metric([name], len({item.msg_id for item in items}))
+            paused.add_metric([name], 1 if queue.paused else 0)
+            outbound.add_metric([name], queue.active)
+        yield from (queued, messages, paused, outbound)
+
+        connections = GaugeMetricFamily(
+            "mtaserver_connections", "Open SMTP connections", labels=["direction"]
+        )
+        connections.add_metric(["in"], getattr(reception, "sessions_current", 0))
+        connections.add_metric(["out"], self.scheduler.total_active)
+        yield connections
+
+        latency = self.traffic.latency
+        histogram = HistogramMetricFamily(
+            "mtaserver_delivery_latency_seconds", "Time from queued to delivered"
+        )
+        histogram.add_metric([], [(b, float(c)) for b, c in latency.cumulative()], latency.sum)
+        yield histogram
+
+
+def make_registry(scheduler: Any, reception: Any, traffic: TrafficStats) -> CollectorRegistry:
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(ServerCollector(scheduler, reception, traffic))
+    return registry
+
+
+def render(registry: CollectorRegistry) -> bytes:
+    return generate_latest(registry)

@@ -1,0 +1,134 @@
+"""The management port (`http-mgmt-port`): one Klein root over the three APIs.
+
+Each API class has its own Klein `app` with its own paths (usable alone, e.g. in a
+test); the root routes each path to the owning API's handler.
+
+    /command               CommandAPI    (command.py)
+    /configFile            ConfigFileAPI (configfile.py)
+    /status /queues /domains /vmtas /jobs /metrics   MonitorAPI (monitor.py)
+    /api/v1/openapi.json   the OpenAPI document (openapi.py)
+
+`make_mgmt_service` builds the APIs around the server's parts and returns one
+service: the HTTP listener (plain HTTP on loopback, HTTPS with
+`http-mgmt-tls-certificate`, refused off loopback without it) and a timer that
+samples the reception counters for the traffic windows every few seconds.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from typing import Any
+
+from klein import Klein
+from twisted.application.internet import TimerService
+from twisted.application.service import IService, MultiService
+from twisted.internet.defer import Deferred
+from twisted.logger import Logger
+from twisted.web.iweb import IRequest
+
+from mtaserver.commands import Commands
+from mtaserver.config.model import Listener
+from mtaserver.config.reload import ConfigHolder
+from mtaserver.http import openapi
+from mtaserver.http.access import Access
+from mtaserver.http.command import CommandAPI
+from mtaserver.http.configfile import ConfigFileAPI
+from mtaserver.http.listen import http_service
+from mtaserver.http.metrics import make_registry
+from mtaserver.http.monitor import MonitorAPI
+from mtaserver.stats import TrafficStats
+
+log = Logger()
+
+#: How often the reception counters are sampled into the traffic windows (seconds).
+SAMPLE_INTERVAL = 5.0
+
+
+class ManagementAPI:
+    """The root of the management port, composing the three APIs by path."""
+
+    app = Klein()
+
+    def __init__(self, command: CommandAPI, config_file: ConfigFileAPI, monitor: MonitorAPI):
+        self.command = command
+        self.config_file = config_file
+        self.monitor = monitor
+        self._document = json.dumps(openapi.document()).encode()
+
+    @app.route("/command", methods=["POST"])
+    def command_route(self, request: IRequest) -> Any:
+        return self.command.command(request)
+
+    @app.route("/configFile", methods=["GET"])
+    def config_file_get(self, request: IRequest) -> Any:
+        return self.config_file.get(request)
+
+    @app.route("/configFile", methods=["POST"])
+    def config_file_post(self, request: IRequest) -> Any:
+        return self.config_file.post(request)
+
+    @app.route("/api/v1/openapi.json", methods=["GET"])
+    def openapi_document(self, request: IRequest) -> bytes:
+        request.setHeader(b"Content-Type", b"application/json")
+        return self._document
+
+    @app.route("/<any(status, queues, domains, vmtas, jobs, metrics):view>", methods=["GET"])
+    def monitor_route(self, request: IRequest, view: str) -> Any:
+        return getattr(self.monitor, view)(request)
+
+
+def make_management_api(
+    holder: ConfigHolder,
+    scheduler: Any,
+    acct: Any,
+    reception: Any,
+    traffic: TrafficStats,
+    run_in_thread: Callable[[Callable[[], Any]], Deferred[Any]],
+    ldap: Any = None,
+) -> ManagementAPI:
+    access = Access(holder, ldap)
+    commands = Commands(holder, scheduler, acct, reception, traffic, run_in_thread)
+    return ManagementAPI(
+        CommandAPI(commands, access),
+        ConfigFileAPI(holder, access, run_in_thread),
+        MonitorAPI(commands, access, make_registry(scheduler, reception, traffic)),
+    )
+
+
+def make_mgmt_service(
+    holder: ConfigHolder,
+    scheduler: Any,
+    acct: Any,
+    reception: Any,
+    traffic: TrafficStats,
+    reactor: Any,
+    run_in_thread: Callable[[Callable[[], Any]], Deferred[Any]],
+    ldap: Any = None,
+) -> IService:
+    """The management port's service; `http_mgmt_port` must be set.
+
+    Raises `listen.InsecureListenerError` for a non-loopback address without
+    `http-mgmt-tls-certificate`. `ldap` (`auth.ldap.LdapCheckers`) enables
+    `http-auth-ldap` logins.
+    """
+    settings = holder.config.settings
+    if settings.http_mgmt_port is None:
+        raise ValueError("http-mgmt-port is not set")
+    api = make_management_api(holder, scheduler, acct, reception, traffic, run_in_thread, ldap)
+    listener = Listener(settings.http_mgmt_port, settings.http_mgmt_tls_certificate)
+    service = MultiService()
+    service.setName("http-mgmt")
+    http_service(listener, api.app.resource(), reactor, "http-mgmt-port").setServiceParent(service)
+    if reception is not None:
+
+        def sample() -> None:
+            try:
+                traffic.sample_reception(reception)
+            except Exception:
+                log.failure("sampling reception counters failed")
+
+        timer = TimerService(SAMPLE_INTERVAL, sample)
+        timer.clock = reactor
+        timer.setServiceParent(service)
+    return service

@@ -1,0 +1,122 @@
+"""Helpers for management-port tests: a real server with a receiver, and a tiny client.
+
+`MgmtServer` starts the real process (`tests/server_process.py`) with an SMTP
+listener, the management port, `http-access` rules and an API key, every domain
+routed to a loopback aiosmtpd receiver. `call()` speaks HTTP from a chosen loopback
+source address (127.0.0.2 and 127.0.0.3 are other clients as far as `http-access`
+is concerned).
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import smtplib
+import time
+import urllib.parse
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from tests.server_process import ServerProcess, free_port
+
+API_KEY = "s3cret-key"
+
+
+def config_text(directory: Path, smtp: int, mgmt: int, mx_port: int) -> str:
+    return f"""
+host-name mta.test
+postmaster postmaster@mta.test
+spool {directory}/spool
+smtp-listener 127.0.0.1:{smtp}
+http-mgmt-port 127.0.0.1:{mgmt}
+http-access 127.0.0.2/32 none
+http-access 127.0.0.1/32 monitor
+http-api-key {API_KEY}
+<source 127.0.0.1>
+    always-allow-relaying yes
+    process-x-job yes
+</source>
+<acct-file {directory}/acct.csv>
+    records d,b
+</acct-file>
+<domain *>
+    retry-after 1s
+    smtp-hosts [127.0.0.1]:{mx_port}
+</domain>
+include conf.d/*.conf
+"""
+
+
+class MgmtServer:
+    def __init__(self, directory: Path, mx_port: int) -> None:
+        self.directory = directory
+        self.smtp, self.mgmt = free_port(), free_port()
+        (directory / "conf.d").mkdir(parents=True, exist_ok=True)
+        (directory / "conf.d" / "domains.conf").write_text(
+            "<domain hold.test>\n    max-smtp-out 2\n</domain>\n"
+        )
+        self.process = ServerProcess(
+            directory,
+            config_text(directory, self.smtp, self.mgmt, mx_port),
+            wait_ports=(self.smtp, self.mgmt),
+        )
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.mgmt}"
+
+    def start(self) -> MgmtServer:
+        self.process.start()
+        return self
+
+    def stop(self) -> None:
+        self.process.stop()
+
+    def call(
+        self,
+        method: str,
+        path: str,
+        fields: dict[str, str] | None = None,
+        key: str | None = None,
+        source: str = "127.0.0.1",
+    ) -> tuple[int, Any]:
+        """One request; returns (status, decoded JSON or text)."""
+        connection = http.client.HTTPConnection(
+            "127.0.0.1", self.mgmt, timeout=30, source_address=(source, 0)
+        )
+        headers = {}
+        body = None
+        if key is not None:
+            headers["X-API-Key"] = key
+        if fields is not None:
+            if method == "GET":
+                path = f"{path}?{urllib.parse.urlencode(fields)}"
+            else:
+                body = urllib.parse.urlencode(fields).encode()
+                headers["Content-Type"] = "application/x-www-form-urlencoded"
+        try:
+            connection.request(method, path, body=body, headers=headers)
+            response = connection.getresponse()
+            data = response.read()
+        finally:
+            connection.close()
+        if response.getheader("Content-Type", "").startswith("application/json"):
+            return response.status, json.loads(data)
+        return response.status, data.decode()
+
+    def command(self, line: str, key: str | None = API_KEY, **kw: Any) -> tuple[int, Any]:
+        return self.call("POST", "/command", {"command": line, "format": "json"}, key=key, **kw)
+
+    def send(self, rcpts: list[str], headers: str = "", sender: str = "s@src.test") -> None:
+        with smtplib.SMTP("127.0.0.1", self.smtp, timeout=30) as client:
+            client.sendmail(sender, rcpts, f"Subject: t\r\n{headers}\r\nbody\r\n".encode())
+
+
+def wait_until(predicate: Callable[[], Any], timeout: float = 30.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.05)
+    return False
