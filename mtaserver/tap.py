@@ -36,6 +36,7 @@ from mtaserver.smtp.reception import ReceptionStats
 from mtaserver.smtp.server import make_smtp_service
 from mtaserver.smtp.signing import DkimTransform
 from mtaserver.spool import Journal, open_spool
+from mtaserver.webhooks import HttpDeliverer, PooledClient, WebhookService
 
 log = Logger()
 
@@ -119,6 +120,18 @@ def makeService(options: Options, reactor: Any = None) -> IService:  # noqa: N80
         "discard": DiscardDeliverer(),
         "file": FileDeliverer(run_in_thread),
     }
+    # -- webhooks (mtaserver.webhooks): `type http-delivery` and one accounting webhook
+    # batcher per <acct-file> with http-webhook-url (after the acct writers: stops first).
+    http_delivery_client = PooledClient(reactor)
+    deliverers["http-delivery"] = HttpDeliverer(http_delivery_client, reactor, run_in_thread)
+    try:
+        webhooks = WebhookService.from_config(config, reactor, run_in_thread)
+    except ValueError as exc:
+        print(f"mtaserver: {exc}; not started", file=sys.stderr)
+        raise SystemExit(1) from None
+    webhooks.clients.append(http_delivery_client)
+    webhooks.setServiceParent(root)
+    # -- end webhooks
     signer = DkimSigner.from_settings(config.settings)
     scheduler = Scheduler(
         holder, store, journal, deliverers, reactor,
@@ -127,11 +140,21 @@ def makeService(options: Options, reactor: Any = None) -> IService:  # noqa: N80
     scheduler.notify_bounce = DsnSender(holder, store, scheduler.enqueue, reactor)
     SchedulerService(scheduler, recovered).setServiceParent(root)
 
+    # Password checking (auth/): local <smtp-user>s and the <ldap NAME> directories,
+    # shared by every SMTP listener (`auth-ldap`) and the management port
+    # (`http-auth-ldap`), so they share LDAP connections, thread bound and login cache.
+    from mtaserver.auth.checkers import CheckerChoice
+    from mtaserver.auth.ldap import LdapCheckers
+    from mtaserver.auth.users import LocalUserChecker
+
+    ldap_checkers = LdapCheckers(holder, run_in_thread, reactor)
+    checkers = CheckerChoice(LocalUserChecker(holder, run_in_thread), ldap_checkers)
+
     stats = ReceptionStats()
     for listener in config.settings.smtp_listener:
         make_smtp_service(
             holder, store, scheduler.enqueue, listener, reactor,
-            stats=stats, run_in_thread=run_in_thread,
+            stats=stats, run_in_thread=run_in_thread, checkers=checkers,
         ).setServiceParent(root)
 
     # Transmissions API (http/transmissions.py): one service per
@@ -143,6 +166,24 @@ def makeService(options: Options, reactor: Any = None) -> IService:  # noqa: N80
         raise SystemExit(1) from None
     for api_service in api_services:
         api_service.setServiceParent(root)
+
+    # Management port (http/mgmt.py): /command, /configFile, monitoring, /metrics.
+    # TrafficStats counts the scheduler's committed outcomes through its journal.
+    if config.settings.http_mgmt_port is not None:
+        from mtaserver.http.mgmt import make_mgmt_service
+        from mtaserver.stats import TrafficStats
+
+        traffic = TrafficStats(reactor.seconds)
+        scheduler.journal = traffic.observe(scheduler.journal)
+        try:
+            mgmt = make_mgmt_service(
+                holder, scheduler, acct, stats, traffic, reactor, run_in_thread,
+                ldap=ldap_checkers,
+            )
+        except InsecureListenerError as exc:
+            print(f"mtaserver: {exc}; not started", file=sys.stderr)
+            raise SystemExit(1) from None
+        mgmt.setServiceParent(root)
 
     install_sighup(holder, reactor)
     log.info("mtaserver configured from {path}", path=holder.config.path)

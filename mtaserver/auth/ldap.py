@@ -29,7 +29,7 @@ from __future__ import annotations
 import hashlib
 import os
 from collections import OrderedDict
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Awaitable, Callable, Iterator, Mapping
 from typing import Any, TypeVar
 
 from twisted.internet.defer import Deferred, DeferredSemaphore
@@ -105,6 +105,10 @@ class LdapChecker:
         """The user's entry for a good login, None for a bad one; raises on an outage."""
         if not user or not password:
             return None
+        entry: LdapEntry | None = await self._within_timeout(self._authenticate(user, password))
+        return entry
+
+    async def _authenticate(self, user: str, password: str) -> LdapEntry | None:
         ttl = self.settings.cache_ttl
         key: tuple[str, bytes] | None = None
         if ttl > 0:
@@ -124,7 +128,9 @@ class LdapChecker:
         """Is the entry in the group: its `memberOf`, or `member`/`uniqueMember` of the group."""
         if normalise_dn(group_dn) in entry.member_of:
             return True
-        member: bool = await self._blocking(lambda: self.directory.is_member(group_dn, entry.dn))
+        member: bool = await self._within_timeout(
+            self._blocking(lambda: self.directory.is_member(group_dn, entry.dn))
+        )
         return member
 
     def close(self) -> Deferred[None]:
@@ -166,13 +172,20 @@ class LdapChecker:
 
     # -- threads and deadlines ------------------------------------------------------
 
-    def _blocking(self, work: Callable[[], T]) -> Deferred[T]:
-        """Run `work` in a thread, within the concurrency bound, answering within `timeout`.
+    def _within_timeout(self, work: Awaitable[T]) -> Deferred[T]:
+        """`work`, cancelled with `LdapUnavailable` if it has not answered within `timeout`.
 
-        On the deadline the caller gets `TimeoutError`; a thread already running keeps
-        its slot until its socket timeouts end it, and work that never got a slot is
-        skipped, so abandoned calls cannot pile up behind a dead directory.
+        Cancelling reaches the Deferred `work` waits on: a thread already running keeps
+        its slot until its socket timeouts end it, and work still waiting for a slot
+        is skipped (`_blocking`), so abandoned calls cannot pile up behind a dead
+        directory.
         """
+        answer: Deferred[T] = Deferred.fromCoroutine(_awaited(work))
+        answer.addTimeout(self.settings.timeout, self._clock, onTimeoutCancel=self._timed_out)
+        return answer
+
+    def _blocking(self, work: Callable[[], T]) -> Deferred[T]:
+        """Run `work` in a thread, at most `max_concurrent` at once; skipped if cancelled."""
         answer: Deferred[T] = Deferred()
 
         def guarded() -> Any:
@@ -199,11 +212,14 @@ class LdapChecker:
             return self._run_in_thread(guarded)
 
         self._slots.run(in_thread).addBoth(forward)
-        answer.addTimeout(self.settings.timeout, self._clock, onTimeoutCancel=self._timed_out)
         return answer
 
     def _timed_out(self, result: Any, timeout: float) -> Failure:
         return Failure(LdapUnavailable(f"{self.settings.uri}: no answer within {timeout:g}s"))
+
+
+async def _awaited(work: Awaitable[T]) -> T:
+    return await work
 
 
 class LdapCheckers(Mapping[str, LdapChecker]):

@@ -26,7 +26,7 @@ from urllib.parse import urlsplit
 
 import attrs
 from ldap3 import BASE, NONE, SUBTREE, Connection, Server, Tls
-from ldap3.core.exceptions import LDAPException
+from ldap3.core.exceptions import LDAPCommunicationError, LDAPException
 from ldap3.utils.conv import escape_filter_chars
 from ldap3.utils.dn import parse_dn
 
@@ -63,13 +63,22 @@ def member_filter(dn: str) -> str:
     return f"(|(member={escaped})(uniqueMember={escaped}))"
 
 
+def clean_dn(dn: str) -> str:
+    """A DN as ldap3 accepts it: no spaces around the separators (case kept)."""
+    try:
+        parts = parse_dn(dn, escape=False, strip=True)
+    except LDAPException:
+        return dn.strip()
+    return "".join(f"{attr}={value}{sep}" for attr, value, sep in parts)
+
+
 def normalise_dn(dn: str) -> str:
     """A DN for comparison: attribute names and values lower-cased, spaces around RDNs gone."""
     try:
         parts = parse_dn(dn, escape=False, strip=True)
     except LDAPException:
         return dn.strip().lower()
-    return ",".join(f"{attr.lower()}={value.lower()}" for attr, value, _sep in parts)
+    return "".join(f"{attr.lower()}={value.lower()}{sep}" for attr, value, sep in parts)
 
 
 def server_for(settings: LdapSettings) -> Server:
@@ -116,6 +125,9 @@ class Directory:
             conn.open()
             if self.settings.start_tls:
                 conn.start_tls()
+        except (LDAPException, OSError) as exc:
+            _close(conn)
+            raise LdapUnavailable(f"{self.settings.uri}: {exc}") from exc
         except BaseException:
             _close(conn)
             raise
@@ -150,10 +162,13 @@ class Directory:
             conn, reused = self._service_connection()
             try:
                 result = operation(conn)
-            except (LDAPException, OSError) as exc:
+            except (LDAPCommunicationError, OSError) as exc:
                 _close(conn)
                 if reused:
                     continue  # the directory closed an idle connection; try a new one
+                raise LdapUnavailable(f"{self.settings.uri}: {exc}") from exc
+            except LDAPException as exc:  # refused on this side (a malformed DN, say)
+                self._release(conn)
                 raise LdapUnavailable(f"{self.settings.uri}: {exc}") from exc
             except BaseException:
                 _close(conn)
@@ -232,7 +247,7 @@ class Directory:
 
         def search(conn: Connection) -> tuple[int, list[dict[str, Any]]]:
             conn.search(
-                group_dn,
+                clean_dn(group_dn),
                 member_filter(member_dn),
                 search_scope=BASE,
                 attributes=["1.1"],
