@@ -18,7 +18,7 @@ it while the server runs.
 
 From a test with the reactor in a thread (tests/reactor_thread.py):
 
-    from tests.dns_server import start_dns_server_in_thread
+    from dns_server import start_dns_server_in_thread
     port, stop = start_dns_server_in_thread({"example.test": [("MX", 10, "mx.example.test")],
                                             "mx.example.test": [("A", "127.0.0.1")]})
     try:
@@ -36,11 +36,10 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, NamedTuple
 
+from reactor_thread import run_in_reactor
 from twisted.internet import defer, error
 from twisted.names import common, dns, server
 from twisted.names import error as dns_error
-
-from tests.reactor_thread import run_in_reactor
 
 SERVFAIL = "SERVFAIL"
 REFUSED = "REFUSED"

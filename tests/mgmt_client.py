@@ -18,7 +18,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from tests.server_process import ServerProcess, free_port
+from server_process import ServerProcess, free_port
 
 API_KEY = "s3cret-key"
 

@@ -15,21 +15,24 @@ from typing import Any
 from twisted.internet import defer, reactor, threads
 
 _started = threading.Lock()
-_thread: threading.Thread | None = None
 
 
 def ensure_reactor() -> None:
-    """Start the reactor thread once; later calls do nothing."""
-    global _thread
+    """Start the reactor thread once; later calls do nothing.
+
+    The flag lives on the reactor, not in this module: tests import this module both
+    as `reactor_thread` and as `tests.reactor_thread`, which makes two module objects.
+    """
     with _started:
-        if _thread is None:
-            _thread = threading.Thread(
+        if getattr(reactor, "_test_thread", None) is None:
+            thread = threading.Thread(
                 target=reactor.run,  # type: ignore[attr-defined]
                 kwargs={"installSignalHandlers": False},
                 name="twisted-reactor",
                 daemon=True,
             )
-            _thread.start()
+            reactor._test_thread = thread  # type: ignore[attr-defined]
+            thread.start()
 
 
 def run_in_reactor(fn: Callable[..., Any], *args: Any, timeout: float = 10, **kwargs: Any) -> Any:

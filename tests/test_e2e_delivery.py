@@ -18,10 +18,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-
-from tests.dns_server import start_dns_server_in_thread
-from tests.mx_receiver import Receiver
-from tests.server_process import ServerProcess, free_port
+from dns_server import start_dns_server_in_thread
+from mx_receiver import Receiver
+from server_process import ServerProcess, free_port
 
 
 def config(tmp_path: Path, smtp_port: int, domain_block: str, extra: str = "") -> str:

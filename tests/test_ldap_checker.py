@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 import trustme
 from reactor_thread import run_in_reactor
+from server_process import free_port
 from slapd import (
     GROUPS,
     PASSWORDS,
@@ -34,7 +35,6 @@ from twisted.internet.threads import deferToThreadPool
 from mtaserver.auth.ldap import LdapChecker, LdapUnavailable, ldap_access_level
 from mtaserver.config.model import LdapSettings
 from mtaserver.config.values import LdapGroupAccess
-from tests.server_process import free_port
 
 
 def run_in_thread(work: Any) -> Any:

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from server_process import ServerProcess, free_port
 from slapd import (
     GROUPS,
     PASSWORDS,
@@ -27,8 +28,6 @@ from slapd import (
     ldap_ca,  # noqa: F401 - fixture
     slapd_server,  # noqa: F401 - fixture
 )
-
-from tests.server_process import ServerProcess, free_port
 
 API_KEY = "mgmt-key-0123456789"
 

@@ -17,6 +17,7 @@ from typing import Any
 
 import pytest
 import trustme
+from server_process import ServerProcess, free_port
 from slapd import (
     PASSWORDS,
     SERVICE_DN,
@@ -29,7 +30,6 @@ from slapd import (
 )
 
 from mtaserver.auth.passwords import hash_password
-from tests.server_process import ServerProcess, free_port
 
 CONFIG = """
 host-name mta.test

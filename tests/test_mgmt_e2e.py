@@ -15,10 +15,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from mgmt_client import API_KEY, MgmtServer, wait_until
+from mx_receiver import Receiver
 from prometheus_client.parser import text_string_to_metric_families
-
-from tests.mgmt_client import API_KEY, MgmtServer, wait_until
-from tests.mx_receiver import Receiver
 
 
 @pytest.fixture(scope="module")

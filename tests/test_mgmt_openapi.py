@@ -11,6 +11,7 @@ from collections.abc import Iterator
 import pytest
 import schemathesis
 from hypothesis import HealthCheck, settings
+from mgmt_client import API_KEY, MgmtServer
 from schemathesis.checks import not_a_server_error
 from schemathesis.specs.openapi.checks import (
     content_type_conformance,
@@ -19,7 +20,6 @@ from schemathesis.specs.openapi.checks import (
 )
 
 from mtaserver.http.openapi import document
-from tests.mgmt_client import API_KEY, MgmtServer
 
 schema = schemathesis.openapi.from_dict(document()).include(
     path_regex=r"^/(command|configFile|status|queues|domains|vmtas|jobs|metrics)$"

@@ -10,10 +10,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-
-from tests.mgmt_client import API_KEY, MgmtServer
-from tests.mx_receiver import Receiver
-from tests.server_process import free_port
+from mgmt_client import API_KEY, MgmtServer
+from mx_receiver import Receiver
+from server_process import free_port
 
 MTACTL = str(Path(sys.executable).with_name("mtactl"))
 

@@ -7,14 +7,14 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
+from dns_server import REFUSED, SERVFAIL, SLOW, start_dns_server_in_thread
+from reactor_thread import run_in_reactor
 from twisted.internet.interfaces import IResolver
 from twisted.internet.testing import MemoryReactorClock
 
 from mtaserver.config.model import DomainSettings
 from mtaserver.config.values import HostPort, parse_smtp_hosts
 from mtaserver.smtp.mx import MxResolver, RouteError, Target, make_resolver
-from tests.dns_server import REFUSED, SERVFAIL, SLOW, start_dns_server_in_thread
-from tests.reactor_thread import run_in_reactor
 
 ZONE: dict[str, Any] = {
     "multi.test": [

@@ -363,3 +363,17 @@ def test_restore_keeps_the_retry_schedule(tmp_path: Path) -> None:
     assert world.outcomes() == []
     world.clock.advance(1)
     assert world.outcomes() == [("d", ("ok@a.test",), "2.0.0")]
+
+
+def test_stop_cancels_sessions_after_the_grace_period(tmp_path: Path) -> None:
+    """stop() waits `grace` seconds for a hung session, then cancels it; work stays queued."""
+    world = World(tmp_path)
+    world.deliverer.gate = defer.Deferred()
+    msg_id = world.submit("ok@a.test")
+    stopped = defer.ensureDeferred(world.scheduler.stop(grace=5))
+    world.clock.advance(4)
+    assert not stopped.called
+    world.clock.advance(1)
+    assert stopped.called
+    assert world.outcomes() == []
+    assert msg_id in world.scheduler.messages

@@ -235,6 +235,8 @@ class Scheduler:
             queue.consecutive_failures = 0
         except QueueLevelFailure as failure:
             await self._queue_failure(queue, settings, failure, state)
+        except defer.CancelledError:
+            log.info("delivery session for {queue} cancelled at shutdown", queue=queue.name)
         except Exception as exc:  # a bug must not wedge the queue
             log.failure("delivery session for {queue} failed", queue=queue.name)
             await self._queue_failure(
@@ -688,15 +690,28 @@ class Scheduler:
     def queued_recipients(self) -> int:
         return sum(q.recipients for q in self.queues.values())
 
-    async def stop(self) -> None:
-        """Stop starting sessions and wait for running ones (they end at the next item)."""
+    async def stop(self, grace: float = 5.0) -> None:
+        """Start no more sessions; give running ones `grace` seconds, then cancel them.
+
+        A cancelled session's transaction in hand stays queued: it is in the spool, and
+        recovery queues it again at the next start (at worst delivered twice).
+        """
         self._stopping = True
         for timer in self._timers.values():
             if timer.active():
                 timer.cancel()
         self._timers.clear()
-        if self._sessions:
-            await defer.DeferredList(list(self._sessions))
+        if not self._sessions:
+            return
+        waiting = defer.DeferredList(list(self._sessions), consumeErrors=True)
+        deadline = self.clock.callLater(grace, self._cancel_sessions)
+        await waiting
+        if deadline.active():
+            deadline.cancel()
+
+    def _cancel_sessions(self) -> None:
+        for session in list(self._sessions):
+            session.cancel()
 
 
 @attrs.define
