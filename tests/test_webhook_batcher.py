@@ -1,0 +1,416 @@
+"""The accounting webhook batcher against real HTTP(S) receivers on 127.0.0.1.
+
+The batcher runs on the reactor thread of `reactor_thread` with a real treq client and
+real threads; receivers are `http.server` servers in their own threads, failing,
+slow or serving HTTPS with trustme certificates as each test needs.
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import hmac
+import json
+import os
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import trustme
+from reactor_thread import run_in_reactor
+from twisted.internet import reactor
+from twisted.internet.threads import deferToThreadPool
+from webhook_receiver import Receiver
+
+from mtaserver.accounting.checkpoint import Checkpoint, checkpoint_path, save_checkpoint
+from mtaserver.webhooks.batcher import WebhookBatcher
+from mtaserver.webhooks.http import PooledClient, policy_from_files
+from mtaserver.webhooks.staging import staging_directory
+
+
+def run_in_thread(work: Any) -> Any:
+    return deferToThreadPool(reactor, reactor.getThreadPool(), work)  # type: ignore[attr-defined]
+
+
+def json_records(start: int, count: int) -> bytes:
+    return b"".join(
+        json.dumps({"type": "d", "rcpt": f"user{i}@example.com", "n": str(i)}).encode() + b"\n"
+        for i in range(start, start + count)
+    )
+
+
+def append(path: Path, data: bytes) -> None:
+    with open(path, "ab") as f:
+        f.write(data)
+
+
+class Harness:
+    """Builds batchers on the reactor thread and stops them (and their pools) at the end."""
+
+    def __init__(self) -> None:
+        self.batchers: list[WebhookBatcher] = []
+        self.clients: list[PooledClient] = []
+
+    def start(self, acct: Path, url: str, *, policy: Any = None, **kw: Any) -> WebhookBatcher:
+        kw.setdefault("max_delay", 0.2)
+        kw.setdefault("poll_interval", 0.05)
+
+        def make() -> Any:
+            client = PooledClient(reactor, policy, connect_timeout=5)
+            batcher = WebhookBatcher(
+                client, reactor, acct_path=str(acct), url=url, run_in_thread=run_in_thread, **kw
+            )
+            batcher.retry_base = 0.05
+            self.clients.append(client)
+            self.batchers.append(batcher)
+            return batcher.start().addCallback(lambda _: batcher)
+
+        return run_in_reactor(make)  # type: ignore[no-any-return]
+
+    def stop(self) -> None:
+        for batcher in self.batchers:
+            run_in_reactor(batcher.stop)
+        for client in self.clients:
+            run_in_reactor(client.close)
+        self.batchers.clear()
+        self.clients.clear()
+
+
+@pytest.fixture
+def harness() -> Iterator[Harness]:
+    h = Harness()
+    yield h
+    h.stop()
+
+
+@pytest.fixture
+def receiver() -> Iterator[Receiver]:
+    r = Receiver()
+    yield r
+    r.close()
+
+
+def wait_until(predicate: Any, timeout: float = 20.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.02)
+    return bool(predicate())
+
+
+def test_json_lines_are_posted_as_ndjson_with_a_batch_id(
+    tmp_path: Path, harness: Harness, receiver: Receiver
+) -> None:
+    """JSON-lines records arrive once, in order, as application/x-ndjson with a batch id."""
+    acct = tmp_path / "acct.json"
+    data = json_records(0, 100)
+    acct.write_bytes(data)
+    harness.start(acct, receiver.url)
+    assert receiver.wait_for(lambda r: len(r.lines()) == 100)
+    assert b"".join(receiver.lines()) == data
+    post = receiver.posts[0]
+    assert post.headers["content-type"] == "application/x-ndjson"
+    assert post.headers["x-mtaserver-batch-id"].endswith("-1")
+    assert "content-encoding" not in post.headers
+
+
+def test_records_written_later_follow_in_new_batches(
+    tmp_path: Path, harness: Harness, receiver: Receiver
+) -> None:
+    """Records appended after start are sent in later batches with increasing ids."""
+    acct = tmp_path / "acct.json"
+    acct.write_bytes(json_records(0, 10))
+    harness.start(acct, receiver.url)
+    assert receiver.wait_for(lambda r: len(r.lines()) == 10)
+    append(acct, json_records(10, 10))
+    assert receiver.wait_for(lambda r: len(r.lines()) == 20)
+    ids = [p.headers["x-mtaserver-batch-id"] for p in receiver.posts]
+    assert [int(i.rsplit("-", 1)[1]) for i in ids] == list(range(1, len(ids) + 1))
+    assert b"".join(receiver.lines()) == json_records(0, 20)
+
+
+def test_a_partial_last_line_waits_until_it_is_complete(
+    tmp_path: Path, harness: Harness, receiver: Receiver
+) -> None:
+    """A line the writer has not finished is not shipped until its newline is written."""
+    acct = tmp_path / "acct.json"
+    acct.write_bytes(json_records(0, 3) + b'{"type":"d","rcpt":"half')
+    harness.start(acct, receiver.url)
+    assert receiver.wait_for(lambda r: len(r.lines()) == 3)
+    time.sleep(0.5)
+    assert len(receiver.lines()) == 3
+    append(acct, b'"}\n')
+    assert receiver.wait_for(lambda r: len(r.lines()) == 4)
+    assert receiver.lines()[-1] == b'{"type":"d","rcpt":"half"}\n'
+
+
+def test_only_bytes_before_the_writer_checkpoint_are_sent(
+    tmp_path: Path, harness: Harness, receiver: Receiver
+) -> None:
+    """Bytes after the acct writer's checkpointed size (uncommitted) are not shipped."""
+    acct = tmp_path / "acct.json"
+    committed = json_records(0, 5)
+    acct.write_bytes(committed + json_records(5, 5))
+    save_checkpoint(checkpoint_path(str(acct)), Checkpoint("acct.json", (1, 0), len(committed)))
+    harness.start(acct, receiver.url)
+    assert receiver.wait_for(lambda r: len(r.lines()) == 5)
+    time.sleep(0.5)
+    assert b"".join(receiver.lines()) == committed
+    save_checkpoint(
+        checkpoint_path(str(acct)), Checkpoint("acct.json", (1, 0), acct.stat().st_size)
+    )
+    assert receiver.wait_for(lambda r: len(r.lines()) == 10)
+
+
+def test_csv_batches_start_with_the_header_row(
+    tmp_path: Path, harness: Harness, receiver: Receiver
+) -> None:
+    """CSV is sent as text/csv, each batch with the file's header row, quoted newlines kept."""
+    acct = tmp_path / "acct.csv"
+    header = b"type,rcpt,dsnDiag\n"
+    rows = [f'd,u{i}@example.com,"line one\nline two, {i}"\n'.encode() for i in range(50)]
+    acct.write_bytes(header + b"".join(rows))
+    harness.start(acct, receiver.url, max_bytes=200)
+    assert receiver.wait_for(lambda r: sum(p.body.count(b"u") for p in r.posts) >= 50)
+    got = []
+    for post in receiver.posts:
+        assert post.headers["content-type"] == "text/csv"
+        assert post.body.startswith(header)
+        got.append(post.body[len(header) :])
+    assert b"".join(got) == b"".join(rows)
+    assert len(receiver.posts) > 1  # cut into several batches, never inside a quoted field
+
+
+def test_gzip_body_is_compressed_and_declared(
+    tmp_path: Path, harness: Harness, receiver: Receiver
+) -> None:
+    """With gzip the body carries Content-Encoding: gzip and decompresses to the records."""
+    acct = tmp_path / "acct.json"
+    data = json_records(0, 200)
+    acct.write_bytes(data)
+    harness.start(acct, receiver.url, gzip_body=True)
+    assert receiver.wait_for(lambda r: len(r.lines()) == 200)
+    post = receiver.posts[0]
+    assert post.headers["content-encoding"] == "gzip"
+    assert len(post.raw) < len(data) / 3
+    assert gzip.decompress(b"".join(p.raw for p in receiver.posts)) == data
+
+
+def test_hmac_signature_matches_the_body_as_sent(
+    tmp_path: Path, harness: Harness, receiver: Receiver
+) -> None:
+    """X-Mtaserver-Signature is the hex HMAC-SHA256 of the (gzip'd) body under the key."""
+    acct = tmp_path / "acct.json"
+    acct.write_bytes(json_records(0, 20))
+    harness.start(acct, receiver.url, gzip_body=True, hmac_key="s3cret")
+    assert receiver.wait_for(lambda r: len(r.posts) >= 1)
+    post = receiver.posts[0]
+    expected = hmac.new(b"s3cret", post.raw, hashlib.sha256).hexdigest()
+    assert post.headers["x-mtaserver-signature"] == f"sha256={expected}"
+    wrong = hmac.new(b"other", post.raw, hashlib.sha256).hexdigest()
+    assert post.headers["x-mtaserver-signature"] != f"sha256={wrong}"
+
+
+def test_extra_headers_are_added_and_may_replace_content_type(
+    tmp_path: Path, harness: Harness, receiver: Receiver
+) -> None:
+    """Extra headers are sent; one named Content-Type replaces the default."""
+    acct = tmp_path / "acct.json"
+    acct.write_bytes(json_records(0, 2))
+    harness.start(
+        acct, receiver.url,
+        extra_headers=[("Authorization", "Bearer abc"), ("Content-Type", "application/json")],
+    )  # fmt: skip
+    assert receiver.wait_for(lambda r: len(r.posts) == 1)
+    headers = receiver.posts[0].headers
+    assert headers["authorization"] == "Bearer abc"
+    assert headers["content-type"] == "application/json"
+
+
+def test_failed_posts_are_retried_with_the_same_batch_id(tmp_path: Path, harness: Harness) -> None:
+    """A receiver failing its first 3 posts gets the batch on the 4th, same id each time."""
+    receiver = Receiver(fail_first=3, fail_status=503)
+    try:
+        acct = tmp_path / "acct.json"
+        acct.write_bytes(json_records(0, 10))
+        batcher = harness.start(acct, receiver.url)
+        assert receiver.wait_for(lambda r: len(r.posts) == 1)
+        assert len(receiver.attempts) == 4
+        assert len({a.headers["x-mtaserver-batch-id"] for a in receiver.attempts}) == 1
+        assert b"".join(receiver.lines()) == json_records(0, 10)
+        assert wait_until(lambda: batcher.backlog == 0 and batcher.failures == 0)
+    finally:
+        receiver.close()
+
+
+def test_batches_go_out_strictly_in_order_across_failures(tmp_path: Path, harness: Harness) -> None:
+    """With small batches and failures, records still arrive once and in file order."""
+    receiver = Receiver(fail_first=2)
+    try:
+        acct = tmp_path / "acct.json"
+        data = json_records(0, 300)
+        acct.write_bytes(data)
+        harness.start(acct, receiver.url, max_bytes=1000)
+        assert receiver.wait_for(lambda r: len(r.lines()) == 300)
+        assert b"".join(receiver.lines()) == data
+        assert all(len(p.body) <= 1000 for p in receiver.posts)
+        seqs = [int(p.headers["x-mtaserver-batch-id"].rsplit("-", 1)[1]) for p in receiver.posts]
+        assert seqs == sorted(seqs) == list(range(1, len(seqs) + 1))
+    finally:
+        receiver.close()
+
+
+def test_a_slow_receiver_times_out_and_the_batch_is_resent(
+    tmp_path: Path, harness: Harness
+) -> None:
+    """A reply slower than io_timeout counts as a failure; the batch is sent again."""
+    receiver = Receiver(delay=1.5, delay_first=1)
+    try:
+        acct = tmp_path / "acct.json"
+        acct.write_bytes(json_records(0, 5))
+        batcher = harness.start(acct, receiver.url, io_timeout=0.3)
+        assert receiver.wait_for(lambda r: len(r.attempts) >= 2)
+        assert wait_until(lambda: batcher.backlog == 0)
+        assert "no reply within" in batcher.last_error
+        ids = {a.headers["x-mtaserver-batch-id"] for a in receiver.attempts}
+        assert len(ids) == 1
+    finally:
+        receiver.close()
+
+
+def test_a_refused_connection_keeps_the_batch_staged(tmp_path: Path, harness: Harness) -> None:
+    """With nothing listening, the batch stays on disk and the backlog shows it."""
+    acct = tmp_path / "acct.json"
+    acct.write_bytes(json_records(0, 5))
+    receiver = Receiver()
+    url = receiver.url
+    receiver.close()
+    batcher = harness.start(acct, url)
+    assert wait_until(lambda: batcher.failures >= 2)
+    status = batcher.status()
+    assert status["backlog_batches"] == 1
+    assert status["last_error"]
+    assert any(n.endswith(".batch") for n in os.listdir(staging_directory(str(acct))))
+
+
+def test_rotated_files_are_followed_to_the_end(
+    tmp_path: Path, harness: Harness, receiver: Receiver
+) -> None:
+    """Records left in a file that was rotated away are sent before the new file's."""
+    acct = tmp_path / "acct.json"
+    acct.write_bytes(json_records(0, 5))
+    batcher = harness.start(acct, receiver.url, max_delay=30.0, max_bytes=10**6)
+    assert wait_until(lambda: batcher.pending_bytes > 0)  # the live file has been seen
+    # Nothing is sent before max_delay: rotate twice and write to the new live file.
+    append(acct, json_records(5, 5))
+    os.rename(acct, tmp_path / "acct-20250101000000.json")
+    acct.write_bytes(json_records(10, 5))
+    os.rename(acct, tmp_path / "acct-20250101000000-1.json")
+    acct.write_bytes(json_records(15, 5))
+    batcher.max_delay = 0.2
+    assert receiver.wait_for(lambda r: len(r.lines()) == 20)
+    assert b"".join(receiver.lines()) == json_records(0, 20)
+
+
+def test_restart_resumes_from_the_cursor_without_resending(
+    tmp_path: Path, harness: Harness, receiver: Receiver
+) -> None:
+    """After stop and start, only records written since are sent."""
+    acct = tmp_path / "acct.json"
+    acct.write_bytes(json_records(0, 10))
+    harness.start(acct, receiver.url)
+    assert receiver.wait_for(lambda r: len(r.lines()) == 10)
+    harness.stop()
+    append(acct, json_records(10, 10))
+    harness.start(acct, receiver.url)
+    assert receiver.wait_for(lambda r: len(r.lines()) == 20)
+    time.sleep(0.3)
+    assert b"".join(receiver.lines()) == json_records(0, 20)
+
+
+# -- HTTPS -------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def ca() -> trustme.CA:
+    return trustme.CA()
+
+
+def https_receiver(ca: trustme.CA, tmp_path: Path, host: str, **kw: Any) -> Receiver:
+    cert = ca.issue_cert(host)
+    cert_path, key_path = tmp_path / f"{host}.pem", tmp_path / f"{host}.key"
+    cert.cert_chain_pems[0].write_to_path(str(cert_path))
+    for blob in cert.cert_chain_pems[1:]:
+        blob.write_to_path(str(cert_path), append=True)
+    cert.private_key_pem.write_to_path(str(key_path))
+    return Receiver(tls=(str(cert_path), str(key_path)), **kw)
+
+
+def test_https_receiver_with_a_trusted_certificate_gets_the_batch(
+    tmp_path: Path, harness: Harness, ca: trustme.CA
+) -> None:
+    """An HTTPS endpoint whose certificate chains to http-webhook-ca-file is delivered to."""
+    receiver = https_receiver(ca, tmp_path, "127.0.0.1")
+    try:
+        ca_file = tmp_path / "ca.pem"
+        ca.cert_pem.write_to_path(str(ca_file))
+        acct = tmp_path / "acct.json"
+        acct.write_bytes(json_records(0, 5))
+        harness.start(acct, receiver.url, policy=policy_from_files(str(ca_file), None))
+        assert receiver.wait_for(lambda r: len(r.lines()) == 5)
+    finally:
+        receiver.close()
+
+
+def test_https_receiver_naming_another_host_gets_nothing(
+    tmp_path: Path, harness: Harness, ca: trustme.CA
+) -> None:
+    """A certificate for another host name fails verification: nothing is delivered."""
+    receiver = https_receiver(ca, tmp_path, "other.example")
+    try:
+        ca_file = tmp_path / "ca.pem"
+        ca.cert_pem.write_to_path(str(ca_file))
+        acct = tmp_path / "acct.json"
+        acct.write_bytes(json_records(0, 5))
+        batcher = harness.start(acct, receiver.url, policy=policy_from_files(str(ca_file), None))
+        assert wait_until(lambda: batcher.failures >= 2)
+        assert receiver.posts == [] and receiver.attempts == []
+        assert batcher.backlog == 1
+    finally:
+        receiver.close()
+
+
+def test_https_receiver_untrusted_by_the_system_cas_gets_nothing(
+    tmp_path: Path, harness: Harness, ca: trustme.CA
+) -> None:
+    """Without http-webhook-ca-file a private CA is not trusted: nothing is delivered."""
+    receiver = https_receiver(ca, tmp_path, "127.0.0.1")
+    try:
+        acct = tmp_path / "acct.json"
+        acct.write_bytes(json_records(0, 5))
+        batcher = harness.start(acct, receiver.url)
+        assert wait_until(lambda: batcher.failures >= 2)
+        assert receiver.attempts == []
+    finally:
+        receiver.close()
+
+
+def test_client_certificate_is_presented(tmp_path: Path, harness: Harness, ca: trustme.CA) -> None:
+    """http-webhook-certificate is presented to a receiver that requires one."""
+    ca_file = tmp_path / "ca.pem"
+    ca.cert_pem.write_to_path(str(ca_file))
+    receiver = https_receiver(ca, tmp_path, "127.0.0.1", client_ca=str(ca_file))
+    try:
+        client_pem = tmp_path / "client.pem"
+        client = ca.issue_cert("client.example")
+        client.private_key_and_cert_chain_pem.write_to_path(str(client_pem))
+        acct = tmp_path / "acct.json"
+        acct.write_bytes(json_records(0, 5))
+        policy = policy_from_files(str(ca_file), str(client_pem))
+        harness.start(acct, receiver.url, policy=policy)
+        assert receiver.wait_for(lambda r: len(r.lines()) == 5)
+    finally:
+        receiver.close()

@@ -1,0 +1,241 @@
+"""End to end: the real server (`twistd -n mtaserver`) with its webhooks.
+
+smtplib sends mail to the server on loopback; an `http.server` receiver plays the
+accounting webhook endpoint (batches of acct records) and the delivery webhook
+endpoint (`type http-delivery`). The crash test kills the server with SIGKILL while
+batches are staged but not yet accepted and checks that, after a restart, every
+record of the acct file reached the endpoint (de-duplicated by batch id).
+"""
+
+from __future__ import annotations
+
+import base64
+import csv
+import io
+import json
+import os
+import smtplib
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from server_process import ServerProcess, free_port
+from webhook_receiver import Receiver
+
+
+def wait_until(predicate, timeout: float = 30.0) -> bool:  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.05)
+    return False
+
+
+def acct_lines(directory: Path, name: str = "acct.json") -> list[bytes]:
+    """Every record line of the acct file and its rotated files, oldest first."""
+    stem, suffix = os.path.splitext(name)
+    files = sorted(p for p in directory.glob(f"{stem}-*{suffix}"))
+    files.append(directory / name)
+    lines: list[bytes] = []
+    for path in files:
+        if path.exists():
+            lines.extend(path.read_bytes().splitlines(keepends=True))
+    return lines
+
+
+@pytest.fixture
+def receiver() -> Iterator[Receiver]:
+    r = Receiver()
+    yield r
+    r.close()
+
+
+ACCT_CONFIG = """
+host-name mta.test
+postmaster postmaster@mta.test
+spool {tmp}/spool
+smtp-listener 127.0.0.1:{port}
+<source 127.0.0.1>
+    always-allow-relaying yes
+</source>
+<acct-file {tmp}/acct.json>
+    records r,d,b,t,tq
+    http-webhook-url {url}
+    http-webhook-max-interval 1s
+{extra}
+</acct-file>
+<domain *>
+    type discard
+</domain>
+"""
+
+
+def send(port: int, count: int, start: int = 0) -> None:
+    with smtplib.SMTP("127.0.0.1", port) as client:
+        for i in range(start, start + count):
+            client.sendmail(
+                "sender@src.test", [f"user{i}@dst.test"], f"Subject: {i}\r\n\r\nbody {i}\r\n"
+            )
+
+
+def test_kill9_between_staging_and_sending_loses_no_record(
+    tmp_path: Path, receiver: Receiver
+) -> None:
+    """SIGKILL with batches staged but unsent: after restart every acct record arrives."""
+    receiver.fail_first = 10**9  # refuse everything until the restart
+    port = free_port()
+    conf = ACCT_CONFIG.format(tmp=tmp_path, port=port, url=receiver.url, extra="")
+    server = ServerProcess(tmp_path, conf, wait_ports=(port,))
+    staging = tmp_path / ".acct.json.webhook"
+    try:
+        server.start()
+        send(port, 20)
+        assert wait_until(lambda: len(acct_lines(tmp_path)) >= 40)  # r and d for each
+        assert wait_until(lambda: any(p.suffix == ".batch" for p in staging.iterdir()))
+        assert receiver.wait_for(lambda r: len(r.attempts) >= 1)
+        server.kill9()
+        assert receiver.posts == []
+        receiver.fail_first = 0
+        receiver.status = 200
+        with receiver.lock:
+            receiver.attempts.clear()
+        server.start()
+        send(port, 10, start=20)
+        assert wait_until(lambda: len(acct_lines(tmp_path)) >= 60)
+        expected = acct_lines(tmp_path)
+        unique: dict[str, bytes] = {}
+
+        def all_arrived(r: Receiver) -> bool:
+            for post in r.posts:
+                unique[post.headers["x-mtaserver-batch-id"]] = post.body
+            got = b"".join(
+                unique[k] for k in sorted(unique, key=lambda i: int(i.rsplit("-", 1)[1]))
+            )
+            return got.splitlines(keepends=True) == expected
+
+        assert receiver.wait_for(all_arrived, timeout=30)
+        records = [json.loads(line) for line in expected]
+        assert {r["rcpt"] for r in records if r["type"] == "d"} == {
+            f"user{i}@dst.test" for i in range(30)
+        }
+    finally:
+        server.stop()
+
+
+def test_gzip_csv_signed_batches_from_the_real_server(tmp_path: Path, receiver: Receiver) -> None:
+    """A CSV acct file with gzip and an HMAC key: header row, valid signature, all records."""
+    import gzip
+    import hashlib
+    import hmac
+
+    port = free_port()
+    conf = ACCT_CONFIG.format(
+        tmp=tmp_path, port=port, url=receiver.url,
+        extra="    http-webhook-transfer-encoding gzip\n    http-webhook-hmac-key k3y",
+    ).replace("acct.json", "acct.csv")  # fmt: skip
+    with ServerProcess(tmp_path, conf, wait_ports=(port,)):
+        send(port, 5)
+        assert receiver.wait_for(
+            lambda r: (
+                sum(len(list(csv.DictReader(io.StringIO(p.body.decode())))) for p in r.posts) >= 10
+            )
+        )
+    for post in receiver.posts:
+        assert post.headers["content-type"] == "text/csv"
+        assert post.headers["content-encoding"] == "gzip"
+        digest = hmac.new(b"k3y", post.raw, hashlib.sha256).hexdigest()
+        assert post.headers["x-mtaserver-signature"] == f"sha256={digest}"
+        assert gzip.decompress(post.raw).startswith(b"type,")
+    rows = [row for p in receiver.posts for row in csv.DictReader(io.StringIO(p.body.decode()))]
+    assert sorted(r["type"] for r in rows) == ["d"] * 5 + ["r"] * 5
+
+
+DELIVERY_CONFIG = """
+host-name mta.test
+postmaster postmaster@mta.test
+spool {tmp}/spool
+smtp-listener 127.0.0.1:{port}
+relay-domain inbound.example
+<acct-file {tmp}/acct.json>
+    records r,d,b,t,tq
+</acct-file>
+<domain inbound.example>
+    type http-delivery
+    http-delivery-url {url}
+    http-delivery-extra-headers {tmp}/headers.txt
+    retry-after 1s
+    max-smtp-out 2
+</domain>
+"""
+
+
+def acct_records(tmp_path: Path) -> list[dict[str, str]]:
+    path = tmp_path / "acct.json"
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_bytes().splitlines()]
+
+
+def test_inbound_mail_arrives_at_the_delivery_webhook_intact(
+    tmp_path: Path, receiver: Receiver
+) -> None:
+    """Mail for a relay-domain of type http-delivery is POSTed as JSON, body intact."""
+    (tmp_path / "headers.txt").write_text("Authorization: Bearer t0ken\n")
+    port = free_port()
+    conf = DELIVERY_CONFIG.format(tmp=tmp_path, port=port, url=receiver.url)
+    message = (
+        "From: Alice <alice@src.test>\r\nTo: bob@inbound.example\r\nSubject: hello\r\n"
+        " folded\r\n\r\nLine one\r\n.dot line\r\nLine three \u00e9\r\n"
+    ).encode()
+    binary = b"Subject: bin\r\n\r\n\xff\xfe raw 8-bit\r\n"
+    with ServerProcess(tmp_path, conf, wait_ports=(port,)):
+        with smtplib.SMTP("127.0.0.1", port) as client:
+            client.ehlo()
+            client.sendmail("alice@src.test", ["bob@inbound.example", "carol@inbound.example"],
+                            message, mail_options=["BODY=8BITMIME"])  # fmt: skip
+            client.sendmail("alice@src.test", ["dave@inbound.example"], binary,
+                            mail_options=["BODY=8BITMIME"])  # fmt: skip
+        assert receiver.wait_for(lambda r: len(r.posts) == 3)
+        assert wait_until(lambda: len([r for r in acct_records(tmp_path) if r["type"] == "d"]) == 3)
+    payloads = [json.loads(p.body) for p in receiver.posts]
+    assert all(p.headers["content-type"] == "application/json" for p in receiver.posts)
+    assert all(p.headers["authorization"] == "Bearer t0ken" for p in receiver.posts)
+    by_rcpt = {p["rcpt_to"]: p for p in payloads}
+    assert set(by_rcpt) == {"bob@inbound.example", "carol@inbound.example", "dave@inbound.example"}
+    bob = by_rcpt["bob@inbound.example"]
+    assert bob["msg_from"] == "alice@src.test"
+    assert "email_rfc822_is_base64" not in bob["content"]
+    sent = bob["content"]["email_rfc822"].encode()
+    head, body = message.split(b"\r\n\r\n", 1)
+    assert head + b"\r\n" in sent  # the server adds Received, Message-ID and Date around it
+    assert sent.split(b"\r\n\r\n", 1)[1] == body
+    assert {"Subject": "hello folded"} in bob["content"]["headers"]
+    dave = by_rcpt["dave@inbound.example"]
+    assert dave["content"]["email_rfc822_is_base64"] is True
+    raw = base64.b64decode(dave["content"]["email_rfc822"])
+    assert raw.split(b"\r\n\r\n", 1)[1] == binary.split(b"\r\n\r\n", 1)[1]
+    delivered = [r for r in acct_records(tmp_path) if r["type"] == "d"]
+    assert {r["dlvType"] for r in delivered} == {"http"}
+
+
+def test_delivery_webhook_500_gives_t_then_retry_and_d(tmp_path: Path) -> None:
+    """A 500 is a transient failure (t record); the retry after retry-after is a d, dlvType http."""
+    receiver = Receiver(fail_first=1, fail_status=500)
+    try:
+        (tmp_path / "headers.txt").write_text("")
+        port = free_port()
+        conf = DELIVERY_CONFIG.format(tmp=tmp_path, port=port, url=receiver.url)
+        with ServerProcess(tmp_path, conf, wait_ports=(port,)):
+            with smtplib.SMTP("127.0.0.1", port) as client:
+                client.sendmail("a@src.test", ["x@inbound.example"], b"Subject: s\r\n\r\nhi\r\n")
+            assert wait_until(lambda: any(r["type"] == "d" for r in acct_records(tmp_path)))
+        records = [r for r in acct_records(tmp_path) if r["rcpt"] == "x@inbound.example"]
+        assert [r["type"] for r in records] == ["r", "t", "d"]
+        assert records[1]["dsnStatus"].startswith("4.")
+        assert "HTTP 500" in records[1]["dsnDiag"]
+        assert records[2]["dlvType"] == "http"
+        assert len(receiver.attempts) == 2
+    finally:
+        receiver.close()
