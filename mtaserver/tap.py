@@ -179,6 +179,7 @@ def makeService(options: Options, reactor: Any = None) -> IService:  # noqa: N80
             mgmt = make_mgmt_service(
                 holder, scheduler, acct, stats, traffic, reactor, run_in_thread,
                 ldap=ldap_checkers,
+                webhooks=webhooks,
             )
         except InsecureListenerError as exc:
             print(f"mtaserver: {exc}; not started", file=sys.stderr)

@@ -239,3 +239,48 @@ def test_delivery_webhook_500_gives_t_then_retry_and_d(tmp_path: Path) -> None:
         assert len(receiver.attempts) == 2
     finally:
         receiver.close()
+
+
+def test_webhook_backlog_is_a_metric(tmp_path: Path) -> None:
+    """An endpoint that is down shows as a growing backlog on /metrics, never a silent drop."""
+    import smtplib
+    import urllib.request
+
+    from prometheus_client.parser import text_string_to_metric_families
+    from server_process import ServerProcess, free_port
+
+    smtp, mgmt, down = free_port(), free_port(), free_port()
+    conf = f"""
+spool {tmp_path}/spool
+smtp-listener 127.0.0.1:{smtp}
+http-mgmt-port 127.0.0.1:{mgmt}
+http-access 127.0.0.1 monitor
+<source 127.0.0.1>
+    always-allow-relaying yes
+</source>
+<domain *>
+    type discard
+</domain>
+<acct-file {tmp_path}/acct.json>
+    records r,d
+    http-webhook-url http://127.0.0.1:{down}/hook
+    http-webhook-max-interval 1s
+</acct-file>
+"""
+
+    def backlog() -> float:
+        with urllib.request.urlopen(f"http://127.0.0.1:{mgmt}/metrics", timeout=5) as answer:
+            text = answer.read().decode()
+        for family in text_string_to_metric_families(text):
+            if family.name == "mtaserver_webhook_backlog_batches":
+                return sum(sample.value for sample in family.samples)
+        return -1.0
+
+    with ServerProcess(tmp_path, conf, wait_ports=(smtp, mgmt)):
+        assert backlog() == 0
+        with smtplib.SMTP("127.0.0.1", smtp) as client:
+            client.sendmail("s@src.test", ["a@dst.test"], b"Subject: b\r\n\r\nb\r\n")
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and backlog() < 1:
+            time.sleep(0.2)
+        assert backlog() >= 1

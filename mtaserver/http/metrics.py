@@ -35,10 +35,13 @@ CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 class ServerCollector(Collector):
     """Reads the scheduler, reception counters and traffic stats at each scrape."""
 
-    def __init__(self, scheduler: Any, reception: Any, traffic: TrafficStats) -> None:
+    def __init__(
+        self, scheduler: Any, reception: Any, traffic: TrafficStats, webhooks: Any = None
+    ) -> None:
         self.scheduler = scheduler
         self.reception = reception
         self.traffic = traffic
+        self.webhooks = webhooks
 
     def collect(self) -> Iterator[Any]:
         reception = self.reception
@@ -97,11 +100,37 @@ class ServerCollector(Collector):
         )
         histogram.add_metric([], [(b, float(c)) for b, c in latency.cumulative()], latency.sum)
         yield histogram
+        if self.webhooks is not None:
+            yield from self._webhook_backlog()
+
+    def _webhook_backlog(self) -> Iterator[Any]:
+        """Accounting webhook batches and bytes not yet accepted by their endpoint."""
+        batches = GaugeMetricFamily(
+            "mtaserver_webhook_backlog_batches",
+            "Staged webhook batches not yet sent",
+            labels=["acct_file"],
+        )
+        size = GaugeMetricFamily(
+            "mtaserver_webhook_backlog_bytes", "Webhook bytes not yet sent", labels=["acct_file"]
+        )
+        failures = GaugeMetricFamily(
+            "mtaserver_webhook_consecutive_failures",
+            "Failed posts since the last success",
+            labels=["acct_file"],
+        )
+        for status in self.webhooks.status():
+            label = [status["acct_file"]]
+            batches.add_metric(label, status["backlog_batches"])
+            size.add_metric(label, status["backlog_bytes"])
+            failures.add_metric(label, status["consecutive_failures"])
+        yield from (batches, size, failures)
 
 
-def make_registry(scheduler: Any, reception: Any, traffic: TrafficStats) -> CollectorRegistry:
+def make_registry(
+    scheduler: Any, reception: Any, traffic: TrafficStats, webhooks: Any = None
+) -> CollectorRegistry:
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(ServerCollector(scheduler, reception, traffic))
+    registry.register(ServerCollector(scheduler, reception, traffic, webhooks))
     return registry
 
 

@@ -86,13 +86,14 @@ def make_management_api(
     traffic: TrafficStats,
     run_in_thread: Callable[[Callable[[], Any]], Deferred[Any]],
     ldap: Any = None,
+    webhooks: Any = None,
 ) -> ManagementAPI:
     access = Access(holder, ldap)
     commands = Commands(holder, scheduler, acct, reception, traffic, run_in_thread)
     return ManagementAPI(
         CommandAPI(commands, access),
         ConfigFileAPI(holder, access, run_in_thread),
-        MonitorAPI(commands, access, make_registry(scheduler, reception, traffic)),
+        MonitorAPI(commands, access, make_registry(scheduler, reception, traffic, webhooks)),
     )
 
 
@@ -105,6 +106,7 @@ def make_mgmt_service(
     reactor: Any,
     run_in_thread: Callable[[Callable[[], Any]], Deferred[Any]],
     ldap: Any = None,
+    webhooks: Any = None,
 ) -> IService:
     """The management port's service; `http_mgmt_port` must be set.
 
@@ -115,7 +117,9 @@ def make_mgmt_service(
     settings = holder.config.settings
     if settings.http_mgmt_port is None:
         raise ValueError("http-mgmt-port is not set")
-    api = make_management_api(holder, scheduler, acct, reception, traffic, run_in_thread, ldap)
+    api = make_management_api(
+        holder, scheduler, acct, reception, traffic, run_in_thread, ldap, webhooks
+    )
     listener = Listener(settings.http_mgmt_port, settings.http_mgmt_tls_certificate)
     service = MultiService()
     service.setName("http-mgmt")
