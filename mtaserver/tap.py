@@ -11,7 +11,7 @@ from __future__ import annotations
 import signal
 import sys
 from collections.abc import Callable
-from typing import Any
+from typing import Any, NoReturn
 
 from twisted.application.service import IService, MultiService, Service
 from twisted.internet.defer import Deferred
@@ -21,9 +21,13 @@ from twisted.python import usage
 from twisted.python.threadpool import ThreadPool
 
 from mtaserver.accounting.service import AcctService, writer_for
+from mtaserver.auth.checkers import CheckerChoice
+from mtaserver.auth.ldap import LdapCheckers
+from mtaserver.auth.users import LocalUserChecker
 from mtaserver.config import ConfigError
 from mtaserver.config.reload import ConfigHolder
 from mtaserver.http.listen import InsecureListenerError
+from mtaserver.http.mgmt import make_mgmt_service
 from mtaserver.http.transmissions import make_transmissions_services
 from mtaserver.queue.bounces import DsnSender
 from mtaserver.queue.delivery import DiscardDeliverer, FileDeliverer, IDeliverer
@@ -36,6 +40,7 @@ from mtaserver.smtp.reception import ReceptionStats
 from mtaserver.smtp.server import make_smtp_service
 from mtaserver.smtp.signing import DkimTransform
 from mtaserver.spool import Journal, open_spool
+from mtaserver.stats import TrafficStats
 from mtaserver.webhooks import HttpDeliverer, PooledClient, WebhookService
 
 log = Logger()
@@ -92,12 +97,29 @@ class JournalService(Service):
         self.journal.close()
 
 
+def refuse_to_start(message: str) -> NoReturn:
+    """A setting that cannot run (an insecure listener, a bad CA file): exit status 1."""
+    print(f"mtaserver: {message}; not started", file=sys.stderr)
+    raise SystemExit(1)
+
+
 def makeService(options: Options, reactor: Any = None) -> IService:  # noqa: N802 - twistd's name
     if reactor is None:
         from twisted.internet import reactor as global_reactor
 
         reactor = global_reactor
     holder = load_or_exit(options["config"])
+    try:
+        root = compose(holder, reactor)
+    except (InsecureListenerError, ValueError) as exc:
+        refuse_to_start(str(exc))
+    install_sighup(holder, reactor)
+    log.info("mtaserver configured from {path}", path=holder.config.path)
+    return root
+
+
+def compose(holder: ConfigHolder, reactor: Any) -> MultiService:
+    """Build every service in start order; MultiService stops them in reverse."""
     config = holder.config
     root = MultiService()
     pool = ThreadPool(minthreads=4, maxthreads=32, name="mtaserver-blocking")
@@ -106,6 +128,7 @@ def makeService(options: Options, reactor: Any = None) -> IService:  # noqa: N80
     def run_in_thread(work: Callable[[], Any]) -> Deferred[Any]:
         return deferToThreadPool(reactor, pool, work)
 
+    # The spool, then what reads the journal: acct files, then their webhooks.
     recovered, journal, store = open_spool(
         config.settings.spool, run_in_thread, min_free_space=config.settings.spool_min_free_space
     )
@@ -113,79 +136,62 @@ def makeService(options: Options, reactor: Any = None) -> IService:  # noqa: N80
     writers = [writer_for(acct, journal, run_in_thread, reactor) for acct in config.acct_files]
     acct = AcctService(writers, journal)
     acct.setServiceParent(root)
-
-    resolver = MxResolver(make_resolver(config.settings.name_server, reactor))
-    deliverers: dict[str, IDeliverer] = {
-        "smtp": SmtpDeliverer(holder, resolver, reactor),
-        "discard": DiscardDeliverer(),
-        "file": FileDeliverer(run_in_thread),
-    }
-    # -- webhooks (mtaserver.webhooks): `type http-delivery` and one accounting webhook
-    # batcher per <acct-file> with http-webhook-url (after the acct writers: stops first).
+    webhooks = WebhookService.from_config(config, reactor, run_in_thread)
     http_delivery_client = PooledClient(reactor)
-    deliverers["http-delivery"] = HttpDeliverer(http_delivery_client, reactor, run_in_thread)
-    try:
-        webhooks = WebhookService.from_config(config, reactor, run_in_thread)
-    except ValueError as exc:
-        print(f"mtaserver: {exc}; not started", file=sys.stderr)
-        raise SystemExit(1) from None
     webhooks.clients.append(http_delivery_client)
     webhooks.setServiceParent(root)
-    # -- end webhooks
+
+    # Delivery: one deliverer per `<domain> type`, and the scheduler that owns the queues.
+    deliverers: dict[str, IDeliverer] = {
+        "smtp": SmtpDeliverer(
+            holder, MxResolver(make_resolver(config.settings.name_server, reactor)), reactor
+        ),
+        "discard": DiscardDeliverer(),
+        "file": FileDeliverer(run_in_thread),
+        "http-delivery": HttpDeliverer(http_delivery_client, reactor, run_in_thread),
+    }
     signer = DkimSigner.from_settings(config.settings)
+    traffic = TrafficStats(reactor.seconds)
     scheduler = Scheduler(
-        holder, store, journal, deliverers, reactor,
+        holder,
+        store,
+        traffic.observe(journal),
+        deliverers,
+        reactor,
         transform_body=DkimTransform(signer, run_in_thread),
     )
     scheduler.notify_bounce = DsnSender(holder, store, scheduler.enqueue, reactor)
     SchedulerService(scheduler, recovered).setServiceParent(root)
 
-    # Password checking (auth/): local <smtp-user>s and the <ldap NAME> directories,
-    # shared by every SMTP listener (`auth-ldap`) and the management port
-    # (`http-auth-ldap`), so they share LDAP connections, thread bound and login cache.
-    from mtaserver.auth.checkers import CheckerChoice
-    from mtaserver.auth.ldap import LdapCheckers
-    from mtaserver.auth.users import LocalUserChecker
-
+    # Reception: SMTP listeners and the Transmissions API, sharing the password
+    # checkers (local <smtp-user>s, <ldap> directories) with the management port.
     ldap_checkers = LdapCheckers(holder, run_in_thread, reactor)
     checkers = CheckerChoice(LocalUserChecker(holder, run_in_thread), ldap_checkers)
-
     stats = ReceptionStats()
     for listener in config.settings.smtp_listener:
         make_smtp_service(
-            holder, store, scheduler.enqueue, listener, reactor,
-            stats=stats, run_in_thread=run_in_thread, checkers=checkers,
+            holder,
+            store,
+            scheduler.enqueue,
+            listener,
+            reactor,
+            stats=stats,
+            run_in_thread=run_in_thread,
+            checkers=checkers,
         ).setServiceParent(root)
-
-    # Transmissions API (http/transmissions.py): one service per
-    # <transmissions-api-listener>; plain HTTP off loopback stops the server here.
-    try:
-        api_services = make_transmissions_services(holder, store, scheduler.enqueue, reactor)
-    except InsecureListenerError as exc:
-        print(f"mtaserver: {exc}; not started", file=sys.stderr)
-        raise SystemExit(1) from None
-    for api_service in api_services:
+    for api_service in make_transmissions_services(holder, store, scheduler.enqueue, reactor):
         api_service.setServiceParent(root)
 
-    # Management port (http/mgmt.py): /command, /configFile, monitoring, /metrics.
-    # TrafficStats counts the scheduler's committed outcomes through its journal.
     if config.settings.http_mgmt_port is not None:
-        from mtaserver.http.mgmt import make_mgmt_service
-        from mtaserver.stats import TrafficStats
-
-        traffic = TrafficStats(reactor.seconds)
-        scheduler.journal = traffic.observe(scheduler.journal)
-        try:
-            mgmt = make_mgmt_service(
-                holder, scheduler, acct, stats, traffic, reactor, run_in_thread,
-                ldap=ldap_checkers,
-                webhooks=webhooks,
-            )
-        except InsecureListenerError as exc:
-            print(f"mtaserver: {exc}; not started", file=sys.stderr)
-            raise SystemExit(1) from None
-        mgmt.setServiceParent(root)
-
-    install_sighup(holder, reactor)
-    log.info("mtaserver configured from {path}", path=holder.config.path)
+        make_mgmt_service(
+            holder,
+            scheduler,
+            acct,
+            stats,
+            traffic,
+            reactor,
+            run_in_thread,
+            ldap=ldap_checkers,
+            webhooks=webhooks,
+        ).setServiceParent(root)
     return root
