@@ -50,17 +50,19 @@ smtp-listener 127.0.0.1:{port}
     body = b"Subject: big\r\n\r\n" + (b"x" * 998 + b"\r\n") * 200  # about 200 KB
     replies: list[int] = []
     accepted = 0
-    with ServerProcess(tmp_path, conf, wait_ports=(port,)):
-        with smtplib.SMTP("127.0.0.1", port, timeout=30) as client:
-            for _ in range(40):
-                try:
-                    client.sendmail("s@src.test", ["r@dst.test"], body)
-                    accepted += 1
-                except smtplib.SMTPResponseException as exc:
-                    replies.append(exc.smtp_code)
-                    assert exc.smtp_code == 452, exc.smtp_error
-                    assert exc.smtp_error.startswith(b"4.3.1"), exc.smtp_error
-                    break
+    with (
+        ServerProcess(tmp_path, conf, wait_ports=(port,)),
+        smtplib.SMTP("127.0.0.1", port, timeout=30) as client,
+    ):
+        for _ in range(40):
+            try:
+                client.sendmail("s@src.test", ["r@dst.test"], body)
+                accepted += 1
+            except smtplib.SMTPResponseException as exc:
+                replies.append(exc.smtp_code)
+                assert exc.smtp_code == 452, exc.smtp_error
+                assert exc.smtp_error.startswith(b"4.3.1"), exc.smtp_error
+                break
     assert replies == [452]
     assert 3 <= accepted < 40
     found = recover(str(tiny_spool))
