@@ -78,3 +78,39 @@ def wait_for(path: Path, text: str, timeout: float = 30) -> bool:
             return True
         time.sleep(0.1)
     return False
+
+
+def test_default_config_serves_smtp_mgmt_and_api(tmp_path: Path) -> None:
+    """`make run`'s config serves SMTP 2525, management 8080 and the API 8585 on loopback."""
+    import shutil
+    import smtplib
+    import socket
+    import urllib.request
+
+    conf = tmp_path / "etc" / "mtaserver.conf"
+    conf.parent.mkdir()
+    shutil.copy(ROOT / "etc" / "mtaserver.conf", conf)
+    log = tmp_path / "twistd.log"
+    proc = subprocess.Popen(
+        twistd("-n", "--pidfile=", "--logfile", str(log), "mtaserver", "--config", str(conf)),
+        cwd=tmp_path,
+    )
+    try:
+        assert wait_for(log, "spool recovered"), read(log)
+        deadline = time.monotonic() + 30
+        for port in (2525, 8080, 8585):
+            while True:
+                try:
+                    socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                    break
+                except OSError:
+                    assert time.monotonic() < deadline, f"nothing on {port}\n{read(log)}"
+                    time.sleep(0.1)
+        with smtplib.SMTP("127.0.0.1", 2525) as client:
+            assert client.ehlo()[0] == 250
+        with urllib.request.urlopen("http://127.0.0.1:8080/status?format=json") as answer:
+            assert answer.status == 200
+        assert (tmp_path / "var" / "spool").is_dir()
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
