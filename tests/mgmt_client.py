@@ -12,13 +12,11 @@ from __future__ import annotations
 import http.client
 import json
 import smtplib
-import time
 import urllib.parse
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from server_process import ServerProcess, free_port
+from server_process import ServerProcess, free_port, wait_until  # noqa: F401 - re-exported
 
 API_KEY = "s3cret-key"
 
@@ -111,12 +109,3 @@ class MgmtServer:
     def send(self, rcpts: list[str], headers: str = "", sender: str = "s@src.test") -> None:
         with smtplib.SMTP("127.0.0.1", self.smtp, timeout=30) as client:
             client.sendmail(sender, rcpts, f"Subject: t\r\n{headers}\r\nbody\r\n".encode())
-
-
-def wait_until(predicate: Callable[[], Any], timeout: float = 30.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.05)
-    return False

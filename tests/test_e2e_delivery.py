@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 from dns_server import start_dns_server_in_thread
 from mx_receiver import Receiver
-from server_process import ServerProcess, free_port
+from server_process import ServerProcess, free_port, wait_until
 
 
 def config(tmp_path: Path, smtp_port: int, domain_block: str, extra: str = "") -> str:
@@ -51,15 +51,6 @@ def acct(tmp_path: Path) -> list[dict[str, str]]:
         return []
     with path.open(newline="") as stream:
         return list(csv.DictReader(stream))
-
-
-def wait_until(predicate, timeout: float = 30.0) -> bool:  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.05)
-    return False
 
 
 @pytest.fixture

@@ -12,14 +12,13 @@ import email
 import email.policy
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import trustme
 from mx_receiver import Receiver
-from server_process import ServerProcess, free_port
+from server_process import ServerProcess, free_port, wait_until
 from sparkpost import SparkPost
 from sparkpost.exceptions import SparkPostAPIException
 
@@ -78,15 +77,6 @@ def server(
     process = ServerProcess(tmp_path, config, wait_ports=(api_port,))
     with process:
         yield process, api_port
-
-
-def wait_until(condition: object, timeout: float = 30.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition():  # type: ignore[operator]
-            return True
-        time.sleep(0.1)
-    return False
 
 
 def acct_rows(path: Path) -> list[dict[str, str]]:

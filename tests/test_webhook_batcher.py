@@ -20,6 +20,7 @@ from typing import Any
 import pytest
 import trustme
 from reactor_thread import run_in_reactor
+from server_process import wait_until
 from twisted.internet import reactor
 from twisted.internet.threads import deferToThreadPool
 from webhook_receiver import Receiver
@@ -90,15 +91,6 @@ def receiver() -> Iterator[Receiver]:
     r = Receiver()
     yield r
     r.close()
-
-
-def wait_until(predicate: Any, timeout: float = 20.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.02)
-    return bool(predicate())
 
 
 def test_json_lines_are_posted_as_ndjson_with_a_batch_id(

@@ -20,17 +20,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from server_process import ServerProcess, free_port
+from server_process import ServerProcess, free_port, wait_until
 from webhook_receiver import Receiver
-
-
-def wait_until(predicate, timeout: float = 30.0) -> bool:  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.05)
-    return False
 
 
 def acct_lines(directory: Path, name: str = "acct.json") -> list[bytes]:

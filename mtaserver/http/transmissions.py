@@ -69,7 +69,7 @@ from mtaserver.http.content import (
 )
 from mtaserver.http.errors import APIError, handle_errors, json_response, read_body
 from mtaserver.http.listen import http_service
-from mtaserver.smtp.server_message import HeaderRules, MessageBuilder
+from mtaserver.smtp.server_message import HeaderRules, MessageBuilder, header_rules
 from mtaserver.spool import MessageStore
 from mtaserver.spool.errors import SpoolError, SpoolFullError
 
@@ -531,20 +531,7 @@ class TransmissionsAPI:
                 f"Received: from [{literal}]\r\n\tby {host_name} (mtaserver) with {protocol}"
                 f" id {msg_id};\r\n\t{date}\r\n"
             ).encode()
-        acct_files = self.holder.config.acct_files
-        capture = tuple(sorted({m.header for a in acct_files for m in a.map_header_to_field}))
-        return HeaderRules(
-            received=received,
-            message_id=(
-                f"Message-ID: <{msg_id}@{host_name}>\r\n".encode()
-                if settings.add_message_id_header
-                else None
-            ),
-            date=f"Date: {date}\r\n".encode() if settings.add_date_header else None,
-            process_x_virtual_mta=settings.process_x_virtual_mta,
-            process_x_job=settings.process_x_job,
-            capture=capture,
-        )
+        return header_rules(settings, self.holder.config, msg_id, host_name, date, received)
 
     def _commit(self, writer: Any, envelope: Envelope) -> Deferred[int]:
         """Commit one message; fires with its recipient count once durable and queued."""

@@ -28,7 +28,7 @@ from twisted.logger import Logger
 from mtaserver.config.model import SourceSettings, build
 from mtaserver.config.reload import ConfigHolder
 from mtaserver.events import Envelope, Recipient
-from mtaserver.smtp.server_message import HeaderRules, MessageBuilder
+from mtaserver.smtp.server_message import HeaderRules, MessageBuilder, header_rules
 from mtaserver.smtp.server_params import Mailbox, MailParams, RcptParams
 from mtaserver.smtp.server_reply import (
     AUTH_REQUIRED,
@@ -202,19 +202,8 @@ class ReceptionHandler:
         received = None
         if settings.add_received_header:
             received = received_header(session, txn, msg_id, self.host_name, date).encode("utf-8")
-        acct_files = self.holder.config.acct_files
-        capture = tuple(sorted({m.header for a in acct_files for m in a.map_header_to_field}))
-        return HeaderRules(
-            received=received or b"",
-            message_id=(
-                f"Message-ID: <{msg_id}@{self.host_name}>\r\n".encode()
-                if settings.add_message_id_header
-                else None
-            ),
-            date=f"Date: {date}\r\n".encode() if settings.add_date_header else None,
-            process_x_virtual_mta=settings.process_x_virtual_mta,
-            process_x_job=settings.process_x_job,
-            capture=capture,
+        return header_rules(
+            settings, self.holder.config, msg_id, self.host_name, date, received or b""
         )
 
     async def accept_message(

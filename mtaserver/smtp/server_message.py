@@ -21,6 +21,7 @@ from collections.abc import Callable, Iterable
 
 import attrs
 
+from mtaserver.config.model import Config, SourceSettings
 from mtaserver.smtp.server_reply import TOO_BIG, Reply
 
 MAX_HEADER_BYTES = 256 * 1024
@@ -38,6 +39,36 @@ class HeaderRules:
     process_x_virtual_mta: bool = False
     process_x_job: bool = False
     capture: tuple[str, ...] = ()  # header names for acct records
+
+
+def header_rules(
+    settings: SourceSettings,
+    config: Config,
+    msg_id: str,
+    host_name: str,
+    date: str,
+    received: bytes,
+) -> HeaderRules:
+    """The header rules of a `<source>` (SMTP or `{transmissions-api}`) for one message.
+
+    `received` is the Received field to add (empty when the source adds none); the
+    headers named by any acct file's `map-header-to-field` are captured for records.
+    """
+    capture = tuple(
+        sorted({m.header for acct in config.acct_files for m in acct.map_header_to_field})
+    )
+    return HeaderRules(
+        received=received if settings.add_received_header else b"",
+        message_id=(
+            f"Message-ID: <{msg_id}@{host_name}>\r\n".encode()
+            if settings.add_message_id_header
+            else None
+        ),
+        date=f"Date: {date}\r\n".encode() if settings.add_date_header else None,
+        process_x_virtual_mta=settings.process_x_virtual_mta,
+        process_x_job=settings.process_x_job,
+        capture=capture,
+    )
 
 
 class MessageBuilder:
