@@ -1,0 +1,365 @@
+"""The processes a benchmark talks to: smtp-sink, smtp-source, Postfix and mtaserver.
+
+Every process here is started by the benchmark, on 127.0.0.1 only, and stopped by
+it (by its own pid, never by name) in `finally` blocks and an atexit hook, so a
+failed or interrupted run leaves nothing behind. Postfix runs from a private
+config directory (`postfix -c DIR start`) with its queue under a temp dir: the
+machine's /etc/postfix is never touched.
+"""
+
+from __future__ import annotations
+
+import atexit
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+SBIN = Path("/usr/sbin")
+POSTFIX_RELAY_CF = HERE / "postfix-relay.cf"
+
+_live: list[subprocess.Popen[bytes]] = []
+_postfixes: list[Path] = []
+
+
+def _cleanup() -> None:
+    for proc in list(_live):
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(timeout=10)
+    for conf in list(_postfixes):
+        subprocess.run([str(SBIN / "postfix"), "-c", str(conf), "stop"], capture_output=True)
+
+
+atexit.register(_cleanup)
+
+
+def tool(name: str) -> str:
+    path = shutil.which(name) or str(SBIN / name)
+    if not os.access(path, os.X_OK):
+        raise SystemExit(f"{name} not found: run `make system-deps` (Debian package postfix)")
+    return path
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def wait_for_port(port: int, timeout: float = 30.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=1):
+                return True
+        except OSError:
+            time.sleep(0.02)
+    return False
+
+
+def _spawn(cmd: list[str], **kwargs: object) -> subprocess.Popen[bytes]:
+    proc = subprocess.Popen(cmd, **kwargs)  # type: ignore[call-overload]
+    _live.append(proc)
+    return proc
+
+
+def _stop(proc: subprocess.Popen[bytes], sig: int = signal.SIGTERM, timeout: float = 30) -> None:
+    if proc.poll() is None:
+        proc.send_signal(sig)
+        try:
+            proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=10)
+    if proc in _live:
+        _live.remove(proc)
+
+
+class Sink:
+    """smtp-sink on a loopback port, counting messages ("." received) from its `-c` output."""
+
+    _COUNT = re.compile(rb"mesg=(\d+)")
+
+    def __init__(self, port: int | None = None) -> None:
+        self.port = port or free_port()
+        self.messages = 0
+        self._changed = threading.Condition()
+        # -c: counters on stdout; -u: smtp-sink refuses to run as root without it;
+        # 1000 connections backlog so that neither MTA waits for the sink.
+        self.proc = _spawn(
+            [
+                tool("smtp-sink"),
+                "-u",
+                "nobody",
+                "-c",
+                "-m",
+                "1000",
+                f"127.0.0.1:{self.port}",
+                "1000",
+            ],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+        )
+        threading.Thread(target=self._read, daemon=True).start()
+        if not wait_for_port(self.port, 10):
+            raise RuntimeError("smtp-sink did not listen")
+
+    def _read(self) -> None:
+        assert self.proc.stdout is not None
+        buf = b""
+        while chunk := os.read(self.proc.stdout.fileno(), 65536):
+            buf = (buf + chunk)[-4096:]
+            counts = self._COUNT.findall(buf)
+            if counts:
+                with self._changed:
+                    self.messages = int(counts[-1])
+                    self._changed.notify_all()
+
+    def wait_for(self, count: int, timeout: float) -> bool:
+        """Wait until the sink has counted `count` messages; False on timeout."""
+        deadline = time.monotonic() + timeout
+        with self._changed:
+            while self.messages < count:
+                left = deadline - time.monotonic()
+                if left <= 0 or self.proc.poll() is not None:
+                    return False
+                self._changed.wait(min(left, 1.0))
+        return True
+
+    def stop(self) -> None:
+        _stop(self.proc)
+
+
+def smtp_source(
+    port: int,
+    *,
+    sessions: int,
+    messages: int,
+    size: int,
+    recipients: int = 1,
+    timeout: float = 600,
+) -> subprocess.CompletedProcess[bytes]:
+    """Run smtp-source to completion (it exits when every message got its reply)."""
+    cmd = source_command(
+        port, sessions=sessions, messages=messages, size=size, recipients=recipients
+    )
+    return subprocess.run(cmd, capture_output=True, timeout=timeout)
+
+
+def source_command(
+    port: int, *, sessions: int, messages: int, size: int, recipients: int = 1
+) -> list[str]:
+    cmd = [
+        tool("smtp-source"),
+        "-s",
+        str(sessions),
+        "-m",
+        str(messages),
+        "-l",
+        str(size),
+        "-f",
+        "bench@source.test",
+        "-t",
+        "rcpt@sink.test",
+    ]
+    if recipients > 1:
+        # -r N sends N recipients per message, numbered N%rcpt@sink.test from -t.
+        cmd += ["-r", str(recipients)]
+    return [*cmd, f"127.0.0.1:{port}"]
+
+
+class Postfix:
+    """Postfix from a private config dir: main.cf from bench/postfix-relay.cf, own queue."""
+
+    def __init__(self, workdir: Path, sink_port: int, *, rcpt_limit: int = 1000) -> None:
+        self.port = free_port()
+        self.conf = workdir / "postfix-etc"
+        self.conf.mkdir(parents=True)
+        self.queue = workdir / "postfix-queue"
+        self.queue.mkdir()
+        workdir.chmod(0o755)  # the postfix user reaches data_directory by its path
+        data = workdir / "postfix-data"
+        data.mkdir()
+        shutil.chown(data, "postfix", "postfix")
+        self.log = workdir / "postfix.log"
+        main = POSTFIX_RELAY_CF.read_text()
+        main = main.replace("relayhost = [127.0.0.1]:2526", f"relayhost = [127.0.0.1]:{sink_port}")
+        main = re.sub(r"(?m)^maillog_file = .*$", f"maillog_file = {self.log}", main)
+        main += (
+            f"\n# Private instance of the benchmark (bench/peers.py)\n"
+            f"queue_directory = {self.queue}\n"
+            f"data_directory = {data}\n"
+            f"smtp_destination_recipient_limit = {rcpt_limit}\n"
+            f"maillog_file_prefixes = {workdir}\n"
+        )
+        (self.conf / "main.cf").write_text(main)
+        (self.conf / "master.cf").write_text(self._master_cf())
+        for name in ("dynamicmaps.cf", "postfix-files"):
+            if (Path("/etc/postfix") / name).exists():
+                shutil.copy(Path("/etc/postfix") / name, self.conf / name)
+        for name in ("dynamicmaps.cf.d", "postfix-files.d"):
+            if (Path("/etc/postfix") / name).is_dir():
+                shutil.copytree(Path("/etc/postfix") / name, self.conf / name)
+
+    def _master_cf(self) -> str:
+        lines = []
+        for line in Path("/etc/postfix/master.cf").read_text().splitlines():
+            fields = line.split()
+            if fields and not line.startswith((" ", "\t", "#")) and len(fields) >= 8:
+                if fields[0] == "smtp" and fields[1] == "inet":
+                    fields[0] = f"127.0.0.1:{self.port}"
+                fields[4] = "n"  # no chroot: the queue is a private temp dir
+                line = "  ".join(fields)
+            lines.append(line)
+        return "\n".join(lines) + "\n"
+
+    def start(self) -> None:
+        _postfixes.append(self.conf)
+        out = subprocess.run(
+            [tool("postfix"), "-c", str(self.conf), "start"],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        if out.returncode != 0 or not wait_for_port(self.port, 30):
+            raise RuntimeError(f"postfix did not start: {out.stdout}{out.stderr}")
+
+    def queue_empty(self) -> bool:
+        for sub in ("incoming", "active", "deferred", "maildrop", "hold"):
+            for _dir, _subdirs, files in os.walk(self.queue / sub):
+                if files:
+                    return False
+        return True
+
+    def stop(self) -> None:
+        subprocess.run(
+            [tool("postfix"), "-c", str(self.conf), "stop"], capture_output=True, timeout=60
+        )
+        if self.conf in _postfixes:
+            _postfixes.remove(self.conf)
+
+
+API_KEY = "bench_0123456789_0123456789_0123456789"
+
+MTASERVER_CONF = """\
+# mtaserver for the benchmark (written by bench/peers.py)
+host-name bench.localdomain
+postmaster postmaster@bench.localdomain
+spool {spool}
+smtp-listener 127.0.0.1:{port}
+
+<source 127.0.0.1>
+    always-allow-relaying yes
+    max-rcpt-per-message 1000
+</source>
+
+<transmissions-api-listener 127.0.0.1:{api_port}>
+</transmissions-api-listener>
+
+<transmissions-api>
+    api-key {api_key}
+    max-request-size 10M
+</transmissions-api>
+
+<acct-file {acct}>
+    records d,b
+</acct-file>
+
+<domain *>
+    smtp-hosts [127.0.0.1]:{sink_port}
+    max-smtp-out 20
+    max-msg-per-connection 1000
+    max-rcpt-per-transaction 1000
+    use-starttls no
+    retry-after {retry_after}
+</domain>
+"""
+
+
+class MtaServer:
+    """`twistd -n mtaserver -c FILE` on a temp spool, like tests/server_process.py."""
+
+    def __init__(
+        self, workdir: Path, sink_port: int, *, retry_after: str = "10m", spool: Path | None = None
+    ) -> None:
+        self.workdir = workdir
+        workdir.mkdir(parents=True, exist_ok=True)
+        self.port = free_port()
+        self.api_port = free_port()
+        self.spool = spool or workdir / "spool"
+        self.config = workdir / "mtaserver.conf"
+        self.config.write_text(
+            MTASERVER_CONF.format(
+                spool=self.spool,
+                port=self.port,
+                acct=workdir / "acct.csv",
+                sink_port=sink_port,
+                retry_after=retry_after,
+                api_port=self.api_port,
+                api_key=API_KEY,
+            )
+        )
+        self.log = workdir / "twistd.log"
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def command(self) -> list[str]:
+        return [
+            sys.executable,
+            "-c",
+            "from twisted.scripts.twistd import run; run()",
+            "-n",
+            "--pidfile=",
+            "--logfile",
+            str(self.log),
+            "mtaserver",
+            "-c",
+            str(self.config),
+        ]
+
+    def start(self, timeout: float = 120) -> float:
+        """Start and wait for the SMTP port; returns the seconds it took."""
+        started = time.monotonic()
+        self.proc = _spawn(
+            self.command(),
+            cwd=self.workdir,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.STDOUT,
+            env=dict(os.environ, PYTHONUNBUFFERED="1"),
+        )
+        if not wait_for_port(self.port, timeout):
+            self.stop()
+            raise RuntimeError(f"mtaserver did not listen:\n{self.read_log()[-3000:]}")
+        return time.monotonic() - started
+
+    @property
+    def pid(self) -> int:
+        assert self.proc is not None
+        return self.proc.pid
+
+    def read_log(self) -> str:
+        return self.log.read_text(errors="replace") if self.log.exists() else ""
+
+    def rss_bytes(self) -> int:
+        status = Path(f"/proc/{self.pid}/status").read_text()
+        match = re.search(r"VmRSS:\s+(\d+) kB", status)
+        assert match
+        return int(match.group(1)) * 1024
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            _stop(self.proc, signal.SIGTERM, timeout=60)
+            self.proc = None
+
+    def kill9(self) -> None:
+        if self.proc is not None:
+            _stop(self.proc, signal.SIGKILL)
+            self.proc = None

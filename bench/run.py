@@ -1,0 +1,502 @@
+"""`make bench`: mtaserver against Postfix on loopback, reported as medians and ratios.
+
+    .venv/bin/python bench/run.py [--only p1,p6,p4,p5,p2] [--runs 3] [--json FILE]
+
+P1  end-to-end relay: smtp-source -> MTA -> smtp-sink; seconds until the sink has
+    counted every message. Postfix and mtaserver alternate within each repetition,
+    each on a fresh queue/spool and a fresh sink. Scenarios: 5 KB, 50 KB, and
+    messages with 1,000 recipients.
+P6  end-of-DATA to `250` latency (p50, p99) while P1's 5 KB load runs.
+P4  resident memory per queued recipient, destination down (connection refused).
+P5  restart time with P4's spool: process start to SMTP port open and "spool
+    recovered" in the log, after SIGTERM and after SIGKILL.
+P2  Transmissions API recipients/s (only once mtaserver/http/transmissions.py exists).
+
+Every process runs on 127.0.0.1 and is stopped by pid in `finally` blocks (and an
+atexit hook); every wait has a timeout. Results go to stdout and, with --json, to a
+file (not committed: docs/benchmarks.rst carries the figures).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import http.client
+import json
+import os
+import platform
+import re
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import peers
+from latency import Probe, percentile
+
+SCENARIOS = {
+    # name: (smtp-source arguments, default message count)
+    "5k": ({"sessions": 20, "size": 5000, "recipients": 1}, 5000),
+    "50k": ({"sessions": 20, "size": 50000, "recipients": 1}, 1000),
+    "1000rcpt": ({"sessions": 20, "size": 5000, "recipients": 1000}, 50),
+}
+
+
+def machine() -> dict[str, str]:
+    model = "unknown"
+    for line in Path("/proc/cpuinfo").read_text().splitlines():
+        if line.startswith("model name"):
+            model = line.split(":", 1)[1].strip()
+            break
+    mem = re.search(r"MemTotal:\s+(\d+) kB", Path("/proc/meminfo").read_text())
+    postfix = subprocess.run(
+        [peers.tool("postconf"), "-dh", "mail_version"], capture_output=True, text=True
+    ).stdout.strip()
+    return {
+        "nproc": str(os.cpu_count()),
+        "cpu": model,
+        "memory": f"{int(mem.group(1)) // 1024} MiB" if mem else "unknown",
+        "kernel": platform.release(),
+        "python": platform.python_version(),
+        "postfix": postfix,
+        "loadavg_at_start": Path("/proc/loadavg").read_text().split(" ")[0],
+    }
+
+
+def fresh_dir(base: Path, name: str) -> Path:
+    path = Path(tempfile.mkdtemp(prefix=f"{name}-", dir=base))
+    return path
+
+
+# -- P1 -------------------------------------------------------------------------
+
+
+def _relay_once(
+    kind: str,
+    base: Path,
+    scenario: str,
+    messages: int,
+    on_server: Callable[[int, int], None] | None = None,
+    on_source_done: Callable[[], int] | None = None,
+) -> dict[str, float]:
+    """One timed relay run on a fresh MTA and sink; returns seconds and rates."""
+    args, _ = SCENARIOS[scenario]
+    work = fresh_dir(base, f"{kind}-{scenario}")
+    sink = peers.Sink()
+    server: peers.Postfix | peers.MtaServer
+    if kind == "postfix":
+        server = peers.Postfix(work, sink.port)
+        server.start()
+        port, pid = server.port, 0
+    else:
+        server = peers.MtaServer(work, sink.port)
+        server.start()
+        port, pid = server.port, server.pid
+    timeout = max(180.0, messages * args["recipients"] / 50)
+    try:
+        if on_server is not None:
+            on_server(port, pid)
+        started = time.monotonic()
+        source = subprocess.Popen(
+            peers.source_command(port, messages=messages, **args),
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+        )
+        try:
+            if on_source_done is None:
+                delivered = sink.wait_for(messages, timeout)
+                elapsed = time.monotonic() - started
+                _, err = source.communicate(timeout=60)
+            else:
+                _, err = source.communicate(timeout=timeout)
+                extra = on_source_done()  # messages sent by someone else (the probe)
+                delivered = sink.wait_for(messages + extra, timeout)
+                elapsed = time.monotonic() - started
+        finally:
+            if source.poll() is None:
+                source.kill()
+                source.wait()
+        if source.returncode != 0:
+            raise RuntimeError(f"smtp-source failed ({source.returncode}): {err[-500:]!r}")
+        if not delivered:
+            raise RuntimeError(f"{kind}: sink counted {sink.messages}/{messages} in {timeout}s")
+        return {
+            "seconds": elapsed,
+            "msgs_per_s": messages / elapsed,
+            "rcpts_per_s": messages * args["recipients"] / elapsed,
+        }
+    finally:
+        server.stop()
+        sink.stop()
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def p1(base: Path, counts: dict[str, int], runs: int, results: dict[str, object]) -> None:
+    out: dict[str, object] = {}
+    for scenario, messages in counts.items():
+        if messages <= 0:
+            continue
+        args, _ = SCENARIOS[scenario]
+        samples: dict[str, list[dict[str, float]]] = {"postfix": [], "mtaserver": []}
+        for run in range(runs):
+            for kind in ("postfix", "mtaserver"):
+                sample = _relay_once(kind, base, scenario, messages)
+                samples[kind].append(sample)
+                print(
+                    f"P1 {scenario} run {run + 1}/{runs} {kind}: {sample['seconds']:.2f} s, "
+                    f"{sample['msgs_per_s']:.0f} msg/s",
+                    flush=True,
+                )
+        med = {k: statistics.median(s["seconds"] for s in v) for k, v in samples.items()}
+        out[scenario] = {
+            "command": " ".join(peers.source_command(0, messages=messages, **args)).replace(
+                "127.0.0.1:0", "127.0.0.1:PORT"
+            ),
+            "messages": messages,
+            "recipients_per_message": args["recipients"],
+            "samples": samples,
+            "median_seconds": med,
+            "median_msgs_per_s": {k: messages / v for k, v in med.items()},
+            "ratio_mtaserver_over_postfix": med["postfix"] / med["mtaserver"],
+        }
+        print(
+            f"P1 {scenario}: median postfix {med['postfix']:.2f} s, mtaserver "
+            f"{med['mtaserver']:.2f} s, ratio {med['postfix'] / med['mtaserver']:.2f}",
+            flush=True,
+        )
+    results["p1"] = out
+
+
+# -- P6 -------------------------------------------------------------------------
+
+
+def p6(base: Path, messages: int, results: dict[str, object]) -> None:
+    out: dict[str, object] = {}
+    for kind in ("postfix", "mtaserver"):
+        probe: list[Probe] = []
+        samples: list[float] = []
+
+        def start_probe(port: int, _pid: int) -> None:
+            probe.append(Probe(port, connections=2).start())  # noqa: B023 - used at once
+
+        def stop_probe() -> int:
+            samples.extend(probe[0].stop())  # noqa: B023 - used at once
+            return len(samples)  # noqa: B023 - used at once
+
+        try:
+            run = _relay_once(
+                kind, base, "5k", messages, on_server=start_probe, on_source_done=stop_probe
+            )
+        finally:
+            if probe and not samples:
+                probe[0].stop()
+        out[kind] = {
+            "samples": len(samples),
+            "errors": probe[0].errors if probe else 0,
+            "p50_ms": percentile(samples, 50) * 1000,
+            "p99_ms": percentile(samples, 99) * 1000,
+            "max_ms": (samples[-1] * 1000) if samples else float("nan"),
+            "load_msgs_per_s": run["msgs_per_s"],
+        }
+        print(f"P6 {kind}: {out[kind]}", flush=True)
+    results["p6"] = out
+
+
+# -- P4 and P5 ------------------------------------------------------------------
+
+
+def _settled_rss(server: peers.MtaServer, seconds: float = 3.0, timeout: float = 120) -> int:
+    """RSS once it has not grown for `seconds` (queueing and first attempts done)."""
+    deadline = time.monotonic() + timeout
+    last, since = server.rss_bytes(), time.monotonic()
+    while time.monotonic() < deadline:
+        time.sleep(0.5)
+        now = server.rss_bytes()
+        if now > last:
+            last, since = now, time.monotonic()
+        elif time.monotonic() - since >= seconds:
+            break
+    return last
+
+
+def _acct_lines(server: peers.MtaServer) -> int:
+    acct = server.workdir / "acct.csv"
+    return sum(1 for _ in acct.open()) if acct.exists() else 0
+
+
+def p4_p5(base: Path, shapes: list[tuple[int, int]], results: dict[str, object]) -> None:
+    """Queue `messages x recipients` for a down destination; RSS; then restart times."""
+    p4: dict[str, object] = {}
+    p5: dict[str, object] = {}
+    for messages, rcpts in shapes:
+        name = f"{messages}x{rcpts}"
+        work = fresh_dir(base, f"p4-{name}")
+        closed = peers.free_port()  # nobody listens: every connection is refused
+        server = peers.MtaServer(work, closed, retry_after="1h")
+        try:
+            server.start()
+            time.sleep(1)
+            baseline = _settled_rss(server, 1.0)
+            started = time.monotonic()
+            sessions = min(20, messages)
+            cmd = peers.source_command(
+                server.port, sessions=sessions, messages=messages, size=5000, recipients=rcpts
+            )
+            source = subprocess.run(cmd, capture_output=True, timeout=3600)
+            inject = time.monotonic() - started
+            if source.returncode != 0:
+                raise RuntimeError(f"smtp-source failed: {source.stderr[-500:]!r}")
+            loaded = _settled_rss(server)
+            queued = messages * rcpts
+            p4[name] = {
+                "command": " ".join(cmd).replace(str(server.port), "PORT"),
+                "queued_recipients": queued,
+                "rss_before_mib": baseline / 2**20,
+                "rss_after_mib": loaded / 2**20,
+                "bytes_per_recipient": (loaded - baseline) / queued,
+                "inject_seconds": inject,
+                "inject_rcpts_per_s": queued / inject,
+                "spool_mib": _du(server.spool) / 2**20,
+            }
+            print(f"P4 {name}: {p4[name]}", flush=True)
+            restarts: dict[str, float] = {}
+            for how in ("sigterm", "sigkill"):
+                if how == "sigterm":
+                    server.stop()
+                else:
+                    server.kill9()
+                server.log.write_text("")
+                began = time.monotonic()
+                server.start(timeout=600)
+                listening = time.monotonic() - began
+                deadline = began + 600
+                while "spool recovered" not in server.read_log():
+                    if time.monotonic() > deadline:
+                        raise RuntimeError("no 'spool recovered' within 600 s")
+                    time.sleep(0.02)
+                recovered = time.monotonic() - began
+                match = re.search(r"spool recovered: (\d+) messages", server.read_log())
+                restarts[how] = max(listening, recovered)
+                restarts[f"{how}_messages_recovered"] = int(match.group(1)) if match else -1
+                restarts[f"{how}_rss_mib"] = _settled_rss(server, 2.0) / 2**20
+            p5[name] = restarts
+            print(f"P5 {name}: {restarts}", flush=True)
+        finally:
+            server.stop()
+            shutil.rmtree(work, ignore_errors=True)
+    results["p4"] = p4
+    results["p5"] = p5
+
+
+def _du(path: Path) -> int:
+    total = 0
+    for root, _dirs, files in os.walk(path):
+        for name in files:
+            with contextlib.suppress(FileNotFoundError):
+                total += os.lstat(os.path.join(root, name)).st_blocks * 512
+    return total
+
+
+# -- P2 -------------------------------------------------------------------------
+
+
+def _post_transmissions(port: int, requests: int, rcpts: int, clients: int) -> tuple[int, int]:
+    """POST `requests` transmissions of `rcpts` recipients from `clients` keep-alive
+    connections; returns (accepted recipients, failed requests)."""
+    body_rfc822 = (
+        "From: bench@source.test\r\nTo: undisclosed-recipients:;\r\n"
+        "Subject: transmissions bench\r\n\r\n" + "X" * 78 + "\r\n"
+    ) * 1
+    payloads = [
+        json.dumps(
+            {
+                "campaign_id": "bench",
+                "return_path": "bench@source.test",
+                "recipients": [{"address": f"r{n}.{i}@sink.test"} for i in range(rcpts)],
+                "content": {"email_rfc822": body_rfc822 + "Y" * 4000 + "\r\n"},
+            }
+        ).encode()
+        for n in range(clients)
+    ]
+    todo = list(range(requests))
+    lock = threading.Lock()
+    accepted = [0]
+    failed = [0]
+
+    def client(n: int) -> None:
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=120)
+        while True:
+            with lock:
+                if not todo:
+                    break
+                todo.pop()
+            try:
+                conn.request(
+                    "POST",
+                    "/api/v1/transmissions",
+                    body=payloads[n],
+                    headers={"Authorization": peers.API_KEY, "Content-Type": "application/json"},
+                )
+                reply = conn.getresponse()
+                data = reply.read()
+                ok = reply.status == 200
+                count = json.loads(data)["results"]["total_accepted_recipients"] if ok else 0
+            except (OSError, http.client.HTTPException, ValueError, KeyError):
+                conn.close()
+                conn = http.client.HTTPConnection("127.0.0.1", port, timeout=120)
+                ok, count = False, 0
+            with lock:
+                accepted[0] += count
+                failed[0] += 0 if ok else 1
+        conn.close()
+
+    threads = [threading.Thread(target=client, args=(n,), daemon=True) for n in range(clients)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=1800)
+    return accepted[0], failed[0]
+
+
+def p2(base: Path, requests: int, runs: int, results: dict[str, object]) -> None:
+    module = peers.ROOT / "mtaserver" / "http" / "transmissions.py"
+    if not module.exists():
+        results["p2"] = {
+            "measured": False,
+            "why": "mtaserver/http/transmissions.py does not exist yet",
+        }
+        print("P2: not measured (no Transmissions API yet)", flush=True)
+        return
+    rcpts, clients = 1000, 4
+    samples = []
+    for run in range(runs):
+        work = fresh_dir(base, "p2")
+        sink = peers.Sink()
+        server = peers.MtaServer(work, sink.port)
+        try:
+            server.start()
+            if not peers.wait_for_port(server.api_port, 30):
+                raise RuntimeError("Transmissions API did not listen")
+            _post_transmissions(server.api_port, 2, rcpts, 1)  # warm up
+            started = time.monotonic()
+            accepted, failed = _post_transmissions(server.api_port, requests, rcpts, clients)
+            elapsed = time.monotonic() - started
+        finally:
+            server.stop()
+            sink.stop()
+            shutil.rmtree(work, ignore_errors=True)
+        sample = {
+            "seconds": elapsed,
+            "accepted": accepted,
+            "failed_requests": failed,
+            "rcpts_per_s": accepted / elapsed,
+        }
+        samples.append(sample)
+        print(f"P2 run {run + 1}/{runs}: {sample}", flush=True)
+    results["p2"] = {
+        "measured": True,
+        "what": f"{requests} POST /api/v1/transmissions of {rcpts} recipients each "
+        f"(email_rfc822, 5 KB), {clients} keep-alive clients, delivery to smtp-sink",
+        "samples": samples,
+        "median_rcpts_per_s": statistics.median(s["rcpts_per_s"] for s in samples),
+    }
+
+
+# -- profile ----------------------------------------------------------------------
+
+
+def profile(base: Path, messages: int, out: Path) -> None:
+    """py-spy record (raw collapsed stacks and an SVG) of mtaserver under P1 5 KB."""
+    spy_bin = Path(sys.executable).parent / "py-spy"
+    if not spy_bin.exists():
+        raise SystemExit("py-spy not installed: .venv/bin/pip install py-spy")
+    spies: list[subprocess.Popen[bytes]] = []
+
+    def attach(_port: int, pid: int) -> None:
+        for fmt, suffix in (("raw", "txt"), ("flamegraph", "svg")):
+            spies.append(
+                subprocess.Popen(
+                    [
+                        str(spy_bin),
+                        "record",
+                        "-r",
+                        "100",
+                        "-f",
+                        fmt,
+                        "-o",
+                        f"{out}.{suffix}",
+                        "--pid",
+                        str(pid),
+                    ],
+                    stdout=subprocess.DEVNULL,
+                    stderr=subprocess.DEVNULL,
+                )
+            )
+        time.sleep(1)
+
+    try:
+        run = _relay_once("mtaserver", base, "5k", messages, on_server=attach)
+        print(f"profiled run: {run}", flush=True)
+    finally:
+        for spy in spies:  # they stop on their own when the server exits
+            try:
+                spy.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                spy.kill()
+    print(f"profile: {out}.txt {out}.svg", flush=True)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument(
+        "--only", default="p1,p6,p4,p5,p2", help="comma-separated parts: p1,p6,p4,p5,p2,profile"
+    )
+    parser.add_argument("--runs", type=int, default=3)
+    for name, (_, default) in SCENARIOS.items():
+        parser.add_argument(
+            f"--messages-{name}",
+            type=int,
+            default=default,
+            help=f"P1 message count for {name} (default {default}; 0 skips)",
+        )
+    parser.add_argument(
+        "--p4", default="100x1000,10000x10", help="queued shapes MESSAGESxRECIPIENTS for P4/P5"
+    )
+    parser.add_argument(
+        "--p2-requests", type=int, default=100, help="P2: transmissions of 1,000 recipients per run"
+    )
+    parser.add_argument("--profile-out", default="/tmp/mtaserver-profile")
+    parser.add_argument("--json", help="write the results here")
+    args = parser.parse_args(argv)
+    parts = set(args.only.split(","))
+    results: dict[str, object] = {"machine": machine(), "started": time.ctime()}
+    print(json.dumps(results["machine"]), flush=True)
+    with tempfile.TemporaryDirectory(prefix="mtaserver-bench-") as tmp:
+        base = Path(tmp)
+        base.chmod(0o755)  # Postfix's unprivileged daemons reach their data_directory
+        if "p1" in parts:
+            counts = {name: getattr(args, f"messages_{name}") for name in SCENARIOS}
+            p1(base, counts, args.runs, results)
+        if "p6" in parts:
+            p6(base, args.messages_5k, results)
+        if "p4" in parts or "p5" in parts:
+            shapes = [tuple(int(x) for x in s.split("x")) for s in args.p4.split(",")]
+            p4_p5(base, shapes, results)  # type: ignore[arg-type]
+        if "p2" in parts:
+            p2(base, args.p2_requests, args.runs, results)
+        if "profile" in parts:
+            profile(base, args.messages_5k, Path(args.profile_out))
+    results["loadavg_at_end"] = Path("/proc/loadavg").read_text().split(" ")[0]
+    if args.json:
+        Path(args.json).write_text(json.dumps(results, indent=2, default=str))
+    print(json.dumps(results, indent=2, default=str))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
