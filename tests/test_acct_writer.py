@@ -412,3 +412,19 @@ def test_utf8_and_quoting_survive(tmp_path: Path) -> None:
     (r,) = rows(h.path)
     assert (r["orig"], r["rcpt"], r["dsnDiag"]) == ("ïñ@exämple.org", "用户@例子.广告", diag)
     assert list(csv.reader(io.StringIO(h.path.read_text("utf-8"), newline="")))[1][8] == diag
+
+
+def test_min_interval_spaces_catch_ups(tmp_path: Path) -> None:
+    """With min_interval 1s, five calls within a second cost one more journal read."""
+    h = Harness(tmp_path)
+    w = h.writer()
+    w.min_interval = 1.0
+    assert w.start().called
+    reads = h.journal.reads
+    for n in range(5):
+        h.journal.append(delivered(f"m{n}"))
+        w.catch_up()
+    assert h.journal.reads == reads  # the first catch-up waits out the interval
+    h.clock.advance(1.0)
+    assert h.journal.reads == reads + 1
+    assert len(rows(h.path)) == 15

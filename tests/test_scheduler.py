@@ -377,3 +377,26 @@ def test_stop_cancels_sessions_after_the_grace_period(tmp_path: Path) -> None:
     assert stopped.called
     assert world.outcomes() == []
     assert msg_id in world.scheduler.messages
+
+
+def test_idle_sessions_are_reused_then_closed(tmp_path: Path) -> None:
+    """A session waits idle_hold seconds for more mail; later mail opens a new one."""
+    world = World(tmp_path)
+    world.submit("ok1@a.test")
+    world.clock.advance(1)
+    world.submit("ok2@a.test")
+    assert [len(s) for s in world.deliverer.sessions] == [2]
+    assert world.deliverer.running == 1
+    world.clock.advance(world.scheduler.idle_hold)
+    assert world.deliverer.running == 0
+    world.submit("ok3@a.test")
+    assert [len(s) for s in world.deliverer.sessions] == [2, 1]
+
+
+def test_pause_ends_idle_sessions(tmp_path: Path) -> None:
+    """Pausing a queue closes its idle sessions at once."""
+    world = World(tmp_path)
+    world.submit("ok1@a.test")
+    assert world.deliverer.running == 1
+    world.scheduler.pause("a.test")
+    assert world.deliverer.running == 0

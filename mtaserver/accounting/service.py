@@ -23,6 +23,10 @@ from mtaserver.spool.journal import Journal, JournalPosition, list_segments, rea
 
 log = Logger()
 
+#: At most one acct catch-up (and checkpoint) a second per file: records reach the
+#: file within a second, and a busy server pays one checkpoint, not one per commit.
+CATCH_UP_INTERVAL = 1.0
+
 
 def writer_for(
     acct: AcctFileSettings, journal: Journal, run_in_thread: RunInThread, clock: Any
@@ -35,7 +39,7 @@ def writer_for(
     name = f"acct:{path}"
     journal.add_consumer(name)
     first = JournalPosition(list_segments(journal.directory)[0], 0)
-    return AcctFileWriter(
+    writer = AcctFileWriter(
         path,
         read_events=functools.partial(read_events, journal.directory),
         start_position=first,
@@ -52,6 +56,8 @@ def writer_for(
         move_interval=acct.move_interval,
         delete_after=acct.delete_after,
     )
+    writer.min_interval = CATCH_UP_INTERVAL
+    return writer
 
 
 class AcctService(Service):

@@ -12,6 +12,7 @@ import itertools
 from collections import deque
 
 import attrs
+from twisted.internet import defer
 
 from mtaserver.events import Envelope
 
@@ -60,7 +61,8 @@ class Queue:
     mode: str = "normal"  # normal | backoff
     backoff_since: float = 0.0
     active: int = 0  # sessions running
-    connecting: int = 0  # sessions that have not yet taken their first item
+    connecting: int = 0  # sessions about to take an item (new, or woken from idle)
+    idle: list[defer.Deferred[bool]] = attrs.field(factory=list)  # sessions holding open
     consecutive_failures: int = 0
     next_send_at: float = 0.0
     last_error: str = ""

@@ -53,6 +53,9 @@ BodyTransform = Callable[[Envelope, bytes, DomainSettings], Awaitable[bytes]]
 class Scheduler:
     """Owns every queue; moves recipients between ready, retry, paused and final."""
 
+    #: Seconds an idle session waits for more of its queue's mail before QUIT.
+    idle_hold = 2.0
+
     def __init__(
         self,
         holder: ConfigHolder,
@@ -181,14 +184,18 @@ class Scheduler:
         if queue.paused or self._stopping:
             return
         self._leave_backoff_if_due(queue)
+        while queue.idle and len(queue.ready) > queue.connecting:
+            queue.connecting += 1
+            queue.idle.pop(0).callback(True)
         settings = self.settings_for(queue)
         limit = self._session_limit(queue, settings)
         total = self.holder.config.settings.total_max_smtp_out
-        while (
-            len(queue.ready) > queue.connecting
-            and queue.active < limit
-            and self.total_active < total
-        ):
+        while len(queue.ready) > queue.connecting and queue.active < limit:
+            if self.total_active >= total:
+                # An idle session elsewhere holds a slot this queue could use: end it;
+                # its session's end pumps the queues that wait for a slot.
+                self._release_one_idle(except_queue=queue)
+                return
             if not self._rate_allows(queue, settings):
                 return
             self._start_session(queue, settings)
@@ -265,15 +272,19 @@ class Scheduler:
             state.took_first = True
             queue.connecting -= 1
         per_connection = settings.max_msg_per_connection
-        if state.stop or queue.paused or self._stopping:
-            return None
-        if per_connection and state.transactions >= per_connection:
-            return None
-        while queue.ready:
+        while True:
+            if state.stop or queue.paused or self._stopping:
+                return None
+            if per_connection and state.transactions >= per_connection:
+                return None
+            if not queue.ready:
+                if await self._wait_idle(queue):
+                    continue
+                return None
             if not await self._wait_for_rate(queue, settings):
                 return None
             if not queue.ready:
-                return None
+                continue
             item = queue.ready.popleft()
             message = self.messages.get(item.msg_id)
             live = tuple(i for i in item.rcpt_indexes if message and i in message.pending)
@@ -292,7 +303,45 @@ class Scheduler:
             transaction = Transaction(message.envelope, live, body)
             state.in_flight[id(transaction)] = (transaction, item)
             return transaction
-        return None
+
+    async def _wait_idle(self, queue: Queue) -> bool:
+        """Hold an open connection up to `idle_hold` seconds for the queue's next message.
+
+        Like Postfix's connection cache: a steady trickle of mail reuses connections
+        instead of opening one per message. True when woken with work to do.
+        """
+        if self.idle_hold <= 0 or self._slots_wanted_elsewhere(queue):
+            return False
+        waiter: defer.Deferred[bool] = defer.Deferred()
+        queue.idle.append(waiter)
+        timer = self.clock.callLater(self.idle_hold, self._release_idle, queue, waiter)
+        woken = await waiter
+        if timer.active():
+            timer.cancel()
+        if woken:
+            queue.connecting -= 1  # `_pump` counted us as about to take an item
+        return woken
+
+    def _slots_wanted_elsewhere(self, queue: Queue) -> bool:
+        """At total-max-smtp-out, another queue with work needs this session's slot."""
+        if self.total_active < self.holder.config.settings.total_max_smtp_out:
+            return False
+        return any(q.ready and not q.paused for q in self.queues.values() if q is not queue)
+
+    def _release_one_idle(self, except_queue: Queue) -> None:
+        for other in self.queues.values():
+            if other is not except_queue and other.idle:
+                self._release_idle(other, other.idle[0])
+                return
+
+    @staticmethod
+    def _release_idle(queue: Queue, waiter: defer.Deferred[bool] | None = None) -> None:
+        """End idle holds: `waiter` alone, or every one of the queue's."""
+        waiters = [waiter] if waiter is not None else list(queue.idle)
+        for held in waiters:
+            if held in queue.idle:
+                queue.idle.remove(held)
+                held.callback(False)
 
     async def _wait_for_rate(self, queue: Queue, settings: DomainSettings) -> bool:
         rate = settings.max_msg_rate
@@ -636,6 +685,7 @@ class Scheduler:
         queues = self.matching(pattern)
         for queue in queues:
             queue.paused = True
+            self._release_idle(queue)
         return [q.name for q in queues]
 
     def resume(self, pattern: str) -> list[str]:
@@ -697,6 +747,8 @@ class Scheduler:
         recovery queues it again at the next start (at worst delivered twice).
         """
         self._stopping = True
+        for queue in self.queues.values():
+            self._release_idle(queue)
         for timer in self._timers.values():
             if timer.active():
                 timer.cancel()

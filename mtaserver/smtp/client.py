@@ -79,9 +79,9 @@ import attrs
 from OpenSSL import SSL
 from twisted.internet import defer, error
 from twisted.internet.abstract import isIPv6Address
-from twisted.internet.endpoints import TCP4ClientEndpoint, TCP6ClientEndpoint, connectProtocol
+from twisted.internet.endpoints import TCP4ClientEndpoint, TCP6ClientEndpoint
 from twisted.internet.interfaces import IOpenSSLClientConnectionCreator
-from twisted.internet.protocol import connectionDone
+from twisted.internet.protocol import Factory, connectionDone
 from twisted.internet.ssl import CertificateOptions, TLSVersion, optionsForClientTLS
 from twisted.logger import Logger
 from twisted.protocols.basic import LineReceiver
@@ -877,6 +877,18 @@ class _Session:
             raise await self.refused(reply)
 
 
+class _QuietFactory(Factory):
+    """Hands out one protocol, without a "Starting factory" log line per connection."""
+
+    noisy = False
+
+    def __init__(self, proto: _ReplyProtocol) -> None:
+        self._proto = proto
+
+    def buildProtocol(self, addr: Any) -> _ReplyProtocol:  # noqa: N802 - Twisted's name
+        return self._proto
+
+
 async def _connect(
     reactor: Any, target: SmtpTarget, source_ip: str | None, settings: DomainSettings
 ) -> _ReplyProtocol:
@@ -887,7 +899,7 @@ async def _connect(
     )
     proto = _ReplyProtocol(reactor)
     try:
-        await connectProtocol(endpoint, proto)
+        await endpoint.connect(_QuietFactory(proto))
     except (error.ConnectError, OSError) as exc:
         where = f"{target.host}[{target.ip}]:{target.port}"
         if source_ip:
@@ -974,12 +986,6 @@ async def _transactions(
             filled = tuple(r if r is not None else stop.ending for r in stop.replies)
             report(TransactionResult(tx, filled, session.info))
             raise await session.give_up(stop.ending, polite=not stop.server_closing) from None
-        log.debug(
-            "transaction {msg_id} to {peer}: {codes}",
-            msg_id=tx.envelope.msg_id,
-            peer=session.peer,
-            codes=[r.code for r in replies],
-        )
         report(TransactionResult(tx, replies, session.info))
         if needs_rset:
             try:
