@@ -39,7 +39,7 @@ test: install system-deps
 	$(BIN)/python -m pytest $(PYTEST_ARGS) -q
 
 lint: install
-	$(BIN)/ruff check mtaserver tests twisted
+	$(BIN)/ruff check mtaserver tests twisted bench
 	$(BIN)/mypy
 
 bench: install system-deps

@@ -271,8 +271,8 @@ smtp-listener 127.0.0.1:{port}
 </transmissions-api>
 
 <acct-file {acct}>
-    records d,b
-</acct-file>
+    records {acct_records}
+{webhook}</acct-file>
 
 <domain *>
     smtp-hosts [127.0.0.1]:{sink_port}
@@ -289,7 +289,13 @@ class MtaServer:
     """`twistd -n mtaserver -c FILE` on a temp spool, like tests/server_process.py."""
 
     def __init__(
-        self, workdir: Path, sink_port: int, *, retry_after: str = "10m", spool: Path | None = None
+        self,
+        workdir: Path,
+        sink_port: int,
+        *,
+        retry_after: str = "10m",
+        spool: Path | None = None,
+        webhook_url: str | None = None,
     ) -> None:
         self.workdir = workdir
         workdir.mkdir(parents=True, exist_ok=True)
@@ -306,6 +312,12 @@ class MtaServer:
                 retry_after=retry_after,
                 api_port=self.api_port,
                 api_key=API_KEY,
+                acct_records="r,d,b" if webhook_url else "d,b",
+                webhook=(
+                    f"    http-webhook-url {webhook_url}\n    http-webhook-max-interval 1s\n"
+                    if webhook_url
+                    else ""
+                ),
             )
         )
         self.log = workdir / "twistd.log"
@@ -363,3 +375,35 @@ class MtaServer:
         if self.proc is not None:
             _stop(self.proc, signal.SIGKILL)
             self.proc = None
+
+
+RECEIVER = r"""
+import sys
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+class H(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    def log_message(self, *a): pass
+    def do_POST(self):
+        body = self.rfile.read(int(self.headers["Content-Length"]))
+        self.server.records += body.count(b"\n")
+        self.send_response(200)
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+s = ThreadingHTTPServer(("127.0.0.1", 0), H)
+s.records = 0
+print(s.server_address[1], flush=True)
+s.serve_forever()
+"""
+
+
+class WebhookReceiver:
+    """An HTTP endpoint on 127.0.0.1 that answers every POST with 200 (P3)."""
+
+    def __init__(self) -> None:
+        self.proc = _spawn([sys.executable, "-c", RECEIVER], stdout=subprocess.PIPE)
+        assert self.proc.stdout is not None
+        self.port = int(self.proc.stdout.readline())
+        self.url = f"http://127.0.0.1:{self.port}/acct"
+
+    def stop(self) -> None:
+        _stop(self.proc)

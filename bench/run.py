@@ -6,6 +6,8 @@ P1  end-to-end relay: smtp-source -> MTA -> smtp-sink; seconds until the sink ha
     counted every message. Postfix and mtaserver alternate within each repetition,
     each on a fresh queue/spool and a fresh sink. Scenarios: 5 KB, 50 KB, and
     messages with 1,000 recipients.
+P3  P1 5 KB through mtaserver with and without an accounting webhook: the slowdown.
+    (Records/s shipped by the batcher alone: bench/webhook_bench.py.)
 P6  end-of-DATA to `250` latency (p50, p99) while P1's 5 KB load runs.
 P4  resident memory per queued recipient, destination down (connection refused).
 P5  restart time with P4's spool: process start to SMTP port open and "spool
@@ -83,6 +85,7 @@ def _relay_once(
     messages: int,
     on_server: Callable[[int, int], None] | None = None,
     on_source_done: Callable[[], int] | None = None,
+    webhook_url: str | None = None,
 ) -> dict[str, float]:
     """One timed relay run on a fresh MTA and sink; returns seconds and rates."""
     args, _ = SCENARIOS[scenario]
@@ -94,7 +97,7 @@ def _relay_once(
         server.start()
         port, pid = server.port, 0
     else:
-        server = peers.MtaServer(work, sink.port)
+        server = peers.MtaServer(work, sink.port, webhook_url=webhook_url)
         server.start()
         port, pid = server.port, server.pid
     timeout = max(180.0, messages * args["recipients"] / 50)
@@ -170,6 +173,40 @@ def p1(base: Path, counts: dict[str, int], runs: int, results: dict[str, object]
             flush=True,
         )
     results["p1"] = out
+
+
+# -- P3 -------------------------------------------------------------------------
+
+
+def p3(base: Path, messages: int, runs: int, results: dict[str, object]) -> None:
+    """P1 5 KB through mtaserver with and without an accounting webhook, alternating.
+
+    With the webhook the acct file records r,d,b (three times the records of the
+    plain run's d,b) and ships them in 1 s batches to a local endpoint.
+    """
+    receiver = peers.WebhookReceiver()
+    samples: dict[str, list[float]] = {"plain": [], "webhook": []}
+    try:
+        for run in range(runs):
+            for kind, url in (("plain", None), ("webhook", receiver.url)):
+                sample = _relay_once("mtaserver", base, "5k", messages, webhook_url=url)
+                samples[kind].append(sample["seconds"])
+                print(f"P3 run {run + 1}/{runs} {kind}: {sample['seconds']:.2f} s", flush=True)
+    finally:
+        receiver.stop()
+    med = {k: statistics.median(v) for k, v in samples.items()}
+    slowdown = med["webhook"] / med["plain"] - 1
+    results["p3"] = {
+        "messages": messages,
+        "samples": samples,
+        "median_seconds": med,
+        "slowdown": slowdown,
+    }
+    print(
+        f"P3: median plain {med['plain']:.2f} s, with webhook {med['webhook']:.2f} s, "
+        f"slowdown {slowdown:.1%}",
+        flush=True,
+    )
 
 
 # -- P6 -------------------------------------------------------------------------
@@ -454,7 +491,9 @@ def profile(base: Path, messages: int, out: Path) -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument(
-        "--only", default="p1,p6,p4,p5,p2", help="comma-separated parts: p1,p6,p4,p5,p2,profile"
+        "--only",
+        default="p1,p3,p6,p4,p5,p2",
+        help="comma-separated parts: p1,p3,p6,p4,p5,p2,profile",
     )
     parser.add_argument("--runs", type=int, default=3)
     for name, (_, default) in SCENARIOS.items():
@@ -482,6 +521,8 @@ def main(argv: list[str] | None = None) -> int:
         if "p1" in parts:
             counts = {name: getattr(args, f"messages_{name}") for name in SCENARIOS}
             p1(base, counts, args.runs, results)
+        if "p3" in parts:
+            p3(base, args.messages_5k, args.runs, results)
         if "p6" in parts:
             p6(base, args.messages_5k, results)
         if "p4" in parts or "p5" in parts:
