@@ -179,7 +179,9 @@ def compose(holder: ConfigHolder, reactor: Any) -> MultiService:
             run_in_thread=run_in_thread,
             checkers=checkers,
         ).setServiceParent(root)
-    for api_service in make_transmissions_services(holder, store, scheduler.enqueue, reactor):
+    for api_service in make_transmissions_services(
+        holder, store, scheduler.enqueue, reactor, stats
+    ):
         api_service.setServiceParent(root)
 
     if config.settings.http_mgmt_port is not None:

@@ -197,6 +197,9 @@ def test_a_plain_transmission_is_spooled_and_queued(server: ApiServer) -> None:
     parsed = server.message(envelope)
     assert parsed["Message-ID"] == f"<{envelope.msg_id}@api.example.test>"
     assert parsed["Date"]
+    stats = server.api.stats  # shared with SMTP reception: monitoring's traffic in
+    assert (stats.messages_received, stats.recipients_received) == (1, 1)
+    assert stats.bytes_received == envelope.size > 0
 
 
 def test_email_rfc822_lf_only_is_stored_with_crlf(server: ApiServer) -> None:

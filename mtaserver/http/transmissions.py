@@ -69,6 +69,7 @@ from mtaserver.http.content import (
 )
 from mtaserver.http.errors import APIError, handle_errors, json_response, read_body
 from mtaserver.http.listen import http_service
+from mtaserver.smtp.reception import ReceptionStats
 from mtaserver.smtp.server_message import HeaderRules, MessageBuilder, header_rules
 from mtaserver.spool import MessageStore
 from mtaserver.spool.errors import SpoolError, SpoolFullError
@@ -319,11 +320,14 @@ class TransmissionsAPI:
         store: MessageStore,
         on_accepted: OnAccepted,
         clock: IReactorTime,
+        stats: ReceptionStats | None = None,
     ) -> None:
         self.holder = holder
         self.store = store
         self.on_accepted = on_accepted
         self.clock = clock
+        # Shared with SMTP reception, so the monitoring API's traffic in counts both.
+        self.stats = stats if stats is not None else ReceptionStats()
         self.transmissions_accepted = 0
 
     @app.route("/api/v1/transmissions", strict_slashes=False)
@@ -538,6 +542,9 @@ class TransmissionsAPI:
 
         async def commit() -> int:
             await writer.commit(envelope)
+            self.stats.messages_received += 1
+            self.stats.recipients_received += len(envelope.recipients)
+            self.stats.bytes_received += envelope.size
             try:
                 self.on_accepted(envelope)
             except Exception:
@@ -599,7 +606,11 @@ def _loggable(request: IRequest, limit: int = 64 * 1024) -> str:
 
 
 def make_transmissions_services(
-    holder: ConfigHolder, store: MessageStore, on_accepted: OnAccepted, reactor: Any
+    holder: ConfigHolder,
+    store: MessageStore,
+    on_accepted: OnAccepted,
+    reactor: Any,
+    stats: ReceptionStats | None = None,
 ) -> list[IService]:
     """One HTTP(S) service per `<transmissions-api-listener>`, sharing one API object.
 
@@ -608,7 +619,7 @@ def make_transmissions_services(
     listeners = holder.config.api_listeners
     if not listeners:
         return []
-    api = TransmissionsAPI(holder, store, on_accepted, reactor)
+    api = TransmissionsAPI(holder, store, on_accepted, reactor, stats)
     resource = api.app.resource()
     return [
         http_service(listener, resource, reactor, "transmissions-api-listener")
