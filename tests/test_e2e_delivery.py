@@ -156,6 +156,7 @@ def test_kill9_with_400_waiting_then_all_delivered_after_restart(tmp_path: Path)
             assert wait_until(lambda: len(late.messages) >= 400, timeout=120), len(late.messages)
             subjects = {email.message_from_bytes(m.data)["Subject"] for m in late.messages}
             assert subjects == {f"m{n}" for n in range(400)}
+            assert wait_until(lambda: len([r for r in acct(tmp_path) if r["type"] == "d"]) >= 400)
     finally:
         server.stop()
     delivered = {r["rcpt"] for r in acct(tmp_path) if r["type"] == "d"}

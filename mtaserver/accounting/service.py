@@ -86,5 +86,13 @@ class AcctService(Service):
         return defer.gatherResults([w.rotate() for w in self.writers])
 
     def stopService(self) -> defer.Deferred[Any]:  # noqa: N802 - Twisted's name
+        """A last catch-up, so a clean stop leaves every acct file complete."""
         super().stopService()
-        return defer.gatherResults([w.stop() for w in self.writers])
+        return defer.gatherResults([self._final(w) for w in self.writers])
+
+    @staticmethod
+    def _final(writer: AcctFileWriter[JournalPosition]) -> defer.Deferred[Any]:
+        writer.min_interval = 0.0
+        d = writer.catch_up()
+        d.addCallback(lambda _: writer.stop())
+        return d
