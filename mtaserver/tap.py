@@ -72,29 +72,33 @@ def install_sighup(holder: ConfigHolder, reactor: Any) -> None:
 
 
 class ThreadPoolService(Service):
-    """The bounded pool for blocking work (fsync, file I/O, DKIM), started with the server."""
+    """The bounded pool for blocking work (fsync, file I/O, DKIM, LDAP).
 
-    def __init__(self, pool: ThreadPool) -> None:
+    MultiService stops its children all at once, so services still finishing work
+    in the pool (a last acct catch-up, a session's final journal record) would find
+    it gone. The pool therefore stops after shutdown, once every service has.
+    """
+
+    def __init__(self, pool: ThreadPool, reactor: Any) -> None:
         self.pool = pool
+        self.reactor = reactor
 
     def startService(self) -> None:  # noqa: N802 - Twisted's name
         super().startService()
         self.pool.start()
-
-    def stopService(self) -> None:  # noqa: N802 - Twisted's name
-        super().stopService()
-        self.pool.stop()
+        self.reactor.addSystemEventTrigger("after", "shutdown", self.pool.stop)
 
 
 class JournalService(Service):
-    """Closes the journal after everything that writes to it has stopped."""
+    """Closes the journal after shutdown, when the pool's last batch has finished."""
 
-    def __init__(self, journal: Journal) -> None:
+    def __init__(self, journal: Journal, reactor: Any) -> None:
         self.journal = journal
+        self.reactor = reactor
 
-    def stopService(self) -> None:  # noqa: N802 - Twisted's name
-        super().stopService()
-        self.journal.close()
+    def startService(self) -> None:  # noqa: N802 - Twisted's name
+        super().startService()
+        self.reactor.addSystemEventTrigger("after", "shutdown", self.journal.close)
 
 
 def refuse_to_start(message: str) -> NoReturn:
@@ -123,7 +127,7 @@ def compose(holder: ConfigHolder, reactor: Any) -> MultiService:
     config = holder.config
     root = MultiService()
     pool = ThreadPool(minthreads=4, maxthreads=32, name="mtaserver-blocking")
-    ThreadPoolService(pool).setServiceParent(root)
+    ThreadPoolService(pool, reactor).setServiceParent(root)
 
     def run_in_thread(work: Callable[[], Any]) -> Deferred[Any]:
         return deferToThreadPool(reactor, pool, work)
@@ -132,7 +136,7 @@ def compose(holder: ConfigHolder, reactor: Any) -> MultiService:
     recovered, journal, store = open_spool(
         config.settings.spool, run_in_thread, min_free_space=config.settings.spool_min_free_space
     )
-    JournalService(journal).setServiceParent(root)
+    JournalService(journal, reactor).setServiceParent(root)
     writers = [writer_for(acct, journal, run_in_thread, reactor) for acct in config.acct_files]
     acct = AcctService(writers, journal)
     acct.setServiceParent(root)
