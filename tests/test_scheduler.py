@@ -400,3 +400,17 @@ def test_pause_ends_idle_sessions(tmp_path: Path) -> None:
     assert world.deliverer.running == 1
     world.scheduler.pause("a.test")
     assert world.deliverer.running == 0
+
+
+def test_dsn_is_spooled_before_the_bounce_is_journaled(tmp_path: Path) -> None:
+    """When the DSN is asked for, the b record is not yet durable (crash-safe order)."""
+    world = World(tmp_path)
+    journaled_at_dsn: list[int] = []
+
+    async def notify(envelope: Envelope, outcomes: list[Outcome], body: bytes | None) -> None:
+        journaled_at_dsn.append(len([o for o in world.outcomes() if o[0] == "b"]))
+
+    world.scheduler.notify_bounce = notify
+    world.submit("hard@a.test")
+    assert journaled_at_dsn == [0]
+    assert [r for r, _, _ in world.outcomes()] == ["b"]

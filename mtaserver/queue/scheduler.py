@@ -510,7 +510,12 @@ class Scheduler:
     async def _record(
         self, queue: Queue, outcomes: list[Outcome], body: bytes | None = None
     ) -> None:
-        """Make outcomes durable, then update state, send DSNs and remove finished files."""
+        """Spool DSNs, make outcomes durable, then remove files whose recipients are final.
+
+        The DSN for a bounce is spooled before the `b` record is journaled: a kill -9
+        between the two at worst bounces (and notifies) again after the restart, where
+        the other order could lose the notification.
+        """
         if not outcomes:
             return
         finals: dict[str, list[Outcome]] = {}
@@ -525,7 +530,6 @@ class Scheduler:
                 counter,
                 getattr(queue.counters, counter) + len(outcome.rcpt_indexes),
             )
-        await self.journal.append(outcomes)
         for msg_id, finished in finals.items():
             bounced = [o for o in finished if o.record == "b"]
             message = self.messages.get(msg_id)
@@ -534,6 +538,9 @@ class Scheduler:
                     await self.notify_bounce(message.envelope, bounced, body)
                 except Exception:
                     log.failure("could not queue a DSN for {msg_id}", msg_id=msg_id)
+        await self.journal.append(outcomes)
+        for msg_id in finals:
+            message = self.messages.get(msg_id)
             if message is not None and not message.pending:
                 del self.messages[msg_id]
                 await self.store.remove(msg_id)
