@@ -152,3 +152,32 @@ def test_chunking_never_matters_and_output_is_crlf_only(parts: list[bytes], size
     stored, rest = whole
     assert rest is not None
     assert re.search(rb"\r(?!\n)|(?<!\r)\n", stored) is None
+
+
+class CarefulReader(DataReader):
+    """The line-by-line path alone: the reference the fast path must agree with."""
+
+    def _plain_lines(self, buf: bytes) -> list[bytes] | None:
+        return None
+
+
+@given(
+    st.lists(
+        st.sampled_from(
+            [b"a", b"text line", b".", b"\r", b"\n", b"\r\n", b"\r\n.", b"\x00", b"x" * 500]
+        ),
+        max_size=40,
+    ),
+    st.integers(min_value=1, max_value=600),
+    st.booleans(),
+)
+def test_fast_path_agrees_with_the_line_by_line_path(
+    parts: list[bytes], size: int, reject: bool
+) -> None:
+    """Lines, problems and the rest after the end are the same with or without the fast path."""
+    data = b"".join(parts) + b"\r\n.\r\nQUIT\r\n"
+    chunks = [data[i : i + size] for i in range(0, len(data), size)]
+    fast, careful = DataReader(reject), CarefulReader(reject)
+    assert read_all(fast, chunks) == read_all(careful, chunks)
+    assert fast.problem == careful.problem
+    assert fast.bare_newlines == careful.bare_newlines

@@ -48,6 +48,9 @@ class DataReader:
     def feed(self, data: bytes) -> tuple[list[bytes], bytes | None]:
         """(content lines, None) while in DATA; (lines, rest) once the end was seen."""
         buf = self._partial + data if self._partial else data
+        fast = self._plain_lines(buf)
+        if fast is not None:
+            return fast, None
         out: list[bytes] = []
         start = 0
         while True:
@@ -69,6 +72,38 @@ class DataReader:
             rest = self._overflow(rest, out)
         self._partial = rest
         return out, None
+
+    def _plain_lines(self, buf: bytes) -> list[bytes] | None:
+        """The fast path for the common chunk: whole CRLF lines and nothing to look at.
+
+        Taken only when the complete lines hold no NUL, no bare CR or LF, no line
+        starting with `.` (so neither dot-unstuffing nor the end of data) and no line
+        over 998 octets; then the lines are exactly what the line-by-line path would
+        give, found with a few scans in C instead of Python work per line. Anything
+        else returns None and goes the careful way.
+        """
+        last = buf.rfind(b"\r\n")
+        if last < 0 or self.problem is not None:
+            return None
+        complete = buf[:last]
+        crlf = complete.count(b"\r\n")
+        if (
+            b"\x00" in complete
+            or complete.count(b"\r") != crlf
+            or complete.count(b"\n") != crlf
+            or b"\r\n." in complete
+            or (not self._mid_line and complete[:1] == b".")
+        ):
+            return None
+        lines = complete.split(b"\r\n")
+        if max(map(len, lines)) > MAX_LINE:
+            return None
+        rest = buf[last + 2 :]
+        if len(rest) > _PARTIAL_LIMIT:
+            return None
+        self._mid_line = False
+        self._partial = rest
+        return lines
 
     def _overflow(self, rest: bytes, out: list[bytes]) -> bytes:
         """A long run without CRLF: pass on what bare newlines end, or drop a long line."""
