@@ -418,7 +418,7 @@ class Commands:
         return {"deleted": count}, f"deleted {count} recipient(s)"
 
     async def _reload(self, command: Command) -> tuple[Any, str]:
-        problems = self.holder.reload()
+        problems = await self.holder.reload_in_thread(self.run_in_thread)
         if problems:
             raise CommandError(
                 f"reload failed, the running config is unchanged: {'; '.join(problems)}",

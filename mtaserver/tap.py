@@ -65,10 +65,16 @@ def load_or_exit(path: str) -> ConfigHolder:
         raise SystemExit(1) from None
 
 
-def install_sighup(holder: ConfigHolder, reactor: Any) -> None:
-    """SIGHUP reloads the config on the reactor thread (the usual Unix daemon habit)."""
+def install_sighup(
+    holder: ConfigHolder, reactor: Any, run_in_thread: Callable[[Callable[[], Any]], Any]
+) -> None:
+    """SIGHUP reloads the config (the usual Unix daemon habit), parsing in a thread."""
+
+    def reload() -> None:
+        Deferred.fromCoroutine(holder.reload_in_thread(run_in_thread))
+
     if hasattr(signal, "SIGHUP"):
-        signal.signal(signal.SIGHUP, lambda *_: reactor.callFromThread(holder.reload))
+        signal.signal(signal.SIGHUP, lambda *_: reactor.callFromThread(reload))
 
 
 class ThreadPoolService(Service):
@@ -117,7 +123,6 @@ def makeService(options: Options, reactor: Any = None) -> IService:  # noqa: N80
         root = compose(holder, reactor)
     except (InsecureListenerError, ValueError) as exc:
         refuse_to_start(str(exc))
-    install_sighup(holder, reactor)
     log.info("mtaserver configured from {path}", path=holder.config.path)
     return root
 
@@ -131,6 +136,8 @@ def compose(holder: ConfigHolder, reactor: Any) -> MultiService:
 
     def run_in_thread(work: Callable[[], Any]) -> Deferred[Any]:
         return deferToThreadPool(reactor, pool, work)
+
+    install_sighup(holder, reactor, run_in_thread)
 
     # The spool, then what reads the journal: acct files, then their webhooks.
     recovered, journal, store = open_spool(

@@ -24,7 +24,6 @@ removes extensions from EHLO (e.g. `hide=("8BITMIME",)`).
 from __future__ import annotations
 
 import functools
-import socket
 import ssl
 import warnings
 from collections.abc import Iterable
@@ -33,6 +32,7 @@ from typing import Any
 import attrs
 from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import SMTP, AuthResult, LoginPassword
+from server_process import free_port
 
 
 @attrs.define
@@ -48,13 +48,6 @@ class ReceivedMessage:
     helo: str
     tls: bool
     auth_user: str | None
-
-
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that was free a moment ago."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 class _Handler:

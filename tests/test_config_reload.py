@@ -49,3 +49,27 @@ def test_failed_reload_keeps_the_running_model_and_logs_every_error(tmp_path: Pa
     ]
     assert logged == problems
     assert holder.config is before
+
+
+def test_reload_in_thread_parses_off_the_caller_and_swaps(tmp_path: Path) -> None:
+    """reload_in_thread hands the parsing to run_in_thread; errors keep the old model."""
+    from twisted.internet import defer
+
+    path = tmp_path / "m.conf"
+    path.write_text("<domain *>\n  max-smtp-out 3\n</domain>\n")
+    holder = ConfigHolder.from_file(str(path))
+    handed: list[object] = []
+
+    def run_in_thread(work):  # type: ignore[no-untyped-def]
+        handed.append(work)
+        return defer.maybeDeferred(work)
+
+    path.write_text("<domain *>\n  max-smtp-out 7\n</domain>\n")
+    done = defer.ensureDeferred(holder.reload_in_thread(run_in_thread))
+    assert done.result == [] and len(handed) == 1
+    assert holder.config.domain_settings("x.org").max_smtp_out == 7
+    before = holder.config
+    path.write_text("bogus 1\n")
+    failed = defer.ensureDeferred(holder.reload_in_thread(run_in_thread))
+    assert failed.result == [f"{path}:1: unknown directive 'bogus'"]
+    assert holder.config is before

@@ -13,8 +13,9 @@ from typing import Any
 import attrs
 import pytest
 import trustme
-from mx_receiver import Receiver, free_port
+from mx_receiver import Receiver
 from reactor_thread import run_in_reactor
+from server_process import free_port
 from twisted.internet import reactor
 from twisted.internet.ssl import Certificate
 

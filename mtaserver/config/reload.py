@@ -7,7 +7,7 @@ running model in place and logs every `FILE:LINE: message`.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 from twisted.logger import Logger
 
@@ -16,6 +16,7 @@ from mtaserver.config.load import load_config
 from mtaserver.config.model import Config
 
 ReloadListener = Callable[[Config, Config], None]
+RunInThread = Callable[[Callable[[], Config]], Awaitable[Config]]
 
 
 class ConfigHolder:
@@ -40,10 +41,31 @@ class ConfigHolder:
         try:
             new = load_config(self.config.path)
         except ConfigError as exc:
-            problems = [str(p) for p in exc.problems]
-            for problem in problems:
-                self.log.error("config reload failed: {problem}", problem=problem)
-            return problems
+            return self._refused(exc)
+        self._swap(new)
+        return []
+
+    async def reload_in_thread(self, run_in_thread: RunInThread) -> list[str]:
+        """`reload()` with the file reading and parsing off the reactor thread.
+
+        Only the swap happens on the reactor, so a running server never stalls on a
+        slow disk or a large include tree while it reloads.
+        """
+        path = self.config.path
+        try:
+            new = await run_in_thread(lambda: load_config(path))
+        except ConfigError as exc:
+            return self._refused(exc)
+        self._swap(new)
+        return []
+
+    def _refused(self, exc: ConfigError) -> list[str]:
+        problems = [str(p) for p in exc.problems]
+        for problem in problems:
+            self.log.error("config reload failed: {problem}", problem=problem)
+        return problems
+
+    def _swap(self, new: Config) -> None:
         old, self.config = self.config, new
         self.log.info("config reloaded from {path}", path=new.path)
         for listener in self._listeners:
@@ -51,4 +73,3 @@ class ConfigHolder:
                 listener(old, new)
             except Exception:
                 self.log.failure("reload listener failed")
-        return []
