@@ -6,12 +6,16 @@ STAMP := $(VENV)/.installed
 CONFIG ?= etc/mtaserver.conf
 PYTEST_ARGS ?= -n 2
 
-.PHONY: run test lint install system-deps bench clean
+.PHONY: run test lint install system-deps bench clean wheel-check
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip setuptools wheel
 
+# The development install is editable in "compat" mode because twistd finds plugins
+# by scanning every sys.path entry for a twisted/plugins/ folder: compat mode puts
+# the checkout on sys.path, the import-hook modes do not, and twistd would not see
+# the plugin. `make wheel-check` proves the built wheel works without the checkout.
 $(STAMP): $(BIN)/python setup.cfg pyproject.toml
 	$(BIN)/pip install -q -e '.[test]' --config-settings editable_mode=compat
 	touch $(STAMP)
@@ -41,6 +45,9 @@ test: install system-deps
 lint: install
 	$(BIN)/ruff check mtaserver tests twisted bench
 	$(BIN)/mypy
+
+wheel-check:
+	PYTHON=$(PYTHON) .ci/wheel-check
 
 bench: install system-deps
 	$(BIN)/python bench/run.py

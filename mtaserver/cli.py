@@ -24,6 +24,8 @@ import urllib.request
 from collections.abc import Sequence
 from typing import Any
 
+from mtaserver import __version__
+
 DEFAULT_URL = "http://127.0.0.1:8080"
 
 
@@ -47,6 +49,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="sent as X-API-Key (default $MTACTL_API_KEY)",
     )
     parser.add_argument("--json", action="store_true", help="print the JSON reply")
+    parser.add_argument("--version", action="version", version=f"mtactl {__version__}")
     parser.add_argument("--timeout", type=float, default=30.0, help="seconds (default 30)")
     parser.add_argument("command", nargs=argparse.REMAINDER, help="the command and its arguments")
     return parser

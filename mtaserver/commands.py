@@ -24,11 +24,11 @@ import platform
 import re
 import shlex
 from collections.abc import Awaitable, Callable, Mapping
-from importlib import metadata
 from typing import TYPE_CHECKING, Any
 
 import attrs
 
+from mtaserver import __version__
 from mtaserver.config.grammar import ConfigError
 from mtaserver.config.load import load_config
 from mtaserver.config.reload import ConfigHolder
@@ -193,10 +193,7 @@ def _check_values(command: Command) -> None:
 
 
 def version() -> str:
-    try:
-        return metadata.version("mtaserver")
-    except metadata.PackageNotFoundError:
-        return "unknown"
+    return __version__
 
 
 class Commands:

@@ -20,6 +20,7 @@ from twisted.logger import Logger
 from twisted.python import usage
 from twisted.python.threadpool import ThreadPool
 
+from mtaserver import __version__
 from mtaserver.accounting.service import AcctService, writer_for
 from mtaserver.auth.checkers import CheckerChoice
 from mtaserver.auth.ldap import LdapCheckers
@@ -52,6 +53,11 @@ class Options(usage.Options):
     optParameters = [
         ["config", "c", "etc/mtaserver.conf", "The configuration file."],
     ]
+
+    def opt_version(self) -> NoReturn:
+        """Print the version and exit."""
+        print(f"mtaserver {__version__}")
+        raise SystemExit(0)
 
 
 def load_or_exit(path: str) -> ConfigHolder:

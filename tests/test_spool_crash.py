@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import signal
 import subprocess
 import sys
@@ -10,8 +9,6 @@ import textwrap
 
 from mtaserver.spool.recovery import open_spool
 from mtaserver.spool.testing import result_of, run_now
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 CHILD = textwrap.dedent(
     """
@@ -60,8 +57,7 @@ def run_and_kill(spool: str, acks_wanted: int) -> tuple[set[str], set[str]]:
     child = subprocess.Popen(
         [sys.executable, "-c", CHILD, spool],
         stdout=subprocess.PIPE,
-        cwd=ROOT,
-        env={**os.environ, "PYTHONPATH": ROOT},
+        cwd=spool,
     )
     assert child.stdout is not None
     acked: set[str] = set()

@@ -1,0 +1,1 @@
+"""Delivery scheduling: per-queue state, limits, retries, expiry and bounces."""

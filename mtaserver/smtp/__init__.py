@@ -1,0 +1,1 @@
+"""SMTP both ways: reception (the ESMTP server) and delivery (the client, MX lookup, DSNs, DKIM)."""
