@@ -63,6 +63,18 @@ class SourceSettings:
     auth_ldap: str | None = None
     bare_newline: str = "normalize"  # normalize | reject (Postfix smtpd_forbid_bare_newline)
     max_auth_failures_per_minute: int = 5
+    smtp_max_auth_failure_rate: Rate | None = None  # None: max-auth-failures-per-minute applies
+    max_smtp_in: int = 50  # concurrent SMTP connections per client IP
+    max_message_hops: int = 100  # Received: headers before a message is a loop (554 5.4.6)
+    max_junk_commands: int = 100  # NOOP/RSET/VRFY/HELP... without progress, then 421
+    smtp_command_deadline: float = 60.0  # the whole of one command line
+    smtp_data_deadline: float = 900.0  # the whole DATA/BDAT phase of one message
+    reject_early_talkers: bool = True  # bytes before the 220 greeting: 554 and close
+    smtp_greeting_delay: float = 0.0  # wait this long before the 220 (early-talker window)
+    max_header_count: int = 1000
+    max_header_size: int = 1024 * 1024  # the whole header block
+    max_mime_depth: int = 100  # Postfix's mime_nesting_limit
+    require_sender_match_login: bool = False  # after AUTH, MAIL FROM must match the login
 
 
 @attrs.frozen
@@ -93,6 +105,7 @@ class DomainSettings:
     http_delivery_url: str | None = None
     http_delivery_extra_headers: str | None = None
     file_output_directory: str | None = None
+    mx_allow_private_addresses: bool = False
 
 
 @attrs.frozen
@@ -100,6 +113,7 @@ class SmtpUser:
     name: str
     password: str
     source: str | None = None  # a named source such as {auth-users}
+    mail_from: tuple[str, ...] = ()  # addresses or domain patterns this login may send as
 
 
 @attrs.frozen
@@ -207,6 +221,18 @@ class GlobalSettings:
     http_api_key: tuple[str, ...] = ()
     http_auth_ldap: str | None = None
     http_auth_ldap_group: tuple[LdapGroupAccess, ...] = ()
+    total_max_smtp_in: int = 1000
+    max_auth_failures_per_user: int = 10
+    auth_lockout_time: float = 900.0
+    http_webhook_allow_addresses: tuple[IPNetwork, ...] = ()
+    http_max_request_rate: Rate | None = Rate(100, 1.0)  # per client IP; exempt CIDRs aside
+    http_rate_limit_exempt: tuple[IPNetwork, ...] = (
+        ipaddress.ip_network("127.0.0.0/8"),
+        ipaddress.ip_network("::1/128"),
+    )
+    http_request_header_timeout: float = 30.0
+    http_request_body_timeout: float = 120.0
+    http_mgmt_max_request_size: int = 10 * 2**20
 
 
 def build(cls: type[Any], layers: list[Layer], **fixed: Any) -> Any:

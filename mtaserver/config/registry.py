@@ -109,6 +109,16 @@ DIRECTIVES: Mapping[str, Spec] = {
     "http-api-key": Spec(v.parse_string, _G, repeatable=True),
     "http-auth-ldap": Spec(v.parse_name, _G),
     "http-auth-ldap-group": Spec(v.parse_ldap_group_access, _G, repeatable=True),
+    # limits against hostile peers and clients (global)
+    "total-max-smtp-in": Spec(v.parse_positive_int, _G),
+    "max-auth-failures-per-user": Spec(v.parse_positive_int, _G),
+    "auth-lockout-time": Spec(v.parse_interval, _G),
+    "http-webhook-allow-addresses": Spec(v.parse_cidr_list, _G),
+    "http-max-request-rate": Spec(v.parse_rate, _G),
+    "http-rate-limit-exempt": Spec(v.parse_cidr, _G, repeatable=True),
+    "http-request-header-timeout": Spec(v.parse_interval, _G),
+    "http-request-body-timeout": Spec(v.parse_interval, _G),
+    "http-mgmt-max-request-size": Spec(v.parse_size, _G),
     # listeners
     "tls-certificate": Spec(_path, _in(SMTP_LISTENER, API_LISTENER)),
     # <source>
@@ -132,9 +142,22 @@ DIRECTIVES: Mapping[str, Spec] = {
     "auth-ldap": Spec(v.parse_name, _S),
     "bare-newline": Spec(v.parse_choice("normalize", "reject"), _S),
     "max-auth-failures-per-minute": Spec(v.parse_positive_int, _S),
+    "smtp-max-auth-failure-rate": Spec(v.parse_rate, _S),
+    "max-smtp-in": Spec(v.parse_positive_int, _S),
+    "max-message-hops": Spec(v.parse_positive_int, _S),
+    "max-junk-commands": Spec(v.parse_positive_int, _S),
+    "smtp-command-deadline": Spec(v.parse_interval, _S),
+    "smtp-data-deadline": Spec(v.parse_interval, _S),
+    "reject-early-talkers": Spec(_yesno, _S),
+    "smtp-greeting-delay": Spec(v.parse_interval, _S),
+    "max-header-count": Spec(v.parse_positive_int, _S),
+    "max-header-size": Spec(v.parse_size, _S),
+    "max-mime-depth": Spec(v.parse_positive_int, _S),
+    "require-sender-match-login": Spec(_yesno, _S),
     # <smtp-user>
     "password": Spec(v.parse_password, _in(SMTP_USER)),
     "source": Spec(v.parse_source_name, _in(SMTP_USER)),
+    "mail-from": Spec(v.parse_domain_pattern_or_email, _in(SMTP_USER), repeatable=True),
     # <ldap>
     "uri": Spec(v.parse_ldap_uri, _in(LDAP)),
     "start-tls": Spec(_yesno, _in(LDAP)),
@@ -173,6 +196,7 @@ DIRECTIVES: Mapping[str, Spec] = {
     "http-delivery-url": Spec(v.parse_url, _D),
     "http-delivery-extra-headers": Spec(_path, _D),
     "file-output-directory": Spec(_path, _D),
+    "mx-allow-private-addresses": Spec(_yesno, _D),
     # <smtp-pattern-list>
     "reply": Spec(v.parse_reply_pattern, _in(PATTERN_LIST), repeatable=True),
     # <acct-file>

@@ -93,6 +93,11 @@ def parse_cidr(text: str) -> IPNetwork:
         raise ValueError(f"expected an address or CIDR such as 10.0.0.0/8, not {text!r}") from None
 
 
+def parse_cidr_list(text: str) -> tuple[IPNetwork, ...]:
+    """`10.0.0.0/8, 127.0.0.1` (commas or spaces): a tuple of networks, may be empty."""
+    return tuple(parse_cidr(item) for item in re.split(r"[\s,]+", text.strip()) if item)
+
+
 def parse_ip(text: str) -> IPAddress:
     try:
         return ipaddress.ip_address(text.strip().strip("[]"))
@@ -282,6 +287,17 @@ def parse_string(text: str) -> str:
     if not text.strip():
         raise ValueError("a value is required")
     return text.strip()
+
+
+def parse_domain_pattern_or_email(text: str) -> str:
+    """`user@example.com`, `*@example.com`, `example.com` or `*.example.com` (lower-cased)."""
+    word = text.strip().lower()
+    local, at, domain = word.rpartition("@")
+    if at and local and all(c.isprintable() and c not in " <>" for c in local):
+        return f"{local}@{parse_domain_pattern(domain)}"
+    if at:
+        raise ValueError(f"expected an address or domain such as *@example.com, not {text!r}")
+    return parse_domain_pattern(word)
 
 
 def parse_email(text: str) -> str:
