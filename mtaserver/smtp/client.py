@@ -50,8 +50,15 @@ Choices worth knowing:
   addresses is not ASCII. An address with a control character, `<` or `>` is never
   sent (553 5.1.3 / 5.1.7): the spool should not hold one, and putting it on the
   wire would allow command injection.
-* `Recipient.orcpt` is sent as stored when it already has an address type
-  (`rfc822;...`), otherwise as `rfc822;` plus its xtext form.
+* `Recipient.orcpt` (stored decoded) goes out as `type;` plus the xtext form of its
+  address, always; ENVID as xtext too (RFC 3461). As a last defence, a command line
+  that would still hold CR, LF or NUL is never written: MAIL so affected fails the
+  transaction, RCPT that recipient, with a permanent local 550 5.6.0.
+* Only a 354 lets the body go. A 2xx/3xx to DATA, a 3xx to MAIL, RCPT or the end of
+  data, and any reply that arrives when none is due (two replies after the dot, a
+  line while idle) is a desync: the connection is dropped at once, never reused,
+  the recipients in flight get a transient 4.5.0 (a `t`), and the session goes on
+  over a fresh connection to the same target.
 * A multi-line reply's `text` is its lines joined by a space, without the code and
   without a repeated enhanced status, fit for one `dsnDiag` field.
 * `max-msg-per-connection` is enforced here too: after that many transactions the
@@ -105,10 +112,12 @@ __all__ = [
     "encode_data",
     "mail_command",
     "make_reply",
+    "orcpt_param",
     "parse_ehlo",
     "parse_reply_line",
     "rcpt_command",
     "run_session",
+    "safe_command",
     "xtext",
 ]
 
@@ -350,6 +359,23 @@ def mail_command(
     return " ".join([f"MAIL FROM:<{envelope.sender}>", *params])
 
 
+_ADDR_TYPE = re.compile(r"[A-Za-z0-9][A-Za-z0-9-]*")
+
+
+def orcpt_param(orcpt: str) -> str:
+    """The ORCPT value for the wire: `addr-type;xtext(address)` (RFC 3461 4.2).
+
+    The spool holds the original recipient decoded (`rfc822;a+b@x` means the address
+    `a+b@x`), so the address part is always xtext-encoded here: a CR or LF in it
+    becomes `+0D`/`+0A` and can never end our command line. A value without a valid
+    address type is taken as an rfc822 address as a whole.
+    """
+    addr_type, sep, address = orcpt.partition(";")
+    if not sep or not _ADDR_TYPE.fullmatch(addr_type):
+        addr_type, address = "rfc822", orcpt
+    return f"{addr_type};{xtext(address)}"
+
+
 def rcpt_command(recipient: Recipient, extensions: Mapping[str, str]) -> str:
     """`RCPT TO:<address>` with NOTIFY and ORCPT when the server offers DSN."""
     params = []
@@ -357,11 +383,20 @@ def rcpt_command(recipient: Recipient, extensions: Mapping[str, str]) -> str:
         if recipient.notify:
             params.append(f"NOTIFY={recipient.notify.upper().replace(' ', '')}")
         if recipient.orcpt:
-            orcpt = recipient.orcpt
-            if ";" not in orcpt:
-                orcpt = "rfc822;" + xtext(orcpt)
-            params.append(f"ORCPT={orcpt}")
+            params.append(f"ORCPT={orcpt_param(recipient.orcpt)}")
     return " ".join([f"RCPT TO:<{recipient.address}>", *params])
+
+
+_UNSAFE_IN_COMMAND = re.compile(r"[\r\n\x00]")
+
+
+def safe_command(line: str) -> bool:
+    """False for a command line holding CR, LF or NUL: sent, it would be two commands.
+
+    Everything we put in a command is validated or encoded before; this is the last
+    line of defence against a value that slipped through (command injection).
+    """
+    return _UNSAFE_IN_COMMAND.search(line) is None
 
 
 _LINE_END = re.compile(rb"\r\n|\r|\n")
@@ -413,6 +448,16 @@ class _ReplyProtocol(LineReceiver):
     `read_reply` returns a Deferred for the next reply, already fired when the
     reply was buffered (pipelining). A read that waits longer than its timeout
     aborts the connection.
+
+    Every command sent says how many replies it is owed (`send(data, replies)`),
+    starting with the greeting. A reply that arrives when none is owed is a desync
+    (a server that answers twice, or talks while idle): taken for the answer to our
+    next command it would make a message count as delivered that was never sent.
+    Such a reply breaks the connection at once (4.5.0, `unsolicited` is set), and
+    the replies framed but not yet handed out are dropped with it. The replies of
+    one received chunk are all framed before any is handed out, so an extra reply
+    in the same chunk as the awaited one is caught before the session, reacting to
+    the first, writes its next command.
     """
 
     delimiter = b"\n"  # lenient: a server that ends lines with bare LF still works
@@ -424,10 +469,21 @@ class _ReplyProtocol(LineReceiver):
         self._replies: deque[tuple[int, tuple[str, ...]]] = deque()
         self._waiter: defer.Deferred[tuple[int, tuple[str, ...]]] | None = None
         self._broken: _Broken | None = None
+        self._due = 1  # the greeting
+        self._framing = False
+        self.unsolicited = False
         self.lost_reason: Failure | None = None
         self.closed: defer.Deferred[None] = defer.Deferred()
 
     # LineReceiver / IProtocol
+
+    def dataReceived(self, data: bytes) -> None:
+        self._framing = True
+        try:
+            super().dataReceived(data)
+        finally:
+            self._framing = False
+        self._hand_out()
 
     def lineReceived(self, line: bytes) -> None:
         if self._broken is not None:
@@ -439,11 +495,23 @@ class _ReplyProtocol(LineReceiver):
             return
         if reply is None:
             return
-        if self._waiter is not None:
+        if self._due <= 0:
+            code, texts = reply
+            self.unsolicited = True
+            self._replies.clear()
+            self._break(
+                _Broken("4.5.0", f"protocol error: unsolicited reply {code} {' '.join(texts)}")
+            )
+            return
+        self._due -= 1
+        self._replies.append(reply)
+        if not self._framing:
+            self._hand_out()
+
+    def _hand_out(self) -> None:
+        if self._waiter is not None and self._replies:
             waiter, self._waiter = self._waiter, None
-            waiter.callback(reply)
-        else:
-            self._replies.append(reply)
+            waiter.callback(self._replies.popleft())
 
     def lineLengthExceeded(self, line: bytes) -> None:
         self._break(_Broken("4.5.0", "protocol error: reply line too long"))
@@ -465,9 +533,18 @@ class _ReplyProtocol(LineReceiver):
         """True when the server sent more than we have asked for (STARTTLS injection)."""
         return bool(self._replies) or self._assembler.pending or bool(self._buffer)
 
-    def send(self, data: bytes) -> None:
+    def send(self, data: bytes, replies: int) -> None:
+        """Write `data`, which is owed `replies` replies (commands, or 1 for a body)."""
         if self._broken is None and self.transport is not None:
+            self._due += replies
             self.transport.write(data)
+
+    def desync(self, text: str) -> _Broken:
+        """Break the connection for a reply that makes no sense where it came."""
+        broken = _Broken("4.5.0", f"protocol error: {text}")
+        self._replies.clear()
+        self._break(broken)
+        return broken
 
     def read_reply(self, timeout: float) -> defer.Deferred[tuple[int, tuple[str, ...]]]:
         if self._replies:
@@ -551,6 +628,10 @@ def _tls_creator(hostname: str, verify: bool, trust_root: Any) -> Any:
 # ------------------------------------------------------------------------- session
 
 
+class UnsafeCommand(ValueError):
+    """A command line would contain CR, LF or NUL; nothing was written."""
+
+
 class _TlsFallback(Exception):
     """Opportunistic TLS failed during the handshake: reconnect without STARTTLS."""
 
@@ -559,13 +640,22 @@ class _Interrupted(Exception):
     """A transaction stopped half way: `replies` holds what is known, `ending` the rest.
 
     `server_closing` is True for a 421 from the server (it is closing: no QUIT).
+    `desync` is True when the server's replies stopped matching our commands: the
+    connection is dropped and the session goes on over a fresh one.
     """
 
-    def __init__(self, replies: list[Reply | None], ending: Reply, server_closing: bool) -> None:
+    def __init__(
+        self,
+        replies: list[Reply | None],
+        ending: Reply,
+        server_closing: bool,
+        desync: bool = False,
+    ) -> None:
         super().__init__(str(ending))
         self.replies = replies
         self.ending = ending
         self.server_closing = server_closing
+        self.desync = desync
 
 
 def _transient(status: str, text: str) -> Reply:
@@ -623,7 +713,11 @@ class _Session:
         return make_reply(code, texts)
 
     def send(self, *lines: str) -> None:
-        self.proto.send(b"".join(line.encode("utf-8") + b"\r\n" for line in lines))
+        """Write command lines; one with CR, LF or NUL is never written (see safe_command)."""
+        for line in lines:
+            if not safe_command(line):
+                raise UnsafeCommand(f"refusing to send a command with CR, LF or NUL: {line!r}")
+        self.proto.send(b"".join(line.encode("utf-8") + b"\r\n" for line in lines), len(lines))
 
     async def command(self, line: str, stage: str) -> Reply:
         self.send(line)
@@ -684,7 +778,12 @@ class _Session:
     async def starttls(self, helo_name: str, trust_root: Any) -> None:
         """STARTTLS, the handshake, and EHLO again; verified only under require-starttls."""
         required = self.settings.require_starttls
-        reply = await self.command("STARTTLS", "after STARTTLS")
+        try:
+            reply = await self.command("STARTTLS", "after STARTTLS")
+        except _Broken:
+            if not self.proto.unsolicited:
+                raise
+            reply = Reply(220, "", "")  # more than one reply came: refused just below
         if reply.code != 220:
             if required:
                 raise await self.give_up(
@@ -693,7 +792,7 @@ class _Session:
             if reply.code == 421:
                 raise await self.refused(reply)
             return  # opportunistic: go on in plaintext, as Postfix does
-        if self.proto.has_unread_input():
+        if self.proto.unsolicited or self.proto.has_unread_input():
             # Anything after the 220 was sent before the handshake: an injection
             # attempt (CVE-2011-0411 style). Never read it as a reply to our EHLO.
             self.proto.abort()
@@ -771,12 +870,24 @@ class _Session:
             return tuple(r for r in replies if r is not None), False
 
         mail = mail_command(envelope, self.extensions, len(tx.body), utf8)
+        if not safe_command(mail):
+            unsafe = Reply(550, "5.6.0", "MAIL FROM would contain CR, LF or NUL; not sent")
+            return tuple(unsafe for _ in recipients), False
+        for i in sendable:
+            if not safe_command(rcpt_command(recipients[i], self.extensions)):
+                replies[i] = Reply(550, "5.6.0", "RCPT TO would contain CR, LF or NUL; not sent")
+        sendable = [i for i in sendable if replies[i] is None]
+        if not sendable:
+            return tuple(r for r in replies if r is not None), False
         rcpts = [rcpt_command(recipients[i], self.extensions) for i in sendable]
         try:
             needs_rset = await self._exchange(tx.body, mail, rcpts, sendable, replies)
         except _Broken as broken:
             raise _Interrupted(
-                replies, _transient(broken.status, broken.text), server_closing=False
+                replies,
+                _transient(broken.status, broken.text),
+                server_closing=False,
+                desync=self.proto.unsolicited,
             ) from None
         return tuple(r if r is not None else self._no_reply() for r in replies), needs_rset
 
@@ -811,6 +922,7 @@ class _Session:
         else:
             mail_reply = await self.command(mail, "after MAIL FROM")
         self._stop_on_421(mail_reply, sendable, replies)
+        self._expect_final(mail_reply, "MAIL FROM", replies)
         if not mail_reply.is_success:
             for i in sendable:
                 replies[i] = mail_reply
@@ -830,6 +942,7 @@ class _Session:
             else:
                 reply = await self.command(line, "after RCPT TO")
             self._stop_on_421(reply, [i], replies)
+            self._expect_final(reply, "RCPT TO", replies)
             replies[i] = reply
             if reply.is_success:
                 accepted.append(i)
@@ -840,6 +953,10 @@ class _Session:
             data_reply = await self.command("DATA", "after DATA")
         else:
             return True
+        if data_reply.code != 354 and data_reply.is_success:
+            # Only 354 lets the body go; a 250 here would count the mail delivered
+            # without sending it, and the replies after it would be off by one.
+            raise self._desync(f"DATA answered {data_reply} instead of 354", replies)
         if not accepted:
             if data_reply.code == 354:
                 # A server that said 354 anyway gets an empty message ended at once.
@@ -855,12 +972,27 @@ class _Session:
         # the accepted recipients get 4.4.2 (a retry, perhaps a duplicate).
         for i in accepted:
             replies[i] = None
-        self.proto.send(encode_data(body))
+        self.proto.send(encode_data(body), 1)
         final = await self.read("after end of data")
+        self._expect_final(final, "end of data", replies)
         for i in accepted:
             replies[i] = final
         self._stop_on_421(final, [], replies)
         return False
+
+    def _expect_final(self, reply: Reply, after: str, replies: list[Reply | None]) -> None:
+        """Only 2xx, 4xx or 5xx may answer MAIL, RCPT or the end of data; 3xx is a desync."""
+        if 300 <= reply.code < 400:
+            raise self._desync(f"{after} answered {reply}", replies)
+
+    def _desync(self, text: str, replies: list[Reply | None]) -> _Interrupted:
+        """Drop a connection whose replies no longer match our commands (never reused).
+
+        Recipients without a final answer get a transient 4.5.0 (retried: a `t`).
+        """
+        broken = self.proto.desync(text)
+        ending = _transient(broken.status, f"{broken.text} with {self.peer}")
+        return _Interrupted(replies, ending, server_closing=False, desync=True)
 
     def _stop_on_421(
         self, reply: Reply, indexes: Sequence[int], replies: list[Reply | None]
@@ -943,6 +1075,7 @@ async def run_session(
     connection as a whole fails, after reporting the transaction in flight.
     """
     starttls = settings.use_starttls or settings.require_starttls
+    carried: Transaction | None = None
     while True:
         proto = await _connect(reactor, target, source_ip, settings)
         session = _Session(proto, target, settings, timeout)
@@ -959,7 +1092,9 @@ async def run_session(
                 continue
             except _Broken as broken:
                 raise SessionFailure(_transient(broken.status, broken.text), session.info) from None
-            await _transactions(session, settings, next_transaction, report)
+            carried = await _transactions(session, settings, next_transaction, report, carried)
+            if carried is not None:
+                continue  # the connection desynced: go on over a fresh one
             await session.quit()
             return session.info
         finally:
@@ -971,20 +1106,33 @@ async def _transactions(
     settings: DomainSettings,
     next_transaction: Callable[[], Awaitable[Transaction | None]],
     report: Callable[[TransactionResult], None],
-) -> None:
-    """Ask for transactions and run them until there are none (or the limit is hit)."""
+    carried: Transaction | None = None,
+) -> Transaction | None:
+    """Ask for transactions and run them until there are none (or the limit is hit).
+
+    Returns a transaction to run over a fresh connection when this one desynced
+    (an unsolicited reply, a 250 to DATA): it was taken but not started.
+    """
     sent = 0
     limit = settings.max_msg_per_connection
     while not limit or sent < limit:
-        tx = await next_transaction()
+        tx = carried if carried is not None else await next_transaction()
+        carried = None
         if tx is None:
-            return
+            return None
+        if session.proto.unsolicited:
+            # The server spoke while no reply was due (idle): never reuse this one.
+            log.info("{peer} sent an unsolicited reply; reconnecting", peer=session.peer)
+            return tx
         sent += 1
         try:
             replies, needs_rset = await session.deliver(tx)
         except _Interrupted as stop:
             filled = tuple(r if r is not None else stop.ending for r in stop.replies)
             report(TransactionResult(tx, filled, session.info))
+            if stop.desync:
+                log.info("{peer}: {reason}; reconnecting", peer=session.peer, reason=stop.ending)
+                return await next_transaction()
             raise await session.give_up(stop.ending, polite=not stop.server_closing) from None
         report(TransactionResult(tx, replies, session.info))
         if needs_rset:
@@ -992,3 +1140,4 @@ async def _transactions(
                 await session.rset()
             except _Broken as broken:
                 raise SessionFailure(_transient(broken.status, broken.text), session.info) from None
+    return None
