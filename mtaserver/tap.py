@@ -197,7 +197,7 @@ def compose(holder: ConfigHolder, reactor: Any) -> MultiService:
             checkers=checkers,
         ).setServiceParent(root)
     for api_service in make_transmissions_services(
-        holder, store, scheduler.enqueue, reactor, stats
+        holder, store, scheduler.enqueue, reactor, stats, run_in_thread
     ):
         api_service.setServiceParent(root)
 

@@ -39,6 +39,7 @@ from typing import Any
 
 import attrs
 
+from mtaserver.http.safety import UnsafeInput, check_decoded_header_value, check_header_block
 from mtaserver.smtp.server_params import ParamError, parse_mailbox
 
 
@@ -52,6 +53,14 @@ _HEADER_NAME = re.compile(r"[\x21-\x39\x3b-\x7e]+")
 _FORBIDDEN_IN_HEADER = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")  # controls but TAB
 # Fields the builder owns: a request may not set them through `content.headers`.
 _STRUCTURAL = {"content-type", "content-transfer-encoding", "mime-version"}
+# Fields that make no sense from a client, with the reason the 400 gives.
+_REFUSED = {
+    "bcc": "recipients go in recipients[] (a Bcc field would show them to every receiver)",
+    "return-path": "the final MTA sets it from the envelope; use return_path",
+    "received": "trace fields are the MTA's own",
+    "dkim-signature": "the server builds the body, so no client signature can match; "
+    "send a pre-signed message as content.email_rfc822",
+}
 _FROM_CONTENT = {
     "from": "content.from",
     "subject": "content.subject",
@@ -119,11 +128,16 @@ def check_header_name(name: str) -> None:
         )
 
 
-def check_header_value(field: str, value: str) -> None:
+def check_header_value(field: str, value: str, header_name: str = "X-Check") -> None:
+    """Refuse controls (TAB aside) in `value`, also inside its RFC 2047 encoded words."""
     if _FORBIDDEN_IN_HEADER.search(value):
         raise ContentError(
             f"{field} contains CR, LF or another control character (header injection refused)"
         )
+    try:
+        check_decoded_header_value(field, value, header_name)
+    except UnsafeInput as exc:
+        raise ContentError(str(exc)) from None
 
 
 # -- the content object ------------------------------------------------------------
@@ -257,10 +271,12 @@ def _parse_headers(
         check_header_name(name)
         if not isinstance(field_value, str):
             raise ContentError(f"content.headers.{name} must be a string")
-        check_header_value(f"content.headers.{name}", field_value)
+        check_header_value(f"content.headers.{name}", field_value, name)
         lower = name.lower()
         if lower in _STRUCTURAL:
             raise ContentError(f"content.headers may not set {name}: the MIME builder does")
+        if lower in _REFUSED:
+            raise ContentError(f"content.headers may not set {name}: {_REFUSED[lower]}")
         set_by_content = {"from": True, "subject": bool(subject), "reply-to": bool(reply_to)}
         if set_by_content.get(lower):
             raise ContentError(f"content.headers.{name} conflicts with {_FROM_CONTENT[lower]}")
@@ -310,22 +326,24 @@ def personal_headers(
     """The header fields one recipient sees, rendered and checked; `to` None: none added."""
     from_name = render(content.from_name, data) if content.from_name else None
     if from_name is not None:
-        check_header_value("content.from.name (after substitution)", from_name)
+        check_header_value("content.from.name (after substitution)", from_name, "From")
     fields = [("From", format_address(content.from_email, from_name))]
     if to is not None and not content.sets_to:
-        check_header_value("header_to", to)
+        check_header_value("header_to", to, "To")
         fields.append(("To", to))
     subject = render(content.subject, data)
-    check_header_value("content.subject (after substitution)", subject)
+    check_header_value("content.subject (after substitution)", subject, "Subject")
     fields.append(("Subject", subject))
     if content.reply_to is not None:
         reply_to = render(content.reply_to, data)
-        check_header_value("content.reply_to (after substitution)", reply_to)
+        check_header_value("content.reply_to (after substitution)", reply_to, "Reply-To")
         fields.append(("Reply-To", reply_to))
     for name, template in content.headers:
         value = render(template, data)
-        check_header_value(f"content.headers.{name} (after substitution)", value)
+        check_header_value(f"content.headers.{name} (after substitution)", value, name)
         fields.append((name, value))
+    for name, value in fields:  # what the email package will be given, as it reads it
+        check_header_value(f"the {name} field", value, name)
     return tuple(fields)
 
 
@@ -372,9 +390,16 @@ def build_message(
             attachment.data, attachment.maintype, attachment.subtype, filename=attachment.name
         )
     try:
-        return to_crlf(message.as_bytes(policy=policy))
+        built = message.as_bytes(policy=policy)
     except (ValueError, TypeError, UnicodeError) as exc:
         raise ContentError(f"the message cannot be built: {exc}") from None
+    # Bare LF here would be a line break the email package wrote from a value: refuse
+    # before to_crlf could turn it into a header or body line of its own.
+    try:
+        check_header_block(built)
+    except UnsafeInput as exc:
+        raise ContentError(str(exc)) from None
+    return to_crlf(built)
 
 
 _LINE_END = re.compile(rb"\r\n|\r|\n")

@@ -41,6 +41,7 @@ import datetime
 import email.utils
 import hmac
 import json
+import os
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -68,7 +69,22 @@ from mtaserver.http.content import (
     to_crlf,
 )
 from mtaserver.http.errors import APIError, handle_errors, json_response, read_body
+from mtaserver.http.idempotency import (
+    IdempotencyStore,
+    KeyError422,
+    RunInThread,
+    body_digest,
+    record_name,
+    valid_key,
+)
 from mtaserver.http.listen import http_service
+from mtaserver.http.safety import (
+    Rfc822Limits,
+    UnsafeInput,
+    check_json_depth,
+    check_json_strings,
+    check_rfc822,
+)
 from mtaserver.smtp.reception import ReceptionStats
 from mtaserver.smtp.server_message import HeaderRules, MessageBuilder, header_rules
 from mtaserver.spool import MessageStore
@@ -88,6 +104,35 @@ def bad_request(description: str) -> APIError:
 
 
 # -- step 1: check ------------------------------------------------------------------
+
+
+def parse_json(raw: bytes) -> Any:
+    """The decoded body, or 400: too deep (checked before parsing), invalid, NUL, surrogates."""
+    try:
+        check_json_depth(raw)
+        body = json.loads(raw)
+        check_json_strings(body)
+    except UnsafeInput as exc:
+        raise bad_request(str(exc)) from None
+    except RecursionError:  # cannot happen after check_json_depth; never a 500 anyway
+        raise bad_request("the JSON body is nested too deep") from None
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise bad_request(f"the body is not valid JSON: {exc}") from None
+    return body
+
+
+def check_rfc822_content(data: bytes, settings: SourceSettings) -> None:
+    """400 for an `email_rfc822` over the source's limits (hops, header, MIME, lines)."""
+    limits = Rfc822Limits(
+        max_message_hops=settings.max_message_hops,
+        max_header_count=settings.max_header_count,
+        max_header_size=settings.max_header_size,
+        max_mime_depth=settings.max_mime_depth,
+    )
+    try:
+        check_rfc822(data, limits)
+    except UnsafeInput as exc:
+        raise bad_request(str(exc)) from None
 
 
 @attrs.frozen
@@ -321,11 +366,23 @@ class TransmissionsAPI:
         on_accepted: OnAccepted,
         clock: IReactorTime,
         stats: ReceptionStats | None = None,
+        run_in_thread: RunInThread | None = None,
     ) -> None:
         self.holder = holder
         self.store = store
         self.on_accepted = on_accepted
         self.clock = clock
+        if run_in_thread is None:
+            from twisted.internet.threads import deferToThreadPool
+
+            pool = clock.getThreadPool()  # type: ignore[attr-defined]
+
+            def run_in_thread(work: Callable[[], Any]) -> Deferred[Any]:
+                return deferToThreadPool(clock, pool, work)  # type: ignore[arg-type]
+
+        self.idempotency = IdempotencyStore(
+            os.path.join(store.directory, "idempotency"), run_in_thread, clock.seconds
+        )
         # Shared with SMTP reception, so the monitoring API's traffic in counts both.
         self.stats = stats if stats is not None else ReceptionStats()
         self.transmissions_accepted = 0
@@ -371,14 +428,55 @@ class TransmissionsAPI:
         if content_type.lower() != b"application/json":
             raise APIError(415, "Unsupported media type", "send Content-Type: application/json")
         raw = read_body(request, config.api.max_request_size)
+        header = request.getHeader(b"idempotency-key")
+        if header is None:
+            return await self._accept(request, raw)
+        key = valid_key(header)
+        if key is None:
+            raise bad_request("the Idempotency-Key header must be 1-255 printable ASCII characters")
+        api_key = (request.getHeader(b"authorization") or b"").strip()
+        name = record_name(api_key, key)
+        if name in self.idempotency.in_flight:
+            raise APIError(
+                409, "Conflict", "a request with this Idempotency-Key is still being processed"
+            )
+        self.idempotency.in_flight.add(name)
         try:
-            body = json.loads(raw)
-        except (ValueError, UnicodeDecodeError) as exc:
-            raise bad_request(f"the body is not valid JSON: {exc}") from None
+            return await self._idempotent(request, raw, name)
+        finally:
+            self.idempotency.in_flight.discard(name)
+
+    async def _idempotent(self, request: IRequest, raw: bytes, name: str) -> dict[str, Any]:
+        """The recorded answer of an earlier request with this key, or a new, recorded one."""
+        digest = body_digest(raw)
+        try:
+            stored = await self.idempotency.lookup(name, digest)
+        except KeyError422:
+            raise APIError(
+                422,
+                "Idempotency-Key reused",
+                "this Idempotency-Key was used with a different request body",
+            ) from None
+        if stored is not None:
+            request.setHeader(b"Idempotent-Replayed", b"true")
+            return stored
+        result = await self._accept(request, raw)
+        try:
+            await self.idempotency.record(name, digest, result)
+        except Exception:
+            # The messages are queued: a 500 now would invite a duplicate retry.
+            log.failure("recording an Idempotency-Key answer failed")
+        return result
+
+    async def _accept(self, request: IRequest, raw: bytes) -> dict[str, Any]:
+        """Check, plan and spool one transmission body."""
+        config = self.holder.config
+        body = parse_json(raw)
         transmission = parse_transmission(body)
         settings = config.named_source(SOURCE_NAME)
         messages = plan_messages(transmission, settings)
         if transmission.rfc822 is not None:
+            check_rfc822_content(transmission.rfc822, settings)
             messages = self._preview_rfc822(transmission.rfc822, messages, settings)
         targets = [self._target(m, settings) for m in messages]
         try:
@@ -611,6 +709,7 @@ def make_transmissions_services(
     on_accepted: OnAccepted,
     reactor: Any,
     stats: ReceptionStats | None = None,
+    run_in_thread: RunInThread | None = None,
 ) -> list[IService]:
     """One HTTP(S) service per `<transmissions-api-listener>`, sharing one API object.
 
@@ -619,7 +718,7 @@ def make_transmissions_services(
     listeners = holder.config.api_listeners
     if not listeners:
         return []
-    api = TransmissionsAPI(holder, store, on_accepted, reactor, stats)
+    api = TransmissionsAPI(holder, store, on_accepted, reactor, stats, run_in_thread)
     resource = api.app.resource()
     return [
         http_service(listener, resource, reactor, "transmissions-api-listener")

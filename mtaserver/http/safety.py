@@ -1,0 +1,344 @@
+"""What a Transmissions API request must not smuggle in: pure checks over bytes and text.
+
+The API builds messages from client-supplied JSON, so everything a client sends ends
+up in a header block or a body this server signs its name under (`Received`). These
+checks run before anything is spooled and raise `UnsafeInput` naming the field; the
+API answers 400. They import nothing from Twisted and do not rely on the `email`
+package to be safe (CVE-2024-6923: up to Python 3.11.9 it writes a decoded RFC 2047
+encoded word holding CR or LF as a raw line break, i.e. a new header or the body).
+
+* JSON: `check_json_depth` scans the raw bytes for bracket depth *before*
+  `json.loads` (whose recursion a 100000-deep array blows into a RecursionError);
+  `check_json_strings` refuses lone surrogates (`"\\udfff"`, not encodable as UTF-8)
+  and NUL anywhere in the decoded document, naming the JSON path.
+* Header values: `check_decoded_header_value` decodes every RFC 2047 encoded word
+  itself (and also asks the `email` package how *it* reads the value) and refuses
+  CR, LF or NUL in the result.
+* The built header block: `check_header_block` (one `From`, only `Name: value`
+  lines and continuations, the empty line before the body).
+* `email_rfc822`: `check_rfc822` (line length 998, `Received` count for
+  `max-message-hops`, `max-header-count`, `max-header-size`, `max-mime-depth`, at
+  most one `From`).
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import re
+from collections.abc import Iterator
+from email import policy as email_policy
+from typing import Any
+
+import attrs
+
+MAX_JSON_DEPTH = 64
+MAX_LINE_OCTETS = 998  # RFC 5322 2.1.1, without the CRLF
+
+
+class UnsafeInput(ValueError):
+    """The request would put something unsafe into a message; the text names the field."""
+
+
+# -- JSON ---------------------------------------------------------------------------
+
+
+def check_json_depth(raw: bytes, limit: int = MAX_JSON_DEPTH) -> None:
+    """Refuse a JSON text nested deeper than `limit` arrays/objects, without parsing it.
+
+    Brackets inside strings do not count (a backslash escapes the next byte), so this
+    is exact for valid JSON and harmless for invalid JSON (json.loads refuses it next).
+    """
+    depth = 0
+    in_string = False
+    escaped = False
+    # Only these bytes matter; jumping between them keeps the scan fast on big bodies.
+    for match in _JSON_SIGNIFICANT.finditer(raw):
+        char = match.group()
+        if in_string:
+            if escaped:
+                escaped = False
+            elif char == b"\\":
+                escaped = True
+            elif char == b'"':
+                in_string = False
+        elif char == b'"':
+            in_string = True
+        elif char in (b"[", b"{"):
+            depth += 1
+            if depth > limit:
+                raise UnsafeInput(
+                    f"the JSON body is nested deeper than {limit} levels (at byte {match.start()})"
+                )
+        elif char in (b"]", b"}"):
+            depth -= 1
+
+
+_JSON_SIGNIFICANT = re.compile(rb'[\\"\[\]{}]')
+_UNSAFE_IN_JSON = re.compile("[\x00\ud800-\udfff]")
+
+
+def check_json_strings(document: Any, root: str = "") -> None:
+    """Refuse NUL or a lone surrogate in any string (key or value) of a decoded document.
+
+    The error names the JSON path (`content.subject`, `recipients[2].address.name`).
+    """
+    stack: list[tuple[str, Any]] = [(root, document)]
+    while stack:
+        path, value = stack.pop()
+        if isinstance(value, str):
+            _check_json_string(path or "the body", value)
+        elif isinstance(value, dict):
+            for key, item in value.items():
+                child = f"{path}.{key}" if path else str(key)
+                _check_json_string(f"a key in {path or 'the body'}", key)
+                stack.append((child, item))
+        elif isinstance(value, list):
+            stack.extend((f"{path}[{index}]", item) for index, item in enumerate(value))
+
+
+def _check_json_string(field: str, text: str) -> None:
+    found = _UNSAFE_IN_JSON.search(text)
+    if found is None:
+        return
+    if found.group() == "\x00":
+        raise UnsafeInput(f"{field} contains NUL (\\u0000)")
+    raise UnsafeInput(f"{field} contains a lone surrogate ({found.group()!r}): not valid Unicode")
+
+
+# -- header values -----------------------------------------------------------------
+
+# Lenient on purpose (any charset token, RFC 2231 language, either case of Q/B, no
+# whitespace required around it): whatever a reader might take for an encoded word.
+_ENCODED_WORD = re.compile(r"=\?([^?\s]*)\?([QqBb])\?([^?]*)\?=")
+_BREAKS = re.compile("[\r\n\x00]")
+
+
+def decode_encoded_words(value: str) -> Iterator[tuple[bytes, str]]:
+    """(raw decoded bytes, text in its charset) of every RFC 2047 encoded word in `value`."""
+    for match in _ENCODED_WORD.finditer(value):
+        charset, encoding, text = match.groups()
+        charset = charset.split("*", 1)[0] or "us-ascii"
+        if encoding in "Qq":
+            raw = _decode_q(text)
+        else:
+            try:
+                raw = base64.b64decode(text + "=" * (-len(text) % 4))
+            except (binascii.Error, ValueError):
+                raw = b""
+        try:
+            decoded = raw.decode(charset, "replace")
+        except LookupError:
+            decoded = raw.decode("latin-1")
+        yield raw, decoded
+
+
+def _decode_q(text: str) -> bytes:
+    data = text.replace("_", " ").encode("ascii", "replace")
+    return re.sub(rb"=([0-9A-Fa-f]{2})", lambda m: bytes([int(m.group(1), 16)]), data)
+
+
+def check_decoded_header_value(field: str, value: str, header_name: str = "X-Check") -> None:
+    """Refuse a header value whose RFC 2047 encoded words decode to CR, LF or NUL.
+
+    Checked twice: with our own decoder (any charset, the raw bytes too) and as the
+    `email` package of this interpreter reads the field (`header_name` chooses its
+    parser: address fields are parsed differently from unstructured ones).
+    """
+    for raw, decoded in decode_encoded_words(value):
+        if _BREAKS.search(decoded) or any(byte in raw for byte in b"\r\n\x00"):
+            raise UnsafeInput(
+                f"{field} has an encoded word that decodes to CR, LF or NUL "
+                "(header injection refused)"
+            )
+    if "=?" not in value:
+        return
+    try:
+        parsed = str(email_policy.default.header_factory(header_name, value))
+    except Exception:  # noqa: BLE001 - any failure of the parser: our own check stands
+        return
+    if _BREAKS.search(parsed):
+        raise UnsafeInput(f"{field} decodes to CR, LF or NUL (header injection refused)")
+
+
+# -- the serialised header block ---------------------------------------------------
+
+_FIELD = re.compile(rb"([\x21-\x39\x3b-\x7e]+):")
+
+
+def header_block(message: bytes) -> tuple[list[bytes], bool]:
+    """(the header lines, whether an empty line ends them) of a CRLF message."""
+    lines: list[bytes] = []
+    start = 0
+    while True:
+        end = message.find(b"\r\n", start)
+        if end < 0:
+            if start < len(message):
+                lines.append(message[start:])
+            return lines, False
+        line = message[start:end]
+        if line == b"":
+            return lines, True
+        lines.append(line)
+        start = end + 2
+
+
+def check_header_block(message: bytes) -> None:
+    """The built message's header block is what the API meant to write, or UnsafeInput.
+
+    Exactly one `From`; every line a `Name: value` field or a continuation; no bare
+    CR, LF or NUL; no line over 998 octets; an empty line before the body.
+    """
+    lines, separated = header_block(message)
+    if not separated:
+        raise UnsafeInput("the built message has no empty line between header and body")
+    froms = 0
+    for number, line in enumerate(lines, 1):
+        if b"\r" in line or b"\n" in line or b"\x00" in line:
+            raise UnsafeInput(f"header line {number} of the built message has CR, LF or NUL")
+        if len(line) > MAX_LINE_OCTETS:
+            raise UnsafeInput(f"header line {number} of the built message is over 998 octets")
+        if line[:1] in (b" ", b"\t"):
+            if number == 1:
+                raise UnsafeInput("the built message starts with a continuation line")
+            continue
+        match = _FIELD.match(line)
+        if match is None:
+            raise UnsafeInput(f"header line {number} of the built message is not Name: value")
+        if match.group(1).lower() == b"from":
+            froms += 1
+    if froms != 1:
+        raise UnsafeInput(f"the built message has {froms} From fields (exactly one is allowed)")
+
+
+# -- email_rfc822 --------------------------------------------------------------------
+
+
+@attrs.frozen
+class Rfc822Limits:
+    """The `{transmissions-api}` source's limits for a client-supplied message (0: off)."""
+
+    max_message_hops: int = 100
+    max_header_count: int = 1000
+    max_header_size: int = 1024 * 1024
+    max_mime_depth: int = 100
+
+
+def check_rfc822(message: bytes, limits: Rfc822Limits, field: str = "content.email_rfc822") -> None:
+    """Refuse a CRLF message the relay should not pass on (names `field` and the line).
+
+    Lines over 998 octets are refused, not re-encoded: re-encoding would break a DKIM
+    signature the client made.
+    """
+    if b"\x00" in message:
+        raise UnsafeInput(f"{field} contains NUL")
+    lines = message.split(b"\r\n")
+    if lines and lines[-1] == b"":
+        lines.pop()
+    for number, line in enumerate(lines, 1):
+        if len(line) > MAX_LINE_OCTETS:
+            raise UnsafeInput(
+                f"{field} line {number} is {len(line)} octets long "
+                f"(RFC 5322 allows {MAX_LINE_OCTETS} without CRLF)"
+            )
+    fields = 0
+    header_size = 0
+    received = 0
+    froms = 0
+    for line in lines:
+        if line == b"":
+            break
+        if line[:1] not in (b" ", b"\t"):
+            match = _FIELD.match(line)
+            if match is None:
+                break  # the body starts here (the builder adds the empty line)
+            fields += 1
+            name = match.group(1).lower()
+            received += name == b"received"
+            froms += name == b"from"
+        header_size += len(line) + 2
+    if limits.max_header_count and fields > limits.max_header_count:
+        raise UnsafeInput(
+            f"{field} has {fields} header fields (max-header-count is {limits.max_header_count})"
+        )
+    if limits.max_header_size and header_size > limits.max_header_size:
+        raise UnsafeInput(
+            f"{field} has a {header_size}-octet header "
+            f"(max-header-size is {limits.max_header_size})"
+        )
+    if limits.max_message_hops and received > limits.max_message_hops:
+        raise UnsafeInput(
+            f"{field} has {received} Received fields: a mail loop? "
+            f"(max-message-hops is {limits.max_message_hops})"
+        )
+    if froms > 1:
+        raise UnsafeInput(f"{field} has {froms} From fields (at most one is allowed)")
+    if limits.max_mime_depth and mime_depth(lines, limits.max_mime_depth) > limits.max_mime_depth:
+        raise UnsafeInput(
+            f"{field} nests MIME parts deeper than {limits.max_mime_depth} (max-mime-depth)"
+        )
+
+
+_CONTENT_TYPE = re.compile(rb"content-type[ \t]*:[ \t]*([^;\s]+)(.*)", re.I | re.S)
+_BOUNDARY = re.compile(rb"""boundary[ \t]*=[ \t]*(?:"([^"]*)"|([^;\s]+))""", re.I)
+
+
+def mime_depth(lines: list[bytes], stop_above: int) -> int:
+    """How deep multiparts (and message/rfc822 parts) nest; stops counting past `stop_above`.
+
+    A line scanner rather than a parser (no recursion, no per-part objects): each
+    entity's header block is read for its Content-Type; a multipart pushes its
+    boundary, a boundary line starts a sibling entity, a closing one pops.
+    """
+    boundaries: list[tuple[bytes, int]] = []  # (boundary, depth of the multipart)
+    deepest = 0
+    depth = 0  # of the entity whose header or body we are in
+    in_header = True
+    header: list[bytes] = []
+    for line in lines:
+        if in_header:
+            if line == b"":
+                in_header = False
+                kind, boundary = _content_type(header)
+                header = []
+                if kind.startswith(b"multipart/") and boundary:
+                    boundaries.append((b"--" + boundary, depth))
+                elif kind in (b"message/rfc822", b"message/global"):
+                    depth += 1  # an enclosed message: its header block follows
+                    deepest = max(deepest, depth)
+                    if deepest > stop_above:
+                        return deepest
+                    in_header = True
+            elif line[:1] in (b" ", b"\t") and header:
+                header[-1] += line
+            else:
+                header.append(line)
+            continue
+        if not line.startswith(b"--") or not boundaries:
+            continue
+        stripped = line.rstrip(b" \t")
+        for index in range(len(boundaries) - 1, -1, -1):
+            mark, level = boundaries[index]
+            if stripped == mark:
+                del boundaries[index + 1 :]
+                depth = level + 1
+                deepest = max(deepest, depth)
+                if deepest > stop_above:
+                    return deepest
+                in_header = True
+                break
+            if stripped == mark + b"--":
+                del boundaries[index:]
+                depth = level
+                break
+    return deepest
+
+
+def _content_type(header: list[bytes]) -> tuple[bytes, bytes]:
+    for line in header:
+        match = _CONTENT_TYPE.match(line)
+        if match is not None:
+            found = _BOUNDARY.search(match.group(2))
+            boundary = (found.group(1) or found.group(2)) if found else b""
+            return match.group(1).lower(), boundary or b""
+    return b"text/plain", b""
