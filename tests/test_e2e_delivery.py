@@ -117,7 +117,7 @@ def test_mx_lookup_nxdomain_and_null_mx(tmp_path: Path, receiver: Receiver) -> N
     conf = config(
         tmp_path,
         port,
-        f"default-smtp-port {receiver.port}",
+        f"default-smtp-port {receiver.port}\nmx-allow-private-addresses yes",
         extra=f"name-server 127.0.0.1:{dns_port}",
     )
     try:

@@ -53,13 +53,17 @@ def dns_port() -> Iterator[int]:
     stop()
 
 
+# The zone's MX hosts live on loopback: allowed only with mx-allow-private-addresses.
+LOOPBACK_OK = DomainSettings(mx_allow_private_addresses=True)
+
+
 def _mx(port: int, timeout: tuple[float, ...] = (1, 2)) -> MxResolver:
     resolver = run_in_reactor(make_resolver, (HostPort("127.0.0.1", port),), None, timeout)
     return MxResolver(resolver)
 
 
 def _route(mx: MxResolver, domain: str, settings: DomainSettings | None = None) -> Any:
-    return run_in_reactor(mx.route, domain, settings or DomainSettings())
+    return run_in_reactor(mx.route, domain, settings or LOOPBACK_OK)
 
 
 def _fails(mx: MxResolver, domain: str, settings: DomainSettings | None = None) -> RouteError:
@@ -94,7 +98,7 @@ def test_round_robin_rotates_on_each_call(dns_port: int) -> None:
 
 def test_default_smtp_port_applies_to_mx_hosts(dns_port: int) -> None:
     """default-smtp-port is the port of every MX target."""
-    levels = _route(_mx(dns_port), "multi.test", DomainSettings(default_smtp_port=2525))
+    levels = _route(_mx(dns_port), "multi.test", DomainSettings(default_smtp_port=2525, mx_allow_private_addresses=True))
     assert {t.port for level in levels for t in level} == {2525}
 
 
@@ -184,6 +188,7 @@ def test_smtp_hosts_override_mx(dns_port: int) -> None:
             "smart.test:2526, lookup-mx:multi.test; [127.0.0.99]:2525, [::1]"
         ),
         default_smtp_port=587,
+        mx_allow_private_addresses=True,  # lookup-mx: addresses come from DNS
     )
     assert _route(_mx(dns_port), "anything.test", settings) == [
         [

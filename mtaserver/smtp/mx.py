@@ -26,7 +26,18 @@ SERVFAIL, REFUSED, timeout, other failures   no         4.4.3   routing-errors
 anything failing under `smtp-hosts`          no         4.4.3   bad-configuration
   (the operator chose those hosts; a typo      (DNS said no) or routing-errors
   must not bounce a whole queue)               (DNS failed)
+every MX address private or loopback         yes        5.4.4   bad-domain
+  (and no host failed temporarily)
 ===========================================  =========  ======  ===================
+
+Addresses learned from DNS (MX hosts, the implicit MX, `lookup-mx:` entries) that
+are private, loopback, link-local or unspecified (`is_private_address`) are skipped
+unless the domain says `mx-allow-private-addresses yes`: a hostile DNS answer must
+not turn us into a relay into our own network (SSRF). When that leaves no target,
+the domain is treated like a null MX (RFC 7505): its mail bounces at once with 5.4.4
+and "all MX hosts of <domain> resolve to private or loopback addresses". Hosts
+named in `smtp-hosts` (names or `[IP]` literals) are the operator's choice and are
+always allowed.
 
 `no-answer-from-host` is left to the SMTP client (connections that time out): a DNS
 failure is a routing problem, and 4.4.3 is RFC 3463's "routing server failure".
@@ -90,6 +101,7 @@ class Hop:
     port: int
     preference: int
     literal: bool = False
+    from_dns: bool = False  # named by an MX answer (or the implicit MX), not the operator
 
 
 @attrs.frozen
@@ -167,12 +179,54 @@ def smtp_hosts_levels(smtp_hosts: SmtpHosts, default_port: int) -> list[list[Smt
     ]
 
 
-def level_targets(hops: Sequence[Hop], found: dict[str, HostAddresses], turn: int) -> list[Target]:
+_PRIVATE_NETWORKS = tuple(
+    ipaddress.ip_network(net)
+    for net in (
+        "0.0.0.0/8",
+        "10.0.0.0/8",
+        "127.0.0.0/8",
+        "169.254.0.0/16",
+        "172.16.0.0/12",
+        "192.168.0.0/16",
+        "::/128",
+        "::1/128",
+        "fc00::/7",
+        "fe80::/10",
+    )
+)
+
+
+def is_private_address(ip: str) -> bool:
+    """True for private, loopback, link-local and unspecified addresses (also IPv4-mapped).
+
+    Those are where an MX from a hostile DNS answer must not lead us (see the module
+    docstring). An unparsable address counts as private: it is never connected to.
+    """
+    try:
+        address = ipaddress.ip_address(ip)
+    except ValueError:
+        return True
+    if isinstance(address, ipaddress.IPv6Address):
+        mapped = address.ipv4_mapped or address.sixtofour
+        if mapped is not None:
+            address = mapped
+    return any(address in net for net in _PRIVATE_NETWORKS if net.version == address.version)
+
+
+def level_targets(
+    hops: Sequence[Hop],
+    found: dict[str, HostAddresses],
+    turn: int,
+    allow_private: bool = True,
+    refused: set[str] | None = None,
+) -> list[Target]:
     """The targets of one level: IPv4 addresses first, each family rotated by `turn`.
 
     Rotating the whole level (every address of every host) spreads successive
     connections over all of a domain's equal-preference servers; keeping IPv4 first
     means a sender without IPv6 connectivity does not waste its first tries.
+    Without `allow_private`, DNS-learned private addresses are skipped and added to
+    `refused`.
     """
     ipv4: list[Target] = []
     ipv6: list[Target] = []
@@ -185,6 +239,10 @@ def level_targets(hops: Sequence[Hop], found: dict[str, HostAddresses], turn: in
             addresses = (result.ipv4 + result.ipv6) if result else ()
         for ip in addresses:
             if (ip, hop.port) in seen:
+                continue
+            if hop.from_dns and not allow_private and is_private_address(ip):
+                if refused is not None:
+                    refused.add(ip)
                 continue
             seen.add((ip, hop.port))
             family = ipv6 if ipaddress.ip_address(ip).version == 6 else ipv4
@@ -292,7 +350,21 @@ class MxResolver:
         )
         found = {result.name: result for result in results}
         turn = self._next_turn(domain)
-        routed = [targets for level in levels if (targets := level_targets(level, found, turn))]
+        allow_private = settings.mx_allow_private_addresses
+        refused: set[str] = set()
+        routed = [
+            targets
+            for level in levels
+            if (targets := level_targets(level, found, turn, allow_private, refused))
+        ]
+        if not routed and refused and not any(r.status == TEMPFAIL for r in results):
+            diag = (
+                f"all MX hosts of {domain} resolve to private or loopback addresses "
+                f"({', '.join(sorted(refused))}); mx-allow-private-addresses is no"
+            )
+            if configured:
+                raise RouteError(False, "4.4.3", diag, "bad-configuration")
+            raise RouteError(True, "5.4.4", diag, "bad-domain")
         if not routed:
             if lookup_errors and not results:
                 first = lookup_errors[0]  # only lookup-mx entries, and they all failed
@@ -319,12 +391,15 @@ class MxResolver:
             if rr.type == dns.MX
         ]
         if not records:
-            return [[Hop(domain, port, 0)]]  # RFC 5321 5.1: the domain is its own MX
+            return [[Hop(domain, port, 0, from_dns=True)]]  # RFC 5321 5.1: its own MX
         if is_null_mx(records):
             raise RouteError(
                 True, "5.1.10", f"Domain {domain} does not accept mail (null MX)", "bad-domain"
             )
-        return [[Hop(name, port, pref) for name in names] for pref, names in mx_levels(records)]
+        return [
+            [Hop(name, port, pref, from_dns=True) for name in names]
+            for pref, names in mx_levels(records)
+        ]
 
     async def _smtp_hosts_hops(
         self, smtp_hosts: SmtpHosts, default_port: int, errors: list[RouteError]
