@@ -20,6 +20,7 @@ Queue patterns are `domain/vmta`, a bare `domain` meaning every vmta, with `*` a
 
 from __future__ import annotations
 
+import os
 import platform
 import re
 import shlex
@@ -32,6 +33,7 @@ from mtaserver import __version__
 from mtaserver.config.grammar import ConfigError
 from mtaserver.config.load import load_config
 from mtaserver.config.reload import ConfigHolder
+from mtaserver.http.redact import redact_values
 from mtaserver.stats import HOUR, MINUTE, TrafficStats
 
 if TYPE_CHECKING:
@@ -285,9 +287,7 @@ class Commands:
 
     def settings(self) -> dict[str, Any]:
         config = self.holder.config
-        settings = _jsonable(config.settings)
-        if settings.get("http_api_key"):
-            settings["http_api_key"] = ["(hidden)"] * len(settings["http_api_key"])
+        settings = redact_values(_jsonable(config.settings))  # never a credential
         return {
             "config": config.path,
             "files": list(config.files),
@@ -365,12 +365,19 @@ class Commands:
         return data, f"{data['total']} recipient(s) waiting"
 
     async def _test_config(self, command: Command) -> tuple[Any, str]:
-        from mtaserver.http.configfile import PathRefused, config_dir, resolve_name
+        from mtaserver.http.configfile import (
+            PathRefused,
+            conceal_outside,
+            config_dir,
+            config_file_path,
+        )
 
         config = self.holder.config
+        base = config_dir(config)
+        known = frozenset(os.path.realpath(p) for p in config.files)
         if command.args:
-            try:
-                path = resolve_name(config_dir(config), command.args[0])
+            try:  # only config files: a key or data file's lines would show in the errors
+                path = config_file_path(config, command.args[0])
             except PathRefused as exc:
                 raise CommandError(f"test config: {exc}") from None
         else:
@@ -380,7 +387,7 @@ class Commands:
             try:
                 load_config(path)
             except ConfigError as exc:
-                return [str(p) for p in exc.problems]
+                return [conceal_outside(str(p), base, known) for p in exc.problems]
             return []
 
         problems = await self.run_in_thread(check)

@@ -37,6 +37,7 @@ from mtaserver.queue.service import SchedulerService
 from mtaserver.smtp.deliverer import SmtpDeliverer
 from mtaserver.smtp.dkim import DkimSigner
 from mtaserver.smtp.mx import MxResolver, make_resolver
+from mtaserver.smtp.connections import InboundConnections, raise_nofile_limit
 from mtaserver.smtp.reception import ReceptionStats
 from mtaserver.smtp.server import make_smtp_service
 from mtaserver.smtp.signing import DkimTransform
@@ -119,12 +120,24 @@ def refuse_to_start(message: str) -> NoReturn:
     raise SystemExit(1)
 
 
+def raise_descriptor_limit() -> None:
+    """Lift RLIMIT_NOFILE's soft limit to the hard one: every SMTP session holds a descriptor."""
+    old, new, hard = raise_nofile_limit()
+    log.info(
+        "file descriptor limit (RLIMIT_NOFILE): {soft} (was {old}, hard limit {hard})",
+        soft=new,
+        old=old,
+        hard=hard,
+    )
+
+
 def makeService(options: Options, reactor: Any = None) -> IService:  # noqa: N802 - twistd's name
     if reactor is None:
         from twisted.internet import reactor as global_reactor
 
         reactor = global_reactor
     holder = load_or_exit(options["config"])
+    raise_descriptor_limit()
     try:
         root = compose(holder, reactor)
     except (InsecureListenerError, ValueError) as exc:
@@ -185,6 +198,7 @@ def compose(holder: ConfigHolder, reactor: Any) -> MultiService:
     ldap_checkers = LdapCheckers(holder, run_in_thread, reactor)
     checkers = CheckerChoice(LocalUserChecker(holder, run_in_thread), ldap_checkers)
     stats = ReceptionStats()
+    connections = InboundConnections()  # total-max-smtp-in spans every listener
     for listener in config.settings.smtp_listener:
         make_smtp_service(
             holder,
@@ -195,6 +209,7 @@ def compose(holder: ConfigHolder, reactor: Any) -> MultiService:
             stats=stats,
             run_in_thread=run_in_thread,
             checkers=checkers,
+            connections=connections,
         ).setServiceParent(root)
     for api_service in make_transmissions_services(
         holder, store, scheduler.enqueue, reactor, stats, run_in_thread

@@ -294,6 +294,7 @@ def test_commit_writes_and_reload_applies(server: MgmtServer) -> None:
         "GET",
         "/configFile",
         {"op": "read", "filename": "conf.d/domains.conf", "format": "json-text"},
+        key=API_KEY,
     )
     assert (status, read["data"]) == (200, content)
     assert "commit.test" not in server.command("show settings")[1]["data"]["domains"]

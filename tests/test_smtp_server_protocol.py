@@ -453,7 +453,7 @@ def test_input_paused_while_waiting_for_commit() -> None:
     """Pipelined input piling up behind a pending commit pauses the transport, then resumes."""
     store = FakeStore()
     store.hold_commits = True
-    s = session(store=store)
+    s = session(source("max-junk-commands 100000"), store=store)
     s.command("EHLO c")
     s.command("MAIL FROM:<a@b.test>")
     s.command("RCPT TO:<b@relay.example>")

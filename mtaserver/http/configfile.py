@@ -16,6 +16,14 @@ Beyond PowerMTA, a commit is safe:
 * each file is written atomically (temporary file, fsync, rename, fsync of the
   directory) in a thread, and commits are serialised.
 
+Reading is `admin` only, and shows every secret as `********` (`redact.py`); a commit
+that keeps a `********` placeholder keeps the value on disk at that place. Only config
+files may be named: the files the running config was read from, and `*.conf` files
+under its directory; never keys, certificates, accounting or other data files beside
+it (403). A validation problem in a file outside the config directory (an
+`include /etc/shadow`) is reported without its text. A commit writes `.tmp-*` files
+next to the targets; any left by a crash are removed at start and before each commit.
+
 A commit does not reload; the `reload` command does. The file helpers here are plain
 blocking functions (the API runs them in a thread) so `commands.py` shares them.
 """
@@ -39,6 +47,7 @@ from mtaserver.config.reload import ConfigHolder
 from mtaserver.http.access import Access, error_body, handle_mgmt_errors
 from mtaserver.http.command import require_level
 from mtaserver.http.errors import APIError, json_response, read_body
+from mtaserver.http.redact import RedactionError, redact_config_text, restore_secrets
 
 #: The largest commit body accepted (all files together).
 MAX_COMMIT_BYTES = 8 * 2**20
@@ -74,6 +83,46 @@ def resolve_name(directory: str, name: str) -> str:
     return real
 
 
+TEMPORARY_PREFIX = ".tmp-"
+CONFIG_SUFFIX = ".conf"
+
+
+def config_file_path(config: Config, name: str) -> str:
+    """The real path of config file `name`, or `PathRefused` for anything else.
+
+    A config file is one the running config was read from, or a `*.conf` file under
+    the config directory (a new file for an `include` glob); keys, certificates and
+    data files beside the config are never readable or writable through the API.
+    """
+    path = resolve_name(config_dir(config), name)
+    known = {os.path.realpath(p) for p in config.files}
+    if path not in known and not path.endswith(CONFIG_SUFFIX):
+        raise PathRefused(f"{name}: not a config file (only the config's files and *.conf)")
+    return path
+
+
+def remove_stale_temporaries(config: Config) -> list[str]:
+    """Delete `.tmp-*` files a crashed commit left in the config's directories; their paths."""
+    directories = {config_dir(config)} | {
+        os.path.dirname(os.path.realpath(p)) for p in config.files
+    }
+    removed = []
+    for directory in sorted(directories):
+        try:
+            names = os.listdir(directory)
+        except OSError:
+            continue
+        for name in names:
+            path = os.path.join(directory, name)
+            if name.startswith(TEMPORARY_PREFIX) and os.path.isfile(path):
+                try:
+                    os.unlink(path)
+                except OSError:
+                    continue
+                removed.append(path)
+    return removed
+
+
 def listed_files(config: Config) -> list[str]:
     """The config's files as names relative to its directory (those inside it)."""
     base = config_dir(config)
@@ -86,9 +135,27 @@ def listed_files(config: Config) -> list[str]:
 
 
 def read_file(config: Config, name: str) -> str:
-    path = resolve_name(config_dir(config), name)
+    """Config file `name` with its secrets shown as `********`."""
+    path = config_file_path(config, name)
     with open(path, encoding="utf-8") as stream:
-        return stream.read()
+        return redact_config_text(stream.read())
+
+
+def conceal_outside(problem: str, base: str, known: frozenset[str] = frozenset()) -> str:
+    """A problem `FILE:LINE: text`, without its text unless FILE is a config file.
+
+    A config file lies under `base` and is a `*.conf` or one of `known`; the text of a
+    problem elsewhere (an `include /etc/shadow`, a key file) may quote its contents.
+    """
+    file = problem.split(":", 1)[0]
+    real = os.path.realpath(file) if file else ""
+    if (
+        real
+        and os.path.commonpath([base, real]) == base
+        and (real.endswith(CONFIG_SUFFIX) or real in known)
+    ):
+        return problem
+    return f"{file}: is not a config file of this server (its contents are not shown)"
 
 
 def validate_files(config: Config, new_files: Mapping[str, str]) -> list[str]:
@@ -118,10 +185,12 @@ def validate_files(config: Config, new_files: Mapping[str, str]) -> list[str]:
             problems = []
             for problem in exc.problems:
                 text = str(problem)
+                real_file = os.path.realpath(problem.file)
+                inside = os.path.commonpath([real_mirror, real_file]) == real_mirror
                 for prefix in (real_mirror, mirror):
                     text = text.replace(prefix, base)
-                problems.append(text)
-            return problems
+                problems.append(text if inside else conceal_outside(text, base))
+            return list(dict.fromkeys(problems))
         return []
     finally:
         shutil.rmtree(mirror, ignore_errors=True)
@@ -131,7 +200,7 @@ def write_atomically(path: str, content: str) -> None:
     """Temporary file in the same directory, fsync, rename, fsync the directory."""
     directory = os.path.dirname(path)
     os.makedirs(directory, exist_ok=True)
-    fd, temporary = tempfile.mkstemp(prefix=".tmp-", dir=directory)
+    fd, temporary = tempfile.mkstemp(prefix=TEMPORARY_PREFIX, dir=directory)
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as stream:
             stream.write(content)
@@ -151,8 +220,32 @@ def write_atomically(path: str, content: str) -> None:
         os.close(dir_fd)
 
 
+def restore_redacted(new_files: Mapping[str, str]) -> tuple[dict[str, str], list[str]]:
+    """Each file with its `********` secrets replaced by the values on disk; and problems."""
+    restored: dict[str, str] = {}
+    problems: list[str] = []
+    for path, content in new_files.items():
+        try:
+            with open(path, encoding="utf-8") as stream:
+                old: str | None = stream.read()
+        except (OSError, UnicodeDecodeError):
+            old = None
+        try:
+            restored[path] = restore_secrets(content, old)
+        except RedactionError as exc:
+            problems.append(f"{path}:{exc}")
+    return restored, problems
+
+
 def commit_files(config: Config, new_files: Mapping[str, str]) -> list[str]:
-    """Validate, then (only if valid) write every file; the problems, or [] when written."""
+    """Validate, then (only if valid) write every file; the problems, or [] when written.
+
+    A secret left as `********` keeps its value on disk (`redact.restore_secrets`).
+    """
+    remove_stale_temporaries(config)
+    new_files, problems = restore_redacted(new_files)
+    if problems:
+        return problems
     problems = validate_files(config, new_files)
     if problems:
         return problems
@@ -180,7 +273,7 @@ def _format(request: IRequest) -> str:
 
 
 class ConfigFileAPI:
-    """`/configFile`: read, list and commit config files (monitor reads, admin commits)."""
+    """`/configFile`: list (monitor), read and commit (admin: a file holds secrets)."""
 
     app = Klein()
 
@@ -189,6 +282,7 @@ class ConfigFileAPI:
         self.access = access
         self.run_in_thread = run_in_thread
         self._lock = defer.DeferredLock()
+        remove_stale_temporaries(holder.config)  # at start, before the reactor runs
 
     @app.route("/configFile", methods=["GET"])
     @handle_mgmt_errors
@@ -197,9 +291,10 @@ class ConfigFileAPI:
         _format(request)
         op = _arg(request, "op")
         config = self.holder.config
-        if op == "listconfigfiles":
+        if op == "listconfigfiles":  # names only: monitor may see them
             return json_response(request, {"status": "success", "data": listed_files(config)})
         if op == "read":
+            await require_level(self.access, request, "admin")  # a file may hold secrets
             name = _arg(request, "filename") or ""
             try:
                 text = await self.run_in_thread(lambda: read_file(config, name))
@@ -223,7 +318,6 @@ class ConfigFileAPI:
         if _arg(request, "op") != "commit":
             raise APIError(400, "Invalid op", "POST /configFile takes op=commit")
         config = self.holder.config
-        directory = config_dir(config)
         new_files: dict[str, str] = {}
         names: dict[str, str] = {}
         indexes = sorted(
@@ -244,7 +338,7 @@ class ConfigFileAPI:
             if op != "write":
                 raise APIError(400, "Invalid file op", f"file.{index}.op must be write")
             try:
-                path = resolve_name(directory, name)
+                path = config_file_path(config, name)
             except PathRefused as exc:
                 raise APIError(403, "Forbidden file name", str(exc)) from None
             if path in new_files:

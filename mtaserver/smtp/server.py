@@ -15,6 +15,17 @@ stream itself, because SMTP safety lives there.
   and the transaction once TLS starts (RFC 3207).
 * Ten 5xx replies, or an idle `smtp-command-timeout` / `smtp-data-timeout`, end the
   session with 421.
+* Slow senders cannot hold a session by trickling bytes, which restart the idle
+  timers: one command line must end within `smtp-command-deadline`, a whole DATA
+  phase within `smtp-data-deadline` (421 4.4.2; an unfinished message is dropped).
+* More than `max-junk-commands` commands that make no progress (NOOP, RSET, VRFY,
+  EXPN, HELP, a repeated HELO/EHLO) without an accepted message: 421 4.7.0.
+* Connection caps (`max-smtp-in` per client IP, `total-max-smtp-in`, a reserve of
+  free descriptors; see `connections`) refuse a new session with 421 4.7.0.
+* With `smtp-greeting-delay`, the 220 waits; a client that talks first gets
+  554 5.5.1 when `reject-early-talkers` is on (postscreen's pregreet test).
+* On shutdown every session hears `421 4.3.2` and is closed; a message still in
+  DATA is not queued.
 
 Policy decisions are the `ReceptionHandler`'s; parsing of arguments is in
 `server_params`; this module is the conversation.
@@ -28,9 +39,9 @@ from typing import Any
 from twisted.application.internet import StreamServerEndpointService
 from twisted.application.service import IService
 from twisted.internet import ssl
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, gatherResults, succeed
 from twisted.internet.endpoints import TCP4ServerEndpoint, TCP6ServerEndpoint
-from twisted.internet.interfaces import IAddress, IReactorTime, ITLSTransport
+from twisted.internet.interfaces import IAddress, IDelayedCall, IReactorTime, ITLSTransport
 from twisted.internet.protocol import ServerFactory, connectionDone
 from twisted.internet.threads import deferToThread, deferToThreadPool
 from twisted.logger import Logger
@@ -45,6 +56,7 @@ from mtaserver.config.model import Listener
 from mtaserver.config.reload import ConfigHolder
 from mtaserver.events import Recipient
 from mtaserver.smtp import server_reply as R
+from mtaserver.smtp.connections import InboundConnections
 from mtaserver.smtp.reception import (
     MessageStoreLike,
     MessageWriterLike,
@@ -77,6 +89,9 @@ COMMANDS = frozenset(
 EXTENSION_COMMANDS = frozenset({"STARTTLS", "AUTH"})
 # Web requests sent to an SMTP port are cross-protocol attacks: hang up (as Postfix).
 FORBIDDEN = frozenset({"GET", "POST", "PUT", "HEAD", "CONNECT"})
+# Commands that make no progress towards a message (Postfix's junk commands); a
+# repeated HELO/EHLO counts too.
+JUNK_COMMANDS = frozenset({"NOOP", "RSET", "VRFY", "EXPN", "HELP"})
 
 
 class SmtpServerProtocol(ESMTP):
@@ -94,8 +109,12 @@ class SmtpServerProtocol(ESMTP):
         limiter: AuthFailureLimiter,
         tls_options: ssl.CertificateOptions | None,
         clock: IReactorTime,
+        connections: InboundConnections | None = None,
+        live: LiveSessions | None = None,
     ) -> None:
         super().__init__(chal={}, contextFactory=tls_options)
+        self.connections = connections if connections is not None else InboundConnections()
+        self.live = live if live is not None else LiveSessions(clock)
         self.handler = handler
         self.checkers = checkers
         self.limiter = limiter
@@ -116,6 +135,13 @@ class SmtpServerProtocol(ESMTP):
         self._reader: DataReader | None = None
         self._message: MessageBuilder | None = None
         self._sasl: SaslExchange | None = None
+        self.junk_commands = 0
+        self._admitted = False
+        self._greeting_sent = False
+        self._shutting_down = False
+        self._greeting_call: IDelayedCall | None = None
+        self._command_deadline: IDelayedCall | None = None
+        self._data_deadline: IDelayedCall | None = None
 
     @property
     def _transport(self) -> Any:
@@ -127,23 +153,76 @@ class SmtpServerProtocol(ESMTP):
     def connectionMade(self) -> None:
         peer = self._transport.getPeer()
         ip = str(getattr(peer, "host", "0.0.0.0"))
-        self.session = Session(client_ip=ip, settings=self.handler.settings_for(ip))
+        settings = self.handler.settings_for(ip)
+        self.session = Session(client_ip=ip, settings=settings)
         self.stats.sessions_current += 1
         self.stats.sessions_total += 1
+        self.live.add(self)
+        if self.live.closing:
+            self.shut_down()
+            return
+        total = self.handler.holder.config.settings.total_max_smtp_in
+        refused = self.connections.admit(ip, settings.max_smtp_in, total)
+        if refused is not None:
+            log.info(
+                "SMTP connection from {client_ip} refused: {reply}",
+                client_ip=ip,
+                reply=str(refused),
+            )
+            self.reply(refused)
+            self._close()
+            return
+        self._admitted = True
+        if settings.smtp_greeting_delay > 0:
+            self._greeting_call = self.clock.callLater(settings.smtp_greeting_delay, self._greet)
+        else:
+            self._greet()
+
+    def _greet(self) -> None:
+        """Send the 220 (or the source's refusal), then handle anything said early."""
+        self._greeting_call = None
+        if self._closing:
+            return
+        self._greeting_sent = True
         greeting = self.handler.check_connect(self.session)
         self.reply(greeting)
         if not greeting.ok:
             self._close()
             return
         self.setTimeout(self.session.settings.smtp_command_timeout)
+        if self._producer_paused:
+            self._producer_paused = False
+            self._transport.resumeProducing()
+        if self._inbox:
+            self._watch_command_line(0)
+            self._process()
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
         self._closing = True
         self.setTimeout(None)
+        self._cancel_timers()
         if self.mode == DATA and self._writer is not None:
             self._writer.abort()
             self._writer = None
+        if self._admitted:
+            self._admitted = False
+            self.connections.release(self.session.client_ip)
         self.stats.sessions_current -= 1
+        self.live.remove(self)
+
+    def shut_down(self) -> None:
+        """The server is stopping: 421 4.3.2 and close (RFC 5321 3.8).
+
+        A reply still waiting on a Deferred (a message being committed) is sent
+        first, so a client never hears 421 for a message that was queued.
+        """
+        if self._closing:
+            return
+        self._shutting_down = True
+        if self._paused:
+            return
+        self.reply(R.SHUTTING_DOWN)
+        self._close()
 
     def timeoutConnection(self) -> None:
         log.info("SMTP timeout for {client_ip}", client_ip=self.session.client_ip)
@@ -170,16 +249,94 @@ class SmtpServerProtocol(ESMTP):
         if not self._closing:
             self._closing = True
             self.setTimeout(None)
+            self._cancel_timers()
             self._transport.loseConnection()
+
+    def _cancel_timers(self) -> None:
+        for call in (self._greeting_call, self._command_deadline, self._data_deadline):
+            if call is not None and call.active():
+                call.cancel()
+        self._greeting_call = self._command_deadline = self._data_deadline = None
+
+    # -- deadlines: idle timers restart on every byte, these do not ------------------
+
+    def _watch_command_line(self, before: int) -> None:
+        """Run `smtp-command-deadline` from the first byte of a command line to its CR LF.
+
+        `before` is how much of the inbox was there before the newest bytes; a CR LF
+        at or after it ended the line the deadline was watching.
+        """
+        if self.mode == DATA:
+            return
+        end = self._inbox.rfind(b"\r\n", max(0, before - 1))
+        if end >= 0:
+            self._stop_command_deadline()
+            partial = len(self._inbox) > end + 2
+        else:
+            partial = bool(self._inbox)
+        if partial and self._command_deadline is None and not self._closing:
+            self._command_deadline = self.clock.callLater(
+                self.session.settings.smtp_command_deadline, self._command_deadline_expired
+            )
+
+    def _stop_command_deadline(self) -> None:
+        if self._command_deadline is not None:
+            if self._command_deadline.active():
+                self._command_deadline.cancel()
+            self._command_deadline = None
+
+    def _command_deadline_expired(self) -> None:
+        self._command_deadline = None
+        log.info("SMTP command deadline exceeded by {client_ip}", client_ip=self.session.client_ip)
+        self.reply(R.COMMAND_DEADLINE)
+        self._close()
+
+    def _start_data_deadline(self) -> None:
+        """Start `smtp-data-deadline` for a DATA (or BDAT) phase; the command one stops."""
+        self._stop_command_deadline()
+        if self._data_deadline is None and not self._closing:
+            self._data_deadline = self.clock.callLater(
+                self.session.settings.smtp_data_deadline, self._data_deadline_expired
+            )
+
+    def _stop_data_deadline(self) -> None:
+        if self._data_deadline is not None:
+            if self._data_deadline.active():
+                self._data_deadline.cancel()
+            self._data_deadline = None
+
+    def _data_deadline_expired(self) -> None:
+        """Out of time mid-message: 421, and connectionLost drops the unfinished message."""
+        self._data_deadline = None
+        log.info("SMTP DATA deadline exceeded by {client_ip}", client_ip=self.session.client_ip)
+        self.reply(R.DATA_DEADLINE)
+        self._close()
 
     # -- framing ------------------------------------------------------------------
 
     def dataReceived(self, data: bytes) -> None:
         if self._closing:
             return
+        if not self._greeting_sent:
+            self._early_talk(data)
+            return
         self.resetTimeout()
+        before = len(self._inbox)
         self._inbox += data
+        self._watch_command_line(before)
         self._process()
+
+    def _early_talk(self, data: bytes) -> None:
+        """Bytes before the 220: refused (554 5.5.1) or held until the greeting."""
+        if self.session.settings.reject_early_talkers:
+            log.info("early talker {client_ip}", client_ip=self.session.client_ip)
+            self.reply(R.EARLY_TALKER)
+            self._close()
+            return
+        self._inbox += data
+        if not self._producer_paused:
+            self._producer_paused = True
+            self._transport.pauseProducing()
 
     def _process(self) -> None:
         """Handle buffered input until it runs out or a reply has to wait."""
@@ -249,12 +406,28 @@ class SmtpServerProtocol(ESMTP):
             log.info("web request on SMTP from {client_ip}", client_ip=self.session.client_ip)
             self._close()
             return
+        if self._junk(name):
+            return
         if name in COMMANDS:
             getattr(self, "do_" + name)(rest.lstrip(b" "))
         elif name in EXTENSION_COMMANDS:
             getattr(self, "ext_" + name)(rest.lstrip(b" "))
         else:
             self.reply(R.UNKNOWN_COMMAND)
+
+    def _junk(self, name: str) -> bool:
+        """Count a command that makes no progress; past `max-junk-commands`, 421 and close."""
+        if name not in JUNK_COMMANDS and not (
+            name in ("HELO", "EHLO") and self.session.helo is not None
+        ):
+            return False
+        self.junk_commands += 1
+        if self.junk_commands <= self.session.settings.max_junk_commands:
+            return False
+        log.info("too many junk commands from {client_ip}", client_ip=self.session.client_ip)
+        self.reply(R.TOO_MANY_JUNK_COMMANDS)
+        self._close()
+        return True
 
     def _wait(self, d: Deferred[Any], then: Callable[[Any], None]) -> None:
         """Hold further input until `d` fires, then call `then` with its result."""
@@ -265,6 +438,10 @@ class SmtpServerProtocol(ESMTP):
             if self._closing:
                 return
             then(result)
+            if self._shutting_down and not self._paused:
+                self.reply(R.SHUTTING_DOWN)
+                self._close()
+                return
             if self._producer_paused and not self._closing:
                 self._producer_paused = False
                 self._transport.resumeProducing()
@@ -375,6 +552,7 @@ class SmtpServerProtocol(ESMTP):
         self._reader = DataReader(reject_bare_newline=settings.bare_newline == "reject")
         self.mode = DATA
         self.setTimeout(settings.smtp_data_timeout)
+        self._start_data_deadline()
         self.reply(Reply(354, "", "End data with <CR><LF>.<CR><LF>"))
 
     def _data_chunk(self, chunk: bytes) -> None:
@@ -392,6 +570,7 @@ class SmtpServerProtocol(ESMTP):
         self._reader = self._message = self._writer = None
         self._txn = None
         self.setTimeout(None)
+        self._stop_data_deadline()
         accepted = Deferred.fromCoroutine(
             self.handler.accept_message(self.session, txn, writer, message, reader.problem)
         )
@@ -404,6 +583,8 @@ class SmtpServerProtocol(ESMTP):
 
     def _message_done(self, reply: Reply) -> None:
         self.setTimeout(self.session.settings.smtp_command_timeout)
+        if reply.ok:
+            self.junk_commands = 0  # progress: a message was accepted
         self.reply(reply)
 
     def do_RSET(self, rest: bytes) -> None:
@@ -532,14 +713,41 @@ class SmtpServerProtocol(ESMTP):
             log.info("AUTH {user} from {client_ip}", user=user, client_ip=ip)
             self.reply(R.AUTH_OK)
         else:
-            self._auth_failed()
+            self._auth_failed(user)
 
-    def _auth_failed(self) -> None:
+    def _auth_failure_rate(self) -> tuple[int, float]:
+        """(failures, seconds) allowed per client IP: `smtp-max-auth-failure-rate`,
+        else `max-auth-failures-per-minute` per 60 s."""
+        settings = self.session.settings
+        rate = settings.smtp_max_auth_failure_rate
+        if rate is not None:
+            return rate.count, rate.per_seconds
+        return settings.max_auth_failures_per_minute, 60.0
+
+    def _auth_failed(self, user: str | None = None) -> None:
         ip = self.session.client_ip
         self.stats.auth_failures += 1
-        failures = self.limiter.record(ip)
-        log.info("AUTH failed from {client_ip} ({failures}/min)", client_ip=ip, failures=failures)
-        if failures >= self.session.settings.max_auth_failures_per_minute:
+        limit, window = self._auth_failure_rate()
+        failures = self.limiter.record(ip, window)
+        log.info(
+            "AUTH failed for {user} from {client_ip} ({failures} in {window}s)",
+            user=user,
+            client_ip=ip,
+            failures=failures,
+            window=window,
+        )
+        if user is not None:
+            settings = self.handler.holder.config.settings
+            if self.limiter.record_user(
+                user, settings.max_auth_failures_per_user, settings.auth_lockout_time
+            ):
+                log.warn(
+                    "AUTH account {user} locked for {lockout}s after {count} failures",
+                    user=user,
+                    lockout=settings.auth_lockout_time,
+                    count=settings.max_auth_failures_per_user,
+                )
+        if failures >= limit:
             self.reply(R.AUTH_TOO_MANY)
             self._close()
         else:
@@ -551,6 +759,58 @@ def default_run_in_thread(reactor: Any) -> RunInThread:
     if hasattr(reactor, "getThreadPool"):
         return lambda f: deferToThreadPool(reactor, reactor.getThreadPool(), f)
     return deferToThread
+
+
+class LiveSessions:
+    """The open sessions of one listener, so that shutdown can say 421 to each."""
+
+    def __init__(self, clock: IReactorTime) -> None:
+        self.clock = clock
+        self.sessions: set[SmtpServerProtocol] = set()
+        self.closing = False
+        self._waiters: list[Deferred[None]] = []
+
+    def add(self, protocol: SmtpServerProtocol) -> None:
+        self.sessions.add(protocol)
+
+    def remove(self, protocol: SmtpServerProtocol) -> None:
+        self.sessions.discard(protocol)
+        if not self.sessions:
+            waiters, self._waiters = self._waiters, []
+            for waiter in waiters:
+                waiter.callback(None)
+
+    def close_all(self, grace: float) -> Deferred[None]:
+        """421 4.3.2 to every session; fires once all are gone, aborting stragglers after `grace`.
+
+        A client that does not read its 421 (a full send buffer) would otherwise hold
+        shutdown forever.
+        """
+        self.closing = True
+        for protocol in list(self.sessions):
+            protocol.shut_down()
+        if not self.sessions:
+            return succeed(None)
+        done: Deferred[None] = Deferred()
+        self._waiters.append(done)
+
+        def abort() -> None:
+            for protocol in list(self.sessions):
+                log.info(
+                    "aborting SMTP session of {client_ip} at shutdown",
+                    client_ip=protocol.session.client_ip,
+                )
+                protocol._transport.abortConnection()
+
+        timer = self.clock.callLater(grace, abort)
+
+        def stop_timer(result: None) -> None:
+            if timer.active():
+                timer.cancel()
+            return result
+
+        done.addBoth(stop_timer)
+        return done
 
 
 class SmtpServerFactory(ServerFactory):
@@ -568,8 +828,12 @@ class SmtpServerFactory(ServerFactory):
         checkers: CheckerChoice | None = None,
         run_in_thread: RunInThread | None = None,
         tls_options: ssl.CertificateOptions | None = None,
+        connections: InboundConnections | None = None,
     ) -> None:
         self.holder = holder
+        # Shared by every listener of the server: total-max-smtp-in counts them all.
+        self.connections = connections if connections is not None else InboundConnections()
+        self.live = LiveSessions(clock)
         self.clock = clock
         self.listener = listener
         self.stats = stats if stats is not None else ReceptionStats()
@@ -588,10 +852,32 @@ class SmtpServerFactory(ServerFactory):
 
     def buildProtocol(self, addr: IAddress | None) -> SmtpServerProtocol:
         protocol = SmtpServerProtocol(
-            self.handler, self.checkers, self.limiter, self.tls_options, self.clock
+            self.handler,
+            self.checkers,
+            self.limiter,
+            self.tls_options,
+            self.clock,
+            connections=self.connections,
+            live=self.live,
         )
         protocol.factory = self
         return protocol
+
+
+class SmtpListenerService(StreamServerEndpointService):
+    """One `smtp-listener`; stopping it also ends its sessions with 421 4.3.2."""
+
+    shutdown_grace = 10.0  # seconds a session gets to take its 421 before it is aborted
+
+    def __init__(self, endpoint: Any, factory: SmtpServerFactory) -> None:
+        super().__init__(endpoint, factory)
+        self.smtp_factory = factory
+
+    def stopService(self) -> Deferred[None]:  # noqa: N802 - Twisted's name
+        listening: Deferred[Any] = super().stopService()
+        closed = self.smtp_factory.live.close_all(self.shutdown_grace)
+        both = gatherResults([listening, closed], consumeErrors=True)
+        return both.addCallback(lambda _: None)
 
 
 def make_smtp_service(
@@ -611,5 +897,6 @@ def make_smtp_service(
         else TCP4ServerEndpoint(reactor, port, interface=host)
     )
     service = StreamServerEndpointService(endpoint, factory)
+    service = SmtpListenerService(endpoint, factory)
     service.setName(f"smtp-listener {listener.address}")
     return service

@@ -57,3 +57,14 @@ TOO_BIG = Reply(552, "5.3.4", "Message size exceeds fixed maximum message size")
 TOO_MANY_RCPTS = Reply(452, "4.5.3", "Too many recipients")
 SPOOL_FULL = Reply(452, "4.3.1", "Insufficient system storage")
 SPOOL_ERROR = Reply(451, "4.3.0", "Local error in processing, try again later")
+# Connection-level limits: all end the session after the reply.
+TOO_MANY_CONNECTIONS_FROM_IP = Reply(
+    421, "4.7.0", "Too many connections from your IP address, try again later"
+)
+TOO_MANY_CONNECTIONS = Reply(421, "4.7.0", "Too many connections, try again later")
+NO_DESCRIPTORS = Reply(421, "4.7.0", "Server busy, try again later")
+COMMAND_DEADLINE = Reply(421, "4.4.2", "Command deadline exceeded, closing connection")
+DATA_DEADLINE = Reply(421, "4.4.2", "DATA deadline exceeded, closing connection")
+TOO_MANY_JUNK_COMMANDS = Reply(421, "4.7.0", "Too many junk commands, closing connection")
+SHUTTING_DOWN = Reply(421, "4.3.2", "Service shutting down")
+EARLY_TALKER = Reply(554, "5.5.1", "Protocol error: client sent data before the greeting")
