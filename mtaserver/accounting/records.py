@@ -10,6 +10,7 @@ from the event, never from a clock, so replaying the journal rebuilds identical 
 from __future__ import annotations
 
 import json
+import re
 import time
 from collections.abc import Iterable, Mapping
 
@@ -207,9 +208,24 @@ def records_from_event(event: Event, header_names: Iterable[str] = ()) -> list[d
     return []
 
 
+_LINE_BREAKS = re.compile(r"[\r\n\x00]+")
+
+
+def one_line(value: str) -> str:
+    """`value` with each run of CR, LF or NUL replaced by one space.
+
+    Values come from remote servers (reply texts in dsnDiag) and from clients (ORCPT,
+    ENVID, header values). RFC 4180 would allow a quoted line break, but acct files
+    are read line by line by `tail -f`, grep and log shippers: a CR/LF in a field
+    would let a remote server forge a record. JSON escapes them by itself.
+    """
+    return _LINE_BREAKS.sub(" ", value)
+
+
 def _csv_quote(value: str) -> str:
-    """RFC 4180: quote a value holding a comma, a quote or a line break; double quotes."""
-    if any(c in value for c in ',"\r\n'):
+    """RFC 4180: quote a value holding a comma or a quote; double quotes; never a line break."""
+    value = one_line(value)
+    if any(c in value for c in ',"'):
         return '"' + value.replace('"', '""') + '"'
     return value
 

@@ -246,13 +246,18 @@ def parse_reply_line(line: bytes) -> tuple[int, bool, str]:
     return code, separator != b"-", text
 
 
+# A stray CR (or any control) in a reply line would reach acct files, DSNs and logs.
+_REPLY_CONTROLS = re.compile(r"[\x00-\x1f\x7f]+")
+
+
 def make_reply(code: int, lines: Sequence[str]) -> Reply:
     """Build a Reply from a reply's code and the text of each of its lines.
 
     The enhanced status code (RFC 3463) comes from the first line when its class
     matches the reply code's; otherwise it is synthesised from the code class
     (2.0.0, 4.0.0, 5.0.0; none for 1xx/3xx). The same status repeated at the start
-    of later lines is dropped; lines are joined by one space.
+    of later lines is dropped; control characters (a stray CR) become spaces; lines
+    are joined by one space.
     """
     status = ""
     first = lines[0] if lines else ""
@@ -266,7 +271,7 @@ def make_reply(code: int, lines: Sequence[str]) -> Reply:
         line_match = _ENHANCED.match(line)
         if line_match and "{}.{}.{}".format(*line_match.groups()) == status:
             line = line[line_match.end() :]
-        line = line.strip()
+        line = _REPLY_CONTROLS.sub(" ", line).strip()
         if line:
             texts.append(line)
     return Reply(code, status, " ".join(texts))

@@ -111,11 +111,15 @@ def address_field(address: str) -> str:
 
 
 def original_recipient_field(orcpt: str) -> str:
-    """ORCPT is `type;xtext`: shown as `type; decoded` (plain addresses get rfc822)."""
+    """ORCPT as stored (`type;address`, xtext already decoded at reception): `type; address`.
+
+    Plain addresses get rfc822. Decoding again would turn a literal `+2B` into `+`.
+    Controls (CR, LF: a header injection) become spaces through `clean_text`.
+    """
     kind, sep, value = orcpt.partition(";")
-    if not sep:
+    if not sep or not re.fullmatch(r"[A-Za-z0-9-]+", kind):
         return address_field(orcpt)
-    return f"{clean_text(kind)}; {clean_text(xtext_decode(value))}"
+    return f"{clean_text(kind)}; {clean_text(value)}"
 
 
 def status_for(failure: FailedRecipient) -> str:
@@ -229,7 +233,8 @@ def build_dsn(
 
     per_message = [("Reporting-MTA", f"dns; {sender_host}")]
     if envelope.env_id:
-        per_message.append(("Original-Envelope-Id", clean_text(xtext_decode(envelope.env_id))))
+        # Stored decoded at reception, like ORCPT.
+        per_message.append(("Original-Envelope-Id", clean_text(envelope.env_id)))
     per_message.append(("Arrival-Date", _date(envelope.time_queued)))
     blocks: list[Message | str] = [_fields(policy, per_message)]
     for f in failures:
