@@ -76,6 +76,7 @@ class FakeStore:
         self.messages: dict[str, tuple[Envelope, bytes]] = {}
         self.aborted: list[str] = []
         self.fail_space: type[SpoolError] | None = None
+        self.space_needed: list[int] = []
         self.fail_commit: type[SpoolError] | None = None
         self.hold_commits = False
         self.held: list[tuple[Deferred[None], FakeWriter, Envelope]] = []
@@ -84,7 +85,8 @@ class FakeStore:
     def begin(self) -> FakeWriter:
         return FakeWriter(self, f"msg{next(self._ids):04d}")
 
-    def check_space(self) -> None:
+    def check_space(self, needed: int = 0) -> None:
+        self.space_needed.append(needed)
         if self.fail_space is not None:
             raise self.fail_space("spool trouble")
 

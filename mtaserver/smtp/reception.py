@@ -61,7 +61,7 @@ class MessageStoreLike(Protocol):
 
     def begin(self) -> MessageWriterLike: ...
 
-    def check_space(self) -> None: ...
+    def check_space(self, needed: int = 0) -> None: ...
 
 
 OnAccepted = Callable[[Envelope], None]
@@ -148,17 +148,29 @@ class ReceptionHandler:
         settings = session.settings
         if settings.require_auth and session.user is None:
             return AUTH_REQUIRED
-        spool_problem = self._spool_space()
-        if spool_problem is not None:
-            return spool_problem
+        if settings.require_sender_match_login and session.user is not None:
+            entry = self.holder.config.smtp_users.get(session.user)
+            patterns = entry.mail_from if entry is not None else ()
+            if not sender_matches_login(sender.address, session.user, patterns):
+                log.info(
+                    "MAIL FROM {sender} refused for login {user} from {client_ip}",
+                    sender=sender.address,
+                    user=session.user,
+                    client_ip=session.client_ip,
+                )
+                return SENDER_NOT_OWNED
         limit = settings.max_message_size
         if params.size is not None and limit and params.size > limit:
             return TOO_BIG
+        # The declared SIZE must fit above spool-min-free-space (RFC 1870: 452).
+        spool_problem = self._spool_space(params.size or 0)
+        if spool_problem is not None:
+            return spool_problem
         return Reply(250, "2.1.0", "Sender ok")
 
-    def _spool_space(self) -> Reply | None:
+    def _spool_space(self, needed: int = 0) -> Reply | None:
         try:
-            self.store.check_space()
+            self.store.check_space(needed)
         except SpoolFullError:
             return SPOOL_FULL
         except SpoolError:
@@ -280,6 +292,38 @@ class ReceptionHandler:
         except Exception:
             log.failure("on_accepted failed for {msg_id}", msg_id=envelope.msg_id)
         return Reply(250, "2.0.0", f"Ok: queued as {envelope.msg_id}")
+
+
+SENDER_NOT_OWNED = Reply(553, "5.7.1", "Sender address not owned by the authenticated user")
+
+
+def sender_matches_login(sender: str, login: str, patterns: tuple[str, ...]) -> bool:
+    """May `login` send as `sender`? (`require-sender-match-login`)
+
+    The null sender (bounces) always may. Otherwise the sender must be the login
+    itself when the login is an address, or match one of the user's `mail-from`
+    patterns: an address, `*@domain` or `domain` (any mailbox there), or
+    `*.domain` (any mailbox in a subdomain). Comparison ignores case.
+    """
+    if sender == "":
+        return True
+    address = sender.casefold()
+    domain = address.rpartition("@")[2]
+    if "@" in login and address == login.casefold():
+        return True
+    for pattern in patterns:
+        wanted = pattern.casefold().strip()
+        if wanted.startswith("*@"):
+            wanted = wanted[2:]
+        if wanted.startswith("*."):
+            if domain.endswith(wanted[1:]):
+                return True
+        elif "@" in wanted:
+            if address == wanted:
+                return True
+        elif domain == wanted:
+            return True
+    return False
 
 
 _UNSAFE = re.compile(r"[^\x21-\x7e]")

@@ -57,6 +57,7 @@ from mtaserver.config.reload import ConfigHolder
 from mtaserver.events import Recipient
 from mtaserver.smtp import server_reply as R
 from mtaserver.smtp.connections import InboundConnections
+from mtaserver.smtp.content_limits import ContentLimits
 from mtaserver.smtp.reception import (
     MessageStoreLike,
     MessageWriterLike,
@@ -72,6 +73,7 @@ from mtaserver.smtp.server_message import MessageBuilder
 from mtaserver.smtp.server_params import (
     ParamError,
     decode_address,
+    has_controls,
     parse_mail_params,
     parse_mailbox,
     parse_rcpt_params,
@@ -82,11 +84,16 @@ from mtaserver.smtp.tls import server_tls_options
 
 log = Logger()
 
+AUTH_LOCKED = Reply(
+    454, "4.7.0", "Too many authentication failures for this account, try again later"
+)
+
 COMMAND, DATA, AUTH = "COMMAND", "DATA", "AUTH"
 COMMANDS = frozenset(
     {"HELO", "EHLO", "MAIL", "RCPT", "DATA", "RSET", "NOOP", "QUIT", "VRFY", "EXPN", "HELP"}
 )
-EXTENSION_COMMANDS = frozenset({"STARTTLS", "AUTH"})
+# BDAT is not offered (no CHUNKING), but understood enough to skip its chunk.
+EXTENSION_COMMANDS = frozenset({"STARTTLS", "AUTH", "BDAT"})
 # Web requests sent to an SMTP port are cross-protocol attacks: hang up (as Postfix).
 FORBIDDEN = frozenset({"GET", "POST", "PUT", "HEAD", "CONNECT"})
 # Commands that make no progress towards a message (Postfix's junk commands); a
@@ -135,6 +142,7 @@ class SmtpServerProtocol(ESMTP):
         self._reader: DataReader | None = None
         self._message: MessageBuilder | None = None
         self._sasl: SaslExchange | None = None
+        self._bdat_skip = 0  # octets of a refused BDAT chunk still to throw away
         self.junk_commands = 0
         self._admitted = False
         self._greeting_sent = False
@@ -352,6 +360,11 @@ class SmtpServerProtocol(ESMTP):
                     self._inbox.clear()
                     self._data_chunk(chunk)
                     continue
+                if self._bdat_skip:
+                    if not self._inbox:
+                        break
+                    self._skip_chunk()
+                    continue
                 line = self._next_line()
                 if line is None:
                     break
@@ -456,6 +469,10 @@ class SmtpServerProtocol(ESMTP):
         if not rest:
             self.reply(Reply(501, "5.5.4", "HELO/EHLO requires a domain name"))
             return False
+        if any(b < 0x20 or b == 0x7F for b in rest):
+            # The name goes into Received, acct records and logs: no control characters.
+            self.reply(Reply(501, "5.5.4", "Invalid HELO/EHLO domain name"))
+            return False
         self._reset_transaction()
         self.session.helo = rest.split(b" ")[0].decode("utf-8", "replace")[:255]
         self.session.esmtp = esmtp
@@ -532,28 +549,73 @@ class SmtpServerProtocol(ESMTP):
     def do_DATA(self, rest: bytes) -> None:
         txn = self._txn
         if rest:
-            self.reply(Reply(501, "5.5.4", "DATA takes no arguments"))
+            self._refuse_data(Reply(501, "5.5.4", "DATA takes no arguments"))
             return
         if txn is None:
-            self.reply(Reply(503, "5.5.1", "Need MAIL command"))
+            self._refuse_data(Reply(503, "5.5.1", "Need MAIL command"))
             return
         if not txn.recipients:
-            self.reply(Reply(554, "5.5.1", "No valid recipients"))
+            self._refuse_data(Reply(554, "5.5.1", "No valid recipients"))
             return
         started = self.handler.begin_message(self.session, txn)
         if isinstance(started, Reply):
             self._reset_transaction()
-            self.reply(started)
+            self._refuse_data(started)
             return
         settings = self.session.settings
         rules = self.handler.header_rules(self.session, txn, started.msg_id)
         self._writer = started
-        self._message = MessageBuilder(started.write, rules, settings.max_message_size)
+        self._message = MessageBuilder(
+            started.write, rules, settings.max_message_size, ContentLimits.of(settings)
+        )
         self._reader = DataReader(reject_bare_newline=settings.bare_newline == "reject")
         self.mode = DATA
         self.setTimeout(settings.smtp_data_timeout)
         self._start_data_deadline()
         self.reply(Reply(354, "", "End data with <CR><LF>.<CR><LF>"))
+
+    def _refuse_data(self, reply: Reply) -> None:
+        """Refuse DATA; a client that sent more without waiting loses it and the session.
+
+        DATA ends a pipelined group (RFC 2920 3.1): anything already after it is a
+        message body sent blind, whose lines must never run as commands (a
+        `RCPT TO` or `QUIT` in the body). It is thrown away and the session ends.
+        """
+        self.reply(reply)
+        if self._inbox and not self._closing:
+            log.info(
+                "discarded {count} bytes sent after a refused DATA by {client_ip}",
+                count=len(self._inbox),
+                client_ip=self.session.client_ip,
+            )
+            self._inbox.clear()
+            self._close()
+
+    def ext_BDAT(self, rest: bytes) -> None:
+        """CHUNKING is not offered: 502, and the chunk's octets are skipped, never run.
+
+        `BDAT size [LAST]` announces exactly how many octets follow; they are read
+        and dropped. Without a readable size the chunk cannot be told from
+        commands, so the pipelined input is dropped with the session.
+        """
+        self.reply(Reply(502, "5.5.1", "BDAT not available (CHUNKING not offered)"))
+        size, _, last = rest.strip(b" ").partition(b" ")
+        if size.isdigit() and len(size) <= 20 and last.strip(b" ").upper() in (b"", b"LAST"):
+            self._bdat_skip = int(size)
+            return
+        if not self._closing:
+            log.info(
+                "BDAT without a size from {client_ip}: session dropped",
+                client_ip=self.session.client_ip,
+            )
+            self._inbox.clear()
+            self._close()
+
+    def _skip_chunk(self) -> None:
+        """Throw away buffered octets of a refused BDAT chunk."""
+        count = min(self._bdat_skip, len(self._inbox))
+        del self._inbox[:count]
+        self._bdat_skip -= count
 
     def _data_chunk(self, chunk: bytes) -> None:
         reader, message, writer, txn = self._reader, self._message, self._writer, self._txn
@@ -654,7 +716,7 @@ class SmtpServerProtocol(ESMTP):
         return self.checkers.for_source(self.session.settings.auth_ldap)
 
     def ext_AUTH(self, rest: bytes) -> None:
-        session, settings = self.session, self.session.settings
+        session = self.session
         if session.helo is None or not session.esmtp:
             self.reply(Reply(503, "5.5.1", "Send EHLO first"))
             return
@@ -670,7 +732,8 @@ class SmtpServerProtocol(ESMTP):
         if self._checker() is None:
             self.reply(Reply(502, "5.5.1", "AUTH not available"))
             return
-        if self.limiter.blocked(session.client_ip, settings.max_auth_failures_per_minute):
+        limit, window = self._auth_failure_rate()
+        if self.limiter.blocked(session.client_ip, limit, window):
             self.reply(R.AUTH_TOO_MANY)
             self._close()
             return
@@ -697,6 +760,18 @@ class SmtpServerProtocol(ESMTP):
                 self._auth_failed()
             else:
                 self.reply(step)
+            return
+        if has_controls(step.user):
+            # Never looked up, logged or counted under a name that could forge lines.
+            self._auth_failed()
+            return
+        if self.limiter.user_locked(step.user):
+            log.info(
+                "AUTH for locked account {user} from {client_ip}",
+                user=step.user,
+                client_ip=self.session.client_ip,
+            )
+            self.reply(AUTH_LOCKED)
             return
         checker = self._checker()
         checked: Deferred[bool] = checker.check(step.user, step.password)

@@ -22,6 +22,8 @@ from collections.abc import Callable, Iterable
 import attrs
 
 from mtaserver.config.model import Config, SourceSettings
+from mtaserver.smtp.content_limits import ContentChecker, ContentLimits
+from mtaserver.smtp.server_params import without_controls
 from mtaserver.smtp.server_reply import TOO_BIG, Reply
 
 MAX_HEADER_BYTES = 256 * 1024
@@ -75,11 +77,16 @@ class MessageBuilder:
     """Receives content lines (without CRLF), writes the stored message to `sink`."""
 
     def __init__(
-        self, sink: Callable[[bytes], None], rules: HeaderRules, max_size: int = 0
+        self,
+        sink: Callable[[bytes], None],
+        rules: HeaderRules,
+        max_size: int = 0,
+        limits: ContentLimits | None = None,
     ) -> None:
         self._sink = sink
         self._rules = rules
         self._max_size = max_size
+        self._checker = ContentChecker(limits) if limits is not None else None
         self._capture = {name.lower(): name for name in rules.capture}
         self._in_header = True
         self._header_lines: list[bytes] = []
@@ -99,6 +106,11 @@ class MessageBuilder:
         if self._max_size and self.received_bytes > self._max_size:
             self.problem = TOO_BIG
             return
+        if self._checker is not None:
+            self._checker.feed(lines)
+            if self._checker.problem is not None:
+                self.problem = self._checker.problem
+                return
         if not self.eight_bit and not all(line.isascii() for line in lines):
             self.eight_bit = True
         index = 0
@@ -137,7 +149,9 @@ class MessageBuilder:
         for field in _fields(self._header_lines):
             name = _FIELD_NAME.match(field[0]).group(1).lower()  # type: ignore[union-attr]
             seen.add(name)
-            value = _unfold(field)
+            # Client text that ends up in acct fields, logs and outbound lines:
+            # control characters never pass.
+            value = without_controls(_unfold(field))
             if name == b"x-virtual-mta" and rules.process_x_virtual_mta:
                 self.x_virtual_mta = self.x_virtual_mta or value.strip()
                 continue

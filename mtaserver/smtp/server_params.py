@@ -5,6 +5,11 @@ carrying the reply to send, so the protocol never formats an error itself. What
 the parameters mean for the envelope (RFC 1870 SIZE, 6152 8BITMIME, 6531
 SMTPUTF8, 3461 DSN) is kept in `MailParams` and `RcptParams`.
 
+Client text never carries control characters onward: ENVID and ORCPT are
+refused (`501 5.5.4`) when their decoded xtext holds anything but printable
+US-ASCII (RFC 3461 4.2 and 4.4), because both go out again on our own RCPT and
+MAIL lines, into DSNs and acct records; addresses never hold C0 or C1 controls.
+
 Addresses with a source route (`@a,@b:user@c`), or a local part holding `%`, `!`
 or `@` (the old routing tricks), are marked `routed`: reception lets only clients
 allowed to relay use them, so they never open a relay through a relay-domain.
@@ -18,6 +23,18 @@ import re
 import attrs
 
 from mtaserver.smtp.server_reply import Reply
+
+_CONTROLS = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+
+
+def has_controls(text: str) -> bool:
+    """True if `text` holds a C0/C1 control, DEL or a Unicode line/paragraph separator."""
+    return _CONTROLS.search(text) is not None
+
+
+def without_controls(text: str) -> str:
+    """`text` with every control character (CR and LF included) taken out."""
+    return _CONTROLS.sub("", text)
 
 
 class ParamError(Exception):
@@ -100,9 +117,11 @@ def decode_address(raw: bytes, smtputf8: bool, status: str) -> str:
         raise ParamError(Reply(501, "5.6.7", "Address is not valid UTF-8")) from None
 
 
-_ATEXT = re.compile(r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~.\-\u0080-\U0010ffff]+")
-_QUOTED = re.compile(r'"(?:[\x20\x21\x23-\x5b\x5d-\x7e\u0080-\U0010ffff]|\\[\x20-\x7e])*"')
-_LABEL = re.compile(r"[A-Za-z0-9_\u0080-\U0010ffff]([A-Za-z0-9_\-\u0080-\U0010ffff]*)")
+# UTF-8 in addresses (RFC 6531) excludes the C1 controls and the line separators.
+_U = "\u00a0-\u2027\u202a-\U0010ffff"
+_ATEXT = re.compile(rf"[A-Za-z0-9!#$%&'*+/=?^_`{{|}}~.\-{_U}]+")
+_QUOTED = re.compile(rf'"(?:[\x20\x21\x23-\x5b\x5d-\x7e{_U}]|\\[\x20-\x7e])*"')
+_LABEL = re.compile(rf"[A-Za-z0-9_{_U}]([A-Za-z0-9_\-{_U}]*)")
 
 
 def parse_mailbox(text: str, status: str, allow_null: bool = False) -> Mailbox:
@@ -183,6 +202,8 @@ def parse_mail_params(params: list[bytes], esmtp: bool, allow_smtputf8: bool) ->
             fields["smtputf8"] = True
         elif key == "ENVID":
             env_id = decode_xtext(value)
+            if not _printable_ascii(env_id, space=False):
+                raise ParamError(Reply(501, "5.5.4", "Bad ENVID: control or non-ASCII character"))
             if len(env_id) > 100:
                 raise ParamError(Reply(501, "5.5.4", "ENVID too long"))
             fields["env_id"] = env_id
@@ -212,12 +233,21 @@ def parse_rcpt_params(params: list[bytes], esmtp: bool) -> RcptParams:
             kind, sep, xtext = (value or "").partition(";")
             if not sep or not re.fullmatch(r"[A-Za-z0-9-]+", kind):
                 raise ParamError(Reply(501, "5.5.4", "Bad ORCPT parameter"))
-            orcpt = f"{kind.lower()};{decode_xtext(xtext)}"
+            address = decode_xtext(xtext)
+            if not address or not _printable_ascii(address, space=True):
+                raise ParamError(Reply(501, "5.5.4", "Bad ORCPT: control or non-ASCII character"))
+            orcpt = f"{kind.lower()};{address}"
             if len(orcpt) > 500:
                 raise ParamError(Reply(501, "5.5.4", "ORCPT too long"))
         else:
             raise ParamError(Reply(555, "5.5.4", f"Unsupported parameter {key}"))
     return RcptParams(notify, orcpt)
+
+
+def _printable_ascii(text: str, space: bool) -> bool:
+    """Visible US-ASCII (and SP when `space`): what RFC 3461 lets ENVID and ORCPT decode to."""
+    low = 32 if space else 33
+    return all(low <= ord(c) <= 126 for c in text)
 
 
 def decode_xtext(value: str | None) -> str:

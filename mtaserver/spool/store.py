@@ -129,19 +129,22 @@ class MessageStore:
         """Start a message; nothing touches the disk until enough body has arrived."""
         return MessageWriter(self, self.new_msg_id())
 
-    def check_space(self) -> None:
-        """Raise SpoolFullError if the spool's filesystem is below `min_free_space`.
+    def check_space(self, needed: int = 0) -> None:
+        """Raise SpoolFullError if `needed` more bytes would take the spool below `min_free_space`.
 
-        `statvfs` reads the in-memory superblock: cheap enough for the reactor.
+        `needed` is a message's declared `SIZE=`. `statvfs` reads the in-memory
+        superblock: cheap enough for the reactor.
         """
-        if self.min_free_space <= 0:
+        if self.min_free_space <= 0 and needed <= 0:
             return
         try:
             free = self._ops.free_bytes(self.msg_directory)
         except OSError as e:
             raise spool_error(e, "checking free space") from e
-        if free < self.min_free_space:
-            raise SpoolFullError(f"spool has {free} bytes free, needs {self.min_free_space}")
+        if free - needed < self.min_free_space:
+            raise SpoolFullError(
+                f"spool has {free} bytes free, needs {self.min_free_space} + {needed}"
+            )
 
     def path(self, msg_id: str) -> str:
         """The file of a committed message."""
