@@ -29,6 +29,7 @@ from mtaserver.queue.model import MessageState, Queue, WorkItem
 from mtaserver.queue.retry import is_expired, next_attempt_at
 from mtaserver.queue.routing import VmtaChooser, queue_matches, queue_name, recipient_domain
 from mtaserver.smtp.client import Reply, Transaction, TransactionResult
+from mtaserver.spool.errors import CorruptMessageError
 
 log = Logger()
 
@@ -44,6 +45,8 @@ class IScheduleStore(Protocol):
     def read_body(self, msg_id: str) -> defer.Deferred[bytes]: ...
 
     def remove(self, msg_id: str) -> defer.Deferred[None]: ...
+
+    def set_aside(self, msg_id: str) -> defer.Deferred[None]: ...
 
 
 BounceNotifier = Callable[[Envelope, list[Outcome], bytes | None], Awaitable[None]]
@@ -138,17 +141,55 @@ class Scheduler:
         self.enqueue(envelope, [i for i, _, _ in pending], attempts, retry_at)
 
     async def bounce_lost(self, envelope: Envelope, indexes: Sequence[int]) -> None:
-        """Recipients whose message file is gone or corrupt get a final `b`, not silence."""
-        now = self.clock.seconds()
+        """Recipients whose message file recovery found gone or corrupt: a `b` and a DSN.
+
+        The DSN carries no returned headers (the body is gone). It is spooled before
+        the `b` is journaled, as for every bounce.
+        """
         outcome = self._outcome(
             "b",
             Reply(550, "5.3.0", "message file lost or corrupt in the spool"),
             envelope,
             tuple(indexes),
-            now,
+            self.clock.seconds(),
             Queue("", "", ""),
         )
-        await self.journal.append([attrs.evolve(outcome, queue="", bounce_cat="other")])
+        outcome = attrs.evolve(outcome, queue="", bounce_cat="other")
+        if self.notify_bounce is not None:
+            try:
+                await self.notify_bounce(envelope, [outcome], b"")
+            except Exception:
+                log.failure("could not queue a DSN for {msg_id}", msg_id=envelope.msg_id)
+        await self.journal.append([outcome])
+
+    async def _bounce_unreadable(self, queue: Queue, msg_id: str, error: Exception) -> None:
+        """A message whose file is missing or corrupt at delivery time bounces at once.
+
+        Retrying cannot bring the body back, so every pending recipient (of every
+        queue) gets a `b` (5.3.0, category `other`) and the sender a DSN without the
+        returned headers; a corrupt file is moved to `<spool>/corrupt/` first, for a
+        post-mortem, instead of being read again at every retry until bounce-after.
+        """
+        message = self.messages.get(msg_id)
+        if message is None or not message.pending:
+            return
+        what = "missing"
+        if isinstance(error, CorruptMessageError):
+            what = "corrupt (moved to corrupt/)"
+            try:
+                await self.store.set_aside(msg_id)
+            except Exception as exc:
+                log.error("cannot set {msg_id} aside: {error}", msg_id=msg_id, error=exc)
+        log.error(
+            "message file of {msg_id} is {what}: bouncing its recipients ({error})",
+            msg_id=msg_id,
+            what=what,
+            error=error,
+        )
+        reply = Reply(550, "5.3.0", f"message file {what} in the spool: {error}")
+        indexes = tuple(sorted(message.pending))
+        outcome = self._outcome("b", reply, message.envelope, indexes, self.clock.seconds(), queue)
+        await self._record(queue, [attrs.evolve(outcome, bounce_cat="other")], body=b"")
 
     def _queue(self, domain: str, vmta: str, pool: str | None) -> Queue:
         name = queue_name(domain, vmta)
@@ -293,10 +334,18 @@ class Scheduler:
             item.rcpt_indexes = live
             try:
                 body = await self.store.read_body(item.msg_id)
+            except Exception as exc:
+                if _file_unreadable(exc):
+                    await self._bounce_unreadable(queue, item.msg_id, exc)
+                else:
+                    log.error("cannot read {msg_id}: {error}", msg_id=item.msg_id, error=exc)
+                    self._retry_items(queue, settings, [item], self.clock.seconds())
+                continue
+            try:
                 if self.transform_body is not None:
                     body = await self.transform_body(message.envelope, body, settings)
             except Exception as exc:
-                log.error("cannot read {msg_id}: {error}", msg_id=item.msg_id, error=exc)
+                log.error("cannot prepare {msg_id}: {error}", msg_id=item.msg_id, error=exc)
                 self._retry_items(queue, settings, [item], self.clock.seconds())
                 continue
             state.transactions += 1
@@ -780,6 +829,17 @@ class _SessionState:
     transactions: int = 0
     in_flight: dict[int, tuple[Transaction, WorkItem]] = attrs.field(factory=dict)
     pending_writes: list[defer.Deferred[None]] = attrs.field(factory=list)
+
+
+def _file_unreadable(error: BaseException) -> bool:
+    """A read failure that retrying cannot cure: the file is corrupt or gone.
+
+    Other I/O errors (EIO, EMFILE...) may pass; those are retried as before.
+    """
+    if isinstance(error, CorruptMessageError):
+        return True
+    cause = error.__cause__
+    return isinstance(error, FileNotFoundError) or isinstance(cause, FileNotFoundError)
 
 
 def _reply_line(reply: Reply) -> str:

@@ -173,6 +173,28 @@ class MessageStore:
 
         return self._run_in_thread(read)
 
+    def set_aside(self, msg_id: str) -> Deferred[None]:
+        """Move a corrupt message file to `<spool>/corrupt/` (as recovery does), durably.
+
+        Its recipients are bounced by the scheduler, which then calls `remove`; the
+        unlink there finds nothing, and the journal forgets the message as usual.
+        """
+        path = self.path(msg_id)
+        corrupt_dir = os.path.join(self.directory, "corrupt")
+
+        def move() -> None:
+            os.makedirs(corrupt_dir, exist_ok=True)
+            try:
+                os.rename(path, os.path.join(corrupt_dir, msg_id))
+            except FileNotFoundError:
+                return
+            except OSError as e:
+                raise spool_error(e, f"moving {msg_id} to corrupt/") from e
+            self._ops.fsync_dir(os.path.dirname(path))
+            self._ops.fsync_dir(corrupt_dir)
+
+        return self._run_in_thread(move)
+
     def remove(self, msg_id: str) -> Deferred[None]:
         """Journal `Removed`, then unlink the file (all its recipients are final)."""
         return Deferred.fromCoroutine(self._remove(msg_id))
