@@ -476,8 +476,8 @@ class TransmissionsAPI:
         settings = config.named_source(SOURCE_NAME)
         messages = plan_messages(transmission, settings)
         if transmission.rfc822 is not None:
-            check_rfc822_content(transmission.rfc822, settings)
             messages = self._preview_rfc822(transmission.rfc822, messages, settings)
+            check_rfc822_content(transmission.rfc822, settings)  # after the 413 for size
         targets = [self._target(m, settings) for m in messages]
         try:
             self.store.check_space()
