@@ -1,0 +1,853 @@
+"""The durable suppression list: millions of (scope, recipient) entries, crash-safe.
+
+Lookups run on the reactor thread for every RCPT, so they touch no lock and, for a
+miss (the common case), no disk: the index is in memory. Writes (`add`, `remove`,
+`compact`, `import_csv`) block on fsync and are called from a thread pool.
+
+On disk, in `<spool>/suppression/`:
+
+- `snapshot.<gen>`: every live entry at the moment generation `gen` began. A header
+  (`SUPSNAP1`, version, the 16-byte hash key), the entry records in hash order, the
+  index (three little-endian u64 arrays: hash high halves, low halves, record
+  offsets), and a trailer (`SUPEND01`, index offset, count, crc32 of the index, crc32
+  of the trailer) that tells a complete snapshot from a torn one. Written to
+  `.tmp`, fsync'd, renamed, directory fsync'd: a snapshot is whole or absent.
+- `log.<gen>`: the changes since `snapshot.<gen>`, an append-only run of frames
+  `b"SUP1" | kind | u32 length | u32 crc32(kind + payload) | payload`, kind `A` (add,
+  the entry's JSON), `R` (remove) or `E` (the end marker of one `add`/`remove` call).
+  A call's frames count only once their `E` is on disk: a bulk add is all or nothing,
+  and one fdatasync covers the whole batch. A tail that is cut short, fails its
+  checksum or lacks its `E` is cut off when the store is opened.
+
+Memory: the snapshot's index is three `array('Q')` (24 bytes an entry) and the entry
+itself stays on disk, read with one `pread` on a hit. Changes since the snapshot live
+in a dict of hash -> log offset until `compact()` folds them into a new snapshot; the
+owner calls `compact()` from its thread pool when `compaction_due()` says so.
+
+Keys are hashed with a 128-bit keyed BLAKE2b (the key is random, kept in the
+snapshot), so nobody can craft two recipients that share a slot; every hit is still
+checked against the record it points to.
+"""
+
+from __future__ import annotations
+
+import array
+import bisect
+import contextlib
+import hashlib
+import json
+import os
+import secrets
+import struct
+import sys
+import threading
+import zlib
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from typing import TextIO
+
+import attrs
+
+from mtaserver.suppression.model import (
+    GLOBAL_SCOPE,
+    Entry,
+    SuppressionError,
+    SuppressionSource,
+    SuppressionType,
+    format_csv,
+    normalize_recipient,
+    normalize_scope,
+    parse_csv,
+)
+
+FRAME_MAGIC = b"SUP1"
+KIND_ADD = b"A"
+KIND_REMOVE = b"R"
+KIND_END = b"E"
+_FRAME = struct.Struct("<4scII")
+_MAX_PAYLOAD = 1 << 16
+
+SNAPSHOT_MAGIC = b"SUPSNAP1"
+SNAPSHOT_END = b"SUPEND01"
+SNAPSHOT_VERSION = 1
+_SNAP_HEADER = struct.Struct("<8sI16s")
+_SNAP_TRAILER = struct.Struct("<8sQQI")
+_SNAP_TRAILER_SIZE = _SNAP_TRAILER.size + 4
+
+_LOG_PREFIX = "log."
+_SNAPSHOT_PREFIX = "snapshot."
+_TMP_SUFFIX = ".tmp"
+
+_REMOVED = -1
+_GEN_SHIFT = 40
+_OFFSET_MASK = (1 << _GEN_SHIFT) - 1
+_LOW64 = (1 << 64) - 1
+_READ_AHEAD = 2048
+
+DEFAULT_COMPACT_AFTER = 100_000
+IMPORT_BATCH = 50_000
+
+
+class SuppressionStoreError(Exception):
+    """The store cannot be read or written: I/O error, corrupt snapshot, closed store."""
+
+
+def _fdatasync(fd: int) -> None:
+    getattr(os, "fdatasync", os.fsync)(fd)
+
+
+def _fsync_dir(path: str) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _write_all(fd: int, data: bytes | bytearray) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view) :]
+
+
+def frame(kind: bytes, payload: bytes) -> bytes:
+    """One framed record."""
+    return _FRAME.pack(FRAME_MAGIC, kind, len(payload), zlib.crc32(kind + payload)) + payload
+
+
+def encode_entry(entry: Entry) -> bytes:
+    """An entry's record payload: a compact JSON array."""
+    fields = [
+        entry.scope,
+        entry.recipient,
+        entry.type.value,
+        entry.source.value,
+        entry.description,
+        entry.created,
+        entry.updated,
+    ]
+    return json.dumps(fields, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+
+
+_SOURCES = {member.value: member for member in SuppressionSource}
+
+
+def decode_entry(payload: bytes) -> Entry:
+    """The entry a record payload holds (written by us, so trusted once its CRC matched)."""
+    scope, recipient, flags, source, description, created, updated = json.loads(payload)
+    return Entry(
+        scope, recipient, SuppressionType(flags), _SOURCES[source], description, created, updated
+    )
+
+
+def _name(prefix: str, gen: int) -> str:
+    return f"{prefix}{gen:016d}"
+
+
+def _generations(names: Iterable[str], prefix: str) -> list[int]:
+    gens = []
+    for name in names:
+        digits = name[len(prefix) :]
+        if name.startswith(prefix) and len(digits) == 16 and digits.isdigit():
+            gens.append(int(digits))
+    return sorted(gens)
+
+
+class _FileReader:
+    """A read-only descriptor for `pread`; closed when the last view holding it goes.
+
+    Compaction swaps in new files while a lookup on the reactor thread may still hold
+    the old view; closing by reference count means that lookup reads a valid (even if
+    unlinked) file instead of a descriptor number since reused.
+    """
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self.fd = os.open(path, os.O_RDONLY)
+
+    def read_frame(self, offset: int) -> tuple[bytes, bytes]:
+        """(kind, payload) of the frame at `offset`; SuppressionStoreError if corrupt."""
+        data = os.pread(self.fd, _READ_AHEAD, offset)
+        if len(data) >= _FRAME.size:
+            magic, kind, length, crc = _FRAME.unpack_from(data)
+            end = _FRAME.size + length
+            if magic == FRAME_MAGIC and length <= _MAX_PAYLOAD:
+                if end > len(data):
+                    data = os.pread(self.fd, end, offset)
+                payload = data[_FRAME.size : end]
+                if len(payload) == length and zlib.crc32(kind + payload) == crc:
+                    return kind, payload
+        raise SuppressionStoreError(f"corrupt suppression record at {self.path}:{offset}")
+
+    def close(self) -> None:
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+
+    def __del__(self) -> None:
+        with contextlib.suppress(OSError):
+            self.close()
+
+
+def _u64_array(data: bytes) -> array.array[int]:
+    values = array.array("Q")
+    assert values.itemsize == 8
+    values.frombytes(data)
+    if sys.byteorder == "big":
+        values.byteswap()
+    return values
+
+
+def _u64_bytes(values: array.array[int]) -> bytes:
+    if sys.byteorder == "big":
+        values = array.array("Q", values)
+        values.byteswap()
+    return values.tobytes()
+
+
+@attrs.frozen(eq=False)
+class _Base:
+    """A loaded snapshot: its sorted hash index in arrays, its records on disk."""
+
+    generation: int
+    hi: array.array[int]
+    lo: array.array[int]
+    offsets: array.array[int]
+    reader: _FileReader | None
+
+    @property
+    def count(self) -> int:
+        return len(self.hi)
+
+    def find(self, h: int) -> int:
+        """The record offset of hash `h`, or -1."""
+        hi = h >> 64
+        lo = h & _LOW64
+        his = self.hi
+        i = bisect.bisect_left(his, hi)
+        n = len(his)
+        while i < n and his[i] == hi:
+            if self.lo[i] == lo:
+                return int(self.offsets[i])
+            i += 1
+        return -1
+
+    def start_after(self, h: int) -> int:
+        """The index of the first record whose hash is greater than `h`."""
+        i = bisect.bisect_left(self.hi, h >> 64)
+        n = len(self.hi)
+        while i < n and (self.hi[i] << 64 | self.lo[i]) <= h:
+            i += 1
+        return i
+
+
+def _empty_base() -> _Base:
+    return _Base(0, array.array("Q"), array.array("Q"), array.array("Q"), None)
+
+
+@attrs.frozen(eq=False)
+class _Layers:
+    """What a lookup reads, swapped as one reference so it never sees half a change.
+
+    `active` holds the changes in the current log (hash -> location or _REMOVED),
+    `frozen` those of the previous log while `compact()` folds them into the next
+    snapshot (empty otherwise), `base` the snapshot. A location is
+    `generation << 40 | offset` into `logs[generation]`.
+    """
+
+    active: dict[int, int]
+    frozen: Mapping[int, int]
+    base: _Base
+    logs: Mapping[int, _FileReader]
+
+
+@attrs.frozen
+class SearchPage:
+    """One page of a search: the entries, and the cursor of the next page (None: last)."""
+
+    entries: list[Entry]
+    cursor: str | None
+
+
+class SuppressionStore:
+    """The suppression list of one spool. Open with `SuppressionStore.open(directory)`."""
+
+    def __init__(
+        self,
+        directory: str,
+        key: bytes,
+        layers: _Layers,
+        count: int,
+        log_gen: int,
+        log_records: int,
+        compact_after: int,
+    ) -> None:
+        self.directory = directory
+        self._key = key
+        self._layers = layers
+        self._count = count
+        self._log_gen = log_gen
+        self._log_path = os.path.join(directory, _name(_LOG_PREFIX, log_gen))
+        self._log_fd = os.open(self._log_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+        self._log_size = os.fstat(self._log_fd).st_size
+        self._log_records = log_records
+        self._compact_after = compact_after
+        self._lock = threading.Lock()
+        self._compact_lock = threading.Lock()
+        self._closed = False
+
+    # -- opening and recovery ---------------------------------------------------------
+
+    @classmethod
+    def open(
+        cls, directory: str, *, compact_after: int = DEFAULT_COMPACT_AFTER
+    ) -> SuppressionStore:
+        """Open (or create) the store in `directory`, cutting off a torn log tail.
+
+        Blocking: reads the snapshot index and replays the logs after it.
+        """
+        os.makedirs(directory, exist_ok=True)
+        names = os.listdir(directory)
+        for name in names:
+            if name.endswith(_TMP_SUFFIX):  # a compaction that did not finish
+                os.unlink(os.path.join(directory, name))
+        snapshots = _generations(names, _SNAPSHOT_PREFIX)
+        if snapshots:
+            gen = snapshots[-1]
+            key, base = _load_snapshot(os.path.join(directory, _name(_SNAPSHOT_PREFIX, gen)), gen)
+        else:
+            gen, key, base = 0, secrets.token_bytes(16), _empty_base()
+        logs = [g for g in _generations(names, _LOG_PREFIX) if g >= gen] or [gen]
+        for old in snapshots[:-1]:
+            os.unlink(os.path.join(directory, _name(_SNAPSHOT_PREFIX, old)))
+        for old in _generations(names, _LOG_PREFIX):
+            if old < gen:
+                os.unlink(os.path.join(directory, _name(_LOG_PREFIX, old)))
+        active: dict[int, int] = {}
+        count = base.count
+        readers: dict[int, _FileReader] = {}
+        log_records = 0
+        for log_gen in logs:
+            path = os.path.join(directory, _name(_LOG_PREFIX, log_gen))
+            if not os.path.exists(path):
+                with open(path, "ab"):
+                    pass
+                _fsync_dir(directory)
+            log_records = 0
+            for offset, kind, payload in _replay(path):
+                scope, recipient = json.loads(payload)[:2]
+                h = _hash(key, scope, recipient)
+                live = _is_live(active, {}, base, h)
+                if kind == KIND_ADD:
+                    active[h] = log_gen << _GEN_SHIFT | offset
+                    count += not live
+                else:
+                    _forget(active, {}, base, h)
+                    count -= live
+                log_records += 1
+            readers[log_gen] = _FileReader(path)
+        layers = _Layers(active=active, frozen={}, base=base, logs=readers)
+        return cls(directory, key, layers, count, logs[-1], log_records, compact_after)
+
+    # -- lookups (reactor thread) ------------------------------------------------------
+
+    def lookup(
+        self,
+        recipient: str,
+        scopes: Sequence[str] = (GLOBAL_SCOPE,),
+        type: SuppressionType | None = None,  # noqa: A002 - SparkPost's word
+    ) -> Entry | None:
+        """The first entry suppressing `recipient` in one of `scopes`, in their order.
+
+        `scopes` are normalised scope names (`domain_scope()`, `source_scope()`);
+        with `type`, only an entry covering that type counts. No lock, no disk for a miss,
+        one `pread` for a hit: cheap enough for the reactor thread.
+        """
+        if self._closed:
+            raise SuppressionStoreError("the suppression store is closed")
+        address = recipient.strip().lower()
+        layers = self._layers
+        key = self._key
+        for scope in scopes:
+            h = _hash(key, scope, address)
+            entry = self._read(layers, h)
+            if entry is None or entry.scope != scope or entry.recipient != address:
+                continue
+            if type is None or entry.type & type:
+                return entry
+        return None
+
+    def get(self, scope: str, recipient: str) -> Entry | None:
+        """The entry for exactly (scope, recipient), or None."""
+        return self.lookup(recipient, (normalize_scope(scope),))
+
+    def count(self) -> int:
+        """How many entries are live."""
+        return self._count
+
+    def _read(self, layers: _Layers, h: int) -> Entry | None:
+        location = layers.active.get(h)
+        if location is None:
+            location = layers.frozen.get(h)
+        if location is not None:
+            if location == _REMOVED:
+                return None
+            reader = layers.logs[location >> _GEN_SHIFT]
+            offset = location & _OFFSET_MASK
+        else:
+            offset = layers.base.find(h)
+            if offset < 0 or layers.base.reader is None:
+                return None
+            reader = layers.base.reader
+        kind, payload = reader.read_frame(offset)
+        if kind != KIND_ADD:
+            raise SuppressionStoreError(f"suppression index points at a {kind!r} record")
+        return decode_entry(payload)
+
+    # -- writes (thread pool) --------------------------------------------------------
+
+    def add(self, entries: Iterable[Entry]) -> int:
+        """Add or replace entries, durably: one write and one fdatasync for the batch.
+
+        An entry whose (scope, recipient) exists replaces it but keeps its `created`.
+        Within one call the last entry for a key wins. Returns how many were new.
+        Blocking: call from a thread.
+        """
+        batch = list(entries)
+        for entry in batch:
+            if not isinstance(entry, Entry):
+                raise TypeError(f"add() takes Entry objects, not {type(entry).__name__}")
+        if not batch:
+            return 0
+        with self._lock:
+            self._check_open()
+            layers = self._layers
+            pending: dict[int, Entry] = {}
+            new: set[int] = set()
+            for entry in batch:
+                h = _hash(self._key, entry.scope, entry.recipient)
+                old = pending.get(h)
+                if old is None:
+                    old = self._read(layers, h)
+                    if old is None:
+                        new.add(h)
+                if old is not None and old.created != entry.created:
+                    entry = attrs.evolve(entry, created=old.created)
+                pending[h] = entry
+            buf = bytearray()
+            places: list[tuple[int, int]] = []
+            base = self._log_gen << _GEN_SHIFT | self._log_size
+            for h, entry in pending.items():
+                places.append((h, base + len(buf)))
+                buf += frame(KIND_ADD, encode_entry(entry))
+            buf += frame(KIND_END, str(len(pending)).encode())
+            self._append(buf, len(pending))
+            active = layers.active
+            for h, location in places:
+                active[h] = location
+            self._count += len(new)
+            return len(new)
+
+    def remove(self, scope: str, recipient: str) -> bool:
+        """Remove the entry for (scope, recipient) durably; False if there was none.
+
+        Blocking: call from a thread.
+        """
+        scope = normalize_scope(scope)
+        address = normalize_recipient(recipient)
+        with self._lock:
+            self._check_open()
+            layers = self._layers
+            h = _hash(self._key, scope, address)
+            if self._read(layers, h) is None:
+                return False
+            payload = json.dumps([scope, address], ensure_ascii=False).encode("utf-8")
+            self._append(frame(KIND_REMOVE, payload) + frame(KIND_END, b"1"), 1)
+            _forget(layers.active, layers.frozen, layers.base, h)
+            self._count -= 1
+            return True
+
+    def _append(self, data: bytes | bytearray, records: int) -> None:
+        start = self._log_size
+        try:
+            _write_all(self._log_fd, data)
+            _fdatasync(self._log_fd)
+        except OSError as e:
+            # Take the partial batch back out, so a later batch is not appended after
+            # frames that recovery would cut off (and the later batch with them).
+            try:
+                os.ftruncate(self._log_fd, start)
+            except OSError:
+                self._closed = True
+            raise SuppressionStoreError(f"cannot write {self._log_path}: {e}") from e
+        self._log_size = start + len(data)
+        self._log_records += records
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise SuppressionStoreError("the suppression store is closed")
+
+    # -- compaction ------------------------------------------------------------------
+
+    def compaction_due(self) -> bool:
+        """Whether the log holds enough changes that `compact()` is worth its cost.
+
+        Due after `compact_after` records or half the snapshot's size, whichever is
+        larger, so the rewriting work stays proportional to the changes.
+        """
+        return self._log_records >= max(self._compact_after, self._layers.base.count // 2)
+
+    def compact(self) -> None:
+        """Fold the log into a new snapshot; adds and lookups go on meanwhile.
+
+        The log is rotated first (under the lock, quickly); the snapshot of the old
+        snapshot plus the old log is then written outside the lock, to a temporary name,
+        fsync'd, renamed and the directory fsync'd; only then are the old files deleted.
+        A crash at any point leaves either the old snapshot and both logs, or the new
+        snapshot and the new log: both replay to the same entries. Blocking.
+        """
+        with self._compact_lock:
+            with self._lock:
+                self._check_open()
+                old = self._layers
+                gen = self._log_gen + 1
+                path = os.path.join(self.directory, _name(_LOG_PREFIX, gen))
+                fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_EXCL, 0o600)
+                _fsync_dir(self.directory)
+                os.close(self._log_fd)
+                self._log_fd, self._log_path, self._log_gen = fd, path, gen
+                self._log_size = 0
+                self._log_records = 0
+                frozen = dict(old.frozen)
+                frozen.update(old.active)
+                self._layers = _Layers(
+                    active={},
+                    frozen=frozen,
+                    base=old.base,
+                    logs={**old.logs, gen: _FileReader(path)},
+                )
+            new_base = _write_snapshot(self.directory, gen, self._key, old.base, frozen, old.logs)
+            with self._lock:
+                current = self._layers
+                self._layers = _Layers(
+                    active=current.active,
+                    frozen={},
+                    base=new_base,
+                    logs={gen: current.logs[gen]},
+                )
+            names = os.listdir(self.directory)
+            for prefix in (_LOG_PREFIX, _SNAPSHOT_PREFIX):
+                for stale in _generations(names, prefix):
+                    if stale < gen:
+                        os.unlink(os.path.join(self.directory, _name(prefix, stale)))
+            _fsync_dir(self.directory)
+
+    # -- reading everything (thread pool) ---------------------------------------------
+
+    def export(self) -> Iterator[Entry]:
+        """Every live entry, in the store's stable (hash) order; blocking, read lazily.
+
+        Entries added or removed while iterating may or may not appear.
+        """
+        for _, payload in self._records_after(-1):
+            yield decode_entry(payload)
+
+    def _records_after(self, after: int) -> Iterator[tuple[int, bytes]]:
+        """(hash, payload) of each live entry whose hash is greater than `after`."""
+        self._check_open()
+        with self._lock:
+            layers = self._layers
+            overlay = dict(layers.frozen)
+            overlay.update(layers.active)
+        keys = sorted(overlay)
+        j = bisect.bisect_right(keys, after)
+        base = layers.base
+        i = base.start_after(after)
+        n = base.count
+        while i < n or j < len(keys):
+            bh = base.hi[i] << 64 | base.lo[i] if i < n else None
+            oh = keys[j] if j < len(keys) else None
+            if oh is not None and (bh is None or oh <= bh):
+                if oh == bh:
+                    i += 1
+                j += 1
+                location = overlay[oh]
+                if location == _REMOVED:
+                    continue
+                reader = layers.logs[location >> _GEN_SHIFT]
+                _, payload = reader.read_frame(location & _OFFSET_MASK)
+                yield oh, payload
+            else:
+                assert bh is not None and base.reader is not None
+                _, payload = base.reader.read_frame(base.offsets[i])
+                i += 1
+                yield bh, payload
+
+    def search(
+        self,
+        *,
+        since: int | None = None,
+        until: int | None = None,
+        types: SuppressionType | None = None,
+        sources: Iterable[SuppressionSource] | None = None,
+        scope: str | None = None,
+        cursor: str | None = None,
+        limit: int = 1000,
+    ) -> SearchPage:
+        """Entries updated in [since, until), of any of `types` and `sources`, in `scope`.
+
+        Pages follow SparkPost's cursor style: pass the returned `cursor` to get the next
+        page; None means there is none. The order is stable (by key hash), so entries
+        added during paging are seen at most once. Blocking: scans the store.
+        """
+        if limit < 1:
+            raise SuppressionError("limit must be at least 1")
+        wanted_sources = frozenset(sources) if sources is not None else None
+        wanted_scope = normalize_scope(scope) if scope is not None else None
+        after = _parse_cursor(cursor)
+        found: list[Entry] = []
+        last = after
+        for h, payload in self._records_after(after):
+            last = h
+            entry = decode_entry(payload)
+            if since is not None and entry.updated < since:
+                continue
+            if until is not None and entry.updated >= until:
+                continue
+            if types is not None and not entry.type & types:
+                continue
+            if wanted_sources is not None and entry.source not in wanted_sources:
+                continue
+            if wanted_scope is not None and entry.scope != wanted_scope:
+                continue
+            found.append(entry)
+            if len(found) == limit:
+                return SearchPage(found, f"{last:032x}")
+        return SearchPage(found, None)
+
+    # -- CSV ---------------------------------------------------------------------------
+
+    def import_csv(
+        self,
+        lines: Iterable[str],
+        *,
+        now: int,
+        scope: str = GLOBAL_SCOPE,
+        source: SuppressionSource = SuppressionSource.MANUALLY_ADDED,
+    ) -> int:
+        """Parse a CSV upload (`model.parse_csv`) and add it; returns the rows' entries.
+
+        The whole file is checked before anything is written: one bad line refuses the
+        upload with CsvImportError naming the line. It is then added in batches of
+        `IMPORT_BATCH`, each durable on its own. Blocking.
+        """
+        entries = parse_csv(lines, now=now, scope=scope, source=source)
+        for start in range(0, len(entries), IMPORT_BATCH):
+            self.add(entries[start : start + IMPORT_BATCH])
+        return len(entries)
+
+    def export_csv(self, out: TextIO) -> int:
+        """Write every entry as CSV (one row per type); returns the number of rows."""
+        return format_csv(self.export(), out)
+
+    # -- lifetime ----------------------------------------------------------------------
+
+    def close(self) -> None:
+        """Close the files; further calls raise SuppressionStoreError."""
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            os.close(self._log_fd)
+            layers = self._layers
+            for reader in layers.logs.values():
+                reader.close()
+            if layers.base.reader is not None:
+                layers.base.reader.close()
+
+    def __enter__(self) -> SuppressionStore:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def _hash(key: bytes, scope: str, recipient: str) -> int:
+    digest = hashlib.blake2b(f"{scope}\n{recipient}".encode(), digest_size=16, key=key).digest()
+    return int.from_bytes(digest, "big")
+
+
+def _parse_cursor(cursor: str | None) -> int:
+    if cursor is None:
+        return -1
+    if len(cursor) != 32 or not all(c in "0123456789abcdef" for c in cursor):
+        raise SuppressionError(f"not a search cursor: {cursor!r}")
+    return int(cursor, 16)
+
+
+def _is_live(active: Mapping[int, int], frozen: Mapping[int, int], base: _Base, h: int) -> bool:
+    location = active.get(h)
+    if location is None:
+        location = frozen.get(h)
+    if location is not None:
+        return location != _REMOVED
+    return base.find(h) >= 0
+
+
+def _forget(active: dict[int, int], frozen: Mapping[int, int], base: _Base, h: int) -> None:
+    """Record a removal: a tombstone if an older layer still has the key, else nothing."""
+    if h in frozen or base.find(h) >= 0:
+        active[h] = _REMOVED
+    else:
+        active.pop(h, None)
+
+
+def _replay(path: str) -> Iterator[tuple[int, bytes, bytes]]:
+    """(offset, kind, payload) of each committed record; truncates a torn tail."""
+    good_end = 0
+    batch: list[tuple[int, bytes, bytes]] = []
+    with open(path, "rb") as f:
+        offset = 0
+        while True:
+            header = f.read(_FRAME.size)
+            if len(header) < _FRAME.size:
+                break
+            magic, kind, length, crc = _FRAME.unpack(header)
+            if magic != FRAME_MAGIC or length > _MAX_PAYLOAD:
+                break
+            payload = f.read(length)
+            if len(payload) < length or zlib.crc32(kind + payload) != crc:
+                break
+            if kind == KIND_END:
+                yield from batch
+                batch = []
+                good_end = offset + _FRAME.size + length
+            elif kind in (KIND_ADD, KIND_REMOVE):
+                batch.append((offset, kind, payload))
+            else:
+                break
+            offset += _FRAME.size + length
+        size = os.fstat(f.fileno()).st_size
+    if size > good_end:
+        fd = os.open(path, os.O_WRONLY)
+        try:
+            os.ftruncate(fd, good_end)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+def _load_snapshot(path: str, gen: int) -> tuple[bytes, _Base]:
+    """The hash key and index of a snapshot; SuppressionStoreError if it is not whole."""
+    reader = _FileReader(path)
+    size = os.fstat(reader.fd).st_size
+    header = os.pread(reader.fd, _SNAP_HEADER.size, 0)
+    trailer = os.pread(reader.fd, _SNAP_TRAILER_SIZE, size - _SNAP_TRAILER_SIZE)
+    broken = SuppressionStoreError(f"suppression snapshot {path} is damaged; refusing to open")
+    if len(header) < _SNAP_HEADER.size or len(trailer) < _SNAP_TRAILER_SIZE:
+        raise broken
+    magic, version, key = _SNAP_HEADER.unpack(header)
+    end, index_offset, count, index_crc = _SNAP_TRAILER.unpack_from(trailer)
+    (trailer_crc,) = struct.unpack_from("<I", trailer, _SNAP_TRAILER.size)
+    if (
+        magic != SNAPSHOT_MAGIC
+        or version != SNAPSHOT_VERSION
+        or end != SNAPSHOT_END
+        or zlib.crc32(trailer[: _SNAP_TRAILER.size]) != trailer_crc
+        or index_offset + 24 * count + _SNAP_TRAILER_SIZE != size
+    ):
+        raise broken
+    index = os.pread(reader.fd, 24 * count, index_offset)
+    if len(index) != 24 * count or zlib.crc32(index) != index_crc:
+        raise broken
+    hi = _u64_array(index[: 8 * count])
+    lo = _u64_array(index[8 * count : 16 * count])
+    offsets = _u64_array(index[16 * count :])
+    return key, _Base(gen, hi, lo, offsets, reader)
+
+
+def _frames_of(base: _Base) -> Iterator[bytes]:
+    """The raw record frames of a snapshot, in order, read sequentially."""
+    if base.reader is None or not base.count:
+        return
+    with os.fdopen(os.dup(base.reader.fd), "rb") as f:
+        f.seek(_SNAP_HEADER.size)
+        for _ in range(base.count):
+            header = f.read(_FRAME.size)
+            _, _, length, _ = _FRAME.unpack(header)
+            yield header + f.read(length)
+
+
+def _write_snapshot(
+    directory: str,
+    gen: int,
+    key: bytes,
+    base: _Base,
+    overlay: Mapping[int, int],
+    logs: Mapping[int, _FileReader],
+) -> _Base:
+    """Write base + overlay as `snapshot.<gen>` (tmp, fsync, rename, dir fsync); load it."""
+    path = os.path.join(directory, _name(_SNAPSHOT_PREFIX, gen))
+    tmp = path + _TMP_SUFFIX
+    hi: array.array[int] = array.array("Q")
+    lo: array.array[int] = array.array("Q")
+    offsets: array.array[int] = array.array("Q")
+    keys = sorted(overlay)
+    try:
+        _write_snapshot_file(tmp, key, base, overlay, keys, logs, hi, lo, offsets)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+    os.rename(tmp, path)
+    _fsync_dir(directory)
+    return _Base(gen, hi, lo, offsets, _FileReader(path))
+
+
+def _write_snapshot_file(
+    tmp: str,
+    key: bytes,
+    base: _Base,
+    overlay: Mapping[int, int],
+    keys: list[int],
+    logs: Mapping[int, _FileReader],
+    hi: array.array[int],
+    lo: array.array[int],
+    offsets: array.array[int],
+) -> None:
+    with open(tmp, "wb") as out:
+        out.write(_SNAP_HEADER.pack(SNAPSHOT_MAGIC, SNAPSHOT_VERSION, key))
+        position = _SNAP_HEADER.size
+
+        def emit(h: int, data: bytes) -> None:
+            nonlocal position
+            out.write(data)
+            hi.append(h >> 64)
+            lo.append(h & _LOW64)
+            offsets.append(position)
+            position += len(data)
+
+        def emit_overlay(h: int) -> None:
+            location = overlay[h]
+            if location != _REMOVED:
+                kind, payload = logs[location >> _GEN_SHIFT].read_frame(location & _OFFSET_MASK)
+                emit(h, frame(kind, payload))
+
+        j = 0
+        for i, data in enumerate(_frames_of(base)):
+            bh = base.hi[i] << 64 | base.lo[i]
+            while j < len(keys) and keys[j] < bh:
+                emit_overlay(keys[j])
+                j += 1
+            if j < len(keys) and keys[j] == bh:
+                emit_overlay(bh)
+                j += 1
+            else:
+                emit(bh, data)
+        for h in keys[j:]:
+            emit_overlay(h)
+        index = _u64_bytes(hi) + _u64_bytes(lo) + _u64_bytes(offsets)
+        out.write(index)
+        trailer = _SNAP_TRAILER.pack(SNAPSHOT_END, position, len(hi), zlib.crc32(index))
+        out.write(trailer + struct.pack("<I", zlib.crc32(trailer)))
+        out.flush()
+        os.fsync(out.fileno())
