@@ -34,10 +34,10 @@ from mtaserver.queue.bounces import DsnSender
 from mtaserver.queue.delivery import DiscardDeliverer, FileDeliverer, IDeliverer
 from mtaserver.queue.scheduler import Scheduler
 from mtaserver.queue.service import SchedulerService
+from mtaserver.smtp.connections import InboundConnections, raise_nofile_limit
 from mtaserver.smtp.deliverer import SmtpDeliverer
 from mtaserver.smtp.dkim import DkimSigner
 from mtaserver.smtp.mx import MxResolver, make_resolver
-from mtaserver.smtp.connections import InboundConnections, raise_nofile_limit
 from mtaserver.smtp.reception import ReceptionStats
 from mtaserver.smtp.server import make_smtp_service
 from mtaserver.smtp.signing import DkimTransform

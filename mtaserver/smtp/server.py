@@ -971,7 +971,6 @@ def make_smtp_service(
         if ":" in host
         else TCP4ServerEndpoint(reactor, port, interface=host)
     )
-    service = StreamServerEndpointService(endpoint, factory)
     service = SmtpListenerService(endpoint, factory)
     service.setName(f"smtp-listener {listener.address}")
     return service
