@@ -93,7 +93,7 @@ class IdempotencyStore:
         prune = now - self._last_prune >= PRUNE_EVERY
         if prune:
             self._last_prune = now
-        await self._run_in_thread(lambda: self._write(name, data, now if prune else None))
+        await self._run_in_thread(lambda: self._write(name, data, now, prune))
 
     def _read(self, name: str) -> dict[str, Any] | None:
         try:
@@ -106,13 +106,14 @@ class IdempotencyStore:
             return None
         return record if isinstance(record, dict) else None
 
-    def _write(self, name: str, data: bytes, prune_at: float | None) -> None:
+    def _write(self, name: str, data: bytes, now: float, prune: bool) -> None:
         os.makedirs(self.directory, exist_ok=True)
         final = os.path.join(self.directory, name)
         tmp = final + _TMP_SUFFIX
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         try:
             os.write(fd, data)
+            os.utime(fd, (now, now))  # pruning compares file times with the same clock
             os.fsync(fd)
         finally:
             os.close(fd)
@@ -122,11 +123,11 @@ class IdempotencyStore:
             os.fsync(dir_fd)
         finally:
             os.close(dir_fd)
-        if prune_at is not None:
-            self._prune(prune_at)
+        if prune:
+            self._prune(now)
 
     def _prune(self, now: float) -> None:
-        """Remove records older than KEEP_FOR (by their file time; a stale .tmp too)."""
+        """Remove records older than KEEP_FOR (by the file time `_write` set; a stale .tmp too)."""
         with os.scandir(self.directory) as entries:
             for entry in entries:
                 try:
