@@ -49,8 +49,6 @@ from mtaserver.http.command import require_level
 from mtaserver.http.errors import APIError, json_response, read_body
 from mtaserver.http.redact import RedactionError, redact_config_text, restore_secrets
 
-#: The largest commit body accepted (all files together).
-MAX_COMMIT_BYTES = 8 * 2**20
 RunInThread = Callable[[Callable[[], Any]], "defer.Deferred[Any]"]
 
 
@@ -313,7 +311,7 @@ class ConfigFileAPI:
     @handle_mgmt_errors
     async def post(self, request: IRequest) -> bytes:
         await require_level(self.access, request, "admin")
-        read_body(request, MAX_COMMIT_BYTES)
+        read_body(request, self.holder.config.settings.http_mgmt_max_request_size)
         _format(request)
         if _arg(request, "op") != "commit":
             raise APIError(400, "Invalid op", "POST /configFile takes op=commit")

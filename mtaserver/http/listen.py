@@ -1,7 +1,9 @@
 """HTTP listeners: TLS from a PEM file, plain HTTP only on loopback.
 
 Safe by default (DESIGN.md invariant 6): an HTTP listener off loopback without a
-certificate is refused at start. TLS 1.2 is the minimum.
+certificate is refused at start. TLS 1.2 is the minimum. With a `guard.RequestGuard`
+(both HTTP ports have one) every connection gets the request deadlines, the rate
+limit and the checks before the body.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from twisted.web.resource import IResource
 from twisted.web.server import Site
 
 from mtaserver.config.model import Listener
+from mtaserver.http.guard import GuardedSite, RequestGuard
 
 
 class InsecureListenerError(Exception):
@@ -46,10 +49,16 @@ def _pem_certificates(pem: bytes) -> list[bytes]:
     return blocks
 
 
-def http_service(listener: Listener, resource: IResource, reactor: Any, name: str) -> IService:
+def http_service(
+    listener: Listener,
+    resource: IResource,
+    reactor: Any,
+    name: str,
+    guard: RequestGuard | None = None,
+) -> IService:
     """Serve `resource` on `listener`: HTTPS with its certificate, or HTTP on loopback."""
     host, port = listener.address.host, listener.address.port
-    site = Site(resource)
+    site = GuardedSite(resource, guard) if guard is not None else Site(resource)
     site.displayTracebacks = False
     if listener.tls_certificate:
         endpoint: Any = SSL4ServerEndpoint(

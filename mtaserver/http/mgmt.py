@@ -10,7 +10,8 @@ test); the root routes each path to the owning API's handler.
 
 `make_mgmt_service` builds the APIs around the server's parts and returns one
 service: the HTTP listener (plain HTTP on loopback, HTTPS with
-`http-mgmt-tls-certificate`, refused off loopback without it) and a timer that
+`http-mgmt-tls-certificate`, refused off loopback without it; request deadlines, rate
+limit, size limit and the access check before the body: `guard.py`) and a timer that
 samples the reception counters for the traffic windows every few seconds.
 """
 
@@ -34,6 +35,7 @@ from mtaserver.http import openapi
 from mtaserver.http.access import Access
 from mtaserver.http.command import CommandAPI
 from mtaserver.http.configfile import ConfigFileAPI
+from mtaserver.http.guard import management_guard
 from mtaserver.http.listen import http_service
 from mtaserver.http.metrics import make_registry
 from mtaserver.http.monitor import MonitorAPI
@@ -123,7 +125,9 @@ def make_mgmt_service(
     listener = Listener(settings.http_mgmt_port, settings.http_mgmt_tls_certificate)
     service = MultiService()
     service.setName("http-mgmt")
-    http_service(listener, api.app.resource(), reactor, "http-mgmt-port").setServiceParent(service)
+    http_service(
+        listener, api.app.resource(), reactor, "http-mgmt-port", management_guard(holder, reactor)
+    ).setServiceParent(service)
     if reception is not None:
 
         def sample() -> None:

@@ -69,6 +69,7 @@ from mtaserver.http.content import (
     to_crlf,
 )
 from mtaserver.http.errors import APIError, handle_errors, json_response, read_body
+from mtaserver.http.guard import transmissions_guard
 from mtaserver.http.idempotency import (
     IdempotencyStore,
     KeyError422,
@@ -96,6 +97,7 @@ SOURCE_NAME = "{transmissions-api}"
 MAX_IN_FLIGHT = 64  # messages being committed at once, per request
 MAX_JOB_ID = 256
 RETRY_AFTER_SECONDS = 60
+CHECK_IN_THREAD_ABOVE = 256 * 1024  # bytes of body parsed/scanned in the thread pool
 OnAccepted = Callable[[Envelope], None]
 
 
@@ -380,6 +382,7 @@ class TransmissionsAPI:
             def run_in_thread(work: Callable[[], Any]) -> Deferred[Any]:
                 return deferToThreadPool(clock, pool, work)  # type: ignore[arg-type]
 
+        self.run_in_thread: RunInThread = run_in_thread
         self.idempotency = IdempotencyStore(
             os.path.join(store.directory, "idempotency"), run_in_thread, clock.seconds
         )
@@ -471,13 +474,20 @@ class TransmissionsAPI:
     async def _accept(self, request: IRequest, raw: bytes) -> dict[str, Any]:
         """Check, plan and spool one transmission body."""
         config = self.holder.config
-        body = parse_json(raw)
+        if len(raw) > CHECK_IN_THREAD_ABOVE:  # big bodies: scanning them would block
+            body = await self.run_in_thread(lambda: parse_json(raw))
+        else:
+            body = parse_json(raw)
         transmission = parse_transmission(body)
         settings = config.named_source(SOURCE_NAME)
         messages = plan_messages(transmission, settings)
         if transmission.rfc822 is not None:
             messages = self._preview_rfc822(transmission.rfc822, messages, settings)
-            check_rfc822_content(transmission.rfc822, settings)  # after the 413 for size
+            rfc822 = transmission.rfc822  # checked after the 413 for size
+            if len(rfc822) > CHECK_IN_THREAD_ABOVE:
+                await self.run_in_thread(lambda: check_rfc822_content(rfc822, settings))
+            else:
+                check_rfc822_content(rfc822, settings)
         targets = [self._target(m, settings) for m in messages]
         try:
             self.store.check_space()
@@ -720,7 +730,8 @@ def make_transmissions_services(
         return []
     api = TransmissionsAPI(holder, store, on_accepted, reactor, stats, run_in_thread)
     resource = api.app.resource()
+    guard = transmissions_guard(holder, reactor)  # deadlines, rate, key and size before the body
     return [
-        http_service(listener, resource, reactor, "transmissions-api-listener")
+        http_service(listener, resource, reactor, "transmissions-api-listener", guard)
         for listener in listeners
     ]
