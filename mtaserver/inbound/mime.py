@@ -11,9 +11,11 @@ and in part count.
 
 from __future__ import annotations
 
+import base64
 import email
 import email.parser
 import email.policy
+import quopri
 import re
 from collections.abc import Iterator
 from email.message import Message
@@ -59,11 +61,20 @@ def header(msg: Message | None, name: str) -> str:
     """The first `name` header of `msg`, cleaned; "" when absent."""
     if msg is None:
         return ""
+    wanted = name.lower()
+    for key, value in _raw_items(msg):
+        if key.lower() == wanted:
+            return clean(value)
+    return ""
+
+
+def _raw_items(msg: Message) -> list[tuple[str, str]]:
+    """The headers as parsed, before the policy turns 8-bit values into `Header` objects
+    (whose `str()` loses them to U+FFFD); `clean()` then decodes them as UTF-8."""
     try:
-        value = msg.get(name)
+        return [(str(k), str(v)) for k, v in msg.raw_items()]
     except Exception:
-        return ""
-    return clean(value) if value is not None else ""
+        return []
 
 
 def header_map(msg: Message | None) -> dict[str, str]:
@@ -71,11 +82,7 @@ def header_map(msg: Message | None) -> dict[str, str]:
     out: dict[str, str] = {}
     if msg is None:
         return out
-    try:
-        items = msg.items()
-    except Exception:
-        return out
-    for name, value in items[:MAX_PARTS]:
+    for name, value in _raw_items(msg)[:MAX_PARTS]:
         key = clean(name, 200).lower()
         if key and key not in out:
             out[key] = clean(value)
@@ -139,24 +146,61 @@ def decoded_text(part: Message) -> str:
 def field_blocks(part: Message) -> list[dict[str, str]]:
     """The field blocks of a report part (`message/delivery-status`, `.../feedback-report`).
 
-    compat32 parses `message/delivery-status` into one pseudo-message per block and
-    other `message/*` types into a single message; a part it kept as text (a transfer
-    encoding, an unknown type) is split on blank lines and each block read as headers.
-    Keys are lower-cased; the first occurrence of a field in a block wins.
+    compat32 parses `message/delivery-status` into one pseudo-message per block, and
+    other `message/*` types (`global-delivery-status`, `feedback-report`) into a single
+    message whose body holds the later blocks; a part kept as text, or one with a
+    transfer encoding (which the parser does not undo for `message/*`), is split on
+    blank lines and each block read as headers. Keys are lower-cased; the first
+    occurrence of a field in a block wins.
     """
+    cte = str(part.get("Content-Transfer-Encoding", "")).strip().lower()
     payload = part.get_payload()
-    blocks: list[dict[str, str]] = []
-    if isinstance(payload, list):
+    if isinstance(payload, list) and cte not in ("base64", "quoted-printable"):
+        blocks: list[dict[str, str]] = []
         for sub in payload[:MAX_PARTS]:
-            if isinstance(sub, Message):
-                blocks.append(header_map(sub))
+            if not isinstance(sub, Message):
+                continue
+            blocks.append(header_map(sub))
+            if not sub.is_multipart():
+                rest = decoded_text(sub)
+                if rest.strip():
+                    blocks.extend(_text_blocks(rest))
         return [b for b in blocks if b]
-    text = decoded_text(part)
+    if isinstance(payload, list):
+        return _text_blocks(_decode_body(_body_of(part), cte))
+    return _text_blocks(decoded_text(part))
+
+
+def _text_blocks(text: str) -> list[dict[str, str]]:
+    blocks = []
     for chunk in re.split(r"\r?\n[ \t]*\r?\n", text)[:MAX_PARTS]:
         block = header_map(parse_text(chunk.strip("\r\n") + "\n"))
         if block:
             blocks.append(block)
     return blocks
+
+
+def _body_of(part: Message) -> str:
+    """The body of `part` as the generator writes it back (for a parsed `message/*`)."""
+    try:
+        text = part.as_string()
+    except Exception:
+        return ""
+    text = text.replace("\r\n", "\n")
+    return text.split("\n\n", 1)[1] if "\n\n" in text else ""
+
+
+def _decode_body(body: str, cte: str) -> str:
+    """`body` with its transfer encoding undone, as UTF-8 text."""
+    data = body.encode("ascii", "surrogateescape")
+    try:
+        if cte == "base64":
+            data = base64.b64decode(data, validate=False)
+        elif cte == "quoted-printable":
+            data = quopri.decodestring(data)
+    except Exception:
+        return ""
+    return data.decode("utf-8", "replace")
 
 
 # The lines that separate a plain-text notice from the copy of the original it returns.
