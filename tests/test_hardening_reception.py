@@ -553,3 +553,13 @@ def test_header_and_mime_limits_real_server(tmp_path: Path) -> None:
             c.send(message + b".\r\n")
             assert c.reply().startswith(expected), message[:60]
         c.close()
+
+
+def test_protocol_bdat_over_max_message_size_drops_the_session() -> None:
+    """A BDAT "chunk" bigger than max-message-size is not skipped forever: the session ends."""
+    s = proto("max-message-size 1k")
+    s.command("EHLO c.test")
+    assert s.send(b"BDAT 2000 LAST\r\nMAIL FROM:<a@b.test>\r\n") == [
+        "502 5.5.1 BDAT not available (CHUNKING not offered)"
+    ]
+    assert s.closed

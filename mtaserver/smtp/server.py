@@ -595,17 +595,24 @@ class SmtpServerProtocol(ESMTP):
         """CHUNKING is not offered: 502, and the chunk's octets are skipped, never run.
 
         `BDAT size [LAST]` announces exactly how many octets follow; they are read
-        and dropped. Without a readable size the chunk cannot be told from
-        commands, so the pipelined input is dropped with the session.
+        and dropped. Without a readable size (or one over `max-message-size`) the
+        chunk cannot be told from commands, so the input is dropped with the session.
         """
         self.reply(Reply(502, "5.5.1", "BDAT not available (CHUNKING not offered)"))
         size, _, last = rest.strip(b" ").partition(b" ")
-        if size.isdigit() and len(size) <= 20 and last.strip(b" ").upper() in (b"", b"LAST"):
+        # Skipping is bounded like a message would be; a bigger "chunk" is a stream.
+        limit = self.session.settings.max_message_size or 2**30
+        if (
+            size.isdigit()
+            and len(size) <= 20
+            and int(size) <= limit
+            and last.strip(b" ").upper() in (b"", b"LAST")
+        ):
             self._bdat_skip = int(size)
             return
         if not self._closing:
             log.info(
-                "BDAT without a size from {client_ip}: session dropped",
+                "BDAT without a usable size from {client_ip}: session dropped",
                 client_ip=self.session.client_ip,
             )
             self._inbox.clear()
