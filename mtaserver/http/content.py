@@ -18,9 +18,15 @@ left as written (so are `{{end}}` and `{{else}}`): SparkPost's template logic is
 supported.
 
 Header injection is refused, never repaired: a CR, LF or other control character
-(TAB aside) in any header name or value (before or after substitution), or a header
-name that is not printable ASCII without `:`, raises `ContentError`, which the API
-answers with 400. Every message comes out with CRLF line endings.
+(TAB aside) in any header name or value (before or after substitution), an RFC 2047
+encoded word that decodes to CR, LF or NUL (the `email` package of Python 3.11.7
+writes those as raw line breaks, CVE-2024-6923; `mtaserver.http.safety` decodes
+them itself), or a header name that is not printable ASCII without `:`, raises
+`ContentError`, which the API answers with 400. `content.headers` may not set the
+MIME fields, nor `Bcc`, `Return-Path`, `Received` or `DKIM-Signature` (`_REFUSED`
+says why). The built header block is checked once more (`check_header_block`: one
+From, only fields and continuations, the empty line). Every message comes out with
+CRLF line endings.
 """
 
 from __future__ import annotations

@@ -30,6 +30,15 @@ after some messages of a transmission were committed, those stay queued (they ar
 durable; a restart would find them anyway) and the error says how many recipients
 were accepted.
 
+Before parsing, the body's bracket depth is checked (64), and after it every string
+must be free of NUL and lone surrogates; `email_rfc822` must pass `check_rfc822`
+(998-octet lines, one From, the source's `max-message-hops`, `max-header-count`,
+`max-header-size`, `max-mime-depth`): all 400 naming the field
+(`mtaserver.http.safety`). Bodies over 256 KB are checked in the thread pool. An
+`Idempotency-Key` header makes a retry answer with the first 200 and spool nothing
+(`mtaserver.http.idempotency`; 422 for the key with another body, 409 while the
+first request runs).
+
 `campaign_id` is the job id (else an `X-Job` header, when processed); `metadata` and
 `tags` are accepted and not stored; the transmission id is the first message's
 spool id.
