@@ -104,14 +104,15 @@ class SuppressionSource(enum.StrEnum):
 # for a real mailbox needs them, and refusing them keeps every later format simple.
 _BAD_ADDRESS_CHARS = re.compile(r"[\x00-\x20\x7f-\x9f\"(),:;<>\[\\\]\u2028\u2029]")
 _CONTROL_CHARS = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
-_DOMAIN_LABEL = re.compile(r"^(?!-)[^.\s]{1,63}(?<!-)$")
+# Letters, digits and hyphens, or non-ASCII letters of an internationalised name.
+_DOMAIN_LABEL = re.compile(r"^(?!-)[a-z0-9\-_\u00a0-\U0010ffff]{1,63}(?<!-)$")
 
 
 def normalize_recipient(recipient: str) -> str:
     """The address lower-cased, or SuppressionError saying what is wrong with it."""
     if not isinstance(recipient, str):
         raise SuppressionError(f"recipient must be text, not {type(recipient).__name__}")
-    address = recipient.strip().lower()
+    address = recipient.strip(" \t").lower()  # not CR/LF: a line break is refused
     if not address:
         raise SuppressionError("recipient is empty")
     if len(address) > MAX_RECIPIENT_LENGTH:
@@ -287,13 +288,13 @@ def parse_csv(
         raise CsvImportError(1, "a column is named twice in the header")
     merged: dict[tuple[str, str], Entry] = {}
     while True:
+        line = reader.line_num + 1  # where the row starts (a quoted field may span lines)
         try:
             row = next(reader)
         except StopIteration:
             break
         except csv.Error as e:
-            raise CsvImportError(reader.line_num, f"malformed CSV: {e}") from None
-        line = reader.line_num
+            raise CsvImportError(line, f"malformed CSV: {e}") from None
         if not row or (len(row) == 1 and not row[0].strip()):
             continue
         if len(row) != len(columns):
