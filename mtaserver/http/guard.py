@@ -247,12 +247,12 @@ class RequestGuard:
                     ),
                     {b"Retry-After": str(seconds).encode()},
                 )
+        refusal = self.policy.admit(head)  # credentials first: a stranger learns no limit
+        if refusal is not None:
+            return refusal, {}
         limit = self.policy.max_body()
         if head.length is not None and head.length > limit:
             return _too_large(limit), {}
-        refusal = self.policy.admit(head)
-        if refusal is not None:
-            return refusal, {}
         return None
 
 
