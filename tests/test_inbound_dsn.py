@@ -211,3 +211,17 @@ def test_ordinary_mail_is_not_a_bounce() -> None:
         b"Subject: Re: Weekly\n\nPlease stop; error 550 is what I feel.\n"
     )
     assert parse_bounce(raw) is None
+
+
+def test_base64_delivery_status_with_8bit_junk_is_read() -> None:
+    """A base64 delivery-status part with stray 8-bit bytes still yields its recipients."""
+    body = base64.encodebytes(
+        b"Reporting-MTA: dns; mx.example.org\n\n"
+        b"Final-Recipient: rfc822; a@example.org\nAction: failed\nStatus: 5.1.1\n"
+    )
+    raw = dsn(
+        b"", body_of_dsn=body + b"\xff\xfe\n", dsn_headers=b"Content-Transfer-Encoding: base64\n"
+    )
+    report = parse_bounce(raw)
+    assert report is not None
+    assert [r.rcpt for r in report.recipients] == ["a@example.org"]

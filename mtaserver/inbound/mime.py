@@ -192,7 +192,7 @@ def _body_of(part: Message) -> str:
 
 def _decode_body(body: str, cte: str) -> str:
     """`body` with its transfer encoding undone, as UTF-8 text."""
-    data = body.encode("ascii", "surrogateescape")
+    data = body.encode("utf-8", "surrogateescape")
     try:
         if cte == "base64":
             data = base64.b64decode(data, validate=False)
