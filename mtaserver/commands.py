@@ -256,6 +256,7 @@ class Commands:
                 "queues": len(self.scheduler.queues),
                 "paused": sum(1 for q in queues if q.paused),
             },
+            "acct": self.acct.status() if hasattr(self.acct, "status") else [],
         }
 
     def queues(self, paused_only: bool = False) -> list[dict[str, Any]]:
@@ -603,4 +604,11 @@ def _render_status(data: Mapping[str, Any]) -> str:
         f"queued: {queue['recipients']} recipient(s) in {queue['messages']} message(s), "
         f"{queue['queues']} queue(s), {queue['paused']} paused\n"
     )
+    for acct in data.get("acct", ()):
+        health = "FAILING: " + acct["last_error"] if acct["failing"] else "ok"
+        head += f"acct {acct['acct_file']}: {health}, {acct['errors']} error(s)"
+        if acct["journal_truncations"]:
+            head += (f", journal truncated {acct['journal_truncations']} time(s), "
+                     f"{acct['journal_lost_bytes']} journal bytes lost")  # fmt: skip
+        head += "\n"
     return head + table(rows, ("traffic", "window", "recipients", "messages", "bytes"))

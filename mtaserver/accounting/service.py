@@ -19,7 +19,13 @@ from twisted.python.failure import Failure
 
 from mtaserver.accounting.writer import AcctFileWriter, RunInThread
 from mtaserver.config.model import AcctFileSettings
-from mtaserver.spool.journal import Journal, JournalPosition, list_segments, read_events
+from mtaserver.spool.journal import (
+    Journal,
+    JournalPosition,
+    list_segments,
+    next_record,
+    read_events,
+)
 
 log = Logger()
 
@@ -55,6 +61,8 @@ def writer_for(
         max_size=acct.max_size or None,
         move_interval=acct.move_interval,
         delete_after=acct.delete_after,
+        found_end=journal.found_end,
+        resync=functools.partial(next_record, journal.directory),
     )
     writer.min_interval = CATCH_UP_INTERVAL
     return writer
@@ -80,6 +88,10 @@ class AcctService(Service):
     def catch_up(self) -> None:
         for writer in self.writers:
             writer.catch_up()
+
+    def status(self) -> list[dict[str, Any]]:
+        """One entry per acct file: failing, errors, journal damage seen."""
+        return [w.status() for w in self.writers]
 
     def rotate(self) -> defer.Deferred[Any]:
         """`rotate acct`: start a new file for every acct file."""

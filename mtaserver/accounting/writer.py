@@ -13,6 +13,15 @@ caller sets to the beginning of the journal (so a new acct file gets every recor
 journal still holds). An acct file found without a checkpoint is moved aside as a
 rotated file rather than appended to, since its contents cannot be trusted.
 
+A writer never stalls silently. A checkpoint past the end the journal had when the
+server started (`found_end`: the journal was cut between runs, by a disk fault or an
+operator) is logged as a critical error, counted (`journal_truncations`,
+`journal_lost_bytes`) and accounting resumes at that end, from the surviving records;
+a position the journal has records after but none can be read at (not a record
+boundary any more) is resynchronised with `resync` the same way; any other failed
+catch-up is logged, counted (`errors`, `last_error`) and retried. `status()` is what
+`/metrics` and `show status` read.
+
 Blocking work (reading the journal, writing, fsync, rename) runs through the injected
 `run_in_thread`; the reactor thread only schedules. One `DeferredLock` serialises
 recovery, catch-up and rotation, so the file state is touched by one operation at a time.
@@ -82,6 +91,11 @@ def position_pair(position: Any) -> tuple[int, int]:
     return int(segment), int(offset)
 
 
+def _show(pair: tuple[int, int]) -> str:
+    """A journal position as operators read it: `segment:offset`."""
+    return f"{pair[0]}:{pair[1]}"
+
+
 def csv_columns(fields_by_type: Mapping[str, tuple[str, ...]]) -> tuple[str, ...]:
     """A CSV file's columns: every selected type's fields, in order of first appearance.
 
@@ -134,6 +148,8 @@ class AcctFileWriter(Generic[P]):
         max_size: int | None = None,
         move_interval: float | None = None,
         delete_after: float | None = None,
+        found_end: P | None = None,
+        resync: Callable[[P, P], P | None] | None = None,
     ) -> None:
         unknown = set(records) - set(RECORD_TYPES)
         if unknown:
@@ -173,6 +189,27 @@ class AcctFileWriter(Generic[P]):
         self._started = False
         self._timer: DelayedCall | None = None
         self._retry: DelayedCall | None = None
+        self._found_end = found_end
+        self._resync = resync
+        # What monitoring reads (`status()`).
+        self.errors = 0  # failed catch-ups since start
+        self.last_error = ""
+        self.failing = False  # the last catch-up failed: records are not being written
+        self.journal_truncations = 0  # positions found past the journal's end, resynced
+        self.journal_lost_bytes = 0  # journal bytes skipped by those (a lower bound)
+
+    def status(self) -> dict[str, Any]:
+        """The writer's health: position, failures, journal damage seen (for monitoring)."""
+        segment, offset = position_pair(self._position)
+        return {
+            "acct_file": self.path,
+            "position": _show((segment, offset)),
+            "failing": self.failing,
+            "errors": self.errors,
+            "last_error": self.last_error,
+            "journal_truncations": self.journal_truncations,
+            "journal_lost_bytes": self.journal_lost_bytes,
+        }
 
     # -- reactor side -------------------------------------------------------------
 
@@ -224,11 +261,16 @@ class AcctFileWriter(Generic[P]):
         now = self._clock.seconds()
         try:
             position = await self._locked(partial(self._catch_up_in_thread, end, now))
-        except Exception:
-            self.log.failure("acct file {path}: catch-up failed", path=self.path)
+        except Exception as exc:
+            self.errors += 1
+            self.failing = True
+            self.last_error = f"{type(exc).__name__}: {exc}"[:300]
+            self.log.failure("acct file {path}: catch-up failed; records are not being "
+                             "written until it succeeds", path=self.path)  # fmt: skip
             if self._started and (self._retry is None or not self._retry.active()):
                 self._retry = self._clock.callLater(self.retry_delay, self.catch_up)
             return
+        self.failing = False
         if position is not None and self._on_position is not None:
             self._on_position(position)
 
@@ -295,8 +337,33 @@ class AcctFileWriter(Generic[P]):
                     pass
                 if not self._json and not self._header_matches():
                     self._rotate_in_thread(now, True)
+            self._check_found_end()
         self._delete_expired(now)
         return self._position
+
+    def _check_found_end(self) -> None:
+        """A checkpoint past the journal's end at start-up: the journal was cut. Say so
+        loudly, count it, and resume from the surviving records (the end), for good."""
+        if self._found_end is None:
+            return
+        saved, end = position_pair(self._position), position_pair(self._found_end)
+        if saved <= end:
+            return
+        lost = saved[1] - end[1] if saved[0] == end[0] else saved[1]
+        self._skipped(self._found_end, lost)
+        self.log.critical(
+            "acct file {path}: its checkpoint is at journal position {saved} but the "
+            "journal was truncated and ends at {end}: at least {lost} journal bytes are "
+            "lost (disk fault or operator error); accounting resumes from the surviving "
+            "records at {end}",
+            path=self.path, saved=_show(saved), end=_show(end), lost=lost,
+        )  # fmt: skip
+        self._save(self._size)
+
+    def _skipped(self, position: P, lost: int) -> None:
+        self._position = position
+        self.journal_truncations += 1
+        self.journal_lost_bytes += max(lost, 0)
 
     def _header_matches(self) -> bool:
         with open(self.path, "rb") as f:
@@ -378,9 +445,35 @@ class AcctFileWriter(Generic[P]):
                 self._commit(chunks, position, now)
                 chunks, pending = [], 0
         if not reached:
+            if end is not None and self._stalled(end):
+                return self._catch_up_in_thread(end, now)
             return None
         self._commit(chunks, reached[0], now)
         return self._position
+
+    def _stalled(self, end: P) -> bool:
+        """Nothing was read though the journal goes on to `end`: our position is not a
+        record boundary (the journal was cut and written again behind our back).
+        Resynchronise at the next whole record, loudly; True if the position moved."""
+        here = position_pair(self._position)
+        if here >= position_pair(end):
+            return False
+        resume = self._resync(self._position, end) if self._resync is not None else None
+        if resume is None or position_pair(resume) <= here:
+            raise RuntimeError(
+                f"acct writer stalled: the journal has records after position {_show(here)} "
+                "but none can be read there"
+            )
+        there = position_pair(resume)
+        lost = there[1] - here[1] if there[0] == here[0] else 0
+        self._skipped(resume, lost)
+        self.log.critical(
+            "acct file {path}: no journal record at position {here} (the journal was cut "
+            "or damaged): {lost} journal bytes skipped, accounting resumes at {there}",
+            path=self.path, here=_show(here), there=_show(there), lost=lost,
+        )  # fmt: skip
+        self._save(self._size)
+        return True
 
     def _commit(self, chunks: list[bytes], position: P, now: float) -> None:
         """Write `chunks`, (fsync,) then checkpoint: the order exactly-once rests on."""

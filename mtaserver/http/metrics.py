@@ -36,12 +36,18 @@ class ServerCollector(Collector):
     """Reads the scheduler, reception counters and traffic stats at each scrape."""
 
     def __init__(
-        self, scheduler: Any, reception: Any, traffic: TrafficStats, webhooks: Any = None
+        self,
+        scheduler: Any,
+        reception: Any,
+        traffic: TrafficStats,
+        webhooks: Any = None,
+        acct: Any = None,
     ) -> None:
         self.scheduler = scheduler
         self.reception = reception
         self.traffic = traffic
         self.webhooks = webhooks
+        self.acct = acct
 
     def collect(self) -> Iterator[Any]:
         reception = self.reception
@@ -102,6 +108,36 @@ class ServerCollector(Collector):
         yield histogram
         if self.webhooks is not None:
             yield from self._webhook_backlog()
+        if self.acct is not None and hasattr(self.acct, "status"):
+            yield from self._acct_writers()
+
+    def _acct_writers(self) -> Iterator[Any]:
+        """Acct writers' health: a writer that stopped writing is never silent."""
+        failing = GaugeMetricFamily(
+            "mtaserver_acct_writer_failing",
+            "1 while the acct file's last catch-up failed (records not being written)",
+            labels=["acct_file"],
+        )
+        errors = CounterMetricFamily(
+            "mtaserver_acct_writer_errors", "Failed acct catch-ups", labels=["acct_file"]
+        )
+        truncations = CounterMetricFamily(
+            "mtaserver_acct_journal_truncations",
+            "Times the acct writer found its journal position gone (journal cut) and resumed",
+            labels=["acct_file"],
+        )
+        lost = CounterMetricFamily(
+            "mtaserver_acct_journal_lost_bytes",
+            "Journal bytes skipped by those resumptions (a lower bound of what was lost)",
+            labels=["acct_file"],
+        )
+        for status in self.acct.status():
+            label = [status["acct_file"]]
+            failing.add_metric(label, 1 if status["failing"] else 0)
+            errors.add_metric(label, status["errors"])
+            truncations.add_metric(label, status["journal_truncations"])
+            lost.add_metric(label, status["journal_lost_bytes"])
+        yield from (failing, errors, truncations, lost)
 
     def _webhook_backlog(self) -> Iterator[Any]:
         """Accounting webhook batches and bytes not yet accepted by their endpoint."""
@@ -127,10 +163,10 @@ class ServerCollector(Collector):
 
 
 def make_registry(
-    scheduler: Any, reception: Any, traffic: TrafficStats, webhooks: Any = None
+    scheduler: Any, reception: Any, traffic: TrafficStats, webhooks: Any = None, acct: Any = None
 ) -> CollectorRegistry:
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(ServerCollector(scheduler, reception, traffic, webhooks))
+    registry.register(ServerCollector(scheduler, reception, traffic, webhooks, acct))
     return registry
 
 

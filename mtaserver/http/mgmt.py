@@ -95,7 +95,7 @@ def make_management_api(
     return ManagementAPI(
         CommandAPI(commands, access),
         ConfigFileAPI(holder, access, run_in_thread),
-        MonitorAPI(commands, access, make_registry(scheduler, reception, traffic, webhooks)),
+        MonitorAPI(commands, access, make_registry(scheduler, reception, traffic, webhooks, acct)),
     )
 
 

@@ -90,6 +90,40 @@ def valid_end(path: str, offset: int = 0) -> int:
     return end
 
 
+def next_record(
+    directory: str, position: JournalPosition, end: JournalPosition
+) -> JournalPosition | None:
+    """The first whole record at or after `position` (up to `end`), for a stalled reader.
+
+    A reader whose position is not a record boundary (the journal was cut and written
+    again behind its back) would otherwise read nothing, forever. This scans forward for
+    the record magic followed by a valid length and checksum, then tries later segments
+    from their start. None if there is no record to resume at. Blocking: use a thread.
+    """
+    segment, offset = position.segment, position.offset
+    while segment <= end.segment:
+        path = segment_path(directory, segment)
+        if os.path.exists(path):
+            with open(path, "rb") as f:
+                f.seek(offset)
+                limit = end.offset - offset if segment == end.segment else -1
+                data = f.read(limit) if limit >= 0 else f.read()
+            at = data.find(RECORD_MAGIC)
+            while at >= 0:
+                if at + _HEADER.size <= len(data):
+                    _, length, crc = _HEADER.unpack_from(data, at)
+                    payload = data[at + _HEADER.size : at + _HEADER.size + length]
+                    whole = length <= _MAX_RECORD and len(payload) == length
+                    if whole and zlib.crc32(payload) == crc:
+                        return JournalPosition(segment, offset + at)
+                at = data.find(RECORD_MAGIC, at + 1)
+        later = [s for s in list_segments(directory) if segment < s <= end.segment]
+        if not later:
+            return None
+        segment, offset = later[0], 0
+    return None
+
+
 def open_journal(directory: str, file_ops: FileOps = REAL_FILE_OPS) -> JournalPosition:
     """Create the journal directory if needed, cut a torn tail, return the end.
 
@@ -181,12 +215,18 @@ class Journal:
         segment_bytes: int = 64 * 2**20,
         *,
         file_ops: FileOps = REAL_FILE_OPS,
+        found_end: JournalPosition | None = None,
     ) -> None:
         self.directory = directory
         self._run_in_thread = run_in_thread
         self._segment_bytes = segment_bytes
         self._ops = file_ops
         self._end = open_journal(directory, file_ops)
+        # Where the journal ended on disk when this run started, before it appended
+        # anything (recovery passes the end it found before journaling adopted
+        # messages). A consumer whose saved position is past it lost journal records:
+        # the journal was cut between runs. See `AcctFileWriter`.
+        self.found_end = found_end if found_end is not None else self._end
         self._first_segment = list_segments(directory)[0]
         # Owned by the batch thread (at most one batch runs at a time).
         self._fd_segment = self._end.segment

@@ -70,6 +70,9 @@ class RecoveredSpool:
 
     messages: Mapping[str, RecoveredMessage]
     journal_end: JournalPosition
+    # The end as found on disk, before recovery journaled adopted messages: a
+    # consumer's saved position past it means the journal was cut between runs.
+    found_end: JournalPosition = JournalPosition(0, 0)
     corrupt: tuple[str, ...] = ()  # file names moved to corrupt/
     adopted: tuple[str, ...] = ()  # files without a Received record, journaled now
     # Received, not final, but no valid file (moved to corrupt/ or missing): the
@@ -152,7 +155,7 @@ def recover(
     journal_dir = os.path.join(directory, "journal")
     for path in (msg_dir, corrupt_dir):
         os.makedirs(path, exist_ok=True)
-    end = open_journal(journal_dir, file_ops)
+    end = found_end = open_journal(journal_dir, file_ops)
     states = _replay(journal_dir, end)
 
     messages: dict[str, RecoveredMessage] = {}
@@ -205,6 +208,7 @@ def recover(
     return RecoveredSpool(
         messages=dict(sorted(messages.items())),
         journal_end=end,
+        found_end=found_end,
         corrupt=tuple(corrupt),
         adopted=tuple(e.msg_id for e in adopted),
         lost=lost,
@@ -255,7 +259,12 @@ def open_spool(
 ) -> tuple[RecoveredSpool, Journal, MessageStore]:
     """Recover the spool at `directory`, then open its journal and store (blocking)."""
     recovered = recover(directory, verify_bodies=verify_bodies)
-    journal = Journal(os.path.join(directory, "journal"), run_in_thread, segment_bytes)
+    journal = Journal(
+        os.path.join(directory, "journal"),
+        run_in_thread,
+        segment_bytes,
+        found_end=recovered.found_end,
+    )
     store = MessageStore(directory, journal, run_in_thread, min_free_space)
     store.resume(recovered.live_segments())
     return recovered, journal, store
