@@ -213,3 +213,24 @@ def test_config_file_path_and_commit_units(tmp_path: Path) -> None:
     path = config_file_path(config, "main.conf")
     assert commit_files(config, {path: f"spool {tmp_path}/spool\nhttp-api-key ********\n"}) == []
     assert (tmp_path / "main.conf").read_text().endswith("http-api-key K1\n")
+
+
+def test_log_observer_redacts_secret_fields() -> None:
+    """A log event carrying a credential field is written with ******** instead."""
+    from twisted.logger import formatEvent
+
+    from mtaserver.logs import RedactingObserver
+
+    seen: list[dict] = []
+    observer = RedactingObserver(seen.append)
+    observer(
+        {
+            "log_format": "bind as {bind_dn} with {bind_password}",
+            "bind_dn": "cn=x",
+            "bind_password": "p4ss",
+            "settings": {"http_api_key": ["k"]},
+        }
+    )
+    observer({"log_format": "plain {n}", "n": 1})
+    assert formatEvent(seen[0]) == f"bind as cn=x with {REDACTED}"
+    assert seen[0]["settings"] == {"http_api_key": [REDACTED]} and seen[1]["n"] == 1
