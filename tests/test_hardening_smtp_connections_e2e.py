@@ -1,0 +1,295 @@
+"""SMTP connection lifecycle against the real server process, over raw loopback sockets.
+
+Connection caps and the descriptor reserve (with a low RLIMIT_NOFILE), slowloris
+deadlines, the junk-command limit, 421 on SIGTERM and early talkers. 127.0.0.2 and
+127.0.0.3 are other clients as far as `<source>` and per-IP caps are concerned.
+"""
+
+from __future__ import annotations
+
+import csv
+import http.client
+import select
+import smtplib
+import socket
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from server_process import ServerProcess, free_port, wait_until
+
+CONFIG = """
+host-name mta.test
+postmaster postmaster@mta.test
+spool {d}/spool
+smtp-listener 127.0.0.1:{smtp}
+{extra}
+<source 127.0.0.0/8>
+    always-allow-relaying yes
+{source}
+</source>
+<acct-file {d}/acct.csv>
+    records r
+</acct-file>
+<domain *>
+    type discard
+</domain>
+"""
+
+
+class Raw:
+    """A raw SMTP client socket from a chosen loopback source address."""
+
+    def __init__(self, port: int, source: str = "127.0.0.1", greet: bool = True) -> None:
+        self.sock = socket.create_connection(
+            ("127.0.0.1", port), timeout=30, source_address=(source, 0)
+        )
+        self.greeting = self.reply() if greet else ""
+
+    def line(self) -> str:
+        data = b""
+        while not data.endswith(b"\r\n"):
+            chunk = self.sock.recv(1)
+            if not chunk:
+                break
+            data += chunk
+        return data.decode()
+
+    def reply(self) -> str:
+        lines = []
+        while True:
+            line = self.line()
+            lines.append(line.rstrip("\r\n"))
+            if len(line) < 4 or line[3] != "-":
+                return "\n".join(lines)
+
+    def command(self, text: str) -> str:
+        self.sock.sendall(text.encode() + b"\r\n")
+        return self.reply()
+
+    def readable(self, timeout: float = 0.0) -> bool:
+        return bool(select.select([self.sock], [], [], timeout)[0])
+
+    def closed(self) -> bool:
+        try:
+            return self.sock.recv(1) == b""
+        except OSError:
+            return True
+
+    def trickle(self, data: bytes, pause: float = 0.5) -> str:
+        """Send `data` a byte at a time (then keep sending spaces) until the server replies."""
+        stream = iter(data)
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            if self.readable(pause):
+                return self.reply()
+            byte = next(stream, ord("x"))
+            try:
+                self.sock.sendall(bytes([byte]))
+            except OSError:
+                return self.reply()
+        raise AssertionError("no reply while trickling")
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+class Server:
+    def __init__(
+        self, directory: Path, source: str = "", extra: str = "", mgmt: bool = False
+    ) -> None:
+        self.directory = directory
+        self.smtp = free_port()
+        self.mgmt = free_port() if mgmt else None
+        if self.mgmt is not None:
+            extra += f"\nhttp-mgmt-port 127.0.0.1:{self.mgmt}\nhttp-access 127.0.0.1/32 monitor\n"
+        text = CONFIG.format(d=directory, smtp=self.smtp, extra=extra, source=source)
+        ports = (self.smtp,) if self.mgmt is None else (self.smtp, self.mgmt)
+        self.process = ServerProcess(directory, text, wait_ports=ports)
+
+    def acct_receptions(self) -> list[dict[str, str]]:
+        path = self.directory / "acct.csv"
+        if not path.exists():
+            return []
+        with path.open(newline="") as stream:
+            return [r for r in csv.DictReader(stream) if r["type"] == "r"]
+
+    def send_message(self, rcpt: str) -> None:
+        with smtplib.SMTP("127.0.0.1", self.smtp, timeout=30) as client:
+            client.sendmail("s@src.test", [rcpt], b"Subject: t\r\n\r\nbody\r\n")
+
+
+class LimitedProcess(ServerProcess):
+    """The server started under an RLIMIT_NOFILE of (soft, hard)."""
+
+    def __init__(self, directory: Path, text: str, ports: tuple[int, ...], nofile: Any) -> None:
+        super().__init__(directory, text, wait_ports=ports)
+        self.nofile = nofile
+
+    def command(self) -> list[str]:
+        command = super().command()
+        soft, hard = self.nofile
+        command[2] = (
+            "import resource; "
+            f"resource.setrlimit(resource.RLIMIT_NOFILE, ({soft}, {hard})); "
+            "from twisted.scripts.twistd import run; run()"
+        )
+        return command
+
+
+@pytest.fixture
+def server(tmp_path: Path) -> Iterator[Any]:
+    started: list[ServerProcess] = []
+
+    def make(source: str = "", extra: str = "", mgmt: bool = False, nofile: Any = None) -> Server:
+        srv = Server(tmp_path, source, extra, mgmt)
+        if nofile is not None:
+            srv.process = LimitedProcess(
+                tmp_path, srv.process.config.read_text(), srv.process.wait_ports, nofile
+            )
+        started.append(srv.process)
+        srv.process.start()
+        return srv
+
+    yield make
+    for process in started:
+        process.stop()
+
+
+def test_connection_caps(server: Any) -> None:
+    """max-smtp-in 3 per IP and total-max-smtp-in 5: the excess gets 421 4.7.0 and is closed."""
+    srv = server("    max-smtp-in 3", "total-max-smtp-in 5")
+    first = [Raw(srv.smtp) for _ in range(3)]
+    assert all(c.greeting.startswith("220 ") for c in first)
+    fourth = Raw(srv.smtp)
+    assert fourth.greeting.startswith("421 4.7.0 Too many connections from your IP")
+    assert fourth.closed()
+    others = [Raw(srv.smtp, "127.0.0.2") for _ in range(2)]
+    assert all(c.greeting.startswith("220 ") for c in others)
+    over_total = Raw(srv.smtp, "127.0.0.3")
+    assert over_total.greeting == "421 4.7.0 Too many connections, try again later"
+    assert over_total.closed()
+    assert first[0].command("QUIT").startswith("221")
+    assert first[0].closed()
+
+    def admitted() -> bool:
+        client = Raw(srv.smtp, "127.0.0.3")
+        ok = client.greeting.startswith("220 ")
+        client.close()
+        return ok
+
+    assert wait_until(admitted), "a slot freed by QUIT is usable again"
+    for client in first + others:
+        client.close()
+
+
+def test_rlimit_raised_to_hard_limit_and_logged(server: Any) -> None:
+    """At start the RLIMIT_NOFILE soft limit is raised to the hard limit, and the log says so."""
+    srv = server(nofile=(256, 4096))
+    assert srv.process.proc is not None
+    limits = Path(f"/proc/{srv.process.proc.pid}/limits").read_text()
+    (line,) = [x for x in limits.splitlines() if x.startswith("Max open files")]
+    assert line.split()[3:5] == ["4096", "4096"]
+    assert srv.process.wait_for_log(
+        "file descriptor limit (RLIMIT_NOFILE): 4096 (was 256, hard limit 4096)"
+    )
+
+
+def test_descriptor_reserve_keeps_management_port(server: Any) -> None:
+    """Under a low RLIMIT_NOFILE, SMTP refuses with 421 before the fds run out; mgmt answers."""
+    srv = server("    max-smtp-in 1000", mgmt=True, nofile=(128, 128))
+    clients: list[Raw] = []
+    refused = ""
+    for _ in range(200):
+        client = Raw(srv.smtp)
+        clients.append(client)
+        if not client.greeting.startswith("220 "):
+            refused = client.greeting
+            break
+    assert refused == "421 4.7.0 Server busy, try again later"
+    connection = http.client.HTTPConnection("127.0.0.1", srv.mgmt, timeout=30)
+    connection.request("GET", "/status")
+    assert connection.getresponse().status == 200
+    connection.close()
+    for client in clients:
+        client.close()
+    assert "Too many open files" not in srv.process.read_log()
+    srv.send_message("after@x.test")
+    assert wait_until(lambda: len(srv.acct_receptions()) == 1), "SMTP works again once freed"
+
+
+def test_command_deadline_against_slowloris(server: Any) -> None:
+    """A command trickled a byte at a time is cut off by smtp-command-deadline with 421 4.4.2."""
+    srv = server("    smtp-command-deadline 2s")
+    client = Raw(srv.smtp)
+    reply = client.trickle(b"EHLO " + b"x" * 400)
+    assert reply == "421 4.4.2 Command deadline exceeded, closing connection"
+    assert client.closed()
+
+
+def test_data_deadline_against_slowloris(server: Any) -> None:
+    """A DATA trickled a byte at a time gets 421 4.4.2 at smtp-data-deadline and is not queued."""
+    srv = server("    smtp-data-deadline 3s")
+    srv.send_message("control@x.test")
+    client = Raw(srv.smtp)
+    assert client.command("EHLO c.test").startswith("250")
+    assert client.command("MAIL FROM:<s@src.test>").startswith("250")
+    assert client.command("RCPT TO:<slow@x.test>").startswith("250")
+    assert client.command("DATA").startswith("354")
+    reply = client.trickle(b"Subject: slow\r\n\r\n" + b"x" * 1000)
+    assert reply == "421 4.4.2 DATA deadline exceeded, closing connection"
+    assert client.closed()
+    srv.process.stop()
+    assert [r["rcpt"] for r in srv.acct_receptions()] == ["control@x.test"]
+
+
+def test_junk_commands_cut_off(server: Any) -> None:
+    """The issue's 200 pipelined NOOPs: 100 get 250, the 101st 421 4.7.0, then close."""
+    srv = server()
+    client = Raw(srv.smtp)
+    client.sock.sendall(b"NOOP\r\n" * 200)
+    replies = [client.reply() for _ in range(101)]
+    assert replies[:100] == ["250 2.0.0 Ok"] * 100
+    assert replies[100] == "421 4.7.0 Too many junk commands, closing connection"
+    assert client.closed()
+
+
+def test_sigterm_says_421_and_drops_unfinished_data(server: Any) -> None:
+    """SIGTERM: an idle session and one mid-DATA both get 421 4.3.2; the partial message is lost."""
+    srv = server()
+    srv.send_message("control@x.test")
+    idle = Raw(srv.smtp)
+    assert idle.command("EHLO idle.test").startswith("250")
+    busy = Raw(srv.smtp, "127.0.0.2")
+    assert busy.command("EHLO busy.test").startswith("250")
+    assert busy.command("MAIL FROM:<s@src.test>").startswith("250")
+    assert busy.command("RCPT TO:<unfinished@x.test>").startswith("250")
+    assert busy.command("DATA").startswith("354")
+    busy.sock.sendall(b"Subject: half\r\n\r\nthe first half\r\n")
+    assert wait_until(lambda: len(srv.acct_receptions()) == 1)
+    assert srv.process.proc is not None
+    srv.process.proc.terminate()
+    assert idle.reply() == "421 4.3.2 Service shutting down"
+    assert busy.reply() == "421 4.3.2 Service shutting down"
+    assert idle.closed() and busy.closed()
+    srv.process.proc.wait(timeout=30)
+    assert [r["rcpt"] for r in srv.acct_receptions()] == ["control@x.test"]
+
+
+def test_early_talker_refused(server: Any) -> None:
+    """With smtp-greeting-delay on a source, talking before the 220 gets 554 5.5.1 and close."""
+    srv = server(extra="<source 127.0.0.2>\n    smtp-greeting-delay 3s\n</source>")
+    eager = Raw(srv.smtp, "127.0.0.2", greet=False)
+    eager.sock.sendall(b"EHLO eager.test\r\n")
+    assert eager.reply() == "554 5.5.1 Protocol error: client sent data before the greeting"
+    assert eager.closed()
+    patient = Raw(srv.smtp, "127.0.0.2")
+    assert patient.greeting == "220 mta.test ESMTP mtaserver"
+    assert patient.command("EHLO patient.test").startswith("250")
+    undelayed = Raw(srv.smtp, "127.0.0.1", greet=False)
+    assert undelayed.readable(30), "no delay: the 220 comes at once"
+    assert undelayed.reply().startswith("220 ")
+    for client in (patient, undelayed):
+        client.close()
