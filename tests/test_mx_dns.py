@@ -98,7 +98,11 @@ def test_round_robin_rotates_on_each_call(dns_port: int) -> None:
 
 def test_default_smtp_port_applies_to_mx_hosts(dns_port: int) -> None:
     """default-smtp-port is the port of every MX target."""
-    levels = _route(_mx(dns_port), "multi.test", DomainSettings(default_smtp_port=2525, mx_allow_private_addresses=True))
+    levels = _route(
+        _mx(dns_port),
+        "multi.test",
+        DomainSettings(default_smtp_port=2525, mx_allow_private_addresses=True),
+    )
     assert {t.port for level in levels for t in level} == {2525}
 
 

@@ -479,7 +479,7 @@ def test_read_timeout() -> None:
 
 
 def test_421_mid_transaction() -> None:
-    """A 421 to a RCPT answers it and every later recipient, and ends the session."""
+    """A 421 to a RCPT answers every recipient (an accepted RCPT is no delivery), ends it."""
     server = FakeServer([tx("a@x.test", "b@x.test", "c@x.test")])
     server.greet_ehlo("PIPELINING")
     server.heard()
@@ -488,7 +488,7 @@ def test_421_mid_transaction() -> None:
     failure = failure_of(server)
     assert failure.reply.code == 421
     replies = server.results[0].replies
-    assert [r.code for r in replies] == [250, 421, 421]
+    assert [r.code for r in replies] == [421, 421, 421]
     assert b"QUIT" not in server.heard()
 
 

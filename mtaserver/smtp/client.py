@@ -1133,7 +1133,11 @@ async def _transactions(
         try:
             replies, needs_rset = await session.deliver(tx)
         except _Interrupted as stop:
-            filled = tuple(r if r is not None else stop.ending for r in stop.replies)
+            # A 2xx here is a RCPT's acceptance, never a delivery: the body did not
+            # get its final reply, so those recipients take the ending reply too.
+            filled = tuple(
+                r if r is not None and not r.is_success else stop.ending for r in stop.replies
+            )
             report(TransactionResult(tx, filled, session.info))
             if stop.desync:
                 log.info("{peer}: {reason}; reconnecting", peer=session.peer, reason=stop.ending)
