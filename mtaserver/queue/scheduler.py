@@ -648,7 +648,14 @@ class Scheduler:
         items = list(queue.ready)
         queue.ready.clear()
         if failure.permanent:
-            await self._bounce_items(queue, items, failure.status, failure.diag, failure.dsn_mta)
+            await self._bounce_items(
+                queue,
+                items,
+                failure.status,
+                failure.diag,
+                failure.dsn_mta,
+                category=failure.bounce_cat,  # routing knows best (bad-domain for 5.4.4)
+            )
             return
         queue.consecutive_failures += 1
         expired = [i for i in items if self._expired(i, settings, now)]
