@@ -487,6 +487,61 @@ def test_lookups_during_compaction(tmp_path):
         assert store.count() == 2000 + 15 * 50
 
 
+def test_concurrent_adds_share_syncs(tmp_path):
+    """Adds from many threads are all durable and share fdatasyncs (group commit)."""
+    syncs: list[int] = []
+    gate = threading.Event()
+
+    def slow_sync(fd: int) -> None:
+        syncs.append(fd)
+        gate.wait(0.005)  # a disk's sync latency, so that other calls queue meanwhile
+        os.fdatasync(fd)
+
+    directory = str(tmp_path)
+    with SuppressionStore.open(directory, sync=slow_sync) as store:
+
+        def worker(n: int) -> None:
+            for i in range(50):
+                store.add([Entry.make(f"t{n}-{i}@example.com", now=i)])
+                if i % 10 == 0:
+                    store.remove("global", f"t{n}-{i}@example.com")
+
+        threads = [threading.Thread(target=worker, args=(n,)) for n in range(8)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        assert store.count() == 8 * 45
+        calls = 8 * 55
+        assert len(syncs) < calls / 2
+    with SuppressionStore.open(directory) as store:
+        assert store.count() == 8 * 45
+        expected = {f"t{n}-{i}@example.com" for n in range(8) for i in range(50) if i % 10}
+        assert {e.recipient for e in store.export()} == expected
+
+
+def test_failed_sync_fails_the_add_and_leaves_the_store_usable(tmp_path):
+    """A sync error (disk full) fails add() with SuppressionStoreError and writes nothing."""
+    failures = [OSError(28, "No space left on device")]
+
+    def sync(fd: int) -> None:
+        if failures:
+            raise failures.pop()
+        os.fdatasync(fd)
+
+    directory = str(tmp_path)
+    with SuppressionStore.open(directory, sync=sync) as store:
+        size = os.path.getsize(log_path(directory))
+        with pytest.raises(SuppressionStoreError, match="No space left"):
+            store.add([Entry.make("lost@example.com", now=1)])
+        assert os.path.getsize(log_path(directory)) == size
+        assert store.lookup("lost@example.com") is None
+        assert store.count() == 0
+        store.add([Entry.make("kept@example.com", now=2)])
+    with SuppressionStore.open(directory) as store:
+        assert [e.recipient for e in store.export()] == ["kept@example.com"]
+
+
 def test_closed_store_refuses_calls(tmp_path):
     """After close(), lookups and writes raise SuppressionStoreError."""
     store = SuppressionStore.open(str(tmp_path))

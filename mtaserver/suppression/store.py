@@ -42,7 +42,7 @@ import struct
 import sys
 import threading
 import zlib
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import TextIO
 
 import attrs
@@ -280,6 +280,7 @@ class SuppressionStore:
         log_gen: int,
         log_records: int,
         compact_after: int,
+        sync: Callable[[int], None],
     ) -> None:
         self.directory = directory
         self._key = key
@@ -291,18 +292,39 @@ class SuppressionStore:
         self._log_size = os.fstat(self._log_fd).st_size
         self._log_records = log_records
         self._compact_after = compact_after
+        self._sync = sync
         self._lock = threading.Lock()
         self._compact_lock = threading.Lock()
         self._closed = False
+        # Group commit: calls queue their frames and the changes they make; one of them
+        # writes and syncs everything queued while the previous sync ran, then publishes
+        # the changes to the index and wakes the others. `_unpublished` lets later calls
+        # see queued changes (for `created` and the count) before they are durable.
+        self._durable = threading.Condition(self._lock)
+        self._queue = bytearray()
+        self._queue_changes: list[tuple[int, int]] = []
+        self._queue_records = 0
+        self._queue_delta = 0
+        self._unpublished: dict[int, tuple[int, Entry | None]] = {}
+        self._in_flight = 0
+        self._flushing = False
+        self._group = 0
+        self._done = -1
+        self._failures: dict[int, SuppressionStoreError] = {}
 
     # -- opening and recovery ---------------------------------------------------------
 
     @classmethod
     def open(
-        cls, directory: str, *, compact_after: int = DEFAULT_COMPACT_AFTER
+        cls,
+        directory: str,
+        *,
+        compact_after: int = DEFAULT_COMPACT_AFTER,
+        sync: Callable[[int], None] = _fdatasync,
     ) -> SuppressionStore:
         """Open (or create) the store in `directory`, cutting off a torn log tail.
 
+        `sync` makes a log write durable (fdatasync; tests count its calls).
         Blocking: reads the snapshot index and replays the logs after it.
         """
         os.makedirs(directory, exist_ok=True)
@@ -346,7 +368,7 @@ class SuppressionStore:
                 log_records += 1
             readers[log_gen] = _FileReader(path)
         layers = _Layers(active=active, frozen={}, base=base, logs=readers)
-        return cls(directory, key, layers, count, logs[-1], log_records, compact_after)
+        return cls(directory, key, layers, count, logs[-1], log_records, compact_after, sync)
 
     # -- lookups (reactor thread) ------------------------------------------------------
 
@@ -410,6 +432,7 @@ class SuppressionStore:
 
         An entry whose (scope, recipient) exists replaces it but keeps its `created`.
         Within one call the last entry for a key wins. Returns how many were new.
+        Concurrent calls from several threads share writes and syncs (group commit).
         Blocking: call from a thread.
         """
         batch = list(entries)
@@ -422,30 +445,22 @@ class SuppressionStore:
             self._check_open()
             layers = self._layers
             pending: dict[int, Entry] = {}
-            new: set[int] = set()
+            new = 0
             for entry in batch:
                 h = _hash(self._key, entry.scope, entry.recipient)
                 old = pending.get(h)
                 if old is None:
-                    old = self._read(layers, h)
-                    if old is None:
-                        new.add(h)
+                    old = self._current(layers, h)
+                    new += old is None
                 if old is not None and old.created != entry.created:
                     entry = attrs.evolve(entry, created=old.created)
                 pending[h] = entry
-            buf = bytearray()
-            places: list[tuple[int, int]] = []
-            base = self._log_gen << _GEN_SHIFT | self._log_size
             for h, entry in pending.items():
-                places.append((h, base + len(buf)))
-                buf += frame(KIND_ADD, encode_entry(entry))
-            buf += frame(KIND_END, str(len(pending)).encode())
-            self._append(buf, len(pending))
-            active = layers.active
-            for h, location in places:
-                active[h] = location
-            self._count += len(new)
-            return len(new)
+                self._enqueue(h, frame(KIND_ADD, encode_entry(entry)), entry)
+            self._queue += frame(KIND_END, str(len(pending)).encode())
+            self._queue_delta += new
+            self._commit()
+            return new
 
     def remove(self, scope: str, recipient: str) -> bool:
         """Remove the entry for (scope, recipient) durably; False if there was none.
@@ -456,31 +471,111 @@ class SuppressionStore:
         address = normalize_recipient(recipient)
         with self._lock:
             self._check_open()
-            layers = self._layers
             h = _hash(self._key, scope, address)
-            if self._read(layers, h) is None:
+            if self._current(self._layers, h) is None:
                 return False
             payload = json.dumps([scope, address], ensure_ascii=False).encode("utf-8")
-            self._append(frame(KIND_REMOVE, payload) + frame(KIND_END, b"1"), 1)
-            _forget(layers.active, layers.frozen, layers.base, h)
-            self._count -= 1
+            self._enqueue(h, frame(KIND_REMOVE, payload), None)
+            self._queue += frame(KIND_END, b"1")
+            self._queue_delta -= 1
+            self._commit()
             return True
 
-    def _append(self, data: bytes | bytearray, records: int) -> None:
-        start = self._log_size
+    def _current(self, layers: _Layers, h: int) -> Entry | None:
+        """The entry for `h` including queued changes: what the next write builds on."""
+        queued = self._unpublished.get(h)
+        if queued is not None:
+            return queued[1]
+        return self._read(layers, h)
+
+    def _enqueue(self, h: int, data: bytes, entry: Entry | None) -> None:
+        offset = self._log_size + self._in_flight + len(self._queue)
+        location = self._log_gen << _GEN_SHIFT | offset if entry is not None else _REMOVED
+        self._queue += data
+        self._queue_changes.append((h, location))
+        self._queue_records += 1
+        self._unpublished[h] = (self._group, entry)
+
+    def _commit(self) -> None:
+        """Wait (lock held) until the queued group is written, writing it if nobody is."""
+        group = self._group
+        while self._done < group:
+            if self._flushing:
+                self._durable.wait()
+            else:
+                self._flush()
+        error = self._failures.get(group)
+        if error is not None:
+            raise error
+
+    def _drain(self) -> None:
+        """Write whatever is queued and wait for the write in flight (lock held)."""
+        while self._flushing or self._queue:
+            if self._flushing:
+                self._durable.wait()
+            else:
+                self._flush()
+
+    def _flush(self) -> None:
+        """Write and sync the queue outside the lock, then publish it (lock held)."""
+        data, changes = self._queue, self._queue_changes
+        records, delta, group = self._queue_records, self._queue_delta, self._group
+        self._queue, self._queue_changes = bytearray(), []
+        self._queue_records = self._queue_delta = 0
+        self._group += 1
+        self._flushing = True
+        self._in_flight = len(data)
+        fd, start = self._log_fd, self._log_size
+        error: OSError | None = None
+        broken = False
+        self._lock.release()
         try:
-            _write_all(self._log_fd, data)
-            _fdatasync(self._log_fd)
+            _write_all(fd, data)
+            self._sync(fd)
         except OSError as e:
-            # Take the partial batch back out, so a later batch is not appended after
-            # frames that recovery would cut off (and the later batch with them).
+            error = e
+            # Take the partial write back out, so later frames are not appended after
+            # ones that recovery would cut off (and cut off with them).
             try:
-                os.ftruncate(self._log_fd, start)
+                os.ftruncate(fd, start)
             except OSError:
+                broken = True
+        finally:
+            self._lock.acquire()
+        self._flushing = False
+        self._in_flight = 0
+        if error is None:
+            self._log_size = start + len(data)
+            self._log_records += records
+            self._count += delta
+            layers = self._layers
+            for h, location in changes:
+                if location == _REMOVED:
+                    _forget(layers.active, layers.frozen, layers.base, h)
+                else:
+                    layers.active[h] = location
+                if self._unpublished.get(h, (None,))[0] == group:
+                    del self._unpublished[h]
+            self._done = group
+        else:
+            # What was queued meanwhile was placed after the failed write: fail it too.
+            failure = SuppressionStoreError(f"cannot write {self._log_path}: {error}")
+            failure.__cause__ = error
+            last = group
+            if self._queue:
+                last = self._group
+                self._queue, self._queue_changes = bytearray(), []
+                self._queue_records = self._queue_delta = 0
+                self._group += 1
+            for failed in range(group, last + 1):
+                self._failures[failed] = failure
+            for old in [g for g in self._failures if g < group - 1000]:
+                del self._failures[old]
+            self._unpublished.clear()
+            self._done = last
+            if broken:
                 self._closed = True
-            raise SuppressionStoreError(f"cannot write {self._log_path}: {e}") from e
-        self._log_size = start + len(data)
-        self._log_records += records
+        self._durable.notify_all()
 
     def _check_open(self) -> None:
         if self._closed:
@@ -507,6 +602,8 @@ class SuppressionStore:
         """
         with self._compact_lock:
             with self._lock:
+                self._check_open()
+                self._drain()
                 self._check_open()
                 old = self._layers
                 gen = self._log_gen + 1
@@ -656,6 +753,7 @@ class SuppressionStore:
         with self._lock:
             if self._closed:
                 return
+            self._drain()
             self._closed = True
             os.close(self._log_fd)
             layers = self._layers
