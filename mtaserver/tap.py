@@ -43,7 +43,7 @@ from mtaserver.smtp.server import make_smtp_service
 from mtaserver.smtp.signing import DkimTransform
 from mtaserver.spool import Journal, open_spool
 from mtaserver.stats import TrafficStats
-from mtaserver.webhooks import HttpDeliverer, PooledClient, WebhookService
+from mtaserver.webhooks import HttpDeliverer, PooledClient, WebhookService, holder_targets
 
 log = Logger()
 
@@ -166,8 +166,9 @@ def compose(holder: ConfigHolder, reactor: Any) -> MultiService:
     writers = [writer_for(acct, journal, run_in_thread, reactor) for acct in config.acct_files]
     acct = AcctService(writers, journal)
     acct.setServiceParent(root)
-    webhooks = WebhookService.from_config(config, reactor, run_in_thread)
-    http_delivery_client = PooledClient(reactor)
+    targets = holder_targets(holder)  # http-webhook-allow-addresses, checked per connection
+    webhooks = WebhookService.from_config(config, reactor, run_in_thread, targets)
+    http_delivery_client = PooledClient(reactor, targets=targets)
     webhooks.clients.append(http_delivery_client)
     webhooks.setServiceParent(root)
 

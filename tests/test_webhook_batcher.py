@@ -7,9 +7,11 @@ slow or serving HTTPS with trustme certificates as each test needs.
 
 from __future__ import annotations
 
+import functools
 import gzip
 import hashlib
 import hmac
+import ipaddress
 import json
 import os
 import time
@@ -26,6 +28,7 @@ from twisted.internet.threads import deferToThreadPool
 from webhook_receiver import Receiver
 
 from mtaserver.accounting.checkpoint import Checkpoint, checkpoint_path, save_checkpoint
+from mtaserver.config.targets import TargetPolicy
 from mtaserver.webhooks.batcher import WebhookBatcher
 from mtaserver.webhooks.http import PooledClient, policy_from_files
 from mtaserver.webhooks.staging import staging_directory
@@ -47,6 +50,10 @@ def append(path: Path, data: bytes) -> None:
         f.write(data)
 
 
+#: The receivers listen on loopback, which webhooks may reach only when allow-listed.
+LOOPBACK_ALLOWED = functools.partial(TargetPolicy, (ipaddress.ip_network("127.0.0.0/8"),))
+
+
 class Harness:
     """Builds batchers on the reactor thread and stops them (and their pools) at the end."""
 
@@ -59,7 +66,7 @@ class Harness:
         kw.setdefault("poll_interval", 0.05)
 
         def make() -> Any:
-            client = PooledClient(reactor, policy, connect_timeout=5)
+            client = PooledClient(reactor, policy, connect_timeout=5, targets=LOOPBACK_ALLOWED)
             batcher = WebhookBatcher(
                 client, reactor, acct_path=str(acct), url=url, run_in_thread=run_in_thread, **kw
             )

@@ -48,6 +48,7 @@ host-name mta.test
 postmaster postmaster@mta.test
 spool {tmp}/spool
 smtp-listener 127.0.0.1:{port}
+http-webhook-allow-addresses 127.0.0.1
 <source 127.0.0.1>
     always-allow-relaying yes
 </source>
@@ -148,6 +149,7 @@ host-name mta.test
 postmaster postmaster@mta.test
 spool {tmp}/spool
 smtp-listener 127.0.0.1:{port}
+http-webhook-allow-addresses 127.0.0.1
 relay-domain inbound.example
 <acct-file {tmp}/acct.json>
     records r,d,b,t,tq
@@ -246,6 +248,7 @@ spool {tmp_path}/spool
 smtp-listener 127.0.0.1:{smtp}
 http-mgmt-port 127.0.0.1:{mgmt}
 http-access 127.0.0.1 monitor
+http-webhook-allow-addresses 127.0.0.1
 <source 127.0.0.1>
     always-allow-relaying yes
 </source>

@@ -31,6 +31,7 @@ from mtaserver.config.model import (
     VirtualMtaPool,
     build,
 )
+from mtaserver.config.targets import check_targets
 from mtaserver.config.values import HostPort, parse_cidr, parse_host_port
 
 ScopeKey = tuple[str, str]
@@ -183,6 +184,7 @@ def load_config(path: str) -> Config:
     loader.walk(nodes, reg.GLOBAL, loader.global_layer)
     loader.check_references()
     config = _assemble(loader, path, files, nodes)
+    check_targets(nodes, config, loader.problems)
     if loader.problems:
         order = {name: index for index, name in enumerate([path, *files])}
         loader.problems.sort(key=lambda p: (order.get(p.file, len(order)), p.line))

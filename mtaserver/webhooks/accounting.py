@@ -18,14 +18,19 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from mtaserver.config.model import AcctFileSettings, Config
+from mtaserver.config.targets import TargetPolicy, config_policy
 from mtaserver.webhooks.batcher import DEFAULT_MAX_BYTES, RunInThread, WebhookBatcher
+from mtaserver.webhooks.guard import TargetSource
 from mtaserver.webhooks.http import PooledClient, policy_from_files, read_extra_headers
 
 log = Logger()
 
 
 def batcher_for(
-    acct: AcctFileSettings, reactor: Any, run_in_thread: RunInThread
+    acct: AcctFileSettings,
+    reactor: Any,
+    run_in_thread: RunInThread,
+    targets: TargetSource = TargetPolicy,
 ) -> tuple[WebhookBatcher, PooledClient]:
     """The batcher (and its client) for one `<acct-file>` that has `http-webhook-url`."""
     if not acct.http_webhook_url:
@@ -36,7 +41,11 @@ def batcher_for(
     except (OSError, ValueError) as e:
         raise ValueError(f"<acct-file {acct.path}> webhook: {e}") from e
     client = PooledClient(
-        reactor, policy, connect_timeout=acct.http_webhook_connect_timeout, max_per_host=2
+        reactor,
+        policy,
+        connect_timeout=acct.http_webhook_connect_timeout,
+        max_per_host=2,
+        targets=targets,
     )
     batcher = WebhookBatcher(
         client,
@@ -67,12 +76,21 @@ class WebhookService(Service):
 
     @classmethod
     def from_config(
-        cls, config: Config, reactor: Any, run_in_thread: RunInThread
+        cls,
+        config: Config,
+        reactor: Any,
+        run_in_thread: RunInThread,
+        targets: TargetSource | None = None,
     ) -> WebhookService:
+        """The batchers of `config`; `targets` is the running target policy (by default
+        `config`'s own: pass `holder_targets(holder)` so reloads apply)."""
+        if targets is None:
+            policy = config_policy(config)
+            targets = lambda: policy  # noqa: E731
         batchers, clients = [], []
         for acct in config.acct_files:
             if acct.http_webhook_url:
-                batcher, client = batcher_for(acct, reactor, run_in_thread)
+                batcher, client = batcher_for(acct, reactor, run_in_thread, targets)
                 batchers.append(batcher)
                 clients.append(client)
         return cls(batchers, clients)

@@ -19,12 +19,15 @@ from typing import Any, Protocol
 import attrs
 import treq
 from twisted.internet import defer, protocol, ssl
-from twisted.internet.interfaces import IOpenSSLClientConnectionCreator
+from twisted.internet.interfaces import IHostnameResolver, IOpenSSLClientConnectionCreator
 from twisted.python.failure import Failure
 from twisted.web.client import Agent, HTTPConnectionPool, PotentialDataLoss, ResponseDone
 from twisted.web.http_headers import Headers
 from twisted.web.iweb import IBodyProducer, IPolicyForHTTPS
 from zope.interface import implementer
+
+from mtaserver.config.targets import TargetPolicy
+from mtaserver.webhooks.guard import GuardedEndpointFactory, TargetSource
 
 
 class HttpClient(Protocol):
@@ -170,7 +173,12 @@ def policy_from_files(ca_file: str | None, certificate: str | None) -> Verifying
 
 
 class PooledClient:
-    """A treq client over a persistent connection pool; `close()` drops idle connections."""
+    """A treq client over a persistent connection pool; `close()` drops idle connections.
+
+    Every new connection goes through `GuardedEndpointFactory`: the host is resolved
+    and each address checked against `targets()` (by default nothing private,
+    loopback or link-local), so a refused address is never connected to.
+    """
 
     def __init__(
         self,
@@ -178,15 +186,16 @@ class PooledClient:
         policy: VerifyingPolicy | None = None,
         connect_timeout: float = 30.0,
         max_per_host: int = 32,
+        *,
+        targets: TargetSource = TargetPolicy,
+        resolver: IHostnameResolver | None = None,
     ) -> None:
         self.pool = HTTPConnectionPool(reactor, persistent=True)
         self.pool.maxPersistentPerHost = max_per_host
-        agent = Agent(
-            reactor,
-            contextFactory=policy or VerifyingPolicy(),
-            connectTimeout=connect_timeout,
-            pool=self.pool,
+        endpoints = GuardedEndpointFactory(
+            reactor, targets, policy or VerifyingPolicy(), connect_timeout, resolver
         )
+        agent = Agent.usingEndpointFactory(reactor, endpoints, pool=self.pool)
         self.client = treq.client.HTTPClient(agent)
 
     def request(self, method: str, url: str, **kwargs: Any) -> defer.Deferred[Any]:
