@@ -501,12 +501,9 @@ class _ReplyProtocol(LineReceiver):
         if reply is None:
             return
         if self._due <= 0:
-            code, texts = reply
             self.unsolicited = True
             self._replies.clear()
-            self._break(
-                _Broken("4.5.0", f"protocol error: unsolicited reply {code} {' '.join(texts)}")
-            )
+            self._break(_Broken("4.5.0", f"protocol error: unsolicited reply {make_reply(*reply)}"))
             return
         self._due -= 1
         self._replies.append(reply)
