@@ -48,6 +48,16 @@ def everything(store: SuppressionStore) -> dict[tuple[str, str], Entry]:
     return {entry.key: entry for entry in store.export()}
 
 
+def test_pure_core_imports_no_reactor():
+    """The suppression package imports nothing from twisted.internet (callable from threads)."""
+    code = (
+        "import sys, mtaserver.suppression; "
+        "print(sorted(m for m in sys.modules if m.startswith('twisted.internet')))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
+
+
 # -- entries and validation -----------------------------------------------------------
 
 
