@@ -16,12 +16,15 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from reactor_thread import run_in_reactor
 from server_process import ServerProcess, free_port, wait_until
 from test_webhook_e2e import acct_records
 
 from mtaserver.config import ConfigError, load_config
 from mtaserver.config.reload import ConfigHolder
 from mtaserver.config.targets import TargetPolicy, inet_aton, numeric_host, refused_reason
+from mtaserver.config.values import HostPort
+from mtaserver.webhooks.guard import RefusedTarget, is_local_address
 
 HUGE = 1 << 30
 CHUNK = b"x" * 65536
@@ -407,3 +410,49 @@ smtp-listener 127.0.0.1:{port}
             assert wait_until(lambda: receiver.posts >= 1, timeout=60), server.read_log()
     finally:
         receiver.close()
+
+
+def post_via(targets: TargetPolicy, url: str) -> Any:
+    """POST b"x" to `url` through a real `PooledClient` guarded by `targets`."""
+    from twisted.internet import reactor
+    from twisted.web.http_headers import Headers
+
+    from mtaserver.webhooks.http import PooledClient, post
+
+    async def go() -> Any:
+        client = PooledClient(reactor, targets=lambda: targets)
+        try:
+            return await post(client, reactor, url, b"x", Headers(), 10.0)
+        except Exception as e:
+            return e
+        finally:
+            await client.close()
+
+    return run_in_reactor(go)
+
+
+def test_send_time_check_refuses_the_own_listener_and_admits_the_allowed() -> None:
+    """Through a name: loopback refused, allowed when listed, own wildcard listener never."""
+    receiver = ConnectionCounter()
+    url = f"http://localhost:{receiver.port}/hook"
+    loopback = (ipaddress.ip_network("127.0.0.0/8"),)
+    try:
+        refused = post_via(TargetPolicy(), url)
+        assert isinstance(refused, RefusedTarget)
+        assert "127.0.0.1 (loopback address" in str(refused)
+        own = TargetPolicy(loopback, (HostPort("0.0.0.0", receiver.port),))
+        refused = post_via(own, url)
+        assert isinstance(refused, RefusedTarget)
+        assert "own management/API listener 0.0.0.0:" in str(refused)
+        assert receiver.connections == 0
+        answer = post_via(TargetPolicy(loopback), url)
+        assert answer.code == 200
+        assert receiver.posts == 1
+    finally:
+        receiver.close()
+
+
+def test_is_local_address_knows_this_hosts_addresses() -> None:
+    """Loopback is local, a public address is not (routing-table probe, nothing sent)."""
+    assert is_local_address(ipaddress.ip_address("127.0.0.1"))
+    assert not is_local_address(ipaddress.ip_address("192.0.2.1"))
