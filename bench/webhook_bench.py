@@ -15,6 +15,7 @@ Goal: >= 50,000 records/s.
 from __future__ import annotations
 
 import argparse
+import ipaddress
 import os
 import subprocess
 import sys
@@ -26,6 +27,7 @@ from twisted.internet import defer, reactor, task
 from twisted.internet.threads import deferToThreadPool
 
 from mtaserver.accounting.records import FIELDS, csv_header, csv_line, json_line
+from mtaserver.config.targets import TargetPolicy
 from mtaserver.webhooks.batcher import WebhookBatcher
 from mtaserver.webhooks.http import PooledClient
 
@@ -91,7 +93,8 @@ def prefill(path: str, count: int, as_csv: bool) -> int:
 async def run(args: argparse.Namespace, port: int, acct: str) -> float:
     pool = reactor.getThreadPool()  # type: ignore[attr-defined]
     pool.adjustPoolsize(4, 16)
-    client = PooledClient(reactor)
+    loopback = TargetPolicy((ipaddress.ip_network("127.0.0.0/8"),))  # the local receiver
+    client = PooledClient(reactor, targets=lambda: loopback)
     batcher = WebhookBatcher(
         client, reactor, acct_path=acct, url=f"http://127.0.0.1:{port}/hook",
         run_in_thread=lambda f: deferToThreadPool(reactor, pool, f),
