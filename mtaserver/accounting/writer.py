@@ -327,6 +327,7 @@ class AcctFileWriter(Generic[P]):
         elif ckpt.rotated_to is not None:
             self._position = self._from_pair(*ckpt.position)
             self._finish_rotation(ckpt.rotated_to)
+            self._check_found_end()
         else:
             self._position = self._from_pair(*ckpt.position)
             self._size = ckpt.size
