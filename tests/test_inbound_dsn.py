@@ -6,7 +6,7 @@ import base64
 
 import pytest
 
-from mtaserver.inbound.dsn import bounce_category, parse_bounce, status_of
+from mtaserver.inbound.dsn import MAX_RECIPIENTS, bounce_category, parse_bounce, status_of
 
 ORIGINAL = (
     b"Return-Path: <news@example.com>\n"
@@ -225,3 +225,17 @@ def test_base64_delivery_status_with_8bit_junk_is_read() -> None:
     report = parse_bounce(raw)
     assert report is not None
     assert [r.rcpt for r in report.recipients] == ["a@example.org"]
+
+
+def test_recipients_are_capped() -> None:
+    """A notice naming thousands of recipients is cut at MAX_RECIPIENTS."""
+    raw = (
+        b"Return-Path: <>\nFrom: MAILER-DAEMON@x.example\nSubject: failure notice\n\n"
+        b"Hi. This is the qmail-send program at x.example.\n\n"
+        + b"".join(b"<u%d@example.org>:\n550 5.1.1 no mailbox\n\n" % i for i in range(1500))
+        + b"--- Below this line is a copy of the message.\n\nSubject: hi\n"
+    )
+    report = parse_bounce(raw)
+    assert report is not None
+    assert len(report.recipients) == MAX_RECIPIENTS
+    assert report.recipients[7].dsnDiag == "550 5.1.1 no mailbox"

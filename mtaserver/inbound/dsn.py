@@ -81,6 +81,11 @@ HARD_CATEGORIES: frozenset[str] = frozenset({"bad-mailbox", "bad-domain"})
 
 REPORTED_ACTIONS: frozenset[str] = frozenset({"failed", "delayed"})
 
+MAX_RECIPIENTS = 1000
+"""Recipients kept from one report: a notice naming more is junk or an attack."""
+MAX_PARAGRAPHS = 50
+"""Paragraphs searched for a reply code after the one naming a recipient."""
+
 _DSN_TYPES = ("message/delivery-status", "message/global-delivery-status")
 _BASIC = re.compile(r"(?<![\d.])([45])\d\d(?=[ \-]|$)", re.MULTILINE)
 # "host mx.example.com [192.0.2.1]:", "remote host 192.0.2.32 said:", "Connected to
@@ -261,7 +266,7 @@ def _from_dsn(part: Message) -> tuple[dict[str, str], list[BouncedRecipient]]:
     reporting = mime.typed_value(per_message.get("reporting-mta", ""))[1]
     out: list[BouncedRecipient] = []
     seen: set[tuple[str, str]] = set()
-    for block in recipient_blocks:
+    for block in recipient_blocks[:MAX_RECIPIENTS]:
         action = block.get("action", "").split()[0].lower() if block.get("action") else ""
         orcpt = mime.address(block.get("original-recipient", ""))
         rcpt = mime.address(block.get("final-recipient", "")) or orcpt
@@ -301,6 +306,8 @@ def _from_text(msg: Message) -> list[BouncedRecipient]:
     notice = mime.notice_text(msg)
     if not found and _from_daemon(msg) and mime.SEPARATOR.search(_body_text(msg)):
         found = [(addr, "failed") for addr in _QMAIL_RCPT.findall(notice)]
+    paragraphs = _paragraphs(notice)
+    lowered = [p.lower() for p in paragraphs]
     out: list[BouncedRecipient] = []
     seen: set[str] = set()
     for addr, action in found:
@@ -308,8 +315,10 @@ def _from_text(msg: Message) -> list[BouncedRecipient]:
         if not rcpt or "@" not in rcpt or rcpt.lower() in seen:
             continue
         seen.add(rcpt.lower())
-        diag = _paragraph_for(notice, rcpt)
+        diag = _paragraph_for(paragraphs, lowered, rcpt)
         out.append(make_recipient(rcpt, action, "", diag, _remote_host(diag)))
+        if len(out) >= MAX_RECIPIENTS:
+            break
     return out
 
 
@@ -317,8 +326,7 @@ def _from_verp(msg: Message, rcpt: str) -> list[BouncedRecipient]:
     """The VERP recipient, if `msg` is a daemon's failure notice with a reply code."""
     if not _from_daemon(msg):
         return []
-    notice = mime.notice_text(msg)
-    diag = _reply_paragraph(notice)
+    diag = _reply_paragraph(_paragraphs(mime.notice_text(msg)))
     if not diag:
         return []
     action = "delayed" if status_of("", diag, "failed").startswith("4") else "failed"
@@ -333,28 +341,29 @@ def _has_reply(text: str) -> bool:
     return bool(enhanced_code(text) or _BASIC.search(text))
 
 
-def _reply_paragraph(text: str) -> str:
-    """The first paragraph of `text` holding an SMTP reply code, cleaned."""
-    for paragraph in _paragraphs(text):
+def _reply_paragraph(paragraphs: list[str]) -> str:
+    """The first of `paragraphs` holding an SMTP reply code, cleaned."""
+    for paragraph in paragraphs[:MAX_PARAGRAPHS]:
         if _has_reply(paragraph):
             return mime.clean(paragraph)
     return ""
 
 
-def _paragraph_for(notice: str, rcpt: str) -> str:
-    """The diagnostic a plain-text notice gives for `rcpt` (see the module docstring)."""
-    paragraphs = _paragraphs(notice)
+def _paragraph_for(paragraphs: list[str], lowered: list[str], rcpt: str) -> str:
+    """The diagnostic a plain-text notice gives for `rcpt` (see the module docstring).
+
+    `lowered` is `paragraphs` lower-cased once, not once per recipient.
+    """
     needle = rcpt.lower()
-    for i, paragraph in enumerate(paragraphs):
-        at = paragraph.lower().find(needle)
+    for i, paragraph in enumerate(lowered):
+        at = paragraph.find(needle)
         if at < 0:
             continue
-        rest = paragraph[at + len(needle) :].lstrip(">: \t")
+        rest = paragraphs[i][at + len(needle) :].lstrip(">: \t")
         if rest.strip() and _has_reply(rest):
             return mime.clean(rest)
-        later = _reply_paragraph("\n\n".join(paragraphs[i + 1 :]))
-        return later or mime.clean(rest)
-    return _reply_paragraph(notice)
+        return _reply_paragraph(paragraphs[i + 1 : i + 1 + MAX_PARAGRAPHS]) or mime.clean(rest)
+    return _reply_paragraph(paragraphs)
 
 
 def _remote_host(diag: str) -> str:

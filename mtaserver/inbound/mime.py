@@ -204,8 +204,10 @@ def _decode_body(body: str, cte: str) -> str:
 
 
 # The lines that separate a plain-text notice from the copy of the original it returns.
+# Possessive quantifiers and a bounded gap: a line of a million dashes must not
+# backtrack quadratically.
 SEPARATOR = re.compile(
-    r"^[ \t]*-{2,}.*?(?:copy of (?:the|your) message|original message"
+    r"^[ \t]*+-{2,}+[^\n]{0,200}?(?:copy of (?:the|your) message|original message"
     r"|message (?:headers )?follows?|returned message|header of the original)",
     re.IGNORECASE | re.MULTILINE,
 )
