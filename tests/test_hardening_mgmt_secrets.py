@@ -14,6 +14,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 from mgmt_client import API_KEY, MgmtServer
 from mx_receiver import Receiver
 
@@ -234,3 +236,22 @@ def test_log_observer_redacts_secret_fields() -> None:
     observer({"log_format": "plain {n}", "n": 1})
     assert formatEvent(seen[0]) == f"bind as cn=x with {REDACTED}"
     assert seen[0]["settings"] == {"http_api_key": [REDACTED]} and seen[1]["n"] == 1
+
+
+_NAMES = st.sampled_from(
+    ["http-api-key", "password", "bind-password", "host-name", "api-key", "max-smtp-out"]
+)
+_VALUES = st.text(alphabet="abcXYZ019_{}$./-", min_size=1, max_size=12)
+_LINES = st.one_of(
+    st.tuples(_NAMES, _VALUES).map(lambda nv: f"  {nv[0]} {nv[1]}"),
+    st.sampled_from(["<smtp-user a>", "</smtp-user>", "<ldap b>", "</ldap>", "# note", ""]),
+)
+
+
+@given(st.lists(_LINES, max_size=20))
+def test_redacted_text_round_trips(lines: list[str]) -> None:
+    """Committing a redacted read back gives exactly the text on disk, and shows no secret."""
+    text = "\n".join(lines) + "\n"
+    shown = redact_config_text(text)
+    assert restore_secrets(shown, text) == text
+    assert redact_config_text(shown) == shown

@@ -351,7 +351,8 @@ class GuardedChannel(HTTPChannel):
         refusal = self.guard.check(head)
         if refusal is not None:
             error, headers = refusal
-            log.info(
+            emit = log.debug if error.code == 429 else log.info  # a flood must not flood the log
+            emit(
                 "HTTP {method} {path} from {peer} refused before the body: {code} {message}",
                 method=head.method.decode("ascii", "replace"),
                 path=head.path.decode("utf-8", "replace")[:200],
