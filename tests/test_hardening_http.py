@@ -439,3 +439,36 @@ def test_transmissions_port_refuses_before_the_body(tmp_path: Path) -> None:
         assert wait_until(lambda: "refused before the body" in process.read_log())
     finally:
         process.stop()
+
+
+def test_refusal_over_tls(tmp_path: Path) -> None:
+    """Over HTTPS a keyless 2 GB POST is answered 403 at once and the connection closed."""
+    import ssl
+
+    import trustme
+
+    ca = trustme.CA()
+    pem = tmp_path / "api.pem"
+    ca.issue_cert("127.0.0.1").private_key_and_cert_chain_pem.write_to_path(str(pem))
+    port = free_port()
+    config = API_CONFIG.format(dir=tmp_path, port=port, key=API_KEY_TX).replace(
+        f"127.0.0.1:{port}>\n", f"127.0.0.1:{port}>\n  tls-certificate {pem}\n"
+    )
+    process = ServerProcess(tmp_path, config, wait_ports=(port,))
+    process.start()
+    try:
+        context = ssl.create_default_context()
+        ca.configure_trust(context)
+        raw = socket.create_connection(("127.0.0.1", port), timeout=30)
+        with context.wrap_socket(raw, server_hostname="127.0.0.1") as sock:
+            sock.sendall(
+                b"POST /api/v1/transmissions HTTP/1.1\r\nHost: x\r\n"
+                b"Content-Length: 2000000000\r\n\r\n"
+            )
+            answer = b""
+            with contextlib.suppress(ssl.SSLError, ConnectionResetError):
+                while data := sock.recv(65536):
+                    answer += data
+        assert answer.startswith(b"HTTP/1.1 403 ") and b'"errors"' in answer
+    finally:
+        process.stop()
