@@ -132,6 +132,32 @@ def nested_mime(depth: int) -> bytes:
     return b"\r\n".join(lines) + b"\r\n"
 
 
+def rfc822_nested(depth: int) -> bytes:
+    """Multiparts each holding an attached message/rfc822 that opens the next multipart."""
+    lines = [b"Subject: nested", b'Content-Type: multipart/mixed; boundary="b0"', b""]
+    for level in range(1, depth):
+        lines += [
+            f"--b{level - 1}".encode(),
+            b"Content-Type: message/rfc822",
+            b"",
+            f"Subject: inner {level}".encode(),
+            f'Content-Type: multipart/mixed; boundary="b{level}"'.encode(),
+            b"",
+        ]
+    lines += [f"--b{depth - 1}".encode(), b"Content-Type: text/plain", b"", b"leaf"]
+    for level in range(depth - 1, -1, -1):
+        lines.append(f"--b{level}--".encode())
+    return b"\r\n".join(lines) + b"\r\n"
+
+
+def test_attached_messages_count_towards_mime_depth() -> None:
+    """A message/rfc822 part is a level, and the multiparts in its header are seen too."""
+    limits = ContentLimits(max_mime_depth=5)
+    assert check_message(rfc822_nested(3), limits) is None  # 3 multiparts + 2 messages
+    deep = check_message(rfc822_nested(4), limits)  # 4 + 3
+    assert deep is not None and (deep.code, deep.status) == (554, "5.6.0")
+
+
 def test_mime_siblings_do_not_add_depth() -> None:
     """Parts closed before the next one opens do not count as nesting."""
     limits = ContentLimits(max_mime_depth=2)

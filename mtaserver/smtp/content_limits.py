@@ -4,8 +4,10 @@ A message that already went through `max-message-hops` relays is a mail loop
 (`554 5.4.6`, as Postfix's `hopcount_limit`); a header block with more than
 `max-header-count` fields or more than `max-header-size` octets is refused with
 `552 5.3.4`; multiparts nested deeper than `max-mime-depth` are refused with
-`554 5.6.0` (Postfix's `mime_nesting_limit`). Such messages cost every hop memory
-and parsing time, and a loop never ends by itself.
+`554 5.6.0` (Postfix's `mime_nesting_limit`; an attached `message/rfc822`
+counts as a level too, and its own header is read for further multiparts).
+Such messages cost every hop memory and parsing time, and a loop never ends by
+itself.
 
 `ContentChecker` is fed content lines (without CRLF) as they arrive, so SMTP
 reception checks a message while it streams to the spool, holding only the
@@ -33,6 +35,7 @@ _FIELD_START = re.compile(rb"[\x21-\x39\x3b-\x7e]+[ \t]*:")
 _RECEIVED = re.compile(rb"received[ \t]*:", re.IGNORECASE)
 _CONTENT_TYPE = re.compile(rb"content-type[ \t]*:(.*)", re.IGNORECASE | re.DOTALL)
 _MULTIPART = re.compile(rb"\s*multipart/", re.IGNORECASE)
+_EMBEDDED = re.compile(rb"\s*message/(rfc822|global)\b", re.IGNORECASE)
 _BOUNDARY = re.compile(rb';\s*boundary\s*=\s*(?:"([^"]*)"|([^;\s]+))', re.IGNORECASE)
 
 
@@ -87,7 +90,9 @@ class ContentChecker:
         self._in_header = True  # in the top header or a part's header
         self._field: list[bytes] = []  # the current field of a part header (to find Content-Type)
         self._part_type: bytes | None = None
-        self._boundaries: list[bytes] = []  # of the open multiparts, outermost first
+        # The open multiparts' boundaries, outermost first; None for an embedded
+        # message (message/rfc822), which nests as deep as a multipart does.
+        self._boundaries: list[bytes | None] = []
 
     @property
     def depth(self) -> int:
@@ -122,6 +127,8 @@ class ContentChecker:
         text = line[2:].rstrip(b" \t")
         for level in range(len(self._boundaries) - 1, -1, -1):
             boundary = self._boundaries[level]
+            if boundary is None:
+                continue
             if text == boundary:
                 del self._boundaries[level + 1 :]
                 self._in_header = True  # a part's header follows
@@ -178,15 +185,22 @@ class ContentChecker:
         self._in_header = False
         self._top_header = False
         content_type, self._part_type = self._part_type, None
-        if content_type is None or not _MULTIPART.match(content_type):
+        if content_type is None:
             return
-        found = _BOUNDARY.search(content_type)
-        if found is None:
+        if _EMBEDDED.match(content_type) and self._boundaries:
+            # An attached message: its own header follows, and may open multiparts.
+            self._boundaries.append(None)
+            self._in_header = True
+        elif _MULTIPART.match(content_type):
+            found = _BOUNDARY.search(content_type)
+            if found is None:
+                return
+            boundary = found.group(1) if found.group(1) is not None else found.group(2)
+            if not boundary:
+                return
+            self._boundaries.append(boundary)
+        else:
             return
-        boundary = found.group(1) if found.group(1) is not None else found.group(2)
-        if not boundary:
-            return
-        self._boundaries.append(boundary)
         limit = self.limits.max_mime_depth
         if limit and len(self._boundaries) > limit:
             self.problem = MIME_TOO_DEEP
