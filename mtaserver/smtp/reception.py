@@ -7,6 +7,12 @@ lives here: relaying (`always-allow-relaying`, `relay-domain`, after AUTH),
 `require-auth`, `max-message-size`, `max-rcpt-per-message`, the added headers and
 the vmta/job selection, so it can be tested without a socket.
 
+At MAIL, a declared `SIZE=` must fit in the spool above `spool-min-free-space`
+(452 4.3.1), and with `require-sender-match-login` an authenticated client may
+only use its own addresses (553 5.7.1, see `sender_matches_login`). The message's
+structure (hops, header count and size, MIME depth) is checked while it streams,
+by `content_limits.ContentChecker` inside the `MessageBuilder`.
+
 `accept_message` answers `250` only after `writer.commit(envelope)` fired (file,
 directory and journal fsync'd): nothing acknowledged is lost. Spool errors are
 always 4xx, so the client keeps the message and tries again.

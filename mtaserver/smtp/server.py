@@ -26,6 +26,13 @@ stream itself, because SMTP safety lives there.
   554 5.5.1 when `reject-early-talkers` is on (postscreen's pregreet test).
 * On shutdown every session hears `421 4.3.2` and is closed; a message still in
   DATA is not queued.
+* Bytes sent after a refused DATA are a body sent blind: they are dropped with
+  the session, never run as commands. BDAT (CHUNKING is not offered) gets 502 and
+  its announced chunk is skipped.
+* AUTH failures are limited per client IP (`smtp-max-auth-failure-rate`) and per
+  account (`max-auth-failures-per-user` within `auth-lockout-time`: then 454 4.7.0,
+  even for the right password); see `mtaserver.auth.limiter`.
+* HELO names and AUTH identities with control characters are refused.
 
 Policy decisions are the `ReceptionHandler`'s; parsing of arguments is in
 `server_params`; this module is the conversation.
