@@ -225,6 +225,12 @@ class SmtpServerProtocol(ESMTP):
         self.stats.sessions_current -= 1
         self.live.remove(self)
 
+    def abort(self) -> None:
+        """Drop the connection without flushing: a client that would not take its 421."""
+        self._closing = True
+        self._cancel_timers()
+        self._transport.abortConnection()
+
     def shut_down(self) -> None:
         """The server is stopping: 421 4.3.2 and close (RFC 5321 3.8).
 
@@ -889,7 +895,7 @@ class LiveSessions:
                     "aborting SMTP session of {client_ip} at shutdown",
                     client_ip=protocol.session.client_ip,
                 )
-                protocol._transport.abortConnection()
+                protocol.abort()
 
         timer = self.clock.callLater(grace, abort)
 
