@@ -145,7 +145,18 @@ def test_importing_inbound_loads_no_server_layers() -> None:
 
 
 def test_line_of_dashes_does_not_backtrack() -> None:
-    """A 200,000-dash line parses at once (the old separator regex took hours: quadratic)."""
+    """A 200,000-dash line parses at once (the old separator regex was quadratic: minutes)."""
     raw = b"Return-Path: <>\nFrom: MAILER-DAEMON@x.example\n\n" + b"-" * 200_000 + b"\n"
     assert mime.SEPARATOR.search(raw.decode()) is None
+    _check(raw)
+
+
+def test_qsbmf_line_of_at_signs_does_not_backtrack() -> None:
+    """A `<a@a@a@...` line parses at once (the old recipient regex was quadratic)."""
+    raw = (
+        b"Return-Path: <>\nFrom: MAILER-DAEMON@x.example\n\n<"
+        + b"a@" * 100_000
+        + b"\n\n--- Below this line is a copy of the message.\n\nSubject: hi\n"
+    )
+    assert dsn._QMAIL_RCPT.search(raw.decode()) is None
     _check(raw)

@@ -95,7 +95,7 @@ _REMOTE_HOST = re.compile(
     r"([A-Za-z0-9][A-Za-z0-9\-]*(?:\.[A-Za-z0-9\-]+)+(?:\s*\[[0-9A-Fa-f:.]+\])?)",
     re.IGNORECASE,
 )
-_QMAIL_RCPT = re.compile(r"^<([^<>\s]+@[^<>\s]+)>:\s*$", re.MULTILINE)
+_QMAIL_RCPT = re.compile(r"^<([^<>\s@]++@[^<>\s]++)>:[ \t]*$", re.MULTILINE)
 _DAEMON = re.compile(r"mailer-daemon|postmaster|mail delivery", re.IGNORECASE)
 
 # flufl.bounce logs every detector it runs at INFO and its tracebacks at ERROR: ours to
