@@ -40,10 +40,14 @@ class Target:
 class Server:
     """Runs `run_session` on a MemoryReactorClock; `connect()` accepts each connection."""
 
-    def __init__(self, transactions: list[Transaction]) -> None:
+    def __init__(
+        self,
+        transactions: list[Transaction],
+        hold: defer.Deferred[Transaction | None] | None = None,
+    ) -> None:
         self.reactor = MemoryReactorClock()
         self.pending = list(transactions)
-        self.hold: defer.Deferred[Transaction | None] | None = None
+        self.hold = hold  # awaited for the next transaction once `pending` is empty
         self.results: list[TransactionResult] = []
         self.transports: list[StringTransport] = []
         self.done = defer.Deferred.fromCoroutine(

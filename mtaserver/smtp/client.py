@@ -1124,6 +1124,9 @@ async def _transactions(
             return None
         if session.proto.unsolicited:
             # The server spoke while no reply was due (idle): never reuse this one.
+            # The fresh connection sends the carried transaction right after its
+            # EHLO (an extra reply in that chunk fails `open`), so every reconnect
+            # makes progress: no loop on a server that always talks out of turn.
             log.info("{peer} sent an unsolicited reply; reconnecting", peer=session.peer)
             return tx
         sent += 1
