@@ -456,3 +456,35 @@ def test_is_local_address_knows_this_hosts_addresses() -> None:
     """Loopback is local, a public address is not (routing-table probe, nothing sent)."""
     assert is_local_address(ipaddress.ip_address("127.0.0.1"))
     assert not is_local_address(ipaddress.ip_address("192.0.2.1"))
+
+
+def test_http_delivery_to_a_name_resolving_to_loopback_is_a_transient_failure(
+    tmp_path: Path,
+) -> None:
+    """`http-delivery-url http://localhost:...` never connects: a `t` saying why, no POST."""
+    receiver = ConnectionCounter()
+    port = free_port()
+    conf = f"""
+spool {tmp_path}/spool
+smtp-listener 127.0.0.1:{port}
+<source 127.0.0.1>
+    always-allow-relaying yes
+</source>
+<acct-file {tmp_path}/acct.json>
+    records r,d,t
+</acct-file>
+<domain *>
+    type http-delivery
+    http-delivery-url http://localhost:{receiver.port}/deliver
+</domain>
+"""
+    try:
+        with ServerProcess(tmp_path, conf, wait_ports=(port,)):
+            with smtplib.SMTP("127.0.0.1", port) as client:
+                client.sendmail("a@src.test", ["x@dst.test"], b"Subject: 1\r\n\r\nx\r\n")
+            assert wait_until(lambda: any(r["type"] == "t" for r in acct_records(tmp_path)), 60)
+        (deferral,) = [r for r in acct_records(tmp_path) if r["type"] == "t"][:1]
+        assert "refused target localhost" in deferral["dsnDiag"]
+        assert receiver.connections == 0
+    finally:
+        receiver.close()
