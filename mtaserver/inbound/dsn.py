@@ -35,7 +35,7 @@ Choices, in the order the parser applies them:
 4. **VERP as the last resort.** If no recipient was found but the bounce came back
    to a VERP return path (`prefix-rcpt=domain@bounce.domain`, see `verp.py`) and it is
    a failure notice from a mailer daemon carrying a 5xx/4xx reply, that recipient is
-   reported with the first reply found in the notice.
+   reported with the first reply found in the notice (`format` "verp").
 
 The status, when a notice has none, is the enhanced code in the diagnostic, else
 `X.0.0` from its basic reply code, else `5.0.0` for a failure and `4.0.0` for a delay.
@@ -59,6 +59,9 @@ the SMTP envelope recipient as `report_rcpt`, which wins. A VERP `orig` is decod
 
 Every value is CR/LF-free (`mime.clean`), and no input makes the parser raise: a
 message it cannot read at all is None, a partly broken one yields what could be read.
+The work is linear in the message size (no backtracking regex over unbounded text, at
+most `MAX_RECIPIENTS` recipients), but it is CPU work over a whole message: the server
+must call it in its thread pool, never on the reactor thread.
 """
 
 from __future__ import annotations

@@ -52,7 +52,7 @@ def clean(value: object, limit: int = MAX_VALUE) -> str:
         text = str(value)
     except Exception:
         return ""
-    text = text.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+    text = text[: limit * 8].encode("utf-8", "surrogateescape").decode("utf-8", "replace")
     text = _WS.sub(" ", text.replace("\x00", " ")).strip()
     return text[:limit]
 
