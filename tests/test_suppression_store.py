@@ -28,6 +28,7 @@ from mtaserver.suppression import (
     domain_scope,
     parse_csv,
     source_scope,
+    suppression_directory,
 )
 
 T = SuppressionType.TRANSACTIONAL
@@ -140,16 +141,18 @@ def test_sparkpost_source_words_are_accepted():
 
 def test_round_trip_survives_reopen(tmp_path):
     """Added entries are looked up equal, before and after the store is reopened."""
+    directory = suppression_directory(str(tmp_path))
+    assert directory == str(tmp_path / "suppression")
     entries = [
         Entry.make("a@example.com", now=10, type=T, source="Bounce Rule", description="550 5.1.1"),
         Entry.make("b@example.com", now=11, scope="domain:sender.example", description="é ✓"),
         Entry.make("c@example.com", now=12, scope="source:inbound", type=N),
     ]
-    with SuppressionStore.open(str(tmp_path)) as store:
+    with SuppressionStore.open(directory) as store:
         assert store.add(entries) == 3
         for entry in entries:
             assert store.get(entry.scope, entry.recipient) == entry
-    with SuppressionStore.open(str(tmp_path)) as store:
+    with SuppressionStore.open(directory) as store:
         assert store.count() == 3
         assert everything(store) == {e.key: e for e in entries}
         assert store.lookup("A@EXAMPLE.COM") == entries[0]

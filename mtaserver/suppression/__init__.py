@@ -14,7 +14,12 @@ from mtaserver.suppression.model import (
     parse_csv,
     source_scope,
 )
-from mtaserver.suppression.store import SearchPage, SuppressionStore, SuppressionStoreError
+from mtaserver.suppression.store import (
+    SearchPage,
+    SuppressionStore,
+    SuppressionStoreError,
+    suppression_directory,
+)
 
 __all__ = [
     "GLOBAL_SCOPE",
@@ -32,4 +37,5 @@ __all__ = [
     "normalize_scope",
     "parse_csv",
     "source_scope",
+    "suppression_directory",
 ]

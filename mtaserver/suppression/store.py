@@ -87,7 +87,13 @@ _LOW64 = (1 << 64) - 1
 _READ_AHEAD = 2048
 
 DEFAULT_COMPACT_AFTER = 100_000
+SUPPRESSION_DIRECTORY = "suppression"
 IMPORT_BATCH = 50_000
+
+
+def suppression_directory(spool: str) -> str:
+    """Where a spool's suppression list lives: `<spool>/suppression/`."""
+    return os.path.join(spool, SUPPRESSION_DIRECTORY)
 
 
 class SuppressionStoreError(Exception):
