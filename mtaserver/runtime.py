@@ -1,0 +1,43 @@
+"""The two reactor seams every service takes as constructor arguments.
+
+`RunInThread` moves blocking work (fsync, parsing a whole message, password hashing)
+off the reactor thread; `Clock` is the part of `IReactorTime` services schedule with.
+Both are declared once here so that tests can pass `task.Clock()` and a synchronous
+runner to any service, and production passes the reactor and its thread pool.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, Protocol, TypeVar
+
+from twisted.internet import defer
+
+T = TypeVar("T")
+
+
+class RunInThread(Protocol):
+    """Run a blocking callable off the reactor thread; fire with its result on it.
+
+    Production passes `lambda f: deferToThreadPool(reactor, pool, f)`.
+    """
+
+    def __call__(self, f: Callable[[], T], /) -> defer.Deferred[T]: ...
+
+
+class DelayedCall(Protocol):
+    """The part of `IDelayedCall` services use."""
+
+    def active(self) -> bool: ...
+
+    def cancel(self) -> None: ...
+
+
+class Clock(Protocol):
+    """The part of `IReactorTime` services use (typed without the zope plugin)."""
+
+    def seconds(self) -> float: ...
+
+    def callLater(  # noqa: N802 - Twisted's name
+        self, delay: float, f: Callable[..., object], /, *args: Any, **kwargs: Any
+    ) -> DelayedCall: ...
