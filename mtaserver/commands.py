@@ -30,10 +30,11 @@ from typing import TYPE_CHECKING, Any
 import attrs
 
 from mtaserver import __version__
+from mtaserver.config.files import PathRefused, conceal_outside, config_dir, config_file_path
 from mtaserver.config.grammar import ConfigError
 from mtaserver.config.load import load_config
+from mtaserver.config.redact import redact_values
 from mtaserver.config.reload import ConfigHolder
-from mtaserver.http.redact import redact_values
 from mtaserver.stats import HOUR, MINUTE, TrafficStats
 
 if TYPE_CHECKING:
@@ -366,13 +367,6 @@ class Commands:
         return data, f"{data['total']} recipient(s) waiting"
 
     async def _test_config(self, command: Command) -> tuple[Any, str]:
-        from mtaserver.http.configfile import (
-            PathRefused,
-            conceal_outside,
-            config_dir,
-            config_file_path,
-        )
-
         config = self.holder.config
         base = config_dir(config)
         known = frozenset(os.path.realpath(p) for p in config.files)

@@ -3,7 +3,7 @@
 `twistd --logger mtaserver.logs.json_observer -n mtaserver` writes one JSON object per
 event to stdout (twisted.logger's own JSON format, so structured fields survive). A
 field named like a credential (`password`, `api_key`, `bind_password`,
-`http_webhook_hmac_key`, `authorization`...; `http.redact.SECRET_FIELDS`) is written as
+`http_webhook_hmac_key`, `authorization`...; `config.redact.SECRET_FIELDS`) is written as
 `********`, wherever it is nested, so a log line never carries a secret.
 """
 
@@ -15,7 +15,7 @@ from typing import Any
 from twisted.logger import ILogObserver, jsonFileLogObserver
 from zope.interface import implementer
 
-from mtaserver.http.redact import SECRET_FIELDS, redact_values
+from mtaserver.config.redact import SECRET_FIELDS, redact_values
 
 
 @implementer(ILogObserver)

@@ -19,14 +19,14 @@ from hypothesis import strategies as st
 from mgmt_client import API_KEY, MgmtServer
 from mx_receiver import Receiver
 
-from mtaserver.config.load import load_config
-from mtaserver.http.configfile import (
+from mtaserver.config.files import (
     PathRefused,
     commit_files,
     config_file_path,
     remove_stale_temporaries,
 )
-from mtaserver.http.redact import (
+from mtaserver.config.load import load_config
+from mtaserver.config.redact import (
     REDACTED,
     RedactionError,
     redact_config_text,

@@ -7,14 +7,14 @@ from pathlib import Path
 
 import pytest
 
-from mtaserver.config.load import load_config
-from mtaserver.http.configfile import (
+from mtaserver.config.files import (
     PathRefused,
     commit_files,
     listed_files,
     resolve_name,
     validate_files,
 )
+from mtaserver.config.load import load_config
 
 
 @pytest.fixture

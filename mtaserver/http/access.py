@@ -24,6 +24,7 @@ from __future__ import annotations
 import base64
 import functools
 import hmac
+import inspect
 import ipaddress
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -158,3 +159,22 @@ def handle_mgmt_errors(handler: Callable[..., Any]) -> Callable[..., Awaitable[A
             return json_response(request, error_body(internal), 500)
 
     return wrapper
+
+
+async def require_level(access: Access, request: IRequest, needed: str) -> str:
+    """`access.require`, awaited when it is asynchronous (an LDAP login may be)."""
+    level: Any = access.require(request, needed)
+    if inspect.isawaitable(level):
+        level = await level
+    return str(level)
+
+
+def form_field(request: IRequest, name: str) -> str | None:
+    """A form field from the query string or the (urlencoded or multipart) body."""
+    values = request.args.get(name.encode())
+    if not values:
+        return None
+    try:
+        return bytes(values[0]).decode("utf-8")
+    except UnicodeDecodeError:
+        raise APIError(400, "Invalid encoding", f"{name} is not UTF-8") from None

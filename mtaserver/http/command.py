@@ -10,36 +10,20 @@ command runs: `monitor` may run reading commands, only `admin` changing ones.
 
 from __future__ import annotations
 
-import inspect
-from typing import Any
-
 from klein import Klein
 from twisted.web.iweb import IRequest
 
 from mtaserver.commands import CommandError, Commands, parse, render_text
-from mtaserver.http.access import Access, error_body, handle_mgmt_errors
+from mtaserver.http.access import (
+    Access,
+    error_body,
+    form_field,
+    handle_mgmt_errors,
+    require_level,
+)
 from mtaserver.http.errors import APIError, json_response, read_body
 
 MAX_COMMAND_BYTES = 64 * 1024
-
-
-async def require_level(access: Access, request: IRequest, needed: str) -> str:
-    """`access.require`, awaited when it is asynchronous (an LDAP login may be)."""
-    level: Any = access.require(request, needed)
-    if inspect.isawaitable(level):
-        level = await level
-    return str(level)
-
-
-def form_field(request: IRequest, name: str) -> str | None:
-    """A form field from the query string or the (urlencoded or multipart) body."""
-    values = request.args.get(name.encode())
-    if not values:
-        return None
-    try:
-        return bytes(values[0]).decode("utf-8")
-    except UnicodeDecodeError:
-        raise APIError(400, "Invalid encoding", f"{name} is not UTF-8") from None
 
 
 class CommandAPI:

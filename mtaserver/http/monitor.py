@@ -17,8 +17,7 @@ from twisted.web.iweb import IRequest
 
 from mtaserver.commands import Commands, render_text
 from mtaserver.http import metrics
-from mtaserver.http.access import Access, handle_mgmt_errors
-from mtaserver.http.command import form_field, require_level
+from mtaserver.http.access import Access, form_field, handle_mgmt_errors, require_level
 from mtaserver.http.errors import APIError, json_response
 
 
