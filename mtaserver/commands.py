@@ -24,7 +24,7 @@ import os
 import platform
 import re
 import shlex
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 import attrs
@@ -35,13 +35,13 @@ from mtaserver.config.grammar import ConfigError
 from mtaserver.config.load import load_config
 from mtaserver.config.redact import redact_values
 from mtaserver.config.reload import ConfigHolder
+from mtaserver.runtime import RunInThread
 from mtaserver.stats import HOUR, MINUTE, TrafficStats
 
 if TYPE_CHECKING:
     from mtaserver.queue.model import Queue
     from mtaserver.queue.scheduler import Scheduler
 
-RunInThread = Callable[[Callable[[], Any]], Awaitable[Any]]
 
 QUEUE_PATTERN = re.compile(r"[A-Za-z0-9_.*?\-]+(/[A-Za-z0-9_.*?{}\-]+)?")
 DEFAULT_LIST_MAX = 1000

@@ -22,6 +22,7 @@ These are plain blocking functions: callers on the reactor run them in a thread.
 from __future__ import annotations
 
 import os
+import secrets
 import shutil
 import tempfile
 from collections.abc import Mapping
@@ -30,6 +31,7 @@ from mtaserver.config.grammar import ConfigError
 from mtaserver.config.load import load_config
 from mtaserver.config.model import Config
 from mtaserver.config.redact import RedactionError, redact_config_text, restore_secrets
+from mtaserver.fsutil import atomic_write
 
 
 class PathRefused(Exception):
@@ -175,27 +177,14 @@ def validate_files(config: Config, new_files: Mapping[str, str]) -> list[str]:
 
 
 def write_atomically(path: str, content: str) -> None:
-    """Temporary file in the same directory, fsync, rename, fsync the directory."""
+    """`fsutil.atomic_write` through a `.tmp-*` name, so a crash's leftover is found.
+
+    A new file is created 0600 (it may hold secrets); a replaced one keeps its mode.
+    """
     directory = os.path.dirname(path)
-    os.makedirs(directory, exist_ok=True)
-    fd, temporary = tempfile.mkstemp(prefix=TEMPORARY_PREFIX, dir=directory)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as stream:
-            stream.write(content)
-            stream.flush()
-            os.fsync(stream.fileno())
-        if os.path.exists(path):
-            os.chmod(temporary, os.stat(path).st_mode & 0o7777)
-        os.replace(temporary, path)
-    except BaseException:
-        if os.path.exists(temporary):
-            os.unlink(temporary)
-        raise
-    dir_fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
+    temporary = os.path.join(directory, TEMPORARY_PREFIX + secrets.token_hex(8))
+    mode = os.stat(path).st_mode & 0o7777 if os.path.exists(path) else 0o600
+    atomic_write(path, content, temporary=temporary, permissions=mode, make_directory=True)
 
 
 def restore_redacted(new_files: Mapping[str, str]) -> tuple[dict[str, str], list[str]]:

@@ -30,9 +30,6 @@ helpers live in `mtaserver.config.files` (the API runs them in a thread).
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import Any
-
 from klein import Klein
 from twisted.internet import defer
 from twisted.web.iweb import IRequest
@@ -54,8 +51,7 @@ from mtaserver.http.access import (
     require_level,
 )
 from mtaserver.http.errors import APIError, json_response, read_body
-
-RunInThread = Callable[[Callable[[], Any]], "defer.Deferred[Any]"]
+from mtaserver.runtime import RunInThread
 
 
 def _format(request: IRequest) -> str:
