@@ -97,6 +97,7 @@ from zope.interface import implementer
 
 from mtaserver.config.model import DomainSettings
 from mtaserver.events import Envelope, Recipient
+from mtaserver.smtp_reply import Reply
 
 log = Logger()
 
@@ -157,34 +158,6 @@ class Transaction:
     @property
     def recipients(self) -> tuple[Recipient, ...]:
         return tuple(self.envelope.recipients[i] for i in self.rcpt_indexes)
-
-
-@attrs.frozen
-class Reply:
-    """A server's (or a synthesised) reply: code, enhanced status, and text.
-
-    `is_success` covers 2xx and the intermediate 3xx (354, 334); transaction
-    results only ever hold 2xx, 4xx or 5xx.
-    """
-
-    code: int
-    status: str
-    text: str
-
-    @property
-    def is_success(self) -> bool:
-        return 200 <= self.code < 400
-
-    @property
-    def is_transient(self) -> bool:
-        return 400 <= self.code < 500
-
-    @property
-    def is_permanent(self) -> bool:
-        return self.code >= 500
-
-    def __str__(self) -> str:
-        return " ".join(part for part in (str(self.code), self.status, self.text) if part)
 
 
 @attrs.frozen

@@ -25,8 +25,8 @@ from collections.abc import Callable
 
 import attrs
 
-from mtaserver.smtp import server_reply as R
-from mtaserver.smtp.server_reply import Reply
+from mtaserver import smtp_reply as R
+from mtaserver.smtp_reply import Reply
 
 
 def open_descriptors() -> int | None:

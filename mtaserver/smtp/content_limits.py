@@ -24,7 +24,7 @@ from collections.abc import Iterable
 import attrs
 
 from mtaserver.config.model import SourceSettings
-from mtaserver.smtp.server_reply import Reply
+from mtaserver.smtp_reply import Reply
 
 TOO_MANY_HOPS = Reply(554, "5.4.6", "Too many hops: mail loop detected")
 TOO_MANY_HEADERS = Reply(552, "5.3.4", "Message header has too many fields")

@@ -36,7 +36,7 @@ from mtaserver.config.reload import ConfigHolder
 from mtaserver.events import Envelope, Recipient
 from mtaserver.smtp.server_message import HeaderRules, MessageBuilder, header_rules
 from mtaserver.smtp.server_params import Mailbox, MailParams, RcptParams
-from mtaserver.smtp.server_reply import (
+from mtaserver.smtp_reply import (
     AUTH_REQUIRED,
     RELAY_DENIED,
     SPOOL_ERROR,

@@ -55,6 +55,7 @@ from twisted.logger import Logger
 from twisted.mail.smtp import ESMTP
 from twisted.python.failure import Failure
 
+from mtaserver import smtp_reply as R
 from mtaserver.auth.checkers import CheckerChoice, RunInThread
 from mtaserver.auth.ldap import LdapCheckers
 from mtaserver.auth.limiter import AuthFailureLimiter
@@ -62,7 +63,6 @@ from mtaserver.auth.users import LocalUserChecker
 from mtaserver.config.model import Listener
 from mtaserver.config.reload import ConfigHolder
 from mtaserver.events import Recipient
-from mtaserver.smtp import server_reply as R
 from mtaserver.smtp.connections import InboundConnections
 from mtaserver.smtp.content_limits import ContentLimits
 from mtaserver.smtp.reception import (
@@ -86,8 +86,8 @@ from mtaserver.smtp.server_params import (
     parse_rcpt_params,
     split_argument,
 )
-from mtaserver.smtp.server_reply import Reply
 from mtaserver.smtp.tls import server_tls_options
+from mtaserver.smtp_reply import Reply
 
 log = Logger()
 
@@ -201,7 +201,7 @@ class SmtpServerProtocol(ESMTP):
         self._greeting_sent = True
         greeting = self.handler.check_connect(self.session)
         self.reply(greeting)
-        if not greeting.ok:
+        if not greeting.is_success:
             self._close()
             return
         self.setTimeout(self.session.settings.smtp_command_timeout)
@@ -537,7 +537,7 @@ class SmtpServerProtocol(ESMTP):
             self.reply(exc.reply)
             return
         reply = self.handler.check_mail(self.session, sender, mail_params)
-        if reply.ok:
+        if reply.is_success:
             self._txn = Transaction(sender, mail_params)
         self.reply(reply)
 
@@ -555,7 +555,7 @@ class SmtpServerProtocol(ESMTP):
             self.reply(exc.reply)
             return
         reply = self.handler.check_rcpt(self.session, txn, rcpt, rcpt_params)
-        if reply.ok:
+        if reply.is_success:
             txn.recipients.append(Recipient(rcpt.address, rcpt_params.orcpt, rcpt_params.notify))
         self.reply(reply)
 
@@ -665,7 +665,7 @@ class SmtpServerProtocol(ESMTP):
 
     def _message_done(self, reply: Reply) -> None:
         self.setTimeout(self.session.settings.smtp_command_timeout)
-        if reply.ok:
+        if reply.is_success:
             self.junk_commands = 0  # progress: a message was accepted
         self.reply(reply)
 

@@ -12,7 +12,7 @@ import binascii
 
 import attrs
 
-from mtaserver.smtp.server_reply import AUTH_FAILED, Reply
+from mtaserver.smtp_reply import AUTH_FAILED, Reply
 
 MECHANISMS = ("PLAIN", "LOGIN")
 CANCELLED = Reply(501, "5.0.0", "Authentication cancelled")

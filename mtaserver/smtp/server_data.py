@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import re
 
-from mtaserver.smtp.server_reply import Reply
+from mtaserver.smtp_reply import Reply
 
 MAX_LINE = 998  # octets, without CRLF (RFC 5322 2.1.1)
 _PARTIAL_LIMIT = MAX_LINE + 3  # a longer unterminated run is a long line for sure

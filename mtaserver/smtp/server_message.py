@@ -24,7 +24,7 @@ import attrs
 from mtaserver.config.model import Config, SourceSettings
 from mtaserver.smtp.content_limits import ContentChecker, ContentLimits
 from mtaserver.smtp.server_params import without_controls
-from mtaserver.smtp.server_reply import TOO_BIG, Reply
+from mtaserver.smtp_reply import TOO_BIG, Reply
 
 MAX_HEADER_BYTES = 256 * 1024
 MAX_CAPTURED_VALUE = 998

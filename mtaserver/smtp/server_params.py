@@ -22,7 +22,7 @@ import re
 
 import attrs
 
-from mtaserver.smtp.server_reply import Reply
+from mtaserver.smtp_reply import Reply
 
 _CONTROLS = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
 

@@ -1,8 +1,18 @@
-"""SMTP replies as values, with their enhanced status codes (RFC 3463).
+"""SMTP replies as values: code, enhanced status code (RFC 3463) and text.
 
-Policy code returns a `Reply` and the protocol sends it; nothing else formats
-reply lines, so every reply carries an enhanced status code and multi-line replies
-come out right.
+One record for both directions: the replies our SMTP server sends to its clients, and
+the replies a remote MTA sends to our SMTP client (or that the client makes up when
+no server said anything). Both sides classify and print replies the same way, and the
+delivery seam (`mtaserver.queue.delivery`) carries them per recipient into the
+scheduler, the accounting records and DSNs. It is a top-level module of its own, not
+part of `smtp/` nor of `queue/`, because every layer needs the word: the intake path
+(`message/`, used by the HTTP API as well) answers with replies, `queue/` and
+`webhooks/` must not import `smtp/`, and the inbound server should not import the
+delivery seam. It imports nothing of mtaserver.
+
+Policy code returns a `Reply` and the server protocol sends it with `lines()`;
+nothing else formats reply lines, so every reply carries an enhanced status code
+and multi-line replies come out right. The canned replies below are the server's.
 """
 
 from __future__ import annotations
@@ -12,15 +22,27 @@ import attrs
 
 @attrs.frozen
 class Reply:
-    """`code status text`, e.g. `Reply(250, "2.1.0", "Ok")`; `status` may be empty."""
+    """`code status text`, e.g. `Reply(250, "2.1.0", "Ok")`; `status` may be empty.
+
+    `is_success` covers 2xx and the intermediate 3xx (354, 334); a transaction's
+    per-recipient replies only ever hold 2xx, 4xx or 5xx.
+    """
 
     code: int
     status: str
     text: str
 
     @property
-    def ok(self) -> bool:
-        return self.code < 400
+    def is_success(self) -> bool:
+        return 200 <= self.code < 400
+
+    @property
+    def is_transient(self) -> bool:
+        return 400 <= self.code < 500
+
+    @property
+    def is_permanent(self) -> bool:
+        return self.code >= 500
 
     def lines(self) -> list[bytes]:
         """The reply on the wire: one line per text line, `code-` on all but the last."""
@@ -33,7 +55,8 @@ class Reply:
         return out
 
     def __str__(self) -> str:
-        return f"{self.code} {self.status} {self.text}".replace("  ", " ")
+        """`code status text` on one line, without the parts that are empty."""
+        return " ".join(part for part in (str(self.code), self.status, self.text) if part)
 
 
 OK = Reply(250, "2.0.0", "Ok")
