@@ -191,7 +191,7 @@ def compose(holder: ConfigHolder, reactor: Any) -> MultiService:
         reactor,
         transform_body=DkimTransform(signer, run_in_thread),
     )
-    scheduler.notify_bounce = DsnSender(holder, store, scheduler.enqueue, reactor)
+    scheduler.notify_bounce = DsnSender(holder, store, scheduler.enqueue, reactor, run_in_thread)
     SchedulerService(scheduler, recovered).setServiceParent(root)
 
     # Reception: SMTP listeners and the Transmissions API, sharing the password

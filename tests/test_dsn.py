@@ -12,7 +12,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from mtaserver.events import Envelope, Recipient
-from mtaserver.smtp.dsn import (
+from mtaserver.message.dsn import (
     FailedRecipient,
     build_dsn,
     clean_text,

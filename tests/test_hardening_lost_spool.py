@@ -18,9 +18,9 @@ from mtaserver.config.load import load_config
 from mtaserver.config.reload import ConfigHolder
 from mtaserver.events import Envelope, Outcome, Recipient, Removed
 from mtaserver.queue.bounces import DsnSender
-from mtaserver.queue.delivery import SessionJob
+from mtaserver.queue.delivery import ConnectionInfo, SessionJob, TransactionResult
 from mtaserver.queue.scheduler import Scheduler
-from mtaserver.smtp.client import ConnectionInfo, Reply, TransactionResult
+from mtaserver.smtp_reply import Reply
 from mtaserver.spool import Journal, MessageStore, read_events
 from mtaserver.spool.journal import JournalPosition, list_segments
 from mtaserver.spool.testing import run_now
@@ -56,7 +56,7 @@ class World:
         self.store.resume({})
         self.deliverer = AcceptAll()
         self.dsns: list[Envelope] = []
-        self.dsn_sender = DsnSender(self.holder, self.store, self.dsns.append, self.clock)
+        self.dsn_sender = DsnSender(self.holder, self.store, self.dsns.append, self.clock, run_now)
         self.scheduler = Scheduler(
             self.holder,
             self.store,

@@ -3,6 +3,10 @@
 Called by the scheduler once `b` outcomes are durable. Never for a null sender, never
 for a DSN of ours (no bounce of a bounce), never when the queue's
 `deliver-local-dsn` is `no`, and only for recipients whose NOTIFY asks for failures.
+
+Building the report runs in the thread pool: the `email` package walks and
+re-encodes the original (up to 100 KB of it with RET=FULL), which is too long a
+stretch of Python for the reactor thread that also serves every SMTP session.
 """
 
 from __future__ import annotations
@@ -14,14 +18,15 @@ from twisted.logger import Logger
 
 from mtaserver.config.reload import ConfigHolder
 from mtaserver.events import Envelope, Outcome
-from mtaserver.queue.routing import recipient_domain
-from mtaserver.smtp.dsn import (
+from mtaserver.message.dsn import (
     FailedRecipient,
     build_dsn,
     dsn_envelope,
     should_send_dsn,
     wanted_failures,
 )
+from mtaserver.queue.routing import recipient_domain
+from mtaserver.runtime import RunInThread
 
 log = Logger()
 
@@ -35,11 +40,13 @@ class DsnSender:
         store: Any,
         enqueue: Callable[[Envelope], None],
         clock: Any,
+        run_in_thread: RunInThread,
     ) -> None:
         self.holder = holder
         self.store = store
         self.enqueue = enqueue
         self.clock = clock
+        self.run_in_thread = run_in_thread
         self.sent = 0
 
     async def __call__(
@@ -71,8 +78,10 @@ class DsnSender:
             body = await self.store.read_body(envelope.msg_id)
         now = self.clock.seconds()
         host_name = config.settings.host_name
-        report = build_dsn(
-            envelope, failures, body, host_name, config.settings.postmaster or "", now, host_name
+        postmaster = config.settings.postmaster or ""
+        original = body
+        report = await self.run_in_thread(
+            lambda: build_dsn(envelope, failures, original, host_name, postmaster, now, host_name)
         )
         writer = self.store.begin()
         writer.write(report)

@@ -12,14 +12,10 @@ servers (diagnostics) are untrusted: control characters are replaced and non-ASC
 written as RFC 6533 `\\x{HEX}` escapes, so they can neither inject header fields nor
 break the 7-bit `message/delivery-status` part.
 
-Usage by the scheduler, when recipients of `envelope` end up bounced (or delayed):
-
-    if should_send_dsn(envelope, settings.deliver_local_dsn):
-        wanted = wanted_failures(failures)
-        if wanted:
-            body = build_dsn(envelope, wanted, original, host_name, postmaster, now, host_name)
-            bounce = dsn_envelope(envelope, new_msg_id, now, body)
-            ... spool `bounce` with `body` like any other message ...
+The queue's `DsnSender` (`mtaserver.queue.bounces`) uses it when recipients of a
+message end up bounced: `should_send_dsn`, then `wanted_failures`, then `build_dsn`
+(in the thread pool: with RET=FULL it reads and re-encodes up to 100 KB of original)
+and `dsn_envelope`, and spools the report like any other message.
 """
 
 from __future__ import annotations

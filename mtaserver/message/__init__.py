@@ -1,0 +1,1 @@
+"""Message intake: what SMTP reception and the Transmissions API share."""
