@@ -105,7 +105,7 @@ def _check_bounced(world: World, envelope: Envelope, what: str) -> None:
     assert envelope.msg_id not in world.scheduler.messages
     assert world.deliverer.delivered == []
     # Nothing is left to retry: no timer for this message.
-    assert world.scheduler.queued_recipients() == 0
+    assert world.scheduler.control.totals().recipients == 0
     text = world.dsn_text()
     assert world.dsns[0].recipients[0].address == "sender@src.test"
     assert "Status: 5.3.0" in text

@@ -27,23 +27,24 @@ from prometheus_client.core import (
 )
 from prometheus_client.registry import Collector
 
+from mtaserver.queue.control import QueueControl
 from mtaserver.stats import TrafficStats
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
 
 class ServerCollector(Collector):
-    """Reads the scheduler, reception counters and traffic stats at each scrape."""
+    """Reads the queues' view, reception counters and traffic stats at each scrape."""
 
     def __init__(
         self,
-        scheduler: Any,
+        queues: QueueControl,
         reception: Any,
         traffic: TrafficStats,
         webhooks: Any = None,
         acct: Any = None,
     ) -> None:
-        self.scheduler = scheduler
+        self.queues = queues
         self.reception = reception
         self.traffic = traffic
         self.webhooks = webhooks
@@ -85,19 +86,18 @@ class ServerCollector(Collector):
         outbound = GaugeMetricFamily(
             "mtaserver_queue_connections", "Outbound sessions per queue", labels=["queue"]
         )
-        for name, queue in sorted(self.scheduler.queues.items()):
-            items = list(queue.ready) + [entry[2] for entry in queue.retry]
-            queued.add_metric([name], queue.recipients)
-            messages.add_metric([name], len({item.msg_id for item in items}))
-            paused.add_metric([name], 1 if queue.paused else 0)
-            outbound.add_metric([name], queue.active)
+        for view in self.queues.queues():
+            queued.add_metric([view.name], view.recipients)
+            messages.add_metric([view.name], view.messages)
+            paused.add_metric([view.name], 1 if view.paused else 0)
+            outbound.add_metric([view.name], view.connections)
         yield from (queued, messages, paused, outbound)
 
         connections = GaugeMetricFamily(
             "mtaserver_connections", "Open SMTP connections", labels=["direction"]
         )
         connections.add_metric(["in"], getattr(reception, "sessions_current", 0))
-        connections.add_metric(["out"], self.scheduler.total_active)
+        connections.add_metric(["out"], self.queues.totals().connections)
         yield connections
 
         latency = self.traffic.latency
@@ -163,10 +163,14 @@ class ServerCollector(Collector):
 
 
 def make_registry(
-    scheduler: Any, reception: Any, traffic: TrafficStats, webhooks: Any = None, acct: Any = None
+    queues: QueueControl,
+    reception: Any,
+    traffic: TrafficStats,
+    webhooks: Any = None,
+    acct: Any = None,
 ) -> CollectorRegistry:
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(ServerCollector(scheduler, reception, traffic, webhooks, acct))
+    registry.register(ServerCollector(queues, reception, traffic, webhooks, acct))
     return registry
 
 

@@ -91,11 +91,13 @@ def make_management_api(
     webhooks: Any = None,
 ) -> ManagementAPI:
     access = Access(holder, ldap)
-    commands = Commands(holder, scheduler, acct, reception, traffic, run_in_thread)
+    commands = Commands(holder, scheduler.control, acct, reception, traffic, run_in_thread)
     return ManagementAPI(
         CommandAPI(commands, access),
         ConfigFileAPI(holder, access, run_in_thread),
-        MonitorAPI(commands, access, make_registry(scheduler, reception, traffic, webhooks, acct)),
+        MonitorAPI(
+            commands, access, make_registry(scheduler.control, reception, traffic, webhooks, acct)
+        ),
     )
 
 

@@ -71,7 +71,6 @@ class MonitorAPI:
     @handle_mgmt_errors
     async def metrics(self, request: IRequest) -> bytes:
         await require_level(self.access, request, "monitor")
-        if self.commands.reception is not None:
-            self.commands.traffic.sample_reception(self.commands.reception)
+        self.commands.sample_traffic()
         request.setHeader(b"Content-Type", metrics.CONTENT_TYPE.encode())
         return metrics.render(self.registry)

@@ -77,21 +77,41 @@ class Queue:
     def pop_due(self, now: float) -> list[WorkItem]:
         due = []
         while self.retry and self.retry[0][0] <= now:
-            due.append(heapq.heappop(self.retry)[2])
+            _, _, item = heapq.heappop(self.retry)
+            due.append(item)
         return due
+
+    def retrying(self) -> list[tuple[float, WorkItem]]:
+        """The items waiting for their retry time, (due, item) in the order they are due."""
+        return [(due, item) for due, _, item in sorted(self.retry, key=lambda e: e[:2])]
+
+    def waiting(self) -> list[WorkItem]:
+        """Every waiting item, ready first, then in retry (in heap order)."""
+        return list(self.ready) + [item for _, _, item in self.retry]
+
+    def schedule_now(self) -> None:
+        """Every item waiting for its retry time becomes ready, in the order due."""
+        self.ready.extend(item for _, item in self.retrying())
+        self.retry.clear()
 
     def take_all(self) -> list[WorkItem]:
         """Every waiting item, ready or in retry (for delete, bounce-queue, schedule)."""
-        items = list(self.ready) + [entry[2] for entry in self.retry]
+        items = self.waiting()
         self.ready.clear()
         self.retry.clear()
         return items
 
     @property
     def recipients(self) -> int:
-        return sum(len(i.rcpt_indexes) for i in self.ready) + sum(
-            len(entry[2].rcpt_indexes) for entry in self.retry
-        )
+        return sum(len(item.rcpt_indexes) for item in self.waiting())
+
+    def message_ids(self) -> set[str]:
+        """The messages with recipients waiting in this queue."""
+        return {item.msg_id for item in self.waiting()}
+
+    @property
+    def messages(self) -> int:
+        return len(self.message_ids())
 
     @property
     def size(self) -> int:

@@ -24,11 +24,20 @@ from mtaserver.accounting.bounce import classify
 from mtaserver.config.model import DomainSettings
 from mtaserver.config.reload import ConfigHolder
 from mtaserver.events import Envelope, Event, Outcome, QueueFailure
-from mtaserver.queue.delivery import IDeliverer, QueueLevelFailure, SessionJob
+from mtaserver.queue import outcomes, patterns
+from mtaserver.queue.control import QueueControl
+from mtaserver.queue.delivery import (
+    IDeliverer,
+    QueueLevelFailure,
+    SessionJob,
+    Transaction,
+    TransactionResult,
+)
 from mtaserver.queue.model import MessageState, Queue, WorkItem
 from mtaserver.queue.retry import is_expired, next_attempt_at
 from mtaserver.queue.routing import VmtaChooser, queue_matches, queue_name, recipient_domain
-from mtaserver.smtp.client import Reply, Transaction, TransactionResult
+from mtaserver.queue.slots import ConnectionSlots
+from mtaserver.smtp_reply import Reply
 from mtaserver.spool.errors import CorruptMessageError
 
 log = Logger()
@@ -78,7 +87,9 @@ class Scheduler:
         self.transform_body = transform_body
         self.queues: dict[str, Queue] = {}
         self.messages: dict[str, MessageState] = {}
-        self.total_active = 0
+        self.slots = ConnectionSlots()
+        #: The read and command view for everything outside `queue/`.
+        self.control = QueueControl(self)
         self._timers: dict[str, IDelayedCall] = {}
         self._vmtas = VmtaChooser()
         self._sessions: set[defer.Deferred[None]] = set()
@@ -146,15 +157,17 @@ class Scheduler:
         The DSN carries no returned headers (the body is gone). It is spooled before
         the `b` is journaled, as for every bounce.
         """
-        outcome = self._outcome(
+        outcome = outcomes.outcome(
             "b",
             Reply(550, "5.3.0", "message file lost or corrupt in the spool"),
             envelope,
             tuple(indexes),
             self.clock.seconds(),
-            Queue("", "", ""),
+            queue="",
+            vmta="",
+            pool=None,
+            bounce_cat="other",
         )
-        outcome = attrs.evolve(outcome, queue="", bounce_cat="other")
         if self.notify_bounce is not None:
             try:
                 await self.notify_bounce(envelope, [outcome], b"")
@@ -188,8 +201,10 @@ class Scheduler:
         )
         reply = Reply(550, "5.3.0", f"message file {what} in the spool: {error}")
         indexes = tuple(sorted(message.pending))
-        outcome = self._outcome("b", reply, message.envelope, indexes, self.clock.seconds(), queue)
-        await self._record(queue, [attrs.evolve(outcome, bounce_cat="other")], body=b"")
+        outcome = self._outcome(
+            "b", reply, message.envelope, indexes, self.clock.seconds(), queue, bounce_cat="other"
+        )
+        await self._record(queue, [outcome], body=b"")
 
     def _queue(self, domain: str, vmta: str, pool: str | None) -> Queue:
         name = queue_name(domain, vmta)
@@ -200,42 +215,30 @@ class Scheduler:
         return queue
 
     def settings_for(self, queue: Queue) -> DomainSettings:
+        """The queue's settings from the running config, in its current mode."""
         settings = self.holder.config.domain_settings(queue.domain, queue.vmta, queue.pool)
-        if queue.mode == "backoff":
-            settings = attrs.evolve(
-                settings,
-                max_msg_rate=settings.backoff_max_msg_rate or settings.max_msg_rate,
-                retry_after=settings.backoff_retry_after,
-            )
-        return settings
+        return patterns.effective_settings(queue, settings)
 
     # -- starting sessions ---------------------------------------------------------
-
-    def _session_limit(self, queue: Queue, settings: DomainSettings) -> int:
-        limit = settings.max_smtp_out
-        vmta = self.holder.config.vmtas.get(queue.vmta)
-        if vmta is not None and vmta.max_smtp_out:
-            limit = min(limit, vmta.max_smtp_out)
-        if queue.mode == "backoff":
-            limit = 1  # backoff: one connection, at the backoff rate
-        return max(limit, 1)
 
     def _pump(self, queue: Queue) -> None:
         """Start as many sessions as the queue's work and limits allow."""
         if queue.paused or self._stopping:
             return
-        self._leave_backoff_if_due(queue)
-        while queue.idle and len(queue.ready) > queue.connecting:
-            queue.connecting += 1
-            queue.idle.pop(0).callback(True)
+        config = self.holder.config
+        patterns.leave_backoff_if_due(
+            queue,
+            config.domain_settings(queue.domain, queue.vmta, queue.pool),
+            self.clock.seconds(),
+        )
+        self.slots.wake_idle(queue)
         settings = self.settings_for(queue)
-        limit = self._session_limit(queue, settings)
-        total = self.holder.config.settings.total_max_smtp_out
-        while len(queue.ready) > queue.connecting and queue.active < limit:
-            if self.total_active >= total:
+        limit = self.slots.limit(queue, settings, config)
+        while self.slots.unclaimed(queue) and queue.active < limit:
+            if self.slots.at_total(config.settings.total_max_smtp_out):
                 # An idle session elsewhere holds a slot this queue could use: end it;
                 # its session's end pumps the queues that wait for a slot.
-                self._release_one_idle(except_queue=queue)
+                self.slots.release_one_idle(self.queues.values(), except_queue=queue)
                 return
             if not self._rate_allows(queue, settings):
                 return
@@ -252,10 +255,7 @@ class Scheduler:
         return False
 
     def _start_session(self, queue: Queue, settings: DomainSettings) -> None:
-        queue.active += 1
-        queue.connecting += 1
-        self.total_active += 1
-        queue.counters.connections += 1
+        self.slots.open(queue)
         deferred = defer.Deferred.fromCoroutine(self._session(queue, settings))
         self._sessions.add(deferred)
         deferred.addBoth(lambda _: self._sessions.discard(deferred))
@@ -291,17 +291,14 @@ class Scheduler:
                 queue, settings, QueueLevelFailure("4.3.0", f"internal error: {exc}"), state
             )
         finally:
-            if not state.took_first:
-                queue.connecting -= 1
-            queue.active -= 1
-            self.total_active -= 1
+            self.slots.close(queue, took_work=state.took_first)
             await self._unreported(queue, settings, state)
             self._pump_all_if_capped(queue)
 
     def _pump_all_if_capped(self, queue: Queue) -> None:
         """A finished session frees a global slot: let every queue use it."""
         self._pump(queue)
-        if self.total_active < self.holder.config.settings.total_max_smtp_out:
+        if not self.slots.at_total(self.holder.config.settings.total_max_smtp_out):
             for other in list(self.queues.values()):
                 if other is not queue and other.ready:
                     self._pump(other)
@@ -311,7 +308,7 @@ class Scheduler:
     ) -> Transaction | None:
         if not state.took_first:
             state.took_first = True
-            queue.connecting -= 1
+            self.slots.took_work(queue)
         per_connection = settings.max_msg_per_connection
         while True:
             if state.stop or queue.paused or self._stopping:
@@ -335,7 +332,7 @@ class Scheduler:
             try:
                 body = await self.store.read_body(item.msg_id)
             except Exception as exc:
-                if _file_unreadable(exc):
+                if outcomes.file_unreadable(exc):
                     await self._bounce_unreadable(queue, item.msg_id, exc)
                 else:
                     log.error("cannot read {msg_id}: {error}", msg_id=item.msg_id, error=exc)
@@ -359,38 +356,12 @@ class Scheduler:
         Like Postfix's connection cache: a steady trickle of mail reuses connections
         instead of opening one per message. True when woken with work to do.
         """
-        if self.idle_hold <= 0 or self._slots_wanted_elsewhere(queue):
+        total_max = self.holder.config.settings.total_max_smtp_out
+        if self.idle_hold <= 0 or self.slots.wanted_elsewhere(
+            self.queues.values(), queue, total_max
+        ):
             return False
-        waiter: defer.Deferred[bool] = defer.Deferred()
-        queue.idle.append(waiter)
-        timer = self.clock.callLater(self.idle_hold, self._release_idle, queue, waiter)
-        woken = await waiter
-        if timer.active():
-            timer.cancel()
-        if woken:
-            queue.connecting -= 1  # `_pump` counted us as about to take an item
-        return woken
-
-    def _slots_wanted_elsewhere(self, queue: Queue) -> bool:
-        """At total-max-smtp-out, another queue with work needs this session's slot."""
-        if self.total_active < self.holder.config.settings.total_max_smtp_out:
-            return False
-        return any(q.ready and not q.paused for q in self.queues.values() if q is not queue)
-
-    def _release_one_idle(self, except_queue: Queue) -> None:
-        for other in self.queues.values():
-            if other is not except_queue and other.idle:
-                self._release_idle(other, other.idle[0])
-                return
-
-    @staticmethod
-    def _release_idle(queue: Queue, waiter: defer.Deferred[bool] | None = None) -> None:
-        """End idle holds: `waiter` alone, or every one of the queue's."""
-        waiters = [waiter] if waiter is not None else list(queue.idle)
-        for held in waiters:
-            if held in queue.idle:
-                queue.idle.remove(held)
-                held.callback(False)
+        return await self.slots.hold_idle(queue, self.clock, self.idle_hold)
 
     async def _wait_for_rate(self, queue: Queue, settings: DomainSettings) -> bool:
         rate = settings.max_msg_rate
@@ -441,44 +412,22 @@ class Scheduler:
         groups: dict[tuple[str, Reply], list[int]] = {}
         retry: list[int] = []
         queue_action = ""
-        patterns = self.holder.config.pattern_lists.get(settings.smtp_pattern_list or "")
+        pattern_list = self.holder.config.pattern_lists.get(settings.smtp_pattern_list or "")
+        expired = is_expired(envelope.time_queued, now, settings.bounce_after)
         for index, reply in zip(item.rcpt_indexes, result.replies, strict=False):
-            actions = patterns.actions_for(_reply_line(reply)) if patterns else ()
-            queue_action = self._apply_pattern_actions(queue, actions, now) or queue_action
-            if reply.is_success:
-                kind = "d"
-            elif reply.is_permanent or "bounce-rcpt" in actions:
-                kind = "b"
-            elif is_expired(envelope.time_queued, now, settings.bounce_after):
-                kind = "x"
-            else:
-                kind = "t"
+            line = outcomes.reply_line(reply)
+            actions = pattern_list.actions_for(line) if pattern_list else ()
+            queue_action = patterns.apply_actions(queue, actions, now) or queue_action
+            kind = outcomes.decide(reply, actions, expired)
+            if kind == "t":
                 retry.append(index)
             groups.setdefault((kind, reply), []).append(index)
-        info = result.info
-        outcomes = []
-        for (kind, reply), indexes in groups.items():
-            outcomes.append(
-                self._outcome(
-                    kind,
-                    reply,
-                    envelope,
-                    tuple(indexes),
-                    now,
-                    queue,
-                    dsn_mta=f"{info.destination_host} ({info.destination_ip})"
-                    if info.destination_ip
-                    else info.destination_host,
-                    dlv_type="smtp" if info.destination_ip else info.destination_host,
-                    dlv_source_ip=info.source_ip,
-                    dlv_destination_ip=info.destination_ip,
-                    dlv_esmtp_available=",".join(sorted(info.extensions)),
-                    dlv_size=len(result.transaction.body),
-                    dlv_tls_protocol=info.tls_protocol,
-                    dlv_tls_cipher=info.tls_cipher,
-                )
-            )
-        await self._record(queue, outcomes, body=result.transaction.body)
+        fields = outcomes.delivery_fields(result.info, len(result.transaction.body))
+        records = [
+            self._outcome(kind, reply, envelope, tuple(indexes), now, queue, **fields)
+            for (kind, reply), indexes in groups.items()
+        ]
+        await self._record(queue, records, body=result.transaction.body)
         settings = self.settings_for(queue)  # a pattern action may have changed the mode
         if retry:
             retry_item = WorkItem(item.msg_id, tuple(retry), item.failed_attempts + 1)
@@ -492,27 +441,6 @@ class Scheduler:
                 queue, queue.take_all(), "5.0.0", "queue bounced by smtp-pattern-list", ""
             )
 
-    def _apply_pattern_actions(self, queue: Queue, actions: tuple[str, ...], now: float) -> str:
-        for action in actions:
-            if action == "mode=backoff":
-                if queue.mode != "backoff":
-                    log.info("queue {queue} enters backoff mode", queue=queue.name)
-                queue.mode, queue.backoff_since = "backoff", now
-            elif action == "mode=normal":
-                queue.mode = "normal"
-        for action in ("bounce-queue", "defer-queue"):
-            if action in actions:
-                return action
-        return ""
-
-    def _leave_backoff_if_due(self, queue: Queue) -> None:
-        if queue.mode != "backoff":
-            return
-        settings = self.holder.config.domain_settings(queue.domain, queue.vmta, queue.pool)
-        if self.clock.seconds() - queue.backoff_since >= settings.backoff_to_normal_after:
-            log.info("queue {queue} returns to normal mode", queue=queue.name)
-            queue.mode = "normal"
-
     def _outcome(
         self,
         kind: str,
@@ -521,43 +449,15 @@ class Scheduler:
         indexes: tuple[int, ...],
         now: float,
         queue: Queue,
-        **delivery: Any,
+        **fields: Any,
     ) -> Outcome:
-        """One journal Outcome; kind `x` is an expiry (a `b` with 4.4.7 message-expired)."""
-        status, diag = reply.status, _reply_line(reply)
-        record, action, category = kind, "", ""
-        if kind == "d":
-            action = "relayed"
-        elif kind == "t":
-            action = "delayed"
-            category = classify(status, diag)
-        else:
-            record, action = "b", "failed"
-            if kind == "x":
-                status, category = "4.4.7", "message-expired"
-                diag = f"smtp;{diag} (expired after bounce-after)"
-            else:
-                category = classify(status, diag)
-        if not diag.startswith("smtp;"):
-            diag = f"smtp;{diag}"
-        return Outcome(
-            record=record,
-            msg_id=envelope.msg_id,
-            rcpt_indexes=indexes,
-            time=now,
-            envelope=envelope.only(indexes),
-            dsn_action=action,
-            dsn_status=status,
-            dsn_diag=diag,
-            bounce_cat=category,
-            queue=queue.name,
-            vmta=queue.vmta,
-            vmta_pool=queue.pool or "",
-            **delivery,
+        """`outcomes.outcome` for recipients of `queue`."""
+        return outcomes.outcome(
+            kind, reply, envelope, indexes, now, queue.name, queue.vmta, queue.pool, **fields
         )
 
     async def _record(
-        self, queue: Queue, outcomes: list[Outcome], body: bytes | None = None
+        self, queue: Queue, records: list[Outcome], body: bytes | None = None
     ) -> None:
         """Spool DSNs, make outcomes durable, then remove files whose recipients are final.
 
@@ -565,10 +465,10 @@ class Scheduler:
         between the two at worst bounces (and notifies) again after the restart, where
         the other order could lose the notification.
         """
-        if not outcomes:
+        if not records:
             return
         finals: dict[str, list[Outcome]] = {}
-        for outcome in outcomes:
+        for outcome in records:
             message = self.messages.get(outcome.msg_id)
             if outcome.is_final and message is not None:
                 message.pending.difference_update(outcome.rcpt_indexes)
@@ -587,7 +487,7 @@ class Scheduler:
                     await self.notify_bounce(message.envelope, bounced, body)
                 except Exception:
                     log.failure("could not queue a DSN for {msg_id}", msg_id=msg_id)
-        await self.journal.append(outcomes)
+        await self.journal.append(records)
         for msg_id in finals:
             message = self.messages.get(msg_id)
             if message is not None and not message.pending:
@@ -694,7 +594,7 @@ class Scheduler:
         category: str = "",
     ) -> None:
         now = self.clock.seconds()
-        outcomes = []
+        records = []
         for item in items:
             message = self.messages.get(item.msg_id)
             if message is None:
@@ -702,15 +602,21 @@ class Scheduler:
             live = tuple(i for i in item.rcpt_indexes if i in message.pending)
             if not live:
                 continue
-            code = int(status[0]) * 100 + 50 if status[:1].isdigit() else 550
             kind = "x" if expired_reason else "b"
-            outcome = self._outcome(
-                kind, Reply(code, status, diag), message.envelope, live, now, queue, dsn_mta=dsn_mta
+            reply = outcomes.failure_reply(status, diag)
+            records.append(
+                self._outcome(
+                    kind,
+                    reply,
+                    message.envelope,
+                    live,
+                    now,
+                    queue,
+                    dsn_mta=dsn_mta,
+                    bounce_cat=category,
+                )
             )
-            if category:
-                outcome = attrs.evolve(outcome, bounce_cat=category)
-            outcomes.append(outcome)
-        await self._record(queue, outcomes)
+        await self._record(queue, records)
 
     # -- timers --------------------------------------------------------------------
 
@@ -748,7 +654,7 @@ class Scheduler:
         queues = self.matching(pattern)
         for queue in queues:
             queue.paused = True
-            self._release_idle(queue)
+            self.slots.release_idle(queue)
         return [q.name for q in queues]
 
     def resume(self, pattern: str) -> list[str]:
@@ -765,8 +671,7 @@ class Scheduler:
         """Retry now: every item waiting for its retry time becomes ready."""
         queues = self.matching(pattern)
         for queue in queues:
-            queue.ready.extend(entry[2] for entry in sorted(queue.retry, key=lambda e: e[:2]))
-            queue.retry.clear()
+            queue.schedule_now()
             self._pump(queue)
         return [q.name for q in queues]
 
@@ -800,9 +705,6 @@ class Scheduler:
             self._arm_timer(queue)
         return count
 
-    def queued_recipients(self) -> int:
-        return sum(q.recipients for q in self.queues.values())
-
     async def stop(self, grace: float = 5.0) -> None:
         """Start no more sessions; give running ones `grace` seconds, then cancel them.
 
@@ -811,7 +713,7 @@ class Scheduler:
         """
         self._stopping = True
         for queue in self.queues.values():
-            self._release_idle(queue)
+            self.slots.release_idle(queue)
         for timer in self._timers.values():
             if timer.active():
                 timer.cancel()
@@ -836,18 +738,3 @@ class _SessionState:
     transactions: int = 0
     in_flight: dict[int, tuple[Transaction, WorkItem]] = attrs.field(factory=dict)
     pending_writes: list[defer.Deferred[None]] = attrs.field(factory=list)
-
-
-def _file_unreadable(error: BaseException) -> bool:
-    """A read failure that retrying cannot cure: the file is corrupt or gone.
-
-    Other I/O errors (EIO, EMFILE...) may pass; those are retried as before.
-    """
-    if isinstance(error, CorruptMessageError):
-        return True
-    cause = error.__cause__
-    return isinstance(error, FileNotFoundError) or isinstance(cause, FileNotFoundError)
-
-
-def _reply_line(reply: Reply) -> str:
-    return f"{reply.code} {reply.status} {reply.text}".strip()

@@ -1,0 +1,177 @@
+"""The operator command language: its grammar, shared by `POST /command` and `mtactl`.
+
+    show status | show queues [--paused] | show domains | show vmtas | show jobs
+    show settings | show version
+    pause queue D/V | resume queue D/V | schedule D/V
+    set queue --mode=backoff|normal D/V
+    delete --queue=D/V [--jobId=J] | list --queue=D/V [--max=N]
+    reload | test config [FILE] | rotate acct | reset counters
+
+`parse` turns a line into a `Command`, or raises a `CommandError` naming what is
+wrong, before anything runs. Each command states the access level it needs
+(`monitor` for reading, `admin` for changing anything), so the HTTP layer checks
+access between parsing and running.
+
+Queue patterns are `domain/vmta`, a bare `domain` meaning every vmta, with `*` and
+`?` wildcards (`sink.test/*`, `*/vmta1`, `*`).
+"""
+
+from __future__ import annotations
+
+import re
+import shlex
+from collections.abc import Mapping
+from typing import Any
+
+import attrs
+
+QUEUE_PATTERN = re.compile(r"[A-Za-z0-9_.*?\-]+(/[A-Za-z0-9_.*?{}\-]+)?")
+DEFAULT_LIST_MAX = 1000
+
+
+class CommandError(Exception):
+    """A command that could not run: unknown, bad arguments, or a failure (HTTP 400)."""
+
+    def __init__(self, message: str, data: Any = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.data = data
+
+
+@attrs.frozen
+class Spec:
+    """A command's grammar: its options, positional arguments and access level."""
+
+    words: tuple[str, ...]
+    level: str
+    usage: str
+    options: Mapping[str, str] = attrs.field(factory=dict)  # name -> "flag" | "value"
+    required: tuple[str, ...] = ()
+    positional: tuple[int, int] = (0, 0)  # min, max
+
+
+SPECS: tuple[Spec, ...] = (
+    Spec(("show", "status"), "monitor", "show status"),
+    Spec(("show", "queues"), "monitor", "show queues [--paused]", {"paused": "flag"}),
+    Spec(("show", "domains"), "monitor", "show domains"),
+    Spec(("show", "vmtas"), "monitor", "show vmtas"),
+    Spec(("show", "jobs"), "monitor", "show jobs"),
+    Spec(("show", "settings"), "monitor", "show settings"),
+    Spec(("show", "version"), "monitor", "show version"),
+    Spec(("pause", "queue"), "admin", "pause queue DOMAIN[/VMTA]", positional=(1, 1)),
+    Spec(("resume", "queue"), "admin", "resume queue DOMAIN[/VMTA]", positional=(1, 1)),
+    Spec(("schedule",), "admin", "schedule DOMAIN[/VMTA]", positional=(1, 1)),
+    Spec(
+        ("set", "queue"),
+        "admin",
+        "set queue --mode=backoff|normal DOMAIN[/VMTA]",
+        {"mode": "value"},
+        ("mode",),
+        (1, 1),
+    ),
+    Spec(
+        ("delete",),
+        "admin",
+        "delete --queue=DOMAIN[/VMTA] [--jobId=JOB]",
+        {"queue": "value", "jobId": "value"},
+        ("queue",),
+    ),
+    Spec(
+        ("list",),
+        "monitor",
+        "list --queue=DOMAIN[/VMTA] [--max=N]",
+        {"queue": "value", "max": "value"},
+        ("queue",),
+    ),
+    Spec(("reload",), "admin", "reload"),
+    Spec(("test", "config"), "monitor", "test config [FILE]", positional=(0, 1)),
+    Spec(("rotate", "acct"), "admin", "rotate acct"),
+    Spec(("reset", "counters"), "admin", "reset counters"),
+)
+
+
+@attrs.frozen
+class Command:
+    spec: Spec
+    options: Mapping[str, str]
+    args: tuple[str, ...]
+
+    @property
+    def name(self) -> str:
+        return " ".join(self.spec.words)
+
+    @property
+    def level(self) -> str:
+        return self.spec.level
+
+
+@attrs.frozen
+class CommandResult:
+    command: str
+    data: Any
+    message: str = ""
+
+
+def usage() -> str:
+    return "commands: " + "; ".join(spec.usage for spec in SPECS)
+
+
+def parse(text: str) -> Command:
+    """Parse one command line; `CommandError` with a clear message when it is wrong."""
+    try:
+        words = shlex.split(text)
+    except ValueError as exc:
+        raise CommandError(f"cannot parse the command: {exc}") from None
+    if not words:
+        raise CommandError("empty command; " + usage())
+    spec = next(
+        (s for s in SPECS if tuple(w.lower() for w in words[: len(s.words)]) == s.words), None
+    )
+    if spec is None:
+        raise CommandError(f"unknown command {' '.join(words[:2])!r}; " + usage())
+    options: dict[str, str] = {}
+    args: list[str] = []
+    for word in words[len(spec.words) :]:
+        if word.startswith("--"):
+            name, has_value, value = word[2:].partition("=")
+            kind = spec.options.get(name)
+            if kind is None:
+                raise CommandError(f"{spec.usage}: unknown option --{name}")
+            if kind == "flag" and has_value:
+                raise CommandError(f"{spec.usage}: --{name} takes no value")
+            if kind == "value" and not value:
+                raise CommandError(f"{spec.usage}: --{name} needs a value (--{name}=...)")
+            if name in options:
+                raise CommandError(f"{spec.usage}: --{name} given twice")
+            options[name] = value
+        else:
+            args.append(word)
+    for name in spec.required:
+        if name not in options:
+            raise CommandError(f"{spec.usage}: --{name} is required")
+    low, high = spec.positional
+    if not low <= len(args) <= high:
+        if high == 0:
+            raise CommandError(f"{spec.usage}: unexpected argument {args[0]!r}")
+        if len(args) < low:
+            raise CommandError(f"{spec.usage}: missing argument")
+        raise CommandError(f"{spec.usage}: too many arguments")
+    command = Command(spec, options, tuple(args))
+    _check_values(command)
+    return command
+
+
+def _check_values(command: Command) -> None:
+    spec = command.spec
+    patterns = [] if spec.words == ("test", "config") else list(command.args)
+    if "queue" in command.options:
+        patterns.append(command.options["queue"])
+    for pattern in patterns:
+        if not QUEUE_PATTERN.fullmatch(pattern) or ".." in pattern or pattern.startswith("."):
+            raise CommandError(f"{spec.usage}: {pattern!r} is not a queue name (DOMAIN[/VMTA])")
+    mode = command.options.get("mode")
+    if mode is not None and mode not in ("backoff", "normal"):
+        raise CommandError(f"{spec.usage}: --mode must be backoff or normal, not {mode!r}")
+    limit = command.options.get("max")
+    if limit is not None and (not limit.isdigit() or int(limit) < 1):
+        raise CommandError(f"{spec.usage}: --max must be a positive number, not {limit!r}")

@@ -1,0 +1,191 @@
+"""`QueueControl`: what operators and monitoring may see and do to the queues.
+
+The scheduler's heaps, dicts and counters are its own; commands (`mtaserver.commands`),
+the monitoring API and `/metrics` read frozen snapshots from this view and ask it to
+pause, resume, schedule, delete or change a queue's mode, which it hands to the
+scheduler (the one owner of queue state). Reading never changes anything.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import TYPE_CHECKING
+
+import attrs
+
+from mtaserver.queue.model import MessageState, Queue
+
+if TYPE_CHECKING:
+    from mtaserver.queue.scheduler import Scheduler
+
+
+@attrs.frozen
+class QueueView:
+    """One `domain/vmta` queue as `show queues` lists it."""
+
+    name: str
+    domain: str
+    vmta: str
+    pool: str | None
+    recipients: int
+    messages: int
+    bytes: int  # size of the waiting messages
+    oldest: float | None  # time the oldest waiting message was queued
+    paused: bool
+    mode: str
+    connections: int
+    delivered: int
+    bounced: int
+    deferred: int
+    connections_total: int
+    next_retry: float | None
+    last_error: str
+
+
+@attrs.frozen
+class WaitingRecipient:
+    """One recipient waiting in a queue (`list --queue=...`)."""
+
+    queue: str
+    msg_id: str
+    rcpt: str
+    job: str
+    attempts: int
+    state: str  # ready | retry
+    next_attempt: float | None
+
+
+@attrs.frozen
+class JobView:
+    """The messages of one job id still queued, and their recipients not yet final."""
+
+    job: str
+    messages: int
+    recipients: int
+
+
+@attrs.frozen
+class QueueTotals:
+    """The whole server's queue: `show status`'s queue and outbound lines."""
+
+    recipients: int
+    messages: int
+    queues: int
+    paused: int
+    connections: int
+    connections_total: int
+
+
+def _view(queue: Queue, messages: Mapping[str, MessageState]) -> QueueView:
+    counters = queue.counters
+    waiting = [messages[m].envelope for m in queue.message_ids() if m in messages]
+    return QueueView(
+        name=queue.name,
+        domain=queue.domain,
+        vmta=queue.vmta,
+        pool=queue.pool,
+        recipients=queue.recipients,
+        messages=queue.messages,
+        bytes=sum(envelope.size for envelope in waiting),
+        oldest=min((envelope.time_queued for envelope in waiting), default=None),
+        paused=queue.paused,
+        mode=queue.mode,
+        connections=queue.active,
+        delivered=counters.delivered,
+        bounced=counters.bounced,
+        deferred=counters.deferred,
+        connections_total=counters.connections,
+        next_retry=queue.next_due(),
+        last_error=queue.last_error,
+    )
+
+
+class QueueControl:
+    """The scheduler's read and command interface for everything outside `queue/`."""
+
+    def __init__(self, scheduler: Scheduler) -> None:
+        self._scheduler = scheduler
+
+    # -- reading -------------------------------------------------------------------
+
+    def queues(self, pattern: str = "*") -> list[QueueView]:
+        """The queues matching `pattern`, by name."""
+        messages = self._scheduler.messages
+        return [_view(queue, messages) for queue in self._scheduler.matching(pattern)]
+
+    def totals(self) -> QueueTotals:
+        queues = list(self._scheduler.queues.values())
+        return QueueTotals(
+            recipients=sum(q.recipients for q in queues),
+            messages=len(self._scheduler.messages),
+            queues=len(queues),
+            paused=sum(1 for q in queues if q.paused),
+            connections=self._scheduler.slots.total,
+            connections_total=sum(q.counters.connections for q in queues),
+        )
+
+    def jobs(self) -> list[JobView]:
+        """Queued messages grouped by job id (messages without one are left out)."""
+        jobs: dict[str, list[int]] = {}
+        for state in self._scheduler.messages.values():
+            job = state.envelope.job_id
+            if job:
+                row = jobs.setdefault(job, [0, 0])
+                row[0] += 1
+                row[1] += len(state.pending)
+        return [JobView(name, *jobs[name]) for name in sorted(jobs)]
+
+    def waiting(self, pattern: str, limit: int) -> tuple[list[WaitingRecipient], int]:
+        """Up to `limit` recipients waiting in the matching queues, and how many wait."""
+        rows: list[WaitingRecipient] = []
+        total = 0
+        messages = self._scheduler.messages
+        for queue in self._scheduler.matching(pattern):
+            entries = [("ready", None, item) for item in queue.ready] + [
+                ("retry", due, item) for due, item in queue.retrying()
+            ]
+            for state, due, item in entries:
+                message = messages.get(item.msg_id)
+                if message is None:
+                    continue
+                for index in item.rcpt_indexes:
+                    total += 1
+                    if len(rows) < limit:
+                        rows.append(
+                            WaitingRecipient(
+                                queue=queue.name,
+                                msg_id=item.msg_id,
+                                rcpt=message.envelope.recipients[index].address,
+                                job=message.envelope.job_id or "",
+                                attempts=item.failed_attempts,
+                                state=state,
+                                next_attempt=due,
+                            )
+                        )
+        return rows, total
+
+    # -- commands ------------------------------------------------------------------
+
+    def pause(self, pattern: str) -> list[str]:
+        """Pause the matching queues (and queues created later that match); their names."""
+        return self._scheduler.pause(pattern)
+
+    def resume(self, pattern: str) -> list[str]:
+        return self._scheduler.resume(pattern)
+
+    def schedule(self, pattern: str) -> list[str]:
+        """Retry now: every recipient waiting for its retry time becomes ready."""
+        return self._scheduler.schedule(pattern)
+
+    def set_mode(self, pattern: str, mode: str) -> list[str]:
+        """`normal` or `backoff` for the matching queues; their names."""
+        return self._scheduler.set_mode(pattern, mode)
+
+    async def delete(self, pattern: str, job_id: str | None = None) -> int:
+        """Bounce the matching queues' recipients (of `job_id` only, if given); how many."""
+        return await self._scheduler.delete(pattern, job_id)
+
+    def reset_counters(self) -> None:
+        """Zero every queue's counters (`reset counters`)."""
+        for queue in self._scheduler.queues.values():
+            queue.counters.reset()
