@@ -12,7 +12,7 @@ from mtaserver.accounting.records import (
     json_line,
     records_from_event,
 )
-from mtaserver.accounting.writer import AcctFileWriter, RunInThread, csv_columns, position_pair
+from mtaserver.accounting.writer import AcctFileWriter, csv_columns, position_pair
 
 __all__ = [
     "CATEGORIES",
@@ -20,7 +20,6 @@ __all__ = [
     "FIELDS",
     "RECORD_TYPES",
     "AcctFileWriter",
-    "RunInThread",
     "classify",
     "csv_columns",
     "csv_header",

@@ -19,6 +19,8 @@ import os
 
 import attrs
 
+from mtaserver.fsutil import atomic_write
+
 VERSION = 1
 
 
@@ -60,15 +62,6 @@ def load_checkpoint(path: str) -> Checkpoint | None:
         raise ValueError(f"{path}: unreadable acct checkpoint: {e}") from e
 
 
-def fsync_directory(directory: str) -> None:
-    """Make a rename or create in `directory` durable."""
-    fd = os.open(directory or ".", os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def save_checkpoint(path: str, checkpoint: Checkpoint) -> None:
     """Replace the checkpoint at `path` atomically and durably."""
     data = {
@@ -79,10 +72,4 @@ def save_checkpoint(path: str, checkpoint: Checkpoint) -> None:
     }
     if checkpoint.rotated_to is not None:
         data["rotated_to"] = checkpoint.rotated_to
-    tmp = path + ".tmp"
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(data, f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    fsync_directory(os.path.dirname(path))
+    atomic_write(path, json.dumps(data), temporary=path + ".tmp")

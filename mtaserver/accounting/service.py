@@ -17,8 +17,9 @@ from twisted.internet import defer
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from mtaserver.accounting.writer import AcctFileWriter, RunInThread
+from mtaserver.accounting.writer import AcctFileWriter
 from mtaserver.config.model import AcctFileSettings
+from mtaserver.runtime import RunInThread
 from mtaserver.spool.journal import (
     Journal,
     JournalPosition,

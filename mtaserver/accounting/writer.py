@@ -32,7 +32,7 @@ from __future__ import annotations
 import os
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from functools import partial
-from typing import IO, Any, Generic, Protocol, TypeVar, cast
+from typing import IO, Any, Generic, TypeVar, cast
 
 from twisted.internet import defer, task
 from twisted.logger import Logger
@@ -56,31 +56,10 @@ from mtaserver.accounting.records import (
 )
 from mtaserver.accounting.rotation import expired_files, rotated_name
 from mtaserver.events import Event
+from mtaserver.runtime import Clock, DelayedCall, RunInThread
 
 P = TypeVar("P")
 T = TypeVar("T")
-
-
-class RunInThread(Protocol):
-    """Run a blocking callable off the reactor thread: `deferToThreadPool` curried."""
-
-    def __call__(self, f: Callable[[], T], /) -> defer.Deferred[T]: ...
-
-
-class DelayedCall(Protocol):
-    """The part of `IDelayedCall` the writer uses."""
-
-    def active(self) -> bool: ...
-
-    def cancel(self) -> None: ...
-
-
-class Clock(Protocol):
-    """The part of `IReactorTime` the writer uses (typed without the zope plugin)."""
-
-    def seconds(self) -> float: ...
-
-    def callLater(self, delay: float, f: Callable[[], object], /) -> DelayedCall: ...
 
 
 def position_pair(position: Any) -> tuple[int, int]:

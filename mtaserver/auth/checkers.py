@@ -9,14 +9,12 @@ user came from.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
-from typing import Any, Protocol
+from collections.abc import Mapping
+from typing import Protocol
 
 from twisted.internet.defer import Deferred
 from twisted.python.failure import Failure
 from zope.interface import Interface
-
-RunInThread = Callable[[Callable[[], Any]], "Deferred[Any]"]
 
 
 class IPasswordChecker(Interface):

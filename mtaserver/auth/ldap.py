@@ -38,7 +38,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from mtaserver.auth.checkers import IPasswordChecker, RunInThread
+from mtaserver.auth.checkers import IPasswordChecker
 from mtaserver.auth.ldap_directory import (
     Directory,
     LdapEntry,
@@ -49,6 +49,7 @@ from mtaserver.auth.ldap_directory import (
 from mtaserver.config.model import LdapSettings
 from mtaserver.config.reload import ConfigHolder
 from mtaserver.config.values import ACCESS_LEVELS, LdapGroupAccess
+from mtaserver.runtime import RunInThread
 
 __all__ = [
     "LdapChecker",

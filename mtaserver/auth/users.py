@@ -10,9 +10,10 @@ from __future__ import annotations
 from twisted.internet.defer import Deferred
 from zope.interface import implementer
 
-from mtaserver.auth.checkers import IPasswordChecker, RunInThread
+from mtaserver.auth.checkers import IPasswordChecker
 from mtaserver.auth.passwords import verify_password
 from mtaserver.config.reload import ConfigHolder
+from mtaserver.runtime import RunInThread
 
 # Compared against when the user does not exist, so that an unknown user costs
 # about as much as a wrong password.

@@ -7,16 +7,16 @@ running model in place and logs every `FILE:LINE: message`.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 
 from twisted.logger import Logger
 
 from mtaserver.config.grammar import ConfigError
 from mtaserver.config.load import load_config
 from mtaserver.config.model import Config
+from mtaserver.runtime import RunInThread
 
 ReloadListener = Callable[[Config, Config], None]
-RunInThread = Callable[[Callable[[], Config]], Awaitable[Config]]
 
 
 class ConfigHolder:

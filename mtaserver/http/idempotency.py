@@ -28,8 +28,10 @@ import re
 from collections.abc import Callable
 from typing import Any
 
-from twisted.internet.defer import Deferred
 from twisted.logger import Logger
+
+from mtaserver.fsutil import atomic_write
+from mtaserver.runtime import RunInThread
 
 log = Logger()
 
@@ -39,7 +41,6 @@ MAX_KEY_LENGTH = 255
 _KEY = re.compile(rb"[\x21-\x7e]+")
 _TMP_SUFFIX = ".tmp"
 
-RunInThread = Callable[[Callable[[], Any]], "Deferred[Any]"]
 
 
 class KeyError422(Exception):
@@ -107,22 +108,16 @@ class IdempotencyStore:
         return record if isinstance(record, dict) else None
 
     def _write(self, name: str, data: bytes, now: float, prune: bool) -> None:
-        os.makedirs(self.directory, exist_ok=True)
         final = os.path.join(self.directory, name)
-        tmp = final + _TMP_SUFFIX
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        try:
-            os.write(fd, data)
-            os.utime(fd, (now, now))  # pruning compares file times with the same clock
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.rename(tmp, final)
-        dir_fd = os.open(self.directory, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
+        # pruning compares file times with the same clock, hence mtime=now
+        atomic_write(
+            final,
+            data,
+            temporary=final + _TMP_SUFFIX,
+            permissions=0o600,
+            mtime=now,
+            make_directory=True,
+        )
         if prune:
             self._prune(now)
 

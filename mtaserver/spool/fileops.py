@@ -8,14 +8,8 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable
-from typing import Any
 
 import attrs
-from twisted.internet.defer import Deferred
-
-# Runs a blocking callable in a thread pool and fires with its result on the reactor
-# thread: `lambda f: deferToThreadPool(reactor, pool, f)` in production.
-RunInThread = Callable[[Callable[[], Any]], Deferred[Any]]
 
 
 def _fdatasync(fd: int) -> None:

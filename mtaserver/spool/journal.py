@@ -28,8 +28,9 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from mtaserver.events import Event, event_from_json
+from mtaserver.runtime import RunInThread
 from mtaserver.spool.errors import SpoolError, SpoolIOError, spool_error
-from mtaserver.spool.fileops import REAL_FILE_OPS, FileOps, RunInThread
+from mtaserver.spool.fileops import REAL_FILE_OPS, FileOps
 from mtaserver.spool.groupcommit import GroupCommit
 
 log = Logger()
@@ -293,9 +294,9 @@ class Journal:
             offset += len(payload)
             positions.append(JournalPosition(segment, offset))
         data = b"".join(payloads)
-        d = self._run_in_thread(lambda: self._write(segment, committed, data))
-        d.addCallback(self._committed, positions)
-        return d
+        return self._run_in_thread(lambda: self._write(segment, committed, data)).addCallback(
+            self._committed, positions
+        )
 
     def _committed(
         self, _: None, positions: list[JournalPosition | Exception]

@@ -25,8 +25,9 @@ import attrs
 from twisted.logger import Logger
 
 from mtaserver.events import Envelope, Outcome, Received, Removed
+from mtaserver.runtime import RunInThread
 from mtaserver.spool.errors import CorruptMessageError
-from mtaserver.spool.fileops import REAL_FILE_OPS, FileOps, RunInThread
+from mtaserver.spool.fileops import REAL_FILE_OPS, FileOps
 from mtaserver.spool.journal import (
     Journal,
     JournalPosition,

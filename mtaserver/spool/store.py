@@ -37,8 +37,9 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from mtaserver.events import Envelope, Received, Removed
+from mtaserver.runtime import RunInThread
 from mtaserver.spool.errors import SpoolError, SpoolFullError, SpoolIOError, spool_error
-from mtaserver.spool.fileops import REAL_FILE_OPS, FileOps, RunInThread
+from mtaserver.spool.fileops import REAL_FILE_OPS, FileOps
 from mtaserver.spool.groupcommit import GroupCommit
 from mtaserver.spool.journal import Journal, JournalPosition
 from mtaserver.spool.msgfile import HEADER, BodyReader, encode_tail
@@ -260,9 +261,7 @@ class MessageStore:
                             results[i] = error
             return results
 
-        d = self._run_in_thread(rename_all)
-        d.addCallback(self._journal_received, writers)
-        return d
+        return self._run_in_thread(rename_all).addCallback(self._journal_received, writers)
 
     def _journal_received(
         self, results: list[None | Exception], writers: list[MessageWriter]

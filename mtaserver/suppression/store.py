@@ -50,6 +50,7 @@ from typing import TextIO
 
 import attrs
 
+from mtaserver.fsutil import fsync_directory
 from mtaserver.suppression.model import (
     GLOBAL_SCOPE,
     Entry,
@@ -102,14 +103,6 @@ class SuppressionStoreError(Exception):
 
 def _fdatasync(fd: int) -> None:
     getattr(os, "fdatasync", os.fsync)(fd)
-
-
-def _fsync_dir(path: str) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _write_all(fd: int, data: bytes | bytearray) -> None:
@@ -364,7 +357,7 @@ class SuppressionStore:
             if not os.path.exists(path):
                 with open(path, "ab"):
                     pass
-                _fsync_dir(directory)
+                fsync_directory(directory)
             log_records = 0
             for offset, kind, payload in _replay(path):
                 scope, recipient = json.loads(payload)[:2]
@@ -620,7 +613,7 @@ class SuppressionStore:
                 gen = self._log_gen + 1
                 path = os.path.join(self.directory, _name(_LOG_PREFIX, gen))
                 fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_EXCL, 0o600)
-                _fsync_dir(self.directory)
+                fsync_directory(self.directory)
                 os.close(self._log_fd)
                 self._log_fd, self._log_path, self._log_gen = fd, path, gen
                 self._log_size = 0
@@ -647,7 +640,7 @@ class SuppressionStore:
                 for stale in _generations(names, prefix):
                     if stale < gen:
                         os.unlink(os.path.join(self.directory, _name(prefix, stale)))
-            _fsync_dir(self.directory)
+            fsync_directory(self.directory)
 
     # -- reading everything (thread pool) ---------------------------------------------
 
@@ -915,7 +908,7 @@ def _write_snapshot(
             os.unlink(tmp)
         raise
     os.rename(tmp, path)
-    _fsync_dir(directory)
+    fsync_directory(directory)
     return _Base(gen, hi, lo, offsets, _FileReader(path))
 
 

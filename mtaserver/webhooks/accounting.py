@@ -19,7 +19,8 @@ from twisted.python.failure import Failure
 
 from mtaserver.config.model import AcctFileSettings, Config
 from mtaserver.config.targets import TargetPolicy, config_policy
-from mtaserver.webhooks.batcher import DEFAULT_MAX_BYTES, RunInThread, WebhookBatcher
+from mtaserver.runtime import RunInThread
+from mtaserver.webhooks.batcher import DEFAULT_MAX_BYTES, WebhookBatcher
 from mtaserver.webhooks.guard import TargetSource
 from mtaserver.webhooks.http import PooledClient, policy_from_files, read_extra_headers
 

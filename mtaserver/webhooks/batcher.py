@@ -35,8 +35,8 @@ from twisted.internet import defer, task
 from twisted.logger import Logger
 from twisted.web.http_headers import Headers
 
+from mtaserver.runtime import Clock, RunInThread
 from mtaserver.webhooks.http import (
-    Clock,
     HttpClient,
     PostResult,
     build_headers,
@@ -46,7 +46,6 @@ from mtaserver.webhooks.http import (
 from mtaserver.webhooks.staging import BatchContent, BatchStager, StagedBatch
 
 T = TypeVar("T")
-RunInThread = Callable[[Callable[[], Any]], "defer.Deferred[Any]"]
 
 DEFAULT_MAX_BYTES = 5 * 1024 * 1024
 RETRY_BASE = 1.0

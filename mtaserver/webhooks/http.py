@@ -27,6 +27,7 @@ from twisted.web.iweb import IBodyProducer, IPolicyForHTTPS
 from zope.interface import implementer
 
 from mtaserver.config.targets import TargetPolicy
+from mtaserver.runtime import Clock
 from mtaserver.webhooks.guard import GuardedEndpointFactory, TargetSource
 
 
@@ -34,14 +35,6 @@ class HttpClient(Protocol):
     """The part of treq's `HTTPClient` (and of `treq.testing.StubTreq`) used here."""
 
     def request(self, method: str, url: str, **kwargs: Any) -> defer.Deferred[Any]: ...
-
-
-class Clock(Protocol):
-    """The part of `IReactorTime` used for timeouts and back-off."""
-
-    def seconds(self) -> float: ...
-
-    def callLater(self, delay: float, f: Any, /, *a: Any, **kw: Any) -> Any: ...  # noqa: N802
 
 
 @attrs.frozen

@@ -36,8 +36,9 @@ from contextlib import contextmanager, suppress
 import attrs
 from twisted.logger import Logger
 
-from mtaserver.accounting.checkpoint import checkpoint_path, fsync_directory, load_checkpoint
+from mtaserver.accounting.checkpoint import checkpoint_path, load_checkpoint
 from mtaserver.accounting.rotation import rotated_at, split_name
+from mtaserver.fsutil import atomic_write
 
 log = Logger()
 
@@ -126,14 +127,7 @@ def first_record_end(data: bytes, csv: bool) -> int:
 
 
 def _write_durably(path: str, chunks: list[bytes]) -> None:
-    tmp = path + ".tmp"
-    with open(tmp, "wb") as f:
-        for chunk in chunks:
-            f.write(chunk)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    fsync_directory(os.path.dirname(path))
+    atomic_write(path, chunks, temporary=path + ".tmp")
 
 
 @attrs.define
