@@ -30,6 +30,7 @@ from mtaserver.config.reload import ConfigHolder
 from mtaserver.http.listen import InsecureListenerError
 from mtaserver.http.mgmt import make_mgmt_service
 from mtaserver.http.transmissions import make_transmissions_services
+from mtaserver.message.intake import ReceptionStats
 from mtaserver.queue.bounces import DsnSender
 from mtaserver.queue.delivery import DiscardDeliverer, FileDeliverer, IDeliverer
 from mtaserver.queue.scheduler import Scheduler
@@ -38,7 +39,6 @@ from mtaserver.smtp.connections import InboundConnections, raise_nofile_limit
 from mtaserver.smtp.deliverer import SmtpDeliverer
 from mtaserver.smtp.dkim import DkimSigner
 from mtaserver.smtp.mx import MxResolver, make_resolver
-from mtaserver.smtp.reception import ReceptionStats
 from mtaserver.smtp.server import make_smtp_service
 from mtaserver.smtp.signing import DkimTransform
 from mtaserver.spool import Journal, open_spool

@@ -28,7 +28,6 @@ from mtaserver.http.idempotency import (
     valid_key,
 )
 from mtaserver.http.safety import (
-    Rfc822Limits,
     UnsafeInput,
     check_decoded_header_value,
     check_header_block,
@@ -36,8 +35,8 @@ from mtaserver.http.safety import (
     check_json_strings,
     check_rfc822,
     decode_encoded_words,
-    mime_depth,
 )
+from mtaserver.message.limits import ContentLimits, mime_depth
 
 # -- JSON ---------------------------------------------------------------------------
 
@@ -210,15 +209,15 @@ def rfc822(header: str, body: str = "body\r\n") -> bytes:
 @pytest.mark.parametrize(
     ("message", "limits", "problem"),
     [
-        (rfc822("Received: x\r\n" * 4), Rfc822Limits(max_message_hops=3), "4 Received"),
-        (rfc822("X: y\r\n" * 11), Rfc822Limits(max_header_count=10), "11 header fields"),
-        (rfc822("X: " + "y" * 90 + "\r\n"), Rfc822Limits(max_header_size=50), "max-header-size"),
-        (rfc822("From: a\r\nFrom: b\r\n"), Rfc822Limits(), "2 From"),
-        (rfc822("S: x\r\n", "ok\r\n" + "z" * 999 + "\r\n"), Rfc822Limits(), "line 4 is 999"),
-        (rfc822("S: x\r\n", "a\x00b\r\n"), Rfc822Limits(), "NUL"),
+        (rfc822("Received: x\r\n" * 4), ContentLimits(max_message_hops=3), "4 Received"),
+        (rfc822("X: y\r\n" * 11), ContentLimits(max_header_count=10), "11 header fields"),
+        (rfc822("X: " + "y" * 90 + "\r\n"), ContentLimits(max_header_size=50), "max-header-size"),
+        (rfc822("From: a\r\nFrom: b\r\n"), ContentLimits(), "2 From"),
+        (rfc822("S: x\r\n", "ok\r\n" + "z" * 999 + "\r\n"), ContentLimits(), "line 4 is 999"),
+        (rfc822("S: x\r\n", "a\x00b\r\n"), ContentLimits(), "NUL"),
     ],
 )
-def test_rfc822_limits_refuse(message: bytes, limits: Rfc822Limits, problem: str) -> None:
+def test_rfc822_limits_refuse(message: bytes, limits: ContentLimits, problem: str) -> None:
     """Each limit of the {transmissions-api} source refuses with the field and the number."""
     with pytest.raises(UnsafeInput, match=problem):
         check_rfc822(message, limits)
@@ -227,8 +226,8 @@ def test_rfc822_limits_refuse(message: bytes, limits: Rfc822Limits, problem: str
 def test_rfc822_limits_of_zero_are_off() -> None:
     """0 turns a limit off, as on the SMTP side."""
     message = rfc822("Received: x\r\n" * 5 + "X: y\r\n" * 5)
-    check_rfc822(message, Rfc822Limits(0, 0, 0, 0))
-    check_rfc822(rfc822("S: x\r\n", "z" * 998 + "\r\n"), Rfc822Limits())  # 998 is allowed
+    check_rfc822(message, ContentLimits(0, 0, 0, 0))
+    check_rfc822(rfc822("S: x\r\n", "z" * 998 + "\r\n"), ContentLimits())  # 998 is allowed
 
 
 def nested(depth: int) -> list[bytes]:
@@ -274,7 +273,7 @@ def test_mime_depth_siblings_and_enclosed_messages() -> None:
     ]
     assert mime_depth(lines, 100) == 3
     with pytest.raises(UnsafeInput, match="max-mime-depth"):
-        check_rfc822(b"\r\n".join(lines) + b"\r\n", Rfc822Limits(max_mime_depth=2))
+        check_rfc822(b"\r\n".join(lines) + b"\r\n", ContentLimits(max_mime_depth=2))
 
 
 def test_mime_depth_stops_counting_past_the_limit() -> None:

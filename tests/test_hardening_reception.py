@@ -21,7 +21,8 @@ from smtp_helpers import Session, holder_from_text
 from twisted.internet import task
 
 from mtaserver.auth.limiter import AuthFailureLimiter
-from mtaserver.smtp.content_limits import (
+from mtaserver.message.addresses import without_controls
+from mtaserver.message.limits import (
     ContentChecker,
     ContentLimits,
     check_message,
@@ -33,7 +34,6 @@ from mtaserver.smtp.server_params import (
     parse_mail_params,
     parse_mailbox,
     parse_rcpt_params,
-    without_controls,
 )
 
 # -- pure functions -------------------------------------------------------------------

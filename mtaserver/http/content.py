@@ -46,7 +46,7 @@ from typing import Any
 import attrs
 
 from mtaserver.http.safety import UnsafeInput, check_decoded_header_value, check_header_block
-from mtaserver.smtp.server_params import ParamError, parse_mailbox
+from mtaserver.message.addresses import AddressError, parse_mailbox
 
 
 class ContentError(ValueError):
@@ -257,8 +257,8 @@ def check_address(address: str, field: str, smtputf8: bool) -> str:
     if not address.isascii() and not smtputf8:
         raise ContentError(f"{field} is not ASCII: set options.smtputf8")
     try:
-        mailbox = parse_mailbox(address, "5.1.3")
-    except ParamError:
+        mailbox = parse_mailbox(address)
+    except AddressError:
         raise ContentError(f"{field} is not a valid address: {address!r}") from None
     if mailbox.routed:
         raise ContentError(f"{field} may not be a routed address: {address!r}")

@@ -16,9 +16,9 @@ encoded word holding CR or LF as a raw line break, i.e. a new header or the body
   CR, LF or NUL in the result.
 * The built header block: `check_header_block` (one `From`, only `Name: value`
   lines and continuations, the empty line before the body).
-* `email_rfc822`: `check_rfc822` (line length 998, `Received` count for
-  `max-message-hops`, `max-header-count`, `max-header-size`, `max-mime-depth`, at
-  most one `From`).
+* `email_rfc822`: `check_rfc822` (line length 998, no NUL, at most one `From`, and
+  the source's `max-message-hops`, `max-header-count`, `max-header-size` and
+  `max-mime-depth`, checked by the same `ContentChecker` SMTP reception uses).
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ from collections.abc import Iterator
 from email import policy as email_policy
 from typing import Any
 
-import attrs
+from mtaserver.message.limits import ContentChecker, ContentLimits
 
 MAX_JSON_DEPTH = 64
 MAX_LINE_OCTETS = 998  # RFC 5322 2.1.1, without the CRLF
@@ -214,17 +214,9 @@ def check_header_block(message: bytes) -> None:
 # -- email_rfc822 --------------------------------------------------------------------
 
 
-@attrs.frozen
-class Rfc822Limits:
-    """The `{transmissions-api}` source's limits for a client-supplied message (0: off)."""
-
-    max_message_hops: int = 100
-    max_header_count: int = 1000
-    max_header_size: int = 1024 * 1024
-    max_mime_depth: int = 100
-
-
-def check_rfc822(message: bytes, limits: Rfc822Limits, field: str = "content.email_rfc822") -> None:
+def check_rfc822(
+    message: bytes, limits: ContentLimits, field: str = "content.email_rfc822"
+) -> None:
     """Refuse a CRLF message the relay should not pass on (names `field` and the line).
 
     Lines over 998 octets are refused, not re-encoded: re-encoding would break a DKIM
@@ -241,9 +233,6 @@ def check_rfc822(message: bytes, limits: Rfc822Limits, field: str = "content.ema
                 f"{field} line {number} is {len(line)} octets long "
                 f"(RFC 5322 allows {MAX_LINE_OCTETS} without CRLF)"
             )
-    fields = 0
-    header_size = 0
-    received = 0
     froms = 0
     for line in lines:
         if line == b"":
@@ -252,93 +241,31 @@ def check_rfc822(message: bytes, limits: Rfc822Limits, field: str = "content.ema
             match = _FIELD.match(line)
             if match is None:
                 break  # the body starts here (the builder adds the empty line)
-            fields += 1
-            name = match.group(1).lower()
-            received += name == b"received"
-            froms += name == b"from"
-        header_size += len(line) + 2
-    if limits.max_header_count and fields > limits.max_header_count:
-        raise UnsafeInput(
-            f"{field} has {fields} header fields (max-header-count is {limits.max_header_count})"
-        )
-    if limits.max_header_size and header_size > limits.max_header_size:
-        raise UnsafeInput(
-            f"{field} has a {header_size}-octet header "
-            f"(max-header-size is {limits.max_header_size})"
-        )
-    if limits.max_message_hops and received > limits.max_message_hops:
-        raise UnsafeInput(
-            f"{field} has {received} Received fields: a mail loop? "
-            f"(max-message-hops is {limits.max_message_hops})"
-        )
+            froms += match.group(1).lower() == b"from"
     if froms > 1:
         raise UnsafeInput(f"{field} has {froms} From fields (at most one is allowed)")
-    if limits.max_mime_depth and mime_depth(lines, limits.max_mime_depth) > limits.max_mime_depth:
-        raise UnsafeInput(
-            f"{field} nests MIME parts deeper than {limits.max_mime_depth} (max-mime-depth)"
+    checker = ContentChecker(limits)
+    checker.feed(lines)
+    if checker.exceeded is not None:
+        raise UnsafeInput(_over_limit(field, checker))
+
+
+def _over_limit(field: str, checker: ContentChecker) -> str:
+    """The 400's words for the limit `checker` found exceeded."""
+    limits = checker.limits
+    if checker.exceeded == "max-header-count":
+        return (
+            f"{field} has {checker.header_count} header fields "
+            f"(max-header-count is {limits.max_header_count})"
         )
-
-
-_CONTENT_TYPE = re.compile(rb"content-type[ \t]*:[ \t]*([^;\s]+)(.*)", re.I | re.S)
-_BOUNDARY = re.compile(rb"""boundary[ \t]*=[ \t]*(?:"([^"]*)"|([^;\s]+))""", re.I)
-
-
-def mime_depth(lines: list[bytes], stop_above: int) -> int:
-    """How deep multiparts (and message/rfc822 parts) nest; stops counting past `stop_above`.
-
-    A line scanner rather than a parser (no recursion, no per-part objects): each
-    entity's header block is read for its Content-Type; a multipart pushes its
-    boundary, a boundary line starts a sibling entity, a closing one pops.
-    """
-    boundaries: list[tuple[bytes, int]] = []  # (boundary, depth of the multipart)
-    deepest = 0
-    depth = 0  # of the entity whose header or body we are in
-    in_header = True
-    header: list[bytes] = []
-    for line in lines:
-        if in_header:
-            if line == b"":
-                in_header = False
-                kind, boundary = _content_type(header)
-                header = []
-                if kind.startswith(b"multipart/") and boundary:
-                    boundaries.append((b"--" + boundary, depth))
-                elif kind in (b"message/rfc822", b"message/global"):
-                    depth += 1  # an enclosed message: its header block follows
-                    deepest = max(deepest, depth)
-                    if deepest > stop_above:
-                        return deepest
-                    in_header = True
-            elif line[:1] in (b" ", b"\t") and header:
-                header[-1] += line
-            else:
-                header.append(line)
-            continue
-        if not line.startswith(b"--") or not boundaries:
-            continue
-        stripped = line.rstrip(b" \t")
-        for index in range(len(boundaries) - 1, -1, -1):
-            mark, level = boundaries[index]
-            if stripped == mark:
-                del boundaries[index + 1 :]
-                depth = level + 1
-                deepest = max(deepest, depth)
-                if deepest > stop_above:
-                    return deepest
-                in_header = True
-                break
-            if stripped == mark + b"--":
-                del boundaries[index:]
-                depth = level
-                break
-    return deepest
-
-
-def _content_type(header: list[bytes]) -> tuple[bytes, bytes]:
-    for line in header:
-        match = _CONTENT_TYPE.match(line)
-        if match is not None:
-            found = _BOUNDARY.search(match.group(2))
-            boundary = (found.group(1) or found.group(2)) if found else b""
-            return match.group(1).lower(), boundary or b""
-    return b"text/plain", b""
+    if checker.exceeded == "max-header-size":
+        return (
+            f"{field} has a header over {limits.max_header_size} octets "
+            f"(max-header-size is {limits.max_header_size})"
+        )
+    if checker.exceeded == "max-message-hops":
+        return (
+            f"{field} has {checker.hops} Received fields: a mail loop? "
+            f"(max-message-hops is {limits.max_message_hops})"
+        )
+    return f"{field} nests MIME parts deeper than {limits.max_mime_depth} (max-mime-depth)"

@@ -11,31 +11,35 @@ At MAIL, a declared `SIZE=` must fit in the spool above `spool-min-free-space`
 (452 4.3.1), and with `require-sender-match-login` an authenticated client may
 only use its own addresses (553 5.7.1, see `sender_matches_login`). The message's
 structure (hops, header count and size, MIME depth) is checked while it streams,
-by `content_limits.ContentChecker` inside the `MessageBuilder`.
+by the `mtaserver.message` builder and its content checker.
 
-`accept_message` answers `250` only after `writer.commit(envelope)` fired (file,
-directory and journal fsync'd): nothing acknowledged is lost. Spool errors are
-always 4xx, so the client keeps the message and tries again.
+`accept_message` hands the message to `mtaserver.message.intake.Intake.accept`, the
+path the Transmissions API takes too (virtual MTA, commit, counters, scheduler), and
+answers `250` only once it is durable. Spool errors are always 4xx, so the client
+keeps the message and tries again.
 """
 
 from __future__ import annotations
 
-import datetime
-import email.utils
-import re
-from collections.abc import Callable
-from typing import Protocol
-
 import attrs
-from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
 from mtaserver.config.model import SourceSettings, build
 from mtaserver.config.reload import ConfigHolder
 from mtaserver.events import Envelope, Recipient
-from mtaserver.smtp.server_message import HeaderRules, MessageBuilder, header_rules
-from mtaserver.smtp.server_params import Mailbox, MailParams, RcptParams
+from mtaserver.message.addresses import Mailbox
+from mtaserver.message.builder import MessageBuilder
+from mtaserver.message.headers import HeaderRules, Trace, header_rules, printable
+from mtaserver.message.intake import (
+    Intake,
+    MessageStoreLike,
+    MessageWriterLike,
+    OnAccepted,
+    ReceptionStats,
+    UnknownVirtualMTA,
+)
+from mtaserver.smtp.server_params import MailParams, RcptParams
 from mtaserver.smtp_reply import (
     AUTH_REQUIRED,
     RELAY_DENIED,
@@ -48,43 +52,6 @@ from mtaserver.smtp_reply import (
 from mtaserver.spool.errors import SpoolError, SpoolFullError
 
 log = Logger()
-
-
-class MessageWriterLike(Protocol):
-    """What reception needs of `mtaserver.spool.MessageWriter`."""
-
-    msg_id: str
-
-    def write(self, data: bytes) -> None: ...
-
-    def commit(self, envelope: Envelope) -> Deferred[None]: ...
-
-    def abort(self) -> None: ...
-
-
-class MessageStoreLike(Protocol):
-    """What reception needs of `mtaserver.spool.MessageStore`."""
-
-    def begin(self) -> MessageWriterLike: ...
-
-    def check_space(self, needed: int = 0) -> None: ...
-
-
-OnAccepted = Callable[[Envelope], None]
-
-
-@attrs.define
-class ReceptionStats:
-    """Counters the monitoring API reads; one instance per server, shared by sessions."""
-
-    sessions_current: int = 0
-    sessions_total: int = 0
-    messages_received: int = 0
-    recipients_received: int = 0
-    bytes_received: int = 0
-    messages_rejected: int = 0
-    auth_failures: int = 0
-    eight_bit_undeclared: int = 0
 
 
 @attrs.define
@@ -124,6 +91,7 @@ class ReceptionHandler:
         self.on_accepted = on_accepted
         self.stats = stats
         self.clock = clock
+        self.intake = Intake(holder, on_accepted, stats)
 
     @property
     def host_name(self) -> str:
@@ -214,14 +182,8 @@ class ReceptionHandler:
             return SPOOL_ERROR
 
     def header_rules(self, session: Session, txn: Transaction, msg_id: str) -> HeaderRules:
-        settings = session.settings
-        now = self.clock.seconds()
-        date = email.utils.format_datetime(datetime.datetime.fromtimestamp(now, datetime.UTC))
-        received = None
-        if settings.add_received_header:
-            received = received_header(session, txn, msg_id, self.host_name, date).encode("utf-8")
         return header_rules(
-            settings, self.holder.config, msg_id, self.host_name, date, received or b""
+            session.settings, self.holder.config, msg_id, self.clock.seconds(), trace(session, txn)
         )
 
     async def accept_message(
@@ -234,26 +196,8 @@ class ReceptionHandler:
     ) -> Reply:
         """Commit the message and answer 250, or refuse it; never 5xx for a spool error."""
         problem = problem or message.problem
-        vmta, pool = None, None
-        if problem is None:
-            vmta_name = message.x_virtual_mta or session.settings.default_virtual_mta
-            if vmta_name:
-                config = self.holder.config
-                if vmta_name in config.vmtas:
-                    vmta = vmta_name
-                elif vmta_name in config.vmta_pools:
-                    pool = vmta_name
-                else:
-                    problem = Reply(550, "5.7.1", f"Unknown virtual MTA {_printable(vmta_name)}")
         if problem is not None:
-            writer.abort()
-            self.stats.messages_rejected += 1
-            log.info(
-                "message refused from {client_ip}: {reply}",
-                client_ip=session.client_ip,
-                reply=str(problem),
-            )
-            return problem
+            return self._refuse(session, writer, problem)
         declared_8bit = txn.params.body == "8BITMIME"
         if message.eight_bit and not declared_8bit:
             self.stats.eight_bit_undeclared += 1
@@ -270,8 +214,6 @@ class ReceptionHandler:
             src_type="smtp",
             src_mta=f"{session.helo or ''} ({session.client_ip})",
             smtp_user=session.user,
-            vmta=vmta,
-            vmta_pool=pool,
             job_id=message.x_job or None,
             env_id=txn.params.env_id,
             ret=txn.params.ret,
@@ -280,8 +222,12 @@ class ReceptionHandler:
             size=message.size,
             acct_headers=message.acct_headers,
         )
+        vmta_name = message.x_virtual_mta or session.settings.default_virtual_mta
         try:
-            await writer.commit(envelope)
+            envelope = await self.intake.accept(writer, envelope, vmta_name)
+        except UnknownVirtualMTA as exc:
+            unknown = Reply(550, "5.7.1", f"Unknown virtual MTA {printable(exc.name)}")
+            return self._refuse(session, None, unknown)
         except SpoolFullError:
             return SPOOL_FULL
         except SpoolError as exc:
@@ -290,14 +236,19 @@ class ReceptionHandler:
         except Exception:
             log.failure("unexpected error committing {msg_id}", msg_id=writer.msg_id)
             return SPOOL_ERROR
-        self.stats.messages_received += 1
-        self.stats.recipients_received += len(envelope.recipients)
-        self.stats.bytes_received += envelope.size
-        try:
-            self.on_accepted(envelope)
-        except Exception:
-            log.failure("on_accepted failed for {msg_id}", msg_id=envelope.msg_id)
         return Reply(250, "2.0.0", f"Ok: queued as {envelope.msg_id}")
+
+    def _refuse(self, session: Session, writer: MessageWriterLike | None, problem: Reply) -> Reply:
+        """Give the message up (counted as rejected) and answer `problem`."""
+        if writer is not None:
+            writer.abort()
+        self.stats.messages_rejected += 1
+        log.info(
+            "message refused from {client_ip}: {reply}",
+            client_ip=session.client_ip,
+            reply=str(problem),
+        )
+        return problem
 
 
 SENDER_NOT_OWNED = Reply(553, "5.7.1", "Sender address not owned by the authenticated user")
@@ -332,33 +283,16 @@ def sender_matches_login(sender: str, login: str, patterns: tuple[str, ...]) -> 
     return False
 
 
-_UNSAFE = re.compile(r"[^\x21-\x7e]")
-
-
-def _printable(text: str, limit: int = 255) -> str:
-    """Client-supplied text made safe for a header or a reply: visible ASCII only."""
-    return _UNSAFE.sub("?", text)[:limit]
-
-
-def received_header(
-    session: Session, txn: Transaction, msg_id: str, host_name: str, date: str
-) -> str:
-    """`Received:` per RFC 5321 4.4, with the RFC 3848 / 6531 `with` keyword."""
+def trace(session: Session, txn: Transaction) -> Trace:
+    """The `Received` trace of an SMTP message: the `with` keyword of RFC 3848 / 6531."""
     proto = "ESMTP" if session.esmtp else "SMTP"
     if session.esmtp:
         proto += ("S" if session.tls else "") + ("A" if session.user else "")
         if txn.params.smtputf8:
             proto = "UTF8SMTP" + proto[len("ESMTP") :]
-    helo = _printable(session.helo or "unknown")
-    ip = session.client_ip
-    literal = f"IPv6:{ip}" if ":" in ip else ip
-    lines = [
-        f"Received: from {helo} ([{literal}])",
-        f"\tby {host_name} (mtaserver) with {proto} id {msg_id}",
-    ]
-    if len(txn.recipients) == 1:
-        lines.append(f"\tfor <{txn.recipients[0].address}>; {date}")
-    else:
-        lines[-1] += ";"
-        lines.append(f"\t{date}")
-    return "\r\n".join(lines) + "\r\n"
+    return Trace(
+        client_ip=session.client_ip,
+        protocol=proto,
+        helo=session.helo or "unknown",
+        recipients=tuple(r.address for r in txn.recipients),
+    )

@@ -63,24 +63,22 @@ from mtaserver.auth.users import LocalUserChecker
 from mtaserver.config.model import Listener
 from mtaserver.config.reload import ConfigHolder
 from mtaserver.events import Recipient
-from mtaserver.smtp.connections import InboundConnections
-from mtaserver.smtp.content_limits import ContentLimits
-from mtaserver.smtp.reception import (
+from mtaserver.message.addresses import has_controls
+from mtaserver.message.builder import MessageBuilder
+from mtaserver.message.intake import (
     MessageStoreLike,
     MessageWriterLike,
     OnAccepted,
-    ReceptionHandler,
     ReceptionStats,
-    Session,
-    Transaction,
 )
+from mtaserver.message.limits import ContentLimits
+from mtaserver.smtp.connections import InboundConnections
+from mtaserver.smtp.reception import ReceptionHandler, Session, Transaction
 from mtaserver.smtp.server_auth import MECHANISMS, Challenge, Credentials, SaslExchange
 from mtaserver.smtp.server_data import DataReader
-from mtaserver.smtp.server_message import MessageBuilder
 from mtaserver.smtp.server_params import (
     ParamError,
     decode_address,
-    has_controls,
     parse_mail_params,
     parse_mailbox,
     parse_rcpt_params,

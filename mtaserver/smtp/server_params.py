@@ -10,31 +10,19 @@ refused (`501 5.5.4`) when their decoded xtext holds anything but printable
 US-ASCII (RFC 3461 4.2 and 4.4), because both go out again on our own RCPT and
 MAIL lines, into DSNs and acct records; addresses never hold C0 or C1 controls.
 
-Addresses with a source route (`@a,@b:user@c`), or a local part holding `%`, `!`
-or `@` (the old routing tricks), are marked `routed`: reception lets only clients
-allowed to relay use them, so they never open a relay through a relay-domain.
+The mailbox syntax itself (and `routed` paths) is `mtaserver.message.addresses`,
+shared with the Transmissions API; this module adds SMTP's replies to it.
 """
 
 from __future__ import annotations
 
-import ipaddress
 import re
 
 import attrs
 
+from mtaserver.message.addresses import AddressError, Mailbox
+from mtaserver.message.addresses import parse_mailbox as parse_address
 from mtaserver.smtp_reply import Reply
-
-_CONTROLS = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
-
-
-def has_controls(text: str) -> bool:
-    """True if `text` holds a C0/C1 control, DEL or a Unicode line/paragraph separator."""
-    return _CONTROLS.search(text) is not None
-
-
-def without_controls(text: str) -> str:
-    """`text` with every control character (CR and LF included) taken out."""
-    return _CONTROLS.sub("", text)
 
 
 class ParamError(Exception):
@@ -43,18 +31,6 @@ class ParamError(Exception):
     def __init__(self, reply: Reply) -> None:
         super().__init__(str(reply))
         self.reply = reply
-
-
-@attrs.frozen
-class Mailbox:
-    """A parsed path: `address` is `local@domain` ("" for the null sender)."""
-
-    address: str
-    routed: bool = False
-
-    @property
-    def domain(self) -> str:
-        return self.address.rpartition("@")[2].lower()
 
 
 @attrs.frozen
@@ -117,55 +93,12 @@ def decode_address(raw: bytes, smtputf8: bool, status: str) -> str:
         raise ParamError(Reply(501, "5.6.7", "Address is not valid UTF-8")) from None
 
 
-# UTF-8 in addresses (RFC 6531) excludes the C1 controls and the line separators.
-_U = "\u00a0-\u2027\u202a-\U0010ffff"
-_ATEXT = re.compile(rf"[A-Za-z0-9!#$%&'*+/=?^_`{{|}}~.\-{_U}]+")
-_QUOTED = re.compile(rf'"(?:[\x20\x21\x23-\x5b\x5d-\x7e{_U}]|\\[\x20-\x7e])*"')
-_LABEL = re.compile(rf"[A-Za-z0-9_{_U}]([A-Za-z0-9_\-{_U}]*)")
-
-
 def parse_mailbox(text: str, status: str, allow_null: bool = False) -> Mailbox:
     """`[@route:]local@domain` -> Mailbox; `status` is 5.1.7 (sender) or 5.1.3 (recipient)."""
-    bad = ParamError(Reply(501, status, "Bad address syntax"))
-    if text == "":
-        if allow_null:
-            return Mailbox("")
-        raise bad
-    routed = False
-    if text.startswith("@"):
-        route, sep, text = text.partition(":")
-        if not sep or not all(h.startswith("@") and _domain_ok(h[1:]) for h in route.split(",")):
-            raise bad
-        routed = True
-    local, at, domain = text.rpartition("@")
-    if not at or not local or not _domain_ok(domain):
-        raise bad
-    if not (_ATEXT.fullmatch(local) or _QUOTED.fullmatch(local)):
-        raise bad
-    if local.startswith(".") or local.endswith("."):
-        raise bad
-    if len(local.encode()) > 64 or len(text.encode()) > 254:
-        raise ParamError(Reply(501, status, "Address too long"))
-    routed = routed or any(c in local for c in "%!@")
-    return Mailbox(f"{local}@{domain}", routed)
-
-
-def _domain_ok(domain: str) -> bool:
-    if domain.startswith("[") and domain.endswith("]"):
-        literal = domain[1:-1]
-        if literal[:5].lower() == "ipv6:":
-            literal = literal[5:]
-            if ":" not in literal:
-                return False
-        elif ":" in literal:
-            return False
-        try:
-            ipaddress.ip_address(literal)
-        except ValueError:
-            return False
-        return True
-    labels = domain.rstrip(".").split(".")
-    return 0 < len(domain) <= 253 and all(len(lb) <= 63 and _LABEL.fullmatch(lb) for lb in labels)
+    try:
+        return parse_address(text, allow_null)
+    except AddressError as exc:
+        raise ParamError(Reply(501, status, str(exc))) from None
 
 
 def _split_params(params: list[bytes], esmtp: bool) -> dict[str, str | None]:

@@ -11,9 +11,13 @@ itself.
 
 `ContentChecker` is fed content lines (without CRLF) as they arrive, so SMTP
 reception checks a message while it streams to the spool, holding only the
-boundaries of the open multiparts. `check_message` and `count_hops` are the same
-rules over a whole message or header block, for the Transmissions API, which has
-the content in memory. Nothing here imports Twisted.
+boundaries of the open multiparts. `check_message`, `count_hops` and `mime_depth`
+are the same rules over a whole message, header block or list of lines; the
+Transmissions API checks `email_rfc822` with the same checker and words its 400
+from `ContentChecker.exceeded` (the directive) and the counts. Nothing here
+imports Twisted.
+
+A refusal is the `Reply` SMTP reception answers with; the API answers 400 instead.
 """
 
 from __future__ import annotations
@@ -77,12 +81,21 @@ def check_message(message: bytes, limits: ContentLimits) -> Reply | None:
     return checker.problem
 
 
+def mime_depth(lines: list[bytes], stop_above: int) -> int:
+    """How deep multiparts (and attached messages) nest; stops counting past `stop_above`."""
+    checker = ContentChecker(ContentLimits(0, 0, 0, stop_above))
+    checker.feed(lines)
+    return checker.deepest
+
+
 class ContentChecker:
     """Checks content lines as they stream by; `problem` is set at the first limit exceeded."""
 
     def __init__(self, limits: ContentLimits) -> None:
         self.limits = limits
         self.problem: Reply | None = None
+        self.exceeded: str | None = None  # the directive, once `problem` is set
+        self.deepest = 0  # the deepest nesting seen (at most one past max-mime-depth)
         self.hops = 0
         self.header_count = 0
         self.header_size = 0
@@ -159,18 +172,23 @@ class ContentChecker:
             return
         self.header_size += len(line) + 2
         if limits.max_header_size and self.header_size > limits.max_header_size:
-            self.problem = HEADER_TOO_BIG
+            self._refuse(HEADER_TOO_BIG, "max-header-size")
             return
         if line[:1] in (b" ", b"\t"):
             return
         self.header_count += 1
         if limits.max_header_count and self.header_count > limits.max_header_count:
-            self.problem = TOO_MANY_HEADERS
+            self._refuse(TOO_MANY_HEADERS, "max-header-count")
             return
         if _RECEIVED.match(line):
             self.hops += 1
             if limits.max_message_hops and self.hops > limits.max_message_hops:
-                self.problem = TOO_MANY_HOPS
+                self._refuse(TOO_MANY_HOPS, "max-message-hops")
+
+    def _refuse(self, problem: Reply, directive: str) -> None:
+        """Stop at the first limit exceeded; `exceeded` names its directive for the API."""
+        self.problem = problem
+        self.exceeded = directive
 
     def _finish_field(self) -> None:
         if not self._field:
@@ -201,6 +219,7 @@ class ContentChecker:
             self._boundaries.append(boundary)
         else:
             return
+        self.deepest = max(self.deepest, len(self._boundaries))
         limit = self.limits.max_mime_depth
         if limit and len(self._boundaries) > limit:
-            self.problem = MIME_TOO_DEEP
+            self._refuse(MIME_TOO_DEEP, "max-mime-depth")

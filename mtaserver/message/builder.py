@@ -1,17 +1,18 @@
 """The message as stored: the header block processed, the body streamed through.
 
 Only the header block is held in memory (up to `MAX_HEADER_BYTES`); body lines go
-to the spool writer as they arrive, so a session's memory does not grow with the
-message. In the header block this module
+to the sink (the spool writer) as they arrive, so memory does not grow with the
+message. In the header block the builder
 
 * takes out `X-Virtual-MTA` and `X-Job` when the source says `process-x-virtual-mta`
   / `process-x-job`, keeping their values for the envelope;
 * captures the headers the acct files map to fields (`map-header-to-field`);
 * puts a `Received` header first, and adds `Message-ID` and `Date` at the end of
-  the block when they are missing and the source wants them.
+  the block when they are missing and the source wants them (`headers.HeaderRules`).
 
 A message whose first line is not a header gets an empty line after the added
-headers, so the client's first line stays body.
+headers, so the client's first line stays body. SMTP feeds lines as DATA streams in;
+the Transmissions API feeds a whole message with `feed_message`.
 """
 
 from __future__ import annotations
@@ -19,58 +20,14 @@ from __future__ import annotations
 import re
 from collections.abc import Callable, Iterable
 
-import attrs
-
-from mtaserver.config.model import Config, SourceSettings
-from mtaserver.smtp.content_limits import ContentChecker, ContentLimits
-from mtaserver.smtp.server_params import without_controls
+from mtaserver.message.addresses import without_controls
+from mtaserver.message.headers import HeaderRules
+from mtaserver.message.limits import ContentChecker, ContentLimits
 from mtaserver.smtp_reply import TOO_BIG, Reply
 
 MAX_HEADER_BYTES = 256 * 1024
 MAX_CAPTURED_VALUE = 998
 _FIELD_NAME = re.compile(rb"([\x21-\x39\x3b-\x7e]+)[ \t]*:")
-
-
-@attrs.frozen
-class HeaderRules:
-    """What to do with the header block of one message."""
-
-    received: bytes = b""  # a complete Received field, CRLF-terminated lines
-    message_id: bytes | None = None  # the field to add when the message has none
-    date: bytes | None = None
-    process_x_virtual_mta: bool = False
-    process_x_job: bool = False
-    capture: tuple[str, ...] = ()  # header names for acct records
-
-
-def header_rules(
-    settings: SourceSettings,
-    config: Config,
-    msg_id: str,
-    host_name: str,
-    date: str,
-    received: bytes,
-) -> HeaderRules:
-    """The header rules of a `<source>` (SMTP or `{transmissions-api}`) for one message.
-
-    `received` is the Received field to add (empty when the source adds none); the
-    headers named by any acct file's `map-header-to-field` are captured for records.
-    """
-    capture = tuple(
-        sorted({m.header for acct in config.acct_files for m in acct.map_header_to_field})
-    )
-    return HeaderRules(
-        received=received if settings.add_received_header else b"",
-        message_id=(
-            f"Message-ID: <{msg_id}@{host_name}>\r\n".encode()
-            if settings.add_message_id_header
-            else None
-        ),
-        date=f"Date: {date}\r\n".encode() if settings.add_date_header else None,
-        process_x_virtual_mta=settings.process_x_virtual_mta,
-        process_x_job=settings.process_x_job,
-        capture=capture,
-    )
 
 
 class MessageBuilder:
@@ -194,3 +151,10 @@ def _unfold(field: list[bytes]) -> str:
     value = first[first.index(b":") + 1 :]
     joined = b"".join([value, *field[1:]])
     return joined.decode("utf-8", "replace").replace("\t", " ")
+
+
+def feed_message(builder: MessageBuilder, data: bytes) -> None:
+    """A whole CRLF message through the builder, as lines without CRLF, and finish it."""
+    lines = data.split(b"\r\n")
+    builder.add(lines[:-1] if lines and lines[-1] == b"" else lines)
+    builder.finish()

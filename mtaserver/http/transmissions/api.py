@@ -1,0 +1,282 @@
+"""The Transmissions API: `POST /api/v1/transmissions`, PowerMTA's and SparkPost's.
+
+This module is the Klein resource: method, `Authorization` against every `api-key`
+(constant time), `Content-Type`, the body read under `max-request-size`, the
+`Idempotency-Key` (`mtaserver.http.idempotency`: a retry answers with the first 200
+and spools nothing; 422 for the key with another body, 409 while the first request
+runs), and the request log. A request then goes through three steps and changes
+nothing unless the first two pass, so a refused request leaves no message behind:
+
+1. *check* (`parse`): the JSON and everything in it; bodies over 256 KB are parsed
+   and scanned in the thread pool, and so is an `email_rfc822` over 256 KB
+   (`check_rfc822`: 998-octet lines, one From, the source's `max-message-hops`,
+   `max-header-count`, `max-header-size`, `max-mime-depth`);
+2. *plan* (`plan`): which recipients share a message, every header rendered and
+   checked, and the virtual MTA each message selects (400 for an unknown one);
+3. *spool* (`spool`): built, processed like SMTP's messages, committed and queued
+   through `mtaserver.message.intake`.
+
+The answer, 200 with SparkPost's `results`, goes out only once every message is
+durable. Errors are `{"errors":[{"message","description"}]}`: 400 bad request, 403
+wrong or missing key (also when no `api-key` is configured), 404, 405, 413 body over
+`max-request-size` or message over `max-message-size`, 415 not JSON, 503 with
+`Retry-After` when the spool is full, 500 for other spool errors.
+
+`campaign_id` is the job id (else an `X-Job` header, when processed); `metadata` and
+`tags` are accepted and not stored; the transmission id is the first message's
+spool id.
+"""
+
+from __future__ import annotations
+
+import hmac
+import os
+from collections.abc import Callable
+from typing import Any
+
+import attrs
+from klein import Klein
+from twisted.application.service import IService
+from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IReactorTime
+from twisted.logger import Logger
+from twisted.web.iweb import IRequest
+
+from mtaserver.config.model import SourceSettings
+from mtaserver.config.reload import ConfigHolder
+from mtaserver.http.errors import APIError, handle_errors, json_response, read_body
+from mtaserver.http.guard import transmissions_guard
+from mtaserver.http.idempotency import (
+    IdempotencyStore,
+    KeyError422,
+    body_digest,
+    record_name,
+    valid_key,
+)
+from mtaserver.http.listen import http_service
+from mtaserver.http.transmissions.parse import (
+    bad_request,
+    check_rfc822_content,
+    parse_json,
+    parse_transmission,
+)
+from mtaserver.http.transmissions.plan import (
+    IN_THREAD_ABOVE,
+    PlannedMessage,
+    Rfc822Preview,
+    plan_messages,
+    preview_rfc822,
+)
+from mtaserver.http.transmissions.spool import TransmissionSpooler, client_ip, spool_api_error
+from mtaserver.message.intake import (
+    Intake,
+    OnAccepted,
+    ReceptionStats,
+    UnknownVirtualMTA,
+    resolve_vmta,
+)
+from mtaserver.runtime import RunInThread
+from mtaserver.spool import MessageStore
+from mtaserver.spool.errors import SpoolError
+
+log = Logger()
+
+SOURCE_NAME = "{transmissions-api}"
+
+
+class TransmissionsAPI:
+    """The HTTP side; one instance serves every `<transmissions-api-listener>`."""
+
+    app = Klein()
+
+    def __init__(
+        self,
+        holder: ConfigHolder,
+        store: MessageStore,
+        on_accepted: OnAccepted,
+        clock: IReactorTime,
+        stats: ReceptionStats | None = None,
+        run_in_thread: RunInThread | None = None,
+    ) -> None:
+        self.holder = holder
+        self.store = store
+        self.on_accepted = on_accepted
+        self.clock = clock
+        if run_in_thread is None:
+            from twisted.internet.threads import deferToThreadPool
+
+            pool = clock.getThreadPool()  # type: ignore[attr-defined]
+
+            def run_in_thread(work: Callable[[], Any]) -> Deferred[Any]:
+                return deferToThreadPool(clock, pool, work)  # type: ignore[arg-type]
+
+        self.run_in_thread: RunInThread = run_in_thread
+        self.idempotency = IdempotencyStore(
+            os.path.join(store.directory, "idempotency"), run_in_thread, clock.seconds
+        )
+        # Shared with SMTP reception, so the monitoring API's traffic in counts both.
+        self.stats = stats if stats is not None else ReceptionStats()
+        self.intake = Intake(holder, on_accepted, self.stats)
+        self.spooler = TransmissionSpooler(holder, store, self.intake, clock, run_in_thread)
+        self.transmissions_accepted = 0
+
+    @app.route("/api/v1/transmissions", strict_slashes=False)
+    @handle_errors
+    async def transmissions(self, request: IRequest) -> bytes:
+        if self.holder.config.api.log_data:
+            log.info("transmissions API data: {data}", data=_loggable(request))
+        try:
+            result = await self._transmissions(request)
+        except APIError as exc:
+            self._log_request(request, exc.code, exc.description or exc.message)
+            raise
+        self._log_request(request, 200, result["results"]["id"])
+        return json_response(request, result)
+
+    @app.route("/", branch=True)
+    @handle_errors
+    def not_found(self, request: IRequest) -> bytes:
+        path = request.path.decode("utf-8", "replace")[:200]
+        self._log_request(request, 404, path)
+        raise APIError(404, "Not found", f"no resource at {path}; use /api/v1/transmissions")
+
+    def _log_request(self, request: IRequest, code: int, detail: str) -> None:
+        if self.holder.config.api.log_requests:
+            log.info(
+                "transmissions API {method} {path} from {client}: {code} {detail}",
+                method=request.method.decode("ascii", "replace"),
+                path=request.path.decode("utf-8", "replace")[:200],
+                client=client_ip(request),
+                code=code,
+                detail=detail,
+            )
+
+    async def _transmissions(self, request: IRequest) -> dict[str, Any]:
+        config = self.holder.config
+        if request.method != b"POST":
+            request.setHeader(b"Allow", b"POST")
+            raise APIError(405, "Method not allowed", "use POST /api/v1/transmissions")
+        self._authorize(request, config.api.api_key)
+        content_type = (request.getHeader(b"content-type") or b"").split(b";")[0].strip()
+        if content_type.lower() != b"application/json":
+            raise APIError(415, "Unsupported media type", "send Content-Type: application/json")
+        raw = read_body(request, config.api.max_request_size)
+        header = request.getHeader(b"idempotency-key")
+        if header is None:
+            return await self._accept(request, raw)
+        key = valid_key(header)
+        if key is None:
+            raise bad_request("the Idempotency-Key header must be 1-255 printable ASCII characters")
+        api_key = (request.getHeader(b"authorization") or b"").strip()
+        name = record_name(api_key, key)
+        if name in self.idempotency.in_flight:
+            raise APIError(
+                409, "Conflict", "a request with this Idempotency-Key is still being processed"
+            )
+        self.idempotency.in_flight.add(name)
+        try:
+            return await self._idempotent(request, raw, name)
+        finally:
+            self.idempotency.in_flight.discard(name)
+
+    async def _idempotent(self, request: IRequest, raw: bytes, name: str) -> dict[str, Any]:
+        """The recorded answer of an earlier request with this key, or a new, recorded one."""
+        digest = body_digest(raw)
+        try:
+            stored = await self.idempotency.lookup(name, digest)
+        except KeyError422:
+            raise APIError(
+                422,
+                "Idempotency-Key reused",
+                "this Idempotency-Key was used with a different request body",
+            ) from None
+        if stored is not None:
+            request.setHeader(b"Idempotent-Replayed", b"true")
+            return stored
+        result = await self._accept(request, raw)
+        try:
+            await self.idempotency.record(name, digest, result)
+        except Exception:
+            # The messages are queued: a 500 now would invite a duplicate retry.
+            log.failure("recording an Idempotency-Key answer failed")
+        return result
+
+    async def _accept(self, request: IRequest, raw: bytes) -> dict[str, Any]:
+        """Check, plan and spool one transmission body."""
+        config = self.holder.config
+        if len(raw) > IN_THREAD_ABOVE:  # big bodies: scanning them would block
+            body = await self.run_in_thread(lambda: parse_json(raw))
+        else:
+            body = parse_json(raw)
+        transmission = parse_transmission(body)
+        settings = config.named_source(SOURCE_NAME)
+        messages = plan_messages(transmission, settings)
+        rfc822 = transmission.rfc822
+        if rfc822 is not None:
+
+            def check() -> Rfc822Preview:
+                preview = preview_rfc822(rfc822, settings)  # 413 first, then the 400s
+                check_rfc822_content(rfc822, settings)
+                return preview
+
+            preview = await self.run_in_thread(check) if len(rfc822) > IN_THREAD_ABOVE else check()
+            messages = [
+                attrs.evolve(m, x_virtual_mta=preview.x_virtual_mta, x_job=preview.x_job)
+                for m in messages
+            ]
+        for message in messages:
+            self._check_target(message, settings)
+        try:
+            self.store.check_space()
+        except SpoolError as exc:
+            raise spool_api_error(request, exc, 0) from None
+        result = await self.spooler.spool(request, transmission, messages, settings)
+        self.transmissions_accepted += 1
+        return result
+
+    def _authorize(self, request: IRequest, keys: tuple[str, ...]) -> None:
+        given = (request.getHeader(b"authorization") or b"").strip()
+        matched = False
+        for key in keys:  # every key, so the time does not tell which one came close
+            matched |= hmac.compare_digest(given, key.encode())
+        if not matched:
+            raise APIError(403, "Forbidden", "a valid api-key is required in Authorization")
+
+    def _check_target(self, message: PlannedMessage, settings: SourceSettings) -> None:
+        """400 for a message whose virtual MTA is neither a vmta nor a pool."""
+        name = message.x_virtual_mta or settings.default_virtual_mta
+        try:
+            resolve_vmta(self.holder.config, name)
+        except UnknownVirtualMTA:
+            raise bad_request(f"unknown virtual MTA or pool {name!r} (X-Virtual-MTA)") from None
+
+
+def _loggable(request: IRequest, limit: int = 64 * 1024) -> str:
+    content = request.content
+    content.seek(0)
+    data: bytes = content.read(limit)
+    return data.decode("utf-8", "replace")
+
+
+def make_transmissions_services(
+    holder: ConfigHolder,
+    store: MessageStore,
+    on_accepted: OnAccepted,
+    reactor: Any,
+    stats: ReceptionStats | None = None,
+    run_in_thread: RunInThread | None = None,
+) -> list[IService]:
+    """One HTTP(S) service per `<transmissions-api-listener>`, sharing one API object.
+
+    Raises `InsecureListenerError` for a plain-HTTP listener off loopback.
+    """
+    listeners = holder.config.api_listeners
+    if not listeners:
+        return []
+    api = TransmissionsAPI(holder, store, on_accepted, reactor, stats, run_in_thread)
+    resource = api.app.resource()
+    guard = transmissions_guard(holder, reactor)  # deadlines, rate, key and size before the body
+    return [
+        http_service(listener, resource, reactor, "transmissions-api-listener", guard)
+        for listener in listeners
+    ]
