@@ -8,15 +8,33 @@ check the seams this restructuring introduced: the HTTP layer imports nothing fr
 from __future__ import annotations
 
 import ast
+import base64
+import http.client
+import json
+import threading
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
-from twisted.internet import defer, task
+import pytest
+from reactor_thread import run_in_reactor
+from server_process import wait_until
+from smtp_helpers import holder_from_text
+from twisted.internet import defer, reactor, task
+from twisted.internet.defer import Deferred
+from twisted.internet.endpoints import TCP4ServerEndpoint
+from twisted.internet.threads import deferToThreadPool
+from twisted.web.server import Site
 
 from mtaserver.config.load import load_config
 from mtaserver.config.reload import ConfigHolder
 from mtaserver.events import Envelope, Outcome, Recipient
+from mtaserver.http.safety import UnsafeInput, check_rfc822
+from mtaserver.http.transmissions import TransmissionsAPI
+from mtaserver.message.limits import ContentLimits, check_message
 from mtaserver.queue.bounces import DsnSender
-from mtaserver.spool import Journal, MessageStore
+from mtaserver.spool import Journal, MessageStore, open_spool
 from mtaserver.spool.testing import ManualThreads, run_now
 
 HTTP_PACKAGE = Path(__file__).resolve().parent.parent / "mtaserver" / "http"
@@ -76,3 +94,131 @@ def test_dsn_is_built_in_the_thread_runner(tmp_path: Path) -> None:
     assert done.called
     assert [e.recipients[0].address for e in queued] == ["sender@a.test"]
     assert queued[0].is_dsn
+
+
+# -- the Transmissions API renders MIME in the thread pool ------------------------------
+
+KEY = "intake_key_0123456789_0123456789_01234"
+API_CONFIG = f"""
+host-name api.example.test
+<transmissions-api>
+  api-key {KEY}
+</transmissions-api>
+"""
+
+
+def _in_pool(work: Callable[[], Any]) -> Deferred[Any]:
+    return deferToThreadPool(reactor, reactor.getThreadPool(), work)  # type: ignore[arg-type, attr-defined]
+
+
+def _post(port: int, body: dict[str, Any]) -> tuple[int, Any]:
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+    try:
+        conn.request(
+            "POST",
+            "/api/v1/transmissions",
+            body=json.dumps(body).encode(),
+            headers={"Authorization": KEY, "Content-Type": "application/json"},
+        )
+        response = conn.getresponse()
+        return response.status, json.loads(response.read())
+    finally:
+        conn.close()
+
+
+def test_mime_with_attachments_is_rendered_in_the_thread_runner(tmp_path: Path) -> None:
+    """A message with an attachment is built in run_in_thread: nothing is spooled until it ran."""
+    holder = holder_from_text(API_CONFIG, str(tmp_path))
+    accepted: list[Envelope] = []
+    gate = threading.Event()
+    calls: list[int] = []
+
+    def gated(work: Callable[[], Any]) -> Deferred[Any]:
+        calls.append(1)
+
+        def wait_then_work() -> Any:
+            gate.wait(30)
+            return work()
+
+        return _in_pool(wait_then_work)
+
+    def start() -> Any:
+        _, journal, store = open_spool(str(tmp_path / "spool"), _in_pool)
+        api = TransmissionsAPI(holder, store, accepted.append, reactor, run_in_thread=gated)
+        listening = TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1").listen(
+            Site(api.app.resource())
+        )
+        return listening.addCallback(lambda port: (journal, port))
+
+    journal, listening = run_in_reactor(start)
+    body = {
+        "recipients": ["ok@dest.example"],
+        "content": {
+            "from": "s@api.example.test",
+            "subject": "report",
+            "text": "see attached",
+            "attachments": [
+                {
+                    "name": "a.pdf",
+                    "type": "application/pdf",
+                    "data": base64.b64encode(b"%PDF").decode(),
+                }
+            ],
+        },
+    }
+    try:
+        with ThreadPoolExecutor(1) as executor:
+            answer = executor.submit(_post, listening.getHost().port, body)
+            assert wait_until(lambda: bool(calls))
+            assert accepted == []  # the build waits in the thread runner
+            gate.set()
+            status, result = answer.result(timeout=60)
+        assert status == 200, result
+        assert len(accepted) == 1
+    finally:
+        gate.set()
+        run_in_reactor(listening.stopListening)
+        run_in_reactor(journal.close)
+
+
+# -- one content-limit implementation ---------------------------------------------------
+
+
+def _nested(depth: int) -> bytes:
+    lines = [b"From: s@a.test", b"Content-Type: multipart/mixed; boundary=b0", b""]
+    for level in range(1, depth):
+        lines += [
+            f"--b{level - 1}".encode(),
+            f"Content-Type: multipart/mixed; boundary=b{level}".encode(),
+            b"",
+        ]
+    lines += [f"--b{depth - 1}".encode(), b"", b"leaf"]
+    lines += [f"--b{level}--".encode() for level in range(depth - 1, -1, -1)]
+    return b"\r\n".join(lines) + b"\r\n"
+
+
+@pytest.mark.parametrize(
+    "message",
+    [
+        b"From: s@a.test\r\n" + b"Received: x\r\n" * 3 + b"\r\nbody\r\n",
+        b"From: s@a.test\r\n" + b"Received: x\r\n" * 4 + b"\r\nbody\r\n",
+        b"From: s@a.test\r\n" + b"X: y\r\n" * 9 + b"\r\nbody\r\n",
+        b"From: s@a.test\r\n" + b"X: y\r\n" * 10 + b"\r\nbody\r\n",
+        b"From: s@a.test\r\nSubject: " + b"x" * 300 + b"\r\n\r\nbody\r\n",
+        _nested(2),
+        _nested(3),
+        b"From: s@a.test\r\nContent-Type: message/rfc822\r\n\r\n" + _nested(2),
+    ],
+)
+def test_api_and_smtp_refuse_the_same_messages(message: bytes) -> None:
+    """check_rfc822 (the API) refuses exactly what check_message (SMTP DATA) refuses."""
+    limits = ContentLimits(
+        max_message_hops=3, max_header_count=10, max_header_size=200, max_mime_depth=2
+    )
+    smtp_problem = check_message(message, limits)
+    try:
+        check_rfc822(message, limits)
+    except UnsafeInput as exc:
+        assert smtp_problem is not None, exc
+    else:
+        assert smtp_problem is None
