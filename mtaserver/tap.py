@@ -11,7 +11,7 @@ from __future__ import annotations
 import signal
 import sys
 from collections.abc import Callable
-from typing import Any, NoReturn
+from typing import Any, NoReturn, cast
 
 from twisted.application.service import IService, MultiService, Service
 from twisted.internet.defer import Deferred
@@ -21,11 +21,12 @@ from twisted.python import usage
 from twisted.python.threadpool import ThreadPool
 
 from mtaserver import __version__
-from mtaserver.accounting.service import AcctService, writer_for
+from mtaserver.accounting.service import AcctService
 from mtaserver.auth.checkers import CheckerChoice
 from mtaserver.auth.ldap import LdapCheckers
 from mtaserver.auth.users import LocalUserChecker
 from mtaserver.config import ConfigError
+from mtaserver.config.model import Listener
 from mtaserver.config.reload import ConfigHolder
 from mtaserver.http.listen import InsecureListenerError
 from mtaserver.http.mgmt import make_mgmt_service
@@ -37,9 +38,10 @@ from mtaserver.queue.scheduler import Scheduler
 from mtaserver.queue.service import SchedulerService
 from mtaserver.smtp.connections import InboundConnections, raise_nofile_limit
 from mtaserver.smtp.deliverer import SmtpDeliverer
-from mtaserver.smtp.dkim import DkimSigner
+from mtaserver.smtp.dkim import DkimError, DkimSigner
+from mtaserver.smtp.listeners import SmtpListeners
 from mtaserver.smtp.mx import MxResolver, make_resolver
-from mtaserver.smtp.server import make_smtp_service
+from mtaserver.smtp.server import SmtpListenerService, make_smtp_service
 from mtaserver.smtp.signing import DkimTransform
 from mtaserver.spool import Journal, open_spool
 from mtaserver.stats import TrafficStats
@@ -140,7 +142,7 @@ def makeService(options: Options, reactor: Any = None) -> IService:  # noqa: N80
     raise_descriptor_limit()
     try:
         root = compose(holder, reactor)
-    except (InsecureListenerError, ValueError) as exc:
+    except (InsecureListenerError, DkimError, ValueError) as exc:
         refuse_to_start(str(exc))
     log.info("mtaserver configured from {path}", path=holder.config.path)
     return root
@@ -163,8 +165,8 @@ def compose(holder: ConfigHolder, reactor: Any) -> MultiService:
         config.settings.spool, run_in_thread, min_free_space=config.settings.spool_min_free_space
     )
     JournalService(journal, reactor).setServiceParent(root)
-    writers = [writer_for(acct, journal, run_in_thread, reactor) for acct in config.acct_files]
-    acct = AcctService(writers, journal)
+    holder.on_reload(lambda old, new: store.set_min_free_space(new.settings.spool_min_free_space))
+    acct = AcctService.from_holder(holder, journal, run_in_thread, reactor)
     acct.setServiceParent(root)
     targets = holder_targets(holder)  # http-webhook-allow-addresses, checked per connection
     webhooks = WebhookService.from_config(config, reactor, run_in_thread, targets)
@@ -189,7 +191,7 @@ def compose(holder: ConfigHolder, reactor: Any) -> MultiService:
         traffic.observe(journal),
         deliverers,
         reactor,
-        transform_body=DkimTransform(signer, run_in_thread),
+        transform_body=DkimTransform(holder, run_in_thread, signer),
     )
     scheduler.notify_bounce = DsnSender(holder, store, scheduler.enqueue, reactor, run_in_thread)
     SchedulerService(scheduler, recovered).setServiceParent(root)
@@ -200,8 +202,9 @@ def compose(holder: ConfigHolder, reactor: Any) -> MultiService:
     checkers = CheckerChoice(LocalUserChecker(holder, run_in_thread), ldap_checkers)
     stats = ReceptionStats()
     connections = InboundConnections()  # total-max-smtp-in spans every listener
-    for listener in config.settings.smtp_listener:
-        make_smtp_service(
+
+    def smtp_listener(listener: Listener) -> SmtpListenerService:
+        service = make_smtp_service(
             holder,
             store,
             scheduler.enqueue,
@@ -211,7 +214,10 @@ def compose(holder: ConfigHolder, reactor: Any) -> MultiService:
             run_in_thread=run_in_thread,
             checkers=checkers,
             connections=connections,
-        ).setServiceParent(root)
+        )
+        return cast(SmtpListenerService, service)
+
+    SmtpListeners(holder, smtp_listener).setServiceParent(root)
     for api_service in make_transmissions_services(
         holder, store, scheduler.enqueue, reactor, stats, run_in_thread
     ):

@@ -4,12 +4,18 @@ Each writer is a named journal consumer (`acct:<path>`), so the journal keeps
 segments until every writer has passed them, and a writer that was down catches up
 from its checkpoint. After every journal commit each writer is asked to catch up;
 their catch-ups are serialised inside the writer and never block the reactor.
+
+Built with `from_holder`, the service follows reloads: an `<acct-file>` added to the
+config gets a writer (reading the journal from its oldest segment, like any new acct
+file), a removed one is caught up, stopped and forgotten by the journal, and one whose
+settings changed is caught up and replaced by a writer with the new settings.
 """
 
 from __future__ import annotations
 
 import functools
 import os
+from collections.abc import Callable
 from typing import Any
 
 from twisted.application.service import Service
@@ -18,7 +24,8 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from mtaserver.accounting.writer import AcctFileWriter
-from mtaserver.config.model import AcctFileSettings
+from mtaserver.config.model import AcctFileSettings, Config
+from mtaserver.config.reload import ConfigHolder
 from mtaserver.runtime import RunInThread
 from mtaserver.spool.journal import (
     Journal,
@@ -29,6 +36,8 @@ from mtaserver.spool.journal import (
 )
 
 log = Logger()
+
+WriterFactory = Callable[[AcctFileSettings], AcctFileWriter[JournalPosition]]
 
 #: At most one acct catch-up (and checkpoint) a second per file: records reach the
 #: file within a second, and a busy server pays one checkpoint, not one per commit.
@@ -46,7 +55,7 @@ def writer_for(
     name = f"acct:{path}"
     journal.add_consumer(name)
     first = JournalPosition(list_segments(journal.directory)[0], 0)
-    writer = AcctFileWriter(
+    return AcctFileWriter(
         path,
         read_events=functools.partial(read_events, journal.directory),
         start_position=first,
@@ -64,17 +73,114 @@ def writer_for(
         delete_after=acct.delete_after,
         found_end=journal.found_end,
         resync=functools.partial(next_record, journal.directory),
+        min_interval=CATCH_UP_INTERVAL,
     )
-    writer.min_interval = CATCH_UP_INTERVAL
-    return writer
+
+
+def _consumer_name(acct: AcctFileSettings) -> str:
+    return f"acct:{os.path.abspath(acct.path)}"
+
+
+def _writer_settings(acct: AcctFileSettings) -> tuple[Any, ...]:
+    """What a writer is built from: a reload that changes only webhooks keeps the writer."""
+    return (
+        acct.records,
+        acct.record_fields,
+        acct.map_header_to_field,
+        acct.max_size,
+        acct.move_interval,
+        acct.delete_after,
+        acct.sync,
+    )
 
 
 class AcctService(Service):
     """Starts, feeds, rotates and stops the acct file writers."""
 
-    def __init__(self, writers: list[AcctFileWriter[JournalPosition]], journal: Journal) -> None:
+    def __init__(
+        self,
+        writers: list[AcctFileWriter[JournalPosition]],
+        journal: Journal,
+        settings: list[AcctFileSettings] | None = None,
+        make_writer: WriterFactory | None = None,
+    ) -> None:
+        """`settings[i]` built `writers[i]`; with `make_writer`, `apply` can follow reloads."""
         self.writers = writers
         self.journal = journal
+        self._settings = dict(zip(map(id, writers), settings or (), strict=False))
+        self._make_writer = make_writer
+        self._changing: defer.Deferred[Any] = defer.succeed(None)
+
+    @classmethod
+    def from_holder(
+        cls, holder: ConfigHolder, journal: Journal, run_in_thread: RunInThread, clock: Any
+    ) -> AcctService:
+        """The writers of the running config, kept in step with every reload."""
+
+        def make_writer(acct: AcctFileSettings) -> AcctFileWriter[JournalPosition]:
+            return writer_for(acct, journal, run_in_thread, clock)
+
+        accts = list(holder.config.acct_files)
+        service = cls([make_writer(a) for a in accts], journal, accts, make_writer)
+        holder.on_reload(service.reloaded)
+        return service
+
+    def reloaded(self, old: Config, new: Config) -> None:
+        """A reload listener: apply the new config's `<acct-file>`s."""
+        self.apply(new.acct_files)
+
+    def apply(self, accts: tuple[AcctFileSettings, ...]) -> defer.Deferred[Any]:
+        """Add, replace and retire writers so that they match `accts`.
+
+        Changes are queued one reload after another, so two quick reloads never run
+        two writers on one file.
+        """
+        self._changing = self._changing.addBoth(lambda _: self._apply(accts))
+        return self._changing
+
+    def _apply(self, accts: tuple[AcctFileSettings, ...]) -> defer.Deferred[Any]:
+        assert self._make_writer is not None, "apply needs make_writer"
+        wanted = {os.path.abspath(a.path): a for a in accts}
+        retiring: list[defer.Deferred[Any]] = []
+        for writer in list(self.writers):
+            acct = self._settings.get(id(writer))
+            new = wanted.get(writer.path)
+            if (
+                acct is not None
+                and new is not None
+                and _writer_settings(acct) == _writer_settings(new)
+            ):
+                del wanted[writer.path]
+                self._settings[id(writer)] = new
+                continue
+            self.writers.remove(writer)
+            self._settings.pop(id(writer), None)
+            log.info("acct file {path}: stopping (config reloaded)", path=writer.path)
+            d = self._final(writer) if self.running else defer.succeed(None)
+            if new is None and acct is not None:
+                d.addBoth(self._forget, _consumer_name(acct))
+            retiring.append(d)
+        done = defer.gatherResults(retiring, consumeErrors=True)
+        done.addBoth(lambda _: self._add(list(wanted.values())))
+        return done
+
+    def _forget(self, result: object, name: str) -> None:
+        """The journal no longer keeps segments for a removed acct file."""
+        self.journal.remove_consumer(name)
+
+    def _add(self, accts: list[AcctFileSettings]) -> None:
+        assert self._make_writer is not None
+        for acct in accts:
+            try:
+                writer = self._make_writer(acct)
+            except (OSError, ValueError) as exc:
+                log.error("acct file {path} not started: {error}", path=acct.path, error=exc)
+                continue
+            self.writers.append(writer)
+            self._settings[id(writer)] = acct
+            log.info("acct file {path}: started (config reloaded)", path=writer.path)
+            if self.running:
+                writer.start().addErrback(self._start_failed, writer.path)
 
     def startService(self) -> None:  # noqa: N802 - Twisted's name
         super().startService()

@@ -101,12 +101,6 @@ class AcctFileWriter(Generic[P]):
 
     log = Logger()
     flush_bytes = 1 << 20  # checkpoint at least this often during a long catch-up
-    # Seconds between the starts of two catch-ups. Each catch-up ends in a checkpoint
-    # (fsync, rename, directory fsync); under load the journal commits hundreds of
-    # times a second, and a checkpoint per commit made acct files the biggest fsync
-    # cost of the server. Exactly-once does not depend on it: lines past the last
-    # checkpoint are cut and rewritten after a crash.
-    min_interval = 0.0
     retry_delay = 10.0  # seconds before retrying a failed catch-up (disk full...)
 
     def __init__(
@@ -129,6 +123,7 @@ class AcctFileWriter(Generic[P]):
         delete_after: float | None = None,
         found_end: P | None = None,
         resync: Callable[[P, P], P | None] | None = None,
+        min_interval: float = 0.0,
     ) -> None:
         unknown = set(records) - set(RECORD_TYPES)
         if unknown:
@@ -158,6 +153,12 @@ class AcctFileWriter(Generic[P]):
         self._max_size = max_size
         self._move_interval = move_interval
         self._delete_after = delete_after
+        # Seconds between the starts of two catch-ups. Each catch-up ends in a checkpoint
+        # (fsync, rename, directory fsync); under load the journal commits hundreds of
+        # times a second, and a checkpoint per commit made acct files the biggest fsync
+        # cost of the server. Exactly-once does not depend on it: lines past the last
+        # checkpoint are cut and rewritten after a crash.
+        self.min_interval = min_interval
         # File state, touched only by the operation holding `_lock`.
         self._position = start_position
         self._size = 0

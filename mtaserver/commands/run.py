@@ -244,7 +244,12 @@ class Commands:
                 f"reload failed, the running config is unchanged: {'; '.join(problems)}",
                 data=problems,
             )
-        return {"config": self.holder.config.path}, "configuration reloaded"
+        pending = self.holder.last_restart_only
+        if pending:
+            message = f"configuration reloaded; restart needed for: {', '.join(pending)}"
+        else:
+            message = "configuration reloaded"
+        return {"config": self.holder.config.path, "restart_needed": pending}, message
 
     async def _rotate_acct(self, command: Command) -> tuple[Any, str]:
         if self.acct is None:

@@ -225,5 +225,30 @@ DIRECTIVES: Mapping[str, Spec] = {
 }
 
 
+#: Directives a reload does not apply: they take effect at the next start, and a
+#: reload that changes one says so in its reply and in the log. Every other directive
+#: is applied live by `reload` (`kill -HUP`); docs/config.rst marks each one.
+RESTART_ONLY: frozenset[str] = frozenset(
+    {
+        "spool",  # the journal and message files stay where they were opened
+        "name-server",  # the DNS resolver is built once
+        "smtp-server-tls-certificate",
+        "tls-certificate",
+        "http-mgmt-port",
+        "http-mgmt-tls-certificate",
+        "http-webhook-url",
+        "http-webhook-extra-headers",
+        "http-webhook-ca-file",
+        "http-webhook-certificate",
+        "http-webhook-max-interval",
+        "http-webhook-transfer-encoding",
+        "http-webhook-hmac-key",
+        "http-webhook-connect-timeout",
+        "http-webhook-io-timeout",
+        "http-webhook-max-size",
+    }
+)
+
+
 def directives_for(scope: str) -> dict[str, Spec]:
     return {name: spec for name, spec in DIRECTIVES.items() if scope in spec.scopes}

@@ -3,20 +3,62 @@
 Every part of the server reads `holder.config` when it needs a setting, so a reload is
 one reference swap: nothing ever sees half a config. A reload that fails leaves the
 running model in place and logs every `FILE:LINE: message`.
+
+Services that build something from the config (a listener, a signer, an acct file
+writer) subscribe with `on_reload`. A few directives cannot change under a running
+server (`registry.RESTART_ONLY`): a reload that changes one still applies the rest,
+and names what waits for a restart in its log line and in `last_restart_only`, which
+the `reload` command puts in its reply.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 from twisted.logger import Logger
 
+from mtaserver.config import registry as reg
 from mtaserver.config.grammar import ConfigError
 from mtaserver.config.load import load_config
 from mtaserver.config.model import Config
 from mtaserver.runtime import RunInThread
 
 ReloadListener = Callable[[Config, Config], None]
+
+#: Scopes whose change waits for a restart, named like directives in replies.
+API_LISTENER_SCOPE = f"<{reg.API_LISTENER}>"
+
+
+def directive_value(config: Config, directive: str) -> Any:
+    """Everything `directive` says in `config`, comparable with `==` across configs.
+
+    Only the scopes restart-only directives live in are walked: global settings,
+    listeners, and `<acct-file>` (keyed by path).
+    """
+    spec = reg.DIRECTIVES[directive]
+    field = reg.field_name(directive)
+    if reg.GLOBAL in spec.scopes:
+        return getattr(config.settings, field)
+    if spec.scopes & {reg.SMTP_LISTENER, reg.API_LISTENER}:
+        listeners = config.settings.smtp_listener + config.api_listeners
+        return tuple((listener.address, getattr(listener, field)) for listener in listeners)
+    if reg.ACCT_FILE in spec.scopes:
+        return {acct.path: getattr(acct, field) for acct in config.acct_files}
+    raise KeyError(f"{directive}: no comparison for scopes {sorted(spec.scopes)}")
+
+
+def restart_only_changes(old: Config, new: Config) -> list[str]:
+    """The restart-only directives (and scopes) whose value differs between configs."""
+    changed = [
+        name
+        for name in sorted(reg.RESTART_ONLY)
+        if directive_value(old, name) != directive_value(new, name)
+    ]
+    old_api = [listener.address for listener in old.api_listeners]
+    if old_api != [listener.address for listener in new.api_listeners]:
+        changed.append(API_LISTENER_SCOPE)
+    return changed
 
 
 class ConfigHolder:
@@ -27,6 +69,8 @@ class ConfigHolder:
     def __init__(self, config: Config) -> None:
         self.config = config
         self._listeners: list[ReloadListener] = []
+        #: What the last successful reload changed but could not apply.
+        self.last_restart_only: list[str] = []
 
     @classmethod
     def from_file(cls, path: str) -> ConfigHolder:
@@ -67,7 +111,15 @@ class ConfigHolder:
 
     def _swap(self, new: Config) -> None:
         old, self.config = self.config, new
-        self.log.info("config reloaded from {path}", path=new.path)
+        self.last_restart_only = restart_only_changes(old, new)
+        if self.last_restart_only:
+            self.log.warn(
+                "config reloaded from {path}; restart needed for: {directives}",
+                path=new.path,
+                directives=", ".join(self.last_restart_only),
+            )
+        else:
+            self.log.info("config reloaded from {path}", path=new.path)
         for listener in self._listeners:
             try:
                 listener(old, new)

@@ -1,40 +1,75 @@
 """DKIM on the way out: sign a message for a queue with `dkim-sign yes`.
 
-Signing is CPU work proportional to the body, so it runs in the thread pool; the
-scheduler calls this as its body transform just before a transaction is handed to
-the SMTP client. A message whose From domain has no `domain-key` goes out unsigned.
+Finding the From domain parses the message's header block and signing hashes the
+whole body, so both run in the thread pool, never on the reactor; the scheduler
+calls this as its body transform just before a transaction is handed to the SMTP
+client. A message whose From domain has no `domain-key` goes out unsigned.
+
+The keys follow the running config: after a reload (`kill -HUP`, `reload`) the next
+message is signed with the `domain-key`s the new config names, their files read
+again, in the pool, by the first message that needs them.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import Any
-
 from twisted.logger import Logger
 
-from mtaserver.config.model import DomainSettings
+from mtaserver.config.model import Config, DomainSettings
+from mtaserver.config.reload import ConfigHolder
 from mtaserver.events import Envelope
+from mtaserver.runtime import RunInThread
 from mtaserver.smtp.dkim import DkimError, DkimSigner
 
 log = Logger()
 
 
 class DkimTransform:
-    def __init__(self, signer: DkimSigner, run_in_thread: Callable[[Callable[[], Any]], Any]):
-        self.signer = signer
+    """The scheduler's body transform: DKIM-sign with the running config's keys."""
+
+    def __init__(
+        self, holder: ConfigHolder, run_in_thread: RunInThread, signer: DkimSigner | None = None
+    ) -> None:
+        """`signer`, when given, holds the keys of `holder.config` (checked at start-up)."""
+        self.holder = holder
         self.run_in_thread = run_in_thread
+        self._signer: tuple[Config, DkimSigner] | None = (
+            None if signer is None else (holder.config, signer)
+        )
+
+    async def signer(self) -> DkimSigner:
+        """The signer of the running config, its key files read (in a thread) once per config."""
+        config = self.holder.config
+        if self._signer is not None and self._signer[0] is config:
+            return self._signer[1]
+        keys = config.settings.domain_key
+        try:
+            signer = await self.run_in_thread(lambda: DkimSigner(keys))
+        except DkimError as exc:
+            if self._signer is None:
+                raise
+            # the key files changed under a valid config: keep signing with the old keys
+            log.error("domain-key files unusable, keeping the previous keys: {error}", error=exc)
+            signer = self._signer[1]
+        self._signer = (config, signer)
+        return signer
 
     async def __call__(self, envelope: Envelope, body: bytes, settings: DomainSettings) -> bytes:
         if not settings.dkim_sign:
             return body
-        domain = self.signer.signing_domain_for(body)
-        if domain is None:
-            return body
         try:
-            signed: bytes = await self.run_in_thread(
-                lambda: self.signer.sign(body, domain, settings.dkim_identity)
-            )
+            signer = await self.signer()
         except DkimError as exc:
             log.warn("not DKIM-signing {msg_id}: {error}", msg_id=envelope.msg_id, error=exc)
             return body
-        return signed
+
+        def sign() -> bytes:
+            domain = signer.signing_domain_for(body)
+            if domain is None:
+                return body
+            return signer.sign(body, domain, settings.dkim_identity)
+
+        try:
+            return await self.run_in_thread(sign)
+        except DkimError as exc:
+            log.warn("not DKIM-signing {msg_id}: {error}", msg_id=envelope.msg_id, error=exc)
+            return body

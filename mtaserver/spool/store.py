@@ -130,6 +130,10 @@ class MessageStore:
         """Start a message; nothing touches the disk until enough body has arrived."""
         return MessageWriter(self, self.new_msg_id())
 
+    def set_min_free_space(self, min_free_space: int) -> None:
+        """`spool-min-free-space` after a reload: the next message is checked against it."""
+        self.min_free_space = min_free_space
+
     def check_space(self, needed: int = 0) -> None:
         """Raise SpoolFullError if `needed` more bytes would take the spool below `min_free_space`.
 

@@ -1,0 +1,155 @@
+"""Reload applies what it says: new keys, acct files and listeners live; the rest named."""
+
+from __future__ import annotations
+
+import base64
+import os
+import signal
+import smtplib
+import socket
+from collections.abc import Iterator
+from pathlib import Path
+
+import dkim
+import pytest
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
+from mgmt_client import MgmtServer
+from mx_receiver import Receiver
+from server_process import ServerProcess, free_port, read_acct, wait_until
+
+
+@pytest.fixture
+def receiver() -> Iterator[Receiver]:
+    with Receiver() as r:
+        yield r
+
+
+def write_rsa_key(path: Path) -> bytes:
+    """A fresh RSA key in `path`; returns its DKIM TXT record."""
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    path.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.TraditionalOpenSSL,
+            serialization.NoEncryption(),
+        )
+    )
+    public = key.public_key().public_bytes(
+        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+    return b"v=DKIM1; k=rsa; p=" + base64.b64encode(public)
+
+
+def config(tmp_path: Path, smtp_port: int, mx_port: int) -> str:
+    return f"""
+host-name mta.test
+postmaster postmaster@mta.test
+spool {tmp_path}/spool
+smtp-listener 127.0.0.1:{smtp_port}
+<source 127.0.0.1>
+    always-allow-relaying yes
+</source>
+<domain *>
+    retry-after 1s
+    smtp-hosts [127.0.0.1]:{mx_port}
+    dkim-sign yes
+</domain>
+include conf.d/*.conf
+"""
+
+
+def send(port: int, rcpt: str) -> None:
+    with smtplib.SMTP("127.0.0.1", port, timeout=30) as client:
+        client.sendmail(
+            "news@brand.test",
+            [rcpt],
+            f"From: News <news@brand.test>\r\nTo: {rcpt}\r\nSubject: s\r\n\r\nbody\r\n".encode(),
+        )
+
+
+def reload_with_sighup(server: ServerProcess, times: int) -> None:
+    """SIGHUP, then wait for the `times`-th "config reloaded" line in the log."""
+    assert server.proc is not None
+    os.kill(server.proc.pid, signal.SIGHUP)
+    assert wait_until(lambda: server.read_log().count("config reloaded from") >= times)
+
+
+def test_domain_key_and_acct_file_added_apply_on_sighup(tmp_path: Path, receiver: Receiver) -> None:
+    """A domain-key and an <acct-file> added to the config sign and record the next message."""
+    (tmp_path / "conf.d").mkdir()
+    record = write_rsa_key(tmp_path / "key.pem")
+    port = free_port()
+    with ServerProcess(tmp_path, config(tmp_path, port, receiver.port), wait_ports=(port,)) as s:
+        send(port, "before@dst.test")
+        assert wait_until(lambda: len(receiver.messages) == 1)
+        assert b"DKIM-Signature:" not in receiver.messages[0].data
+        (tmp_path / "conf.d" / "added.conf").write_text(
+            f"domain-key s1,brand.test,{tmp_path}/key.pem\n"
+            f"<acct-file {tmp_path}/added.csv>\n    records d\n</acct-file>\n"
+        )
+        reload_with_sighup(s, 1)
+        send(port, "after@dst.test")
+        assert wait_until(lambda: len(receiver.messages) == 2)
+        added = tmp_path / "added.csv"
+        assert wait_until(lambda: "after@dst.test" in {r["rcpt"] for r in read_acct(added)})
+    data = receiver.messages[1].data
+
+    def dnsfunc(name: bytes, timeout: int = 5) -> bytes:
+        return record if name == b"s1._domainkey.brand.test." else b""
+
+    assert dkim.verify(data, dnsfunc=dnsfunc)
+
+
+def test_reload_names_a_changed_restart_only_directive(tmp_path: Path, receiver: Receiver) -> None:
+    """Changing `spool` and reloading: the reply and the log say a restart is needed."""
+    server = MgmtServer(tmp_path, receiver.port, access="127.0.0.1/32 admin").start()
+    try:
+        status, reply = server.command("reload")
+        assert (status, reply["message"]) == (200, "configuration reloaded")
+        assert reply["data"]["restart_needed"] == []
+        text = server.process.config.read_text()
+        server.process.config.write_text(
+            text.replace(f"spool {tmp_path}/spool", f"spool {tmp_path}/other-spool")
+        )
+        status, reply = server.command("reload")
+        assert status == 200
+        assert reply["message"] == "configuration reloaded; restart needed for: spool"
+        assert reply["data"]["restart_needed"] == ["spool"]
+        assert wait_until(lambda: "restart needed for: spool" in server.process.read_log())
+        server.send(["still@dst.test"])  # the running spool is the old one, and works
+        assert wait_until(lambda: len(receiver.messages) == 1)
+        assert not (tmp_path / "other-spool").exists()
+    finally:
+        server.stop()
+
+
+def refuses(port: int) -> bool:
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=1):
+            return False
+    except OSError:
+        return True
+
+
+def test_smtp_listener_moves_on_reload_and_an_open_session_finishes(
+    tmp_path: Path, receiver: Receiver
+) -> None:
+    """A new smtp-listener port answers after reload; a session on the old one completes."""
+    (tmp_path / "conf.d").mkdir()
+    old, new = free_port(), free_port()
+    with ServerProcess(tmp_path, config(tmp_path, old, receiver.port), wait_ports=(old,)) as s:
+        session = smtplib.SMTP("127.0.0.1", old, timeout=30)
+        session.ehlo("client.test")
+        assert session.mail("news@brand.test")[0] == 250
+        assert session.rcpt("open@dst.test")[0] == 250
+        s.config.write_text(config(tmp_path, new, receiver.port))
+        reload_with_sighup(s, 1)
+        assert wait_until(lambda: not refuses(new))
+        assert wait_until(lambda: refuses(old))
+        code, _ = session.data(b"From: news@brand.test\r\nSubject: open\r\n\r\nbody\r\n")
+        assert code == 250
+        session.quit()
+        send(new, "moved@dst.test")
+        assert wait_until(lambda: len(receiver.messages) == 2)
+    assert sorted(m.rcpt_tos[0] for m in receiver.messages) == ["moved@dst.test", "open@dst.test"]
