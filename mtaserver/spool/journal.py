@@ -234,7 +234,7 @@ class Journal:
         self._fd = os.open(segment_path(directory, self._end.segment), os.O_WRONLY)
         os.lseek(self._fd, self._end.offset, os.SEEK_SET)
         self._broken: SpoolError | None = None
-        self._group: GroupCommit[bytes, JournalPosition] = GroupCommit(self._run_batch)
+        self._group: GroupCommit[Sequence[Event], JournalPosition] = GroupCommit(self._run_batch)
         self._subscribers: list[Callable[[], None]] = []
         self._consumers: dict[str, JournalPosition | None] = {}
         self._oldest_live: int | None = -1  # -1: not told yet, keep everything
@@ -250,8 +250,12 @@ class Journal:
         return self._end
 
     def append(self, events: Sequence[Event]) -> Deferred[JournalPosition]:
-        """Append `events`; fires with the position after them once they are fsync'd."""
-        return self._group.submit(b"".join(frame(e) for e in events))
+        """Append `events`; fires with the position after them once they are fsync'd.
+
+        Framing (JSON, CRC) happens in the batch's thread with the write, not here on
+        the reactor: a message to thousands of recipients is a large record.
+        """
+        return self._group.submit(tuple(events))
 
     def subscribe(self, callback: Callable[[], None]) -> None:
         """Call `callback` on the reactor thread after every commit."""
@@ -284,25 +288,40 @@ class Journal:
             self._fd = -1
         self._broken = SpoolIOError("journal closed")
 
-    def _run_batch(self, payloads: list[bytes]) -> Deferred[Sequence[JournalPosition | Exception]]:
-        segment, offset = self._end.segment, self._end.offset
-        if offset >= self._segment_bytes:
-            segment, offset = segment + 1, 0
-        committed = offset
+    def _run_batch(
+        self, appends: list[Sequence[Event]]
+    ) -> Deferred[Sequence[JournalPosition | Exception]]:
+        segment, committed = self._end.segment, self._end.offset
+        if committed >= self._segment_bytes:
+            segment, committed = segment + 1, 0
+        work = self._run_in_thread(lambda: self._frame_and_write(segment, committed, appends))
+        return work.addCallback(self._committed)
+
+    def _frame_and_write(
+        self, segment: int, committed: int, appends: list[Sequence[Event]]
+    ) -> list[JournalPosition | Exception]:
+        """In a thread: frame each append (one that cannot be framed fails alone), write."""
         positions: list[JournalPosition | Exception] = []
-        for payload in payloads:
+        payloads: list[bytes] = []
+        offset = committed
+        for events in appends:
+            try:
+                payload = b"".join(frame(e) for e in events)
+            except (TypeError, ValueError) as e:
+                positions.append(e)
+                continue
             offset += len(payload)
+            payloads.append(payload)
             positions.append(JournalPosition(segment, offset))
-        data = b"".join(payloads)
-        return self._run_in_thread(lambda: self._write(segment, committed, data)).addCallback(
-            self._committed, positions
-        )
+        self._write(segment, committed, b"".join(payloads))
+        return positions
 
     def _committed(
-        self, _: None, positions: list[JournalPosition | Exception]
+        self, positions: Sequence[JournalPosition | Exception]
     ) -> Sequence[JournalPosition | Exception]:
-        if positions and isinstance(positions[-1], JournalPosition):
-            self._end = positions[-1]
+        ends = [p for p in positions if isinstance(p, JournalPosition)]
+        if ends:
+            self._end = ends[-1]
         for callback in list(self._subscribers):
             try:
                 callback()
