@@ -4,6 +4,9 @@ End-to-end tests drive real servers and real clients (smtplib, aiosmtpd, request
 from the test thread, while the code under test runs on the reactor as it would in
 production. `run_in_reactor` calls a function or coroutine function on the reactor
 thread and waits for its result (a Deferred or coroutine is awaited).
+`run_in_thread` is the server's own way of running blocking work: the reactor's
+thread pool (the one `run_in_thread` of the test suite; `conftest.py` hands it out
+as a fixture too).
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ from collections.abc import Callable
 from typing import Any
 
 from twisted.internet import defer, reactor, threads
+from twisted.internet.threads import deferToThreadPool
 
 _started = threading.Lock()
 
@@ -48,3 +52,9 @@ def run_in_reactor(fn: Callable[..., Any], *args: Any, timeout: float = 10, **kw
         return result
 
     return threads.blockingCallFromThread(reactor, call)  # type: ignore[arg-type]
+
+
+def run_in_thread(work: Callable[[], Any]) -> defer.Deferred[Any]:
+    """Run blocking `work` on the reactor's thread pool, as the server does (call on the
+    reactor thread)."""
+    return deferToThreadPool(reactor, reactor.getThreadPool(), work)  # type: ignore[attr-defined]

@@ -7,6 +7,7 @@ unused loopback port for a config (bind, read, close: a small race we accept).
 
 from __future__ import annotations
 
+import csv
 import os
 import signal
 import socket
@@ -118,3 +119,15 @@ def wait_until(predicate: Callable[[], Any], timeout: float = 30.0) -> bool:
             return True
         time.sleep(0.05)
     return bool(predicate())
+
+
+def read_acct(path: Path, record_types: str | None = None) -> list[dict[str, str]]:
+    """The rows of a CSV acct file (none yet if it does not exist), of `record_types` only
+    if given (e.g. "d" or "rb")."""
+    if not path.exists():
+        return []
+    with path.open(newline="", encoding="utf-8") as stream:
+        rows = list(csv.DictReader(stream))
+    if record_types is None:
+        return rows
+    return [row for row in rows if row["type"] in record_types]

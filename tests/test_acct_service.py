@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-import csv
 from pathlib import Path
 
+from server_process import read_acct
 from twisted.internet import task
 
 from mtaserver.accounting.service import AcctService, writer_for
@@ -19,11 +19,6 @@ def received(n: int, now: float) -> Received:
     return Received(envelope, now)
 
 
-def rows(path: Path) -> list[dict[str, str]]:
-    with path.open(newline="") as stream:
-        return list(csv.DictReader(stream))
-
-
 def test_records_arrive_within_a_second_and_all_by_stop(tmp_path: Path) -> None:
     """Commits in the same second share one catch-up; a clean stop writes the rest."""
     clock = task.Clock()
@@ -34,14 +29,14 @@ def test_records_arrive_within_a_second_and_all_by_stop(tmp_path: Path) -> None:
     service.startService()
     journal.append([received(1, clock.seconds())])
     clock.advance(1.0)
-    assert [r["rcpt"] for r in rows(tmp_path / "acct.csv")] == ["r1@dst.test"]
+    assert [r["rcpt"] for r in read_acct(tmp_path / "acct.csv")] == ["r1@dst.test"]
     journal.append([received(2, clock.seconds())])
     journal.append([received(3, clock.seconds())])
-    assert len(rows(tmp_path / "acct.csv")) == 1  # waiting out the interval
+    assert len(read_acct(tmp_path / "acct.csv")) == 1  # waiting out the interval
     clock.advance(1.0)
-    assert len(rows(tmp_path / "acct.csv")) == 3
+    assert len(read_acct(tmp_path / "acct.csv")) == 3
     journal.append([received(4, clock.seconds())])
     stopped = service.stopService()
     clock.advance(1.0)
     assert stopped.called
-    assert [r["rcpt"] for r in rows(tmp_path / "acct.csv")][-1] == "r4@dst.test"
+    assert [r["rcpt"] for r in read_acct(tmp_path / "acct.csv")][-1] == "r4@dst.test"

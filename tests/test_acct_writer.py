@@ -11,12 +11,14 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import pytest
+from server_process import read_acct
 from twisted.internet import defer, task
 
 from mtaserver.accounting.checkpoint import checkpoint_path, load_checkpoint
 from mtaserver.accounting.records import FIELDS
 from mtaserver.accounting.writer import AcctFileWriter
 from mtaserver.events import Envelope, Event, Outcome, QueueFailure, Received, Recipient
+from mtaserver.spool.testing import run_now
 
 T = TypeVar("T")
 T0 = 1_700_000_000.0  # 2023-11-14 22:13:20 UTC
@@ -41,11 +43,6 @@ class FakeJournal:
         stop = len(self.events) if end is None else end[1]
         for i in range(start[1], stop):
             yield (0, i + 1), self.events[i]
-
-
-def run_now(f: Callable[[], T]) -> defer.Deferred[T]:
-    """A synchronous stand-in for deferToThreadPool."""
-    return defer.maybeDeferred(f)
 
 
 def envelope(msg_id: str, n: int = 3, **kw: Any) -> Envelope:
@@ -100,11 +97,6 @@ class Harness:
         return w
 
 
-def rows(path: Path) -> list[dict[str, str]]:
-    with open(path, newline="", encoding="utf-8") as f:
-        return list(csv.DictReader(f))
-
-
 def json_rows(path: Path) -> list[dict[str, str]]:
     return [json.loads(line) for line in path.read_text("utf-8").splitlines()]
 
@@ -120,7 +112,7 @@ def test_r_records_in_csv(tmp_path: Path) -> None:
     h.journal.append(received("m1"))
     h.started(records=frozenset({"r"}))
     assert h.path.read_text().splitlines()[0] == ",".join(FIELDS)
-    got = rows(h.path)
+    got = read_acct(h.path)
     assert [r["type"] for r in got] == ["r", "r", "r"]
     assert [r["rcpt"] for r in got] == [f"r{i}-m1@example.com" for i in range(3)]
     assert got[0]["timeLogged"] == "2023-11-14 22:13:21+0000"
@@ -149,7 +141,7 @@ def test_record_types_filter(tmp_path: Path) -> None:
         delivered("m2", "b", 1),
     )
     h.started()
-    assert [r["type"] for r in rows(h.path)] == ["d", "b"]
+    assert [r["type"] for r in read_acct(h.path)] == ["d", "b"]
 
 
 def test_record_fields_and_star(tmp_path: Path) -> None:
@@ -167,7 +159,7 @@ def test_record_fields_and_star(tmp_path: Path) -> None:
     h2.journal.append(received("m1", 1), delivered("m1", "d", 1))
     h2.started(records=frozenset({"r", "d"}), record_fields=fields)
     assert h2.path.read_text().splitlines()[0] == "type,orig,rcpt,dsnStatus"
-    assert rows(h2.path) == [
+    assert read_acct(h2.path) == [
         {"type": "r", "orig": "from@example.org", "rcpt": "", "dsnStatus": ""},
         {"type": "d", "orig": "", "rcpt": "r0-m1@example.com", "dsnStatus": "2.0.0"},
     ]
@@ -178,7 +170,7 @@ def test_header_fields(tmp_path: Path) -> None:
     h = Harness(tmp_path)
     h.journal.append(delivered("m1", "d", 1))
     h.started(record_fields={"*": ("type", "rcpt")}, header_fields=("x-campaign",))
-    assert rows(h.path) == [
+    assert read_acct(h.path) == [
         {"type": "d", "rcpt": "r0-m1@example.com", "header_x-campaign": "camp-m1"}
     ]
 
@@ -199,7 +191,9 @@ def test_catch_up_appends_only_new_events(tmp_path: Path) -> None:
     w = h.started()
     h.journal.append(delivered("m2"))
     w.catch_up()
-    assert [r["rcpt"][3:] for r in rows(h.path)] == ["m1@example.com"] * 3 + ["m2@example.com"] * 3
+    assert [r["rcpt"][3:] for r in read_acct(h.path)] == ["m1@example.com"] * 3 + [
+        "m2@example.com"
+    ] * 3
     assert h.positions[-1] == (0, 2)
     assert load_checkpoint(checkpoint_path(str(h.path))).position == (0, 2)  # type: ignore[union-attr]
 
@@ -231,7 +225,7 @@ def test_catch_up_calls_coalesce(tmp_path: Path) -> None:
         pending.pop(0).callback(None)
     assert first.called and all(c.called for c in calls)
     assert h.journal.reads == 2
-    assert len(rows(h.path)) == 3
+    assert len(read_acct(h.path)) == 3
 
 
 def test_rotation_by_size(tmp_path: Path) -> None:
@@ -241,7 +235,7 @@ def test_rotation_by_size(tmp_path: Path) -> None:
     w = h.started(max_size=200)
     (old,) = rotated(h.path)
     assert old.name == "acct-20231114221320.csv"
-    assert len(rows(old)) == 3
+    assert len(read_acct(old)) == 3
     assert h.path.read_text() == ",".join(FIELDS) + "\n"
     h.journal.append(delivered("m2"))
     w.catch_up()
@@ -275,7 +269,7 @@ def test_explicit_rotate(tmp_path: Path) -> None:
     w = h.started()
     w.rotate()
     assert len(rotated(h.path)) == 1
-    assert rows(h.path) == []
+    assert read_acct(h.path) == []
 
 
 def test_delete_after(tmp_path: Path) -> None:
@@ -316,7 +310,7 @@ def test_exactly_once_after_crash(
     assert h.path.read_text().count("m3@") == 3  # the lines did reach the file
     h.journal.append(delivered("m4"))
     h.started()  # the restarted process
-    read = json_rows if name.endswith(".json") else rows
+    read = json_rows if name.endswith(".json") else read_acct
     got = [r["rcpt"] for r in read(h.path)]
     expected = [f"r{i}-m{m}@example.com" for m in range(1, 5) for i in range(3)]
     assert got == expected
@@ -331,7 +325,7 @@ def test_torn_last_line_is_cut(tmp_path: Path) -> None:
         f.write(b'd,2023-11-14 22:13:30+0000,"torn')
     h.journal.append(delivered("m2"))
     h.started()
-    got = rows(h.path)
+    got = read_acct(h.path)
     assert len(got) == 6 and all(r["type"] == "d" for r in got)
     assert "torn" not in h.path.read_text()
 
@@ -352,8 +346,8 @@ def test_crash_during_rotation_is_finished(tmp_path: Path, monkeypatch: pytest.M
     h.journal.append(delivered("m2"))
     h.started()
     (old,) = rotated(h.path)
-    assert [r["rcpt"][3:] for r in rows(old)] == ["m1@example.com"] * 3
-    assert [r["rcpt"][3:] for r in rows(h.path)] == ["m2@example.com"] * 3
+    assert [r["rcpt"][3:] for r in read_acct(old)] == ["m1@example.com"] * 3
+    assert [r["rcpt"][3:] for r in read_acct(h.path)] == ["m2@example.com"] * 3
 
 
 def test_new_writer_starts_at_start_position_and_moves_stray_file(tmp_path: Path) -> None:
@@ -364,7 +358,7 @@ def test_new_writer_starts_at_start_position_and_moves_stray_file(tmp_path: Path
     h.started()
     (aside,) = rotated(h.path)
     assert aside.read_text() == "left,over\n1,2\n"
-    assert len(rows(h.path)) == 3
+    assert len(read_acct(h.path)) == 3
 
 
 def test_changed_fields_start_a_new_csv_file(tmp_path: Path) -> None:
@@ -375,9 +369,9 @@ def test_changed_fields_start_a_new_csv_file(tmp_path: Path) -> None:
     h.journal.append(delivered("m2"))
     h.started(record_fields={"*": ("type", "rcpt")})
     (old,) = rotated(h.path)
-    assert len(rows(old)) == 3
+    assert len(read_acct(old)) == 3
     assert h.path.read_text().splitlines()[0] == "type,rcpt"
-    assert len(rows(h.path)) == 3
+    assert len(read_acct(h.path)) == 3
 
 
 def test_catch_up_failure_is_retried(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -397,9 +391,9 @@ def test_catch_up_failure_is_retried(tmp_path: Path, monkeypatch: pytest.MonkeyP
     monkeypatch.setattr(w, "_read_events", flaky)
     d = w.catch_up()
     assert d.called and d.result is None
-    assert rows(h.path) == []
+    assert read_acct(h.path) == []
     h.clock.advance(w.retry_delay)
-    assert len(rows(h.path)) == 3
+    assert len(read_acct(h.path)) == 3
 
 
 def test_utf8_and_quoting_survive(tmp_path: Path) -> None:
@@ -409,7 +403,7 @@ def test_utf8_and_quoting_survive(tmp_path: Path) -> None:
     diag = 'smtp;550 5.1.1 "no", really\nno'
     h.journal.append(Outcome("b", "m", (0,), T0, env, dsn_status="5.1.1", dsn_diag=diag))
     h.started()
-    (r,) = rows(h.path)
+    (r,) = read_acct(h.path)
     flat = diag.replace("\n", " ")  # a line break never reaches the file
     assert (r["orig"], r["rcpt"], r["dsnDiag"]) == ("ïñ@exämple.org", "用户@例子.广告", flat)
     assert list(csv.reader(io.StringIO(h.path.read_text("utf-8"), newline="")))[1][8] == flat
@@ -428,4 +422,4 @@ def test_min_interval_spaces_catch_ups(tmp_path: Path) -> None:
     assert h.journal.reads == reads  # the first catch-up waits out the interval
     h.clock.advance(1.0)
     assert h.journal.reads == reads + 1
-    assert len(rows(h.path)) == 15
+    assert len(read_acct(h.path)) == 15

@@ -6,7 +6,6 @@ through the real server: a domain whose MX set is all private bounces 5.4.4 at o
 
 from __future__ import annotations
 
-import csv
 import smtplib
 from collections.abc import Iterator
 from pathlib import Path
@@ -16,7 +15,7 @@ import pytest
 from dns_server import SERVFAIL, start_dns_server_in_thread
 from mx_receiver import Receiver
 from reactor_thread import run_in_reactor
-from server_process import ServerProcess, free_port, wait_until
+from server_process import ServerProcess, free_port, read_acct, wait_until
 
 from mtaserver.config.model import DomainSettings
 from mtaserver.config.values import HostPort, parse_smtp_hosts
@@ -160,11 +159,7 @@ name-server 127.0.0.1:{dns_port}
 
 
 def _acct(tmp_path: Path) -> list[dict[str, str]]:
-    path = tmp_path / "acct.csv"
-    if not path.exists():
-        return []
-    with path.open(newline="") as stream:
-        return list(csv.DictReader(stream))
+    return read_acct(tmp_path / "acct.csv")
 
 
 def test_end_to_end_loopback_mx_bounces_unless_allowed(tmp_path: Path) -> None:

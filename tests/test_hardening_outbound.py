@@ -12,13 +12,12 @@ Receivers are tests/scripted_mx.py (raw sockets, misbehaving per connection).
 
 from __future__ import annotations
 
-import csv
 import smtplib
 import time
 from pathlib import Path
 
 from scripted_mx import ScriptedMx
-from server_process import ServerProcess, free_port, wait_until
+from server_process import ServerProcess, free_port, read_acct, wait_until
 
 from mtaserver.events import Envelope, Recipient
 from mtaserver.spool import open_spool
@@ -46,11 +45,7 @@ smtp-listener 127.0.0.1:{smtp_port}
 
 
 def acct(tmp_path: Path) -> list[dict[str, str]]:
-    path = tmp_path / "acct.csv"
-    if not path.exists():
-        return []
-    with path.open(newline="") as stream:
-        return list(csv.DictReader(stream))
+    return read_acct(tmp_path / "acct.csv")
 
 
 def records(tmp_path: Path, kind: str, rcpt: str) -> list[dict[str, str]]:

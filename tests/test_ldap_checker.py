@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 import trustme
-from reactor_thread import run_in_reactor
+from reactor_thread import run_in_reactor, run_in_thread
 from server_process import free_port, wait_until
 from slapd import (
     GROUPS,
@@ -36,10 +36,6 @@ from twisted.python.failure import Failure
 from mtaserver.auth.ldap import LdapChecker, LdapUnavailable, ldap_access_level
 from mtaserver.config.model import LdapSettings
 from mtaserver.config.values import LdapGroupAccess
-
-
-def run_in_thread(work: Any) -> Any:
-    return deferToThreadPool(reactor, reactor.getThreadPool(), work)  # type: ignore[attr-defined]
 
 
 def settings(uri: str, **overrides: Any) -> LdapSettings:

@@ -19,11 +19,10 @@ from typing import Any
 
 import pytest
 import trustme
-from reactor_thread import run_in_reactor
+from reactor_thread import run_in_reactor, run_in_thread
 from smtp_helpers import holder_from_text
 from twisted.internet import reactor
 from twisted.internet.endpoints import TCP4ServerEndpoint
-from twisted.internet.threads import deferToThreadPool
 
 from mtaserver.auth.passwords import hash_password
 from mtaserver.config.model import Listener
@@ -47,10 +46,6 @@ relay-domain relay.example
 {source}
 </source>
 """
-
-
-def run_in_thread(work: Any) -> Any:
-    return deferToThreadPool(reactor, reactor.getThreadPool(), work)  # type: ignore[attr-defined]
 
 
 class Server:
@@ -87,11 +82,6 @@ class Server:
             time.sleep(0.01)
         assert self.factory.stats.sessions_current == 0
         run_in_reactor(self.journal.close)
-
-
-@pytest.fixture(scope="module")
-def ca() -> trustme.CA:
-    return trustme.CA()
 
 
 @pytest.fixture

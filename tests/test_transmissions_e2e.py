@@ -49,11 +49,6 @@ spool {dir}/spool
 """
 
 
-@pytest.fixture(scope="module")
-def ca() -> trustme.CA:
-    return trustme.CA()
-
-
 @pytest.fixture
 def receiver() -> Iterator[Receiver]:
     mx = Receiver()

@@ -21,10 +21,9 @@ from typing import Any
 
 import pytest
 import trustme
-from reactor_thread import run_in_reactor
+from reactor_thread import run_in_reactor, run_in_thread
 from server_process import wait_until
 from twisted.internet import reactor
-from twisted.internet.threads import deferToThreadPool
 from webhook_receiver import Receiver
 
 from mtaserver.accounting.checkpoint import Checkpoint, checkpoint_path, save_checkpoint
@@ -32,10 +31,6 @@ from mtaserver.config.targets import TargetPolicy
 from mtaserver.webhooks.batcher import WebhookBatcher
 from mtaserver.webhooks.http import PooledClient, policy_from_files
 from mtaserver.webhooks.staging import staging_directory
-
-
-def run_in_thread(work: Any) -> Any:
-    return deferToThreadPool(reactor, reactor.getThreadPool(), work)  # type: ignore[attr-defined]
 
 
 def json_records(start: int, count: int) -> bytes:
@@ -331,11 +326,6 @@ def test_restart_resumes_from_the_cursor_without_resending(
 
 
 # -- HTTPS -------------------------------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def ca() -> trustme.CA:
-    return trustme.CA()
 
 
 def https_receiver(ca: trustme.CA, tmp_path: Path, host: str, **kw: Any) -> Receiver:
