@@ -2,9 +2,9 @@
 
 `MgmtServer` starts the real process (`tests/server_process.py`) with an SMTP
 listener, the management port, `http-access` rules and an API key, every domain
-routed to a loopback aiosmtpd receiver. `call()` speaks HTTP from a chosen loopback
-source address (127.0.0.2 and 127.0.0.3 are other clients as far as `http-access`
-is concerned).
+routed to a loopback aiosmtpd receiver. `call()` speaks HTTP from 127.0.0.1 (the only
+loopback address tests use): a test of another access level starts a server with
+another `http-access` line (`access=`).
 """
 
 from __future__ import annotations
@@ -21,15 +21,16 @@ from server_process import ServerProcess, free_port, wait_until  # noqa: F401 - 
 API_KEY = "s3cret-key"
 
 
-def config_text(directory: Path, smtp: int, mgmt: int, mx_port: int) -> str:
+def config_text(
+    directory: Path, smtp: int, mgmt: int, mx_port: int, access: str = "127.0.0.1/32 monitor"
+) -> str:
     return f"""
 host-name mta.test
 postmaster postmaster@mta.test
 spool {directory}/spool
 smtp-listener 127.0.0.1:{smtp}
 http-mgmt-port 127.0.0.1:{mgmt}
-http-access 127.0.0.2/32 none
-http-access 127.0.0.1/32 monitor
+http-access {access}
 http-api-key {API_KEY}
 <source 127.0.0.1>
     always-allow-relaying yes
@@ -47,7 +48,7 @@ include conf.d/*.conf
 
 
 class MgmtServer:
-    def __init__(self, directory: Path, mx_port: int) -> None:
+    def __init__(self, directory: Path, mx_port: int, access: str = "127.0.0.1/32 monitor") -> None:
         self.directory = directory
         self.smtp, self.mgmt = free_port(), free_port()
         (directory / "conf.d").mkdir(parents=True, exist_ok=True)
@@ -56,7 +57,7 @@ class MgmtServer:
         )
         self.process = ServerProcess(
             directory,
-            config_text(directory, self.smtp, self.mgmt, mx_port),
+            config_text(directory, self.smtp, self.mgmt, mx_port, access),
             wait_ports=(self.smtp, self.mgmt),
         )
 
@@ -77,12 +78,9 @@ class MgmtServer:
         path: str,
         fields: dict[str, str] | None = None,
         key: str | None = None,
-        source: str = "127.0.0.1",
     ) -> tuple[int, Any]:
         """One request; returns (status, decoded JSON or text)."""
-        connection = http.client.HTTPConnection(
-            "127.0.0.1", self.mgmt, timeout=30, source_address=(source, 0)
-        )
+        connection = http.client.HTTPConnection("127.0.0.1", self.mgmt, timeout=30)
         headers = {}
         body = None
         if key is not None:

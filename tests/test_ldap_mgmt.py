@@ -1,9 +1,11 @@
 """Management API logins against a real slapd: HTTP Basic, `http-auth-ldap-group` levels.
 
 The real server runs with `http-access 127.0.0.1/32 none`, so from 127.0.0.1 only
-a directory login (or the API key) grants anything; `127.0.0.2/32 monitor` shows
-that a login never lowers an address's level. alice is in mail-admins (admin) and
-mail-monitors, bob only in mail-monitors (monitor), dave in no group.
+a directory login (or the API key) grants anything; a second server with
+`http-access 127.0.0.1/32 monitor` shows that a login never lowers an address's level
+(tests speak from 127.0.0.1 only, so each access level gets its own server). alice is
+in mail-admins (admin) and mail-monitors, bob only in mail-monitors (monitor), dave in
+no group.
 """
 
 from __future__ import annotations
@@ -37,8 +39,7 @@ postmaster postmaster@mta.test
 spool {tmp}/spool
 smtp-listener 127.0.0.1:{smtp}
 http-mgmt-port 127.0.0.1:{mgmt}
-http-access 127.0.0.1/32 none
-http-access 127.0.0.2/32 monitor
+http-access 127.0.0.1/32 {level}
 http-api-key {key}
 http-auth-ldap corp
 http-auth-ldap-group cn=mail-monitors,{groups} monitor
@@ -72,11 +73,8 @@ class Mgmt:
         authorization: str | None = None,
         key: str | None = None,
         fields: dict[str, str] | None = None,
-        source: str = "127.0.0.1",
     ) -> tuple[int, Any, http.client.HTTPResponse]:
-        connection = http.client.HTTPConnection(
-            "127.0.0.1", self.port, timeout=30, source_address=(source, 0)
-        )
+        connection = http.client.HTTPConnection("127.0.0.1", self.port, timeout=30)
         headers: dict[str, str] = {}
         if login is not None:
             token = base64.b64encode(f"{login[0]}:{login[1]}".encode()).decode()
@@ -109,27 +107,49 @@ class Mgmt:
         return self.call("POST", "/command", fields=fields, **kw)[0]
 
 
-@pytest.fixture(scope="module")
-def mgmt(
-    tmp_path_factory: pytest.TempPathFactory,
-    slapd_server: Slapd,  # noqa: F811 - fixture use
-) -> Iterator[Mgmt]:
-    tmp: Path = tmp_path_factory.mktemp("mgmt-ldap")
+def start_mgmt(tmp: Path, slapd: Slapd, level: str) -> ServerProcess:
+    """The real server with `http-access 127.0.0.1/32 LEVEL` and the directory logins."""
     smtp, port = free_port(), free_port()
     config = CONFIG.format(
+        level=level,
         tmp=tmp,
         smtp=smtp,
         mgmt=port,
         key=API_KEY,
         groups=GROUPS,
-        uri=slapd_server.uri,
-        ca_file=slapd_server.ca_file,
+        uri=slapd.uri,
+        ca_file=slapd.ca_file,
         service_dn=SERVICE_DN,
         service_password=SERVICE_PASSWORD,
         suffix=SUFFIX,
     )
-    with ServerProcess(tmp, config, wait_ports=(smtp, port)) as process:
-        yield Mgmt(process, port)
+    return ServerProcess(tmp, config, wait_ports=(smtp, port)).start()
+
+
+@pytest.fixture(scope="module")
+def mgmt(
+    tmp_path_factory: pytest.TempPathFactory,
+    slapd_server: Slapd,  # noqa: F811 - fixture use
+) -> Iterator[Mgmt]:
+    """The server where 127.0.0.1 has no access of its own."""
+    process = start_mgmt(tmp_path_factory.mktemp("mgmt-ldap"), slapd_server, "none")
+    try:
+        yield Mgmt(process, process.wait_ports[1])
+    finally:
+        process.stop()
+
+
+@pytest.fixture(scope="module")
+def monitor_mgmt(
+    tmp_path_factory: pytest.TempPathFactory,
+    slapd_server: Slapd,  # noqa: F811 - fixture use
+) -> Iterator[Mgmt]:
+    """The server where 127.0.0.1 is `monitor` by address."""
+    process = start_mgmt(tmp_path_factory.mktemp("mgmt-ldap-monitor"), slapd_server, "monitor")
+    try:
+        yield Mgmt(process, process.wait_ports[1])
+    finally:
+        process.stop()
 
 
 def test_admin_group_member_may_change_things(mgmt: Mgmt) -> None:
@@ -162,15 +182,16 @@ def test_bad_logins_are_401_with_a_challenge(mgmt: Mgmt) -> None:
     assert status == 401
 
 
-def test_without_login_the_address_decides(mgmt: Mgmt) -> None:
-    """No Authorization header: 127.0.0.1 is `none` (403), 127.0.0.2 is `monitor`."""
+def test_without_login_the_address_decides(mgmt: Mgmt, monitor_mgmt: Mgmt) -> None:
+    """No Authorization header: a `none` address gets 403, a `monitor` address reads."""
     assert mgmt.status() == 403
-    assert mgmt.status(source="127.0.0.2") == 200
+    assert monitor_mgmt.status() == 200
+    assert monitor_mgmt.pause("d.test") == 403
 
 
-def test_login_never_lowers_an_address_level(mgmt: Mgmt) -> None:
+def test_login_never_lowers_an_address_level(monitor_mgmt: Mgmt) -> None:
     """dave (no group) from the monitor address still has monitor access."""
-    assert mgmt.status(login=("dave", PASSWORDS["dave"]), source="127.0.0.2") == 200
+    assert monitor_mgmt.status(login=("dave", PASSWORDS["dave"])) == 200
 
 
 def test_api_key_still_works_beside_ldap(mgmt: Mgmt) -> None:

@@ -1,13 +1,13 @@
 """End to end: the management port of the real server, with a real receiving MX.
 
-One server (module scope) runs with `http-access 127.0.0.1/32 monitor`,
-`127.0.0.2/32 none` and an API key; each test uses its own destination domain so the
+One server (module scope) runs with `http-access 127.0.0.1/32 monitor` and an API key
+(the `none` and no-match levels get servers of their own, since tests speak from
+127.0.0.1 only); each test uses its own destination domain so the
 tests do not see each other's queues.
 """
 
 from __future__ import annotations
 
-import csv
 import json
 import os
 import subprocess
@@ -18,6 +18,7 @@ import pytest
 from mgmt_client import API_KEY, MgmtServer, wait_until
 from mx_receiver import Receiver
 from prometheus_client.parser import text_string_to_metric_families
+from server_process import read_acct
 
 
 @pytest.fixture(scope="module")
@@ -44,11 +45,7 @@ def queue_row(server: MgmtServer, name: str) -> dict | None:
 
 
 def acct(server: MgmtServer) -> list[dict[str, str]]:
-    path = server.directory / "acct.csv"
-    if not path.exists():
-        return []
-    with path.open(newline="") as stream:
-        return list(csv.DictReader(stream))
+    return read_acct(server.directory / "acct.csv")
 
 
 def test_pause_holds_mail_and_resume_releases_it(server: MgmtServer, receiver: Receiver) -> None:
@@ -185,11 +182,17 @@ def test_access_levels(server: MgmtServer, receiver: Receiver) -> None:
     assert status == 401 and reply["status"] == "error"
     assert server.command("pause queue access.test", key=API_KEY)[0] == 200
     assert server.command("resume queue access.test", key=API_KEY)[0] == 200
-    for source in ("127.0.0.2", "127.0.0.3"):
-        assert server.call("GET", "/status", source=source)[0] == 403
-        assert server.call("GET", "/metrics", source=source)[0] == 403
-        assert server.command("show status", key=None, source=source)[0] == 403
-    assert server.command("show status", key=API_KEY, source="127.0.0.2")[0] == 200
+    for access in ("127.0.0.1/32 none", "10.9.9.9/32 monitor"):  # none, and no rule matches
+        other = MgmtServer(
+            server.directory / access.split("/")[0].replace(" ", "-"), receiver.port, access
+        ).start()
+        try:
+            assert other.call("GET", "/status")[0] == 403, access
+            assert other.call("GET", "/metrics")[0] == 403, access
+            assert other.command("show status", key=None)[0] == 403, access
+            assert other.command("show status", key=API_KEY)[0] == 200, access
+        finally:
+            other.stop()
     commit = {"op": "commit", "file.1.name": "x.conf", "file.1.content": ""}
     assert server.call("POST", "/configFile", commit)[0] == 403
     assert not (server.directory / "x.conf").exists()

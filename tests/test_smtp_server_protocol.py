@@ -303,7 +303,11 @@ def test_auth_login_exchange() -> None:
 
 def test_auth_failures_then_421() -> None:
     """Wrong passwords get 535 5.7.8; the fifth failure in a minute gets 421 and a hang-up."""
-    holder = holder_from_text(BASE + source("allow-unencrypted-plain-auth yes"))
+    holder = holder_from_text(
+        BASE
+        + source("allow-unencrypted-plain-auth yes")
+        + source("allow-unencrypted-plain-auth yes", "192.0.2.0/24")
+    )
     s = Session(holder)
     s.command("EHLO c")
     bad = base64.b64encode(b"\0alice\0wrong").decode()
@@ -314,6 +318,10 @@ def test_auth_failures_then_421() -> None:
     again = Session(holder, factory=s.factory, clock=s.clock)
     again.command("EHLO c")
     assert again.command(f"AUTH PLAIN {bad}").startswith("421 4.7.0")
+    other_ip = Session(holder, factory=s.factory, clock=s.clock, peer="192.0.2.9")
+    other_ip.command("EHLO c")
+    good_other = base64.b64encode(b"\0alice\0wonderland").decode()
+    assert other_ip.command(f"AUTH PLAIN {good_other}").startswith("235"), "per client IP"
     s.clock.advance(61)
     third = Session(holder, factory=s.factory, clock=s.clock)
     third.command("EHLO c")
