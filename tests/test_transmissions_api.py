@@ -1,9 +1,11 @@
-"""The Transmissions API over a real socket and a real spool, driven by raw http.client.
+"""The Transmissions API in front of a real spool: in-process over StubTreq, and a real socket.
 
-The API runs on the reactor thread of `reactor_thread`, over plain HTTP on loopback,
-in front of a real `MessageStore`; `accepted` collects what it hands to the
-scheduler. Every error code has a test, and every refused request is checked to have
-spooled nothing.
+Most tests drive the Klein resource with `treq.testing.StubTreq`, with thread work run
+inline and a `task.Clock` (`StubApiServer`: no socket, no thread, fast). A few
+smoke tests (`real_server`, and the `any_server` ones) run the API on the reactor
+thread of `reactor_thread`, over plain HTTP on 127.0.0.1, driven by raw http.client.
+`accepted` collects what the API hands to the scheduler. Every error code has a test,
+and every refused request is checked to have spooled nothing.
 """
 
 from __future__ import annotations
@@ -21,17 +23,18 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from reactor_thread import run_in_reactor
+from reactor_thread import run_in_reactor, run_in_thread
 from smtp_helpers import holder_from_text
-from twisted.internet import reactor
+from treq.testing import StubTreq
+from twisted.internet import reactor, task
 from twisted.internet.endpoints import TCP4ServerEndpoint
-from twisted.internet.threads import deferToThreadPool
 from twisted.web.server import Site
 
 from mtaserver.events import Envelope
 from mtaserver.http.transmissions import TransmissionsAPI
 from mtaserver.spool import Journal, MessageStore, open_spool, recover
 from mtaserver.spool.fileops import FileOps
+from mtaserver.spool.testing import run_now
 
 KEY = "api_key_0123456789_0123456789_0123456789"
 OTHER_KEY = "second_key_0123456789_0123456789_0123456"
@@ -53,10 +56,6 @@ host-name api.example.test
   smtp-source-host 127.0.0.1 blue.example.test
 </virtual-mta>
 """
-
-
-def run_in_thread(work: Any) -> Any:
-    return deferToThreadPool(reactor, reactor.getThreadPool(), work)  # type: ignore[attr-defined]
 
 
 def failing_fdatasync(fd: int) -> None:
@@ -130,15 +129,88 @@ class ApiServer:
         run_in_reactor(self.journal.close)
 
 
+class StubResponse:
+    """The part of `http.client.HTTPResponse` the tests read, from a treq response."""
+
+    def __init__(self, response: Any) -> None:
+        self.response = response
+
+    def getheader(self, name: str) -> str | None:
+        values = self.response.headers.getRawHeaders(name)
+        return values[0] if values else None
+
+
+class StubApiServer(ApiServer):
+    """The same API and spool in-process: StubTreq, thread work inline, a task.Clock."""
+
+    def __init__(self, directory: Path, config: str, min_free: int = 0, broken: bool = False):
+        self.directory = directory
+        self.spool = str(directory / "spool")
+        self.holder = holder_from_text(config, str(directory))
+        self.accepted: list[Envelope] = []
+        self.clock = task.Clock()
+        if broken:
+            recover(self.spool)
+            self.journal = Journal(os.path.join(self.spool, "journal"), run_now)
+            self.store = MessageStore(
+                self.spool, self.journal, run_now, file_ops=FileOps(fdatasync=failing_fdatasync)
+            )
+        else:
+            _, self.journal, self.store = open_spool(self.spool, run_now, min_free_space=min_free)
+        self.api = TransmissionsAPI(
+            self.holder, self.store, self.accepted.append, self.clock, run_in_thread=run_now
+        )
+        self.treq = StubTreq(self.api.app.resource())
+
+    def request(  # type: ignore[override]
+        self,
+        body: Any,
+        method: str = "POST",
+        path: str = "/api/v1/transmissions",
+        key: str | None = KEY,
+        content_type: str = "application/json",
+    ) -> tuple[int, dict[str, Any], StubResponse]:
+        headers = {"Content-Type": content_type}
+        if key is not None:
+            headers["Authorization"] = key
+        data = body if isinstance(body, bytes) else json.dumps(body).encode()
+        answer = self.treq.request(
+            method, f"http://127.0.0.1{path}", data=data if method != "GET" else None,
+            headers=headers,
+        )  # fmt: skip
+        self.treq.flush()
+        response = self.result(answer)
+        raw = self.result(self.treq.content(response))
+        return response.code, json.loads(raw), StubResponse(response)
+
+    def result(self, d: Any) -> Any:
+        """The result of a Deferred that StubTreq has already fired."""
+        results: list[Any] = []
+        d.addBoth(results.append)
+        assert results, "the request did not finish in-process"
+        if hasattr(results[0], "raiseException"):
+            results[0].raiseException()
+        return results[0]
+
+    def body(self, msg_id: str) -> bytes:
+        return self.result(self.store.read_body(msg_id))  # type: ignore[no-any-return]
+
+    def stop(self) -> None:
+        self.journal.close()
+
+
 @pytest.fixture
 def make_server(tmp_path: Path) -> Iterator[Any]:
     servers: list[ApiServer] = []
 
-    def make(extra: str = "", min_free: int = 0, broken: bool = False) -> ApiServer:
+    def make(
+        extra: str = "", min_free: int = 0, broken: bool = False, real: bool = False
+    ) -> ApiServer:
         directory = tmp_path / f"api{len(servers)}"
         directory.mkdir()
         config = CONFIG.format(key=KEY, other=OTHER_KEY, source_extra=extra)
-        server = ApiServer(directory, config, min_free=min_free, broken=broken)
+        kind = ApiServer if real else StubApiServer
+        server = kind(directory, config, min_free=min_free, broken=broken)
         servers.append(server)
         return server
 
@@ -149,7 +221,14 @@ def make_server(tmp_path: Path) -> Iterator[Any]:
 
 @pytest.fixture
 def server(make_server: Any) -> ApiServer:
+    """The API in-process over StubTreq."""
     return make_server()  # type: ignore[no-any-return]
+
+
+@pytest.fixture(params=["stub", "socket"])
+def any_server(make_server: Any, request: pytest.FixtureRequest) -> ApiServer:
+    """The API both in-process and on a real loopback socket (the smoke tests)."""
+    return make_server(real=request.param == "socket")  # type: ignore[no-any-return]
 
 
 def content(**extra: Any) -> dict[str, Any]:
@@ -177,27 +256,27 @@ def assert_error(status: int, reply: dict[str, Any], code: int, text: str) -> No
 # -- success ------------------------------------------------------------------------
 
 
-def test_a_plain_transmission_is_spooled_and_queued(server: ApiServer) -> None:
+def test_a_plain_transmission_is_spooled_and_queued(any_server: ApiServer) -> None:
     """200 with SparkPost's results; the envelope is from the API and the body is CRLF."""
-    status, reply, _ = server.request(
+    status, reply, _ = any_server.request(
         transmission(return_path="bounces@api.example.test", campaign_id="summer")
     )
     assert status == 200, reply
     assert reply["results"]["total_accepted_recipients"] == 1
     assert reply["results"]["total_rejected_recipients"] == 0
-    [envelope] = server.accepted
+    [envelope] = any_server.accepted
     assert reply["results"]["id"] == envelope.msg_id
     assert envelope.src_type == "api" and envelope.src_mta == "127.0.0.1"
     assert envelope.sender == "bounces@api.example.test"
     assert envelope.job_id == "summer"
     assert [r.address for r in envelope.recipients] == ["rcpt@dest.example"]
-    body = server.body(envelope.msg_id)
+    body = any_server.body(envelope.msg_id)
     assert b"\n" not in body.replace(b"\r\n", b"")
     assert body.startswith(b"Received: from [127.0.0.1]\r\n\tby api.example.test (mtaserver)")
-    parsed = server.message(envelope)
+    parsed = any_server.message(envelope)
     assert parsed["Message-ID"] == f"<{envelope.msg_id}@api.example.test>"
     assert parsed["Date"]
-    stats = server.api.stats  # shared with SMTP reception: monitoring's traffic in
+    stats = any_server.api.stats  # shared with SMTP reception: monitoring's traffic in
     assert (stats.messages_received, stats.recipients_received) == (1, 1)
     assert stats.bytes_received == envelope.size > 0
 
@@ -387,9 +466,9 @@ def test_unknown_path_is_404(server: ApiServer) -> None:
     assert_error(status, reply, 404, "/api/v1/templates")
 
 
-def test_wrong_method_is_405(server: ApiServer) -> None:
+def test_wrong_method_is_405(any_server: ApiServer) -> None:
     """GET on the transmissions resource is a JSON 405 with Allow: POST."""
-    status, reply, response = server.request(None, method="GET")
+    status, reply, response = any_server.request(None, method="GET")
     assert_error(status, reply, 405, "POST")
     assert response.getheader("Allow") == "POST"
 
@@ -434,11 +513,11 @@ def test_broken_json_is_400(server: ApiServer, raw: bytes) -> None:
     assert server.spooled_files() == []
 
 
-def test_body_over_max_request_size_is_413(server: ApiServer) -> None:
+def test_body_over_max_request_size_is_413(any_server: ApiServer) -> None:
     """A body over max-request-size (64K here) is a 413."""
-    status, reply, _ = server.request(transmission(content=content(text="x" * 70000)))
+    status, reply, _ = any_server.request(transmission(content=content(text="x" * 70000)))
     assert_error(status, reply, 413, "65536")
-    assert server.spooled_files() == []
+    assert any_server.spooled_files() == []
 
 
 def test_message_over_max_message_size_is_413(server: ApiServer) -> None:
