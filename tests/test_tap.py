@@ -6,8 +6,9 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
+
+from server_process import wait_until
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -72,44 +73,56 @@ def read(path: Path) -> str:
 
 
 def wait_for(path: Path, text: str, timeout: float = 30) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if text in read(path):
-            return True
-        time.sleep(0.1)
-    return False
+    return wait_until(lambda: text in read(path), timeout)
 
 
 def test_default_config_serves_smtp_mgmt_and_api(tmp_path: Path) -> None:
-    """`make run`'s config serves SMTP 2525, management 8080 and the API 8585 on loopback."""
-    import shutil
+    """`make run`'s config (SMTP 2525, management 8080, API 8585 on loopback) serves all three.
+
+    The test runs that config with each port set to 0 and reads the bound ports back from
+    the log, so it never races another process (or a parallel test) for a fixed port.
+    """
+    import re
     import smtplib
     import socket
+    import urllib.error
     import urllib.request
 
+    shipped = (ROOT / "etc" / "mtaserver.conf").read_text()
+    addresses = ("127.0.0.1:2525", "127.0.0.1:8080", "127.0.0.1:8585")
+    for address in addresses:
+        assert address in shipped
     conf = tmp_path / "etc" / "mtaserver.conf"
     conf.parent.mkdir()
-    shutil.copy(ROOT / "etc" / "mtaserver.conf", conf)
+    for address in addresses:
+        shipped = shipped.replace(address, "127.0.0.1:0")
+    conf.write_text(shipped)
     log = tmp_path / "twistd.log"
     proc = subprocess.Popen(
         twistd("-n", "--pidfile=", "--logfile", str(log), "mtaserver", "--config", str(conf)),
         cwd=tmp_path,
     )
+    started = re.compile(r"(SmtpServerFactory|\w*Site) starting on (\d+)")
     try:
         assert wait_for(log, "spool recovered"), read(log)
-        deadline = time.monotonic() + 30
-        for port in (2525, 8080, 8585):
-            while True:
-                try:
-                    socket.create_connection(("127.0.0.1", port), timeout=1).close()
-                    break
-                except OSError:
-                    assert time.monotonic() < deadline, f"nothing on {port}\n{read(log)}"
-                    time.sleep(0.1)
-        with smtplib.SMTP("127.0.0.1", 2525) as client:
+        assert wait_until(lambda: len(started.findall(read(log))) >= 3), read(log)
+        ports = [(kind, int(port)) for kind, port in started.findall(read(log))]
+        (smtp,) = [port for kind, port in ports if kind == "SmtpServerFactory"]
+        web = [port for kind, port in ports if kind != "SmtpServerFactory"]
+        assert len(web) == 2
+        with smtplib.SMTP("127.0.0.1", smtp, timeout=30) as client:
             assert client.ehlo()[0] == 250
-        with urllib.request.urlopen("http://127.0.0.1:8080/status?format=json") as answer:
-            assert answer.status == 200
+        statuses = []
+        for port in web:
+            try:
+                url = f"http://127.0.0.1:{port}/status?format=json"
+                with urllib.request.urlopen(url, timeout=30) as answer:
+                    statuses.append(answer.status)
+            except urllib.error.HTTPError as error:  # the API has no /status
+                statuses.append(error.code)
+        assert 200 in statuses, "the management port answers /status"
+        for port in web:
+            socket.create_connection(("127.0.0.1", port), timeout=30).close()
         assert (tmp_path / "var" / "spool").is_dir()
         proc.terminate()
         # twistd ends a SIGTERM shutdown by re-raising the signal: -15, after a clean stop
