@@ -28,6 +28,7 @@ from mtaserver.auth.users import LocalUserChecker
 from mtaserver.config import ConfigError
 from mtaserver.config.model import Listener
 from mtaserver.config.reload import ConfigHolder
+from mtaserver.events import Envelope
 from mtaserver.http.listen import InsecureListenerError
 from mtaserver.http.mgmt import make_mgmt_service
 from mtaserver.http.transmissions import make_transmissions_services
@@ -169,9 +170,10 @@ def compose(holder: ConfigHolder, reactor: Any) -> MultiService:
     acct = AcctService.from_holder(holder, journal, run_in_thread, reactor)
     acct.setServiceParent(root)
     targets = holder_targets(holder)  # http-webhook-allow-addresses, checked per connection
-    webhooks = WebhookService.from_config(config, reactor, run_in_thread, targets)
     http_delivery_client = PooledClient(reactor, targets=targets)
-    webhooks.clients.append(http_delivery_client)
+    webhooks = WebhookService(
+        holder, reactor, run_in_thread, targets, shared_clients=(http_delivery_client,)
+    )
     webhooks.setServiceParent(root)
 
     # Delivery: one deliverer per `<domain> type`, and the scheduler that owns the queues.
@@ -185,15 +187,19 @@ def compose(holder: ConfigHolder, reactor: Any) -> MultiService:
     }
     signer = DkimSigner.from_settings(config.settings)
     traffic = TrafficStats(reactor.seconds)
+
+    def enqueue_dsn(envelope: Envelope) -> None:
+        scheduler.enqueue(envelope)  # bound once the scheduler below exists
+
     scheduler = Scheduler(
         holder,
         store,
         traffic.observe(journal),
         deliverers,
         reactor,
+        notify_bounce=DsnSender(holder, store, enqueue_dsn, reactor, run_in_thread),
         transform_body=DkimTransform(holder, run_in_thread, signer),
     )
-    scheduler.notify_bounce = DsnSender(holder, store, scheduler.enqueue, reactor, run_in_thread)
     SchedulerService(scheduler, recovered).setServiceParent(root)
 
     # Reception: SMTP listeners and the Transmissions API, sharing the password

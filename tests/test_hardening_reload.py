@@ -153,3 +153,39 @@ def test_smtp_listener_moves_on_reload_and_an_open_session_finishes(
         send(new, "moved@dst.test")
         assert wait_until(lambda: len(receiver.messages) == 2)
     assert sorted(m.rcpt_tos[0] for m in receiver.messages) == ["moved@dst.test", "open@dst.test"]
+
+
+def test_webhook_added_to_an_acct_file_posts_after_reload(tmp_path: Path) -> None:
+    """http-webhook-url added to an <acct-file> and reloaded: its records are POSTed."""
+    from webhook_receiver import Receiver as WebhookReceiver
+
+    hook = WebhookReceiver()
+    port = free_port()
+    base = f"""
+host-name mta.test
+spool {tmp_path}/spool
+smtp-listener 127.0.0.1:{port}
+http-webhook-allow-addresses 127.0.0.1
+<source 127.0.0.1>
+    always-allow-relaying yes
+</source>
+<domain *>
+    type discard
+</domain>
+<acct-file {tmp_path}/acct.json>
+    records d
+{{webhook}}
+</acct-file>
+"""
+    try:
+        with ServerProcess(tmp_path, base.format(webhook=""), wait_ports=(port,)) as s:
+            send(port, "first@dst.test")
+            assert wait_until(lambda: "first@dst.test" in (tmp_path / "acct.json").read_text())
+            webhook = f"    http-webhook-url {hook.url}\n    http-webhook-max-interval 1s"
+            s.config.write_text(base.format(webhook=webhook))
+            reload_with_sighup(s, 1)
+            send(port, "second@dst.test")
+            assert hook.wait_for(lambda r: b"second@dst.test" in b"".join(r.lines()), 30)
+            assert "restart needed" not in s.read_log()
+    finally:
+        hook.close()

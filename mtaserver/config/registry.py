@@ -236,16 +236,6 @@ RESTART_ONLY: frozenset[str] = frozenset(
         "tls-certificate",
         "http-mgmt-port",
         "http-mgmt-tls-certificate",
-        "http-webhook-url",
-        "http-webhook-extra-headers",
-        "http-webhook-ca-file",
-        "http-webhook-certificate",
-        "http-webhook-max-interval",
-        "http-webhook-transfer-encoding",
-        "http-webhook-hmac-key",
-        "http-webhook-connect-timeout",
-        "http-webhook-io-timeout",
-        "http-webhook-max-size",
     }
 )
 

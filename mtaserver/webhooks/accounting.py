@@ -3,28 +3,67 @@
 `batcher_for` turns an `<acct-file>`'s `http-webhook-*` directives into a batcher with
 its own HTTP client (its TLS settings are its own); `WebhookService` starts and stops
 them with the server and exposes `status()` for the monitoring API. Building reads the
-CA, certificate and extra-header files, so it runs at start-up (in `makeService`), and
-a bad file is a `ValueError` naming it.
+CA, certificate and extra-header files (`webhook_files`): at start-up in `makeService`,
+where a bad file is a `ValueError` naming it and the server does not start; after a
+reload in the thread pool, where a bad file is logged and that webhook stays stopped.
+
+The service follows reloads: a webhook added to an `<acct-file>` starts, one removed
+stops, and one whose `http-webhook-*` settings changed is stopped and started again
+with them. Its staged batches and its acct-file position are on disk, so the new
+batcher sends what the old one had not.
 """
 
 from __future__ import annotations
 
 import os
+from functools import partial
 from typing import Any
 
+import attrs
 from twisted.application.service import Service
 from twisted.internet import defer
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from mtaserver.config.model import AcctFileSettings, Config
-from mtaserver.config.targets import TargetPolicy, config_policy
+from mtaserver.config.reload import ConfigHolder
+from mtaserver.config.targets import TargetPolicy
 from mtaserver.runtime import RunInThread
 from mtaserver.webhooks.batcher import DEFAULT_MAX_BYTES, WebhookBatcher
 from mtaserver.webhooks.guard import TargetSource
-from mtaserver.webhooks.http import PooledClient, policy_from_files, read_extra_headers
+from mtaserver.webhooks.http import (
+    PooledClient,
+    VerifyingPolicy,
+    policy_from_files,
+    read_extra_headers,
+)
 
 log = Logger()
+
+
+WebhookFiles = tuple[VerifyingPolicy, list[tuple[str, str]]]
+
+
+def webhook_files(acct: AcctFileSettings) -> WebhookFiles:
+    """The TLS policy and extra headers an `<acct-file>`'s webhook reads from files.
+
+    Blocking: at start-up, or in a thread. A missing or bad file is a ValueError.
+    """
+    try:
+        policy = policy_from_files(acct.http_webhook_ca_file, acct.http_webhook_certificate)
+        extra = read_extra_headers(acct.http_webhook_extra_headers)
+    except (OSError, ValueError) as e:
+        raise ValueError(f"<acct-file {acct.path}> webhook: {e}") from e
+    return policy, extra
+
+
+def webhook_settings(acct: AcctFileSettings) -> tuple[Any, ...]:
+    """Every `http-webhook-*` value of `acct`: a batcher is rebuilt when one changes."""
+    return tuple(
+        getattr(acct, field.name)
+        for field in attrs.fields(AcctFileSettings)
+        if field.name.startswith("http_webhook_")
+    )
 
 
 def batcher_for(
@@ -32,15 +71,15 @@ def batcher_for(
     reactor: Any,
     run_in_thread: RunInThread,
     targets: TargetSource = TargetPolicy,
+    files: WebhookFiles | None = None,
 ) -> tuple[WebhookBatcher, PooledClient]:
-    """The batcher (and its client) for one `<acct-file>` that has `http-webhook-url`."""
+    """The batcher (and its client) for one `<acct-file>` that has `http-webhook-url`.
+
+    `files` is `webhook_files(acct)` when the caller has read them already (in a thread).
+    """
     if not acct.http_webhook_url:
         raise ValueError(f"<acct-file {acct.path}> has no http-webhook-url")
-    try:
-        policy = policy_from_files(acct.http_webhook_ca_file, acct.http_webhook_certificate)
-        extra = read_extra_headers(acct.http_webhook_extra_headers)
-    except (OSError, ValueError) as e:
-        raise ValueError(f"<acct-file {acct.path}> webhook: {e}") from e
+    policy, extra = files if files is not None else webhook_files(acct)
     client = PooledClient(
         reactor,
         policy,
@@ -64,37 +103,89 @@ def batcher_for(
     return batcher, client
 
 
+@attrs.frozen
+class _Webhook:
+    """One running webhook: the settings it was built from, its batcher and client."""
+
+    acct: AcctFileSettings
+    batcher: WebhookBatcher
+    client: PooledClient
+
+
 class WebhookService(Service):
     """Starts and stops the accounting webhook batchers (and closes their connections)."""
 
     name = "webhooks"
 
     def __init__(
-        self, batchers: list[WebhookBatcher], clients: list[PooledClient] | None = None
-    ) -> None:
-        self.batchers = batchers
-        self.clients = clients or []
-
-    @classmethod
-    def from_config(
-        cls,
-        config: Config,
+        self,
+        holder: ConfigHolder,
         reactor: Any,
         run_in_thread: RunInThread,
-        targets: TargetSource | None = None,
-    ) -> WebhookService:
-        """The batchers of `config`; `targets` is the running target policy (by default
-        `config`'s own: pass `holder_targets(holder)` so reloads apply)."""
-        if targets is None:
-            policy = config_policy(config)
-            targets = lambda: policy  # noqa: E731
-        batchers, clients = [], []
-        for acct in config.acct_files:
+        targets: TargetSource,
+        shared_clients: tuple[PooledClient, ...] = (),
+    ) -> None:
+        """The webhooks of `holder.config`, kept in step with reloads.
+
+        `targets` is the running target policy (`holder_targets(holder)`);
+        `shared_clients` are other clients (http-delivery's) closed at stop with these.
+        """
+        self.reactor = reactor
+        self.run_in_thread = run_in_thread
+        self.targets = targets
+        self.shared_clients = list(shared_clients)
+        self._webhooks: dict[str, _Webhook] = {}
+        for acct in holder.config.acct_files:
             if acct.http_webhook_url:
-                batcher, client = batcher_for(acct, reactor, run_in_thread, targets)
-                batchers.append(batcher)
-                clients.append(client)
-        return cls(batchers, clients)
+                self._add(acct, webhook_files(acct))
+        self._changing: defer.Deferred[Any] = defer.succeed(None)
+        holder.on_reload(self.reloaded)
+
+    @property
+    def batchers(self) -> list[WebhookBatcher]:
+        return [webhook.batcher for webhook in self._webhooks.values()]
+
+    def reloaded(self, old: Config, new: Config) -> None:
+        """A reload listener: start, stop or rebuild webhooks to match the new config."""
+        self.apply(new.acct_files)
+
+    def apply(self, accts: tuple[AcctFileSettings, ...]) -> defer.Deferred[Any]:
+        """Queue one change after another: never two batchers for one acct file."""
+        self._changing = self._changing.addBoth(
+            lambda _: defer.Deferred.fromCoroutine(self._apply(accts))
+        )
+        return self._changing
+
+    async def _apply(self, accts: tuple[AcctFileSettings, ...]) -> None:
+        wanted = {os.path.abspath(a.path): a for a in accts if a.http_webhook_url}
+        for path, webhook in list(self._webhooks.items()):
+            new = wanted.get(path)
+            if new is not None and webhook_settings(new) == webhook_settings(webhook.acct):
+                del wanted[path]
+                continue
+            del self._webhooks[path]
+            log.info("webhook for {path}: stopping (config reloaded)", path=path)
+            try:
+                if self.running:
+                    await webhook.batcher.stop()
+                await webhook.client.close()
+            except Exception:
+                log.failure("webhook for {path} did not stop cleanly", path=path)
+        for acct in wanted.values():
+            try:
+                files = await self.run_in_thread(partial(webhook_files, acct))
+            except ValueError as exc:
+                log.error("webhook not started: {error}", error=str(exc))
+                continue
+            batcher = self._add(acct, files)
+            log.info("webhook for {path}: started (config reloaded)", path=batcher.acct_path)
+            if self.running:
+                batcher.start().addErrback(self._start_failed, batcher)
+
+    def _add(self, acct: AcctFileSettings, files: WebhookFiles) -> WebhookBatcher:
+        batcher, client = batcher_for(acct, self.reactor, self.run_in_thread, self.targets, files)
+        self._webhooks[batcher.acct_path] = _Webhook(acct, batcher, client)
+        return batcher
 
     def startService(self) -> None:  # noqa: N802 - Twisted's name
         super().startService()
@@ -108,7 +199,8 @@ class WebhookService(Service):
     def stopService(self) -> defer.Deferred[Any]:  # noqa: N802 - Twisted's name
         super().stopService()
         d = defer.gatherResults([b.stop() for b in self.batchers], consumeErrors=True)
-        d.addBoth(lambda _: defer.gatherResults([c.close() for c in self.clients]))
+        clients = [w.client for w in self._webhooks.values()] + self.shared_clients
+        d.addBoth(lambda _: defer.gatherResults([c.close() for c in clients]))
         return d
 
     def status(self) -> list[dict[str, Any]]:
