@@ -210,13 +210,20 @@ class Receiver:
             def factory(self) -> SMTP:
                 return _RecordingSMTP(handler, **self.SMTP_kwargs)
 
-        self._controller = _Controller(
-            handler, hostname="127.0.0.1", port=self.port, server_hostname=hostname, **kwargs
-        )
         if auth is not None and not auth_require_tls:
             # aiosmtpd warns (once per connection) about AUTH without TLS: intended here.
             warnings.filterwarnings("ignore", "Requiring AUTH while not requiring TLS")
-        self._controller.start()
+        for attempt in range(5):  # aiosmtpd needs its port up front: retry one found taken
+            self._controller = _Controller(
+                handler, hostname="127.0.0.1", port=self.port, server_hostname=hostname, **kwargs
+            )
+            try:
+                self._controller.start()
+                break
+            except OSError:
+                if attempt == 4:
+                    raise
+                self.port = free_port()
         # The controller's own start-up probe connection is not a client's.
         receiver.connections.clear()
 

@@ -1,14 +1,20 @@
 """The real server, started as a user starts it: `twistd -n mtaserver --config FILE`.
 
 End-to-end tests write a config, start the process, talk to its ports over loopback,
-and may `kill9()` and `start()` it again on the same spool. `free_port()` finds an
-unused loopback port for a config (bind, read, close: a small race we accept).
+and may `kill9()` and `start()` it again on the same spool.
+
+`free_port()` finds an unused loopback port for a config handed to a subprocess (a
+server inside the test process binds port 0 and reads its port back instead). It picks
+below the kernel's ephemeral range, so no client socket of any test can be given the
+port between the pick and the server's bind; and `ServerProcess.start` retries a
+start whose listener found its port taken after all (EADDRINUSE), on the same ports.
 """
 
 from __future__ import annotations
 
 import csv
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -19,8 +25,35 @@ from pathlib import Path
 from typing import Any
 
 
+def _ephemeral_low() -> int:
+    try:
+        with open("/proc/sys/net/ipv4/ip_local_port_range") as stream:
+            return int(stream.read().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768
+
+
+_EPHEMERAL_LOW = _ephemeral_low()
+_handed_out: set[int] = set()
+
+
 def free_port() -> int:
-    with socket.socket() as sock:
+    """A loopback port nothing listens on, outside the ephemeral range (see the module
+    docstring); never the same one twice in this process."""
+    low = max(1024, min(_EPHEMERAL_LOW, 32768) - 12000)
+    high = max(low + 1000, min(_EPHEMERAL_LOW, 32768))
+    for _ in range(200):
+        port = random.randrange(low, high)
+        if port in _handed_out:
+            continue
+        with socket.socket() as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        _handed_out.add(port)
+        return port
+    with socket.socket() as sock:  # a crowded range: fall back to the kernel's pick
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
 
@@ -62,19 +95,49 @@ class ServerProcess:
         ]
 
     def start(self, timeout: float = 30.0) -> ServerProcess:
-        env = dict(os.environ, PYTHONUNBUFFERED="1")
-        self.proc = subprocess.Popen(
-            self.command(),
-            cwd=self.directory,
-            env=env,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-        )
-        for port in self.wait_ports:
-            if not wait_for_port(port, timeout):
-                self.stop()
-                raise RuntimeError(f"server did not listen on {port}:\n{self.read_log()}")
-        return self
+        """Start the process and wait for `wait_ports`; a port found taken (EADDRINUSE: a
+        process of another test holds it for a moment) is tried again, up to 3 times."""
+        for attempt in range(3):
+            env = dict(os.environ, PYTHONUNBUFFERED="1")
+            log_start = self.log.stat().st_size if self.log.exists() else 0
+            self.proc = subprocess.Popen(
+                self.command(),
+                cwd=self.directory,
+                env=env,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+            )
+            waiting = self._wait_listening(timeout, log_start)
+            if waiting is None:
+                return self
+            self.stop()
+            if waiting != "in use" or attempt == 2:
+                raise RuntimeError(f"server did not listen ({waiting}):\n{self.read_log()}")
+            time.sleep(1.0)
+        raise AssertionError("unreachable")
+
+    def _wait_listening(self, timeout: float, log_start: int) -> str | None:
+        """None once every wait port answers; else why not ("in use", "exited", ...)."""
+        deadline = time.monotonic() + timeout
+        pending = list(self.wait_ports)
+        while pending and time.monotonic() < deadline:
+            if self._listening(pending[0]):
+                pending.pop(0)
+                continue
+            if "Address already in use" in self.read_log()[log_start:]:
+                return "in use"
+            if self.proc is not None and self.proc.poll() is not None:
+                return f"exited with {self.proc.returncode}"
+            time.sleep(0.05)
+        return None if not pending else f"nothing on {pending[0]} within {timeout}s"
+
+    @staticmethod
+    def _listening(port: int) -> bool:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=1):
+                return True
+        except OSError:
+            return False
 
     def read_log(self) -> str:
         return self.log.read_text() if self.log.exists() else ""

@@ -26,6 +26,7 @@ from pathlib import Path
 
 import pytest
 import trustme
+from server_process import free_port
 
 SLAPD = shutil.which("slapd") or "/usr/sbin/slapd"
 SLAPADD = shutil.which("slapadd") or "/usr/sbin/slapadd"
@@ -136,12 +137,6 @@ uniqueMember: uid=alice,{PEOPLE}
 """
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 def _listening(port: int) -> bool:
     try:
         with socket.create_connection(("127.0.0.1", port), timeout=0.5):
@@ -220,7 +215,7 @@ access to * by * read
         """Start on fresh free ports (the same ports again after a `stop`)."""
         for _attempt in range(5):
             if not self.port:
-                self.port, self.ldaps_port = _free_port(), _free_port()
+                self.port, self.ldaps_port = free_port(), free_port()
             urls = f"ldap://127.0.0.1:{self.port}/ ldaps://127.0.0.1:{self.ldaps_port}/"
             with open(self.log, "ab") as log:
                 self.proc = subprocess.Popen(
