@@ -14,6 +14,7 @@ from collections.abc import Callable
 from typing import Any, NoReturn, cast
 
 from twisted.application.service import IService, MultiService, Service
+from twisted.internet import ssl
 from twisted.internet.defer import Deferred
 from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
@@ -209,7 +210,9 @@ def compose(holder: ConfigHolder, reactor: Any) -> MultiService:
     stats = ReceptionStats()
     connections = InboundConnections()  # total-max-smtp-in spans every listener
 
-    def smtp_listener(listener: Listener) -> SmtpListenerService:
+    def smtp_listener(
+        listener: Listener, tls_options: ssl.CertificateOptions | None
+    ) -> SmtpListenerService:
         service = make_smtp_service(
             holder,
             store,
@@ -220,10 +223,11 @@ def compose(holder: ConfigHolder, reactor: Any) -> MultiService:
             run_in_thread=run_in_thread,
             checkers=checkers,
             connections=connections,
+            tls_options=tls_options,
         )
         return cast(SmtpListenerService, service)
 
-    SmtpListeners(holder, smtp_listener).setServiceParent(root)
+    SmtpListeners(holder, smtp_listener, run_in_thread).setServiceParent(root)
     for api_service in make_transmissions_services(
         holder, store, scheduler.enqueue, reactor, stats, run_in_thread
     ):

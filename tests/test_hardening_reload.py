@@ -7,11 +7,13 @@ import os
 import signal
 import smtplib
 import socket
+import ssl
 from collections.abc import Iterator
 from pathlib import Path
 
 import dkim
 import pytest
+import trustme
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from mgmt_client import MgmtServer
@@ -189,3 +191,32 @@ http-webhook-allow-addresses 127.0.0.1
             assert "restart needed" not in s.read_log()
     finally:
         hook.close()
+
+
+def starttls_names(port: int, context: ssl.SSLContext) -> list[str]:
+    """The DNS names of the certificate the server shows after STARTTLS."""
+    with smtplib.SMTP("127.0.0.1", port, timeout=30) as client:
+        client.starttls(context=context)
+        peer = client.sock.getpeercert()
+    return [value for kind, value in peer["subjectAltName"] if kind == "DNS"]
+
+
+def test_renewed_starttls_certificate_is_served_after_reload(
+    tmp_path: Path, receiver: Receiver, ca: trustme.CA
+) -> None:
+    """A certificate file replaced in place is used from the next STARTTLS after reload."""
+    (tmp_path / "conf.d").mkdir()
+    pem = tmp_path / "server.pem"
+    ca.issue_cert("first.test", "127.0.0.1").private_key_and_cert_chain_pem.write_to_path(str(pem))
+    (tmp_path / "conf.d" / "tls.conf").write_text(f"smtp-server-tls-certificate {pem}\n")
+    context = ssl.create_default_context()
+    ca.configure_trust(context)
+    context.check_hostname = False
+    port = free_port()
+    with ServerProcess(tmp_path, config(tmp_path, port, receiver.port), wait_ports=(port,)) as s:
+        assert starttls_names(port, context) == ["first.test"]
+        renewed = ca.issue_cert("second.test", "127.0.0.1").private_key_and_cert_chain_pem
+        renewed.write_to_path(str(pem))
+        reload_with_sighup(s, 1)
+        assert wait_until(lambda: starttls_names(port, context) == ["second.test"])
+        assert "restart needed" not in s.read_log()

@@ -232,7 +232,6 @@ RESTART_ONLY: frozenset[str] = frozenset(
     {
         "spool",  # the journal and message files stay where they were opened
         "name-server",  # the DNS resolver is built once
-        "smtp-server-tls-certificate",
         "tls-certificate",
         "http-mgmt-port",
         "http-mgmt-tls-certificate",
