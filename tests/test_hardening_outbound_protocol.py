@@ -18,9 +18,8 @@ from twisted.python.failure import Failure
 
 from mtaserver.config.model import DomainSettings
 from mtaserver.events import Envelope, Recipient
+from mtaserver.queue.delivery import Transaction, TransactionResult
 from mtaserver.smtp.client import (
-    Transaction,
-    TransactionResult,
     mail_command,
     make_reply,
     orcpt_param,

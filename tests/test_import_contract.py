@@ -134,7 +134,6 @@ FORBIDDEN: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
 # Rules the code did not keep yet when this test was written (the moves are in flight);
 # strict, so each flips to XPASS, a failure, once its rule holds: then delete the entry.
 NOT_YET: dict[str, str] = {
-    "no-cycles-between-units": "console <-> http (console/resource.py, http/mgmt.py)",
 }
 
 

@@ -16,9 +16,14 @@ from twisted.internet import defer, task
 from mtaserver.config.load import load_config
 from mtaserver.config.reload import ConfigHolder
 from mtaserver.events import Envelope, Outcome, QueueFailure, Recipient
-from mtaserver.queue.delivery import QueueLevelFailure, SessionJob
+from mtaserver.queue.delivery import (
+    ConnectionInfo,
+    QueueLevelFailure,
+    SessionJob,
+    TransactionResult,
+)
 from mtaserver.queue.scheduler import Scheduler
-from mtaserver.smtp.client import ConnectionInfo, Reply, TransactionResult
+from mtaserver.smtp_reply import Reply
 from mtaserver.spool import Journal, MessageStore, read_events
 from mtaserver.spool.journal import JournalPosition, list_segments
 from mtaserver.spool.testing import run_now

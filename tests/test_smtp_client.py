@@ -20,13 +20,11 @@ from twisted.python.failure import Failure
 
 from mtaserver.config.model import DomainSettings
 from mtaserver.events import Envelope, Recipient
+from mtaserver.queue.delivery import Transaction, TransactionResult
 from mtaserver.smtp.client import (
-    Reply,
     ReplyAssembler,
     ReplyError,
     SessionFailure,
-    Transaction,
-    TransactionResult,
     auth_plain,
     encode_data,
     is_loopback,
@@ -40,6 +38,7 @@ from mtaserver.smtp.client import (
     valid_address,
     xtext,
 )
+from mtaserver.smtp_reply import Reply
 
 
 def envelope(*addresses: str, **kw: Any) -> Envelope:

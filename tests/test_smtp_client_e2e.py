@@ -21,11 +21,9 @@ from twisted.internet.ssl import Certificate
 
 from mtaserver.config.model import DomainSettings
 from mtaserver.events import Envelope, Recipient
+from mtaserver.queue.delivery import ConnectionInfo, Transaction, TransactionResult
 from mtaserver.smtp.client import (
-    ConnectionInfo,
     SessionFailure,
-    Transaction,
-    TransactionResult,
     run_session,
 )
 

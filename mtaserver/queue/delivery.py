@@ -7,6 +7,12 @@ connection) is raised as `QueueLevelFailure`, which the scheduler turns into a `
 record and a queue retry (or bounces, when permanent). `type smtp` lives in
 `mtaserver.smtp.deliverer`; `discard` and `file` are here; `http-delivery` plugs in
 the same way.
+
+The records that cross the seam live here too: a `Transaction` goes out, a
+`TransactionResult` (one `Reply` per recipient, and the `ConnectionInfo` the `d`, `b`
+and `t` records describe) comes back. The SMTP client, the webhook deliverer and the
+scheduler import them from here, so `queue/` never needs `smtp/`. `Reply` itself is
+`mtaserver.smtp_reply.Reply`, the one SMTP reply record of both directions.
 """
 
 from __future__ import annotations
@@ -19,7 +25,50 @@ from typing import Any, Protocol
 import attrs
 
 from mtaserver.config.model import DomainSettings
-from mtaserver.smtp.client import ConnectionInfo, Reply, Transaction, TransactionResult
+from mtaserver.events import Envelope, Recipient
+from mtaserver.smtp_reply import Reply
+
+
+@attrs.frozen
+class Transaction:
+    """One message to some of its recipients: `rcpt_indexes` index `envelope.recipients`.
+
+    `body` is the message as stored: CRLF line ends, not dot-stuffed.
+    """
+
+    envelope: Envelope
+    rcpt_indexes: tuple[int, ...]
+    body: bytes
+
+    @property
+    def recipients(self) -> tuple[Recipient, ...]:
+        return tuple(self.envelope.recipients[i] for i in self.rcpt_indexes)
+
+
+@attrs.frozen
+class ConnectionInfo:
+    """What a delivery record needs to say about the connection (dlv* acct fields)."""
+
+    source_ip: str
+    destination_ip: str
+    destination_host: str
+    esmtp: bool
+    tls_protocol: str
+    tls_cipher: str
+    extensions: frozenset[str]
+
+
+@attrs.frozen
+class TransactionResult:
+    """A transaction's outcome: `replies[i]` is for `transaction.rcpt_indexes[i]`.
+
+    Each reply is a 2xx, 4xx or 5xx `Reply` (`mtaserver.smtp_reply`): the remote MTA's,
+    or one a deliverer made up (`discard`, `file`, `http-delivery`, a lost connection).
+    """
+
+    transaction: Transaction
+    replies: tuple[Reply, ...]
+    info: ConnectionInfo
 
 
 @attrs.frozen

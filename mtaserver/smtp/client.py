@@ -82,7 +82,6 @@ from collections import deque
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any, Protocol
 
-import attrs
 from OpenSSL import SSL
 from twisted.internet import defer, error
 from twisted.internet.abstract import isIPv6Address
@@ -97,19 +96,16 @@ from zope.interface import implementer
 
 from mtaserver.config.model import DomainSettings
 from mtaserver.events import Envelope, Recipient
+from mtaserver.queue.delivery import ConnectionInfo, Transaction, TransactionResult
 from mtaserver.smtp_reply import Reply
 
 log = Logger()
 
 __all__ = [
-    "ConnectionInfo",
-    "Reply",
     "ReplyAssembler",
     "ReplyError",
     "SessionFailure",
     "SmtpTarget",
-    "Transaction",
-    "TransactionResult",
     "encode_data",
     "mail_command",
     "make_reply",
@@ -142,44 +138,6 @@ class SmtpTarget(Protocol):
 
     @property
     def port(self) -> int: ...
-
-
-@attrs.frozen
-class Transaction:
-    """One message to some of its recipients: `rcpt_indexes` index `envelope.recipients`.
-
-    `body` is the message as stored: CRLF line ends, not dot-stuffed.
-    """
-
-    envelope: Envelope
-    rcpt_indexes: tuple[int, ...]
-    body: bytes
-
-    @property
-    def recipients(self) -> tuple[Recipient, ...]:
-        return tuple(self.envelope.recipients[i] for i in self.rcpt_indexes)
-
-
-@attrs.frozen
-class ConnectionInfo:
-    """What a delivery record needs to say about the connection (dlv* acct fields)."""
-
-    source_ip: str
-    destination_ip: str
-    destination_host: str
-    esmtp: bool
-    tls_protocol: str
-    tls_cipher: str
-    extensions: frozenset[str]
-
-
-@attrs.frozen
-class TransactionResult:
-    """A transaction's outcome: `replies[i]` is for `transaction.rcpt_indexes[i]`."""
-
-    transaction: Transaction
-    replies: tuple[Reply, ...]
-    info: ConnectionInfo
 
 
 class SessionFailure(Exception):

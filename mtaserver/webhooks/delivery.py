@@ -24,8 +24,14 @@ from typing import Any
 import attrs
 from twisted.logger import Logger
 
-from mtaserver.queue.delivery import LOCAL_INFO, QueueLevelFailure, SessionJob
-from mtaserver.smtp.client import Reply, Transaction, TransactionResult
+from mtaserver.queue.delivery import (
+    LOCAL_INFO,
+    QueueLevelFailure,
+    SessionJob,
+    Transaction,
+    TransactionResult,
+)
+from mtaserver.smtp_reply import Reply
 from mtaserver.webhooks.http import (
     Clock,
     HttpClient,
