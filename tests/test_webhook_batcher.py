@@ -1,4 +1,9 @@
-"""The accounting webhook batcher against real HTTP(S) receivers on 127.0.0.1.
+"""The accounting webhook batcher against real HTTP(S) receivers on 127.0.0.1: smoke tests.
+
+The batching rules (formats, headers, gzip and HMAC, retries, order, timeouts, restart)
+are tested fast in `test_webhook_batcher_fast.py` over StubTreq and a task.Clock; here
+stay what needs a real socket: a real post, TLS (trusted, wrong host, untrusted CA,
+client certificates), a refused connection, and the acct file's checkpoint and rotation.
 
 The batcher runs on the reactor thread of `reactor_thread` with a real treq client and
 real threads; receivers are `http.server` servers in their own threads, failing,
@@ -8,9 +13,6 @@ slow or serving HTTPS with trustme certificates as each test needs.
 from __future__ import annotations
 
 import functools
-import gzip
-import hashlib
-import hmac
 import ipaddress
 import json
 import os
@@ -111,36 +113,6 @@ def test_json_lines_are_posted_as_ndjson_with_a_batch_id(
     assert "content-encoding" not in post.headers
 
 
-def test_records_written_later_follow_in_new_batches(
-    tmp_path: Path, harness: Harness, receiver: Receiver
-) -> None:
-    """Records appended after start are sent in later batches with increasing ids."""
-    acct = tmp_path / "acct.json"
-    acct.write_bytes(json_records(0, 10))
-    harness.start(acct, receiver.url)
-    assert receiver.wait_for(lambda r: len(r.lines()) == 10)
-    append(acct, json_records(10, 10))
-    assert receiver.wait_for(lambda r: len(r.lines()) == 20)
-    ids = [p.headers["x-mtaserver-batch-id"] for p in receiver.posts]
-    assert [int(i.rsplit("-", 1)[1]) for i in ids] == list(range(1, len(ids) + 1))
-    assert b"".join(receiver.lines()) == json_records(0, 20)
-
-
-def test_a_partial_last_line_waits_until_it_is_complete(
-    tmp_path: Path, harness: Harness, receiver: Receiver
-) -> None:
-    """A line the writer has not finished is not shipped until its newline is written."""
-    acct = tmp_path / "acct.json"
-    acct.write_bytes(json_records(0, 3) + b'{"type":"d","rcpt":"half')
-    harness.start(acct, receiver.url)
-    assert receiver.wait_for(lambda r: len(r.lines()) == 3)
-    time.sleep(0.5)
-    assert len(receiver.lines()) == 3
-    append(acct, b'"}\n')
-    assert receiver.wait_for(lambda r: len(r.lines()) == 4)
-    assert receiver.lines()[-1] == b'{"type":"d","rcpt":"half"}\n'
-
-
 def test_only_bytes_before_the_writer_checkpoint_are_sent(
     tmp_path: Path, harness: Harness, receiver: Receiver
 ) -> None:
@@ -157,122 +129,6 @@ def test_only_bytes_before_the_writer_checkpoint_are_sent(
         checkpoint_path(str(acct)), Checkpoint("acct.json", (1, 0), acct.stat().st_size)
     )
     assert receiver.wait_for(lambda r: len(r.lines()) == 10)
-
-
-def test_csv_batches_start_with_the_header_row(
-    tmp_path: Path, harness: Harness, receiver: Receiver
-) -> None:
-    """CSV is sent as text/csv, each batch with the file's header row, quoted newlines kept."""
-    acct = tmp_path / "acct.csv"
-    header = b"type,rcpt,dsnDiag\n"
-    rows = [f'd,u{i}@example.com,"line one\nline two, {i}"\n'.encode() for i in range(50)]
-    acct.write_bytes(header + b"".join(rows))
-    harness.start(acct, receiver.url, max_bytes=200)
-    assert receiver.wait_for(lambda r: sum(p.body.count(b"u") for p in r.posts) >= 50)
-    got = []
-    for post in receiver.posts:
-        assert post.headers["content-type"] == "text/csv"
-        assert post.body.startswith(header)
-        got.append(post.body[len(header) :])
-    assert b"".join(got) == b"".join(rows)
-    assert len(receiver.posts) > 1  # cut into several batches, never inside a quoted field
-
-
-def test_gzip_body_is_compressed_and_declared(
-    tmp_path: Path, harness: Harness, receiver: Receiver
-) -> None:
-    """With gzip the body carries Content-Encoding: gzip and decompresses to the records."""
-    acct = tmp_path / "acct.json"
-    data = json_records(0, 200)
-    acct.write_bytes(data)
-    harness.start(acct, receiver.url, gzip_body=True)
-    assert receiver.wait_for(lambda r: len(r.lines()) == 200)
-    post = receiver.posts[0]
-    assert post.headers["content-encoding"] == "gzip"
-    assert len(post.raw) < len(data) / 3
-    assert gzip.decompress(b"".join(p.raw for p in receiver.posts)) == data
-
-
-def test_hmac_signature_matches_the_body_as_sent(
-    tmp_path: Path, harness: Harness, receiver: Receiver
-) -> None:
-    """X-Mtaserver-Signature is the hex HMAC-SHA256 of the (gzip'd) body under the key."""
-    acct = tmp_path / "acct.json"
-    acct.write_bytes(json_records(0, 20))
-    harness.start(acct, receiver.url, gzip_body=True, hmac_key="s3cret")
-    assert receiver.wait_for(lambda r: len(r.posts) >= 1)
-    post = receiver.posts[0]
-    expected = hmac.new(b"s3cret", post.raw, hashlib.sha256).hexdigest()
-    assert post.headers["x-mtaserver-signature"] == f"sha256={expected}"
-    wrong = hmac.new(b"other", post.raw, hashlib.sha256).hexdigest()
-    assert post.headers["x-mtaserver-signature"] != f"sha256={wrong}"
-
-
-def test_extra_headers_are_added_and_may_replace_content_type(
-    tmp_path: Path, harness: Harness, receiver: Receiver
-) -> None:
-    """Extra headers are sent; one named Content-Type replaces the default."""
-    acct = tmp_path / "acct.json"
-    acct.write_bytes(json_records(0, 2))
-    harness.start(
-        acct, receiver.url,
-        extra_headers=[("Authorization", "Bearer abc"), ("Content-Type", "application/json")],
-    )  # fmt: skip
-    assert receiver.wait_for(lambda r: len(r.posts) == 1)
-    headers = receiver.posts[0].headers
-    assert headers["authorization"] == "Bearer abc"
-    assert headers["content-type"] == "application/json"
-
-
-def test_failed_posts_are_retried_with_the_same_batch_id(tmp_path: Path, harness: Harness) -> None:
-    """A receiver failing its first 3 posts gets the batch on the 4th, same id each time."""
-    receiver = Receiver(fail_first=3, fail_status=503)
-    try:
-        acct = tmp_path / "acct.json"
-        acct.write_bytes(json_records(0, 10))
-        batcher = harness.start(acct, receiver.url)
-        assert receiver.wait_for(lambda r: len(r.posts) == 1)
-        assert len(receiver.attempts) == 4
-        assert len({a.headers["x-mtaserver-batch-id"] for a in receiver.attempts}) == 1
-        assert b"".join(receiver.lines()) == json_records(0, 10)
-        assert wait_until(lambda: batcher.backlog == 0 and batcher.failures == 0)
-    finally:
-        receiver.close()
-
-
-def test_batches_go_out_strictly_in_order_across_failures(tmp_path: Path, harness: Harness) -> None:
-    """With small batches and failures, records still arrive once and in file order."""
-    receiver = Receiver(fail_first=2)
-    try:
-        acct = tmp_path / "acct.json"
-        data = json_records(0, 300)
-        acct.write_bytes(data)
-        harness.start(acct, receiver.url, max_bytes=1000)
-        assert receiver.wait_for(lambda r: len(r.lines()) == 300)
-        assert b"".join(receiver.lines()) == data
-        assert all(len(p.body) <= 1000 for p in receiver.posts)
-        seqs = [int(p.headers["x-mtaserver-batch-id"].rsplit("-", 1)[1]) for p in receiver.posts]
-        assert seqs == sorted(seqs) == list(range(1, len(seqs) + 1))
-    finally:
-        receiver.close()
-
-
-def test_a_slow_receiver_times_out_and_the_batch_is_resent(
-    tmp_path: Path, harness: Harness
-) -> None:
-    """A reply slower than io_timeout counts as a failure; the batch is sent again."""
-    receiver = Receiver(delay=1.5, delay_first=1)
-    try:
-        acct = tmp_path / "acct.json"
-        acct.write_bytes(json_records(0, 5))
-        batcher = harness.start(acct, receiver.url, io_timeout=0.3)
-        assert receiver.wait_for(lambda r: len(r.attempts) >= 2)
-        assert wait_until(lambda: batcher.backlog == 0)
-        assert "no reply within" in batcher.last_error
-        ids = {a.headers["x-mtaserver-batch-id"] for a in receiver.attempts}
-        assert len(ids) == 1
-    finally:
-        receiver.close()
 
 
 def test_a_refused_connection_keeps_the_batch_staged(tmp_path: Path, harness: Harness) -> None:
