@@ -405,12 +405,16 @@ def test_connection_dropped_after_data(receivers: Any) -> None:
 
 
 def test_source_ip_binding(receivers: Any) -> None:
-    """The connection comes from source_ip (127.0.0.2 on the loopback net), as the MX sees it."""
+    """The connection is bound to source_ip: the MX sees 127.0.0.1; an address this host
+    does not have (192.0.2.1) cannot be bound, so that session fails without connecting."""
     mx = receivers()
-    run = deliver(mx.port, [message("ok@d.test")], source_ip="127.0.0.2")
-    assert mx.connections[0][0] == "127.0.0.2"
-    assert mx.messages[0].peer[0] == "127.0.0.2"
-    assert run.info.source_ip == "127.0.0.2"
+    run = deliver(mx.port, [message("ok@d.test")], source_ip="127.0.0.1")
+    assert mx.connections[0][0] == "127.0.0.1"
+    assert mx.messages[0].peer[0] == "127.0.0.1"
+    assert run.info.source_ip == "127.0.0.1"
+    unbindable = deliver(mx.port, [message("no@d.test")], source_ip="192.0.2.1")
+    assert unbindable.failure.reply.is_transient
+    assert len(mx.connections) == 1 and len(mx.messages) == 1
 
 
 def test_auth_plain_loopback(receivers: Any) -> None:
