@@ -7,6 +7,7 @@ test); the root routes each path to the owning API's handler.
     /configFile            ConfigFileAPI (configfile.py)
     /status /queues /domains /vmtas /jobs /metrics   MonitorAPI (monitor.py)
     /api/v1/openapi.json   the OpenAPI document (openapi.py)
+    /  /ui/...             ConsoleUI, the web console (console/)
 
 `make_mgmt_service` builds the APIs around the server's parts and returns one
 service: the HTTP listener (plain HTTP on loopback, HTTPS with
@@ -35,6 +36,7 @@ from mtaserver.http import openapi
 from mtaserver.http.access import Access
 from mtaserver.http.command import CommandAPI
 from mtaserver.http.configfile import ConfigFileAPI
+from mtaserver.http.console import ConsoleUI, History, history_service
 from mtaserver.http.guard import management_guard
 from mtaserver.http.listen import http_service
 from mtaserver.http.metrics import make_registry
@@ -52,10 +54,17 @@ class ManagementAPI:
 
     app = Klein()
 
-    def __init__(self, command: CommandAPI, config_file: ConfigFileAPI, monitor: MonitorAPI):
+    def __init__(
+        self,
+        command: CommandAPI,
+        config_file: ConfigFileAPI,
+        monitor: MonitorAPI,
+        console: ConsoleUI,
+    ) -> None:
         self.command = command
         self.config_file = config_file
         self.monitor = monitor
+        self.console = console
         self._document = json.dumps(openapi.document()).encode()
 
     @app.route("/command", methods=["POST"])
@@ -79,6 +88,27 @@ class ManagementAPI:
     def monitor_route(self, request: IRequest, view: str) -> Any:
         return getattr(self.monitor, view)(request)
 
+    # The web console (mtaserver/http/console): `/` redirects to its page at `/ui/`.
+    @app.route("/", methods=["GET"])
+    def console_root(self, request: IRequest) -> Any:
+        return self.console.root(request)
+
+    @app.route("/ui/", methods=["GET"])
+    def console_page(self, request: IRequest) -> Any:
+        return self.console.page(request)
+
+    @app.route("/ui/static/<name>", methods=["GET"])
+    def console_static(self, request: IRequest, name: str) -> Any:
+        return self.console.static(request, name)
+
+    @app.route("/ui/api/<view>", methods=["GET"])
+    def console_api(self, request: IRequest, view: str) -> Any:
+        return self.console.api(request, view)
+
+    @app.route("/ui/action", methods=["POST"])
+    def console_action(self, request: IRequest) -> Any:
+        return self.console.action(request)
+
 
 def make_management_api(
     holder: ConfigHolder,
@@ -98,6 +128,7 @@ def make_management_api(
         MonitorAPI(
             commands, access, make_registry(scheduler.control, reception, traffic, webhooks, acct)
         ),
+        ConsoleUI(commands, access, History(), webhooks),  # History: memory only, kept by reload
     )
 
 
@@ -130,6 +161,7 @@ def make_mgmt_service(
     http_service(
         listener, api.app.resource(), reactor, "http-mgmt-port", management_guard(holder, reactor)
     ).setServiceParent(service)
+    history_service(api.console.history, api.console.commands, reactor).setServiceParent(service)
     if reception is not None:
 
         def sample() -> None:
