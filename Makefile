@@ -23,11 +23,14 @@ $(STAMP): $(BIN)/python setup.cfg pyproject.toml
 install: $(STAMP)
 
 # Debian packages the test suite talks to: slapd (LDAP tests), postfix
-# (smtp-source and smtp-sink for benchmarks), installed only when missing.
+# (smtp-source and smtp-sink for benchmarks), chromium and chromium-driver (the web
+# console's browser tests), installed only when missing.
 system-deps:
 	@missing=""; \
 	command -v slapd >/dev/null 2>&1 || [ -x /usr/sbin/slapd ] || missing="$$missing slapd ldap-utils"; \
 	command -v smtp-sink >/dev/null 2>&1 || [ -x /usr/sbin/smtp-sink ] || missing="$$missing postfix"; \
+	command -v chromium >/dev/null 2>&1 || missing="$$missing chromium"; \
+	command -v chromedriver >/dev/null 2>&1 || missing="$$missing chromium-driver"; \
 	if [ -n "$$missing" ]; then \
 		echo "installing:$$missing"; \
 		export DEBIAN_FRONTEND=noninteractive; \
