@@ -408,6 +408,13 @@ def test_every_page_loads_clean_and_stays_on_its_origin(
             name = view.split("/")[0]
             driver.save_screenshot(str(shots / f"console-{name}.png"))
         assert "campaign-<i>7</i>" in driver.find_element("css selector", "h1").text
+        dark = {"features": [{"name": "prefers-color-scheme", "value": "dark"}]}
+        driver.execute_cdp_cmd("Emulation.setEmulatedMedia", dark)
+        open_view(driver, admin, "queues")
+        background = "return getComputedStyle(document.body).backgroundColor"
+        assert wait_until(lambda: driver.execute_script(background) == "rgb(15, 18, 22)")
+        assert wait_until(lambda: driver.find_elements("css selector", "#queues tbody tr"))
+        driver.save_screenshot(str(shots / "console-dark-queues.png"))
     with chromium(width=390, height=844, phone=True) as phone:
         open_view(phone, admin, "queues")
         assert wait_until(lambda: phone.find_elements("css selector", "#queues tbody tr"))
