@@ -42,7 +42,8 @@ from mtaserver.smtp.connections import InboundConnections, raise_nofile_limit
 from mtaserver.smtp.deliverer import SmtpDeliverer
 from mtaserver.smtp.dkim import DkimError, DkimSigner
 from mtaserver.smtp.listeners import SmtpListeners
-from mtaserver.smtp.mx import MxResolver, make_resolver
+from mtaserver.smtp.mx import MxResolver
+from mtaserver.smtp.nameservers import NameServerResolver
 from mtaserver.smtp.server import SmtpListenerService, make_smtp_service
 from mtaserver.smtp.signing import DkimTransform
 from mtaserver.spool import Journal, open_spool
@@ -179,9 +180,7 @@ def compose(holder: ConfigHolder, reactor: Any) -> MultiService:
 
     # Delivery: one deliverer per `<domain> type`, and the scheduler that owns the queues.
     deliverers: dict[str, IDeliverer] = {
-        "smtp": SmtpDeliverer(
-            holder, MxResolver(make_resolver(config.settings.name_server, reactor)), reactor
-        ),
+        "smtp": SmtpDeliverer(holder, MxResolver(NameServerResolver(holder, reactor)), reactor),
         "discard": DiscardDeliverer(),
         "file": FileDeliverer(run_in_thread),
         "http-delivery": HttpDeliverer(http_delivery_client, reactor, run_in_thread),

@@ -220,3 +220,45 @@ def test_renewed_starttls_certificate_is_served_after_reload(
         reload_with_sighup(s, 1)
         assert wait_until(lambda: starttls_names(port, context) == ["second.test"])
         assert "restart needed" not in s.read_log()
+
+
+def test_name_server_change_applies_on_reload(tmp_path: Path, receiver: Receiver) -> None:
+    """After reload the next MX lookup asks the new name-server, not the old one."""
+    from dns_server import start_dns_server_in_thread
+
+    records = {"dst.test": [("MX", 10, "mx.dst.test")], "mx.dst.test": [("A", "127.0.0.1")]}
+    old_queries: list[tuple[str, str]] = []
+    new_queries: list[tuple[str, str]] = []
+    old_dns = start_dns_server_in_thread(records, old_queries)
+    new_dns = start_dns_server_in_thread(records, new_queries)
+    port = free_port()
+    base = f"""
+host-name mta.test
+spool {tmp_path}/spool
+smtp-listener 127.0.0.1:{port}
+name-server 127.0.0.1:{{dns}}
+<source 127.0.0.1>
+    always-allow-relaying yes
+</source>
+<domain *>
+    retry-after 1s
+    default-smtp-port {receiver.port}
+    mx-allow-private-addresses yes
+</domain>
+"""
+    try:
+        with ServerProcess(tmp_path, base.format(dns=old_dns.port), wait_ports=(port,)) as s:
+            send(port, "first@dst.test")
+            assert wait_until(lambda: len(receiver.messages) == 1)
+            assert ("dst.test", "MX") in old_queries and new_queries == []
+            s.config.write_text(base.format(dns=new_dns.port))
+            reload_with_sighup(s, 1)
+            records["other.dst.test"] = [("MX", 10, "mx.dst.test")]
+            send(port, "second@other.dst.test")  # a new queue: a new lookup
+            assert wait_until(lambda: len(receiver.messages) == 2)
+            assert ("other.dst.test", "MX") in new_queries
+            assert ("other.dst.test", "MX") not in old_queries
+            assert "restart needed" not in s.read_log()
+    finally:
+        old_dns.stop()
+        new_dns.stop()
