@@ -19,14 +19,9 @@ from twisted.python.failure import Failure
 from mtaserver.config.model import DomainSettings
 from mtaserver.events import Envelope, Recipient
 from mtaserver.queue.delivery import Transaction, TransactionResult
-from mtaserver.smtp.client import (
-    mail_command,
-    make_reply,
-    orcpt_param,
-    rcpt_command,
-    run_session,
-    safe_command,
-)
+from mtaserver.smtp.client import run_session
+from mtaserver.smtp.client_protocol import make_reply
+from mtaserver.smtp.client_wire import mail_command, orcpt_param, rcpt_command, safe_command
 
 
 @attrs.frozen

@@ -21,20 +21,22 @@ from twisted.python.failure import Failure
 from mtaserver.config.model import DomainSettings
 from mtaserver.events import Envelope, Recipient
 from mtaserver.queue.delivery import Transaction, TransactionResult
-from mtaserver.smtp.client import (
+from mtaserver.smtp.client import run_session
+from mtaserver.smtp.client_protocol import (
     ReplyAssembler,
     ReplyError,
-    SessionFailure,
+    make_reply,
+    parse_ehlo,
+    parse_reply_line,
+)
+from mtaserver.smtp.client_session import SessionFailure
+from mtaserver.smtp.client_wire import (
     auth_plain,
     encode_data,
     is_loopback,
     mail_command,
-    make_reply,
     needs_smtputf8,
-    parse_ehlo,
-    parse_reply_line,
     rcpt_command,
-    run_session,
     valid_address,
     xtext,
 )

@@ -22,10 +22,8 @@ from twisted.internet.ssl import Certificate
 from mtaserver.config.model import DomainSettings
 from mtaserver.events import Envelope, Recipient
 from mtaserver.queue.delivery import ConnectionInfo, Transaction, TransactionResult
-from mtaserver.smtp.client import (
-    SessionFailure,
-    run_session,
-)
+from mtaserver.smtp.client import run_session
+from mtaserver.smtp.client_session import SessionFailure
 
 
 @attrs.frozen

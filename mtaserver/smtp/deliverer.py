@@ -18,7 +18,8 @@ from twisted.logger import Logger
 from mtaserver.config.reload import ConfigHolder
 from mtaserver.config.values import SourceHost
 from mtaserver.queue.delivery import QueueLevelFailure, SessionJob
-from mtaserver.smtp.client import SessionFailure, run_session
+from mtaserver.smtp.client import run_session
+from mtaserver.smtp.client_session import SessionFailure
 from mtaserver.smtp.mx import MxResolver, RouteError
 
 log = Logger()
