@@ -166,3 +166,26 @@ class Headers:
 def test_same_origin_check(headers: dict, secure: bool, allowed: bool) -> None:
     """An action is refused when Origin or Sec-Fetch-Site names another origin."""
     assert same_origin(Headers(headers, secure)) is allowed  # type: ignore[arg-type]
+
+
+def test_the_grafana_dashboard_names_only_exported_metrics() -> None:
+    """Every metric in etc/grafana-dashboard.json is one `/metrics` exports (metrics.py)."""
+    import json
+    import re
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent
+    dashboard = json.loads((root / "etc" / "grafana-dashboard.json").read_text())
+    exprs = [t["expr"] for panel in dashboard["panels"] for t in panel["targets"]]
+    used = {name for expr in exprs for name in re.findall(r"mtaserver_[a-z_]+", expr)}
+    source = (root / "mtaserver" / "http" / "metrics.py").read_text()
+    families = set(re.findall(r'"(mtaserver_[a-z_]+)"', source))
+    families |= {f"mtaserver_{kind}_recipients" for kind in ("delivered", "bounced", "deferred")}
+    counters = set(re.findall(r'CounterMetricFamily\(\s*f?"(mtaserver_[a-z_{}]+)"', source))
+    exported = set(families)
+    for name in families:
+        exported |= {name + "_bucket", name + "_sum", name + "_count"}
+        if name in counters or name.endswith("_recipients") or "received" in name:
+            exported.add(name + "_total")
+    assert used and used <= exported, sorted(used - exported)
+    assert {"mtaserver_queue_recipients", "mtaserver_delivered_recipients_total"} <= used
