@@ -1,13 +1,16 @@
 """The scheduler: the one owner of queue state, in the way Postfix's qmgr is.
 
 Reception hands it accepted envelopes (`enqueue`); it splits recipients into
-`domain/vmta` queues, starts delivery sessions within each queue's limits
-(`max-smtp-out`, `total-max-smtp-out`, `max-msg-rate`, `max-msg-per-connection`), turns
-each reply into a journal `Outcome` (`d`, `b` or `t`), retries on `retry-after`,
-expires on `bounce-after`, applies `smtp-pattern-list` actions and backoff mode, and
-sends DSNs for bounces. A recipient's final state is durable in the journal before
-anything else happens to it (the acct files are written from the journal), and a
-message file is removed only once every recipient is final.
+`domain/vmta` queues and starts delivery sessions (`session.py`) within each queue's
+limits (`max-smtp-out`, `total-max-smtp-out`, `max-msg-rate`; slot counts in
+`slots.py`). Every change of a recipient's state happens here: records from a
+session's results (`record`), retries on `retry-after` (`retry`), expiry on
+`bounce-after` and bounces (`bounce`), queue-level failures (`queue_failure`), and
+the operator commands that `control.py`'s `QueueControl` hands on.
+
+The order of durability is kept in `record`: a bounce's DSN is spooled first, then
+the recipients' final records are journaled (the acct files are written from the
+journal), and only when every recipient of a message is final is its file removed.
 """
 
 from __future__ import annotations
@@ -15,8 +18,7 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from typing import Any, Protocol
 
-import attrs
-from twisted.internet import defer, task
+from twisted.internet import defer
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
 
@@ -26,24 +28,16 @@ from mtaserver.config.reload import ConfigHolder
 from mtaserver.events import Envelope, Event, Outcome, QueueFailure
 from mtaserver.queue import outcomes, patterns
 from mtaserver.queue.control import QueueControl
-from mtaserver.queue.delivery import (
-    IDeliverer,
-    QueueLevelFailure,
-    SessionJob,
-    Transaction,
-    TransactionResult,
-)
+from mtaserver.queue.delivery import IDeliverer, QueueLevelFailure
 from mtaserver.queue.model import MessageState, Queue, WorkItem
 from mtaserver.queue.retry import is_expired, next_attempt_at
 from mtaserver.queue.routing import VmtaChooser, queue_matches, queue_name, recipient_domain
+from mtaserver.queue.session import MAX_RATE_WAIT, BodyTransform, Session
 from mtaserver.queue.slots import ConnectionSlots
 from mtaserver.smtp_reply import Reply
 from mtaserver.spool.errors import CorruptMessageError
 
 log = Logger()
-
-#: A queue's rate wait longer than this ends the session instead of holding it open.
-MAX_RATE_WAIT = 2.0
 
 
 class IScheduleJournal(Protocol):
@@ -59,7 +53,6 @@ class IScheduleStore(Protocol):
 
 
 BounceNotifier = Callable[[Envelope, list[Outcome], bytes | None], Awaitable[None]]
-BodyTransform = Callable[[Envelope, bytes, DomainSettings], Awaitable[bytes]]
 
 
 class Scheduler:
@@ -93,7 +86,7 @@ class Scheduler:
         self._timers: dict[str, IDelayedCall] = {}
         self._vmtas = VmtaChooser()
         self._sessions: set[defer.Deferred[None]] = set()
-        self._stopping = False
+        self.stopping = False
         self._paused_patterns: set[str] = set()
 
     # -- entering the queues -------------------------------------------------------
@@ -129,7 +122,7 @@ class Scheduler:
                     queue.add_retry(retry_at, item)
                 else:
                     queue.ready.append(item)
-            self._arm_timer(queue)
+            self.arm_timer(queue)
             self._pump(queue)
 
     def restore(self, envelope: Envelope, pending: Sequence[tuple[int, int, float | None]]) -> None:
@@ -175,7 +168,7 @@ class Scheduler:
                 log.failure("could not queue a DSN for {msg_id}", msg_id=envelope.msg_id)
         await self.journal.append([outcome])
 
-    async def _bounce_unreadable(self, queue: Queue, msg_id: str, error: Exception) -> None:
+    async def bounce_unreadable(self, queue: Queue, msg_id: str, error: Exception) -> None:
         """A message whose file is missing or corrupt at delivery time bounces at once.
 
         Retrying cannot bring the body back, so every pending recipient (of every
@@ -204,7 +197,7 @@ class Scheduler:
         outcome = self._outcome(
             "b", reply, message.envelope, indexes, self.clock.seconds(), queue, bounce_cat="other"
         )
-        await self._record(queue, [outcome], body=b"")
+        await self.record(queue, [outcome], body=b"")
 
     def _queue(self, domain: str, vmta: str, pool: str | None) -> Queue:
         name = queue_name(domain, vmta)
@@ -223,7 +216,7 @@ class Scheduler:
 
     def _pump(self, queue: Queue) -> None:
         """Start as many sessions as the queue's work and limits allow."""
-        if queue.paused or self._stopping:
+        if queue.paused or self.stopping:
             return
         config = self.holder.config
         patterns.leave_backoff_if_due(
@@ -251,51 +244,17 @@ class Scheduler:
         now = self.clock.seconds()
         if queue.next_send_at <= now + MAX_RATE_WAIT:
             return True
-        self._arm_timer(queue, at=queue.next_send_at)
+        self.arm_timer(queue, at=queue.next_send_at)
         return False
 
     def _start_session(self, queue: Queue, settings: DomainSettings) -> None:
         self.slots.open(queue)
-        deferred = defer.Deferred.fromCoroutine(self._session(queue, settings))
+        session = Session(self, queue, settings)
+        deferred = defer.Deferred.fromCoroutine(session.run(self.deliverers.get(settings.type)))
         self._sessions.add(deferred)
         deferred.addBoth(lambda _: self._sessions.discard(deferred))
 
-    async def _session(self, queue: Queue, settings: DomainSettings) -> None:
-        state = _SessionState()
-        job = SessionJob(
-            queue=queue.name,
-            domain=queue.domain,
-            vmta=queue.vmta,
-            pool=queue.pool,
-            settings=settings,
-            next_transaction=lambda: self._next_transaction(queue, settings, state),
-            report=lambda result: self._report(queue, settings, state, result),
-        )
-        deliverer = self.deliverers.get(settings.type)
-        try:
-            if deliverer is None:
-                raise QueueLevelFailure(
-                    "4.3.5",
-                    f"no deliverer for type {settings.type}",
-                    bounce_cat="bad-configuration",
-                )
-            await deliverer.run(job)
-            queue.consecutive_failures = 0
-        except QueueLevelFailure as failure:
-            await self._queue_failure(queue, settings, failure, state)
-        except defer.CancelledError:
-            log.info("delivery session for {queue} cancelled at shutdown", queue=queue.name)
-        except Exception as exc:  # a bug must not wedge the queue
-            log.failure("delivery session for {queue} failed", queue=queue.name)
-            await self._queue_failure(
-                queue, settings, QueueLevelFailure("4.3.0", f"internal error: {exc}"), state
-            )
-        finally:
-            self.slots.close(queue, took_work=state.took_first)
-            await self._unreported(queue, settings, state)
-            self._pump_all_if_capped(queue)
-
-    def _pump_all_if_capped(self, queue: Queue) -> None:
+    def session_ended(self, queue: Queue) -> None:
         """A finished session frees a global slot: let every queue use it."""
         self._pump(queue)
         if not self.slots.at_total(self.holder.config.settings.total_max_smtp_out):
@@ -303,143 +262,10 @@ class Scheduler:
                 if other is not queue and other.ready:
                     self._pump(other)
 
-    async def _next_transaction(
-        self, queue: Queue, settings: DomainSettings, state: _SessionState
-    ) -> Transaction | None:
-        if not state.took_first:
-            state.took_first = True
-            self.slots.took_work(queue)
-        per_connection = settings.max_msg_per_connection
-        while True:
-            if state.stop or queue.paused or self._stopping:
-                return None
-            if per_connection and state.transactions >= per_connection:
-                return None
-            if not queue.ready:
-                if await self._wait_idle(queue):
-                    continue
-                return None
-            if not await self._wait_for_rate(queue, settings):
-                return None
-            if not queue.ready:
-                continue
-            item = queue.ready.popleft()
-            message = self.messages.get(item.msg_id)
-            live = tuple(i for i in item.rcpt_indexes if message and i in message.pending)
-            if message is None or not live:
-                continue
-            item.rcpt_indexes = live
-            try:
-                body = await self.store.read_body(item.msg_id)
-            except Exception as exc:
-                if outcomes.file_unreadable(exc):
-                    await self._bounce_unreadable(queue, item.msg_id, exc)
-                else:
-                    log.error("cannot read {msg_id}: {error}", msg_id=item.msg_id, error=exc)
-                    self._retry_items(queue, settings, [item], self.clock.seconds())
-                continue
-            try:
-                if self.transform_body is not None:
-                    body = await self.transform_body(message.envelope, body, settings)
-            except Exception as exc:
-                log.error("cannot prepare {msg_id}: {error}", msg_id=item.msg_id, error=exc)
-                self._retry_items(queue, settings, [item], self.clock.seconds())
-                continue
-            state.transactions += 1
-            transaction = Transaction(message.envelope, live, body)
-            state.in_flight[id(transaction)] = (transaction, item)
-            return transaction
+    # -- what sessions ask of the owner (queue/session.py) --------------------------
 
-    async def _wait_idle(self, queue: Queue) -> bool:
-        """Hold an open connection up to `idle_hold` seconds for the queue's next message.
-
-        Like Postfix's connection cache: a steady trickle of mail reuses connections
-        instead of opening one per message. True when woken with work to do.
-        """
-        total_max = self.holder.config.settings.total_max_smtp_out
-        if self.idle_hold <= 0 or self.slots.wanted_elsewhere(
-            self.queues.values(), queue, total_max
-        ):
-            return False
-        return await self.slots.hold_idle(queue, self.clock, self.idle_hold)
-
-    async def _wait_for_rate(self, queue: Queue, settings: DomainSettings) -> bool:
-        rate = settings.max_msg_rate
-        if rate is None:
-            return True
-        now = self.clock.seconds()
-        wait = queue.next_send_at - now
-        if wait > MAX_RATE_WAIT:
-            self._arm_timer(queue, at=queue.next_send_at)
-            return False
-        if wait > 0:
-            await task.deferLater(self.clock, wait)
-        queue.next_send_at = max(queue.next_send_at, self.clock.seconds()) + 1 / rate.per_second
-        return True
-
-    # -- results -------------------------------------------------------------------
-
-    def _report(
-        self,
-        queue: Queue,
-        settings: DomainSettings,
-        state: _SessionState,
-        result: TransactionResult,
-    ) -> None:
-        entry = state.in_flight.pop(id(result.transaction), None)
-        if entry is None:
-            return
-        _, item = entry
-        deferred = defer.Deferred.fromCoroutine(
-            self._apply_result(queue, settings, state, item, result)
-        )
-        deferred.addErrback(lambda f: log.failure("recording a result failed", f))
-        state.pending_writes.append(deferred)
-
-    async def _apply_result(
-        self,
-        queue: Queue,
-        settings: DomainSettings,
-        state: _SessionState,
-        item: WorkItem,
-        result: TransactionResult,
-    ) -> None:
-        message = self.messages.get(item.msg_id)
-        if message is None:
-            return
-        now = self.clock.seconds()
-        envelope = message.envelope
-        groups: dict[tuple[str, Reply], list[int]] = {}
-        retry: list[int] = []
-        queue_action = ""
-        pattern_list = self.holder.config.pattern_lists.get(settings.smtp_pattern_list or "")
-        expired = is_expired(envelope.time_queued, now, settings.bounce_after)
-        for index, reply in zip(item.rcpt_indexes, result.replies, strict=False):
-            line = outcomes.reply_line(reply)
-            actions = pattern_list.actions_for(line) if pattern_list else ()
-            queue_action = patterns.apply_actions(queue, actions, now) or queue_action
-            kind = outcomes.decide(reply, actions, expired)
-            if kind == "t":
-                retry.append(index)
-            groups.setdefault((kind, reply), []).append(index)
-        fields = outcomes.delivery_fields(result.info, len(result.transaction.body))
-        records = [
-            self._outcome(kind, reply, envelope, tuple(indexes), now, queue, **fields)
-            for (kind, reply), indexes in groups.items()
-        ]
-        await self._record(queue, records, body=result.transaction.body)
-        settings = self.settings_for(queue)  # a pattern action may have changed the mode
-        if retry:
-            retry_item = WorkItem(item.msg_id, tuple(retry), item.failed_attempts + 1)
-            self._retry_items(queue, settings, [retry_item], now, already_counted=True)
-        if queue_action == "defer-queue":
-            state.stop = True
-            self._retry_items(queue, settings, queue.take_all(), now)
-        elif queue_action == "bounce-queue":
-            state.stop = True
-            await self._bounce_items(
-                queue, queue.take_all(), "5.0.0", "queue bounced by smtp-pattern-list", ""
-            )
+    def read_body(self, msg_id: str) -> defer.Deferred[bytes]:
+        return self.store.read_body(msg_id)
 
     def _outcome(
         self,
@@ -456,9 +282,7 @@ class Scheduler:
             kind, reply, envelope, indexes, now, queue.name, queue.vmta, queue.pool, **fields
         )
 
-    async def _record(
-        self, queue: Queue, records: list[Outcome], body: bytes | None = None
-    ) -> None:
+    async def record(self, queue: Queue, records: list[Outcome], body: bytes | None = None) -> None:
         """Spool DSNs, make outcomes durable, then remove files whose recipients are final.
 
         The DSN for a bounce is spooled before the `b` record is journaled: a kill -9
@@ -496,11 +320,11 @@ class Scheduler:
 
     # -- failures and retries ------------------------------------------------------
 
-    def _retry_items(
+    def retry(
         self,
         queue: Queue,
         settings: DomainSettings,
-        items: list[WorkItem],
+        items: Iterable[WorkItem],
         now: float,
         already_counted: bool = False,
     ) -> None:
@@ -518,14 +342,10 @@ class Scheduler:
                 settings.bounce_after,
             )
             queue.add_retry(due, item)
-        self._arm_timer(queue)
+        self.arm_timer(queue)
 
-    async def _queue_failure(
-        self,
-        queue: Queue,
-        settings: DomainSettings,
-        failure: QueueLevelFailure,
-        state: _SessionState,
+    async def queue_failure(
+        self, queue: Queue, settings: DomainSettings, failure: QueueLevelFailure
     ) -> None:
         now = self.clock.seconds()
         queue.counters.connection_failures += 1
@@ -548,7 +368,7 @@ class Scheduler:
         items = list(queue.ready)
         queue.ready.clear()
         if failure.permanent:
-            await self._bounce_items(
+            await self.bounce(
                 queue,
                 items,
                 failure.status,
@@ -561,10 +381,10 @@ class Scheduler:
         expired = [i for i in items if self._expired(i, settings, now)]
         waiting = [i for i in items if not self._expired(i, settings, now)]
         if expired:
-            await self._bounce_items(
+            await self.bounce(
                 queue, expired, "4.4.7", failure.diag, failure.dsn_mta, expired_reason=True
             )
-        self._retry_items(queue, settings, waiting, now)
+        self.retry(queue, settings, waiting, now)
 
     def _expired(self, item: WorkItem, settings: DomainSettings, now: float) -> bool:
         message = self.messages.get(item.msg_id)
@@ -572,18 +392,7 @@ class Scheduler:
             message.envelope.time_queued, now, settings.bounce_after
         )
 
-    async def _unreported(
-        self, queue: Queue, settings: DomainSettings, state: _SessionState
-    ) -> None:
-        """Items a session took but never reported go back to retry (nothing is dropped)."""
-        if state.pending_writes:
-            await defer.DeferredList(state.pending_writes)
-        items = [item for _, item in state.in_flight.values()]
-        state.in_flight.clear()
-        if items:
-            self._retry_items(queue, settings, items, self.clock.seconds())
-
-    async def _bounce_items(
+    async def bounce(
         self,
         queue: Queue,
         items: list[WorkItem],
@@ -616,11 +425,11 @@ class Scheduler:
                     bounce_cat=category,
                 )
             )
-        await self._record(queue, records)
+        await self.record(queue, records)
 
     # -- timers --------------------------------------------------------------------
 
-    def _arm_timer(self, queue: Queue, at: float | None = None) -> None:
+    def arm_timer(self, queue: Queue, at: float | None = None) -> None:
         due = queue.next_due()
         if at is not None:
             due = at if due is None else min(due, at)
@@ -638,7 +447,7 @@ class Scheduler:
         try:
             self._timers.pop(queue.name, None)
             queue.ready.extend(queue.pop_due(self.clock.seconds()))
-            self._arm_timer(queue)
+            self.arm_timer(queue)
             self._pump(queue)
         except Exception:
             log.failure("waking queue {queue} failed", queue=queue.name)
@@ -699,10 +508,10 @@ class Scheduler:
                 (drop if matches else keep).append(item)
             queue.ready.extend(keep)
             count += sum(len(i.rcpt_indexes) for i in drop)
-            await self._bounce_items(
+            await self.bounce(
                 queue, drop, "5.0.0", "deleted by administrator", "", category="other"
             )
-            self._arm_timer(queue)
+            self.arm_timer(queue)
         return count
 
     async def stop(self, grace: float = 5.0) -> None:
@@ -711,7 +520,7 @@ class Scheduler:
         A cancelled session's transaction in hand stays queued: it is in the spool, and
         recovery queues it again at the next start (at worst delivered twice).
         """
-        self._stopping = True
+        self.stopping = True
         for queue in self.queues.values():
             self.slots.release_idle(queue)
         for timer in self._timers.values():
@@ -729,12 +538,3 @@ class Scheduler:
     def _cancel_sessions(self) -> None:
         for session in list(self._sessions):
             session.cancel()
-
-
-@attrs.define
-class _SessionState:
-    took_first: bool = False
-    stop: bool = False
-    transactions: int = 0
-    in_flight: dict[int, tuple[Transaction, WorkItem]] = attrs.field(factory=dict)
-    pending_writes: list[defer.Deferred[None]] = attrs.field(factory=list)
