@@ -127,7 +127,8 @@ class ServerProcess:
             if "Address already in use" in self.read_log()[log_start:]:
                 return "in use"
             if self.proc is not None and self.proc.poll() is not None:
-                return f"exited with {self.proc.returncode}"
+                output = self.proc.stdout.read() if self.proc.stdout else b""
+                return f"exited with {self.proc.returncode}: {output.decode(errors='replace')}"
             time.sleep(0.05)
         return None if not pending else f"nothing on {pending[0]} within {timeout}s"
 
