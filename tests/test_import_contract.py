@@ -133,8 +133,7 @@ FORBIDDEN: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
 
 # Rules the code did not keep yet when this test was written (the moves are in flight);
 # strict, so each flips to XPASS, a failure, once its rule holds: then delete the entry.
-NOT_YET: dict[str, str] = {
-}
+NOT_YET: dict[str, str] = {}
 
 
 def _mark(rule: str) -> pytest.MarkDecorator | tuple[()]:
@@ -243,3 +242,32 @@ def test_no_import_cycles_between_units(rule: str) -> None:
         for component in found_cycles
     ]
     assert found_cycles == [], "import cycles:\n" + "\n".join(detail)
+
+
+# -- one definition each ------------------------------------------------------------------
+
+SINGLE_DEFINITIONS = ("RunInThread", "Clock", "atomic_write", "fsync_directory")
+
+
+def top_level_definitions(name: str) -> list[str]:
+    """Where a module of mtaserver defines `name` at top level (class, def or assignment)."""
+    found = []
+    for path in sorted(PACKAGE.rglob("*.py")):
+        for node in ast.parse(path.read_text(), str(path)).body:
+            defined: list[str] = []
+            if isinstance(node, ast.ClassDef | ast.FunctionDef | ast.AsyncFunctionDef):
+                defined = [node.name]
+            elif isinstance(node, ast.Assign):
+                defined = [t.id for t in node.targets if isinstance(t, ast.Name)]
+            elif isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name):
+                defined = [node.target.id]
+            if name in defined:
+                found.append(f"{path.relative_to(PACKAGE.parent)}:{node.lineno}")
+    return found
+
+
+@pytest.mark.parametrize("name", SINGLE_DEFINITIONS)
+def test_one_definition_each(name: str) -> None:
+    """The thread runner, the clock protocol and the atomic write are defined once."""
+    found = top_level_definitions(name)
+    assert len(found) == 1, f"{name} defined {len(found)} times: {found}"
