@@ -22,7 +22,7 @@ From a test with the reactor in a thread (tests/reactor_thread.py):
     port, stop = start_dns_server_in_thread({"example.test": [("MX", 10, "mx.example.test")],
                                             "mx.example.test": [("A", "127.0.0.1")]})
     try:
-        ... resolver = mtaserver.smtp.mx.make_resolver((HostPort("127.0.0.1", port),)) ...
+        ... resolver = mtaserver.smtp.resolver.make_resolver((HostPort("127.0.0.1", port),)) ...
     finally:
         stop()
 

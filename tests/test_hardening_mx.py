@@ -19,7 +19,8 @@ from server_process import ServerProcess, free_port, read_acct, wait_until
 
 from mtaserver.config.model import DomainSettings
 from mtaserver.config.values import HostPort, parse_smtp_hosts
-from mtaserver.smtp.mx import MxResolver, RouteError, Target, is_private_address, make_resolver
+from mtaserver.smtp.mx import MxResolver, RouteError, Target, is_private_address
+from mtaserver.smtp.resolver import make_resolver
 
 ZONE: dict[str, Any] = {
     "private.test": [("MX", 10, "mx.private.test"), ("MX", 20, "mx2.private.test")],

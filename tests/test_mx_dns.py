@@ -13,7 +13,8 @@ from twisted.internet.testing import MemoryReactorClock
 
 from mtaserver.config.model import DomainSettings
 from mtaserver.config.values import HostPort, parse_smtp_hosts
-from mtaserver.smtp.mx import MxResolver, RouteError, Target, make_resolver
+from mtaserver.smtp.mx import MxResolver, RouteError, Target
+from mtaserver.smtp.resolver import make_resolver
 
 ZONE: dict[str, Any] = {
     "multi.test": [

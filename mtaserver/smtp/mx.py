@@ -4,7 +4,8 @@ This module owns one question, "where do I connect to deliver this queue's mail?
 answers it as preference levels of `Target`s (name, IP, port) that the SMTP client
 tries in order. It uses twisted.names for every lookup (never a hand-written resolver),
 so the same code runs against the system's resolver, the configured `name-server`s, or
-a test's authoritative server on loopback.
+a test's authoritative server on loopback. The resolver itself (/etc/hosts, the TTL
+cache, the name servers) is built by `mtaserver.smtp.resolver.make_resolver`.
 
 The pure parts (grouping MX records into levels, null-MX detection, round-robin
 rotation, splicing `lookup-mx:` levels, choosing the error for a failed route) are plain
@@ -52,10 +53,10 @@ from typing import Any, TypeVar
 import attrs
 from twisted.internet import defer
 from twisted.internet.interfaces import IResolver
-from twisted.names import client, dns, error, hosts, resolve
+from twisted.names import dns, error
 
 from mtaserver.config.model import DomainSettings
-from mtaserver.config.values import HostPort, SmtpHost, SmtpHosts
+from mtaserver.config.values import SmtpHost, SmtpHosts
 
 T = TypeVar("T")
 
@@ -290,29 +291,11 @@ def lookup_failure(exc: BaseException) -> tuple[str, str]:
 # -- the resolver ----------------------------------------------------------------------
 
 
-def make_resolver(
-    name_servers: tuple[HostPort, ...], reactor: Any = None, timeout: tuple[float, ...] = (2, 4)
-) -> IResolver:
-    """A twisted.names resolver for the `name-server`s, or the system's when none are set.
-
-    `timeout` is the per-try schedule in seconds (a query fails after their sum), shorter
-    than twisted's default (1, 3, 11, 45): a queue waiting a minute on DNS delivers
-    nothing, and a failed route is retried by the scheduler anyway.
-    The system resolver reads /etc/resolv.conf and, for addresses, /etc/hosts first.
-    """
-    if name_servers:
-        servers = [(ns.host, ns.port) for ns in name_servers]
-        resolver: IResolver = client.Resolver(servers=servers, timeout=timeout, reactor=reactor)
-        return resolver
-    dns_resolver = client.Resolver(resolv=b"/etc/resolv.conf", timeout=timeout, reactor=reactor)
-    chain: IResolver = resolve.ResolverChain([hosts.Resolver(b"/etc/hosts"), dns_resolver])
-    return chain
-
-
 class MxResolver:
     """Turns a domain and its settings into preference levels of delivery targets.
 
-    Holds only the round-robin counters; DNS caching, if any, belongs to the resolver.
+    Holds only the round-robin counters; caching belongs to the resolver
+    (`mtaserver.smtp.resolver.make_resolver` builds one with a TTL cache).
     Call `route` on the reactor thread.
     """
 
@@ -321,6 +304,12 @@ class MxResolver:
         # RRHeaders (it is three lists of them) and make `timeout` required.
         self._resolver: Any = resolver
         self._turns: dict[str, int] = {}
+
+    def clear_cache(self) -> None:
+        """Forget the resolver's cached answers (`clear dnscache`), when it keeps any."""
+        clear = getattr(self._resolver, "clear", None)
+        if clear is not None:
+            clear()
 
     def _next_turn(self, domain: str) -> int:
         if len(self._turns) >= _MAX_ROTATION_KEYS and domain not in self._turns:

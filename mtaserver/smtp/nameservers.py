@@ -19,7 +19,7 @@ from zope.interface import implementer
 from mtaserver.config.model import Config
 from mtaserver.config.reload import ConfigHolder
 from mtaserver.config.values import HostPort
-from mtaserver.smtp.mx import make_resolver
+from mtaserver.smtp.resolver import make_resolver
 
 log = Logger()
 
@@ -57,6 +57,7 @@ class NameServerResolver:
 def _stop_rereading(resolver: Any) -> None:
     """Cancel the periodic /etc/resolv.conf check of a resolver no longer used."""
     parts = resolver.resolvers if isinstance(resolver, resolve.ResolverChain) else [resolver]
+    parts = [getattr(part, "upstream", part) for part in parts]  # under the DNS cache
     for part in parts:
         call = getattr(part, "_parseCall", None) if isinstance(part, client.Resolver) else None
         if call is not None and call.active():
