@@ -33,6 +33,7 @@ from twisted.internet.interfaces import IResolver
 from twisted.logger import Logger
 from twisted.names import cache, client, common, dns, resolve
 from twisted.names import error as dns_error
+from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from mtaserver.config.values import HostPort
@@ -212,7 +213,11 @@ class DnsCache(cache.CacheResolver):
 
 @implementer(IResolver)
 class CachingResolver(common.ResolverBase):
-    """Asks `cache` first; on a miss asks `upstream` and keeps what it answers."""
+    """Asks `cache` first; on a miss asks `upstream` and keeps what it answers.
+
+    Identical questions asked while one is on its way need nothing here:
+    `client.Resolver` already sends them as one query.
+    """
 
     def __init__(self, upstream: Any, dns_cache: DnsCache) -> None:
         common.ResolverBase.__init__(self)
@@ -222,19 +227,18 @@ class CachingResolver(common.ResolverBase):
     def _lookup(self, name: bytes, cls: int, type: int, timeout: Any) -> defer.Deferred[Any]:
         query = dns.Query(name, type, cls)
         cached: defer.Deferred[Any] = self.cache.query(query, timeout)
-
-        def miss(failure: Any) -> defer.Deferred[Any]:
-            failure.trap(dns_error.DomainError)
-            answer: defer.Deferred[Any] = self.upstream.query(query, timeout)
-            answer.addCallback(keep)
-            return answer
-
-        def keep(payload: Any) -> Any:
-            self.cache.cacheResult(query, payload)
-            return payload
-
-        cached.addErrback(miss)
+        cached.addErrback(self._miss, query, timeout)
         return cached
+
+    def _miss(self, failure: Failure, query: dns.Query, timeout: Any) -> defer.Deferred[Any]:
+        failure.trap(dns_error.DomainError)
+        answer: defer.Deferred[Any] = self.upstream.query(query, timeout)
+        answer.addCallback(self._keep, query)
+        return answer
+
+    def _keep(self, payload: Any, query: dns.Query) -> Any:
+        self.cache.cacheResult(query, payload)
+        return payload
 
 
 @implementer(IResolver)
