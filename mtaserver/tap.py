@@ -232,16 +232,15 @@ def compose(holder: ConfigHolder, reactor: Any) -> MultiService:
     ):
         api_service.setServiceParent(root)
 
-    if config.settings.http_mgmt_port is not None:
-        make_mgmt_service(
-            holder,
-            scheduler,
-            acct,
-            stats,
-            traffic,
-            reactor,
-            run_in_thread,
-            ldap=ldap_checkers,
-            webhooks=webhooks,
-        ).setServiceParent(root)
+    make_mgmt_service(  # listens while http-mgmt-port is set, reloads included
+        holder,
+        scheduler,
+        acct,
+        stats,
+        traffic,
+        reactor,
+        run_in_thread,
+        ldap=ldap_checkers,
+        webhooks=webhooks,
+    ).setServiceParent(root)
     return root

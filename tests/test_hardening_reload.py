@@ -262,3 +262,73 @@ name-server 127.0.0.1:{{dns}}
     finally:
         old_dns.stop()
         new_dns.stop()
+
+
+def http_status(port: int, path: str) -> int | None:
+    """The status of GET `path` on 127.0.0.1:`port`, or None if nothing answers."""
+    import http.client
+
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+    try:
+        connection.request("GET", path)
+        return connection.getresponse().status
+    except OSError:
+        return None
+    finally:
+        connection.close()
+
+
+def test_management_port_moves_and_api_listener_appears_on_reload(
+    tmp_path: Path, receiver: Receiver
+) -> None:
+    """A new http-mgmt-port and a new <transmissions-api-listener> answer after reload."""
+    server = MgmtServer(tmp_path, receiver.port, access="127.0.0.1/32 admin").start()
+    old_mgmt, new_mgmt, api = server.mgmt, free_port(), free_port()
+    try:
+        text = server.process.config.read_text()
+        server.process.config.write_text(
+            text.replace(
+                f"http-mgmt-port 127.0.0.1:{old_mgmt}", f"http-mgmt-port 127.0.0.1:{new_mgmt}"
+            )
+            + f"<transmissions-api-listener 127.0.0.1:{api}>\n</transmissions-api-listener>\n"
+        )
+        status, reply = server.command("reload")
+        assert (status, reply["data"]["restart_needed"]) == (200, [])
+        assert wait_until(lambda: http_status(new_mgmt, "/status") is not None)
+        assert wait_until(lambda: refuses(old_mgmt))
+        assert wait_until(lambda: http_status(api, "/api/v1/transmissions") is not None)
+        server.mgmt = new_mgmt
+        assert server.command("show status")[0] == 200
+    finally:
+        server.stop()
+
+
+def https_names(port: int, context: ssl.SSLContext) -> list[str]:
+    """The DNS names of the certificate an HTTPS port shows."""
+    raw = socket.create_connection(("127.0.0.1", port), timeout=5)
+    with context.wrap_socket(raw) as tls:
+        peer = tls.getpeercert()
+    return [value for kind, value in peer["subjectAltName"] if kind == "DNS"]
+
+
+def test_renewed_management_certificate_is_served_after_reload(
+    tmp_path: Path, receiver: Receiver, ca: trustme.CA
+) -> None:
+    """http-mgmt-tls-certificate replaced in place: the next handshake after reload uses it."""
+    pem = tmp_path / "mgmt.pem"
+    ca.issue_cert("first.test", "127.0.0.1").private_key_and_cert_chain_pem.write_to_path(str(pem))
+    server = MgmtServer(tmp_path, receiver.port, access="127.0.0.1/32 admin")
+    (tmp_path / "conf.d" / "tls.conf").write_text(f"http-mgmt-tls-certificate {pem}\n")
+    server.start()
+    context = ssl.create_default_context()
+    ca.configure_trust(context)
+    context.check_hostname = False
+    try:
+        assert https_names(server.mgmt, context) == ["first.test"]
+        renewed = ca.issue_cert("second.test", "127.0.0.1").private_key_and_cert_chain_pem
+        renewed.write_to_path(str(pem))
+        assert server.process.proc is not None
+        os.kill(server.process.proc.pid, signal.SIGHUP)
+        assert wait_until(lambda: https_names(server.mgmt, context) == ["second.test"])
+    finally:
+        server.stop()

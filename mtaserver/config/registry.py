@@ -231,9 +231,6 @@ DIRECTIVES: Mapping[str, Spec] = {
 RESTART_ONLY: frozenset[str] = frozenset(
     {
         "spool",  # the journal and message files stay where they were opened
-        "tls-certificate",
-        "http-mgmt-port",
-        "http-mgmt-tls-certificate",
     }
 )
 

@@ -26,10 +26,6 @@ from mtaserver.runtime import RunInThread
 
 ReloadListener = Callable[[Config, Config], None]
 
-#: Scopes whose change waits for a restart, named like directives in replies.
-API_LISTENER_SCOPE = f"<{reg.API_LISTENER}>"
-
-
 def directive_value(config: Config, directive: str) -> Any:
     """Everything `directive` says in `config`, comparable with `==` across configs.
 
@@ -49,16 +45,12 @@ def directive_value(config: Config, directive: str) -> Any:
 
 
 def restart_only_changes(old: Config, new: Config) -> list[str]:
-    """The restart-only directives (and scopes) whose value differs between configs."""
-    changed = [
+    """The restart-only directives whose value differs between configs."""
+    return [
         name
         for name in sorted(reg.RESTART_ONLY)
         if directive_value(old, name) != directive_value(new, name)
     ]
-    old_api = [listener.address for listener in old.api_listeners]
-    if old_api != [listener.address for listener in new.api_listeners]:
-        changed.append(API_LISTENER_SCOPE)
-    return changed
 
 
 class ConfigHolder:

@@ -13,7 +13,9 @@ test); the root routes each path to the owning API's handler.
 service: the HTTP listener (plain HTTP on loopback, HTTPS with
 `http-mgmt-tls-certificate`, refused off loopback without it; request deadlines, rate
 limit, size limit and the access check before the body: `guard.py`) and a timer that
-samples the reception counters for the traffic windows every few seconds.
+samples the reception counters for the traffic windows every few seconds. The
+listener follows reloads (`listen.HttpListeners`): setting, moving or removing
+`http-mgmt-port` binds or closes it, and the certificate is read again each reload.
 """
 
 from __future__ import annotations
@@ -30,7 +32,7 @@ from twisted.logger import Logger
 from twisted.web.iweb import IRequest
 
 from mtaserver.commands import Commands
-from mtaserver.config.model import Listener
+from mtaserver.config.model import Config, Listener
 from mtaserver.config.reload import ConfigHolder
 from mtaserver.http import openapi
 from mtaserver.http.access import Access
@@ -38,7 +40,7 @@ from mtaserver.http.command import CommandAPI
 from mtaserver.http.configfile import ConfigFileAPI
 from mtaserver.http.console import ConsoleUI, History, history_service
 from mtaserver.http.guard import management_guard
-from mtaserver.http.listen import http_service
+from mtaserver.http.listen import HttpListeners
 from mtaserver.http.metrics import make_registry
 from mtaserver.http.monitor import MonitorAPI
 from mtaserver.stats import TrafficStats
@@ -132,6 +134,14 @@ def make_management_api(
     )
 
 
+def mgmt_listeners(config: Config) -> tuple[Listener, ...]:
+    """The management port's listener: none, or `http-mgmt-port` with its certificate."""
+    settings = config.settings
+    if settings.http_mgmt_port is None:
+        return ()
+    return (Listener(settings.http_mgmt_port, settings.http_mgmt_tls_certificate),)
+
+
 def make_mgmt_service(
     holder: ConfigHolder,
     scheduler: Any,
@@ -143,23 +153,25 @@ def make_mgmt_service(
     ldap: Any = None,
     webhooks: Any = None,
 ) -> IService:
-    """The management port's service; `http_mgmt_port` must be set.
+    """The management port's service; it listens while `http-mgmt-port` is set.
 
     Raises `listen.InsecureListenerError` for a non-loopback address without
     `http-mgmt-tls-certificate`. `ldap` (`auth.ldap.LdapCheckers`) enables
     `http-auth-ldap` logins.
     """
-    settings = holder.config.settings
-    if settings.http_mgmt_port is None:
-        raise ValueError("http-mgmt-port is not set")
     api = make_management_api(
         holder, scheduler, acct, reception, traffic, run_in_thread, ldap, webhooks
     )
-    listener = Listener(settings.http_mgmt_port, settings.http_mgmt_tls_certificate)
     service = MultiService()
     service.setName("http-mgmt")
-    http_service(
-        listener, api.app.resource(), reactor, "http-mgmt-port", management_guard(holder, reactor)
+    HttpListeners(
+        holder,
+        mgmt_listeners,
+        api.app.resource(),
+        reactor,
+        "http-mgmt-port",
+        management_guard(holder, reactor),
+        run_in_thread,
     ).setServiceParent(service)
     history_service(api.console.history, api.console.commands, reactor).setServiceParent(service)
     if reception is not None:

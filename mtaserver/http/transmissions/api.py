@@ -53,7 +53,7 @@ from mtaserver.http.idempotency import (
     record_name,
     valid_key,
 )
-from mtaserver.http.listen import http_service
+from mtaserver.http.listen import HttpListeners
 from mtaserver.http.transmissions.parse import (
     bad_request,
     check_rfc822_content,
@@ -266,17 +266,21 @@ def make_transmissions_services(
     stats: ReceptionStats | None = None,
     run_in_thread: RunInThread | None = None,
 ) -> list[IService]:
-    """One HTTP(S) service per `<transmissions-api-listener>`, sharing one API object.
+    """The `<transmissions-api-listener>`s, sharing one API object, following reloads.
 
     Raises `InsecureListenerError` for a plain-HTTP listener off loopback.
     """
-    listeners = holder.config.api_listeners
-    if not listeners:
-        return []
     api = TransmissionsAPI(holder, store, on_accepted, reactor, stats, run_in_thread)
     resource = api.app.resource()
     guard = transmissions_guard(holder, reactor)  # deadlines, rate, key and size before the body
     return [
-        http_service(listener, resource, reactor, "transmissions-api-listener", guard)
-        for listener in listeners
+        HttpListeners(
+            holder,
+            lambda config: config.api_listeners,
+            resource,
+            reactor,
+            "transmissions-api-listener",
+            guard,
+            api.run_in_thread,
+        )
     ]
