@@ -148,6 +148,11 @@ class RateLimiter:
 # -- the two ports ------------------------------------------------------------------
 
 
+def is_console(path: bytes) -> bool:
+    """Whether `path` is the web console's (`/` and `/ui/...`), which browsers open."""
+    return path == b"/" or path.startswith(b"/ui/")
+
+
 class ManagementPolicy:
     """The management port: `http-mgmt-max-request-size`, access level from the headers.
 
@@ -181,6 +186,9 @@ class ManagementPolicy:
             return error
         if LEVELS[level] >= LEVELS[needed]:
             return None
+        if settings.http_auth_ldap and not authorization and is_console(head.path):
+            # A browser asks for a login on a Basic challenge (`check` adds it).
+            return APIError(401, "Login required", "log in with a directory account")
         if level == "none":
             return APIError(403, "Access denied", "no http-access rule grants this address")
         return APIError(403, "Access denied", f"this needs {needed} access, you have {level}")
@@ -249,6 +257,8 @@ class RequestGuard:
                 )
         refusal = self.policy.admit(head)  # credentials first: a stranger learns no limit
         if refusal is not None:
+            if refusal.code == 401 and settings.http_auth_ldap:
+                return refusal, {b"WWW-Authenticate": b'Basic realm="mtaserver"'}
             return refusal, {}
         limit = self.policy.max_body()
         if head.length is not None and head.length > limit:

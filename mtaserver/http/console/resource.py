@@ -169,7 +169,9 @@ class ConsoleUI:
     @handle_mgmt_errors
     async def page(self, request: IRequest) -> bytes:
         security_headers(request)
-        await self._require(request, "monitor")  # an LDAP login is challenged here
+        # Without a login, the guard already answered 401 with a Basic challenge when
+        # `http-auth-ldap` is set (`guard.is_console`), so the browser asked for one.
+        await self._require(request, "monitor")
         return self._asset(request, "index.html", cache=False)
 
     @app.route("/ui/static/<name>", methods=["GET"])

@@ -101,10 +101,16 @@
 
   // -- server access ---------------------------------------------------------------
 
+  // An absolute URL on this origin: fetch() refuses a URL with a user name in it, and
+  // a relative one inherits the page's when the login was typed into the address.
+  function here(path) {
+    return location.origin + path;
+  }
+
   async function getJSON(path) {
     let response;
     try {
-      response = await fetch(path, { credentials: "same-origin", cache: "no-store" });
+      response = await fetch(here(path), { credentials: "same-origin", cache: "no-store" });
     } catch (err) {
       throw Object.assign(new Error("the server does not answer"), { offline: true });
     }
@@ -125,7 +131,7 @@
     if (!state.session || !state.session.canAct) return;
     let response, body = null;
     try {
-      response = await fetch("/ui/action", {
+      response = await fetch(here("/ui/action"), {
         method: "POST",
         credentials: "same-origin",
         headers: { "Content-Type": "application/json", "X-CSRF-Token": state.session.csrfToken },
