@@ -446,3 +446,48 @@ def test_the_page_shows_when_the_server_stops_answering(
             assert wait_until(lambda: not driver.find_element("id", "offline").is_displayed())
     finally:
         server.process.stop()
+
+
+def test_keyboard_filters_and_sorts_and_keeps_focus(admin: ConsoleServer) -> None:
+    """Typing filters the queues, Enter on a header sorts, focus survives live refreshes."""
+    first, second = held(admin, "kb1.test", 3), held(admin, "kb2.test", 1)
+    with chromium() as driver:
+        open_view(driver, admin, "queues")
+        box = driver.find_element("id", "filter")
+        box.click()
+        box.send_keys("kb")
+
+        def names() -> list[str]:
+            return driver.execute_script(  # type: ignore[no-any-return]
+                "return Array.from(document.querySelectorAll('#queues tbody th'))"
+                ".map((th) => th.textContent)"
+            )
+
+        assert wait_until(lambda: names() == [second, first])  # by recipients, ascending
+        assert driver.switch_to.active_element.get_attribute("id") == "filter"
+        active = driver.switch_to.active_element
+        active.send_keys("\ue004")  # Tab: the first column header's sort button
+        assert driver.switch_to.active_element.get_attribute("id") == "sort-queues-name"
+        driver.switch_to.active_element.send_keys("\ue007")  # Enter
+        assert wait_until(lambda: names() == [first, second])
+        driver.switch_to.active_element.send_keys("\ue007")
+        assert wait_until(lambda: names() == [second, first])
+        header = driver.find_element("id", "sort-queues-name").find_element("xpath", "..")
+        assert header.get_attribute("aria-sort") == "descending"
+        stamp = driver.find_element("id", "live").text
+        assert wait_until(lambda: driver.find_element("id", "live").text != stamp)  # a refresh
+        assert driver.switch_to.active_element.get_attribute("id") == "sort-queues-name"
+        assert driver.find_element("id", "filter").get_attribute("value") == "kb"
+
+
+def test_history_survives_a_reload(admin: ConsoleServer) -> None:
+    """`reload` keeps the per-minute history: the management service is not rebuilt."""
+    admin.send(["h1@reload.test", "h2@reload.test", "h3@reload.test"])
+
+    def received() -> int:
+        return sum(m["received"] for m in admin.data("/ui/api/history"))
+
+    assert wait_until(lambda: received() >= 3)
+    before = received()
+    assert admin.command("reload")["status"] == "success"
+    assert received() >= before
