@@ -26,6 +26,7 @@ import attrs
 
 from mtaserver.config.model import DomainSettings
 from mtaserver.events import Envelope, Recipient
+from mtaserver.fsutil import atomic_write
 from mtaserver.smtp_reply import Reply
 
 
@@ -170,10 +171,4 @@ def _write_file(path: str, transaction: Transaction) -> None:
     header = f"Return-Path: <{envelope.sender}>\r\n".encode()
     recipients = ", ".join(envelope.recipients[i].address for i in transaction.rcpt_indexes)
     header += f"X-Delivered-To: {recipients}\r\n".encode()
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    temporary = path + ".tmp"
-    with open(temporary, "wb") as stream:
-        stream.write(header + transaction.body)
-        stream.flush()
-        os.fsync(stream.fileno())
-    os.replace(temporary, path)
+    atomic_write(path, header + transaction.body, temporary=path + ".tmp", make_directory=True)
