@@ -222,7 +222,7 @@ class ConsoleUI:
     def _view_status(self, request: IRequest, level: str) -> dict[str, Any]:
         status = self.commands.status()
         status["webhooks"] = list(self.webhooks.status()) if self.webhooks is not None else []
-        status["queue"]["bytes"] = sum(r["bytes"] for r in self.queue_rows())
+        status["queue"]["bytes"] = sum(view.bytes for view in self.commands.control.queues())
         now = self.commands.traffic.now()
         status["history"] = self.history.series(now)
         status["lastDay"] = self.history.totals(now)
