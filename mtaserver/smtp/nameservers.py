@@ -55,10 +55,17 @@ class NameServerResolver:
 
 
 def _stop_rereading(resolver: Any) -> None:
-    """Cancel the periodic /etc/resolv.conf check of a resolver no longer used."""
-    parts = resolver.resolvers if isinstance(resolver, resolve.ResolverChain) else [resolver]
-    parts = [getattr(part, "upstream", part) for part in parts]  # under the DNS cache
-    for part in parts:
-        call = getattr(part, "_parseCall", None) if isinstance(part, client.Resolver) else None
+    """Cancel the periodic /etc/resolv.conf check of a resolver no longer used.
+
+    Walks a chain's resolvers and a caching resolver's `upstream` down to the
+    `client.Resolver`s, whose timer would otherwise keep the old resolver alive.
+    """
+    if isinstance(resolver, resolve.ResolverChain):
+        for part in resolver.resolvers:
+            _stop_rereading(part)
+    elif isinstance(resolver, client.Resolver):
+        call = getattr(resolver, "_parseCall", None)
         if call is not None and call.active():
             call.cancel()
+    elif getattr(resolver, "upstream", None) is not None:
+        _stop_rereading(resolver.upstream)
