@@ -12,6 +12,8 @@
 * `free_port`: a loopback port for a config handed to a subprocess. Servers inside the
   test process bind port 0 and read the port back instead.
 
+It also loads a Hypothesis profile without the per-example deadline.
+
 Module-level helpers import the plain functions from `reactor_thread` and
 `server_process`; test functions take the fixtures.
 """
@@ -24,6 +26,13 @@ from typing import Any
 import pytest
 import server_process
 import trustme
+from hypothesis import settings
+
+# Hypothesis's per-example deadline (200 ms) is a wall-clock window: under load (`-n 2`
+# on a shared machine) a round trip through the spool can take longer and the test
+# fails as "unreliable". Property tests assert properties, never timing.
+settings.register_profile("mtaserver", deadline=None)
+settings.load_profile("mtaserver")
 
 
 @pytest.fixture
