@@ -56,7 +56,7 @@ from twisted.mail.smtp import ESMTP
 from twisted.python.failure import Failure
 
 from mtaserver import smtp_reply as R
-from mtaserver.auth.checkers import CheckerChoice, RunInThread
+from mtaserver.auth.checkers import CheckerChoice
 from mtaserver.auth.ldap import LdapCheckers
 from mtaserver.auth.limiter import AuthFailureLimiter
 from mtaserver.auth.users import LocalUserChecker
@@ -72,6 +72,7 @@ from mtaserver.message.intake import (
     ReceptionStats,
 )
 from mtaserver.message.limits import ContentLimits
+from mtaserver.runtime import RunInThread
 from mtaserver.smtp.connections import InboundConnections
 from mtaserver.smtp.reception import ReceptionHandler, Session, Transaction
 from mtaserver.smtp.server_auth import MECHANISMS, Challenge, Credentials, SaslExchange
