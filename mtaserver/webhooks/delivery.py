@@ -31,9 +31,9 @@ from mtaserver.queue.delivery import (
     Transaction,
     TransactionResult,
 )
+from mtaserver.runtime import Clock
 from mtaserver.smtp_reply import Reply
 from mtaserver.webhooks.http import (
-    Clock,
     HttpClient,
     PostTimeout,
     build_headers,
