@@ -38,6 +38,7 @@ from mtaserver.queue.bounces import DsnSender
 from mtaserver.queue.delivery import DiscardDeliverer, FileDeliverer, IDeliverer
 from mtaserver.queue.scheduler import Scheduler
 from mtaserver.queue.service import SchedulerService
+from mtaserver.runtime import RunInThread
 from mtaserver.smtp.connections import InboundConnections, raise_nofile_limit
 from mtaserver.smtp.deliverer import SmtpDeliverer
 from mtaserver.smtp.dkim import DkimError, DkimSigner
@@ -77,9 +78,7 @@ def load_or_exit(path: str) -> ConfigHolder:
         raise SystemExit(1) from None
 
 
-def install_sighup(
-    holder: ConfigHolder, reactor: Any, run_in_thread: Callable[[Callable[[], Any]], Any]
-) -> None:
+def install_sighup(holder: ConfigHolder, reactor: Any, run_in_thread: RunInThread) -> None:
     """SIGHUP reloads the config (the usual Unix daemon habit), parsing in a thread."""
 
     def reload() -> None:

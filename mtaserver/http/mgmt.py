@@ -21,13 +21,11 @@ listener follows reloads (`listen.HttpListeners`): setting, moving or removing
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
 from typing import Any
 
 from klein import Klein
 from twisted.application.internet import TimerService
 from twisted.application.service import IService, MultiService
-from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 from twisted.web.iweb import IRequest
 
@@ -43,6 +41,7 @@ from mtaserver.http.guard import management_guard
 from mtaserver.http.listen import HttpListeners
 from mtaserver.http.metrics import make_registry
 from mtaserver.http.monitor import MonitorAPI
+from mtaserver.runtime import RunInThread
 from mtaserver.stats import TrafficStats
 
 log = Logger()
@@ -118,7 +117,7 @@ def make_management_api(
     acct: Any,
     reception: Any,
     traffic: TrafficStats,
-    run_in_thread: Callable[[Callable[[], Any]], Deferred[Any]],
+    run_in_thread: RunInThread,
     ldap: Any = None,
     webhooks: Any = None,
 ) -> ManagementAPI:
@@ -149,7 +148,7 @@ def make_mgmt_service(
     reception: Any,
     traffic: TrafficStats,
     reactor: Any,
-    run_in_thread: Callable[[Callable[[], Any]], Deferred[Any]],
+    run_in_thread: RunInThread,
     ldap: Any = None,
     webhooks: Any = None,
 ) -> IService:

@@ -20,13 +20,14 @@ from __future__ import annotations
 import functools
 import os
 from collections.abc import Awaitable, Callable
-from typing import Any, Protocol
+from typing import Protocol
 
 import attrs
 
 from mtaserver.config.model import DomainSettings
 from mtaserver.events import Envelope, Recipient
 from mtaserver.fsutil import atomic_write
+from mtaserver.runtime import RunInThread
 from mtaserver.smtp_reply import Reply
 
 
@@ -144,7 +145,7 @@ class FileDeliverer:
     `d` record means the file is complete on disk.
     """
 
-    def __init__(self, run_in_thread: Callable[[Callable[[], Any]], Any]) -> None:
+    def __init__(self, run_in_thread: RunInThread) -> None:
         self._run_in_thread = run_in_thread
 
     async def run(self, job: SessionJob) -> None:

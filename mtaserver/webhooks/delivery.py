@@ -18,7 +18,6 @@ from __future__ import annotations
 import base64
 import functools
 import json
-from collections.abc import Callable
 from typing import Any
 
 import attrs
@@ -31,7 +30,7 @@ from mtaserver.queue.delivery import (
     Transaction,
     TransactionResult,
 )
-from mtaserver.runtime import Clock
+from mtaserver.runtime import Clock, RunInThread
 from mtaserver.smtp_reply import Reply
 from mtaserver.webhooks.http import (
     HttpClient,
@@ -86,7 +85,7 @@ class HttpDeliverer:
         self,
         client: HttpClient,
         clock: Clock,
-        run_in_thread: Callable[[Callable[[], Any]], Any],
+        run_in_thread: RunInThread,
         io_timeout: float = 60.0,
     ) -> None:
         self.client = client
