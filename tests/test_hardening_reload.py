@@ -220,6 +220,10 @@ def test_renewed_starttls_certificate_is_served_after_reload(
         reload_with_sighup(s, 1)
         assert wait_until(lambda: starttls_names(port, context) == ["second.test"])
         assert "restart needed" not in s.read_log()
+        pem.write_text("not a certificate\n")  # a broken renewal keeps the served one
+        reload_with_sighup(s, 2)
+        assert wait_until(lambda: "needs a private key" in s.read_log())
+        assert starttls_names(port, context) == ["second.test"]
 
 
 def test_name_server_change_applies_on_reload(tmp_path: Path, receiver: Receiver) -> None:
