@@ -43,14 +43,14 @@ class Commands:
     def __init__(
         self,
         holder: ConfigHolder,
-        queues: QueueControl,
+        control: QueueControl,
         acct: Any,
         reception: Any,
         traffic: TrafficStats,
         run_in_thread: RunInThread,
     ) -> None:
         self.holder = holder
-        self.control = queues
+        self.control = control
         self.acct = acct
         self.reception = reception
         self.traffic = traffic
