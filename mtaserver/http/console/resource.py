@@ -37,7 +37,7 @@ import attrs
 from klein import Klein
 from twisted.web.iweb import IRequest
 
-from mtaserver.commands import CommandError, Commands, parse
+from mtaserver.commands import CommandError, Commands, parse, version
 from mtaserver.http.access import Access, error_body, handle_mgmt_errors
 from mtaserver.http.console.history import History
 from mtaserver.http.errors import APIError, json_response, read_body
@@ -215,7 +215,7 @@ class ConsoleUI:
             "level": level,
             "canAct": level == "admin",
             "csrfToken": self.csrf_token,
-            "version": self.commands.status()["version"],
+            "version": version(),
             "hostName": self.commands.holder.config.settings.host_name,
         }
 
