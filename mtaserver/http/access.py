@@ -169,6 +169,14 @@ async def require_level(access: Access, request: IRequest, needed: str) -> str:
     return str(level)
 
 
+def response_format(request: IRequest) -> str:
+    """The `format` field: `json` (structured data, the default) or `json-text` (mtactl's text)."""
+    fmt = form_field(request, "format") or "json"
+    if fmt not in ("json", "json-text"):
+        raise APIError(400, "Invalid format", "format must be json or json-text")
+    return fmt
+
+
 def form_field(request: IRequest, name: str) -> str | None:
     """A form field from the query string or the (urlencoded or multipart) body."""
     values = request.args.get(name.encode())

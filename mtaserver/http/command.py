@@ -20,6 +20,7 @@ from mtaserver.http.access import (
     form_field,
     handle_mgmt_errors,
     require_level,
+    response_format,
 )
 from mtaserver.http.errors import APIError, json_response, read_body
 
@@ -40,9 +41,7 @@ class CommandAPI:
     async def command(self, request: IRequest) -> bytes:
         await require_level(self.access, request, "monitor")
         read_body(request, MAX_COMMAND_BYTES)
-        fmt = form_field(request, "format") or "json"
-        if fmt not in ("json", "json-text"):
-            raise APIError(400, "Invalid format", "format must be json or json-text")
+        fmt = response_format(request)
         text = form_field(request, "command")
         if text is None or not text.strip():
             raise APIError(400, "Missing command", "the form field 'command' is required")

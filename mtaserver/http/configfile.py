@@ -49,16 +49,10 @@ from mtaserver.http.access import (
     form_field,
     handle_mgmt_errors,
     require_level,
+    response_format,
 )
 from mtaserver.http.errors import APIError, json_response, read_body
 from mtaserver.runtime import RunInThread
-
-
-def _format(request: IRequest) -> str:
-    fmt = form_field(request, "format") or "json"
-    if fmt not in ("json", "json-text"):
-        raise APIError(400, "Invalid format", "format must be json or json-text")
-    return fmt
 
 
 class ConfigFileAPI:
@@ -77,7 +71,7 @@ class ConfigFileAPI:
     @handle_mgmt_errors
     async def get(self, request: IRequest) -> bytes:
         await require_level(self.access, request, "monitor")
-        _format(request)
+        response_format(request)
         op = form_field(request, "op")
         config = self.holder.config
         if op == "listconfigfiles":  # names only: monitor may see them
@@ -103,7 +97,7 @@ class ConfigFileAPI:
     async def post(self, request: IRequest) -> bytes:
         await require_level(self.access, request, "admin")
         read_body(request, self.holder.config.settings.http_mgmt_max_request_size)
-        _format(request)
+        response_format(request)
         if form_field(request, "op") != "commit":
             raise APIError(400, "Invalid op", "POST /configFile takes op=commit")
         config = self.holder.config

@@ -17,8 +17,14 @@ from twisted.web.iweb import IRequest
 
 from mtaserver.commands import Commands, render_text
 from mtaserver.http import metrics
-from mtaserver.http.access import Access, form_field, handle_mgmt_errors, require_level
-from mtaserver.http.errors import APIError, json_response
+from mtaserver.http.access import (
+    Access,
+    form_field,
+    handle_mgmt_errors,
+    require_level,
+    response_format,
+)
+from mtaserver.http.errors import json_response
 
 
 class MonitorAPI:
@@ -33,9 +39,7 @@ class MonitorAPI:
 
     async def _answer(self, request: IRequest, command: str, produce: Callable[[], Any]) -> bytes:
         await require_level(self.access, request, "monitor")
-        fmt = form_field(request, "format") or "json"
-        if fmt not in ("json", "json-text"):
-            raise APIError(400, "Invalid format", "format must be json or json-text")
+        fmt = response_format(request)
         data = produce()
         if fmt == "json-text":
             data = render_text(command, data)
