@@ -336,3 +336,21 @@ def test_renewed_management_certificate_is_served_after_reload(
         assert wait_until(lambda: https_names(server.mgmt, context) == ["second.test"])
     finally:
         server.stop()
+
+
+def test_reload_with_an_unusable_domain_key_is_refused(tmp_path: Path, receiver: Receiver) -> None:
+    """A domain-key whose file does not load fails the reload, like a syntax error."""
+    server = MgmtServer(tmp_path, receiver.port, access="127.0.0.1/32 admin").start()
+    try:
+        (tmp_path / "bad.pem").write_text("not a key\n")
+        (tmp_path / "conf.d" / "dkim.conf").write_text(
+            f"domain-key s1,brand.test,{tmp_path}/bad.pem\n"
+        )
+        status, reply = server.command("reload")
+        assert status == 400
+        assert any("domain-key" in line and "bad.pem" in line for line in reply["data"])
+        assert "config reload failed" in server.process.read_log()
+        (tmp_path / "conf.d" / "dkim.conf").unlink()
+        assert server.command("reload")[0] == 200
+    finally:
+        server.stop()

@@ -19,12 +19,15 @@ from typing import Any
 from twisted.logger import Logger
 
 from mtaserver.config import registry as reg
-from mtaserver.config.grammar import ConfigError
+from mtaserver.config.grammar import ConfigError, ConfigProblem
 from mtaserver.config.load import load_config
 from mtaserver.config.model import Config
 from mtaserver.runtime import RunInThread
 
 ReloadListener = Callable[[Config, Config], None]
+#: Checks a loaded config against what only a service can judge (a key file that
+#: does not parse); runs in the loading thread; returns problems, empty when fine.
+ReloadCheck = Callable[[Config], list[ConfigProblem]]
 
 def directive_value(config: Config, directive: str) -> Any:
     """Everything `directive` says in `config`, comparable with `==` across configs.
@@ -61,6 +64,7 @@ class ConfigHolder:
     def __init__(self, config: Config) -> None:
         self.config = config
         self._listeners: list[ReloadListener] = []
+        self._checks: list[ReloadCheck] = []
         #: What the last successful reload changed but could not apply.
         self.last_restart_only: list[str] = []
 
@@ -72,10 +76,22 @@ class ConfigHolder:
         """Call `listener(old, new)` after every successful reload."""
         self._listeners.append(listener)
 
+    def check_before_reload(self, check: ReloadCheck) -> None:
+        """Refuse a reload for which `check(new)` finds problems (called off the reactor)."""
+        self._checks.append(check)
+
+    def _load(self, path: str) -> Config:
+        """Load and check `path`; raises ConfigError with every problem."""
+        new = load_config(path)
+        problems = [problem for check in self._checks for problem in check(new)]
+        if problems:
+            raise ConfigError(problems)
+        return new
+
     def reload(self) -> list[str]:
         """Load the config file again; return its errors (empty on success)."""
         try:
-            new = load_config(self.config.path)
+            new = self._load(self.config.path)
         except ConfigError as exc:
             return self._refused(exc)
         self._swap(new)
@@ -89,7 +105,7 @@ class ConfigHolder:
         """
         path = self.config.path
         try:
-            new = await run_in_thread(lambda: load_config(path))
+            new = await run_in_thread(lambda: self._load(path))
         except ConfigError as exc:
             return self._refused(exc)
         self._swap(new)

@@ -7,13 +7,15 @@ client. A message whose From domain has no `domain-key` goes out unsigned.
 
 The keys follow the running config: after a reload (`kill -HUP`, `reload`) the next
 message is signed with the `domain-key`s the new config names, their files read
-again, in the pool, by the first message that needs them.
+again, in the pool, by the first message that needs them. A reload whose key files
+do not load is refused (`check_keys`), like a config with a syntax error.
 """
 
 from __future__ import annotations
 
 from twisted.logger import Logger
 
+from mtaserver.config.grammar import ConfigProblem
 from mtaserver.config.model import Config, DomainSettings
 from mtaserver.config.reload import ConfigHolder
 from mtaserver.events import Envelope
@@ -35,6 +37,7 @@ class DkimTransform:
         self._signer: tuple[Config, DkimSigner] | None = (
             None if signer is None else (holder.config, signer)
         )
+        holder.check_before_reload(check_keys)
 
     async def signer(self) -> DkimSigner:
         """The signer of the running config, its key files read (in a thread) once per config."""
@@ -73,3 +76,12 @@ class DkimTransform:
         except DkimError as exc:
             log.warn("not DKIM-signing {msg_id}: {error}", msg_id=envelope.msg_id, error=exc)
             return body
+
+
+def check_keys(config: Config) -> list[ConfigProblem]:
+    """Every `domain-key` of `config` loads (a reload check: runs in the loading thread)."""
+    try:
+        DkimSigner(config.settings.domain_key)
+    except DkimError as exc:
+        return [ConfigProblem(config.path, 0, f"domain-key: {exc}")]
+    return []
