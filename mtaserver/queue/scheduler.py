@@ -262,9 +262,10 @@ class Scheduler:
                 if other is not queue and other.ready:
                     self._pump(other)
 
-    # -- what sessions ask of the owner (queue/session.py) --------------------------
+    # -- records, in the order of durability (sessions call these too) ------------
 
     def read_body(self, msg_id: str) -> defer.Deferred[bytes]:
+        """A session reads a message's body through its owner (`SessionOwner`)."""
         return self.store.read_body(msg_id)
 
     def _outcome(
