@@ -354,3 +354,24 @@ def test_reload_with_an_unusable_domain_key_is_refused(tmp_path: Path, receiver:
         assert server.command("reload")[0] == 200
     finally:
         server.stop()
+
+
+def test_reload_with_a_missing_webhook_ca_file_is_refused(
+    tmp_path: Path, receiver: Receiver
+) -> None:
+    """An http-webhook-ca-file that does not exist fails the reload and names the file."""
+    server = MgmtServer(tmp_path, receiver.port, access="127.0.0.1/32 admin").start()
+    try:
+        (tmp_path / "conf.d" / "hook.conf").write_text(
+            f"http-webhook-allow-addresses 127.0.0.1\n"
+            f"<acct-file {tmp_path}/hook.csv>\n"
+            f"    http-webhook-url https://127.0.0.1:9/hook\n"
+            f"    http-webhook-ca-file {tmp_path}/missing-ca.pem\n"
+            f"</acct-file>\n"
+        )
+        status, reply = server.command("reload")
+        assert status == 400
+        assert any("missing-ca.pem" in line for line in reply["data"])
+        assert not (tmp_path / "hook.csv").exists()  # the acct file was not started either
+    finally:
+        server.stop()

@@ -4,8 +4,9 @@
 its own HTTP client (its TLS settings are its own); `WebhookService` starts and stops
 them with the server and exposes `status()` for the monitoring API. Building reads the
 CA, certificate and extra-header files (`webhook_files`): at start-up in `makeService`,
-where a bad file is a `ValueError` naming it and the server does not start; after a
-reload in the thread pool, where a bad file is logged and that webhook stays stopped.
+where a bad file is a `ValueError` naming it and the server does not start; at a
+reload in the loading thread (`check_webhook_files`), where a bad file refuses the
+reload.
 
 The service follows reloads: a webhook added to an `<acct-file>` starts, one removed
 stops, and one whose `http-webhook-*` settings changed is stopped and started again
@@ -25,6 +26,7 @@ from twisted.internet import defer
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from mtaserver.config.grammar import ConfigProblem
 from mtaserver.config.model import AcctFileSettings, Config
 from mtaserver.config.reload import ConfigHolder
 from mtaserver.config.targets import TargetPolicy
@@ -55,6 +57,18 @@ def webhook_files(acct: AcctFileSettings) -> WebhookFiles:
     except (OSError, ValueError) as e:
         raise ValueError(f"<acct-file {acct.path}> webhook: {e}") from e
     return policy, extra
+
+
+def check_webhook_files(config: Config) -> list[ConfigProblem]:
+    """Every webhook's files load (a reload check: runs in the loading thread)."""
+    problems = []
+    for acct in config.acct_files:
+        if acct.http_webhook_url:
+            try:
+                webhook_files(acct)
+            except ValueError as exc:
+                problems.append(ConfigProblem(config.path, 0, str(exc)))
+    return problems
 
 
 def webhook_settings(acct: AcctFileSettings) -> tuple[Any, ...]:
@@ -139,6 +153,7 @@ class WebhookService(Service):
             if acct.http_webhook_url:
                 self._add(acct, webhook_files(acct))
         self._changing: defer.Deferred[Any] = defer.succeed(None)
+        holder.check_before_reload(check_webhook_files)
         holder.on_reload(self.reloaded)
 
     @property
