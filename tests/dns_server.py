@@ -157,9 +157,10 @@ def start_dns_server(
         reactor = global_reactor
     factory = _Factory(authorities=[ZoneResolver(records, queries)])
     factory.noisy = False
-    protocol = dns.DNSDatagramProtocol(controller=factory)
-    protocol.noisy = False
     for _ in range(20):
+        # a fresh protocol each try: a stopped UDP port leaves its protocol attached
+        protocol = dns.DNSDatagramProtocol(controller=factory)
+        protocol.noisy = False
         udp = reactor.listenUDP(0, protocol, interface="127.0.0.1")
         port = udp.getHost().port
         try:
