@@ -98,6 +98,8 @@ class SmtpListeners(MultiService):
             log.info("smtp-listener {address}: listening (config reloaded)", address=address)
         for address in [a for a in self._by_address if a not in wanted]:
             self._retire(self._by_address.pop(address))
+        # Forget retired ports whose last session has ended.
+        self._retired = [s for s in self._retired if s.smtp_factory.live.sessions]
 
     def _bind(self, listener: Listener, options: TlsOptions) -> None:
         service = self._make(listener, options)
