@@ -75,3 +75,19 @@ def test_apply_keeps_a_writer_whose_settings_did_not_change(tmp_path: Path) -> N
     assert service.writers == [writer]
     service.stopService()
     clock.advance(1.0)
+
+
+def test_every_restart_only_directive_can_be_compared(tmp_path: Path) -> None:
+    """restart_only_changes can read each RESTART_ONLY directive (no KeyError at reload)."""
+    from mtaserver.config import registry as reg
+    from mtaserver.config.reload import ConfigHolder, directive_value, restart_only_changes
+
+    path = tmp_path / "m.conf"
+    path.write_text(f"spool {tmp_path}/one\n")
+    old = ConfigHolder.from_file(str(path)).config
+    for name in reg.RESTART_ONLY:
+        directive_value(old, name)
+    path.write_text(f"spool {tmp_path}/two\n")
+    new = ConfigHolder.from_file(str(path)).config
+    assert restart_only_changes(old, new) == ["spool"]
+    assert restart_only_changes(old, old) == []
