@@ -104,7 +104,8 @@ class Scheduler:
         if not indexes:
             return
         self.messages[envelope.msg_id] = MessageState(envelope, set(indexes))
-        vmta, pool = self._vmtas.choose(config, envelope.vmta)
+        # a pool message has vmta=None and pool=NAME: the pool's members take turns
+        vmta, pool = self._vmtas.choose(config, envelope.vmta or envelope.vmta_pool)
         by_domain: dict[str, list[int]] = {}
         for index in indexes:
             by_domain.setdefault(recipient_domain(envelope.recipients[index].address), []).append(
@@ -138,7 +139,9 @@ class Scheduler:
         retry_at = None
         if attempts and last is not None:
             domain = recipient_domain(envelope.recipients[pending[0][0]].address)
-            settings = self.holder.config.domain_settings(domain, envelope.vmta)
+            settings = self.holder.config.domain_settings(
+                domain, envelope.vmta, envelope.vmta_pool
+            )
             retry_at = next_attempt_at(
                 last, attempts, settings.retry_after, envelope.time_queued, settings.bounce_after
             )
