@@ -78,10 +78,11 @@ class MgmtServer:
         path: str,
         fields: dict[str, str] | None = None,
         key: str | None = None,
+        headers: dict[str, str] | None = None,
     ) -> tuple[int, Any]:
         """One request; returns (status, decoded JSON or text)."""
         connection = http.client.HTTPConnection("127.0.0.1", self.mgmt, timeout=30)
-        headers = {}
+        headers = dict(headers or {})
         body = None
         if key is not None:
             headers["X-API-Key"] = key

@@ -258,6 +258,29 @@ def test_command_request_errors(server: MgmtServer) -> None:
     assert server.call("GET", "/command")[0] == 405
 
 
+def test_cross_site_posts_are_refused_whatever_the_level(
+    server: MgmtServer, receiver: Receiver
+) -> None:
+    """A browser form post from another site (Origin or Sec-Fetch-Site) changes nothing."""
+    fields = {"command": "pause queue csrf.test/*", "format": "json"}
+    for headers in (
+        {"Origin": "http://evil.example"},
+        {"Sec-Fetch-Site": "cross-site"},
+        {"Origin": "null"},
+    ):
+        status, reply = server.call("POST", "/command", fields, key=API_KEY, headers=headers)
+        assert status == 403 and "Cross-site" in reply["message"], headers
+    server.send(["ok1@csrf.test"])
+    assert wait_until(lambda: arrived(receiver, "ok1@csrf.test"))  # never paused
+    same = {"Origin": f"http://127.0.0.1:{server.mgmt}", "Sec-Fetch-Site": "same-origin"}
+    status, _ = server.call("POST", "/command", fields, key=API_KEY, headers=same)
+    assert status == 200
+    server.send(["ok2@csrf.test"])
+    assert wait_until(lambda: (queue_row(server, "csrf.test/{default}") or {}).get("paused"))
+    assert server.command("resume queue csrf.test/*")[0] == 200
+    assert wait_until(lambda: arrived(receiver, "ok2@csrf.test"))
+
+
 def test_commit_refused_with_file_line_and_nothing_written(server: MgmtServer) -> None:
     """An invalid commit names the real FILE:LINE and leaves every file untouched."""
     conf_d = server.directory / "conf.d"

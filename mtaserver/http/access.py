@@ -118,7 +118,17 @@ class Access:
         raise APIError(401, "Invalid login", "the user name or password was not accepted")
 
     async def require(self, request: IRequest, needed: str) -> str:
-        """The request's level, or a 403 `APIError` when it is below `needed`."""
+        """The request's level, or a 403 `APIError` when it is below `needed`.
+
+        A request that can change state (anything but GET/HEAD) coming from another
+        site is refused whatever its level: an admin's browser visiting a hostile page
+        must not post a form to `/command` or `/configFile` on the admin's behalf, since
+        an address-based level travels with every request that browser sends (CSRF).
+        """
+        if request.method not in (b"GET", b"HEAD") and not same_origin(request):
+            raise APIError(
+                403, "Cross-site request refused", "the browser sent it from another site"
+            )
         if getattr(request, "_mgmt_login_level", None) is None:
             await self.login(request)
         level = self.level(request)
@@ -127,6 +137,23 @@ class Access:
                 raise APIError(403, "Access denied", "no http-access rule grants this address")
             raise APIError(403, "Access denied", f"this needs {needed} access, you have {level}")
         return level
+
+
+def same_origin(request: IRequest) -> bool:
+    """False when the browser says the request comes from another site or origin.
+
+    Browsers send `Sec-Fetch-Site` and, on POST, `Origin`; command-line clients such as
+    mtactl send neither and are not browsers, so they pass.
+    """
+    fetch_site = request.getHeader(b"sec-fetch-site")
+    if fetch_site is not None and fetch_site not in (b"same-origin", b"none"):
+        return False
+    origin = request.getHeader(b"origin")
+    if origin is None:
+        return True
+    host = request.getHeader(b"host") or b""
+    scheme = b"https" if request.isSecure() else b"http"
+    return bool(origin == scheme + b"://" + host)
 
 
 def error_body(error: APIError, data: Any = None) -> dict[str, Any]:

@@ -38,7 +38,7 @@ from klein import Klein
 from twisted.web.iweb import IRequest
 
 from mtaserver.commands import CommandError, Commands, parse, version
-from mtaserver.http.access import Access, error_body, handle_mgmt_errors
+from mtaserver.http.access import Access, error_body, handle_mgmt_errors, same_origin
 from mtaserver.http.console.history import History
 from mtaserver.http.errors import APIError, json_response, read_body
 
@@ -98,19 +98,6 @@ def security_headers(request: IRequest) -> None:
     request.setHeader(b"X-Content-Type-Options", b"nosniff")
     request.setHeader(b"Referrer-Policy", b"no-referrer")
     request.setHeader(b"X-Frame-Options", b"DENY")
-
-
-def same_origin(request: IRequest) -> bool:
-    """False when the browser says the request comes from another site or origin."""
-    fetch_site = request.getHeader(b"sec-fetch-site")
-    if fetch_site is not None and fetch_site not in (b"same-origin", b"none"):
-        return False
-    origin = request.getHeader(b"origin")
-    if origin is None:
-        return True  # not a browser, or a same-origin GET-like request; the token decides
-    host = request.getHeader(b"host") or b""
-    scheme = b"https" if request.isSecure() else b"http"
-    return bool(origin == scheme + b"://" + host)
 
 
 def query(request: IRequest, name: str, default: str = "") -> str:
