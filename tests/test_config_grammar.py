@@ -100,9 +100,13 @@ def test_unclosed_and_mismatched_scopes_are_reported_with_lines() -> None:
 
 
 def test_malformed_lines_are_reported() -> None:
-    """Garbage lines give an error each, and parsing goes on."""
-    _, problems = parse("<domain\n= 3\nhost-name ok\n")
-    assert [p.line for p in problems] == [1, 2]
+    """A malformed scope is an error, and parsing goes on; any other line is a directive."""
+    nodes, problems = parse("<domain\n= 3\nhost-name ok\n")
+    assert [p.line for p in problems] == [1]
+    assert [(n.name, n.value) for n in nodes if isinstance(n, Directive)] == [
+        ("=", "3"),
+        ("host-name", "ok"),
+    ]
 
 
 def test_include_is_relative_and_keeps_file_and_line(tmp_path: Path) -> None:

@@ -57,9 +57,18 @@ class ConfigError(Exception):
         self.problems = problems
 
 
-_OPEN = re.compile(r"<\s*([A-Za-z][A-Za-z0-9-]*)(?:\s+([^>]*?))?\s*>\s*$")
-_CLOSE = re.compile(r"</\s*([A-Za-z][A-Za-z0-9-]*)\s*>\s*$")
-_DIRECTIVE = re.compile(r"([A-Za-z][A-Za-z0-9-]*)(?:\s+(.*))?$")
+_OPEN = re.compile(r"<\s*([^\s<>/][^\s<>]*)(?:\s+([^>]*?))?\s*>\s*$")
+_CLOSE = re.compile(r"</\s*([^\s<>]+)\s*>\s*$")
+#: A directive is its first word, whatever it is (`smtp-server-tls-allow-tlsv1.2`): the
+#: loader then says "unknown directive 'x'" for a word it does not know, never "cannot parse".
+_DIRECTIVE = re.compile(r"(\S+)(?:\s+(.*))?$")
+
+#: Scopes whose lines are data, not directives: `<bounce-category-patterns>` holds
+#: `/REGEX/ CATEGORY` lines. Each entry becomes a `pattern` directive; a line that does
+#: not yet end in `/ CATEGORY` continues on the next (configs wrap long regexes).
+RAW_SCOPES = frozenset({"bounce-category-patterns"})
+RAW_ENTRY = "pattern"
+_RAW_COMPLETE = re.compile(r"/.*/\s*[A-Za-z0-9_-]+", re.DOTALL)
 
 
 def strip_comment(line: str) -> str:
@@ -101,6 +110,13 @@ def parse_text(text: str, file: str, problems: list[ConfigProblem]) -> list[Node
         if not line:
             continue
         body = stack[-1][3] if stack else root
+        if stack and stack[-1][0] in RAW_SCOPES and not line.startswith("</"):
+            last = body[-1] if body else None
+            if isinstance(last, Directive) and not _RAW_COMPLETE.fullmatch(last.value):
+                body[-1] = attrs.evolve(last, value=last.value + line)
+            else:
+                body.append(Directive(RAW_ENTRY, line, file, number))
+            continue
         if line.startswith("</"):
             closing = _CLOSE.match(line)
             if not closing:
@@ -207,7 +223,12 @@ def render(nodes: list[Node] | tuple[Node, ...], indent: str = "") -> str:
         if isinstance(node, Scope):
             arg = f" {quote(node.arg)}" if node.arg else ""
             lines.append(f"{indent}<{node.name}{arg}>")
-            inner = render(node.children, indent + "    ")
+            if node.name in RAW_SCOPES:
+                inner = "".join(
+                    f"{indent}    {c.value}\n" for c in node.children if isinstance(c, Directive)
+                )
+            else:
+                inner = render(node.children, indent + "    ")
             if inner:
                 lines.append(inner.rstrip("\n"))
             lines.append(f"{indent}</{node.name}>")

@@ -14,15 +14,18 @@ from typing import Any
 
 import attrs
 
+from mtaserver.config import catalog
 from mtaserver.config import registry as reg
 from mtaserver.config.grammar import ConfigError, ConfigProblem, Directive, Node, Scope, parse_file
 from mtaserver.config.model import (
     AcctFileSettings,
+    AddressList,
     Config,
     DomainSettings,
     GlobalSettings,
     LdapSettings,
     Listener,
+    ReportProcessorSettings,
     SmtpPatternList,
     SmtpUser,
     SourceSettings,
@@ -35,6 +38,10 @@ from mtaserver.config.targets import check_targets
 from mtaserver.config.values import HostPort, parse_cidr, parse_host_port
 
 ScopeKey = tuple[str, str]
+
+
+#: Scopes whose nested scopes (`<domain>`, `<address-list>`) belong to them alone.
+_PARENT_SCOPES = (reg.VMTA, reg.VMTA_POOL, reg.BOUNCE_PROCESSOR, reg.FBL_PROCESSOR)
 
 
 @attrs.define
@@ -56,9 +63,19 @@ class _Loader:
     listener_scopes: list[tuple[str, HostPort, dict[str, Any]]] = attrs.field(factory=list)
     references: list[_Reference] = attrs.field(factory=list)
     files_to_check: list[tuple[str, str, int]] = attrs.field(factory=list)
+    #: Directives and scopes accepted without effect (catalog.NO_EFFECT / NOT_YET).
+    warnings: list[ConfigProblem] = attrs.field(factory=list)
 
     def problem(self, node: Node, message: str) -> None:
         self.problems.append(ConfigProblem(node.file, node.line, message))
+
+    def warn(self, node: Node, what: str, status: str, reason: str) -> None:
+        """One warning for a directive or scope that is accepted but does nothing here."""
+        if status == catalog.NO_EFFECT:
+            message = f"{what} has no effect here: {reason}"
+        else:
+            message = f"{what} is not yet implemented and has no effect here: {reason}"
+        self.warnings.append(ConfigProblem(node.file, node.line, message))
 
     def walk(
         self,
@@ -66,26 +83,35 @@ class _Loader:
         scope: str,
         layer: dict[str, Any],
         parent: ScopeKey | None = None,
+        quiet: bool = False,
     ) -> None:
+        """Check `nodes` in `scope`; `quiet` inside a scope that already warned it does nothing."""
         for node in nodes:
             if isinstance(node, Scope):
-                self.open_scope(node, scope, parent)
+                self.open_scope(node, scope, parent, quiet)
             else:
-                self.directive(node, scope, layer)
+                self.directive(node, scope, layer, quiet)
 
-    def open_scope(self, node: Scope, scope: str, parent: ScopeKey | None) -> None:
-        if node.name not in reg.SCOPES:
+    def open_scope(
+        self, node: Scope, scope: str, parent: ScopeKey | None, quiet: bool = False
+    ) -> None:
+        parse_arg = catalog.scope_arg(node.name)
+        if parse_arg is None:
             self.problem(node, f"unknown scope <{node.name}>")
             return
-        if scope not in reg.SCOPE_PARENTS[node.name]:
+        if scope not in catalog.scope_parents(node.name):
             where = "at top level" if scope == reg.GLOBAL else f"inside <{scope}>"
             self.problem(node, f"<{node.name}> is not allowed {where}")
             return
         try:
-            arg = reg.SCOPES[node.name](node.arg)
+            arg = parse_arg(node.arg)
         except ValueError as exc:
             self.problem(node, f"<{node.name} {node.arg}>: {exc}")
             return
+        status, reason = catalog.scope_status(node.name)
+        if status != catalog.IMPLEMENTED and not quiet:
+            self.warn(node, f"<{node.name}>", status, reason)
+        quiet = quiet or status != catalog.IMPLEMENTED
         if node.name in (reg.SMTP_LISTENER, reg.API_LISTENER):
             layer: dict[str, Any] = {}
             self.listener_scopes.append((node.name, parse_host_port(arg), layer))
@@ -98,17 +124,21 @@ class _Loader:
             node.children,
             node.name,
             layer,
-            parent=key if node.name in (reg.VMTA, reg.VMTA_POOL) else None,
+            parent=key if node.name in _PARENT_SCOPES else None,
+            quiet=quiet,
         )
 
-    def directive(self, node: Directive, scope: str, layer: dict[str, Any]) -> None:
-        spec = reg.DIRECTIVES.get(node.name)
+    def directive(
+        self, node: Directive, scope: str, layer: dict[str, Any], quiet: bool = False
+    ) -> None:
+        spec = catalog.lookup(node.name, scope)
         if spec is None:
-            self.problem(node, f"unknown directive {node.name!r}")
-            return
-        if scope not in spec.scopes:
+            allowed_in = catalog.scopes_of(node.name)
+            if not allowed_in:
+                self.problem(node, f"unknown directive {node.name!r}")
+                return
             where = "at top level" if scope == reg.GLOBAL else f"in <{scope}>"
-            allowed = ", ".join(sorted(s if s == reg.GLOBAL else f"<{s}>" for s in spec.scopes))
+            allowed = ", ".join(s if s == reg.GLOBAL else f"<{s}>" for s in allowed_in)
             self.problem(node, f"{node.name!r} is not allowed {where} (allowed: {allowed})")
             return
         try:
@@ -116,6 +146,13 @@ class _Loader:
         except ValueError as exc:
             self.problem(node, f"{node.name}: {exc}")
             return
+        if spec.status != catalog.IMPLEMENTED:
+            if not quiet:
+                self.warn(node, node.name, spec.status, spec.reason)
+            return  # nothing reads it: kept out of the settings
+        caveat = spec.caveat(node.value) if spec.caveat else None
+        if caveat:
+            self.warnings.append(ConfigProblem(node.file, node.line, caveat))
         field = reg.field_name(node.name)
         if spec.repeatable:
             layer[field] = tuple(layer.get(field, ())) + (value,)
@@ -143,6 +180,7 @@ class _Loader:
             "http-webhook-certificate",
             "http-delivery-extra-headers",
             "http-webhook-extra-headers",
+            "address-file",
         }
         if node.name in files:
             self.files_to_check.append((value, node.file, node.line))
@@ -159,7 +197,7 @@ class _Loader:
             reg.PATTERN_LIST: set(self.named(reg.PATTERN_LIST)),
             reg.VMTA: set(vmtas),
             "vmta-or-pool": set(vmtas) | set(pools),
-            reg.SOURCE: {a for a in self.named(reg.SOURCE) if a.startswith("{")} | {"{auth}"},
+            reg.SOURCE: {a for a in self.named(reg.SOURCE) if reg.is_named_source(a)} | {"{auth}"},
         }
         labels = {"vmta-or-pool": "virtual-mta or virtual-mta-pool"}
         for ref in self.references:
@@ -185,11 +223,12 @@ def load_config(path: str) -> Config:
     loader.check_references()
     config = _assemble(loader, path, files, nodes)
     check_targets(nodes, config, loader.problems)
+    order = {name: index for index, name in enumerate([path, *files])}
     if loader.problems:
-        order = {name: index for index, name in enumerate([path, *files])}
         loader.problems.sort(key=lambda p: (order.get(p.file, len(order)), p.line))
         raise ConfigError(loader.problems)
-    return config
+    loader.warnings.sort(key=lambda p: (order.get(p.file, len(order)), p.line))
+    return attrs.evolve(config, warnings=tuple(loader.warnings))
 
 
 def _assemble(loader: _Loader, path: str, files: list[str], nodes: list[Node]) -> Config:
@@ -202,9 +241,11 @@ def _assemble(loader: _Loader, path: str, files: list[str], nodes: list[Node]) -
     sources = tuple(
         (parse_cidr(arg), layer)
         for arg, layer in loader.named(reg.SOURCE).items()
-        if not arg.startswith("{")
+        if not reg.is_named_source(arg)
     )
-    named_sources = {a: lyr for a, lyr in loader.named(reg.SOURCE).items() if a.startswith("{")}
+    named_sources = {
+        a: lyr for a, lyr in loader.named(reg.SOURCE).items() if reg.is_named_source(a)
+    }
     users = {}
     for name, layer in loader.named(reg.SMTP_USER).items():
         if "password" not in layer:
@@ -241,6 +282,11 @@ def _assemble(loader: _Loader, path: str, files: list[str], nodes: list[Node]) -
         for name, layer in loader.named(reg.ACCT_FILE).items()
     )
     api = build(TransmissionsApiSettings, [loader.layers.get((reg.API, ""), {})])
+    processors = tuple(
+        _report_processor(loader, kind)
+        for kind in (reg.BOUNCE_PROCESSOR, reg.FBL_PROCESSOR)
+        if (kind, "") in loader.layers
+    )
     return Config(
         path=os.path.abspath(path),
         files=tuple(files),
@@ -256,7 +302,43 @@ def _assemble(loader: _Loader, path: str, files: list[str], nodes: list[Node]) -
         acct_files=acct_files,
         api_listeners=tuple(api_listeners),
         api=api,
+        report_processors=processors,
     )
+
+
+def _report_processor(loader: _Loader, kind: str) -> ReportProcessorSettings:
+    """A `<bounce-processor>` or `<feedback-loop-processor>` with its address lists."""
+    lists = []
+    for name, layer in loader.nested_domains.get((kind, ""), {}).items():
+        files = layer.get("address_file", ())
+        lists.append(
+            build(
+                AddressList,
+                [layer],
+                name=name,
+                domain=tuple(d.lower() for d in layer.get("domain", ())),
+                file_addresses=frozenset(a for path in files for a in _address_file(path)),
+            )
+        )
+    return build(
+        ReportProcessorSettings,
+        [loader.layers[(kind, "")]],
+        kind=kind,
+        address_lists=tuple(lists),
+    )
+
+
+def _address_file(path: str) -> list[str]:
+    """An `address-file`: one address or local part a line, `#` comments (lower-cased).
+
+    A file that cannot be read gives nothing here; `check_references` reports it.
+    """
+    try:
+        with open(path, encoding="utf-8", errors="replace") as stream:
+            lines = stream.read().splitlines()
+    except OSError:
+        return []
+    return [w.lower() for w in (line.split("#", 1)[0].strip() for line in lines) if w]
 
 
 def _missing(loader: _Loader, nodes: list[Node], kind: str, name: str, directive: str) -> None:
@@ -291,4 +373,7 @@ SCOPE_RECORDS: dict[str, type[Any]] = {
     reg.API: TransmissionsApiSettings,
     reg.SMTP_LISTENER: Listener,
     reg.API_LISTENER: Listener,
+    reg.BOUNCE_PROCESSOR: ReportProcessorSettings,
+    reg.FBL_PROCESSOR: ReportProcessorSettings,
+    reg.ADDRESS_LIST: AddressList,
 }

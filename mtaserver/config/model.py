@@ -17,12 +17,14 @@ reload builds a new one and swaps it.
 from __future__ import annotations
 
 import ipaddress
+import re
 import socket
 from collections.abc import Mapping
 from typing import Any
 
 import attrs
 
+from mtaserver.config.grammar import ConfigProblem
 from mtaserver.config.values import (
     DomainKey,
     HeaderMapping,
@@ -75,6 +77,8 @@ class SourceSettings:
     max_header_size: int = 1024 * 1024  # the whole header block
     max_mime_depth: int = 100  # Postfix's mime_nesting_limit
     require_sender_match_login: bool = False  # after AUTH, MAIL FROM must match the login
+    suppression_lists: tuple[str, ...] = ()  # checked at RCPT as scopes source:<name>
+    suppressed_recipient_action: str = "refuse"  # refuse (550 5.7.1) | drop (250 and a b record)
 
 
 @attrs.frozen
@@ -184,6 +188,54 @@ class AcctFileSettings:
 
 
 @attrs.frozen
+class AddressList:
+    """`<address-list>`: which addresses a processor takes (PowerMTA's matching rules).
+
+    `address` is a whole address, a bare local part (any domain), or a `/regex/`
+    searched in the address; `domain` takes every address at that domain; the lines
+    of each `address-file` (read by the loader into `file_addresses`) are addresses or
+    local parts. Everything compares without regard to case.
+    """
+
+    name: str = ""
+    address: tuple[str, ...] = ()
+    domain: tuple[str, ...] = ()
+    address_file: tuple[str, ...] = ()
+    file_addresses: frozenset[str] = frozenset()
+
+    def matches(self, address: str) -> bool:
+        """Whether `address` (an envelope recipient) is on this list."""
+        address = address.strip().lower()
+        local, _, domain = address.rpartition("@")
+        if domain in self.domain:
+            return True
+        if address in self.file_addresses or (local and local in self.file_addresses):
+            return True
+        for entry in self.address:
+            if len(entry) >= 2 and entry.startswith("/") and entry.endswith("/"):
+                if re.search(entry[1:-1], address, re.IGNORECASE):
+                    return True
+            elif entry.lower() == (address if "@" in entry else local):
+                return True
+        return False
+
+
+@attrs.frozen
+class ReportProcessorSettings:
+    """`<bounce-processor>` or `<feedback-loop-processor>` (PowerMTA's defaults)."""
+
+    kind: str  # bounce-processor | feedback-loop-processor
+    deliver_matched_email: bool = False
+    deliver_unmatched_email: bool = True
+    forward_unmatched_to: tuple[str, ...] = ()
+    forward_errors_to: tuple[str, ...] = ()
+    address_lists: tuple[AddressList, ...] = ()
+
+    def matches(self, address: str) -> bool:
+        return any(lst.matches(address) for lst in self.address_lists)
+
+
+@attrs.frozen
 class Listener:
     """An SMTP or HTTP listener; `tls_certificate` is one PEM file with key and chain."""
 
@@ -233,6 +285,11 @@ class GlobalSettings:
     http_request_header_timeout: float = 30.0
     http_request_body_timeout: float = 120.0
     http_mgmt_max_request_size: int = 10 * 2**20
+    # hard bounces (b, rb) of these categories suppress the recipient (global scope)
+    suppress_on_bounce_categories: frozenset[str] = frozenset(
+        {"bad-mailbox", "inactive-mailbox", "bad-domain"}
+    )
+    suppress_on_complaint: bool = True  # every f record suppresses its recipient
 
 
 def build(cls: type[Any], layers: list[Layer], **fixed: Any) -> Any:
@@ -284,6 +341,11 @@ class Config:
     acct_files: tuple[AcctFileSettings, ...] = ()
     api_listeners: tuple[Listener, ...] = ()
     api: TransmissionsApiSettings = TransmissionsApiSettings()
+    # `<bounce-processor>` then `<feedback-loop-processor>`, those the config has
+    report_processors: tuple[ReportProcessorSettings, ...] = ()
+    #: Directives accepted without effect (`FILE:LINE: ...`), logged at start and reload
+    #: and shown by `test config`; not part of what the config means (eq=False).
+    warnings: tuple[ConfigProblem, ...] = attrs.field(default=(), eq=False)
     _cache: dict[Any, Any] = attrs.field(factory=dict, eq=False, repr=False, alias="_cache")
 
     def source_layer(self, ip: str) -> Layer:

@@ -8,6 +8,7 @@ directive, named by `field_name`; `tests/test_config_registry.py` keeps the two 
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -27,6 +28,10 @@ ACCT_FILE = "acct-file"
 API_LISTENER = "transmissions-api-listener"
 API = "transmissions-api"
 SMTP_LISTENER = "smtp-listener"
+BOUNCE_PROCESSOR = "bounce-processor"
+FBL_PROCESSOR = "feedback-loop-processor"
+ADDRESS_LIST = "address-list"
+SUPPRESSION_LIST = "suppression-list"
 
 
 @attrs.frozen
@@ -43,9 +48,40 @@ def field_name(directive: str) -> str:
 
 
 def _source_arg(text: str) -> str:
-    if text.strip().startswith("{"):
-        return v.parse_source_name(text)
-    return str(v.parse_cidr(text))
+    """`10/8` (normalised, always with a `/`), `{auth}`, or a bare name (`<source mta1>`).
+
+    A name is a *named source*: used only where asked for by name (`smtp-listener ...
+    source=mta1`, `<smtp-user>`'s `source`), as PowerMTA does; `{...}` names are reserved.
+    """
+    word = text.strip()
+    if word.startswith("{"):
+        return v.parse_source_name(word)
+    try:
+        return str(v.parse_cidr(word))
+    except ValueError:
+        if any(c in word for c in ".:/") or not word:
+            raise
+    return v.parse_name(word)
+
+
+def is_named_source(arg: str) -> bool:
+    """A `<source>` argument that names a source rather than an address range."""
+    return "/" not in arg
+
+
+def _source_ref(text: str) -> str:
+    """`source {auth-users}` or `source mta1` in `<smtp-user>`: a named source."""
+    word = text.strip()
+    return v.parse_source_name(word) if word.startswith("{") else v.parse_name(word)
+
+
+def _listener_arg(text: str) -> v.HostPort:
+    """`smtp-listener IP:PORT [source=NAME]` (the `source=` part is checked by the catalog)."""
+    address, _, option = text.strip().partition(" ")
+    option = option.strip()
+    if option and not (option.startswith("source=") and v.parse_name(option[7:])):
+        raise ValueError(f"expected IP:PORT [source=NAME], e.g. 0/0:25 source=mta1, not {text!r}")
+    return v.parse_host_port(address)
 
 
 def _host_port_arg(text: str) -> str:
@@ -62,6 +98,69 @@ def _path(text: str) -> str:
     return v.parse_string(text)
 
 
+def _optional_name(text: str) -> str:
+    """`<address-list>` or `<address-list NAME>`: a name is optional."""
+    return v.parse_name(text) if text.strip() else ""
+
+
+def _address_pattern(text: str) -> str:
+    """`address`: an address, a local part, or a `/regex/` (checked to compile)."""
+    word = v.parse_string(text)
+    if len(word) >= 2 and word.startswith("/") and word.endswith("/"):
+        try:
+            re.compile(word[1:-1])
+        except re.error as exc:
+            raise ValueError(f"bad regular expression {word}: {exc}") from None
+        return word
+    if any(c.isspace() or c in "<>" for c in word) or word.count("@") > 1:
+        raise ValueError(f"expected an address, a local part or /regex/, not {text!r}")
+    return word
+
+
+def _name_list(text: str) -> tuple[str, ...]:
+    """`a,b c`: names separated by commas or spaces (`suppression-lists`)."""
+    names = tuple(v.parse_name(word) for word in text.replace(",", " ").split())
+    if not names:
+        raise ValueError("expected one or more names")
+    return names
+
+
+#: The bounce categories `suppress-on-bounce-categories` may name (those of
+#: `accounting.bounce.CATEGORIES`, repeated here: config imports no accounting).
+BOUNCE_CATEGORIES = frozenset(
+    {
+        "bad-configuration",
+        "bad-connection",
+        "bad-domain",
+        "bad-mailbox",
+        "content-related",
+        "inactive-mailbox",
+        "invalid-sender",
+        "message-expired",
+        "no-answer-from-host",
+        "other",
+        "policy-related",
+        "protocol-errors",
+        "quota-issues",
+        "relaying-issues",
+        "routing-errors",
+        "spam-related",
+        "virus-related",
+    }
+)
+
+
+def _category_list(text: str) -> frozenset[str]:
+    """`bad-mailbox,inactive-mailbox`, or `none` for no automatic suppression."""
+    words = [w.lower() for w in text.replace(",", " ").split()]
+    if words == ["none"]:
+        return frozenset()
+    unknown = [w for w in words if w not in BOUNCE_CATEGORIES]
+    if not words or unknown:
+        raise ValueError(f"expected bounce categories or none, not {text!r}")
+    return frozenset(words)
+
+
 #: Scope name -> parser of its argument (which also normalises it, so that
 #: `<source 10/8>` and `<source 10.0.0.0/8>` are the same scope and merge).
 SCOPES: Mapping[str, Callable[[str], str]] = {
@@ -76,11 +175,16 @@ SCOPES: Mapping[str, Callable[[str], str]] = {
     API_LISTENER: _host_port_arg,
     API: _no_arg,
     SMTP_LISTENER: _host_port_arg,
+    BOUNCE_PROCESSOR: _no_arg,
+    FBL_PROCESSOR: _no_arg,
+    ADDRESS_LIST: _optional_name,
+    SUPPRESSION_LIST: v.parse_name,  # a named list declared; `suppression-lists` uses it
 }
 
 #: Where a scope may be opened: top level (GLOBAL) or inside another scope.
 SCOPE_PARENTS: Mapping[str, frozenset[str]] = {name: frozenset({GLOBAL}) for name in SCOPES} | {
-    DOMAIN: frozenset({GLOBAL, VMTA, VMTA_POOL})
+    DOMAIN: frozenset({GLOBAL, VMTA, VMTA_POOL}),
+    ADDRESS_LIST: frozenset({BOUNCE_PROCESSOR, FBL_PROCESSOR}),
 }
 
 
@@ -90,6 +194,7 @@ def _in(*scopes: str) -> frozenset[str]:
 
 _yesno = v.parse_bool
 _G, _S, _D, _A = _in(GLOBAL), _in(SOURCE), _in(DOMAIN), _in(ACCT_FILE)
+_PROC = _in(BOUNCE_PROCESSOR, FBL_PROCESSOR)
 
 DIRECTIVES: Mapping[str, Spec] = {
     # global
@@ -97,7 +202,7 @@ DIRECTIVES: Mapping[str, Spec] = {
     "postmaster": Spec(v.parse_email, _G),
     "spool": Spec(_path, _G),
     "spool-min-free-space": Spec(v.parse_size, _G),
-    "smtp-listener": Spec(v.parse_host_port, _G, repeatable=True),
+    "smtp-listener": Spec(_listener_arg, _G, repeatable=True),
     "smtp-server-tls-certificate": Spec(_path, _G),
     "name-server": Spec(v.parse_name_server, _G, repeatable=True),
     "relay-domain": Spec(v.parse_domain_pattern, _G, repeatable=True),
@@ -119,6 +224,9 @@ DIRECTIVES: Mapping[str, Spec] = {
     "http-request-header-timeout": Spec(v.parse_interval, _G),
     "http-request-body-timeout": Spec(v.parse_interval, _G),
     "http-mgmt-max-request-size": Spec(v.parse_size, _G),
+    # the suppression list (global)
+    "suppress-on-bounce-categories": Spec(_category_list, _G),
+    "suppress-on-complaint": Spec(_yesno, _G),
     # listeners
     "tls-certificate": Spec(_path, _in(SMTP_LISTENER, API_LISTENER)),
     # <source>
@@ -154,9 +262,11 @@ DIRECTIVES: Mapping[str, Spec] = {
     "max-header-size": Spec(v.parse_size, _S),
     "max-mime-depth": Spec(v.parse_positive_int, _S),
     "require-sender-match-login": Spec(_yesno, _S),
+    "suppression-lists": Spec(_name_list, _S),
+    "suppressed-recipient-action": Spec(v.parse_choice("refuse", "drop"), _S),
     # <smtp-user>
     "password": Spec(v.parse_password, _in(SMTP_USER)),
-    "source": Spec(v.parse_source_name, _in(SMTP_USER)),
+    "source": Spec(_source_ref, _in(SMTP_USER)),
     "mail-from": Spec(v.parse_domain_pattern_or_email, _in(SMTP_USER), repeatable=True),
     # <ldap>
     "uri": Spec(v.parse_ldap_uri, _in(LDAP)),
@@ -205,7 +315,7 @@ DIRECTIVES: Mapping[str, Spec] = {
     "map-header-to-field": Spec(v.parse_header_mapping, _A, repeatable=True),
     "max-size": Spec(v.parse_size, _A),
     "move-interval": Spec(v.parse_interval, _A),
-    "delete-after": Spec(v.parse_interval, _A),
+    "delete-after": Spec(v.parse_interval_or_never, _A),
     "sync": Spec(_yesno, _A),
     "http-webhook-url": Spec(v.parse_url, _A),
     "http-webhook-extra-headers": Spec(_path, _A),
@@ -222,6 +332,15 @@ DIRECTIVES: Mapping[str, Spec] = {
     "log-requests": Spec(_yesno, _in(API)),
     "log-data": Spec(_yesno, _in(API)),
     "max-request-size": Spec(v.parse_size, _in(API)),
+    # <bounce-processor>, <feedback-loop-processor>
+    "deliver-matched-email": Spec(_yesno, _PROC),
+    "deliver-unmatched-email": Spec(_yesno, _PROC),
+    "forward-unmatched-to": Spec(v.parse_email, _PROC, repeatable=True),
+    "forward-errors-to": Spec(v.parse_email, _PROC, repeatable=True),
+    # <address-list> (inside a processor)
+    "address": Spec(_address_pattern, _in(ADDRESS_LIST), repeatable=True),
+    "domain": Spec(v.parse_hostname, _in(ADDRESS_LIST), repeatable=True),
+    "address-file": Spec(_path, _in(ADDRESS_LIST), repeatable=True),
 }
 
 

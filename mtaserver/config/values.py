@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import ipaddress
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import attrs
@@ -72,6 +72,16 @@ def parse_interval(text: str) -> float:
     return float(sum(int(n) * _INTERVAL_UNITS[u] for n, u in parts))
 
 
+def parse_interval_or_never(text: str) -> float | None:
+    """An interval, or `never` (None): `delete-after never`."""
+    if text.strip().lower() == "never":
+        return None
+    try:
+        return parse_interval(text)
+    except ValueError:
+        raise ValueError(f"expected an interval such as 8d, or never, not {text!r}") from None
+
+
 def parse_interval_list(text: str) -> tuple[float, ...]:
     """`10m,10m,1h`: retry schedules, where the last interval repeats."""
     items = [item for item in re.split(r"[,\s]+", text.strip()) if item]
@@ -84,7 +94,7 @@ def parse_cidr(text: str) -> IPNetwork:
     """`0/0`, `127.0.0.1`, `10.0.0.0/8`, `10/8`, `::1`, `2001:db8::/32`."""
     word = text.strip()
     address, _, prefix = word.partition("/")
-    if "." not in address and ":" not in address and address.isdigit():
+    if re.fullmatch(r"\d+(\.\d+){0,2}", address):  # PowerMTA's short forms: 10/8, 10.1.0/24
         octets = address.split(".")
         address = ".".join(octets + ["0"] * (4 - len(octets)))
     try:
@@ -227,15 +237,20 @@ class Rate:
         return self.count / self.per_seconds
 
 
+#: PowerMTA's rate units: `N/[M]{d|day|h|hr|m|min|s|sec}` (and `hour`).
+_RATE_UNITS = {"s": 1, "sec": 1, "m": 60, "min": 60, "h": 3600, "hr": 3600, "hour": 3600}
+_RATE_UNITS |= {"d": 86400, "day": 86400}
+
+
 def parse_rate(text: str) -> Rate | None:
-    """`100/h`, `10/s`, `5/m`, `1000/d`; `unlimited` is None."""
+    """`100/h`, `10/s`, `5/min`, `83/10m`, `1000/day`; `unlimited` (and PowerMTA's `0`) is None."""
     word = text.strip().lower()
-    if word == "unlimited":
+    if word in ("unlimited", "0"):
         return None
-    match = re.fullmatch(r"(\d+)\s*/\s*(\d*)([smhd])", word)
-    if not match or int(match.group(1)) == 0:
-        raise ValueError(f"expected a rate such as 100/h, not {text!r}")
-    return Rate(int(match.group(1)), int(match.group(2) or 1) * _INTERVAL_UNITS[match.group(3)])
+    match = re.fullmatch(r"(\d+)\s*/\s*(\d*)\s*([a-z]+)", word)
+    if not match or int(match.group(1)) == 0 or match.group(3) not in _RATE_UNITS:
+        raise ValueError(f"expected a rate N/[M]UNIT (s, m, h, d), e.g. 100/h, not {text!r}")
+    return Rate(int(match.group(1)), int(match.group(2) or 1) * _RATE_UNITS[match.group(3)])
 
 
 REPLY_ACTIONS = frozenset(
@@ -339,11 +354,69 @@ def parse_api_key(text: str) -> str:
 
 
 RECORD_TYPES = ("r", "d", "b", "t", "tq", "f", "rb", "rs")
+"""Every acct record type, in the order their columns are laid out in a CSV file.
+
+The one list both `test config` and the acct writers check against (accounting
+imports it), so a config that passes `test config` always starts."""
+
+ACCT_FIELDS: tuple[str, ...] = (
+    "type",
+    "timeLogged",
+    "timeQueued",
+    "orig",
+    "rcpt",
+    "orcpt",
+    "dsnAction",
+    "dsnStatus",
+    "dsnDiag",
+    "dsnMta",
+    "bounceCat",
+    "srcType",
+    "srcMta",
+    "dlvType",
+    "dlvSourceIp",
+    "dlvDestinationIp",
+    "dlvEsmtpAvailable",
+    "dlvSize",
+    "vmta",
+    "jobId",
+    "envId",
+    "queue",
+    "vmtaPool",
+    "totalSecondsQueued",
+    "dlvTlsProtocol",
+    "dlvTlsCipher",
+    "rcvSmtpUser",
+)
+"""Every standard acct field, in DESIGN.md section 5 order (`header_X` fields aside)."""
+
+ACCT_HEADER_PREFIX = "header_"
+
+REPORT_FIELDS: Mapping[str, tuple[str, ...]] = {
+    "rb": ("dsnReportingMta",),
+    "rs": ("dsnReportingMta",),
+    "f": ("format", "feedbackType", "userAgent", "reportingMta", "reportedDomain"),
+}
+"""The fields only the processors' records have, after the standard ones in `*`."""
+
+
+#: The long names PowerMTA accepts in place of each record type (`records delivery,bounce`).
+RECORD_TYPE_NAMES = {
+    "delivery": "d",
+    "bounce": "b",
+    "transient": "t",
+    "transient-queue": "tq",
+    "receipt": "r",
+    "feedback-loop": "f",
+    "remote-bounce": "rb",
+    "remote-status": "rs",
+}
 
 
 def parse_record_types(text: str) -> frozenset[str]:
-    """`d,b,t,tq,r,f`."""
-    types = [t for t in re.split(r"[,\s]+", text.strip().lower()) if t]
+    """`d,b,t,tq,r,f`, or the long names (`delivery, feedback-loop`)."""
+    words = [t for t in re.split(r"[,\s]+", text.strip().lower()) if t]
+    types = [RECORD_TYPE_NAMES.get(t, t) for t in words]
     unknown = [t for t in types if t not in RECORD_TYPES]
     if not types or unknown:
         raise ValueError(f"expected record types from {','.join(RECORD_TYPES)}, not {text!r}")
@@ -351,7 +424,10 @@ def parse_record_types(text: str) -> frozenset[str]:
 
 
 def parse_record_fields(text: str) -> tuple[str, tuple[str, ...]]:
-    """`record-fields d timeLogged,rcpt,dsnStatus` or `record-fields * *`."""
+    """`record-fields d timeLogged,rcpt,dsnStatus`, `record-fields * *` or `d *,!orcpt`.
+
+    `!field` leaves a field out of what the list selected before it (PowerMTA's form).
+    """
     parts = text.split(None, 1)
     if len(parts) != 2:
         raise ValueError("expected a record type (or *) and a list of fields")
@@ -359,6 +435,19 @@ def parse_record_fields(text: str) -> tuple[str, tuple[str, ...]]:
     if kind != "*" and kind not in RECORD_TYPES:
         raise ValueError(f"unknown record type {parts[0]!r}")
     fields = tuple(f for f in re.split(r"[,\s]+", parts[1].strip()) if f)
+    for field in fields:
+        name = field.removeprefix("!")
+        known = (
+            name == "*"
+            or name in ACCT_FIELDS
+            or any(name in extra for extra in REPORT_FIELDS.values())
+            or name.startswith(ACCT_HEADER_PREFIX)
+        )
+        if not known or field == "!*":
+            raise ValueError(
+                f"unknown acct field {field!r}; a field is * or one of {', '.join(ACCT_FIELDS)}"
+                " (or header_NAME), optionally with ! to leave it out"
+            )
     return kind, fields
 
 
@@ -444,9 +533,17 @@ def parse_ldap_group_access(text: str) -> LdapGroupAccess:
 _PASSWORD_SCHEMES = ("PLAIN", "SHA512-CRYPT", "SHA256-CRYPT", "SSHA256", "SSHA512", "SHA256")
 
 
+#: What an empty `password` stands for: a scheme no password ever matches. A published
+#: config's placeholder (`password ## YOUR PASSWORD HERE ##`, all comment) loads, and its
+#: user can never log in (the loader warns), rather than logging in with no password.
+LOCKED_PASSWORD = "{LOCKED}"
+
+
 def parse_password(text: str) -> str:
-    """A plain password, or `{SCHEME}hash` in Dovecot's notation."""
+    """A plain password, or `{SCHEME}hash` in Dovecot's notation; empty locks the user."""
     word = text.strip()
+    if not word:
+        return LOCKED_PASSWORD
     match = re.match(r"\{([A-Z0-9-]+)\}", word)
     if match and match.group(1) not in _PASSWORD_SCHEMES:
         raise ValueError(

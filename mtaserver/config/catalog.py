@@ -1,0 +1,1152 @@
+"""Every directive of the PowerMTA 5.0 reference: where it may stand and what it does here.
+
+PowerMTA refuses a directive it does not know, so a PowerMTA config carries over only if
+every directive of its reference is known. The registry (`registry.py`) holds the
+directives mtaserver implements and builds settings from; this module holds the long
+tail: each remaining directive of the 5.0 User's Guide (chapter 3.3, and the Signals,
+proxy and bounce-category chapters), in the scopes the guide allows, with its value type,
+its PowerMTA default and one of three statuses:
+
+* ``implemented`` - it changes behaviour (and has a test);
+* ``no-effect`` - it cannot apply to mtaserver (process priorities, PowerMTA's own
+  console, a choice mtaserver always makes one way); accepted, with one warning at start;
+* ``not-yet`` - it could apply but mtaserver does not do it yet; accepted (a config
+  carries over), with a warning at start and in ``test config`` naming what is missing.
+
+`lookup(name, scope)` is the one place the loader asks what a directive is: the registry
+first, then this catalog. `docs/config.rst`'s directive table is generated from both
+(`python -m mtaserver.config.doctable`), and a test keeps it equal to the committed text
+and complete against the guide's directive list (`tests/data/powermta-5.0-directives-toc.txt`).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any
+
+import attrs
+
+from mtaserver.config import registry as reg
+from mtaserver.config import values as v
+from mtaserver.config.grammar import RAW_SCOPES
+
+IMPLEMENTED = "implemented"
+NO_EFFECT = "no-effect"
+NOT_YET = "not-yet"
+
+# Scopes of the reference that the registry does not build settings from.
+SPOOL = "spool"
+SOURCE_GROUP = "source-group"
+PATTERN_LIST = "pattern-list"
+REWRITE_LIST = "rewrite-list"
+DOMAIN_KEY_LIST = "domain-key-list"
+EMAIL_PATTERNS = "email-patterns"
+BOUNCE_CATEGORY_PATTERNS = "bounce-category-patterns"
+DNS = "dns"
+SIGNALS = "signals"
+SIGNALS_FILTER = "signals-filter"
+PROXY = "proxy"
+BOUNCE_PROCESSOR = "bounce-processor"
+FBL_PROCESSOR = "feedback-loop-processor"
+ADDRESS_LIST = "address-list"
+SUPPRESSION_LIST = "suppression-list"
+
+Parser = Callable[[str], Any]
+
+
+@attrs.frozen
+class Entry:
+    """One directive in one scope: how its value parses, and what it does here."""
+
+    name: str
+    scope: str
+    parse: Parser
+    value: str  # the value's form, for the docs table
+    default: str  # PowerMTA's default, as the guide gives it
+    status: str
+    reason: str
+    repeatable: bool = False
+    #: For a directive implemented only in part: the warning a given value deserves.
+    caveat: Callable[[str], str | None] | None = None
+
+
+@attrs.frozen
+class ScopeEntry:
+    """A scope of the reference: its argument, where it may open, and what it does here."""
+
+    name: str
+    parse_arg: Callable[[str], str]
+    parents: frozenset[str]
+    status: str
+    reason: str
+
+
+# -- value forms -------------------------------------------------------------------------
+
+
+def _any(text: str) -> str:
+    """Any text, even none (`backoff-notify ""`)."""
+    return text.strip()
+
+
+def _names(text: str) -> tuple[str, ...]:
+    words = tuple(w for w in re.split(r"[,\s]+", text.strip()) if w)
+    if not words:
+        raise ValueError("expected one or more names, e.g. a,b")
+    return words
+
+
+def _int_or_auto(text: str) -> int | None:
+    if text.strip().lower() == "auto":
+        return None
+    return v.parse_int(text)
+
+
+def _cidr_rate(text: str) -> tuple[v.IPNetwork, Any]:
+    parts = text.split(None, 1)
+    if len(parts) != 2:
+        raise ValueError(f"expected CIDR RATE, e.g. 1.2.3.4 600/h, not {text!r}")
+    return v.parse_cidr(parts[0]), _volume_or_rate(parts[1])
+
+
+def _cidr_int(text: str) -> tuple[v.IPNetwork, int]:
+    parts = text.split()
+    if len(parts) != 2:
+        raise ValueError(f"expected CIDR N, e.g. 173.194/16 50, not {text!r}")
+    return v.parse_cidr(parts[0]), v.parse_int(parts[1])
+
+
+def _host_int(text: str) -> tuple[str, int]:
+    parts = text.split()
+    if len(parts) != 2:
+        raise ValueError(f"expected MX-NAME N, e.g. *.aspmx.l.google.com 5, not {text!r}")
+    return parts[0].lower(), v.parse_int(parts[1])
+
+
+def _volume_rate(text: str) -> tuple[int, float] | None:
+    """`1M/1h`, `6g/10h`, `unlimited` or `0`: bytes per period."""
+    word = text.strip().lower()
+    if word in ("unlimited", "0"):
+        return None
+    match = re.fullmatch(r"(\d+)\s*([bkmgt]?)\s*/\s*(\d*)\s*([a-z]+)", word)
+    rate = v.parse_rate(f"1/{match.group(3)}{match.group(4)}") if match else None
+    if match is None or rate is None:
+        raise ValueError(f"expected a volume per period such as 1M/1h, not {text!r}")
+    return v.parse_size(match.group(1) + match.group(2)), rate.per_seconds
+
+
+def _volume_or_rate(text: str) -> Any:
+    try:
+        return v.parse_rate(text)
+    except ValueError:
+        return _volume_rate(text)
+
+
+def _rate_list(text: str) -> tuple[Any, ...]:
+    """`400/day` or `1/day,2/day,3/day` (max-cold-virtual-mta-msg)."""
+    return tuple(v.parse_rate(item) for item in text.split(",") if item.strip())
+
+
+def _regex(text: str) -> re.Pattern[str]:
+    match = re.fullmatch(r"/(.*)/([i]*)", text.strip())
+    if not match:
+        raise ValueError(f"expected /REGEX/, e.g. /^bounce@/, not {text!r}")
+    try:
+        return re.compile(match.group(1), re.IGNORECASE if match.group(2) else 0)
+    except re.error as exc:
+        raise ValueError(f"bad regular expression {match.group(1)!r}: {exc}") from None
+
+
+def _address_or_regex(text: str) -> Any:
+    word = text.strip()
+    return _regex(word) if word.startswith("/") else v.parse_domain_pattern_or_email(word)
+
+
+def _pattern_result(text: str) -> tuple[re.Pattern[str], str]:
+    """`/REGEX/ virtual-mta=NAME` (`mail-from`, `rcpt-to` of a `<pattern-list>`)."""
+    match = re.fullmatch(r"\s*(/(?:[^/\\]|\\.)*/[i]*)\s+(\S.*)", text)
+    if not match:
+        raise ValueError(f"expected /REGEX/ RESULT, e.g. /^abc/ virtual-mta=mta1, not {text!r}")
+    return _regex(match.group(1)), match.group(2).strip()
+
+
+def _header_pattern(text: str) -> tuple[str, re.Pattern[str], str]:
+    """`header HEADER-NAME /REGEX/ RESULT`."""
+    name, _, rest = text.strip().partition(" ")
+    if not name or not rest.strip():
+        raise ValueError(
+            f"expected HEADER /REGEX/ RESULT, e.g. from /jsmith/ virtual-mta=x, not {text!r}"
+        )
+    regex, result = _pattern_result(rest)
+    return name.lower(), regex, result
+
+
+def _two_words(example: str) -> Parser:
+    def parse(text: str) -> tuple[str, str]:
+        parts = text.split()
+        if len(parts) != 2:
+            raise ValueError(f"expected two values, e.g. {example}, not {text!r}")
+        return parts[0], parts[1]
+
+    return parse
+
+
+def _category_pattern(text: str) -> tuple[re.Pattern[str], str]:
+    """`/REGEX/ CATEGORY`: one line (or several joined) of `<bounce-category-patterns>`."""
+    match = re.fullmatch(r"/(.*)/\s*([A-Za-z0-9_-]+)", text.strip(), re.DOTALL)
+    if not match:
+        raise ValueError(
+            f"expected /REGEX/ CATEGORY, e.g. /mailbox +full/ quota-issues, not {text!r}"
+        )
+    try:
+        return re.compile(match.group(1)), match.group(2).lower()
+    except re.error as exc:
+        raise ValueError(f"bad regular expression {match.group(1)!r}: {exc}") from None
+
+
+def _domain_list(text: str) -> tuple[str, ...]:
+    """`yahoo.com,gmail.com` or `.com,.co.uk` (domain-macro)."""
+    names = tuple(w.lower() for w in re.split(r"[,\s]+", text.strip()) if w)
+    if not names:
+        raise ValueError("expected a list of domains, e.g. yahoo.com,ymail.com")
+    for name in names:
+        v.parse_hostname(name.lstrip("."))
+    return names
+
+
+def _macro(text: str) -> tuple[str, tuple[str, ...]]:
+    """`domain-macro NAME DOMAIN-LIST`."""
+    name, _, rest = text.strip().partition(" ")
+    if not name or not rest.strip():
+        raise ValueError(
+            f"expected NAME DOMAIN-LIST, e.g. gmail gmail.com,googlemail.com, not {text!r}"
+        )
+    return v.parse_name(name), _domain_list(rest)
+
+
+def _privacy(text: str) -> str:
+    word = text.split()[0].lower() if text.split() else ""
+    choices = ("retain", "redact", "siphash", "siphash-hexkey", "hmac-sha256", "hmac-sha256-hexkey")
+    if word not in choices:
+        raise ValueError(
+            f"expected one of {', '.join(choices)} [KEY], e.g. siphash secret, not {text!r}"
+        )
+    return text.strip()
+
+
+def _http_access_level(text: str) -> str:
+    return text.strip()
+
+
+#: Value form -> (parser, how the docs table names it).
+FORMS: Mapping[str, tuple[Parser, str]] = {
+    "bool": (v.parse_bool, "yes/no"),
+    "int": (v.parse_int, "number"),
+    "int-or-auto": (_int_or_auto, "number or auto"),
+    "size": (v.parse_size, "size (10K 5M 1G)"),
+    "interval": (v.parse_interval, "interval (30s 10m 4h)"),
+    "interval-or-never": (v.parse_interval_or_never, "interval or never"),
+    "rate": (v.parse_rate, "rate (100/h)"),
+    "rate-list": (_rate_list, "rates (400/day or 1/day,2/day)"),
+    "volume-rate": (_volume_rate, "volume per period (1M/1h)"),
+    "cidr-rate": (_cidr_rate, "CIDR rate (1.2.3.4 600/h)"),
+    "cidr-int": (_cidr_int, "CIDR N"),
+    "host-int": (_host_int, "MX-NAME N"),
+    "text": (v.parse_string, "text"),
+    "any": (_any, "text (may be empty)"),
+    "name": (v.parse_name, "name"),
+    "names": (_names, "names (a,b)"),
+    "file": (v.parse_string, "file"),
+    "email": (v.parse_email, "email address"),
+    "address-or-regex": (_address_or_regex, "address, domain or /REGEX/"),
+    "domain": (v.parse_domain_pattern, "domain"),
+    "domains": (_domain_list, "domains (a.com,b.com)"),
+    "host": (v.parse_hostname, "host name"),
+    "cidr": (v.parse_cidr, "CIDR"),
+    "host-port": (v.parse_host_port, "IP:PORT"),
+    "url": (v.parse_url, "URL"),
+    "pattern": (_pattern_result, "/REGEX/ RESULT"),
+    "header-pattern": (_header_pattern, "HEADER /REGEX/ RESULT"),
+    "rewrite": (_two_words("*@a.com *@b.com"), "SOURCE TARGET"),
+    "source-host": (v.parse_source_host, "IP HOSTNAME"),
+    "cidr-host": (_two_words("10/8 mail.example.com"), "CIDR HOSTNAME"),
+    "domain-key": (v.parse_domain_key, "SELECTOR,DOMAIN,KEYFILE"),
+    "macro": (_macro, "NAME DOMAIN-LIST"),
+    "category-pattern": (_category_pattern, "/REGEX/ CATEGORY"),
+    "privacy": (_privacy, "retain|redact|siphash|hmac-sha256... [KEY]"),
+    "mgmt-level": (_http_access_level, "text"),
+}
+
+_ENTRIES: list[Entry] = []
+
+
+def _add(
+    names: str,
+    scopes: Iterable[str],
+    form: str,
+    default: str,
+    status: str,
+    reason: str,
+    repeatable: bool = False,
+    caveat: Callable[[str], str | None] | None = None,
+) -> None:
+    """Catalog each of `names` (space-separated) in each of `scopes`."""
+    parse, label = FORMS[form] if ":" not in form else _choice(form)
+    for name in names.split():
+        for scope in scopes:
+            _ENTRIES.append(
+                Entry(name, scope, parse, label, default, status, reason, repeatable, caveat)
+            )
+
+
+def _choice(form: str) -> tuple[Parser, str]:
+    """`choice:a|b|c`."""
+    choices = form.split(":", 1)[1].split("|")
+    return v.parse_choice(*choices), " | ".join(choices)
+
+
+G, S, D = (reg.GLOBAL,), (reg.SOURCE,), (reg.DOMAIN,)
+VM, POOL, A = (reg.VMTA,), (reg.VMTA_POOL,), (reg.ACCT_FILE,)
+LISTENERS = (reg.SMTP_LISTENER, reg.API_LISTENER)
+Y, N = NOT_YET, NO_EFFECT
+
+# -- global ----------------------------------------------------------------------------
+_add(
+    "run-as-root",
+    G,
+    "bool",
+    "true",
+    N,
+    "the user is twistd's --uid/--gid or the service manager's; mtaserver never needs root",
+)
+_add(
+    "thread-min-priority thread-max-priority",
+    G,
+    "int",
+    "15 / 0",
+    N,
+    "Twisted runs one reactor thread; OS thread priorities are not set",
+)
+_add("thread-reuse", G, "bool", "true", N, "thread pools are Twisted's and always reuse threads")
+_add(
+    "spool-delete-corrupted",
+    G,
+    "bool",
+    "false",
+    N,
+    "a torn or corrupt message file is always set aside for inspection, never deleted",
+)
+_add(
+    "spool-max-recipients",
+    G,
+    "int-or-auto",
+    "auto",
+    Y,
+    "no recipient cap across the spool; spool-min-free-space guards the disk",
+)
+_add(
+    "sync-msg-create sync-msg-update",
+    G,
+    "bool",
+    "true",
+    N,
+    "the spool always fsyncs before answering 250; durability cannot be turned off",
+)
+_add("smtp-server-tls-ca-file", G, "file", "", Y, "client certificates are not requested")
+_add(
+    "smtp-server-tls-allow-sslv3 smtp-server-tls-allow-tlsv1 smtp-server-tls-allow-tlsv1.1",
+    G,
+    "bool",
+    "false / false / true",
+    N,
+    "TLS versions follow the system OpenSSL policy (TLS 1.2 and later); SSLv3 is never offered",
+)
+_add(
+    "smtp-server-tls-allow-tlsv1.2",
+    G,
+    "bool",
+    "true",
+    N,
+    "TLS 1.2 and 1.3 are always offered (system OpenSSL policy)",
+)
+_add(
+    "smtp-server-tls-ciphers",
+    G,
+    "text",
+    "HIGH:!ADH:@STRENGTH",
+    Y,
+    "ciphers are the system OpenSSL defaults",
+)
+_add(
+    "smtp-source-host",
+    G,
+    "cidr-host",
+    "",
+    Y,
+    "outbound source addresses come from <virtual-mta> smtp-source-host only",
+)
+_add("alias", G, "rewrite", "", Y, "local aliases are not expanded", repeatable=True)
+_add(
+    "smtp-ip smtp-port",
+    G,
+    "text",
+    "0.0.0.0 / 25",
+    Y,
+    "deprecated in 5.0; use smtp-listener (without one, nothing listens)",
+)
+_add("custom-dsn-from-header", G, "text", "", Y, "DSNs use From: the postmaster address")
+_add("smtp-await-slot", G, "bool", "false", Y, "over total-max-smtp-in, a session gets 421")
+_add("host-id", G, "int", "0", N, "message IDs are unique without a host number")
+_add("domain-suffix", G, "host", "", Y, "unqualified domains are not completed")
+_add(
+    "mailmerge-expands-undefined-variables",
+    G,
+    "bool",
+    "true",
+    Y,
+    "mailmerge (XMRG) is not supported",
+)
+_add("pmc-acct-min-free-space", G, "size", "unlimited", N, "PowerMTA Management Console only")
+_add(
+    "relay-address",
+    G,
+    "address-or-regex",
+    "",
+    Y,
+    "relaying is by relay-domain and <source> only",
+    repeatable=True,
+)
+_add("relay-debug", G, "bool", "false", Y, "relay decisions are not logged in detail")
+_add(
+    "invalid-virtual-mta-fallback",
+    G,
+    "name",
+    "",
+    Y,
+    "an unknown X-Virtual-MTA is refused at reception",
+)
+_add("include-headers-from", G + VM + POOL, "file", "", Y, "no headers are added from a file")
+_add(
+    "domain-macro",
+    G,
+    "macro",
+    "",
+    Y,
+    "<domain $NAME> scopes are accepted but match no queue yet",
+    repeatable=True,
+)
+_add("pickup", G, "text", "", Y, "no pickup directory is read", repeatable=True)
+_add("pickup-retry-interval", G, "interval", "", Y, "no pickup directory is read")
+_add("pickup-remove-dot", G, "bool", "false", Y, "no pickup directory is read")
+_add("dummy-smtp-ip", G, "text", "", Y, "no blackhole SMTP server")
+_add("dummy-smtp-port", G, "int", "0 (disabled)", Y, "no blackhole SMTP server")
+_add(
+    "dummy-smtp-await-slot dummy-smtp-has-chunking dummy-smtp-has-pipelining dummy-smtp-has-verp",
+    G,
+    "bool",
+    "false",
+    Y,
+    "no blackhole SMTP server",
+)
+_add("dummy-smtp-latency", G, "int", "0", Y, "no blackhole SMTP server")
+_add("dummy-smtp-update-stats", G, "bool", "true", Y, "no blackhole SMTP server")
+_add(
+    "http-redirect-to-https",
+    G,
+    "bool",
+    "true",
+    N,
+    "the management port serves HTTPS when http-mgmt-tls-certificate is set, else plain "
+    "HTTP on loopback only; it never redirects",
+)
+_add(
+    "http-csrf-protection",
+    G,
+    "bool",
+    "true",
+    N,
+    "state changes are POST only with an API key or session; GET never changes state",
+)
+_add("http-strict-transport-security-max-age", G, "int", "0", Y, "no HSTS header is sent")
+_add("http-mgmt-source no-http-mgmt-source", G, "cidr", "", Y, "use http-access", repeatable=True)
+_add(
+    "http-tls-allow-sslv3 http-tls-allow-tlsv1 http-tls-allow-tlsv1.1 http-tls-allow-tlsv1.2",
+    G,
+    "bool",
+    "false / false / true / true",
+    N,
+    "TLS versions follow the system OpenSSL policy (TLS 1.2 and later)",
+)
+_add("http-tls-ciphers", G, "text", "HIGH:!ADH:@STRENGTH", Y, "ciphers are the OpenSSL defaults")
+_add("http-tls-ca-file", G, "file", "", Y, "client certificates are not requested")
+_add(
+    "http-log-tls http-log-data http-log-requests",
+    G,
+    "bool",
+    "false",
+    Y,
+    "management requests are logged at the standard level only",
+)
+_add("http-default-max-items", G, "int", "10", N, "the web console pages its own lists")
+_add(
+    "http-default-sort-order",
+    G,
+    "choice:rcpt|name|size",
+    "rcpt",
+    N,
+    "the web console sorts its own lists",
+)
+_add("log-auto-rotation", G, "bool", "true", N, "the log is twistd's; rotate it with logrotate")
+_add("log-file", G, "file", "", Y, "the log goes to twistd's --logfile (or standard output)")
+_add("log-rotate", G, "int", "8", N, "the log is twistd's; rotate it with logrotate")
+_add("log-file-world-readable", G, "bool", "false", N, "the log is twistd's file")
+_add(
+    "mx-connection-limit",
+    G,
+    "host-int",
+    "",
+    Y,
+    "only per-queue max-smtp-out limits",
+    repeatable=True,
+)
+_add(
+    "ip-connection-limit",
+    G,
+    "cidr-int",
+    "",
+    Y,
+    "only per-queue max-smtp-out limits",
+    repeatable=True,
+)
+_add("use-proxy", G + VM, "names", "none", Y, "no outbound HAProxy protocol")
+_add("enable-signals", G, "bool", "false", N, "SparkPost Signals upload is SparkPost's service")
+
+# -- <spool> ---------------------------------------------------------------------------
+_add(
+    "delete-file-holders",
+    (SPOOL,),
+    "bool",
+    "false",
+    N,
+    "files are never deleted under another process",
+)
+_add("deliver-only", (SPOOL,), "bool", "false", Y, "one spool directory (the spool directive)")
+_add("priority", (SPOOL,), "int", "1", Y, "one spool directory (the spool directive)")
+_add("min-free-space", (SPOOL,), "size", "0", Y, "use spool-min-free-space")
+
+# -- <bounce-processor>, <feedback-loop-processor>, <address-list> (fallbacks: the
+# registry's entries, when present, are the ones used) ------------------------------------
+_PROCESSORS = (BOUNCE_PROCESSOR, FBL_PROCESSOR)
+_add("deliver-unmatched-email", _PROCESSORS, "bool", "true", Y, "no inbound processors yet")
+_add("deliver-matched-email", _PROCESSORS, "bool", "false", Y, "no inbound processors yet")
+_add("deliver-email", _PROCESSORS, "bool", "", Y, "no inbound processors yet")
+_add(
+    "forward-unmatched-to forward-errors-to",
+    _PROCESSORS,
+    "email",
+    "",
+    Y,
+    "no inbound processors yet",
+)
+_add(
+    "address",
+    (ADDRESS_LIST,),
+    "address-or-regex",
+    "",
+    Y,
+    "no inbound processors yet",
+    repeatable=True,
+)
+_add("address-file", (ADDRESS_LIST,), "file", "", Y, "no inbound processors yet", repeatable=True)
+_add("domain", (ADDRESS_LIST,), "domain", "", Y, "no inbound processors yet", repeatable=True)
+
+# -- <email-patterns>, <bounce-category-patterns> ----------------------------------------
+_add(
+    "body-pattern-file",
+    (EMAIL_PATTERNS,),
+    "file",
+    "",
+    Y,
+    "report bodies are read by the built-in ARF/DSN parsers only",
+    repeatable=True,
+)
+_add("log-match-info", (EMAIL_PATTERNS,), "bool", "false", Y, "no pattern files are read")
+_add(
+    "pattern",
+    (BOUNCE_CATEGORY_PATTERNS,),
+    "category-pattern",
+    "",
+    Y,
+    "bounce categories come from the built-in patterns",
+    repeatable=True,
+)
+
+# -- <source> --------------------------------------------------------------------------
+_add(
+    "date-header-time",
+    S,
+    "choice:reception|delivery",
+    "reception",
+    Y,
+    "an added Date: is the reception time",
+)
+_add("bcc", S, "email", "", Y, "no copies are sent", repeatable=True)
+_add("allow-auth", S, "bool", "true", Y, "AUTH is offered wherever users exist")
+_add("remove-header", S, "names", "", Y, "headers are passed as received", repeatable=True)
+_add("remove-received-headers", S, "bool", "false", Y, "Received: headers are kept")
+_add("allow-mailmerge", S, "bool", "false", Y, "mailmerge (XMRG) is not supported")
+_add("broken-auth-clients", S, "bool", "false", N, "AUTH= with a space is always understood")
+_add("verp-default", S, "bool", "false", Y, "the envelope sender is not VERP-encoded")
+_add(
+    "check-dkim-inbound trace-dkim-check trace-spf-check check-spf-inbound "
+    "check-spf-inbound-best-guess check-iprev-inbound trace-iprev-check",
+    S,
+    "bool",
+    "false",
+    Y,
+    "no inbound DKIM, SPF or iprev checks",
+)
+_add("check-spf-inbound-max-void-lookups", S, "int", "2", Y, "no inbound SPF checks")
+_add(
+    "reject-iprev-check-temperror reject-iprev-check-permerror reject-iprev-check-fail",
+    S,
+    "bool",
+    "false",
+    Y,
+    "no inbound iprev checks",
+)
+_add(
+    "reject-spf-check-temperror reject-spf-check-permerror reject-spf-check-fail",
+    S,
+    "bool",
+    "true",
+    Y,
+    "no inbound SPF checks",
+)
+_add("suppress-local-dsn", S, "bool", "false", Y, "local bounces send a DSN")
+_add("dsn-return-default", S, "choice:headers|full|system", "system", Y, "DSNs return the headers")
+_add(
+    "log-tls log-connections log-commands log-data",
+    S,
+    "bool",
+    "false",
+    Y,
+    "SMTP sessions are logged at the standard level only",
+)
+_add(
+    "reject-invalid-virtual-mta", S, "bool", "true", N, "an unknown X-Virtual-MTA is always refused"
+)
+_add("disconnect-on-transient-error", S, "bool", "false", Y, "a 4xx keeps the session open")
+_add("hide-message-source", S, "bool", "false", Y, "Received: names the client")
+_add(
+    "too-many-rcpts-fails-message",
+    S,
+    "bool",
+    "false",
+    Y,
+    "recipients over max-rcpt-per-message get 452, the message goes on",
+)
+_add("suppression-lists", S, "names", "", Y, "no suppression lists yet")
+_add("pattern-list", S, "name", "", Y, "no <pattern-list> routing yet")
+_add("rewrite-list", S + VM + POOL, "name", "", Y, "no address rewriting yet")
+_add("process-x-envid", S, "bool", "false", Y, "X-EnvId: is not read")
+_add(
+    "process-x-dkim-options retain-x-dkim-options process-x-dkim-key retain-x-dkim-key",
+    S,
+    "bool",
+    "false",
+    Y,
+    "DKIM options come from the config only",
+)
+_add("jobid-prefix", S, "text", "", Y, "job IDs are taken as given")
+_add("jobid-header", S, "text", "x-job", Y, "the job ID header is X-Job")
+_add(
+    "retain-x-job retain-x-virtual-mta retain-x-schedule",
+    S,
+    "bool",
+    "false",
+    Y,
+    "processed X- headers are removed",
+)
+_add("add-x-virtual-mta-header", S, "bool", "false", Y, "no X-Virtual-MTA header is added")
+_add("source-group", S, "name", "", Y, "no <source-group> limits yet")
+_add("process-x-schedule", S, "bool", "false", Y, "X-Schedule: is not read")
+_add("allow-chunking", S, "bool", "true", Y, "CHUNKING is not offered")
+_add("allow-empty-x-virtual-mta", S, "bool", "false", Y, "an empty X-Virtual-MTA is refused")
+_add("accept-invalid-recipients", S, "bool", "false", Y, "invalid addresses are refused")
+_add(
+    "always-allow-api-submission",
+    S,
+    "bool",
+    "false",
+    Y,
+    "the Transmissions API uses its own {transmissions-api} source",
+)
+_add("auto-qualify-domain", S, "bool", "true", Y, "unqualified addresses are refused")
+
+# -- <smtp-user>, <source-group> ------------------------------------------------------------
+_add(
+    "authentication-method",
+    (reg.SMTP_USER,),
+    "choice:password|system|certificate",
+    "password",
+    IMPLEMENTED,
+    "password only: system and certificate are not yet",
+    caveat=lambda text: (
+        None
+        if text.strip().lower() == "password"
+        else f"authentication-method {text.strip()} is not yet implemented: password only"
+    ),
+)
+_add("tls-certificate", (reg.SMTP_USER,), "file", "", Y, "no certificate authentication")
+_add(
+    "max-smtp-in reserved-smtp-in",
+    (SOURCE_GROUP,),
+    "int",
+    "unlimited",
+    Y,
+    "no <source-group> limits yet; max-smtp-in in <source> limits each client IP",
+)
+
+# -- <domain> --------------------------------------------------------------------------
+_add("max-errors-per-connection", D, "int", "unlimited", Y, "a connection is not closed on errors")
+_add("check-spf-outbound", D, "bool", "false", Y, "no outbound SPF check")
+_add("dsn-format", D, "choice:standard|plain-text", "standard", Y, "DSNs are standard")
+_add(
+    "log-resolution log-transfer-failures log-disabled-ips log-connections log-commands "
+    "log-data log-tls",
+    D,
+    "bool",
+    "false",
+    Y,
+    "deliveries are logged at the standard level",
+)
+_add("max-events-recorded", D, "int", "10", N, "queue events live in the acct records")
+_add("disable-acct-records", D, "names", "", Y, "every acct record is written")
+_add("bcc-upon-delivery", D, "email", "", Y, "no copies are sent")
+_add(
+    "allow-priority-interruption allow-priority-interruption-during-transfer",
+    D,
+    "bool",
+    "yes / no",
+    N,
+    "one priority: queues do not interrupt each other",
+)
+_add("queue-priority delivery-priority", D, "int", "50", Y, "every queue has the same priority")
+_add("track-recipient-events", D, "bool", "false", Y, "recipient events are acct records")
+_add("notify-of-delay-every", D, "interval-or-never", "4h", Y, "no delay DSNs are sent")
+_add("dkim-add-body-limit dkim-add-timestamp", D, "bool", "false", Y, "no l= or t= tags")
+_add(
+    "dkim-algorithm",
+    D,
+    "choice:rsa-sha1|rsa-sha256",
+    "rsa-sha256",
+    Y,
+    "rsa-sha256 (or ed25519-sha256 for Ed25519 keys)",
+)
+_add(
+    "dkim-body-canon dkim-headers-canon",
+    D,
+    "choice:simple|relaxed",
+    "relaxed",
+    Y,
+    "relaxed/relaxed",
+)
+_add("dkim-expire-after", D, "interval-or-never", "never", Y, "no x= tag")
+_add("dkim-query-method", D, "text", "dns/txt", N, "dns/txt is the only method")
+_add("dkim-headers", D, "text", "", Y, "the signed headers are a fixed list", repeatable=True)
+_add("dkim-identity-fallback", D, "text", "", Y, "no fallback identity")
+_add("dkim-disallow-adding-headers", D, "names", "", Y, "the signed headers are a fixed list")
+_add("queue-to", D, "text", "", Y, "no queue-to rerouting yet")
+_add(
+    "source-ip-max-msg-rate source-ip-max-data-volume-rate source-ip-max-connect-rate",
+    D,
+    "cidr-rate",
+    "unlimited",
+    Y,
+    "rates are per queue",
+    repeatable=True,
+)
+_add(
+    "max-msg-per-hour backoff-max-msg-per-hour",
+    D,
+    "int",
+    "unlimited",
+    Y,
+    "deprecated; use max-msg-rate",
+)
+_add(
+    "max-data-volume-rate backoff-max-data-volume-rate",
+    D,
+    "volume-rate",
+    "unlimited",
+    Y,
+    "no data volume limits",
+)
+_add("retry-recipients-after", D, "interval-or-never", "", Y, "recipients retry with the queue")
+_add("backoff-notify", D, "any", "", Y, "no backoff notifications", repeatable=True)
+_add("disabled-source-ip-notify", D, "any", "", Y, "no source IP notifications")
+_add(
+    "backoff-to-normal-after-delivery",
+    D,
+    "bool",
+    "false",
+    Y,
+    "backoff ends after backoff-to-normal-after only",
+)
+_add("backoff-upon-all-sources-disabled", D, "bool", "false", Y, "source IPs are not disabled")
+_add("reenable-source-ip-after", D, "interval", "", Y, "source IPs are not disabled")
+_add("max-cold-virtual-mta-msg", D, "rate-list", "0", Y, "no cold virtual MTAs")
+_add(
+    "reroute-to-virtual-mta backoff-reroute-to-virtual-mta",
+    D,
+    "name",
+    "",
+    Y,
+    "no rerouting to another virtual MTA",
+)
+_add(
+    "allow-cancel-during-transfer",
+    D,
+    "bool",
+    "false",
+    N,
+    "a delete never cuts a transfer in progress",
+)
+_add(
+    "smtp-data-termination-timeout",
+    D,
+    "interval",
+    "10m",
+    Y,
+    "connect-timeout and the command timeouts apply",
+)
+_add("use-unencrypted-plain-auth", D, "bool", "false", Y, "AUTH only over TLS")
+_add(
+    "smtp-553-means-invalid-mailbox smtp-421-means-mx-unavailable",
+    D,
+    "bool",
+    "false",
+    Y,
+    "replies are classified by their codes",
+)
+_add("replace-smtp-421-service-response", D, "bool", "false", Y, "421 replies are logged as is")
+_add(
+    "bounce-upon-no-mx",
+    D,
+    "bool",
+    "false",
+    Y,
+    "a domain without MX falls back to its A record (RFC 5321)",
+)
+_add(
+    "bounce-upon-5xx-greeting bounce-upon-pix-transfer-failure bounce-upon-transfer-failure",
+    D,
+    "bool",
+    "false",
+    Y,
+    "these failures are retried",
+)
+_add("smtp-greeting-timeout", D, "interval", "5m", Y, "connect-timeout covers the greeting")
+_add("data-send-timeout", D, "interval", "", Y, "the command timeouts apply")
+_add(
+    "ignore-8bitmime ignore-chunking ignore-pipelining ignore-dsn",
+    D,
+    "bool",
+    "false",
+    Y,
+    "advertised extensions are used",
+)
+_add("backoff-max-smtp-out", D, "int", "", Y, "max-smtp-out applies in backoff too")
+_add(
+    "max-smtp-out-per-source-ip source-ip-max-smtp-out",
+    D,
+    "int",
+    "",
+    Y,
+    "max-smtp-out is per queue",
+)
+_add("smtp-out-rampup-interval", D, "interval", "0", Y, "connections open at once")
+_add(
+    "max-connect-rate backoff-max-connect-rate",
+    D,
+    "rate",
+    "unlimited",
+    Y,
+    "no connection rate limit",
+)
+_add("connection-idle-timeout", D, "interval", "0", Y, "idle connections close at once")
+_add("retry-upon-new-mail", D, "bool", "false", Y, "a queue retries on its schedule")
+_add("pix-bug-workaround", D, "bool", "true", N, "no workaround is needed")
+_add("route", D, "text", "", Y, "no route rerouting yet")
+_add(
+    "assume-delivery-upon-data-termination-timeout",
+    D,
+    "bool",
+    "false",
+    Y,
+    "a timeout after DATA is retried (the message may arrive twice)",
+)
+_add("disable-mx-rollup", D, "bool", "false", N, "queues are never rolled up by MX")
+_add("use-dane", D, "bool", "true", Y, "no DANE")
+_add("reuse-ssl-session", D, "bool", "false", Y, "TLS sessions are not resumed")
+_add(
+    "smtp-tls-allow-tlsv1 smtp-tls-allow-tlsv1.1 smtp-tls-allow-tlsv1.2 smtp-tls-allow-sslv3",
+    D,
+    "bool",
+    "false / true / true / false",
+    N,
+    "TLS versions follow the system OpenSSL policy (TLS 1.2 and later)",
+)
+_add("smtp-tls-ca-file", D, "file", "", Y, "STARTTLS peers are not verified (opportunistic)")
+_add("smtp-tls-ciphers", D, "text", "HIGH:!ADH:@STRENGTH", Y, "ciphers are the OpenSSL defaults")
+_add("discard-as-bounce", D, "bool", "false", Y, "type discard records d, not b")
+_add(
+    "file-format",
+    D,
+    "choice:newfile-plain|newfile-pickup|append-mbox",
+    "newfile-plain",
+    Y,
+    "file delivery writes one plain file a message",
+)
+_add("file-destination", D, "file", "", Y, "use file-output-directory")
+_add("command", D, "text", "", Y, "no pipe delivery (type pipe)")
+_add("macro-variables-preserve-case", D, "bool", "false", Y, "no pipe delivery")
+_add(
+    "add-x-msys-api-header sparkpost-sandbox",
+    D,
+    "bool",
+    "false",
+    N,
+    "SparkPost traffic redirection is SparkPost's service",
+)
+_add("sparkpost-ip-pool", D, "text", "", N, "SparkPost traffic redirection is SparkPost's service")
+
+# -- <acct-file> -----------------------------------------------------------------------
+_add("move-to", A, "file", "", Y, "rotated files stay beside the acct file")
+_add("queue-filter", A, "names", "", Y, "every queue's records are written")
+_add("retry-interval", A, "interval", "5m", Y, "no acct pipes yet")
+_add("iso-times", A, "bool", "yes", N, "times are always ISO 8601")
+_add("user-string", A, "text", "", Y, "no user string column")
+_add("write-timeout", A, "interval", "1m", Y, "no acct pipes yet")
+_add("world-readable", A, "bool", "no", Y, "acct files are created 0600")
+_add("count-moved-records", A, "bool", "false", Y, "no record counts")
+_add("privacy-policy", A, "privacy", "retain", Y, "addresses are written as they are")
+_add("http-webhook-log-verbose", A, "bool", "false", Y, "webhook batches are logged briefly")
+
+# -- <virtual-mta>, <virtual-mta-pool>, <domain-key-list> ------------------------------
+_add("max-smtp-msg-rate", VM + POOL, "rate", "unlimited", Y, "rates are per queue")
+_add("max-smtp-data-volume-rate", VM + POOL, "volume-rate", "unlimited", Y, "no volume limits")
+_add("cold-virtual-mta", VM, "name", "", Y, "no cold virtual MTAs")
+_add(
+    "domain-key",
+    VM + POOL + (DOMAIN_KEY_LIST,),
+    "domain-key",
+    "",
+    Y,
+    "DKIM keys are global only: a virtual MTA's keys are not used to sign",
+    repeatable=True,
+)
+_add("max-smtp-out", POOL, "int", "", Y, "max-smtp-out applies per queue and virtual MTA")
+
+# -- <pattern-list>, <rewrite-list>, <dns> ---------------------------------------------
+_add(
+    "mail-from rcpt-to",
+    (PATTERN_LIST,),
+    "pattern",
+    "",
+    Y,
+    "no <pattern-list> routing yet",
+    repeatable=True,
+)
+_add(
+    "header",
+    (PATTERN_LIST,),
+    "header-pattern",
+    "",
+    Y,
+    "no <pattern-list> routing yet",
+    repeatable=True,
+)
+_add(
+    "mail-from from-domain",
+    (REWRITE_LIST,),
+    "rewrite",
+    "",
+    Y,
+    "no address rewriting yet",
+    repeatable=True,
+)
+_add("precached-domains-file", (DNS,), "file", "", Y, "no DNS precaching")
+_add("precached-refresh-interval", (DNS,), "interval", "5m", Y, "no DNS precaching")
+_add("precached-max-domains", (DNS,), "int", "500", Y, "no DNS precaching")
+
+# -- <smtp-listener>, <transmissions-api-listener>, <transmissions-api> ------------------
+_add(
+    "await-slot",
+    (reg.SMTP_LISTENER,),
+    "bool",
+    "false",
+    Y,
+    "over total-max-smtp-in, a session gets 421",
+)
+_add(
+    "immediate-tls", (reg.SMTP_LISTENER,), "bool", "false", Y, "SMTP listeners start in plain text"
+)
+_add(
+    "source",
+    (reg.SMTP_LISTENER,),
+    "name",
+    "",
+    Y,
+    "sources are chosen by client IP (and {auth}) only",
+)
+_add(
+    "tls-allow-tlsv1.2 tls-allow-tlsv1.1 tls-allow-tlsv1 tls-allow-sslv3",
+    LISTENERS,
+    "bool",
+    "true / true / false / false",
+    N,
+    "TLS versions follow the system OpenSSL policy (TLS 1.2 and later)",
+)
+_add("tls-ciphers", LISTENERS, "text", "HIGH:!ADH:@STRENGTH", Y, "ciphers are the OpenSSL defaults")
+_add("tls-ca-file", LISTENERS, "file", "", Y, "client certificates are not requested")
+_add("log-tls", (reg.API,), "bool", "false", Y, "API requests are logged without TLS details")
+
+# -- SparkPost Signals, HAProxy (chapter 10) -------------------------------------------
+_SIGNALS_REASON = "SparkPost Signals upload is SparkPost's service"
+_add("api-key upload-url custom-message-id-header", (SIGNALS,), "any", "", N, _SIGNALS_REASON)
+_add(
+    "engagement-tracking log-verbose process-x-sp-subaccount-id retain-x-sp-subaccount-id",
+    (SIGNALS,),
+    "bool",
+    "false",
+    N,
+    _SIGNALS_REASON,
+)
+_add("min-free-space", (SIGNALS,), "size", "", N, _SIGNALS_REASON)
+_add("privacy-policy", (SIGNALS,), "privacy", "retain", N, _SIGNALS_REASON)
+_add("sender-or-from", (SIGNALS_FILTER,), "any", "", N, _SIGNALS_REASON, repeatable=True)
+_add("server client", (PROXY,), "text", "", Y, "no outbound HAProxy protocol", repeatable=True)
+
+
+def _no_arg(text: str) -> str:
+    if text.strip():
+        raise ValueError(f"this scope takes no argument, not {text!r}")
+    return ""
+
+
+def _optional_name(text: str) -> str:
+    return v.parse_name(text) if text.strip() else ""
+
+
+_TOP = frozenset({reg.GLOBAL})
+
+#: The reference's scopes the registry does not define (the registry's own come first).
+CATALOG_SCOPES: Mapping[str, ScopeEntry] = {
+    s.name: s
+    for s in (
+        ScopeEntry(SPOOL, v.parse_string, _TOP, Y, "one spool directory: the spool directive"),
+        ScopeEntry(SOURCE_GROUP, v.parse_name, _TOP, Y, "no <source-group> limits yet"),
+        ScopeEntry(PATTERN_LIST, v.parse_name, _TOP, Y, "no <pattern-list> routing yet"),
+        ScopeEntry(REWRITE_LIST, v.parse_name, _TOP, Y, "no address rewriting yet"),
+        ScopeEntry(DOMAIN_KEY_LIST, v.parse_name, _TOP, Y, "DKIM keys are global only"),
+        ScopeEntry(EMAIL_PATTERNS, _optional_name, _TOP, Y, "no pattern files are read"),
+        ScopeEntry(
+            BOUNCE_CATEGORY_PATTERNS,
+            _no_arg,
+            _TOP,
+            Y,
+            "bounce categories come from the built-in patterns",
+        ),
+        ScopeEntry(DNS, _no_arg, _TOP, Y, "no DNS precaching"),
+        ScopeEntry(SIGNALS, _optional_name, _TOP, N, _SIGNALS_REASON),
+        ScopeEntry(SIGNALS_FILTER, _optional_name, _TOP | {SIGNALS}, N, _SIGNALS_REASON),
+        ScopeEntry(PROXY, v.parse_name, _TOP, Y, "no outbound HAProxy protocol"),
+        ScopeEntry(BOUNCE_PROCESSOR, _no_arg, _TOP, Y, "no inbound processors yet"),
+        ScopeEntry(FBL_PROCESSOR, _no_arg, _TOP, Y, "no inbound processors yet"),
+        ScopeEntry(
+            ADDRESS_LIST, _optional_name, _TOP | set(_PROCESSORS), Y, "no inbound processors yet"
+        ),
+        ScopeEntry(SUPPRESSION_LIST, v.parse_name, _TOP, Y, "no suppression lists yet"),
+    )
+}
+
+#: (name, scope) -> entry, for every catalogued directive.
+CATALOG: Mapping[tuple[str, str], Entry] = {(e.name, e.scope): e for e in _ENTRIES}
+
+
+def _domain_arg(text: str) -> str:
+    """`<domain example.com>`, `*`, `*.tld`, or a domain macro `$NAME` (`domain-macro`)."""
+    word = text.strip()
+    if word.startswith("$"):
+        return "$" + v.parse_name(word[1:])
+    return reg.SCOPES[reg.DOMAIN](word)
+
+
+def _registry_entry(name: str, scope: str) -> Entry | None:
+    spec = reg.DIRECTIVES.get(name)
+    if spec is None or scope not in spec.scopes:
+        return None
+    caveat = CAVEATS.get((name, scope))
+    return Entry(name, scope, spec.parse, "", "", IMPLEMENTED, "", spec.repeatable, caveat)
+
+
+def _listener_source(text: str) -> str | None:
+    if "source=" in text:
+        return "smtp-listener source= is not yet implemented: sources are chosen by client IP"
+    return None
+
+
+def _empty_password(text: str) -> str | None:
+    if not text.strip():
+        return "password is empty: this user can never log in"
+    return None
+
+
+#: Registry directives implemented for most values but not all: the warning a value gets.
+CAVEATS: Mapping[tuple[str, str], Callable[[str], str | None]] = {
+    ("smtp-listener", reg.GLOBAL): _listener_source,
+    ("password", reg.SMTP_USER): _empty_password,
+}
+
+
+def lookup(name: str, scope: str) -> Entry | None:
+    """What `name` is in `scope`: the registry's directive, else the catalog's, else None."""
+    return _registry_entry(name, scope) or CATALOG.get((name, scope))
+
+
+def scopes_of(name: str) -> list[str]:
+    """Every scope where directive `name` may stand (for "not allowed here" errors)."""
+    spec = reg.DIRECTIVES.get(name)
+    found = set(spec.scopes) if spec else set()
+    found |= {scope for (entry_name, scope) in CATALOG if entry_name == name}
+    return sorted(found)
+
+
+def scope_arg(name: str) -> Callable[[str], str] | None:
+    """The argument parser of scope `name`, or None for an unknown scope."""
+    if name == reg.DOMAIN:
+        return _domain_arg
+    if name in reg.SCOPES:
+        return reg.SCOPES[name]
+    entry = CATALOG_SCOPES.get(name)
+    return entry.parse_arg if entry else None
+
+
+def scope_parents(name: str) -> frozenset[str]:
+    if name in reg.SCOPE_PARENTS:
+        return reg.SCOPE_PARENTS[name]
+    return CATALOG_SCOPES[name].parents
+
+
+def scope_status(name: str) -> tuple[str, str]:
+    """(status, reason) of a scope: the registry's are implemented."""
+    if name in reg.SCOPES:
+        return IMPLEMENTED, ""
+    entry = CATALOG_SCOPES[name]
+    return entry.status, entry.reason
+
+
+assert BOUNCE_CATEGORY_PATTERNS in RAW_SCOPES  # its lines are data: see grammar.RAW_SCOPES
