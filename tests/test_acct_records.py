@@ -176,10 +176,10 @@ def test_fields_for_selection() -> None:
 
 
 def test_csv_quotes_per_rfc4180() -> None:
-    """Commas and quotes are quoted, quotes doubled, line breaks become a space; LF line end."""
+    """Commas and quotes are quoted, quotes doubled, line breaks become a space; CRLF line end."""
     line = csv_line({"a": 'x,"y"', "b": "plain", "c": "l1\r\nl2"}, ["a", "b", "c", "d"])
-    assert line == '"x,""y""",plain,l1 l2,\n'
-    assert csv_header(["type", "rcpt"]) == "type,rcpt\n"
+    assert line == '"x,""y""",plain,l1 l2,\r\n'
+    assert csv_header(["type", "rcpt"]) == "type,rcpt\r\n"
 
 
 def test_json_line_holds_only_selected_fields() -> None:
@@ -198,7 +198,7 @@ def test_csv_round_trip(record: dict[str, str]) -> None:
     """A CSV record is one line; parsed, it gives back every value (CR/LF/NUL as spaces)."""
     fields = list(FIELDS)
     line = csv_line(record, fields)
-    assert "\r" not in line and "\n" not in line[:-1]
+    assert line.endswith("\r\n") and "\r" not in line[:-2] and "\n" not in line[:-2]
     text = csv_header(fields) + line
     (row,) = list(csv.DictReader(io.StringIO(text, newline="")))
     assert row == {f: one_line(record.get(f, "")) for f in fields}

@@ -152,7 +152,7 @@ def test_record_fields_and_star(tmp_path: Path) -> None:
     h.started(records=frozenset({"r", "d"}), record_fields=fields)
     r, d = json_rows(h.path)
     assert list(r) == ["type", "orig"]
-    assert d == {"type": "d", "rcpt": "r0-m1@example.com", "dsnStatus": "2.0.0"}
+    assert d == {"type": "d", "rcpt": "r0-m1@example.com", "dsnStatus": "2.0.0 (success)"}
 
     h2 = Harness(tmp_path / "csv")
     (tmp_path / "csv").mkdir()
@@ -161,7 +161,7 @@ def test_record_fields_and_star(tmp_path: Path) -> None:
     assert h2.path.read_text().splitlines()[0] == "type,orig,rcpt,dsnStatus"
     assert read_acct(h2.path) == [
         {"type": "r", "orig": "from@example.org", "rcpt": "", "dsnStatus": ""},
-        {"type": "d", "orig": "", "rcpt": "r0-m1@example.com", "dsnStatus": "2.0.0"},
+        {"type": "d", "orig": "", "rcpt": "r0-m1@example.com", "dsnStatus": "2.0.0 (success)"},
     ]
 
 

@@ -82,7 +82,7 @@ def test_relay_records_r_d_b_t_and_sends_a_dsn(tmp_path: Path, receiver: Receive
     (bounced,) = by_type["b"]
     assert (bounced["rcpt"], bounced["dsnStatus"], bounced["bounceCat"]) == (
         "hard@dst.test",
-        "5.1.1",
+        "5.1.1 (bad destination mailbox address)",
         "bad-mailbox",
     )
     assert all(r["rcpt"] == "soft@dst.test" for r in by_type["t"])
@@ -127,8 +127,8 @@ def test_mx_lookup_nxdomain_and_null_mx(tmp_path: Path, receiver: Receiver) -> N
         stop_dns()
     bounces = {r["rcpt"]: r for r in acct(tmp_path) if r["type"] == "b"}
     assert bounces["b@nosuch.test"]["bounceCat"] == "bad-domain"
-    assert bounces["b@nosuch.test"]["dsnStatus"] == "5.1.2"
-    assert bounces["c@nullmx.test"]["dsnStatus"] == "5.1.10"
+    assert bounces["b@nosuch.test"]["dsnStatus"] == "5.1.2 (bad destination system address)"
+    assert bounces["c@nullmx.test"]["dsnStatus"] == "5.1.10 (recipient address has null MX)"
     assert any(m.rcpt_tos == ["a@mx-ok.test"] for m in receiver.messages)
 
 

@@ -195,7 +195,7 @@ def test_end_to_end_loopback_mx_bounces_unless_allowed(tmp_path: Path) -> None:
     finally:
         stop_dns()
     (bounce,) = [r for r in _acct(tmp_path) if r["type"] == "b" and r["rcpt"] == "a@denied.test"]
-    assert bounce["dsnStatus"] == "5.4.4"
+    assert bounce["dsnStatus"] == "5.4.4 (unable to route)"
     assert bounce["bounceCat"] == "bad-domain"
     assert (
         "all MX hosts of denied.test resolve to private or loopback addresses"

@@ -48,6 +48,8 @@ def send(port: int, sender: str, rcpts: list[str], subject: str = "x") -> None:
         client.sendmail(sender, rcpts, f"Subject: {subject}\r\n\r\nbody\r\n".encode())
 
 
+RELAY = "<source 127.0.0.1>\n always-allow-relaying yes\n</source>\n"
+
 TWO_VMTAS = """
 <virtual-mta vm-a>
     smtp-source-host 127.0.0.1 a.out.test
@@ -80,3 +82,101 @@ def test_pool_rotates_over_its_vmtas(tmp_path: Path, receiver: Receiver) -> None
         "b.out.test",
         "b.out.test",
     ]
+
+
+def test_acct_rb_records_and_field_exclusion_start_and_write_crlf(
+    tmp_path: Path, receiver: Receiver
+) -> None:
+    """`records rb` and `record-fields d *,!orcpt` start; no orcpt column; CRLF lines."""
+    port = free_port()
+    conf = base_config(tmp_path, port, receiver.port, RELAY)
+    conf += f"<acct-file {tmp_path}/pm.csv>\n records d\n"
+    conf += " record-fields d *,!orcpt,!envId\n</acct-file>\n"
+    conf += f"<acct-file {tmp_path}/rb.csv>\n records rb\n</acct-file>\n"
+    with ServerProcess(tmp_path, conf, (port,)):
+        send(port, "s@src.test", ["ok@dst.test"])
+        assert wait_until(lambda: len(read_acct(tmp_path / "pm.csv", "d")) == 1)
+    raw = (tmp_path / "pm.csv").read_bytes()
+    header = raw.split(b"\r\n", 1)[0].decode()
+    assert "orcpt" not in header.split(",") and "!orcpt" not in header
+    assert "envId" not in header.split(",") and "rcpt" in header.split(",")
+    assert raw.count(b"\r\n") == 2 and raw.count(b"\n") == 2  # header and one row
+    (row,) = read_acct(tmp_path / "pm.csv", "d")
+    assert row["dsnStatus"] == "2.0.0 (success)"
+
+
+def test_test_config_and_startup_agree_on_acct_fields(tmp_path: Path) -> None:
+    """An unknown acct field fails `test config` (load_config), as it would fail startup."""
+    from mtaserver.config.grammar import ConfigError
+    from mtaserver.config.load import load_config
+
+    path = tmp_path / "bad.conf"
+    acct_file = f"spool {tmp_path}/s\n<acct-file {tmp_path}/a.csv>\n"
+    path.write_text(acct_file + " record-fields d rcpt,bogus\n</acct-file>\n")
+    with pytest.raises(ConfigError, match="unknown acct field 'bogus'"):
+        load_config(str(path))
+    path.write_text(acct_file + " records rb,rs,d\n</acct-file>\n")
+    load_config(str(path))
+
+
+def test_bounce_dsn_status_has_powermta_text(tmp_path: Path, receiver: Receiver) -> None:
+    """A 550 5.1.1 is written as `5.1.1 (bad destination mailbox address)`."""
+    port = free_port()
+    conf = base_config(tmp_path, port, receiver.port, RELAY)
+    with ServerProcess(tmp_path, conf, (port,)):
+        send(port, "<>", ["hard@dst.test"])
+        assert wait_until(lambda: len(acct(tmp_path, "b")) == 1)
+    (bounce,) = acct(tmp_path, "b")
+    assert bounce["dsnStatus"] == "5.1.1 (bad destination mailbox address)"
+
+
+def test_nxdomain_writes_no_delayed_record_with_a_permanent_status(tmp_path: Path) -> None:
+    """A permanent DNS answer bounces (b, 5.1.2) and writes no `tq,delayed,5.x.x` line."""
+    from dns_server import start_dns_server_in_thread
+
+    dns_port, stop_dns = start_dns_server_in_thread({"other.test": [("A", "127.0.0.1")]})
+    port = free_port()
+    conf = f"""
+host-name mta.test
+spool {tmp_path}/spool
+smtp-listener 127.0.0.1:{port}
+name-server 127.0.0.1:{dns_port}
+<source 127.0.0.1>
+    always-allow-relaying yes
+</source>
+<acct-file {tmp_path}/acct.csv>
+    records b,t,tq
+</acct-file>
+"""
+    try:
+        with ServerProcess(tmp_path, conf, (port,)):
+            send(port, "<>", ["x@nosuch.test"])
+            assert wait_until(lambda: len(acct(tmp_path, "b")) == 1)
+    finally:
+        stop_dns()
+    records = acct(tmp_path)
+    assert [r["type"] for r in records] == ["b"]
+    assert records[0]["dsnStatus"].startswith("5.1.2")
+    assert not [r for r in records if r["dsnAction"] == "delayed" and r["dsnStatus"][:1] == "5"]
+
+
+def test_monitoring_last_error_after_a_451_to_rcpt(tmp_path: Path, receiver: Receiver) -> None:
+    """A per-recipient 451 sets the queue's lastError in the monitoring JSON."""
+    from mgmt_client import MgmtServer
+
+    server = MgmtServer(tmp_path, receiver.port).start()
+    try:
+        server.send(["soft@dst.test"])
+        assert wait_until(
+            lambda: read_acct(tmp_path / "acct.csv") == [] and receiver.commands.count("RCPT") >= 1
+        )
+
+        def last_error() -> str:
+            status, body = server.call("GET", "/queues")
+            rows = [q for q in body["data"] if q["domain"] == "dst.test"] if status == 200 else []
+            return rows[0]["lastError"] if rows else ""
+
+        assert wait_until(lambda: "451" in last_error() or "4.2.0" in last_error())
+        assert "mailbox busy" in last_error()
+    finally:
+        server.stop()

@@ -15,45 +15,20 @@ import time
 from collections.abc import Iterable, Mapping
 
 from mtaserver.accounting.bounce import classify
+from mtaserver.config import values
 from mtaserver.events import Envelope, Event, Outcome, QueueFailure, Received, Recipient
 
-RECORD_TYPES: tuple[str, ...] = ("r", "d", "b", "t", "tq", "f")
-"""PowerMTA's record types, in the order their columns are laid out in a CSV file."""
+RECORD_TYPES: tuple[str, ...] = values.RECORD_TYPES
+"""PowerMTA's record types, in the order their columns are laid out in a CSV file.
+
+The config's own list: `test config` and the writers check against the same one."""
 
 DEFAULT_RECORDS: frozenset[str] = frozenset({"d", "b"})
 
-FIELDS: tuple[str, ...] = (
-    "type",
-    "timeLogged",
-    "timeQueued",
-    "orig",
-    "rcpt",
-    "orcpt",
-    "dsnAction",
-    "dsnStatus",
-    "dsnDiag",
-    "dsnMta",
-    "bounceCat",
-    "srcType",
-    "srcMta",
-    "dlvType",
-    "dlvSourceIp",
-    "dlvDestinationIp",
-    "dlvEsmtpAvailable",
-    "dlvSize",
-    "vmta",
-    "jobId",
-    "envId",
-    "queue",
-    "vmtaPool",
-    "totalSecondsQueued",
-    "dlvTlsProtocol",
-    "dlvTlsCipher",
-    "rcvSmtpUser",
-)
+FIELDS: tuple[str, ...] = values.ACCT_FIELDS
 """Every standard field, in DESIGN.md section 5 order; `header_X` fields come after."""
 
-HEADER_PREFIX = "header_"
+HEADER_PREFIX = values.ACCT_HEADER_PREFIX
 
 # The DSN action (RFC 3464) a record type implies when the event does not name one.
 _DEFAULT_ACTION = {"d": "relayed", "b": "failed", "t": "delayed", "tq": "delayed"}
@@ -85,11 +60,86 @@ def fields_for(
         selected = record_fields.get(record_type, record_fields.get("*", ("*",)))
     out: dict[str, None] = {}
     for name in selected:
+        if name.startswith("!"):  # `*,!orcpt`: leave out what was selected before
+            out.pop(name[1:], None)
+            continue
         for field in FIELDS if name == "*" else (name,):
             out.setdefault(field, None)
     for name in header_fields:
         out.setdefault(header_field(name), None)
     return tuple(out)
+
+
+#: RFC 3463 (and RFC 7505's X.1.10) meanings, as PowerMTA adds them to `dsnStatus`.
+_STATUS_TEXT: Mapping[str, str] = {
+    "0.0": "undefined status",
+    "1.0": "other address status",
+    "1.1": "bad destination mailbox address",
+    "1.2": "bad destination system address",
+    "1.3": "bad destination mailbox address syntax",
+    "1.4": "destination mailbox address ambiguous",
+    "1.5": "destination mailbox address valid",
+    "1.6": "mailbox has moved",
+    "1.7": "bad sender's mailbox address syntax",
+    "1.8": "bad sender's system address",
+    "1.10": "recipient address has null MX",
+    "2.0": "other or undefined mailbox status",
+    "2.1": "mailbox disabled, not accepting messages",
+    "2.2": "mailbox full",
+    "2.3": "message length exceeds administrative limit",
+    "2.4": "mailing list expansion problem",
+    "3.0": "other or undefined mail system status",
+    "3.1": "mail system full",
+    "3.2": "system not accepting network messages",
+    "3.3": "system not capable of selected features",
+    "3.4": "message too big for system",
+    "3.5": "system incorrectly configured",
+    "4.0": "other or undefined network or routing status",
+    "4.1": "no answer from host",
+    "4.2": "bad connection",
+    "4.3": "routing server failure",
+    "4.4": "unable to route",
+    "4.5": "network congestion",
+    "4.6": "routing loop detected",
+    "4.7": "delivery time expired",
+    "5.0": "other or undefined protocol status",
+    "5.1": "invalid command",
+    "5.2": "syntax error",
+    "5.3": "too many recipients",
+    "5.4": "invalid command arguments",
+    "5.5": "wrong protocol version",
+    "6.0": "other or undefined media error",
+    "6.1": "media not supported",
+    "6.2": "conversion required and prohibited",
+    "6.3": "conversion required but not supported",
+    "6.4": "conversion with loss performed",
+    "6.5": "conversion failed",
+    "7.0": "other or undefined security status",
+    "7.1": "delivery not authorized, message refused",
+    "7.2": "mailing list expansion prohibited",
+    "7.3": "security conversion required but not possible",
+    "7.4": "security features not supported",
+    "7.5": "cryptographic failure",
+    "7.6": "cryptographic algorithm not supported",
+    "7.7": "message integrity failure",
+}
+
+_BARE_STATUS = re.compile(r"([245])\.(\d{1,3}\.\d{1,3})")
+
+
+def dsn_status_text(status: str) -> str:
+    """PowerMTA's `dsnStatus` form: `5.1.1` -> `5.1.1 (bad destination mailbox address)`.
+
+    `2.0.0` is `(success)`. A status that already has its text, or a code RFC 3463
+    does not name, is written as it is.
+    """
+    match = _BARE_STATUS.fullmatch(status.strip())
+    if not match:
+        return status
+    if status.strip() == "2.0.0":
+        return "2.0.0 (success)"
+    text = _STATUS_TEXT.get(match.group(2))
+    return f"{status.strip()} ({text})" if text else status
 
 
 def _headers(envelope: Envelope, header_names: Iterable[str]) -> dict[str, str]:
@@ -147,7 +197,7 @@ def _outcome(event: Outcome, header_names: Iterable[str]) -> list[dict[str, str]
         bounce_cat = classify(event.dsn_status, event.dsn_diag)
     common = {
         "dsnAction": event.dsn_action or _DEFAULT_ACTION.get(event.record, ""),
-        "dsnStatus": event.dsn_status,
+        "dsnStatus": dsn_status_text(event.dsn_status),
         "dsnDiag": event.dsn_diag,
         "dsnMta": event.dsn_mta,
         "bounceCat": bounce_cat,
@@ -178,7 +228,7 @@ def _queue_failure(event: QueueFailure, header_names: Iterable[str]) -> list[dic
     record = _blank("tq", event.time)
     record.update(
         dsnAction=_DEFAULT_ACTION["tq"],
-        dsnStatus=event.dsn_status,
+        dsnStatus=dsn_status_text(event.dsn_status),
         dsnDiag=event.dsn_diag,
         dsnMta=event.dsn_mta,
         bounceCat=event.bounce_cat or classify(event.dsn_status, event.dsn_diag),
@@ -231,13 +281,13 @@ def _csv_quote(value: str) -> str:
 
 
 def csv_header(fields: Iterable[str]) -> str:
-    """The CSV header row for `fields`, ending in LF."""
-    return ",".join(_csv_quote(f) for f in fields) + "\n"
+    """The CSV header row for `fields`, ending in CRLF."""
+    return ",".join(_csv_quote(f) for f in fields) + "\r\n"
 
 
 def csv_line(record: Mapping[str, str], fields: Iterable[str]) -> str:
-    """One CSV row (RFC 4180 quoting, LF line end like PowerMTA on Unix); missing = ''."""
-    return ",".join(_csv_quote(record.get(f, "")) for f in fields) + "\n"
+    """One CSV row: RFC 4180 quoting and CRLF line end, as PowerMTA writes; missing = ''."""
+    return ",".join(_csv_quote(record.get(f, "")) for f in fields) + "\r\n"
 
 
 def json_line(record: Mapping[str, str], fields: Iterable[str]) -> str:

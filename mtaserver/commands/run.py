@@ -20,7 +20,6 @@ from mtaserver import __version__
 from mtaserver.commands.grammar import DEFAULT_LIST_MAX, Command, CommandError, CommandResult
 from mtaserver.config.files import PathRefused, conceal_outside, config_dir, config_file_path
 from mtaserver.config.grammar import ConfigError
-from mtaserver.config.load import load_config
 from mtaserver.config.redact import redact_values
 from mtaserver.config.reload import ConfigHolder
 from mtaserver.queue.control import QueueControl, QueueView
@@ -200,8 +199,8 @@ class Commands:
             path = config.path
 
         def check() -> list[str]:
-            try:
-                load_config(path)
+            try:  # the same checks as startup and reload: one validation path
+                self.holder.load_checked(path)
             except ConfigError as exc:
                 return [conceal_outside(str(p), base, known) for p in exc.problems]
             return []

@@ -80,6 +80,13 @@ class ConfigHolder:
         """Refuse a reload for which `check(new)` finds problems (called off the reactor)."""
         self._checks.append(check)
 
+    def load_checked(self, path: str) -> Config:
+        """Load `path` and run every service check: what reload and startup accept.
+
+        `test config` calls this too, so a config it passes always starts and reloads.
+        """
+        return self._load(path)
+
     def _load(self, path: str) -> Config:
         """Load and check `path`; raises ConfigError with every problem."""
         new = load_config(path)
@@ -117,8 +124,14 @@ class ConfigHolder:
             self.log.error("config reload failed: {problem}", problem=problem)
         return problems
 
+    def log_warnings(self, config: Config) -> None:
+        """One warning a directive accepted without effect (no effect / not yet)."""
+        for warning in config.warnings:
+            self.log.warn("config: {warning}", warning=str(warning))
+
     def _swap(self, new: Config) -> None:
         old, self.config = self.config, new
+        self.log_warnings(new)
         self.last_restart_only = restart_only_changes(old, new)
         if self.last_restart_only:
             self.log.warn(

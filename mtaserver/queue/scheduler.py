@@ -139,9 +139,7 @@ class Scheduler:
         retry_at = None
         if attempts and last is not None:
             domain = recipient_domain(envelope.recipients[pending[0][0]].address)
-            settings = self.holder.config.domain_settings(
-                domain, envelope.vmta, envelope.vmta_pool
-            )
+            settings = self.holder.config.domain_settings(domain, envelope.vmta, envelope.vmta_pool)
             retry_at = next_attempt_at(
                 last, attempts, settings.retry_after, envelope.time_queued, settings.bounce_after
             )
@@ -301,6 +299,9 @@ class Scheduler:
             if outcome.is_final and message is not None:
                 message.pending.difference_update(outcome.rcpt_indexes)
                 finals.setdefault(outcome.msg_id, []).append(outcome)
+            if outcome.record in ("t", "b"):  # a 451 to RCPT or DATA is the queue's too
+                diag = outcome.dsn_diag.removeprefix("smtp;")
+                queue.last_error = f"{outcome.dsn_status} {diag}"
             counter = {"d": "delivered", "b": "bounced", "t": "deferred"}[outcome.record]
             setattr(
                 queue.counters,
@@ -354,21 +355,22 @@ class Scheduler:
         now = self.clock.seconds()
         queue.counters.connection_failures += 1
         queue.last_error = f"{failure.status} {failure.diag}"
-        await self.journal.append(
-            [
-                QueueFailure(
-                    queue=queue.name,
-                    time=now,
-                    dsn_status=failure.status,
-                    dsn_diag=failure.diag,
-                    dsn_mta=failure.dsn_mta,
-                    bounce_cat=failure.bounce_cat or classify(failure.status, failure.diag),
-                    vmta=queue.vmta,
-                    vmta_pool=queue.pool or "",
-                    dlv_destination_ip=failure.destination_ip,
-                )
-            ]
-        )
+        # A tq record says "delayed": only a transient failure writes one. A permanent
+        # answer (NXDOMAIN, null MX) bounces the queue's recipients, and their b
+        # records carry the 5.x.x status (a delay with a permanent status misleads).
+        if not failure.permanent:
+            tq = QueueFailure(
+                queue=queue.name,
+                time=now,
+                dsn_status=failure.status,
+                dsn_diag=failure.diag,
+                dsn_mta=failure.dsn_mta,
+                bounce_cat=failure.bounce_cat or classify(failure.status, failure.diag),
+                vmta=queue.vmta,
+                vmta_pool=queue.pool or "",
+                dlv_destination_ip=failure.destination_ip,
+            )
+            await self.journal.append([tq])
         items = list(queue.ready)
         queue.ready.clear()
         if failure.permanent:
