@@ -141,6 +141,7 @@ def makeService(options: Options, reactor: Any = None) -> IService:  # noqa: N80
 
         reactor = global_reactor
     holder = load_or_exit(options["config"])
+    holder.log_warnings(holder.config)
     raise_descriptor_limit()
     try:
         root = compose(holder, reactor)

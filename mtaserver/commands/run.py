@@ -198,11 +198,15 @@ class Commands:
         else:
             path = config.path
 
+        warnings: list[str] = []
+
         def check() -> list[str]:
             try:  # the same checks as startup and reload: one validation path
-                self.holder.load_checked(path)
+                loaded = self.holder.load_checked(path)
             except ConfigError as exc:
                 return [conceal_outside(str(p), base, known) for p in exc.problems]
+            # directives accepted without effect: the same warnings startup logs
+            warnings.extend(conceal_outside(str(w), base, known) for w in loaded.warnings)
             return []
 
         problems = await self.run_in_thread(check)
@@ -210,7 +214,10 @@ class Commands:
             raise CommandError(
                 f"{path}: {len(problems)} error(s): " + "; ".join(problems), data=problems
             )
-        return {"file": path, "errors": []}, f"{path}: the configuration is valid"
+        message = f"{path}: the configuration is valid"
+        if warnings:
+            message += f"; {len(warnings)} warning(s): " + "; ".join(warnings)
+        return {"file": path, "errors": [], "warnings": warnings}, message
 
     # -- changing ------------------------------------------------------------------
 

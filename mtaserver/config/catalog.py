@@ -535,31 +535,16 @@ _add("deliver-only", (SPOOL,), "bool", "false", Y, "one spool directory (the spo
 _add("priority", (SPOOL,), "int", "1", Y, "one spool directory (the spool directive)")
 _add("min-free-space", (SPOOL,), "size", "0", Y, "use spool-min-free-space")
 
-# -- <bounce-processor>, <feedback-loop-processor>, <address-list> (fallbacks: the
-# registry's entries, when present, are the ones used) ------------------------------------
+# -- <bounce-processor>, <feedback-loop-processor> (the registry has the rest) -------------
 _PROCESSORS = (BOUNCE_PROCESSOR, FBL_PROCESSOR)
-_add("deliver-unmatched-email", _PROCESSORS, "bool", "true", Y, "no inbound processors yet")
-_add("deliver-matched-email", _PROCESSORS, "bool", "false", Y, "no inbound processors yet")
-_add("deliver-email", _PROCESSORS, "bool", "", Y, "no inbound processors yet")
 _add(
-    "forward-unmatched-to forward-errors-to",
+    "deliver-email",
     _PROCESSORS,
-    "email",
+    "bool",
     "",
-    Y,
-    "no inbound processors yet",
+    N,
+    "deprecated: deliver-matched-email and deliver-unmatched-email decide",
 )
-_add(
-    "address",
-    (ADDRESS_LIST,),
-    "address-or-regex",
-    "",
-    Y,
-    "no inbound processors yet",
-    repeatable=True,
-)
-_add("address-file", (ADDRESS_LIST,), "file", "", Y, "no inbound processors yet", repeatable=True)
-_add("domain", (ADDRESS_LIST,), "domain", "", Y, "no inbound processors yet", repeatable=True)
 
 # -- <email-patterns>, <bounce-category-patterns> ----------------------------------------
 _add(
@@ -647,7 +632,6 @@ _add(
     Y,
     "recipients over max-rcpt-per-message get 452, the message goes on",
 )
-_add("suppression-lists", S, "names", "", Y, "no suppression lists yet")
 _add("pattern-list", S, "name", "", Y, "no <pattern-list> routing yet")
 _add("rewrite-list", S + VM + POOL, "name", "", Y, "no address rewriting yet")
 _add("process-x-envid", S, "bool", "false", Y, "X-EnvId: is not read")
@@ -858,6 +842,14 @@ _add(
     Y,
     "advertised extensions are used",
 )
+_add(
+    "max-rcpt-per-message",
+    D,
+    "int",
+    "unlimited",
+    Y,
+    "max-rcpt-per-transaction splits each transaction; a message is not capped per queue",
+)
 _add("backoff-max-smtp-out", D, "int", "", Y, "max-smtp-out applies in backoff too")
 _add(
     "max-smtp-out-per-source-ip source-ip-max-smtp-out",
@@ -1064,12 +1056,6 @@ CATALOG_SCOPES: Mapping[str, ScopeEntry] = {
         ScopeEntry(SIGNALS, _optional_name, _TOP, N, _SIGNALS_REASON),
         ScopeEntry(SIGNALS_FILTER, _optional_name, _TOP | {SIGNALS}, N, _SIGNALS_REASON),
         ScopeEntry(PROXY, v.parse_name, _TOP, Y, "no outbound HAProxy protocol"),
-        ScopeEntry(BOUNCE_PROCESSOR, _no_arg, _TOP, Y, "no inbound processors yet"),
-        ScopeEntry(FBL_PROCESSOR, _no_arg, _TOP, Y, "no inbound processors yet"),
-        ScopeEntry(
-            ADDRESS_LIST, _optional_name, _TOP | set(_PROCESSORS), Y, "no inbound processors yet"
-        ),
-        ScopeEntry(SUPPRESSION_LIST, v.parse_name, _TOP, Y, "no suppression lists yet"),
     )
 }
 
