@@ -180,3 +180,31 @@ def test_monitoring_last_error_after_a_451_to_rcpt(tmp_path: Path, receiver: Rec
         assert "mailbox busy" in last_error()
     finally:
         server.stop()
+
+
+def test_smtp_pattern_list_ignores_case_and_puts_the_queue_in_backoff(
+    tmp_path: Path, receiver: Receiver
+) -> None:
+    """`/MAILBOX BUSY/` matches the receiver's "451 4.2.0 mailbox busy": the queue backs off."""
+    from mgmt_client import MgmtServer
+
+    server = MgmtServer(tmp_path, receiver.port)
+    (tmp_path / "conf.d" / "patterns.conf").write_text(
+        "<smtp-pattern-list busy>\n"
+        "    reply /MAILBOX BUSY/ mode=backoff,skip-mx\n"
+        "    reply /TS03/ mode=backoff,disable-source-ip,reenable-after=1h\n"
+        "</smtp-pattern-list>\n"
+        "<domain dst.test>\n    smtp-pattern-list busy\n</domain>\n"
+    )
+    server.start()
+    try:
+        server.send(["soft@dst.test"])
+
+        def mode() -> str:
+            status, body = server.call("GET", "/queues")
+            rows = [q for q in body["data"] if q["domain"] == "dst.test"] if status == 200 else []
+            return rows[0]["mode"] if rows else ""
+
+        assert wait_until(lambda: mode() == "backoff")
+    finally:
+        server.stop()

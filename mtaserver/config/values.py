@@ -254,8 +254,17 @@ def parse_rate(text: str) -> Rate | None:
 
 
 REPLY_ACTIONS = frozenset(
-    {"mode=backoff", "mode=normal", "bounce-rcpt", "bounce-queue", "defer-queue"}
+    {
+        "mode=backoff",
+        "mode=normal",
+        "bounce-rcpt",
+        "bounce-queue",
+        "defer-queue",
+        "skip-mx",
+        "disable-source-ip",
+    }
 )
+"""Actions of `reply` patterns; `reenable-after=INTERVAL` comes with `disable-source-ip`."""
 
 
 @attrs.frozen
@@ -270,21 +279,28 @@ class ReplyPattern:
 
 
 def parse_reply_pattern(text: str) -> ReplyPattern:
-    """`/421 .* too many/ mode=backoff`; flags `i` after the closing slash ignore case."""
+    """`/421 .* too many/ mode=backoff` or `/TS03/ mode=backoff,disable-source-ip,...`.
+
+    Patterns ignore case, as PowerMTA's guide says they do (`/TRY AGAIN/` matches
+    "Please try again later"); a trailing `i` flag is accepted and changes nothing.
+    Actions are separated by commas or spaces.
+    """
     match = re.fullmatch(r"\s*/((?:[^/\\]|\\.)*)/([i]*)\s+(.+)", text)
     if not match:
         raise ValueError(f"expected /REGEX/ ACTION, not {text!r}")
-    flags = re.IGNORECASE if "i" in match.group(2) else 0
     try:
-        regex = re.compile(match.group(1), flags)
+        regex = re.compile(match.group(1), re.IGNORECASE)
     except re.error as exc:
         raise ValueError(f"bad regular expression: {exc}") from None
-    actions = tuple(match.group(3).split())
-    unknown = [a for a in actions if a not in REPLY_ACTIONS]
-    if unknown:
-        raise ValueError(
-            f"unknown action {unknown[0]!r}; expected one of {', '.join(sorted(REPLY_ACTIONS))}"
-        )
+    actions = tuple(a.lower() for a in re.split(r"[,\s]+", match.group(3).strip()) if a)
+    for action in actions:
+        if action.startswith("reenable-after="):
+            parse_interval(action.partition("=")[2])
+        elif action not in REPLY_ACTIONS:
+            raise ValueError(
+                f"unknown action {action!r}; expected one of "
+                f"{', '.join(sorted(REPLY_ACTIONS))} or reenable-after=INTERVAL"
+            )
     return ReplyPattern(regex, actions)
 
 

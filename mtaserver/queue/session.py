@@ -263,6 +263,8 @@ class Session:
             line = outcomes.reply_line(reply)
             actions = pattern_list.actions_for(line) if pattern_list else ()
             queue_action = patterns.apply_actions(queue, actions, now) or queue_action
+            if "skip-mx" in actions:  # leave this MX: the next connection takes the next one
+                self.stop = True
             kind = outcomes.decide(reply, actions, expired)
             if kind == "t":
                 retry.append(index)
