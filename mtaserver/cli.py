@@ -36,7 +36,9 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="commands: show status|queues [--paused]|domains|vmtas|jobs|settings|version; "
         "pause queue D/V; resume queue D/V; schedule D/V; "
         "set queue --mode=backoff|normal D/V; delete --queue=D/V [--jobId=J]; "
-        "list --queue=D/V [--max=N]; reload; test config [FILE]; rotate acct; reset counters",
+        "list --queue=D/V [--max=N]; reload; test config [FILE]; rotate acct; reset counters; "
+        "suppression add|remove|show RECIPIENT [--scope=S]; suppression import FILE; "
+        "suppression export",
     )
     parser.add_argument(
         "--url",
@@ -55,9 +57,19 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def send(url: str, command: str, fmt: str, api_key: str | None, timeout: float) -> Any:
-    """POST the command; the decoded JSON reply (error replies included)."""
-    body = urllib.parse.urlencode({"command": command, "format": fmt}).encode()
+def send(
+    url: str,
+    command: str,
+    fmt: str,
+    api_key: str | None,
+    timeout: float,
+    input_text: str | None = None,
+) -> Any:
+    """POST the command (and its bulk input); the decoded JSON reply (errors included)."""
+    fields = {"command": command, "format": fmt}
+    if input_text is not None:
+        fields["input"] = input_text
+    body = urllib.parse.urlencode(fields).encode()
     request = urllib.request.Request(
         url.rstrip("/") + "/command",
         data=body,
@@ -87,10 +99,29 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not words:
         print("mtactl: no command given (try: mtactl show status)", file=sys.stderr)
         return 2
+    input_text = None
+    if [w.lower() for w in words[:2]] == ["suppression", "import"]:
+        # the CSV is read here and sent as the command's input: the file is the operator's
+        files = [w for w in words[2:] if not w.startswith("--")]
+        if len(files) != 1:
+            print("mtactl: usage: suppression import FILE [--scope=SCOPE]", file=sys.stderr)
+            return 2
+        try:
+            with open(files[0], encoding="utf-8-sig", newline="") as f:
+                input_text = f.read()
+        except (OSError, UnicodeDecodeError) as exc:
+            print(f"mtactl: cannot read {files[0]}: {exc}", file=sys.stderr)
+            return 2
+        words = [w for w in words if w != files[0]]
     command = shlex.join(words)
     try:
         reply = send(
-            args.url, command, "json" if args.json else "json-text", args.api_key, args.timeout
+            args.url,
+            command,
+            "json" if args.json else "json-text",
+            args.api_key,
+            args.timeout,
+            input_text,
         )
     except (OSError, ConnectionError, ValueError) as exc:
         print(f"mtactl: cannot reach {args.url}: {exc}", file=sys.stderr)

@@ -6,6 +6,9 @@
     set queue --mode=backoff|normal D/V
     delete --queue=D/V [--jobId=J] | list --queue=D/V [--max=N]
     reload | test config [FILE] | rotate acct | reset counters
+    suppression show [RECIPIENT] [--scope=S] | suppression export [--scope=S]
+    suppression add RECIPIENT [--scope=S] [--type=T] [--description=TEXT]
+    suppression remove RECIPIENT [--scope=S] | suppression import [--scope=S] (CSV input)
 
 `parse` turns a line into a `Command`, or raises a `CommandError` naming what is
 wrong, before anything runs. Each command states the access level it needs
@@ -87,7 +90,45 @@ SPECS: tuple[Spec, ...] = (
     Spec(("test", "config"), "monitor", "test config [FILE]", positional=(0, 1)),
     Spec(("rotate", "acct"), "admin", "rotate acct"),
     Spec(("reset", "counters"), "admin", "reset counters"),
+    # the suppression list (`commands/suppression.py`)
+    Spec(
+        ("suppression", "show"),
+        "monitor",
+        "suppression show [RECIPIENT] [--scope=SCOPE]",
+        {"scope": "value"},
+        positional=(0, 1),
+    ),
+    Spec(
+        ("suppression", "add"),
+        "admin",
+        "suppression add RECIPIENT [--scope=SCOPE] [--type=transactional|non_transactional]"
+        " [--description=TEXT]",
+        {"scope": "value", "type": "value", "description": "value"},
+        positional=(1, 1),
+    ),
+    Spec(
+        ("suppression", "remove"),
+        "admin",
+        "suppression remove RECIPIENT [--scope=SCOPE]",
+        {"scope": "value"},
+        positional=(1, 1),
+    ),
+    Spec(
+        ("suppression", "import"),
+        "admin",
+        "suppression import [--scope=SCOPE] (the CSV in the form field 'input'; mtactl: FILE)",
+        {"scope": "value"},
+    ),
+    Spec(
+        ("suppression", "export"),
+        "monitor",
+        "suppression export [--scope=SCOPE]",
+        {"scope": "value"},
+    ),
 )
+
+#: Commands whose positional arguments are not queue patterns.
+_NOT_QUEUES = {("test", "config"), *(s.words for s in SPECS if s.words[0] == "suppression")}
 
 
 @attrs.frozen
@@ -95,6 +136,7 @@ class Command:
     spec: Spec
     options: Mapping[str, str]
     args: tuple[str, ...]
+    input: str | None = None  # a command's bulk input (`suppression import`'s CSV)
 
     @property
     def name(self) -> str:
@@ -163,7 +205,7 @@ def parse(text: str) -> Command:
 
 def _check_values(command: Command) -> None:
     spec = command.spec
-    patterns = [] if spec.words == ("test", "config") else list(command.args)
+    patterns = [] if spec.words in _NOT_QUEUES else list(command.args)
     if "queue" in command.options:
         patterns.append(command.options["queue"])
     for pattern in patterns:

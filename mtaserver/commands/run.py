@@ -18,6 +18,7 @@ import attrs
 
 from mtaserver import __version__
 from mtaserver.commands.grammar import DEFAULT_LIST_MAX, Command, CommandError, CommandResult
+from mtaserver.commands.suppression import SuppressionCommands
 from mtaserver.config.files import PathRefused, conceal_outside, config_dir, config_file_path
 from mtaserver.config.grammar import ConfigError
 from mtaserver.config.redact import redact_values
@@ -25,6 +26,7 @@ from mtaserver.config.reload import ConfigHolder
 from mtaserver.queue.control import QueueControl, QueueView
 from mtaserver.runtime import RunInThread
 from mtaserver.stats import HOUR, MINUTE, TrafficStats
+from mtaserver.suppression.service import SuppressionService
 
 
 def version() -> str:
@@ -47,7 +49,9 @@ class Commands:
         reception: Any,
         traffic: TrafficStats,
         run_in_thread: RunInThread,
+        suppression: SuppressionService | None = None,
     ) -> None:
+        self.suppression = SuppressionCommands(suppression)
         self.holder = holder
         self.control = control
         self.acct = acct
@@ -56,6 +60,9 @@ class Commands:
         self.run_in_thread = run_in_thread
 
     async def run(self, command: Command) -> CommandResult:
+        if command.spec.words[0] == "suppression":
+            data, message = await self.suppression.run(command)
+            return CommandResult(command.name, data, message)
         handler = getattr(self, "_" + "_".join(command.spec.words))
         data, message = await handler(command)
         return CommandResult(command.name, data, message)

@@ -1,6 +1,7 @@
 """The Command API: `POST /command` runs one operator command (the `mtactl` language).
 
 Form fields (urlencoded, or multipart/form-data as `curl -F` sends them): `command`,
+`input` (bulk input of a command: the CSV of `suppression import`),
 and `format` = `json` (structured `data`) or `json-text` (`data` is the text table
 `mtactl` prints). The reply is PowerMTA's envelope,
 `{"status":"success"|"error","data":...,"message":...}`; an unknown command or a bad
@@ -10,6 +11,7 @@ command runs: `monitor` may run reading commands, only `admin` changing ones.
 
 from __future__ import annotations
 
+import attrs
 from klein import Klein
 from twisted.web.iweb import IRequest
 
@@ -40,13 +42,16 @@ class CommandAPI:
     @handle_mgmt_errors
     async def command(self, request: IRequest) -> bytes:
         await require_level(self.access, request, "monitor")
-        read_body(request, MAX_COMMAND_BYTES)
+        # the body may carry a bulk `input` (a suppression CSV) up to http-mgmt-max-request-size
+        read_body(request, self.commands.holder.config.settings.http_mgmt_max_request_size)
         fmt = response_format(request)
         text = form_field(request, "command")
         if text is None or not text.strip():
             raise APIError(400, "Missing command", "the form field 'command' is required")
+        if len(text) > MAX_COMMAND_BYTES:
+            raise APIError(413, "Command too long", f"the limit is {MAX_COMMAND_BYTES} bytes")
         try:
-            parsed = parse(text)
+            parsed = attrs.evolve(parse(text), input=form_field(request, "input"))
             await require_level(self.access, request, parsed.level)
             result = await self.commands.run(parsed)
         except CommandError as exc:

@@ -43,6 +43,7 @@ from mtaserver.http.metrics import make_registry
 from mtaserver.http.monitor import MonitorAPI
 from mtaserver.runtime import RunInThread
 from mtaserver.stats import TrafficStats
+from mtaserver.suppression.service import SuppressionService
 
 log = Logger()
 
@@ -120,9 +121,12 @@ def make_management_api(
     run_in_thread: RunInThread,
     ldap: Any = None,
     webhooks: Any = None,
+    suppression: SuppressionService | None = None,
 ) -> ManagementAPI:
     access = Access(holder, ldap)
-    commands = Commands(holder, scheduler.control, acct, reception, traffic, run_in_thread)
+    commands = Commands(
+        holder, scheduler.control, acct, reception, traffic, run_in_thread, suppression
+    )
     return ManagementAPI(
         CommandAPI(commands, access),
         ConfigFileAPI(holder, access, run_in_thread),
@@ -151,6 +155,7 @@ def make_mgmt_service(
     run_in_thread: RunInThread,
     ldap: Any = None,
     webhooks: Any = None,
+    suppression: SuppressionService | None = None,
 ) -> IService:
     """The management port's service; it listens while `http-mgmt-port` is set.
 
@@ -159,7 +164,7 @@ def make_mgmt_service(
     `http-auth-ldap` logins.
     """
     api = make_management_api(
-        holder, scheduler, acct, reception, traffic, run_in_thread, ldap, webhooks
+        holder, scheduler, acct, reception, traffic, run_in_thread, ldap, webhooks, suppression
     )
     service = MultiService()
     service.setName("http-mgmt")

@@ -13,6 +13,12 @@ only use its own addresses (553 5.7.1, see `sender_matches_login`). The message'
 structure (hops, header count and size, MIME depth) is checked while it streams,
 by the `mtaserver.message` builder and its content checker.
 
+At RCPT, a recipient on the suppression list (`mtaserver.suppression`: scopes
+`global`, `domain:<sender's domain>`, `source:<name>` for each of the source's
+`suppression-lists`) is refused with `550 5.7.1`, or, with
+`suppressed-recipient-action drop`, answered `250` and kept out of the spooled
+envelope: it gets a `b` record (`policy-related`, no DSN) once the message is durable.
+
 `accept_message` hands the message to `mtaserver.message.intake.Intake.accept`, the
 path the Transmissions API takes too (virtual MTA, commit, counters, scheduler), and
 answers `250` only once it is durable. Spool errors are always 4xx, so the client
@@ -50,6 +56,8 @@ from mtaserver.smtp_reply import (
     Reply,
 )
 from mtaserver.spool.errors import SpoolError, SpoolFullError
+from mtaserver.suppression.model import Entry
+from mtaserver.suppression.service import REFUSED_TEXT, SuppressionService
 
 log = Logger()
 
@@ -73,6 +81,8 @@ class Transaction:
     sender: Mailbox
     params: MailParams
     recipients: list[Recipient] = attrs.field(factory=list)
+    # suppressed recipients answered 250 under `suppressed-recipient-action drop`
+    dropped: dict[str, Entry] = attrs.field(factory=dict)
 
 
 class ReceptionHandler:
@@ -85,8 +95,10 @@ class ReceptionHandler:
         on_accepted: OnAccepted,
         stats: ReceptionStats,
         clock: IReactorTime,
+        suppression: SuppressionService | None = None,
     ) -> None:
         self.holder = holder
+        self.suppression = suppression
         self.store = store
         self.on_accepted = on_accepted
         self.stats = stats
@@ -159,6 +171,15 @@ class ReceptionHandler:
             return TOO_MANY_RCPTS
         if not self.may_relay(session, rcpt):
             return RELAY_DENIED
+        if self.suppression is not None:
+            sender = txn.sender.address
+            entry = self.suppression.check(rcpt.address, sender, settings.suppression_lists)
+            if entry is not None:
+                if settings.suppressed_recipient_action == "drop":
+                    txn.dropped[rcpt.address.lower()] = entry
+                else:
+                    self.suppression.refused(entry, rcpt.address, sender, "RCPT")
+                    return SUPPRESSED
         return Reply(250, "2.1.5", "Recipient ok")
 
     def may_relay(self, session: Session, rcpt: Mailbox) -> bool:
@@ -206,10 +227,16 @@ class ReceptionHandler:
                 msg_id=writer.msg_id,
                 client_ip=session.client_ip,
             )
+        kept = tuple(r for r in txn.recipients if r.address.lower() not in txn.dropped)
+        dropped = [
+            (r.address, txn.dropped[r.address.lower()])
+            for r in txn.recipients
+            if r.address.lower() in txn.dropped
+        ]
         envelope = Envelope(
             msg_id=writer.msg_id,
             sender=txn.sender.address,
-            recipients=tuple(txn.recipients),
+            recipients=kept,
             time_queued=self.clock.seconds(),
             src_type="smtp",
             src_mta=f"{session.helo or ''} ({session.client_ip})",
@@ -223,6 +250,10 @@ class ReceptionHandler:
             acct_headers=message.acct_headers,
         )
         vmta_name = message.x_virtual_mta or session.settings.default_virtual_mta
+        if not kept:  # every recipient suppressed and dropped: nothing to spool
+            writer.abort()
+            await self._record_dropped(envelope, dropped)
+            return Reply(250, "2.0.0", f"Ok: queued as {envelope.msg_id}")
         try:
             envelope = await self.intake.accept(writer, envelope, vmta_name)
         except UnknownVirtualMTA as exc:
@@ -236,7 +267,17 @@ class ReceptionHandler:
         except Exception:
             log.failure("unexpected error committing {msg_id}", msg_id=writer.msg_id)
             return SPOOL_ERROR
+        await self._record_dropped(envelope, dropped)
         return Reply(250, "2.0.0", f"Ok: queued as {envelope.msg_id}")
+
+    async def _record_dropped(self, envelope: Envelope, dropped: list[tuple[str, Entry]]) -> None:
+        """The `b` records of dropped suppressed recipients; the message stands regardless."""
+        if not dropped or self.suppression is None:
+            return
+        try:
+            await self.suppression.record_dropped(envelope, dropped, len(envelope.recipients))
+        except Exception:
+            log.failure("could not journal the b records of dropped suppressed recipients")
 
     def _refuse(self, session: Session, writer: MessageWriterLike | None, problem: Reply) -> Reply:
         """Give the message up (counted as rejected) and answer `problem`."""
@@ -251,6 +292,7 @@ class ReceptionHandler:
         return problem
 
 
+SUPPRESSED = Reply(550, "5.7.1", REFUSED_TEXT)
 SENDER_NOT_OWNED = Reply(553, "5.7.1", "Sender address not owned by the authenticated user")
 
 

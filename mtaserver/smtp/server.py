@@ -87,6 +87,7 @@ from mtaserver.smtp.server_params import (
 )
 from mtaserver.smtp.tls import server_tls_options
 from mtaserver.smtp_reply import Reply
+from mtaserver.suppression.service import SuppressionService
 
 log = Logger()
 
@@ -923,6 +924,7 @@ class SmtpServerFactory(ServerFactory):
         run_in_thread: RunInThread | None = None,
         tls_options: ssl.CertificateOptions | None = None,
         connections: InboundConnections | None = None,
+        suppression: SuppressionService | None = None,
     ) -> None:
         self.holder = holder
         # Shared by every listener of the server: total-max-smtp-in counts them all.
@@ -931,7 +933,9 @@ class SmtpServerFactory(ServerFactory):
         self.clock = clock
         self.listener = listener
         self.stats = stats if stats is not None else ReceptionStats()
-        self.handler = ReceptionHandler(holder, store, on_accepted, self.stats, clock)
+        self.handler = ReceptionHandler(
+            holder, store, on_accepted, self.stats, clock, suppression=suppression
+        )
         if tls_options is None:
             pem = listener.tls_certificate or holder.config.settings.smtp_server_tls_certificate
             tls_options = server_tls_options(pem) if pem else None

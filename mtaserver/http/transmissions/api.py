@@ -22,6 +22,13 @@ wrong or missing key (also when no `api-key` is configured), 404, 405, 413 body 
 `max-request-size` or message over `max-message-size`, 415 not JSON, 503 with
 `Retry-After` when the spool is full, 500 for other spool errors.
 
+A recipient on the suppression list (scopes `global`, `domain:<sender's domain>` and
+`source:<name>` for each of `{transmissions-api}`'s `suppression-lists`) is not
+spooled: it goes to `rcpt_to_errors` (code 1902, SparkPost's "Message generation
+rejected") and counts in `total_rejected_recipients`; a transmission whose every
+recipient is suppressed is a 400. The SparkPost `suppression-list` API itself is
+`mtaserver.http.suppression`, mounted here under `/api/v1/suppression-list`.
+
 `campaign_id` is the job id (else an `X-Job` header, when processed); `metadata` and
 `tags` are accepted and not stored; the transmission id is the first message's
 spool id.
@@ -54,7 +61,9 @@ from mtaserver.http.idempotency import (
     valid_key,
 )
 from mtaserver.http.listen import HttpListeners
+from mtaserver.http.suppression import SuppressionAPI
 from mtaserver.http.transmissions.parse import (
+    Transmission,
     bad_request,
     check_rfc822_content,
     parse_json,
@@ -78,6 +87,7 @@ from mtaserver.message.intake import (
 from mtaserver.runtime import RunInThread
 from mtaserver.spool import MessageStore
 from mtaserver.spool.errors import SpoolError
+from mtaserver.suppression.service import REFUSED_TEXT, SuppressionService
 
 log = Logger()
 
@@ -97,8 +107,10 @@ class TransmissionsAPI:
         clock: IReactorTime,
         stats: ReceptionStats | None = None,
         run_in_thread: RunInThread | None = None,
+        suppression: SuppressionService | None = None,
     ) -> None:
         self.holder = holder
+        self.suppression = suppression
         self.store = store
         self.on_accepted = on_accepted
         self.clock = clock
@@ -119,6 +131,16 @@ class TransmissionsAPI:
         self.intake = Intake(holder, on_accepted, self.stats)
         self.spooler = TransmissionSpooler(holder, store, self.intake, clock, run_in_thread)
         self.transmissions_accepted = 0
+        self.suppression_api = (
+            SuppressionAPI(holder, suppression) if suppression is not None else None
+        )
+
+    @app.route("/api/v1/suppression-list", branch=True, strict_slashes=False)
+    def suppression_list(self, request: IRequest) -> Any:
+        """The SparkPost suppression-list API (`mtaserver.http.suppression`)."""
+        if self.suppression_api is None:
+            return self.not_found(request)
+        return self.suppression_api.app.resource()
 
     @app.route("/api/v1/transmissions", strict_slashes=False)
     @handle_errors
@@ -210,6 +232,7 @@ class TransmissionsAPI:
             body = parse_json(raw)
         transmission = parse_transmission(body)
         settings = config.named_source(SOURCE_NAME)
+        transmission = self._suppress(transmission, settings)
         messages = plan_messages(transmission, settings)
         rfc822 = transmission.rfc822
         if rfc822 is not None:
@@ -233,6 +256,35 @@ class TransmissionsAPI:
         result = await self.spooler.spool(request, transmission, messages, settings)
         self.transmissions_accepted += 1
         return result
+
+    def _suppress(self, transmission: Transmission, settings: SourceSettings) -> Transmission:
+        """The transmission without its suppressed recipients, which join `rejected`."""
+        if self.suppression is None:
+            return transmission
+        kept = []
+        rejected = list(transmission.rejected)
+        for rcpt in transmission.recipients:
+            entry = self.suppression.check(
+                rcpt.address, rcpt.return_path, settings.suppression_lists
+            )
+            if entry is None:
+                kept.append(rcpt)
+                continue
+            self.suppression.refused(entry, rcpt.address, rcpt.return_path, "transmissions API")
+            rejected.append(
+                {
+                    "code": "1902",
+                    "message": REFUSED_TEXT,
+                    "description": f"{rcpt.address}: suppressed ({entry.scope})",
+                }
+            )
+        if not kept:
+            raise APIError(
+                400,
+                "All recipients rejected",
+                "; ".join(r["description"] for r in rejected[:10]),
+            )
+        return attrs.evolve(transmission, recipients=tuple(kept), rejected=tuple(rejected))
 
     def _authorize(self, request: IRequest, keys: tuple[str, ...]) -> None:
         given = (request.getHeader(b"authorization") or b"").strip()
@@ -265,12 +317,15 @@ def make_transmissions_services(
     reactor: Any,
     stats: ReceptionStats | None = None,
     run_in_thread: RunInThread | None = None,
+    suppression: SuppressionService | None = None,
 ) -> list[IService]:
     """The `<transmissions-api-listener>`s, sharing one API object, following reloads.
 
     Raises `InsecureListenerError` for a plain-HTTP listener off loopback.
     """
-    api = TransmissionsAPI(holder, store, on_accepted, reactor, stats, run_in_thread)
+    api = TransmissionsAPI(
+        holder, store, on_accepted, reactor, stats, run_in_thread, suppression
+    )
     resource = api.app.resource()
     guard = transmissions_guard(holder, reactor)  # deadlines, rate, key and size before the body
     return [
