@@ -67,7 +67,7 @@ def test_all_errors_of_a_file_are_reported_at_once(tmp_path: Path) -> None:
         "F:1: unknown directive 'frobnicate'",
         "F:2: 'max-smtp-out' is not allowed at top level "
         "(allowed: <domain>, <virtual-mta>, <virtual-mta-pool>)",
-        "F:4: max-smtp-out: expected a whole number, not 'many'",
+        "F:4: max-smtp-out: expected a whole number, e.g. 10, not 'many'",
         "F:5: 'postmaster' is not allowed in <domain> (allowed: global)",
         "F:7: <source> is not closed",
     ]

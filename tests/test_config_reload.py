@@ -44,7 +44,7 @@ def test_failed_reload_keeps_the_running_model_and_logs_every_error(tmp_path: Pa
     finally:
         globalLogPublisher.removeObserver(observer)
     assert problems == [
-        f"{path}:2: max-smtp-out: expected a whole number, not 'lots'",
+        f"{path}:2: max-smtp-out: expected a whole number, e.g. 10, not 'lots'",
         f"{path}:4: unknown directive 'bogus'",
     ]
     assert logged == problems

@@ -14,10 +14,12 @@ import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from mgmt_client import MgmtServer
 from server_process import free_port
+from test_config_values import INVALID
 
 from mtaserver.auth.passwords import verify_password
 from mtaserver.config import catalog, doctable
@@ -184,6 +186,15 @@ def test_value_errors_say_what_was_expected(tmp_path: Path, line: str, expected:
     """A value that does not parse names the form expected, with an example."""
     [message] = errors(tmp_path, line)
     assert "expected" in message and expected in message
+
+
+@pytest.mark.parametrize(("parse", "text", "message"), INVALID)
+def test_every_value_error_gives_an_example(parse: Any, text: str, message: str) -> None:
+    """Each value parser's error shows the form expected: an example or the choices."""
+    with pytest.raises(ValueError) as caught:
+        parse(text)
+    hints = ("e.g.", "such as", "one of", "yes or no", "record types from")
+    assert any(hint in str(caught.value) for hint in hints), str(caught.value)
 
 
 def test_not_yet_and_no_effect_directives_warn_with_file_and_line(tmp_path: Path) -> None:

@@ -39,14 +39,14 @@ def parse_int(text: str) -> int:
     if word == "unlimited":
         return 0
     if not word.isdigit():
-        raise ValueError(f"expected a whole number, not {text!r}")
+        raise ValueError(f"expected a whole number, e.g. 10, not {text!r}")
     return int(word)
 
 
 def parse_positive_int(text: str) -> int:
     value = parse_int(text)
     if value == 0 and text.strip().lower() != "unlimited":
-        raise ValueError("expected a number greater than 0")
+        raise ValueError(f"expected a number greater than 0, e.g. 10, not {text!r}")
     return value
 
 
@@ -112,7 +112,7 @@ def parse_ip(text: str) -> IPAddress:
     try:
         return ipaddress.ip_address(text.strip().strip("[]"))
     except ValueError:
-        raise ValueError(f"expected an IP address, not {text!r}") from None
+        raise ValueError(f"expected an IP address such as 10.0.0.1, not {text!r}") from None
 
 
 @attrs.frozen
@@ -128,7 +128,7 @@ class HostPort:
 
 def _port(text: str) -> int:
     if not text.isdigit() or not 0 <= int(text) <= 65535:
-        raise ValueError(f"expected a port number 0-65535, not {text!r}")
+        raise ValueError(f"expected a port number 0-65535, e.g. 25, not {text!r}")
     return int(text)
 
 
@@ -166,7 +166,7 @@ _HOSTNAME = re.compile(r"(?=.{1,253}$)([A-Za-z0-9_]([A-Za-z0-9_-]{0,61}[A-Za-z0-
 def parse_hostname(text: str) -> str:
     word = text.strip().rstrip(".")
     if not _HOSTNAME.fullmatch(word):
-        raise ValueError(f"expected a host name, not {text!r}")
+        raise ValueError(f"expected a host name such as mail.example.com, not {text!r}")
     return word.lower()
 
 
@@ -208,7 +208,7 @@ def parse_smtp_hosts(text: str) -> SmtpHosts:
         if hosts:
             levels.append(tuple(hosts))
     if not levels:
-        raise ValueError("expected at least one host in smtp-hosts")
+        raise ValueError("expected at least one host, e.g. mx1.example.com; [10.1.1.1]:2525")
     return tuple(levels)
 
 
@@ -287,7 +287,9 @@ def parse_reply_pattern(text: str) -> ReplyPattern:
     """
     match = re.fullmatch(r"\s*/((?:[^/\\]|\\.)*)/([i]*)\s+(.+)", text)
     if not match:
-        raise ValueError(f"expected /REGEX/ ACTION, not {text!r}")
+        raise ValueError(
+            f"expected /REGEX/ ACTION, e.g. /^421 .* too many/ mode=backoff, not {text!r}"
+        )
     try:
         regex = re.compile(match.group(1), re.IGNORECASE)
     except re.error as exc:
@@ -316,7 +318,7 @@ def parse_choice(*choices: str) -> Callable[[str], str]:
 
 def parse_string(text: str) -> str:
     if not text.strip():
-        raise ValueError("a value is required")
+        raise ValueError("a value is required, e.g. a file name or a word")
     return text.strip()
 
 
@@ -334,21 +336,27 @@ def parse_domain_pattern_or_email(text: str) -> str:
 def parse_email(text: str) -> str:
     word = text.strip()
     if not re.fullmatch(r"[^@\s<>]+@[^@\s<>]+", word):
-        raise ValueError(f"expected an email address, not {text!r}")
+        raise ValueError(f"expected an email address such as postmaster@example.com, not {text!r}")
     return word
 
 
 def parse_url(text: str) -> str:
     word = text.strip()
     if not re.fullmatch(r"https?://[^\s/]+(/\S*)?", word):
-        raise ValueError(f"expected an http:// or https:// URL, not {text!r}")
+        raise ValueError(
+            f"expected an http:// or https:// URL such as https://hooks.example.com/mta, "
+            f"not {text!r}"
+        )
     return word
 
 
 def parse_ldap_uri(text: str) -> str:
     word = text.strip()
     if not re.fullmatch(r"ldaps?://[^\s/]+/?", word):
-        raise ValueError(f"expected ldap://HOST:PORT or ldaps://HOST:PORT, not {text!r}")
+        raise ValueError(
+            "expected ldap://HOST:PORT or ldaps://HOST:PORT, e.g. ldaps://ldap.example.com:636, "
+            f"not {text!r}"
+        )
     return word
 
 
@@ -365,7 +373,10 @@ _API_KEY = re.compile(r"[A-Za-z0-9_]{32,128}")
 def parse_api_key(text: str) -> str:
     word = text.strip()
     if not _API_KEY.fullmatch(word):
-        raise ValueError("an api-key is 32 to 128 characters of A-Z, a-z, 0-9 and _")
+        raise ValueError(
+            "an api-key is 32 to 128 characters of A-Z, a-z, 0-9 and _, "
+            "e.g. 14ac5499cfdd2bb2859e4476d2e5b1d2"
+        )
     return word
 
 
@@ -435,7 +446,9 @@ def parse_record_types(text: str) -> frozenset[str]:
     types = [RECORD_TYPE_NAMES.get(t, t) for t in words]
     unknown = [t for t in types if t not in RECORD_TYPES]
     if not types or unknown:
-        raise ValueError(f"expected record types from {','.join(RECORD_TYPES)}, not {text!r}")
+        raise ValueError(
+            f"expected record types from {','.join(RECORD_TYPES)}, e.g. d,b, not {text!r}"
+        )
     return frozenset(types)
 
 
@@ -446,10 +459,12 @@ def parse_record_fields(text: str) -> tuple[str, tuple[str, ...]]:
     """
     parts = text.split(None, 1)
     if len(parts) != 2:
-        raise ValueError("expected a record type (or *) and a list of fields")
+        raise ValueError("expected a record type (or *) and a list of fields, e.g. d *,header_x-id")
     kind = parts[0].lower()
     if kind != "*" and kind not in RECORD_TYPES:
-        raise ValueError(f"unknown record type {parts[0]!r}")
+        raise ValueError(
+            f"unknown record type {parts[0]!r}; expected one of {','.join(RECORD_TYPES)} or *"
+        )
     fields = tuple(f for f in re.split(r"[,\s]+", parts[1].strip()) if f)
     for field in fields:
         name = field.removeprefix("!")
@@ -483,7 +498,7 @@ def parse_header_mapping(text: str) -> HeaderMapping:
     types = parse_record_types(parts[0])
     header = parts[1]
     if not re.fullmatch(r"[!-9;-~]+", header):
-        raise ValueError(f"bad header name {header!r}")
+        raise ValueError(f"bad header name {header!r}; expected e.g. X-Campaign")
     return HeaderMapping(types, header, parts[2] if len(parts) == 3 else f"header_{header}")
 
 
@@ -498,7 +513,9 @@ def parse_domain_key(text: str) -> DomainKey:
     """`domain-key SELECTOR,DOMAIN,KEYFILE` (the key file is checked by the loader)."""
     parts = [p.strip() for p in text.split(",")]
     if len(parts) != 3 or not all(parts):
-        raise ValueError("expected SELECTOR,DOMAIN,KEYFILE")
+        raise ValueError(
+            f"expected SELECTOR,DOMAIN,KEYFILE, e.g. s1,example.com,/etc/mta/s1.pem, not {text!r}"
+        )
     return DomainKey(parts[0], parse_hostname(parts[1]), parts[2])
 
 
@@ -513,7 +530,7 @@ class SourceHost:
 def parse_source_host(text: str) -> SourceHost:
     parts = text.split()
     if len(parts) != 2:
-        raise ValueError("expected IP HOSTNAME")
+        raise ValueError(f"expected IP HOSTNAME, e.g. 10.0.0.5 mta1.example.com, not {text!r}")
     return SourceHost(str(parse_ip(parts[0])), parse_hostname(parts[1]))
 
 
@@ -529,7 +546,7 @@ class HttpAccess:
 def parse_http_access(text: str) -> HttpAccess:
     parts = text.split()
     if len(parts) != 2 or parts[1].lower() not in ACCESS_LEVELS:
-        raise ValueError("expected CIDR none|monitor|admin")
+        raise ValueError(f"expected CIDR none|monitor|admin, e.g. 10.0.0.0/8 monitor, not {text!r}")
     return HttpAccess(parse_cidr(parts[0]), parts[1].lower())
 
 
@@ -542,7 +559,10 @@ class LdapGroupAccess:
 def parse_ldap_group_access(text: str) -> LdapGroupAccess:
     dn, _, level = text.strip().rpartition(" ")
     if not dn.strip() or level.lower() not in ACCESS_LEVELS:
-        raise ValueError("expected GROUP-DN none|monitor|admin")
+        raise ValueError(
+            "expected GROUP-DN none|monitor|admin, e.g. cn=ops,ou=groups,dc=example,dc=com admin, "
+            f"not {text!r}"
+        )
     return LdapGroupAccess(dn.strip(), level.lower())
 
 
@@ -581,7 +601,7 @@ def parse_source_name(text: str) -> str:
 def parse_name(text: str) -> str:
     word = text.strip()
     if not re.fullmatch(r"[A-Za-z0-9_.@-]+", word):
-        raise ValueError(f"expected a name of letters, digits and -_.@, not {text!r}")
+        raise ValueError(f"expected a name of letters, digits and -_.@ such as mta1, not {text!r}")
     return word
 
 
