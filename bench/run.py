@@ -1,6 +1,6 @@
 """`make bench`: mtaserver against Postfix on loopback, reported as medians and ratios.
 
-    .venv/bin/python bench/run.py [--only p1,p6,p4,p5,p2] [--runs 3] [--json FILE]
+    .venv/bin/python bench/run.py [--only p1,p6,p4,p5,p2,p7] [--runs 3] [--json FILE]
 
 P1  end-to-end relay: smtp-source -> MTA -> smtp-sink; seconds until the sink has
     counted every message. Postfix and mtaserver alternate within each repetition,
@@ -13,6 +13,9 @@ P4  resident memory per queued recipient, destination down (connection refused).
 P5  restart time with P4's spool: process start to SMTP port open and "spool
     recovered" in the log, after SIGTERM and after SIGKILL.
 P2  Transmissions API recipients/s (only once mtaserver/http/transmissions.py exists).
+P7  suppression list at 1,000,000 entries: lookups/s (hits and misses, two scopes per
+    lookup as RCPT checks them) and resident bytes per entry after opening, in a fresh
+    process (bench/suppression_bench.py, which also has bulk-add and open figures).
 
 Every process runs on 127.0.0.1 and is stopped by pid in `finally` blocks (and an
 atexit hook); every wait has a timeout. Results go to stdout and, with --json, to a
@@ -488,12 +491,41 @@ def profile(base: Path, messages: int, out: Path) -> None:
     print(f"profile: {out}.txt {out}.svg", flush=True)
 
 
+# -- P7 -------------------------------------------------------------------------
+
+
+def p7(base: Path, entries: int, results: dict[str, object]) -> None:
+    """Suppression lookups/s and bytes per entry at `entries` (bench/suppression_bench.py)."""
+    import suppression_bench
+
+    directory = str(base / "suppression")
+    loaded = suppression_bench.load(directory, 0, entries, 10_000, compact=True)
+    measured = suppression_bench.in_child(directory, entries)
+    out = {
+        "entries": entries,
+        "bulk_add_per_s": round(entries / loaded["add_s"]),
+        "open_ms": round(measured["open_s"] * 1000),
+        "rss_bytes_per_entry": round(measured["rss_per_entry"], 1),
+        "lookup_hits_per_s": round(measured["hits_per_s"]),
+        "lookup_misses_per_s": round(measured["misses_per_s"]),
+        "lookup_hits_per_cpu_s": round(measured["hits_per_cpu_s"]),
+        "lookup_misses_per_cpu_s": round(measured["misses_per_cpu_s"]),
+    }
+    results["p7"] = out
+    print(
+        f"P7 suppression at {entries:,} entries: lookups {out['lookup_hits_per_s']:,}/s hits, "
+        f"{out['lookup_misses_per_s']:,}/s misses (2 scopes each); "
+        f"{out['rss_bytes_per_entry']} bytes/entry resident; open {out['open_ms']} ms",
+        flush=True,
+    )
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument(
         "--only",
-        default="p1,p3,p6,p4,p5,p2",
-        help="comma-separated parts: p1,p3,p6,p4,p5,p2,profile",
+        default="p1,p3,p6,p4,p5,p2,p7",
+        help="comma-separated parts: p1,p3,p6,p4,p5,p2,p7,profile",
     )
     parser.add_argument("--runs", type=int, default=3)
     for name, (_, default) in SCENARIOS.items():
@@ -508,6 +540,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument(
         "--p2-requests", type=int, default=100, help="P2: transmissions of 1,000 recipients per run"
+    )
+    parser.add_argument(
+        "--p7-entries", type=int, default=1_000_000, help="P7: suppression entries to load"
     )
     parser.add_argument("--profile-out", default="/tmp/mtaserver-profile")
     parser.add_argument("--json", help="write the results here")
@@ -530,6 +565,8 @@ def main(argv: list[str] | None = None) -> int:
             p4_p5(base, shapes, results)  # type: ignore[arg-type]
         if "p2" in parts:
             p2(base, args.p2_requests, args.runs, results)
+        if "p7" in parts:
+            p7(base, args.p7_entries, results)
         if "profile" in parts:
             profile(base, args.messages_5k, Path(args.profile_out))
     results["loadavg_at_end"] = Path("/proc/loadavg").read_text().split(" ")[0]
