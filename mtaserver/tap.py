@@ -49,6 +49,8 @@ from mtaserver.smtp.server import SmtpListenerService, make_smtp_service
 from mtaserver.smtp.signing import DkimTransform
 from mtaserver.spool import Journal, open_spool
 from mtaserver.stats import TrafficStats
+from mtaserver.suppression import suppression_directory
+from mtaserver.suppression.service import SuppressionService
 from mtaserver.webhooks import HttpDeliverer, PooledClient, WebhookService, holder_targets
 
 log = Logger()
@@ -169,6 +171,12 @@ def compose(holder: ConfigHolder, reactor: Any) -> MultiService:
     )
     JournalService(journal, reactor).setServiceParent(root)
     holder.on_reload(lambda old, new: store.set_min_free_space(new.settings.spool_min_free_space))
+    # The suppression list beside the spool: opened before anything listens, so the first
+    # RCPT is already checked; it follows the journal for automatic adds.
+    suppression = SuppressionService.open(
+        holder, suppression_directory(config.settings.spool), run_in_thread, reactor, journal
+    )
+    suppression.setServiceParent(root)
     acct = AcctService.from_holder(holder, journal, run_in_thread, reactor)
     acct.setServiceParent(root)
     targets = holder_targets(holder)  # http-webhook-allow-addresses, checked per connection
@@ -223,12 +231,13 @@ def compose(holder: ConfigHolder, reactor: Any) -> MultiService:
             checkers=checkers,
             connections=connections,
             tls_options=tls_options,
+            suppression=suppression,
         )
         return cast(SmtpListenerService, service)
 
     SmtpListeners(holder, smtp_listener, run_in_thread).setServiceParent(root)
     for api_service in make_transmissions_services(
-        holder, store, scheduler.enqueue, reactor, stats, run_in_thread
+        holder, store, scheduler.enqueue, reactor, stats, run_in_thread, suppression
     ):
         api_service.setServiceParent(root)
 
@@ -242,5 +251,6 @@ def compose(holder: ConfigHolder, reactor: Any) -> MultiService:
         run_in_thread,
         ldap=ldap_checkers,
         webhooks=webhooks,
+        suppression=suppression,
     ).setServiceParent(root)
     return root
