@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import re
+import smtplib
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -17,8 +18,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import trustme
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
 from mgmt_client import MgmtServer
-from server_process import free_port
+from server_process import ServerProcess, free_port
 from test_config_values import INVALID
 
 from mtaserver.auth.passwords import verify_password
@@ -360,3 +364,52 @@ def test_doctable_module_prints_the_table() -> None:
         [sys.executable, "-m", "mtaserver.config.doctable"], capture_output=True, text=True
     )
     assert out.returncode == 0 and out.stdout == doctable.generate()
+
+
+def runnable(name: str, tmp_path: Path, ca: trustme.CA) -> tuple[str, int]:
+    """The corpus config with the README's allowed rewrites for a real start here.
+
+    Files that must exist (the STARTTLS certificate, DKIM keys) are made here; spool, log
+    and acct paths move under `tmp_path`; every listener gets a free loopback port. Returns
+    the text and the first SMTP listener's port.
+    """
+    text = corpus_text(name, tmp_path)
+    ca.issue_cert("127.0.0.1").private_key_and_cert_chain_pem.write_to_path(
+        str(tmp_path / "cert.pem")
+    )
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    (tmp_path / "dkim.pem").write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.TraditionalOpenSSL,
+            serialization.NoEncryption(),
+        )
+    )
+    text = text.replace("/var/spool/pmta", str(tmp_path / "spool"))
+    text = text.replace("/var/log/pmta", str(tmp_path / "log"))
+    (tmp_path / "log").mkdir()
+    ports: list[int] = []
+
+    def new_port(match: re.Match[str]) -> str:
+        ports.append(free_port())
+        return f"{match.group(1)}127.0.0.1:{ports[-1]}"
+
+    text = re.sub(r"(smtp-listener\s+)\S+:41\d\d\d", new_port, text)
+    smtp_port = ports[0]
+    text = re.sub(r"(<transmissions-api-listener\s+)\S+:41\d\d\d", new_port, text)
+    text = re.sub(
+        r"^(http-mgmt-port\s+)41\d\d\d", lambda m: f"{m.group(1)}{free_port()}", text, flags=re.M
+    )
+    return text, smtp_port
+
+
+@pytest.mark.parametrize("name", ["A_guide.conf", "B_tuck1s.conf", "C_kira41.conf"])
+def test_corpus_config_starts(tmp_path: Path, name: str, ca: trustme.CA) -> None:
+    """Each real PowerMTA config starts a server that answers SMTP, logging only warnings."""
+    text, smtp_port = runnable(name, tmp_path, ca)
+    with ServerProcess(tmp_path, text, wait_ports=(smtp_port,)) as server:
+        with smtplib.SMTP("127.0.0.1", smtp_port, timeout=30) as client:
+            assert client.ehlo()[0] == 250
+        log = server.read_log()
+    assert "Traceback" not in log and "#error]" not in log and "#critical]" not in log
+    assert "config: " in log  # the no-effect and not-yet warnings are logged
