@@ -208,3 +208,28 @@ def test_smtp_pattern_list_ignores_case_and_puts_the_queue_in_backoff(
         assert wait_until(lambda: mode() == "backoff")
     finally:
         server.stop()
+
+
+def test_domain_macro_expands_to_each_domain(tmp_path: Path, receiver: Receiver) -> None:
+    """`<domain $NAME>` routes each domain of `domain-macro NAME` (others go nowhere)."""
+    port, dead = free_port(), free_port()
+    conf = base_config(tmp_path, port, dead, RELAY)
+    conf += "domain-macro twins a.test,b.test\n<domain $twins>\n"
+    conf += f"    smtp-hosts [127.0.0.1]:{receiver.port}\n</domain>\n"
+    with ServerProcess(tmp_path, conf, (port,)):
+        send(port, "s@src.test", ["ok1@a.test", "ok2@b.test", "ok3@c.test"])
+        assert wait_until(lambda: len(acct(tmp_path, "d")) == 2)
+        assert wait_until(lambda: any(r["queue"] == "c.test/{default}" for r in acct(tmp_path)))
+    assert sorted(r["rcpt"] for r in acct(tmp_path, "d")) == ["ok1@a.test", "ok2@b.test"]
+    assert sorted(r for m in receiver.messages for r in m.rcpt_tos) == ["ok1@a.test", "ok2@b.test"]
+
+
+def test_undefined_domain_macro_is_an_error(tmp_path: Path) -> None:
+    """`<domain $nosuch>` without a `domain-macro nosuch` is a config error."""
+    from mtaserver.config.grammar import ConfigError
+    from mtaserver.config.load import load_config
+
+    path = tmp_path / "m.conf"
+    path.write_text(f"spool {tmp_path}/s\n<domain $nosuch>\n max-smtp-out 1\n</domain>\n")
+    with pytest.raises(ConfigError, match="nosuch"):
+        load_config(str(path))

@@ -432,8 +432,8 @@ _add(
     G,
     "macro",
     "",
-    Y,
-    "<domain $NAME> scopes are accepted but match no queue yet",
+    IMPLEMENTED,
+    "<domain $NAME> applies to each domain of the macro",
     repeatable=True,
 )
 _add("pickup", G, "text", "", Y, "no pickup directory is read", repeatable=True)

@@ -108,6 +108,8 @@ class _Loader:
         except ValueError as exc:
             self.problem(node, f"<{node.name} {node.arg}>: {exc}")
             return
+        if node.name == reg.DOMAIN and arg.startswith("$"):
+            self.references.append(_Reference("domain-macro", arg[1:], node.file, node.line))
         status, reason = catalog.scope_status(node.name)
         if status != catalog.IMPLEMENTED and not quiet:
             self.warn(node, f"<{node.name}>", status, reason)
@@ -199,6 +201,7 @@ class _Loader:
             "vmta-or-pool": set(vmtas) | set(pools),
             reg.SOURCE: {a for a in self.named(reg.SOURCE) if reg.is_named_source(a)} | {"{auth}"},
         }
+        known["domain-macro"] = {name for name, _ in self.global_layer.get("domain_macro", ())}
         labels = {"vmta-or-pool": "virtual-mta or virtual-mta-pool"}
         for ref in self.references:
             if ref.name not in known[ref.kind]:
@@ -260,7 +263,10 @@ def _assemble(loader: _Loader, path: str, files: list[str], nodes: list[Node]) -
         ldaps[name] = build(LdapSettings, [layer], name=name)
     vmtas = {
         name: build(
-            VirtualMta, [layer], name=name, domains=loader.nested_domains.get((reg.VMTA, name), {})
+            VirtualMta,
+            [layer],
+            name=name,
+            domains=_expand_macros(loader, loader.nested_domains.get((reg.VMTA, name), {})),
         )
         for name, layer in loader.named(reg.VMTA).items()
     }
@@ -269,7 +275,7 @@ def _assemble(loader: _Loader, path: str, files: list[str], nodes: list[Node]) -
             VirtualMtaPool,
             [layer],
             name=name,
-            domains=loader.nested_domains.get((reg.VMTA_POOL, name), {}),
+            domains=_expand_macros(loader, loader.nested_domains.get((reg.VMTA_POOL, name), {})),
         )
         for name, layer in loader.named(reg.VMTA_POOL).items()
     }
@@ -297,7 +303,7 @@ def _assemble(loader: _Loader, path: str, files: list[str], nodes: list[Node]) -
         ldap=ldaps,
         vmtas=vmtas,
         vmta_pools=pools,
-        domains=loader.named(reg.DOMAIN),
+        domains=_expand_macros(loader, loader.named(reg.DOMAIN)),
         pattern_lists=patterns,
         acct_files=acct_files,
         api_listeners=tuple(api_listeners),
@@ -339,6 +345,29 @@ def _address_file(path: str) -> list[str]:
     except OSError:
         return []
     return [w.lower() for w in (line.split("#", 1)[0].strip() for line in lines) if w]
+
+
+def _expand_macros(loader: _Loader, domains: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """`<domain $NAME>` stands for each domain of `domain-macro NAME a.com,b.com`.
+
+    A macro's settings apply to each of its domains as if each had its own `<domain>`;
+    an explicit `<domain a.com>` is laid over them (it is the more specific word). A
+    `.com` entry is the pattern `*.com`. An undefined macro is an error.
+    """
+    macros: dict[str, tuple[str, ...]] = {}
+    for name, names in loader.global_layer.get("domain_macro", ()):
+        macros[name] = macros.get(name, ()) + names
+    expanded: dict[str, dict[str, Any]] = {}
+    for pattern, layer in domains.items():
+        if not pattern.startswith("$"):
+            continue
+        for domain in macros.get(pattern[1:], ()):  # an unknown one: check_references
+            key = "*" + domain if domain.startswith(".") else domain
+            expanded.setdefault(key, {}).update(layer)
+    for pattern, layer in domains.items():
+        if not pattern.startswith("$"):
+            expanded[pattern] = {**expanded.get(pattern, {}), **layer}
+    return expanded
 
 
 def _missing(loader: _Loader, nodes: list[Node], kind: str, name: str, directive: str) -> None:
