@@ -397,3 +397,30 @@ def test_scopes_for_sender_and_lists() -> None:
         "source:promo",
     ]
     assert scopes_for("", []) == ["global"]
+
+
+def test_compaction_timer_folds_the_log_when_due(tmp_path: Path) -> None:
+    """Every COMPACT_INTERVAL the service compacts a store whose log is due, not before."""
+    from smtp_helpers import holder_from_text, run_now
+    from twisted.internet.task import Clock
+
+    from mtaserver.suppression import Entry, SuppressionStore
+    from mtaserver.suppression.service import COMPACT_INTERVAL, SuppressionService
+
+    clock = Clock()
+    store = SuppressionStore.open(str(tmp_path / "suppression"), compact_after=10)
+    holder = holder_from_text("spool " + str(tmp_path / "spool") + "\n", str(tmp_path))
+    service = SuppressionService(holder, store, run_now, clock)
+    service.startService()
+    store.add([Entry.make(f"u{i}@dest.test", now=1) for i in range(5)])
+    clock.advance(COMPACT_INTERVAL)
+    assert not any(n.startswith("snapshot.") for n in os.listdir(store.directory))
+    store.add([Entry.make(f"v{i}@dest.test", now=1) for i in range(10)])
+    assert store.compaction_due()
+    clock.advance(COMPACT_INTERVAL)
+    assert not store.compaction_due()
+    assert any(n.startswith("snapshot.") for n in os.listdir(store.directory))
+    assert store.count() == 15 and store.get("global", "v9@dest.test") is not None
+    service.stopService()
+    with pytest.raises(Exception, match="closed"):
+        store.lookup("u1@dest.test")
