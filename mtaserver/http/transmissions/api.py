@@ -88,6 +88,7 @@ from mtaserver.runtime import RunInThread
 from mtaserver.spool import MessageStore
 from mtaserver.spool.errors import SpoolError
 from mtaserver.suppression.service import REFUSED_TEXT, SuppressionService
+from mtaserver.suppression.store import SuppressionStoreError
 
 log = Logger()
 
@@ -264,9 +265,15 @@ class TransmissionsAPI:
         kept = []
         rejected = list(transmission.rejected)
         for rcpt in transmission.recipients:
-            entry = self.suppression.check(
-                rcpt.address, rcpt.return_path, settings.suppression_lists
-            )
+            try:
+                entry = self.suppression.check(
+                    rcpt.address, rcpt.return_path, settings.suppression_lists
+                )
+            except (SuppressionStoreError, OSError) as exc:  # closed at shutdown, or I/O
+                log.error("suppression list unavailable: {error}", error=str(exc))
+                raise APIError(
+                    503, "Service unavailable", "the suppression list cannot be read"
+                ) from None
             if entry is None:
                 kept.append(rcpt)
                 continue
@@ -323,9 +330,7 @@ def make_transmissions_services(
 
     Raises `InsecureListenerError` for a plain-HTTP listener off loopback.
     """
-    api = TransmissionsAPI(
-        holder, store, on_accepted, reactor, stats, run_in_thread, suppression
-    )
+    api = TransmissionsAPI(holder, store, on_accepted, reactor, stats, run_in_thread, suppression)
     resource = api.app.resource()
     guard = transmissions_guard(holder, reactor)  # deadlines, rate, key and size before the body
     return [
