@@ -424,3 +424,31 @@ def test_compaction_timer_folds_the_log_when_due(tmp_path: Path) -> None:
     service.stopService()
     with pytest.raises(Exception, match="closed"):
         store.lookup("u1@dest.test")
+
+
+def test_rcpt_is_a_temporary_failure_when_the_list_cannot_be_read(tmp_path: Path) -> None:
+    """A closed or unreadable store gives 451 4.3.0 at RCPT, never an unchecked 250."""
+    from smtp_helpers import FakeStore, holder_from_text, run_now
+    from twisted.internet.task import Clock
+
+    from mtaserver.message.addresses import Mailbox
+    from mtaserver.message.intake import ReceptionStats
+    from mtaserver.smtp.reception import ReceptionHandler, Session, Transaction
+    from mtaserver.smtp.server_params import MailParams, RcptParams
+    from mtaserver.suppression import Entry, SuppressionStore
+    from mtaserver.suppression.service import SuppressionService
+
+    holder = holder_from_text("<source 127.0.0.1>\n always-allow-relaying yes\n</source>\n")
+    store = SuppressionStore.open(str(tmp_path / "suppression"))
+    store.add([Entry.make("gone@dest.test", now=1)])
+    service = SuppressionService(holder, store, run_now, Clock())
+    handler = ReceptionHandler(
+        holder, FakeStore(), lambda envelope: None, ReceptionStats(), Clock(), suppression=service
+    )
+    session = Session("127.0.0.1", holder.config.source_settings("127.0.0.1"))
+    txn = Transaction(Mailbox("s@src.test"), MailParams())
+    refused = handler.check_rcpt(session, txn, Mailbox("gone@dest.test"), RcptParams())
+    assert (refused.code, refused.status) == (550, "5.7.1")
+    store.close()
+    reply = handler.check_rcpt(session, txn, Mailbox("gone@dest.test"), RcptParams())
+    assert (reply.code, reply.status) == (451, "4.3.0")
