@@ -169,6 +169,10 @@ def test_hard_bounce_suppresses_the_recipient_for_smtp_and_the_api(
     assert (code, text) == (550, b"5.7.1 recipient is on the suppression list")
     assert server.rcpt("ok-2@dest.test")[0] == 250
     assert server.process.wait_for_log("suppressed hard-gone@dest.test after a b record")
+    with urllib.request.urlopen(f"{server.url}/metrics", timeout=30) as response:
+        metrics = response.read().decode()
+    assert "mtaserver_suppression_added_total 1.0" in metrics
+    assert "mtaserver_suppression_entries 1.0" in metrics
 
     result = server.sparkpost().transmissions.send(
         recipients=["hard-gone@dest.test", "ok-3@dest.test"],

@@ -8,7 +8,9 @@ twice and nothing needs updating on the hot path:
   the journal and never reset, as Prometheus expects);
 * gauges: recipients and messages queued per queue, paused queues, inbound SMTP
   sessions and outbound connections;
-* a histogram of delivery latency (queued to delivered, seconds).
+* a histogram of delivery latency (queued to delivered, seconds);
+* the suppression list: entries (gauge), recipients added automatically from b/rb/f
+  records, refused (RCPT, Transmissions API) and accepted-and-dropped (counters).
 
 The registry is private (not prometheus_client's global one) so tests and several
 servers in one process never collide.
@@ -43,7 +45,9 @@ class ServerCollector(Collector):
         traffic: TrafficStats,
         webhooks: Any = None,
         acct: Any = None,
+        suppression: Any = None,
     ) -> None:
+        self.suppression = suppression
         self.queues = queues
         self.reception = reception
         self.traffic = traffic
@@ -110,6 +114,23 @@ class ServerCollector(Collector):
             yield from self._webhook_backlog()
         if self.acct is not None and hasattr(self.acct, "status"):
             yield from self._acct_writers()
+        if self.suppression is not None:
+            yield from self._suppression()
+
+    def _suppression(self) -> Iterator[Any]:
+        """The suppression list's size and what it did since start."""
+        entries = GaugeMetricFamily("mtaserver_suppression_entries", "Suppression list entries")
+        entries.add_metric([], self.suppression.store.count())
+        yield entries
+        counters = self.suppression.counters
+        for name, value, text in (
+            ("added", counters.added_automatically, "Recipients suppressed from b/rb/f records"),
+            ("refused", counters.refused, "Suppressed recipients refused (RCPT and API)"),
+            ("dropped", counters.dropped, "Suppressed recipients accepted and dropped"),
+        ):
+            counter = CounterMetricFamily(f"mtaserver_suppression_{name}", text)
+            counter.add_metric([], value)
+            yield counter
 
     def _acct_writers(self) -> Iterator[Any]:
         """Acct writers' health: a writer that stopped writing is never silent."""
@@ -168,9 +189,10 @@ def make_registry(
     traffic: TrafficStats,
     webhooks: Any = None,
     acct: Any = None,
+    suppression: Any = None,
 ) -> CollectorRegistry:
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(ServerCollector(queues, reception, traffic, webhooks, acct))
+    registry.register(ServerCollector(queues, reception, traffic, webhooks, acct, suppression))
     return registry
 
 

@@ -131,7 +131,9 @@ def make_management_api(
         CommandAPI(commands, access),
         ConfigFileAPI(holder, access, run_in_thread),
         MonitorAPI(
-            commands, access, make_registry(scheduler.control, reception, traffic, webhooks, acct)
+            commands,
+            access,
+            make_registry(scheduler.control, reception, traffic, webhooks, acct, suppression),
         ),
         ConsoleUI(commands, access, History(), webhooks),  # History: memory only, kept by reload
     )
