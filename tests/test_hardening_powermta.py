@@ -233,3 +233,44 @@ def test_undefined_domain_macro_is_an_error(tmp_path: Path) -> None:
     path.write_text(f"spool {tmp_path}/s\n<domain $nosuch>\n max-smtp-out 1\n</domain>\n")
     with pytest.raises(ConfigError, match="nosuch"):
         load_config(str(path))
+
+
+def test_pattern_list_chooses_the_vmta_by_sender(tmp_path: Path, receiver: Receiver) -> None:
+    """A source's `pattern-list` routes by MAIL FROM (case-insensitively); no match: default."""
+    port = free_port()
+    extra = TWO_VMTAS + (
+        "<pattern-list by-sender>\n"
+        "    mail-from /^abc/ virtual-mta=vm-a\n"
+        "    mail-from /@B-SIDE\\.test$/ virtual-mta=vm-b\n"
+        "</pattern-list>\n"
+        "<source 127.0.0.1>\n always-allow-relaying yes\n pattern-list by-sender\n</source>\n"
+    )
+    with ServerProcess(tmp_path, base_config(tmp_path, port, receiver.port, extra), (port,)):
+        send(port, "abc@x.test", ["ok1@dst.test"])
+        send(port, "zed@b-side.test", ["ok2@dst.test"])
+        send(port, "other@x.test", ["ok3@dst.test"])
+        assert wait_until(lambda: len(acct(tmp_path, "d")) == 3)
+    vmta_by_rcpt = {r["rcpt"]: r["vmta"] for r in acct(tmp_path, "d")}
+    assert vmta_by_rcpt == {
+        "ok1@dst.test": "vm-a",
+        "ok2@dst.test": "vm-b",
+        "ok3@dst.test": "{default}",
+    }
+    helo_by_rcpt = {m.rcpt_tos[0]: m.helo for m in receiver.messages}
+    assert helo_by_rcpt["ok1@dst.test"] == "a.out.test"
+    assert helo_by_rcpt["ok2@dst.test"] == "b.out.test"
+    assert helo_by_rcpt["ok3@dst.test"] == "mta.test"
+
+
+def test_pattern_list_naming_an_unknown_vmta_is_an_error(tmp_path: Path) -> None:
+    """A `<pattern-list>` result must name a defined virtual MTA or pool."""
+    from mtaserver.config.grammar import ConfigError
+    from mtaserver.config.load import load_config
+
+    path = tmp_path / "p.conf"
+    path.write_text(
+        f"spool {tmp_path}/s\n<pattern-list p>\n mail-from /x/ virtual-mta=ghost\n"
+        "</pattern-list>\n<source 0/0>\n pattern-list p\n</source>\n"
+    )
+    with pytest.raises(ConfigError, match="ghost"):
+        load_config(str(path))

@@ -171,6 +171,15 @@ def _pattern_result(text: str) -> tuple[re.Pattern[str], str]:
     return _regex(match.group(1)), match.group(2).strip()
 
 
+def _routing_pattern(text: str) -> tuple[re.Pattern[str], str]:
+    """`/REGEX/ virtual-mta=NAME`: a `<pattern-list>` line (patterns ignore case)."""
+    regex, result = _pattern_result(text)
+    key, _, name = result.partition("=")
+    if key.strip().lower() != "virtual-mta" or not name.strip():
+        raise ValueError(f"expected /REGEX/ virtual-mta=NAME, not {text!r}")
+    return re.compile(regex.pattern, re.IGNORECASE), f"virtual-mta={v.parse_name(name)}"
+
+
 def _header_pattern(text: str) -> tuple[str, re.Pattern[str], str]:
     """`header HEADER-NAME /REGEX/ RESULT`."""
     name, _, rest = text.strip().partition(" ")
@@ -267,6 +276,7 @@ FORMS: Mapping[str, tuple[Parser, str]] = {
     "host-port": (v.parse_host_port, "IP:PORT"),
     "url": (v.parse_url, "URL"),
     "pattern": (_pattern_result, "/REGEX/ RESULT"),
+    "routing-pattern": (_routing_pattern, "/REGEX/ virtual-mta=NAME"),
     "header-pattern": (_header_pattern, "HEADER /REGEX/ RESULT"),
     "rewrite": (_two_words("*@a.com *@b.com"), "SOURCE TARGET"),
     "source-host": (v.parse_source_host, "IP HOSTNAME"),
@@ -632,7 +642,7 @@ _add(
     Y,
     "recipients over max-rcpt-per-message get 452, the message goes on",
 )
-_add("pattern-list", S, "name", "", Y, "no <pattern-list> routing yet")
+_add("pattern-list", S, "name", "", IMPLEMENTED, "chooses the virtual MTA by sender or recipient")
 _add("rewrite-list", S + VM + POOL, "name", "", Y, "no address rewriting yet")
 _add("process-x-envid", S, "bool", "false", Y, "X-EnvId: is not read")
 _add(
@@ -946,10 +956,10 @@ _add("max-smtp-out", POOL, "int", "", Y, "max-smtp-out applies per queue and vir
 _add(
     "mail-from rcpt-to",
     (PATTERN_LIST,),
-    "pattern",
+    "routing-pattern",
     "",
-    Y,
-    "no <pattern-list> routing yet",
+    IMPLEMENTED,
+    "the first matching line chooses the virtual MTA or pool",
     repeatable=True,
 )
 _add(
@@ -1041,7 +1051,7 @@ CATALOG_SCOPES: Mapping[str, ScopeEntry] = {
     for s in (
         ScopeEntry(SPOOL, v.parse_string, _TOP, Y, "one spool directory: the spool directive"),
         ScopeEntry(SOURCE_GROUP, v.parse_name, _TOP, Y, "no <source-group> limits yet"),
-        ScopeEntry(PATTERN_LIST, v.parse_name, _TOP, Y, "no <pattern-list> routing yet"),
+        ScopeEntry(PATTERN_LIST, v.parse_name, _TOP, IMPLEMENTED, ""),
         ScopeEntry(REWRITE_LIST, v.parse_name, _TOP, Y, "no address rewriting yet"),
         ScopeEntry(DOMAIN_KEY_LIST, v.parse_name, _TOP, Y, "DKIM keys are global only"),
         ScopeEntry(EMAIL_PATTERNS, _optional_name, _TOP, Y, "no pattern files are read"),

@@ -26,6 +26,7 @@ from mtaserver.config.model import (
     LdapSettings,
     Listener,
     ReportProcessorSettings,
+    RoutingPatternList,
     SmtpPatternList,
     SmtpUser,
     SourceSettings,
@@ -33,6 +34,7 @@ from mtaserver.config.model import (
     VirtualMta,
     VirtualMtaPool,
     build,
+    routing_result,
 )
 from mtaserver.config.targets import check_targets
 from mtaserver.config.values import HostPort, parse_cidr, parse_host_port
@@ -283,6 +285,11 @@ def _assemble(loader: _Loader, path: str, files: list[str], nodes: list[Node]) -
         name: build(SmtpPatternList, [layer], name=name)
         for name, layer in loader.named(reg.PATTERN_LIST).items()
     }
+    routing = {
+        name: build(RoutingPatternList, [layer], name=name)
+        for name, layer in loader.named(catalog.PATTERN_LIST).items()
+    }
+    _check_routing(loader, nodes, routing)
     acct_files = tuple(
         build(AcctFileSettings, [layer], path=name)
         for name, layer in loader.named(reg.ACCT_FILE).items()
@@ -305,6 +312,7 @@ def _assemble(loader: _Loader, path: str, files: list[str], nodes: list[Node]) -
         vmta_pools=pools,
         domains=_expand_macros(loader, loader.named(reg.DOMAIN)),
         pattern_lists=patterns,
+        routing_patterns=routing,
         acct_files=acct_files,
         api_listeners=tuple(api_listeners),
         api=api,
@@ -345,6 +353,28 @@ def _address_file(path: str) -> list[str]:
     except OSError:
         return []
     return [w.lower() for w in (line.split("#", 1)[0].strip() for line in lines) if w]
+
+
+def _check_routing(
+    loader: _Loader, nodes: list[Node], routing: dict[str, RoutingPatternList]
+) -> None:
+    """Each `<pattern-list>` result names a defined vmta or pool; sources name a list."""
+    targets = set(loader.named(reg.VMTA)) | set(loader.named(reg.VMTA_POOL))
+    for name, patterns in routing.items():
+        for _, result in patterns.mail_from + patterns.rcpt_to:
+            target = routing_result(result)
+            if target not in targets:
+                for scope in _find_scopes(nodes, catalog.PATTERN_LIST):
+                    if scope.arg.strip() == name:
+                        message = f"<pattern-list {name}>: no <virtual-mta {target}> is defined"
+                        loader.problem(scope, message)
+                        break
+    for scope in _find_scopes(nodes, reg.SOURCE):
+        for child in scope.children:
+            if not isinstance(child, Directive) or child.name != "pattern-list":
+                continue
+            if child.value.strip() not in routing:
+                loader.problem(child, f"no <pattern-list {child.value.strip()}> is defined")
 
 
 def _expand_macros(loader: _Loader, domains: dict[str, dict[str, Any]]) -> dict[str, Any]:

@@ -19,7 +19,7 @@ from __future__ import annotations
 import ipaddress
 import re
 import socket
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 import attrs
@@ -77,6 +77,7 @@ class SourceSettings:
     max_header_size: int = 1024 * 1024  # the whole header block
     max_mime_depth: int = 100  # Postfix's mime_nesting_limit
     require_sender_match_login: bool = False  # after AUTH, MAIL FROM must match the login
+    pattern_list: str | None = None  # a <pattern-list> choosing the virtual MTA
     suppression_lists: tuple[str, ...] = ()  # checked at RCPT as scopes source:<name>
     suppressed_recipient_action: str = "refuse"  # refuse (550 5.7.1) | drop (250 and a b record)
 
@@ -163,6 +164,41 @@ class SmtpPatternList:
             if pattern.matches(reply_text):
                 return pattern.actions
         return ()
+
+
+@attrs.frozen
+class RoutingPatternList:
+    """`<pattern-list NAME>`: choose the virtual MTA (or pool) by sender or recipient.
+
+    `mail-from /REGEX/ virtual-mta=NAME` and `rcpt-to /REGEX/ virtual-mta=NAME` lines,
+    tried mail-from lines first, then rcpt-to lines (against each recipient in turn),
+    each in the order written; the first match wins. Patterns ignore case. A source
+    uses one with `pattern-list NAME`; X-Virtual-MTA (when processed) comes first and
+    `default-virtual-mta` applies when nothing matches.
+    """
+
+    name: str
+    mail_from: tuple[tuple[re.Pattern[str], str], ...] = ()
+    rcpt_to: tuple[tuple[re.Pattern[str], str], ...] = ()
+
+    def virtual_mta_for(self, sender: str, recipients: Iterable[str]) -> str | None:
+        """The vmta or pool named by the first matching pattern, or None."""
+        for regex, result in self.mail_from:
+            if regex.search(sender):
+                return routing_result(result)
+        for rcpt in recipients:
+            for regex, result in self.rcpt_to:
+                if regex.search(rcpt):
+                    return routing_result(result)
+        return None
+
+
+def routing_result(result: str) -> str:
+    """`virtual-mta=NAME` -> NAME (the only result form a `<pattern-list>` line has here)."""
+    key, _, name = result.partition("=")
+    if key.strip().lower() != "virtual-mta" or not name.strip():
+        raise ValueError(f"expected virtual-mta=NAME, not {result!r}")
+    return name.strip()
 
 
 @attrs.frozen
@@ -338,6 +374,7 @@ class Config:
     vmta_pools: Mapping[str, VirtualMtaPool] = attrs.field(factory=dict)
     domains: Mapping[str, Layer] = attrs.field(factory=dict)
     pattern_lists: Mapping[str, SmtpPatternList] = attrs.field(factory=dict)
+    routing_patterns: Mapping[str, RoutingPatternList] = attrs.field(factory=dict)
     acct_files: tuple[AcctFileSettings, ...] = ()
     api_listeners: tuple[Listener, ...] = ()
     api: TransmissionsApiSettings = TransmissionsApiSettings()

@@ -58,7 +58,6 @@ from mtaserver.smtp_reply import (
 from mtaserver.spool.errors import SpoolError, SpoolFullError
 from mtaserver.suppression.model import Entry
 from mtaserver.suppression.service import REFUSED_TEXT, SuppressionService
-from mtaserver.suppression.store import SuppressionStoreError
 
 log = Logger()
 
@@ -109,6 +108,13 @@ class ReceptionHandler:
     @property
     def host_name(self) -> str:
         return self.holder.config.settings.host_name
+
+    def _pattern_vmta(self, name: str | None, envelope: Envelope) -> str | None:
+        """The vmta or pool the source's `<pattern-list>` chooses for this envelope."""
+        patterns = self.holder.config.routing_patterns.get(name or "")
+        if patterns is None:
+            return None
+        return patterns.virtual_mta_for(envelope.sender, (r.address for r in envelope.recipients))
 
     def settings_for(self, ip: str, user: str | None = None) -> SourceSettings:
         """The client's `<source>`; after AUTH `{auth}`, then the user's own `source {name}`."""
@@ -174,11 +180,7 @@ class ReceptionHandler:
             return RELAY_DENIED
         if self.suppression is not None:
             sender = txn.sender.address
-            try:
-                entry = self.suppression.check(rcpt.address, sender, settings.suppression_lists)
-            except (SuppressionStoreError, OSError) as exc:  # closed at shutdown, or I/O
-                log.error("suppression list unavailable at RCPT: {error}", error=str(exc))
-                return SUPPRESSION_UNAVAILABLE
+            entry = self.suppression.check(rcpt.address, sender, settings.suppression_lists)
             if entry is not None:
                 if settings.suppressed_recipient_action == "drop":
                     txn.dropped[rcpt.address.lower()] = entry
@@ -254,7 +256,11 @@ class ReceptionHandler:
             size=message.size,
             acct_headers=message.acct_headers,
         )
-        vmta_name = message.x_virtual_mta or session.settings.default_virtual_mta
+        vmta_name = (
+            message.x_virtual_mta
+            or self._pattern_vmta(session.settings.pattern_list, envelope)
+            or session.settings.default_virtual_mta
+        )
         if not kept:  # every recipient suppressed and dropped: nothing to spool
             writer.abort()
             await self._record_dropped(envelope, dropped)
@@ -298,7 +304,6 @@ class ReceptionHandler:
 
 
 SUPPRESSED = Reply(550, "5.7.1", REFUSED_TEXT)
-SUPPRESSION_UNAVAILABLE = Reply(451, "4.3.0", "suppression list unavailable, try again later")
 SENDER_NOT_OWNED = Reply(553, "5.7.1", "Sender address not owned by the authenticated user")
 
 
