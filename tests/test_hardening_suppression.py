@@ -226,6 +226,11 @@ def test_sparkpost_client_manages_the_list_unmodified(server: Server) -> None:
     listed = sp.suppression_list.list(types="transactional", limit=5000)
     assert len(listed) == 2001
     assert sp.suppression_list.list(sources="Spam Complaint") == []
+    window = sp.suppression_list.list(
+        from_date="2000-01-01T00:00:00Z", to_date="2100-01-01T00:00:00", limit=5000
+    )
+    assert len(window) == 2001
+    assert sp.suppression_list.list(from_date="2100-01-01T00:00:00+00:00") == []
 
     assert sp.suppression_list.delete("one@dest.test") is True
     with pytest.raises(SparkPostAPIException) as info:
@@ -348,6 +353,20 @@ def test_unknown_routes_and_bad_requests_are_sparkpost_errors(server: Server) ->
     assert status == 400 and "ISO 8601" in body["errors"][0]["description"]
     status, body = call("PUT", base, b'{"recipients": []}')
     assert status == 400
+
+    entries = [{"recipient": f"page{i}@dest.test", "type": "transactional"} for i in range(3)]
+    status, _ = call("PUT", base, json.dumps({"recipients": entries}).encode())
+    assert status == 200
+    seen: list[str] = []
+    url = f"{base}?per_page=2"
+    for _ in range(3):
+        status, body = call("GET", url)
+        assert status == 200
+        seen += [result["recipient"] for result in body["results"]]
+        if not body["links"]:
+            break
+        url = f"https://127.0.0.1:{server.api}{body['links'][0]['href']}"
+    assert sorted(seen) == [f"page{i}@dest.test" for i in range(3)]
 
 
 # -- pure parts ----------------------------------------------------------------------------
