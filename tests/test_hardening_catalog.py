@@ -28,7 +28,7 @@ from test_config_values import INVALID
 from mtaserver.auth.passwords import verify_password
 from mtaserver.config import catalog, doctable
 from mtaserver.config import registry as reg
-from mtaserver.config.grammar import ConfigError
+from mtaserver.config.grammar import ConfigError, unquote
 from mtaserver.config.load import load_config
 from mtaserver.config.model import Config
 from mtaserver.config.values import parse_cidr, parse_rate, parse_record_types
@@ -140,6 +140,109 @@ def test_docs_table_lists_every_reference_directive() -> None:
             text,
             re.MULTILINE,
         ), f"{name} in {where}"
+
+
+GUIDE = Path("/work/shared/reference/powermta-5.0-userguide.txt")
+
+
+def guide_examples() -> list[tuple[str, str, str]]:
+    """(section, directive, value) for each example line of chapter 3.3 of the guide.
+
+    Read from the full guide when it is on this machine (it is not copied here).
+    """
+    if not GUIDE.exists():
+        return []
+    lines = GUIDE.read_text().splitlines()
+    heads = [i for i, line in enumerate(lines) if re.match(r"3\.3\.\d+\.\d+(\.\d+)? ", line)]
+    heads = [i for i in heads if i > 1000]  # the body, not the table of contents
+    found = []
+    for n, start in enumerate(heads):
+        end = heads[n + 1] if n + 1 < len(heads) else start + 200
+        number, title = lines[start].split(" ", 1)
+        names = re.split(r",\s*|\s+&\s+", title.removesuffix(" directive"))
+        section = ".".join(number.split(".")[:3])
+        in_example = False
+        for line in lines[start + 1 : end]:
+            if line.startswith("Example"):
+                in_example = True
+            elif line.startswith(("Syntax:", "Default:", "Note")):
+                in_example = False
+            elif in_example:
+                text = re.sub(r"\s+#.*$", "", line).strip()
+                words = text.split(None, 1)
+                if words and words[0] in names and "<" not in text:
+                    found.append((section, words[0], words[1] if len(words) > 1 else ""))
+    return found
+
+
+def test_guide_examples_are_read() -> None:
+    """The guide gives some 370 example lines (skipped without the guide)."""
+    if not GUIDE.exists():
+        pytest.skip(f"{GUIDE} is absent: the PowerMTA guide is not on this machine")
+    assert len(guide_examples()) > 350
+
+
+#: Example lines of the guide that do not load yet, each with the reason.
+EXAMPLE_GAPS: dict[tuple[str, str], str] = {
+    ("rcpt-to", value): "recipient-priority=N in a <pattern-list> result is not understood yet"
+    for value in (
+        "/password-reset@customer.com/ recipient-priority=90",
+        "/special@customer.com/ virtual-mta=students,recipient-priority=90",
+    )
+}
+
+
+@pytest.mark.parametrize(("section", "name", "value"), guide_examples())
+def test_every_guide_example_value_parses(section: str, name: str, value: str) -> None:
+    """Each example line of the guide's directive reference parses in its scope."""
+    if (name, value) in EXAMPLE_GAPS:
+        pytest.skip(EXAMPLE_GAPS[(name, value)])
+    scope = SECTION_SCOPES[section]
+    scope = MISFILED.get((name, scope), scope)
+    if name == "include":
+        return
+    entry = catalog.lookup(name, scope)
+    assert entry is not None, f"{name} in <{scope}>"
+    entry.parse(unquote(value))
+
+
+@pytest.mark.parametrize(
+    ("line", "warning"),
+    [
+        ("smtp-server-tls-certificate {cert} secret\n", "private key password"),
+        ("http-access 10/8 operator\n", "operator is not yet implemented"),
+        ("http-access 10/8 monitor,deny-logs\n", "deny-logs has no effect"),
+        ("<source 0/0>\n default-virtual-mta by-smtp-source-ip\n</source>\n", "by-smtp-source-ip"),
+        ("<source 0/0>\n add-date-header override\n</source>\n", "override is not yet"),
+        ("domain-key s1,*,{cert}\n", "domain-key for * is not yet"),
+    ],
+)
+def test_partly_implemented_values_load_with_a_warning(
+    tmp_path: Path, line: str, warning: str
+) -> None:
+    """PowerMTA value forms mtaserver does not act on yet load, each with its warning."""
+    cert = tmp_path / "cert.pem"
+    cert.write_text("x")
+    config = load(tmp_path, line.format(cert=cert))
+    assert [w.message for w in config.warnings if warning in w.message] != []
+
+
+def test_powermta_value_meanings(tmp_path: Path) -> None:
+    """spool-min-free-space N is megabytes; unlimited rcpts; sender-or-from; header_ prefix."""
+    config = load(
+        tmp_path,
+        "spool-min-free-space 100\n"
+        "<source 0/0>\n max-rcpt-per-message unlimited\n</source>\n"
+        "<source 10/8>\n max-rcpt-per-message 0\n</source>\n"
+        "<domain *>\n dkim-identity sender-or-from\n</domain>\n"
+        f"<acct-file {tmp_path}/a.csv>\n map-header-to-field b header_x-foo rcpt\n</acct-file>\n",
+    )
+    assert config.settings.spool_min_free_space == 100 * 2**20
+    assert config.source_settings("192.0.2.1").max_rcpt_per_message == 0
+    assert config.source_settings("10.1.1.1").max_rcpt_per_message == 0
+    assert config.domain_settings("example.com").dkim_identity is None
+    mapping = config.acct_files[0].map_header_to_field[0]
+    assert (mapping.header, mapping.field) == ("x-foo", "rcpt")
 
 
 # -- loading -----------------------------------------------------------------------------

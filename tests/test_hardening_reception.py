@@ -475,7 +475,7 @@ def test_size_against_spool_free_space_real_server(tmp_path: Path) -> None:
     stat = os.statvfs(tmp_path)
     free = stat.f_bavail * stat.f_frsize
     conf = server_config(
-        tmp_path, port, source="    max-message-size 0", extra=f"spool-min-free-space {free // 2}"
+        tmp_path, port, source="    max-message-size 0", extra=f"spool-min-free-space {free // 2}b"
     )
     with ServerProcess(tmp_path, conf, wait_ports=(port,)):
         c = Client(port)

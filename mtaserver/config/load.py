@@ -173,7 +173,7 @@ class _Loader:
             "default-virtual-mta": "vmta-or-pool",
             "source": reg.SOURCE,
         }
-        if node.name in kinds:
+        if node.name in kinds and value is not None:  # None: default-virtual-mta by-smtp-...
             self.references.append(_Reference(kinds[node.name], value, node.file, node.line))
         files = {
             "tls-certificate",

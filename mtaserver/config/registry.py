@@ -98,6 +98,28 @@ def _path(text: str) -> str:
     return v.parse_string(text)
 
 
+def _certificate(text: str) -> str:
+    """`FILENAME [PASSWORD]`: the PEM file (a password is refused by a catalog caveat)."""
+    return v.parse_string(text).split()[0]
+
+
+def _default_vmta(text: str) -> str | None:
+    """A `<virtual-mta>` or pool name; PowerMTA's `by-smtp-source-ip` is None (the default)."""
+    word = text.strip()
+    return None if word.lower() == "by-smtp-source-ip" else v.parse_name(word)
+
+
+def _date_header(text: str) -> bool:
+    """`yes`, `no`, or PowerMTA's `override` (taken as yes: a Date: is added when missing)."""
+    return True if text.strip().lower() == "override" else v.parse_bool(text)
+
+
+def _dkim_identity(text: str) -> str | None:
+    """An address or domain; PowerMTA's `sender-or-from` is None, the default."""
+    word = v.parse_string(text)
+    return None if word.lower() == "sender-or-from" else word
+
+
 def _optional_name(text: str) -> str:
     """`<address-list>` or `<address-list NAME>`: a name is optional."""
     return v.parse_name(text) if text.strip() else ""
@@ -201,9 +223,9 @@ DIRECTIVES: Mapping[str, Spec] = {
     "host-name": Spec(v.parse_hostname, _in(GLOBAL, VMTA)),
     "postmaster": Spec(v.parse_email, _G),
     "spool": Spec(_path, _G),
-    "spool-min-free-space": Spec(v.parse_size, _G),
+    "spool-min-free-space": Spec(v.parse_size_mb, _G),
     "smtp-listener": Spec(_listener_arg, _G, repeatable=True),
-    "smtp-server-tls-certificate": Spec(_path, _G),
+    "smtp-server-tls-certificate": Spec(_certificate, _G),
     "name-server": Spec(v.parse_name_server, _G, repeatable=True),
     "relay-domain": Spec(v.parse_domain_pattern, _G, repeatable=True),
     "total-max-smtp-out": Spec(v.parse_positive_int, _G),
@@ -228,7 +250,7 @@ DIRECTIVES: Mapping[str, Spec] = {
     "suppress-on-bounce-categories": Spec(_category_list, _G),
     "suppress-on-complaint": Spec(_yesno, _G),
     # listeners
-    "tls-certificate": Spec(_path, _in(SMTP_LISTENER, API_LISTENER)),
+    "tls-certificate": Spec(_certificate, _in(SMTP_LISTENER, API_LISTENER)),
     # <source>
     "smtp-service": Spec(_yesno, _S),
     "always-allow-relaying": Spec(_yesno, _S),
@@ -237,14 +259,14 @@ DIRECTIVES: Mapping[str, Spec] = {
     "require-starttls-before-auth": Spec(_yesno, _S),
     "allow-unencrypted-plain-auth": Spec(_yesno, _S),
     "max-message-size": Spec(v.parse_size, _S),
-    "max-rcpt-per-message": Spec(v.parse_positive_int, _S),
+    "max-rcpt-per-message": Spec(v.parse_int, _S),  # 0 or unlimited: no limit
     "allow-smtputf8": Spec(_yesno, _S),
     "add-received-header": Spec(_yesno, _S),
     "add-message-id-header": Spec(_yesno, _S),
-    "add-date-header": Spec(_yesno, _S),
+    "add-date-header": Spec(_date_header, _S),
     "process-x-virtual-mta": Spec(_yesno, _S),
     "process-x-job": Spec(_yesno, _S),
-    "default-virtual-mta": Spec(v.parse_name, _S),
+    "default-virtual-mta": Spec(_default_vmta, _S),
     "smtp-command-timeout": Spec(v.parse_interval, _S),
     "smtp-data-timeout": Spec(v.parse_interval, _S),
     "auth-ldap": Spec(v.parse_name, _S),
@@ -301,7 +323,7 @@ DIRECTIVES: Mapping[str, Spec] = {
     "backoff-retry-after": Spec(v.parse_interval_list, _D),
     "backoff-to-normal-after": Spec(v.parse_interval, _D),
     "dkim-sign": Spec(_yesno, _D),
-    "dkim-identity": Spec(v.parse_string, _D),
+    "dkim-identity": Spec(_dkim_identity, _D),
     "deliver-local-dsn": Spec(_yesno, _D),
     "http-delivery-url": Spec(v.parse_url, _D),
     "http-delivery-extra-headers": Spec(_path, _D),

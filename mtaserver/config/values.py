@@ -50,6 +50,12 @@ def parse_positive_int(text: str) -> int:
     return value
 
 
+def parse_size_mb(text: str) -> int:
+    """A size where a bare number is megabytes (`spool-min-free-space 100`, as PowerMTA)."""
+    word = text.strip()
+    return int(word) * 2**20 if word.isdigit() else parse_size(word)
+
+
 def parse_size(text: str) -> int:
     """`10K 5M 1G` (binary multiples, as PowerMTA), a plain number of bytes, or `unlimited` (0)."""
     word = text.strip()
@@ -496,7 +502,7 @@ def parse_header_mapping(text: str) -> HeaderMapping:
     if len(parts) not in (2, 3):
         raise ValueError("expected RECORD-TYPES HEADER [FIELD], e.g. d,b X-Campaign campaign")
     types = parse_record_types(parts[0])
-    header = parts[1]
+    header = parts[1].removeprefix(ACCT_HEADER_PREFIX)  # PowerMTA writes `header_x-foo`
     if not re.fullmatch(r"[!-9;-~]+", header):
         raise ValueError(f"bad header name {header!r}; expected e.g. X-Campaign")
     return HeaderMapping(types, header, parts[2] if len(parts) == 3 else f"header_{header}")
@@ -516,7 +522,8 @@ def parse_domain_key(text: str) -> DomainKey:
         raise ValueError(
             f"expected SELECTOR,DOMAIN,KEYFILE, e.g. s1,example.com,/etc/mta/s1.pem, not {text!r}"
         )
-    return DomainKey(parts[0], parse_hostname(parts[1]), parts[2])
+    domain = "*" if parts[1] == "*" else parse_hostname(parts[1])  # `*`: see the catalog caveat
+    return DomainKey(parts[0], domain, parts[2])
 
 
 @attrs.frozen
@@ -544,10 +551,17 @@ class HttpAccess:
 
 
 def parse_http_access(text: str) -> HttpAccess:
+    """`CIDR { monitor[,deny-logs] | operator | admin | none }` (PowerMTA's forms).
+
+    `operator` is taken as `monitor` (the lesser right) and `,deny-logs` changes nothing
+    (the management port serves no log files); the loader warns about both.
+    """
     parts = text.split()
-    if len(parts) != 2 or parts[1].lower() not in ACCESS_LEVELS:
+    level = parts[1].lower() if len(parts) == 2 else ""
+    level = {"operator": "monitor", "monitor,deny-logs": "monitor"}.get(level, level)
+    if len(parts) != 2 or level not in ACCESS_LEVELS:
         raise ValueError(f"expected CIDR none|monitor|admin, e.g. 10.0.0.0/8 monitor, not {text!r}")
-    return HttpAccess(parse_cidr(parts[0]), parts[1].lower())
+    return HttpAccess(parse_cidr(parts[0]), level)
 
 
 @attrs.frozen
