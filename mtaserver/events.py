@@ -50,6 +50,7 @@ class Envelope:
     # at reception so records never need the body again.
     acct_headers: Mapping[str, str] = attrs.field(factory=dict)
     is_dsn: bool = False  # a bounce we generated: never bounced again
+    verp: bool = False  # deliver with a VERP return path per recipient (`verp-default`)
 
     def only(self, rcpt_indexes: tuple[int, ...]) -> Envelope:
         """This envelope with only the recipients at `rcpt_indexes`, in that order."""
@@ -79,6 +80,7 @@ class Envelope:
             "size": self.size,
             "acct_headers": dict(self.acct_headers),
             "is_dsn": self.is_dsn,
+            "verp": self.verp,
         }
 
     @classmethod

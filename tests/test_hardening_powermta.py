@@ -274,3 +274,24 @@ def test_pattern_list_naming_an_unknown_vmta_is_an_error(tmp_path: Path) -> None
     )
     with pytest.raises(ConfigError, match="ghost"):
         load_config(str(path))
+
+
+def test_verp_default_puts_a_verp_return_path_on_the_wire(
+    tmp_path: Path, receiver: Receiver
+) -> None:
+    """`verp-default yes`: each recipient gets MAIL FROM sender-local=domain@senderdomain."""
+    from mtaserver.inbound.verp import decode_verp
+
+    port = free_port()
+    extra = "<source 127.0.0.1>\n always-allow-relaying yes\n verp-default yes\n</source>\n"
+    with ServerProcess(tmp_path, base_config(tmp_path, port, receiver.port, extra), (port,)):
+        send(port, "news@src.test", ["ok1@dst.test", "ok2@dst.test"])
+        assert wait_until(lambda: len(acct(tmp_path, "d")) == 2)
+    senders = sorted((m.mail_from, tuple(m.rcpt_tos)) for m in receiver.messages)
+    assert senders == [
+        ("news-ok1=dst.test@src.test", ("ok1@dst.test",)),
+        ("news-ok2=dst.test@src.test", ("ok2@dst.test",)),
+    ]
+    decoded = decode_verp(senders[0][0], ["news"])
+    assert decoded is not None and (decoded.orig, decoded.rcpt) == ("news@src.test", "ok1@dst.test")
+    assert {r["orig"] for r in acct(tmp_path, "d")} == {"news@src.test"}

@@ -78,6 +78,7 @@ class SourceSettings:
     max_mime_depth: int = 100  # Postfix's mime_nesting_limit
     require_sender_match_login: bool = False  # after AUTH, MAIL FROM must match the login
     pattern_list: str | None = None  # a <pattern-list> choosing the virtual MTA
+    verp_default: bool = False  # VERP return paths (one recipient a transaction)
     suppression_lists: tuple[str, ...] = ()  # checked at RCPT as scopes source:<name>
     suppressed_recipient_action: str = "refuse"  # refuse (550 5.7.1) | drop (250 and a b record)
 

@@ -114,7 +114,8 @@ class Scheduler:
         for domain, rcpts in by_domain.items():
             queue = self._queue(domain, vmta, pool or envelope.vmta_pool)
             settings = self.settings_for(queue)
-            size = max(settings.max_rcpt_per_transaction, 1)
+            # a VERP return path names one recipient: one recipient a transaction
+            size = 1 if envelope.verp else max(settings.max_rcpt_per_transaction, 1)
             for start in range(0, len(rcpts), size):
                 item = WorkItem(
                     envelope.msg_id, tuple(rcpts[start : start + size]), failed_attempts

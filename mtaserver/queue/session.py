@@ -24,6 +24,7 @@ from twisted.logger import Logger
 from mtaserver.config.model import DomainSettings
 from mtaserver.config.reload import ConfigHolder
 from mtaserver.events import Envelope, Outcome
+from mtaserver.inbound.verp import encode_verp
 from mtaserver.queue import outcomes, patterns
 from mtaserver.queue.delivery import (
     IDeliverer,
@@ -202,7 +203,12 @@ class Session:
                 owner.retry(queue, settings, [item], owner.clock.seconds())
                 continue
             self.transactions += 1
-            transaction = Transaction(message.envelope, live, body)
+            envelope = message.envelope
+            if envelope.verp and len(live) == 1 and envelope.sender:
+                # the wire's MAIL FROM only: records keep the original sender (orig)
+                rcpt = envelope.recipients[live[0]].address
+                envelope = attrs.evolve(envelope, sender=encode_verp(envelope.sender, rcpt))
+            transaction = Transaction(envelope, live, body)
             self.in_flight[id(transaction)] = (transaction, item)
             return transaction
 

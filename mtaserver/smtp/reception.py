@@ -174,8 +174,7 @@ class ReceptionHandler:
         self, session: Session, txn: Transaction, rcpt: Mailbox, params: RcptParams
     ) -> Reply:
         settings = session.settings
-        limit = settings.max_rcpt_per_message  # 0: unlimited, as PowerMTA's default
-        if limit and len(txn.recipients) >= limit:
+        if len(txn.recipients) >= settings.max_rcpt_per_message:
             return TOO_MANY_RCPTS
         if not self.may_relay(session, rcpt):
             return RELAY_DENIED
@@ -256,6 +255,7 @@ class ReceptionHandler:
             smtputf8=txn.params.smtputf8,
             size=message.size,
             acct_headers=message.acct_headers,
+            verp=session.settings.verp_default and bool(txn.sender.address),
         )
         vmta_name = (
             message.x_virtual_mta
