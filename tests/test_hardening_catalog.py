@@ -517,3 +517,19 @@ def test_corpus_config_starts(tmp_path: Path, name: str, ca: trustme.CA) -> None
         log = server.read_log()
     assert "Traceback" not in log and "#error]" not in log and "#critical]" not in log
     assert "config: " in log  # the no-effect and not-yet warnings are logged
+
+
+def test_max_rcpt_per_message_unlimited_accepts_recipients(tmp_path: Path) -> None:
+    """`max-rcpt-per-message unlimited` (PowerMTA's 0) takes every RCPT, not none."""
+    port = free_port()
+    text = (
+        f"host-name mta.test\nspool {tmp_path}/spool\nsmtp-listener 127.0.0.1:{port}\n"
+        "<source 127.0.0.1>\n    always-allow-relaying yes\n"
+        "    max-rcpt-per-message unlimited\n</source>\n"
+    )
+    server = ServerProcess(tmp_path, text, wait_ports=(port,))
+    with server, smtplib.SMTP("127.0.0.1", port, timeout=30) as client:
+        client.ehlo()
+        assert client.mail("s@example.com")[0] == 250
+        for n in range(3):
+            assert client.rcpt(f"r{n}@example.net")[0] == 250
