@@ -132,15 +132,20 @@ def parts(msg: Message) -> Iterator[Message]:
 
 
 def decoded_text(part: Message) -> str:
-    """The body of a non-multipart `part` as text (transfer encoding undone)."""
+    """The body of a non-multipart `part` as text (transfer encoding undone), LF line ends.
+
+    Mail arrives over SMTP with CRLF line ends; the text rules (`$` in a MULTILINE
+    pattern, blank-line paragraphs) are written for LF, so CRLF becomes LF here, once.
+    """
     payload = part.get_payload(decode=True)
     if not isinstance(payload, bytes):
         return ""
     charset = part.get_content_charset() or "utf-8"
     try:
-        return payload.decode(charset, "replace")
+        text = payload.decode(charset, "replace")
     except LookupError:
-        return payload.decode("utf-8", "replace")
+        text = payload.decode("utf-8", "replace")
+    return text.replace("\r\n", "\n")
 
 
 def field_blocks(part: Message) -> list[dict[str, str]]:
