@@ -1,8 +1,9 @@
 """The envelope of a spooled message and the events the journal records about it.
 
 These records are the contract between the three owners of durable state: reception
-writes `Received`, the scheduler writes `Outcome` and `QueueFailure`, and the
-accounting writers turn every event into acct records (`r d b t tq`). They are plain
+writes `Received`, the scheduler writes `Outcome` and `QueueFailure`, the report
+processors (`mtaserver.processors`) write `RemoteReport`, and the accounting
+writers turn every event into acct records (`r d b t tq rb rs f`). They are plain
 frozen data with a JSON form (`to_json` / `event_from_json`), so the journal can store
 them and a later process can read them back without importing Twisted.
 
@@ -185,7 +186,53 @@ class Removed:
         return {"ev": self.kind, "msg_id": self.msg_id, "time": self.time}
 
 
-Event = Received | Outcome | QueueFailure | Removed
+@attrs.frozen
+class RemoteReport:
+    """A report a `<bounce-processor>` or `<feedback-loop-processor>` read: one acct record.
+
+    `record` is `rb` (a remote bounce: a `failed` recipient), `rs` (a remote status:
+    `delayed`) or `f` (a feedback-loop complaint). `msg_id` is the report message in our
+    spool; the other fields are what was recovered of the *original* message (its
+    sender `orig`, its recipient `rcpt`, its job, envelope id and vmta) and of the
+    report itself. `headers` are the original's headers (lower-cased names), for
+    `header_X` fields: the report is gone once processed, so they travel here.
+    """
+
+    record: str  # rb | rs | f
+    time: float
+    msg_id: str
+    rcpt: str
+    orig: str = ""
+    orcpt: str = ""
+    dsn_action: str = ""
+    dsn_status: str = ""
+    dsn_diag: str = ""
+    dsn_mta: str = ""
+    dsn_reporting_mta: str = ""
+    bounce_cat: str = ""
+    hard: bool = False
+    format: str = ""
+    feedback_type: str = ""
+    user_agent: str = ""
+    reported_domain: str = ""
+    source_ip: str = ""
+    src_type: str = "smtp"
+    src_mta: str = ""
+    job_id: str = ""
+    env_id: str = ""
+    vmta: str = ""
+    headers: Mapping[str, str] = attrs.field(factory=dict)
+
+    kind = "report"
+
+    def to_json(self) -> dict[str, Any]:
+        data = attrs.asdict(self)
+        data["headers"] = dict(self.headers)
+        data["ev"] = self.kind
+        return data
+
+
+Event = Received | Outcome | QueueFailure | Removed | RemoteReport
 
 
 def event_from_json(data: Mapping[str, Any]) -> Event:
@@ -202,4 +249,7 @@ def event_from_json(data: Mapping[str, Any]) -> Event:
         return QueueFailure(**fields)
     if kind == Removed.kind:
         return Removed(**fields)
+    if kind == RemoteReport.kind:
+        fields["headers"] = dict(fields.get("headers") or {})
+        return RemoteReport(**fields)
     raise ValueError(f"unknown journal event kind {kind!r}")

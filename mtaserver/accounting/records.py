@@ -16,7 +16,15 @@ from collections.abc import Iterable, Mapping
 
 from mtaserver.accounting.bounce import classify
 from mtaserver.config import values
-from mtaserver.events import Envelope, Event, Outcome, QueueFailure, Received, Recipient
+from mtaserver.events import (
+    Envelope,
+    Event,
+    Outcome,
+    QueueFailure,
+    Received,
+    Recipient,
+    RemoteReport,
+)
 
 RECORD_TYPES: tuple[str, ...] = values.RECORD_TYPES
 """PowerMTA's record types, in the order their columns are laid out in a CSV file.
@@ -44,6 +52,17 @@ def header_field(name: str) -> str:
     return name if name.startswith(HEADER_PREFIX) else HEADER_PREFIX + name
 
 
+REPORT_FIELDS: Mapping[str, tuple[str, ...]] = values.REPORT_FIELDS
+"""Fields only `rb`/`rs`/`f` records have (the processors'); `*` includes them there."""
+
+ALL_FIELDS: frozenset[str] = frozenset(FIELDS).union(*REPORT_FIELDS.values())
+
+
+def standard_fields(record_type: str) -> tuple[str, ...]:
+    """What `*` stands for in `record_type`'s field list: FIELDS, plus its own extras."""
+    return FIELDS + REPORT_FIELDS.get(record_type, ())
+
+
 def fields_for(
     record_type: str,
     record_fields: Mapping[str, Iterable[str]] | None = None,
@@ -63,7 +82,7 @@ def fields_for(
         if name.startswith("!"):  # `*,!orcpt`: leave out what was selected before
             out.pop(name[1:], None)
             continue
-        for field in FIELDS if name == "*" else (name,):
+        for field in standard_fields(record_type) if name == "*" else (name,):
             out.setdefault(field, None)
     for name in header_fields:
         out.setdefault(header_field(name), None)
@@ -245,8 +264,9 @@ def records_from_event(event: Event, header_names: Iterable[str] = ()) -> list[d
     """The acct records one journal event produces (every type; the caller filters).
 
     `Received` gives one `r` per recipient, `Outcome` one `d`/`b`/`t` per recipient it
-    carries, `QueueFailure` one `tq`, `Removed` none. Each record has every standard
-    field (empty when it does not apply) plus `header_X` for each of `header_names`.
+    carries, `QueueFailure` one `tq`, `RemoteReport` its `rb`/`rs`/`f`, `Removed` none.
+    Each record has every standard field (empty when it does not apply) plus `header_X`
+    for each of `header_names`.
     """
     names = tuple(header_names)
     if isinstance(event, Received):
@@ -255,7 +275,41 @@ def records_from_event(event: Event, header_names: Iterable[str] = ()) -> list[d
         return _outcome(event, names)
     if isinstance(event, QueueFailure):
         return _queue_failure(event, names)
+    if isinstance(event, RemoteReport):
+        return [_remote_report(event, names)]
     return []
+
+
+def _remote_report(event: RemoteReport, header_names: Iterable[str]) -> dict[str, str]:
+    """An `rb`, `rs` or `f` record: the original message's story, told by a report."""
+    record = _blank(event.record, event.time)
+    record.update(dict.fromkeys(ALL_FIELDS - set(FIELDS), ""))
+    record.update(
+        orig=event.orig,
+        rcpt=event.rcpt,
+        orcpt=event.orcpt,
+        dsnAction=event.dsn_action,
+        dsnStatus=event.dsn_status,
+        dsnDiag=event.dsn_diag,
+        dsnMta=event.dsn_mta,
+        bounceCat=event.bounce_cat,
+        srcType=event.src_type,
+        srcMta=event.src_mta,
+        dlvSourceIp=event.source_ip,
+        vmta=event.vmta,
+        jobId=event.job_id,
+        envId=event.env_id,
+        dsnReportingMta=event.dsn_reporting_mta if event.record != "f" else "",
+        reportingMta=event.dsn_reporting_mta if event.record == "f" else "",
+        format=event.format,
+        feedbackType=event.feedback_type,
+        userAgent=event.user_agent,
+        reportedDomain=event.reported_domain,
+    )
+    for name in header_names:
+        bare = name.removeprefix(HEADER_PREFIX)
+        record[HEADER_PREFIX + bare] = event.headers.get(bare.lower(), "")
+    return record
 
 
 _LINE_BREAKS = re.compile(r"[\r\n\x00]+")

@@ -44,8 +44,8 @@ from mtaserver.accounting.checkpoint import (
     save_checkpoint,
 )
 from mtaserver.accounting.records import (
+    ALL_FIELDS,
     DEFAULT_RECORDS,
-    FIELDS,
     HEADER_PREFIX,
     RECORD_TYPES,
     csv_header,
@@ -136,7 +136,7 @@ class AcctFileWriter(Generic[P]):
             t: fields_for(t, record_fields, header_fields) for t in RECORD_TYPES if t in records
         }
         for fields in self._fields_by_type.values():
-            bad = [f for f in fields if f not in FIELDS and not f.startswith(HEADER_PREFIX)]
+            bad = [f for f in fields if f not in ALL_FIELDS and not f.startswith(HEADER_PREFIX)]
             if bad:
                 raise ValueError(f"unknown acct record fields: {', '.join(bad)}")
         self._columns = csv_columns(self._fields_by_type)
