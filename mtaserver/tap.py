@@ -13,6 +13,7 @@ import sys
 from collections.abc import Callable
 from typing import Any, NoReturn, cast
 
+import attrs
 from twisted.application.service import IService, MultiService, Service
 from twisted.internet import ssl
 from twisted.internet.defer import Deferred
@@ -34,6 +35,7 @@ from mtaserver.http.listen import InsecureListenerError
 from mtaserver.http.mgmt import make_mgmt_service
 from mtaserver.http.transmissions import make_transmissions_services
 from mtaserver.message.intake import ReceptionStats
+from mtaserver.processors import ReportProcessor
 from mtaserver.queue.bounces import DsnSender
 from mtaserver.queue.delivery import DiscardDeliverer, FileDeliverer, IDeliverer
 from mtaserver.queue.scheduler import Scheduler
@@ -208,7 +210,18 @@ def compose(holder: ConfigHolder, reactor: Any) -> MultiService:
         notify_bounce=DsnSender(holder, store, enqueue_dsn, reactor, run_in_thread),
         transform_body=DkimTransform(holder, run_in_thread, signer),
     )
+    # <bounce-processor>, <feedback-loop-processor>: the filter between intake and the
+    # queues; it takes the recovered messages it never got to process.
+    processor = ReportProcessor(
+        holder, store, journal, scheduler.enqueue, run_in_thread, reactor.seconds
+    )
+    if recovered is not None:
+        taken = processor.take_recovered(recovered.messages.values())
+        recovered = attrs.evolve(
+            recovered, messages={k: m for k, m in recovered.messages.items() if k not in taken}
+        )
     SchedulerService(scheduler, recovered).setServiceParent(root)
+    processor.setServiceParent(root)
 
     # Reception: SMTP listeners and the Transmissions API, sharing the password
     # checkers (local <smtp-user>s, <ldap> directories) with the management port.
@@ -223,7 +236,7 @@ def compose(holder: ConfigHolder, reactor: Any) -> MultiService:
         service = make_smtp_service(
             holder,
             store,
-            scheduler.enqueue,
+            processor.enqueue,
             listener,
             reactor,
             stats=stats,
@@ -237,7 +250,7 @@ def compose(holder: ConfigHolder, reactor: Any) -> MultiService:
 
     SmtpListeners(holder, smtp_listener, run_in_thread).setServiceParent(root)
     for api_service in make_transmissions_services(
-        holder, store, scheduler.enqueue, reactor, stats, run_in_thread, suppression
+        holder, store, processor.enqueue, reactor, stats, run_in_thread, suppression
     ):
         api_service.setServiceParent(root)
 
