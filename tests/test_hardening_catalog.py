@@ -491,6 +491,10 @@ def runnable(name: str, tmp_path: Path, ca: trustme.CA) -> tuple[str, int]:
     )
     text = text.replace("/var/spool/pmta", str(tmp_path / "spool"))
     text = text.replace("/var/log/pmta", str(tmp_path / "log"))
+    # the acct pipe's program must exist: a stand-in that reads its stdin to the end
+    (tmp_path / "acct_etl.py").write_text("import sys\nfor _ in sys.stdin:\n    pass\n")
+    etl = f"|{sys.executable} {tmp_path / 'acct_etl.py'}"
+    text = text.replace("|/usr/local/bin/acct_etl", etl)
     (tmp_path / "log").mkdir()
     ports: list[int] = []
 

@@ -295,3 +295,44 @@ def test_verp_default_puts_a_verp_return_path_on_the_wire(
     decoded = decode_verp(senders[0][0], ["news"])
     assert decoded is not None and (decoded.orig, decoded.rcpt) == ("news@src.test", "ok1@dst.test")
     assert {r["orig"] for r in acct(tmp_path, "d")} == {"news@src.test"}
+
+
+PIPE_CHILD = """
+import os, sys
+out, pids = sys.argv[1], sys.argv[2]
+with open(pids, "a") as stream:
+    stream.write(f"{os.getpid()}\\n")
+with open(out, "a") as stream:
+    for line in sys.stdin:
+        stream.write(line)
+        stream.flush()
+"""
+
+
+def test_acct_pipe_feeds_a_child_that_restarts_without_losing_records(
+    tmp_path: Path, receiver: Receiver
+) -> None:
+    """`<acct-file |cmd>` feeds cmd's stdin; killed, cmd is restarted and gets what it missed."""
+    import os
+    import signal
+    import sys
+
+    script, out, pids = tmp_path / "child.py", tmp_path / "piped.csv", tmp_path / "pids"
+    script.write_text(PIPE_CHILD)
+    port = free_port()
+    extra = (
+        RELAY + f"<acct-file |{sys.executable} {script} {out} {pids}>\n records d\n</acct-file>\n"
+    )
+    with ServerProcess(tmp_path, base_config(tmp_path, port, receiver.port, extra), (port,)):
+        send(port, "s@src.test", ["ok1@dst.test"])
+        assert wait_until(lambda: out.exists() and "ok1@dst.test" in out.read_text())
+        first = int(pids.read_text().split()[0])
+        os.kill(first, signal.SIGKILL)
+        send(port, "s@src.test", ["ok2@dst.test"])
+        assert wait_until(lambda: "ok2@dst.test" in out.read_text(), timeout=60)
+        assert len(pids.read_text().split()) == 2
+    assert not (tmp_path / "|").exists()
+    lines = out.read_text().splitlines()
+    assert lines[0].startswith("type,") and lines.count(lines[0]) == 2  # a header a start
+    rows = [line for line in lines if line.startswith("d,")]
+    assert {r.split(",")[4] for r in rows} == {"ok1@dst.test", "ok2@dst.test"}

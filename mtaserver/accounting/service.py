@@ -23,6 +23,7 @@ from twisted.internet import defer
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from mtaserver.accounting.pipe import AcctPipeWriter
 from mtaserver.accounting.writer import AcctFileWriter
 from mtaserver.config.model import AcctFileSettings, Config
 from mtaserver.config.reload import ConfigHolder
@@ -44,10 +45,21 @@ WriterFactory = Callable[[AcctFileSettings], AcctFileWriter[JournalPosition]]
 CATCH_UP_INTERVAL = 1.0
 
 
+def acct_key(path: str) -> str:
+    """How an `<acct-file>` is known: its absolute path, or `|command args` for a pipe."""
+    return path if path.startswith("|") else os.path.abspath(path)
+
+
 def writer_for(
     acct: AcctFileSettings, journal: Journal, run_in_thread: RunInThread, clock: Any
 ) -> AcctFileWriter[JournalPosition]:
-    """An AcctFileWriter for one `<acct-file>`, reading `journal` from its first segment."""
+    """An AcctFileWriter for one `<acct-file>`, reading `journal` from its first segment.
+
+    `<acct-file |command args>` gets an `AcctPipeWriter` instead (same interface): the
+    command is started with `clock` as the reactor (`spawnProcess`).
+    """
+    if acct.path.startswith("|"):
+        return _pipe_for(acct, journal, run_in_thread, clock)  # type: ignore[return-value]
     path = os.path.abspath(acct.path)
     os.makedirs(os.path.dirname(path), exist_ok=True)
     record_fields = dict(acct.record_fields) or None
@@ -77,8 +89,29 @@ def writer_for(
     )
 
 
+def _pipe_for(
+    acct: AcctFileSettings, journal: Journal, run_in_thread: RunInThread, reactor: Any
+) -> AcctPipeWriter[JournalPosition]:
+    name = _consumer_name(acct)
+    journal.add_consumer(name)
+    first = JournalPosition(list_segments(journal.directory)[0], 0)
+    return AcctPipeWriter(
+        acct.path,
+        reactor=reactor,
+        read_events=functools.partial(read_events, journal.directory),
+        start_position=first,  # not checkpointed: after a restart, at least once
+        run_in_thread=run_in_thread,
+        clock=reactor,
+        journal_end=journal.end,
+        on_position=functools.partial(journal.set_consumer_position, name),
+        records=acct.records,
+        record_fields=dict(acct.record_fields) or None,
+        header_fields=tuple(dict.fromkeys(m.header for m in acct.map_header_to_field)),
+    )
+
+
 def _consumer_name(acct: AcctFileSettings) -> str:
-    return f"acct:{os.path.abspath(acct.path)}"
+    return f"acct:{acct_key(acct.path)}"
 
 
 def _writer_settings(acct: AcctFileSettings) -> tuple[Any, ...]:
@@ -140,7 +173,7 @@ class AcctService(Service):
 
     def _apply(self, accts: tuple[AcctFileSettings, ...]) -> defer.Deferred[Any]:
         assert self._make_writer is not None, "apply needs make_writer"
-        wanted = {os.path.abspath(a.path): a for a in accts}
+        wanted = {acct_key(a.path): a for a in accts}
         retiring: list[defer.Deferred[Any]] = []
         for writer in list(self.writers):
             acct = self._settings.get(id(writer))

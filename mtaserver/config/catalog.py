@@ -935,10 +935,17 @@ _add("sparkpost-ip-pool", D, "text", "", N, "SparkPost traffic redirection is Sp
 # -- <acct-file> -----------------------------------------------------------------------
 _add("move-to", A, "file", "", Y, "rotated files stay beside the acct file")
 _add("queue-filter", A, "names", "", Y, "every queue's records are written")
-_add("retry-interval", A, "interval", "5m", Y, "no acct pipes yet")
+_add(
+    "retry-interval",
+    A,
+    "interval",
+    "5m",
+    Y,
+    "an acct pipe that dies restarts after 1s, growing to 60s",
+)
 _add("iso-times", A, "bool", "yes", N, "times are always YYYY-MM-DD HH:MM:SS+0000")
 _add("user-string", A, "text", "", Y, "no user string column")
-_add("write-timeout", A, "interval", "1m", Y, "no acct pipes yet")
+_add("write-timeout", A, "interval", "1m", Y, "an acct pipe that stops reading is not timed out")
 _add("world-readable", A, "bool", "no", Y, "acct files are created 0644 whatever this says")
 _add("count-moved-records", A, "bool", "false", Y, "no record counts")
 _add("privacy-policy", A, "privacy", "retain", Y, "addresses are written as they are")
