@@ -11,8 +11,13 @@ config, the records' pure formatting and the journal round trip.
 from __future__ import annotations
 
 import json
+import os
 import re
+import shutil
 import smtplib
+import socket
+import subprocess
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -419,3 +424,126 @@ def test_corpus_parses_as_received_over_smtp(entry: dict[str, Any]) -> None:
     kind = "bounce-processor" if entry["kind"] == "dsn" else "feedback-loop-processor"
     verdict = read_report(spooled, _envelope(), kind, 0.0)
     assert entry["recipient"] in {e.rcpt.lower() for e in verdict.events}
+
+
+# -- a live Postfix bounces to the processor ----------------------------------------
+
+POSTFIX = Path("/usr/sbin/postfix")
+
+
+class PrivatePostfix:
+    """Postfix from a private config dir on loopback (as bench/peers.py runs it): relays
+    everything to `relay_port`, except `bounce_domain`, sent to `bounce_port`."""
+
+    def __init__(
+        self, workdir: Path, relay_port: int, bounce_domain: str, bounce_port: int
+    ) -> None:
+        self.port = free_port()
+        workdir.mkdir()
+        self.conf = workdir / "postfix-etc"
+        self.conf.mkdir()
+        queue, data = workdir / "postfix-queue", workdir / "postfix-data"
+        queue.mkdir()
+        data.mkdir()
+        workdir.chmod(0o755)  # the postfix user reaches data_directory by its path
+        shutil.chown(data, "postfix", "postfix")
+        self.log = workdir / "postfix.log"
+        (self.conf / "main.cf").write_text(
+            "compatibility_level = 3.6\nmyhostname = peer.localdomain\n"
+            "mydomain = localdomain\nmyorigin = $myhostname\nbiff = no\n"
+            "inet_interfaces = 127.0.0.1\ninet_protocols = ipv4\nmynetworks = 127.0.0.0/8\n"
+            "mydestination =\nlocal_recipient_maps =\nrelay_domains =\nalias_maps =\n"
+            f"relayhost = [127.0.0.1]:{relay_port}\n"
+            f"transport_maps = inline:{{ {bounce_domain}=smtp:[127.0.0.1]:{bounce_port} }}\n"
+            "smtpd_relay_restrictions = permit_mynetworks, reject\n"
+            "disable_dns_lookups = yes\nsmtp_dns_support_level = disabled\n"
+            "smtp_host_lookup = native\nsmtpd_peername_lookup = no\n"
+            f"queue_directory = {queue}\ndata_directory = {data}\n"
+            f"maillog_file = {self.log}\nmaillog_file_prefixes = {workdir}\n"
+        )
+        lines = []
+        for line in Path("/etc/postfix/master.cf").read_text().splitlines():
+            fields = line.split()
+            if fields and not line.startswith((" ", "\t", "#")) and len(fields) >= 8:
+                if fields[0] == "smtp" and fields[1] == "inet":
+                    fields[0] = f"127.0.0.1:{self.port}"
+                fields[4] = "n"  # no chroot: the queue is a private temp dir
+                line = "  ".join(fields)
+            lines.append(line)
+        (self.conf / "master.cf").write_text("\n".join(lines) + "\n")
+        for name in ("dynamicmaps.cf", "postfix-files"):
+            if (Path("/etc/postfix") / name).exists():
+                shutil.copy(Path("/etc/postfix") / name, self.conf / name)
+        for name in ("dynamicmaps.cf.d", "postfix-files.d"):
+            if (Path("/etc/postfix") / name).is_dir():
+                shutil.copytree(Path("/etc/postfix") / name, self.conf / name)
+
+    def postfix(self, command: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [str(POSTFIX), "-c", str(self.conf), command],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+
+    def __enter__(self) -> PrivatePostfix:
+        out = self.postfix("start")
+        if out.returncode != 0 or not wait_until(lambda: _listening(self.port)):
+            self.postfix("stop")
+            raise RuntimeError(f"postfix did not start: {out.stdout}{out.stderr}")
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.postfix("stop")
+
+
+def _listening(port: int) -> bool:
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=1):
+            return True
+    except OSError:
+        return False
+
+
+@pytest.mark.skipif(
+    not POSTFIX.exists() or os.geteuid() != 0,
+    reason="needs Debian's postfix and root (a private instance chowns its data dir)",
+)
+def test_live_postfix_bounce_becomes_an_rb_record(tmp_path: Path, mx: MxReceiver) -> None:
+    """Postfix relays to a receiver that refuses (550 5.1.1), bounces to our processor
+    address, and the acct file gets an rb for the refused recipient with the job id."""
+    port = free_port()
+    server_dir = tmp_path / "mtaserver"
+    server_dir.mkdir()
+    verp = "news-hard-user=dst.test@bounces.mta.test"
+    # pytest's tmp_path is mode 0700: the postfix user could not reach its data dir
+    postfix_dir = Path(tempfile.mkdtemp(prefix="mtaserver-postfix-"))
+    postfix_dir.chmod(0o755)
+    acct = server_dir / "acct.csv"
+    try:
+        with (
+            ServerProcess(server_dir, config(server_dir, port), wait_ports=(port,)),
+            PrivatePostfix(postfix_dir / "run", mx.port, "bounces.mta.test", port) as postfix,
+        ):
+            send(
+                postfix.port,
+                verp,
+                ["hard-user@dst.test"],
+                b"From: news@mta.test\r\nTo: hard-user@dst.test\r\nX-Job: job42\r\n"
+                b"Subject: news\r\n\r\nHello.\r\n",
+            )
+            assert wait_until(lambda: read_acct(acct, ["rb"]) != [], timeout=120), (
+                postfix.log.read_text() if postfix.log.exists() else "no postfix log"
+            )
+    finally:
+        shutil.rmtree(postfix_dir, ignore_errors=True)
+    (rb,) = read_acct(acct, ["rb"])
+    assert rb["rcpt"] == "hard-user@dst.test"
+    assert rb["dsnStatus"].startswith("5.1.1")
+    assert rb["bounceCat"] == "bad-mailbox"
+    assert rb["dsnAction"] == "failed"
+    assert rb["jobId"] == "job42"
+    assert rb["header_X-Job"] == "job42"
+    assert rb["orig"] == "news@bounces.mta.test"  # the VERP return path, decoded
+    assert rb["dsnReportingMta"] == "peer.localdomain"
+    assert rb["dsnMta"].startswith("127.0.0.1")  # the receiver that refused, as Postfix saw it
