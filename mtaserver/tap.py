@@ -189,8 +189,9 @@ def compose(holder: ConfigHolder, reactor: Any) -> MultiService:
     webhooks.setServiceParent(root)
 
     # Delivery: one deliverer per `<domain> type`, and the scheduler that owns the queues.
+    mx_resolver = MxResolver(NameServerResolver(holder, reactor))
     deliverers: dict[str, IDeliverer] = {
-        "smtp": SmtpDeliverer(holder, MxResolver(NameServerResolver(holder, reactor)), reactor),
+        "smtp": SmtpDeliverer(holder, mx_resolver, reactor),
         "discard": DiscardDeliverer(),
         "file": FileDeliverer(run_in_thread),
         "http-delivery": HttpDeliverer(http_delivery_client, reactor, run_in_thread),
@@ -209,6 +210,7 @@ def compose(holder: ConfigHolder, reactor: Any) -> MultiService:
         reactor,
         notify_bounce=DsnSender(holder, store, enqueue_dsn, reactor, run_in_thread),
         transform_body=DkimTransform(holder, run_in_thread, signer),
+        rollup=mx_resolver.rollup_name,
     )
     # <bounce-processor>, <feedback-loop-processor>: the filter between intake and the
     # queues; it takes the recovered messages it never got to process.

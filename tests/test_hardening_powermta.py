@@ -336,3 +336,47 @@ def test_acct_pipe_feeds_a_child_that_restarts_without_losing_records(
     assert lines[0].startswith("type,") and lines.count(lines[0]) == 2  # a header a start
     rows = [line for line in lines if line.startswith("d,")]
     assert {r.split(",")[4] for r in rows} == {"ok1@dst.test", "ok2@dst.test"}
+
+
+def test_mx_rollup_puts_domains_with_the_same_mx_in_one_queue(
+    tmp_path: Path, receiver: Receiver
+) -> None:
+    """`mx-rollup yes`: a.test and b.test (both MX mx.shared.test) share one queue."""
+    from dns_server import start_dns_server_in_thread
+
+    records = {
+        "a.test": [("MX", 10, "mx.shared.test")],
+        "b.test": [("MX", 5, "mx.shared.test")],
+        "c.test": [("MX", 10, "mx.other.test")],
+        "mx.shared.test": [("A", "127.0.0.1")],
+        "mx.other.test": [("A", "127.0.0.1")],
+    }
+    dns_port, stop_dns = start_dns_server_in_thread(records)
+    port = free_port()
+    conf = f"""
+host-name mta.test
+spool {tmp_path}/spool
+smtp-listener 127.0.0.1:{port}
+name-server 127.0.0.1:{dns_port}
+{RELAY}
+<acct-file {tmp_path}/acct.csv>
+    records d
+</acct-file>
+<domain *>
+    mx-rollup yes
+    default-smtp-port {receiver.port}
+    mx-allow-private-addresses yes
+</domain>
+"""
+    try:
+        with ServerProcess(tmp_path, conf, (port,)):
+            send(port, "s@src.test", ["ok1@a.test", "ok2@b.test", "ok3@c.test"])
+            assert wait_until(lambda: len(acct(tmp_path, "d")) == 3)
+    finally:
+        stop_dns()
+    queues = {r["rcpt"]: r["queue"] for r in acct(tmp_path, "d")}
+    assert queues == {
+        "ok1@a.test": "mx.shared.test/{default}",
+        "ok2@b.test": "mx.shared.test/{default}",
+        "ok3@c.test": "mx.other.test/{default}",
+    }

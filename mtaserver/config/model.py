@@ -112,6 +112,7 @@ class DomainSettings:
     http_delivery_extra_headers: str | None = None
     file_output_directory: str | None = None
     mx_allow_private_addresses: bool = False
+    mx_rollup: bool = False  # share one queue with the domains of the same best MX host
 
 
 @attrs.frozen

@@ -329,6 +329,7 @@ DIRECTIVES: Mapping[str, Spec] = {
     "http-delivery-extra-headers": Spec(_path, _D),
     "file-output-directory": Spec(_path, _D),
     "mx-allow-private-addresses": Spec(_yesno, _D),
+    "mx-rollup": Spec(_yesno, _D),
     # <smtp-pattern-list>
     "reply": Spec(v.parse_reply_pattern, _in(PATTERN_LIST), repeatable=True),
     # <acct-file>

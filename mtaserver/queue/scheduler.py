@@ -15,6 +15,7 @@ journal), and only when every recipient of a message is final is its file remove
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from typing import Any, Protocol
 
@@ -52,6 +53,9 @@ class IScheduleStore(Protocol):
     def set_aside(self, msg_id: str) -> defer.Deferred[None]: ...
 
 
+#: Seconds a domain's `mx-rollup` name is kept before it is looked up again.
+ROLLUP_TTL = 3600.0
+
 BounceNotifier = Callable[[Envelope, list[Outcome], bytes | None], Awaitable[None]]
 
 
@@ -70,6 +74,7 @@ class Scheduler:
         clock: IReactorTime,
         notify_bounce: BounceNotifier | None = None,
         transform_body: BodyTransform | None = None,
+        rollup: Callable[[str], Awaitable[str | None]] | None = None,
     ) -> None:
         self.holder = holder
         self.store = store
@@ -78,6 +83,9 @@ class Scheduler:
         self.clock = clock
         self.notify_bounce = notify_bounce
         self.transform_body = transform_body
+        #: `mx-rollup`: a domain's best MX host name (None: no rollup), cached per domain.
+        self.rollup = rollup
+        self._rollups: dict[str, tuple[str | None, float]] = {}
         self.queues: dict[str, Queue] = {}
         self.messages: dict[str, MessageState] = {}
         self.slots = ConnectionSlots()
@@ -111,21 +119,56 @@ class Scheduler:
             by_domain.setdefault(recipient_domain(envelope.recipients[index].address), []).append(
                 index
             )
+        pool = pool or envelope.vmta_pool
         for domain, rcpts in by_domain.items():
-            queue = self._queue(domain, vmta, pool or envelope.vmta_pool)
-            settings = self.settings_for(queue)
-            # a VERP return path names one recipient: one recipient a transaction
-            size = 1 if envelope.verp else max(settings.max_rcpt_per_transaction, 1)
-            for start in range(0, len(rcpts), size):
-                item = WorkItem(
-                    envelope.msg_id, tuple(rcpts[start : start + size]), failed_attempts
-                )
-                if retry_at is not None and retry_at > self.clock.seconds():
-                    queue.add_retry(retry_at, item)
-                else:
-                    queue.ready.append(item)
-            self.arm_timer(queue)
-            self._pump(queue)
+            place = functools.partial(
+                self._place, envelope, rcpts, vmta, pool, failed_attempts, retry_at
+            )
+            if not config.domain_settings(domain, vmta, pool).mx_rollup or self.rollup is None:
+                place(domain)
+                continue
+            cached = self._rollups.get(domain)
+            if cached is not None and cached[1] > self.clock.seconds():
+                place(cached[0] or domain)
+                continue
+            d = defer.Deferred.fromCoroutine(self._rollup_place(domain, place))
+            d.addErrback(lambda f: log.failure("mx-rollup placement failed", f))
+
+    async def _rollup_place(self, domain: str, place: Callable[[str], None]) -> None:
+        """Look up `domain`'s rollup name (its best MX host), then queue there."""
+        assert self.rollup is not None
+        try:
+            name = await self.rollup(domain)
+        except Exception:
+            name = None  # DNS trouble: the domain keeps a queue of its own
+        self._rollups[domain] = (name, self.clock.seconds() + ROLLUP_TTL)
+        place(name or domain)
+
+    def _place(
+        self,
+        envelope: Envelope,
+        rcpts: list[int],
+        vmta: str,
+        pool: str | None,
+        failed_attempts: int,
+        retry_at: float | None,
+        domain: str,
+    ) -> None:
+        """Queue recipients of one domain on `domain/vmta` (a rollup's MX host name)."""
+        if envelope.msg_id not in self.messages:
+            return  # gone meanwhile (deleted while its rollup name was looked up)
+        queue = self._queue(domain, vmta, pool)
+        settings = self.settings_for(queue)
+        # a VERP return path names one recipient: one recipient a transaction
+        size = 1 if envelope.verp else max(settings.max_rcpt_per_transaction, 1)
+        for start in range(0, len(rcpts), size):
+            item = WorkItem(envelope.msg_id, tuple(rcpts[start : start + size]), failed_attempts)
+            if retry_at is not None and retry_at > self.clock.seconds():
+                queue.add_retry(retry_at, item)
+            else:
+                queue.ready.append(item)
+        self.arm_timer(queue)
+        self._pump(queue)
 
     def restore(self, envelope: Envelope, pending: Sequence[tuple[int, int, float | None]]) -> None:
         """Queue a message found by recovery: (index, failed attempts, last attempt) each.

@@ -361,6 +361,19 @@ class MxResolver:
             raise no_target_error(domain, results, configured)
         return routed
 
+    async def rollup_name(self, domain: str) -> str | None:
+        """`mx-rollup`: the name of `domain`'s best MX host, which names its shared queue.
+
+        Domains whose best MX is the same host share one queue. None when DNS fails, the
+        domain has no MX or a null MX: such a domain keeps a queue of its own.
+        """
+        try:
+            levels = await self._mx_hops(domain, 25)
+        except RouteError:
+            return None
+        best = sorted(normalize_name(hop.name) for hop in levels[0] if hop.from_dns)
+        return best[0] if best and best[0] != normalize_name(domain) else None
+
     async def _mx_hops(self, domain: str, port: int) -> list[list[Hop]]:
         """The MX levels of `domain` as hops; implicit MX (the domain itself) without MX."""
         try:
