@@ -261,6 +261,36 @@ def test_mail_to_a_processor_address_still_obeys_the_relay_rules(tmp_path: Path)
     assert code == 550
 
 
+def test_spooled_report_not_yet_processed_is_processed_at_the_next_start(
+    tmp_path: Path,
+) -> None:
+    """A report in the spool that never reached the processor (the window of a crash:
+    here, spooled while no processor was configured, its queue unreachable) is taken
+    by the processor at the next start: an rb record, and the file is removed."""
+    port, down_port = free_port(), free_port()
+    unreachable = (
+        "<domain bounces.mta.test>\n    type smtp\n"
+        f"    smtp-hosts [127.0.0.1]:{down_port}\n    retry-after 1h\n</domain>\n"
+    )
+    without_processor = (
+        config(tmp_path, port, domains=unreachable)
+        .replace("<bounce-processor>", "<feedback-loop-processor>")
+        .replace("</bounce-processor>", "</feedback-loop-processor>")
+    )
+    server = ServerProcess(tmp_path, without_processor, wait_ports=(port,))
+    with server:
+        send(port, "", [BOUNCE_ADDRESS], (CORPUS / MANIFEST[0]["file"]).read_bytes())
+        assert wait_until(lambda: read_acct(tmp_path / "acct.csv", "r") != [])
+        server.kill9()
+    assert list((tmp_path / "spool" / "msg").glob("*/*"))
+    server.config.write_text(config(tmp_path, port, domains=unreachable))
+    with server:
+        acct = tmp_path / "acct.csv"
+        assert wait_until(lambda: read_acct(acct, ["rb"]) != [], timeout=60)
+        assert wait_until(lambda: not list((tmp_path / "spool" / "msg").glob("*/*")))
+    assert [r["rcpt"] for r in read_acct(acct, ["rb"])] == [MANIFEST[0]["recipient"]]
+
+
 # -- the pieces --------------------------------------------------------------------
 
 
@@ -291,6 +321,32 @@ def test_read_report_matched_unmatched_error() -> None:
     )
     assert [(e.record, e.rcpt) for e in complaint.events] == [("f", arf["recipient"])]
     assert complaint.events[0].feedback_type
+
+
+DELAYED_DSN = (
+    b"From: MAILER-DAEMON@relay.test\r\nTo: bounce@bounces.mta.test\r\n"
+    b"Subject: Delayed Mail (still being retried)\r\nMIME-Version: 1.0\r\n"
+    b'Content-Type: multipart/report; report-type=delivery-status; boundary="b"\r\n\r\n'
+    b"--b\r\nContent-Type: text/plain\r\n\r\nStill trying.\r\n"
+    b"--b\r\nContent-Type: message/delivery-status\r\n\r\n"
+    b"Reporting-MTA: dns; relay.test\r\n\r\n"
+    b"Final-Recipient: rfc822; slow@dst.test\r\nAction: delayed\r\nStatus: 4.4.1\r\n"
+    b"Diagnostic-Code: smtp; 421 4.4.1 try later\r\n\r\n--b--\r\n"
+)
+
+
+def test_delayed_notice_is_an_rs_record() -> None:
+    """A DSN whose recipient is `delayed` gives an rs record, not an rb."""
+    verdict = read_report(DELAYED_DSN, _envelope(), "bounce-processor", 1.0)
+    assert [(e.record, e.rcpt, e.dsn_status) for e in verdict.events] == [
+        ("rs", "slow@dst.test", "4.4.1")
+    ]
+    (record,) = records_from_event(verdict.events[0])
+    assert (record["type"], record["dsnAction"], record["dsnReportingMta"]) == (
+        "rs",
+        "delayed",
+        "relay.test",
+    )
 
 
 def test_remote_report_round_trips_through_the_journal_form() -> None:

@@ -26,7 +26,12 @@ other record. Then the message ends one way:
 Delivered onward means the scheduler's usual queues for the recipients' domains. A
 crash before the message is removed or handed on makes the restart process it again
 (`take_recovered`): its records are at least once, never lost. A message that went to
-the scheduler already (it has a failed attempt) is restored there, not processed again.
+the scheduler already and has a failed delivery attempt is restored there, not
+processed again; one handed on whose queue never got to try it (a queue-level failure
+only) is processed again, and its records repeated.
+
+Only mail received over SMTP or the API comes here: the DSNs this server generates
+itself go straight to the scheduler (their failures are already `b` records).
 
 `on_remote_bounce` and `on_complaint` are subscriber lists: each callable gets every
 `rb`/`rs` (respectively `f`) `RemoteReport` once it is journaled. The suppression list
