@@ -475,3 +475,57 @@ def test_rcpt_is_a_temporary_failure_when_the_list_cannot_be_read(tmp_path: Path
     store.close()
     reply = handler.check_rcpt(session, txn, Mailbox("gone@dest.test"), RcptParams())
     assert (reply.code, reply.status) == (451, "4.3.0")
+
+
+def _service_with_journal(tmp_path: Path, clock: Any) -> tuple[Any, Any]:
+    from smtp_helpers import holder_from_text, run_now
+
+    from mtaserver.spool.journal import Journal
+    from mtaserver.suppression.service import SuppressionService
+
+    journal = Journal(str(tmp_path / "spool" / "journal"), run_now)
+    holder = holder_from_text(f"spool {tmp_path}/spool\n", str(tmp_path))
+    service = SuppressionService.open(
+        holder, str(tmp_path / "spool" / "suppression"), run_now, clock, journal
+    )
+    return service, journal
+
+
+def test_automatic_adds_resume_from_the_saved_position_and_survive_a_cut_journal(
+    tmp_path: Path,
+) -> None:
+    """Records journaled while stopped are read at the next start; a journal that ends
+    before the saved position (cut or replaced) is followed from its end, not ignored."""
+    import shutil
+
+    from twisted.internet.task import Clock
+
+    clock = Clock()
+    service, journal = _service_with_journal(tmp_path, clock)
+    service.startService()
+    journal.append([_outcome("b", "bad-mailbox", "first@dest.test")])
+    clock.advance(2)
+    assert service.store.get("global", "first@dest.test") is not None
+    service.stopService()
+    journal.close()
+
+    service, journal = _service_with_journal(tmp_path, clock)  # stopped: journal grows
+    journal.append([_outcome("b", "bad-domain", "while-down@dest.test")])
+    journal.close()
+    service.store.close()
+    service, journal = _service_with_journal(tmp_path, clock)
+    service.startService()
+    clock.advance(2)
+    assert service.store.get("global", "while-down@dest.test") is not None
+    service.stopService()
+    journal.close()
+
+    shutil.rmtree(tmp_path / "spool" / "journal")  # a new, shorter journal
+    service, journal = _service_with_journal(tmp_path, clock)
+    service.startService()
+    journal.append([_outcome("b", "inactive-mailbox", "after-cut@dest.test")])
+    clock.advance(2)
+    assert service.store.get("global", "after-cut@dest.test") is not None
+    assert service.counters.added_automatically == 1
+    service.stopService()
+    journal.close()

@@ -50,7 +50,8 @@ from mtaserver.events import (
 )
 from mtaserver.fsutil import atomic_write
 from mtaserver.runtime import RunInThread
-from mtaserver.spool.journal import JournalPosition, read_events
+from mtaserver.spool.errors import SpoolIOError
+from mtaserver.spool.journal import JournalPosition, list_segments, read_events
 from mtaserver.suppression.model import (
     GLOBAL_SCOPE,
     Entry,
@@ -388,20 +389,36 @@ class SuppressionService(Service):
         journal = self.journal
         assert journal is not None and self._position is not None
         start, end = self._position, journal.end()
+        if end < start:  # the journal was cut or replaced between runs: follow the new one
+            log.error(
+                "suppression: journal ends at {end}, before our position {start}; "
+                "following it from its end",
+                end=end,
+                start=start,
+            )
+            start = end
+            self._position = end
         settings = self.holder.config.settings
         categories = settings.suppress_on_bounce_categories
         complaints = settings.suppress_on_complaint
 
         def work() -> tuple[JournalPosition, list[tuple[Entry, str, str]]]:
-            position = start
-            events: list[Event] = []
-            for after, event in read_events(journal.directory, start, end):
-                events.append(event)
-                position = after
-            found = automatic_entries(events, categories, complaints)
+            begin = start
+            try:
+                events = list(read_events(journal.directory, begin, end))
+            except SpoolIOError as exc:  # our segment is gone: read what the journal has
+                begin = JournalPosition(list_segments(journal.directory)[0], 0)
+                log.error(
+                    "suppression: {error}; reading the journal again from {segment}",
+                    error=str(exc),
+                    segment=begin.segment,
+                )
+                events = list(read_events(journal.directory, begin, end))
+            position = events[-1][0] if events else begin
+            found = automatic_entries((event for _, event in events), categories, complaints)
             if found:
                 self.store.add(entry for entry, _, _ in found)
-            if position != start:
+            if position != self._position:
                 self._save_position(position)
             return position, found
 
