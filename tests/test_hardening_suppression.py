@@ -202,7 +202,7 @@ def test_every_recipient_suppressed_is_a_400_from_the_api(server: Server) -> Non
 
 
 def test_sparkpost_client_manages_the_list_unmodified(server: Server) -> None:
-    """create/update/get/list/delete of the SparkPost client, and a bulk PUT of 2000 entries."""
+    """create/update/get/list/delete of the SparkPost client, and a bulk PUT of 6000 entries."""
     sp = server.sparkpost()
     result = sp.suppression_list.create(
         {
@@ -220,16 +220,17 @@ def test_sparkpost_client_manages_the_list_unmodified(server: Server) -> None:
     sp.suppression_list.update({"email": "one@dest.test", "transactional": True})
     assert [e["type"] for e in sp.suppression_list.get("one@dest.test")] == ["transactional"]
 
-    bulk = [{"recipient": f"bulk{i}@dest.test", "type": "transactional"} for i in range(2000)]
+    # 6,000 entries (over 256 KB: parsed and checked in the thread pool), one fsync
+    bulk = [{"recipient": f"bulk{i}@dest.test", "type": "transactional"} for i in range(6000)]
     sp.suppression_list.create(bulk)
-    assert sp.suppression_list.get("bulk1999@dest.test")[0]["recipient"] == "bulk1999@dest.test"
-    listed = sp.suppression_list.list(types="transactional", limit=5000)
-    assert len(listed) == 2001
+    assert sp.suppression_list.get("bulk5999@dest.test")[0]["recipient"] == "bulk5999@dest.test"
+    listed = sp.suppression_list.list(types="transactional", limit=10000)
+    assert len(listed) == 6001
     assert sp.suppression_list.list(sources="Spam Complaint") == []
     window = sp.suppression_list.list(
-        from_date="2000-01-01T00:00:00Z", to_date="2100-01-01T00:00:00", limit=5000
+        from_date="2000-01-01T00:00:00Z", to_date="2100-01-01T00:00:00", limit=10000
     )
-    assert len(window) == 2001
+    assert len(window) == 6001
     assert sp.suppression_list.list(from_date="2100-01-01T00:00:00+00:00") == []
 
     assert sp.suppression_list.delete("one@dest.test") is True
