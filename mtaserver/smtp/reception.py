@@ -174,7 +174,8 @@ class ReceptionHandler:
         self, session: Session, txn: Transaction, rcpt: Mailbox, params: RcptParams
     ) -> Reply:
         settings = session.settings
-        if len(txn.recipients) >= settings.max_rcpt_per_message:
+        limit = settings.max_rcpt_per_message  # 0: unlimited, as PowerMTA's default
+        if limit and len(txn.recipients) >= limit:
             return TOO_MANY_RCPTS
         if not self.may_relay(session, rcpt):
             return RELAY_DENIED
