@@ -58,6 +58,7 @@ from mtaserver.smtp_reply import (
 from mtaserver.spool.errors import SpoolError, SpoolFullError
 from mtaserver.suppression.model import Entry
 from mtaserver.suppression.service import REFUSED_TEXT, SuppressionService
+from mtaserver.suppression.store import SuppressionStoreError
 
 log = Logger()
 
@@ -181,7 +182,11 @@ class ReceptionHandler:
             return RELAY_DENIED
         if self.suppression is not None:
             sender = txn.sender.address
-            entry = self.suppression.check(rcpt.address, sender, settings.suppression_lists)
+            try:
+                entry = self.suppression.check(rcpt.address, sender, settings.suppression_lists)
+            except (SuppressionStoreError, OSError) as exc:  # closed at shutdown, or I/O
+                log.error("suppression list unavailable at RCPT: {error}", error=str(exc))
+                return SUPPRESSION_UNAVAILABLE
             if entry is not None:
                 if settings.suppressed_recipient_action == "drop":
                     txn.dropped[rcpt.address.lower()] = entry
@@ -306,6 +311,7 @@ class ReceptionHandler:
 
 
 SUPPRESSED = Reply(550, "5.7.1", REFUSED_TEXT)
+SUPPRESSION_UNAVAILABLE = Reply(451, "4.3.0", "suppression list unavailable, try again later")
 SENDER_NOT_OWNED = Reply(553, "5.7.1", "Sender address not owned by the authenticated user")
 
 
