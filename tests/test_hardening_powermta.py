@@ -380,3 +380,21 @@ name-server 127.0.0.1:{dns_port}
         "ok2@b.test": "mx.shared.test/{default}",
         "ok3@c.test": "mx.other.test/{default}",
     }
+
+
+def test_bounce_category_patterns_override_the_built_in_categories(
+    tmp_path: Path, receiver: Receiver
+) -> None:
+    """A matching `<bounce-category-patterns>` line gives the category (else the built-in)."""
+    port = free_port()
+    extra = RELAY + (
+        "<bounce-category-patterns>\n"
+        "    /NO SUCH USER/ inactive-mailbox\n"
+        "    /nothing matches this/ spam-related\n"
+        "</bounce-category-patterns>\n"
+    )
+    with ServerProcess(tmp_path, base_config(tmp_path, port, receiver.port, extra), (port,)):
+        send(port, "<>", ["hard@dst.test"])
+        assert wait_until(lambda: len(acct(tmp_path, "b")) == 1)
+    (bounce,) = acct(tmp_path, "b")
+    assert bounce["bounceCat"] == "inactive-mailbox"

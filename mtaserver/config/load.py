@@ -10,6 +10,7 @@ certificates, DKIM keys, CA files) are checked here, so a config that loads can 
 from __future__ import annotations
 
 import os
+import re
 from typing import Any
 
 import attrs
@@ -313,6 +314,12 @@ def _assemble(loader: _Loader, path: str, files: list[str], nodes: list[Node]) -
         domains=_expand_macros(loader, loader.named(reg.DOMAIN)),
         pattern_lists=patterns,
         routing_patterns=routing,
+        bounce_category_patterns=tuple(
+            (re.compile(regex.pattern, re.IGNORECASE), category)
+            for regex, category in loader.layers.get(
+                (catalog.BOUNCE_CATEGORY_PATTERNS, ""), {}
+            ).get("pattern", ())
+        ),
         acct_files=acct_files,
         api_listeners=tuple(api_listeners),
         api=api,

@@ -377,6 +377,8 @@ class Config:
     domains: Mapping[str, Layer] = attrs.field(factory=dict)
     pattern_lists: Mapping[str, SmtpPatternList] = attrs.field(factory=dict)
     routing_patterns: Mapping[str, RoutingPatternList] = attrs.field(factory=dict)
+    #: `<bounce-category-patterns>`: (regex, category) tried before the built-in rules.
+    bounce_category_patterns: tuple[tuple[re.Pattern[str], str], ...] = ()
     acct_files: tuple[AcctFileSettings, ...] = ()
     api_listeners: tuple[Listener, ...] = ()
     api: TransmissionsApiSettings = TransmissionsApiSettings()
@@ -429,6 +431,14 @@ class Config:
             self._cache[key] = build(DomainSettings, layers)
         result: DomainSettings = self._cache[key]
         return result
+
+    def bounce_category(self, status: str, diag: str) -> str:
+        """The category the first `<bounce-category-patterns>` line matching gives, or ""."""
+        text = f"{status} {diag}"
+        for regex, category in self.bounce_category_patterns:
+            if regex.search(text):
+                return category
+        return ""
 
     def is_relay_domain(self, domain: str) -> bool:
         return any(domain_matches(p, domain.lower()) for p in self.settings.relay_domain)

@@ -19,6 +19,7 @@ import functools
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from typing import Any, Protocol
 
+import attrs
 from twisted.internet import defer
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
@@ -337,6 +338,7 @@ class Scheduler:
         """
         if not records:
             return
+        records = [self._categorised(outcome) for outcome in records]
         finals: dict[str, list[Outcome]] = {}
         for outcome in records:
             message = self.messages.get(outcome.msg_id)
@@ -366,6 +368,13 @@ class Scheduler:
             if message is not None and not message.pending:
                 del self.messages[msg_id]
                 await self.store.remove(msg_id)
+
+    def _categorised(self, outcome: Outcome) -> Outcome:
+        """A b/t record's category from `<bounce-category-patterns>` when a line matches."""
+        if outcome.record == "d" or outcome.bounce_cat == "message-expired":
+            return outcome
+        category = self.holder.config.bounce_category(outcome.dsn_status, outcome.dsn_diag)
+        return attrs.evolve(outcome, bounce_cat=category) if category else outcome
 
     # -- failures and retries ------------------------------------------------------
 
@@ -409,7 +418,9 @@ class Scheduler:
                 dsn_status=failure.status,
                 dsn_diag=failure.diag,
                 dsn_mta=failure.dsn_mta,
-                bounce_cat=failure.bounce_cat or classify(failure.status, failure.diag),
+                bounce_cat=self.holder.config.bounce_category(failure.status, failure.diag)
+                or failure.bounce_cat
+                or classify(failure.status, failure.diag),
                 vmta=queue.vmta,
                 vmta_pool=queue.pool or "",
                 dlv_destination_ip=failure.destination_ip,
