@@ -10,10 +10,13 @@ config, the records' pure formatting and the journal round trip.
 
 from __future__ import annotations
 
+import csv
+import io
 import json
 import os
 import re
 import shutil
+import signal
 import smtplib
 import socket
 import subprocess
@@ -24,7 +27,7 @@ from typing import Any
 
 import pytest
 from mx_receiver import Receiver as MxReceiver
-from server_process import ServerProcess, free_port, read_acct, wait_until
+from server_process import ServerProcess, free_port, wait_until
 from webhook_receiver import Receiver as WebhookReceiver
 
 from mtaserver.accounting.records import fields_for, records_from_event
@@ -82,6 +85,18 @@ def config(tmp: Path, port: int, bounce: str = "", acct: str = "", domains: str 
     return CONFIG.format(tmp=tmp, port=port, bounce=bounce, acct=acct, domains=domains)
 
 
+def read_acct(path: Path, record_types: str | list[str] | None = None) -> list[dict[str, str]]:
+    """The complete rows of a CSV acct file, of `record_types` only if given.
+
+    Only whole lines count: a row the writer is still writing would otherwise parse as a
+    record with its last fields cut short."""
+    if not path.exists():
+        return []
+    text = path.read_bytes().decode("utf-8")
+    rows = list(csv.DictReader(io.StringIO(text[: text.rfind("\n") + 1])))
+    return [r for r in rows if record_types is None or r["type"] in record_types]
+
+
 def relay_to(mx: MxReceiver, *domains: str) -> str:
     """`<domain>` blocks that deliver `domains` to the test MX (the rest is discarded)."""
     return "".join(
@@ -137,7 +152,7 @@ def test_corpus_becomes_rb_and_f_records_in_acct_file_and_webhook(
                 found = [r for r in rows if r["type"] == "rb" and r["rcpt"] == entry["recipient"]]
                 assert found, entry["file"]
                 assert all(r["bounceCat"] for r in found), found
-                assert all(r["dsnAction"] == "failed" for r in found)
+                assert all(r["dsnAction"] == "failed" for r in found), found
                 if entry["status"]:
                     assert entry["status"] in {r["dsnStatus"] for r in found}, entry["file"]
             else:
@@ -145,6 +160,10 @@ def test_corpus_becomes_rb_and_f_records_in_acct_file_and_webhook(
                 assert found, entry["file"]
                 assert all(r["format"] == "arf" and r["feedbackType"] for r in found)
         assert {r["srcType"] for r in rows} == {"smtp"}
+        # header_X fields come from the reported original (record-fields f *,header_Subject;
+        # one Return Path report returns a message without a Subject)
+        subjects = [r["header_Subject"] for r in rows if r["type"] == "f"]
+        assert subjects.count("Nyaan") >= 4
         # the webhook gets the same rb/f records
         assert webhook.wait_for(lambda w: _webhook_reports(w) == _keys(reports()), timeout=60)
         # every report was discarded (deliver-matched-email no): no d record, spool empty
@@ -167,9 +186,6 @@ def _keys(rows: list[dict[str, str]]) -> list[tuple[str, ...]]:
 
 
 def _webhook_reports(receiver: WebhookReceiver) -> list[tuple[str, ...]]:
-    import csv
-    import io
-
     rows = [
         row
         for post in list(receiver.posts)
@@ -289,6 +305,28 @@ def test_spooled_report_not_yet_processed_is_processed_at_the_next_start(
         assert wait_until(lambda: read_acct(acct, ["rb"]) != [], timeout=60)
         assert wait_until(lambda: not list((tmp_path / "spool" / "msg").glob("*/*")))
     assert [r["rcpt"] for r in read_acct(acct, ["rb"])] == [MANIFEST[0]["recipient"]]
+
+
+def test_a_processor_added_by_reload_takes_the_next_report(tmp_path: Path) -> None:
+    """Processors are live: after a reload that adds one, the next report becomes an rb."""
+    port = free_port()
+    without = (
+        config(tmp_path, port)
+        .replace("<bounce-processor>", "<feedback-loop-processor>")
+        .replace("</bounce-processor>", "</feedback-loop-processor>")
+    )
+    raw = (CORPUS / MANIFEST[0]["file"]).read_bytes()
+    acct = tmp_path / "acct.csv"
+    with ServerProcess(tmp_path, without, wait_ports=(port,)) as server:
+        send(port, "", [BOUNCE_ADDRESS], raw)
+        assert wait_until(lambda: read_acct(acct, "d") != [])  # delivered (discarded)
+        server.config.write_text(config(tmp_path, port))
+        assert server.proc is not None
+        os.kill(server.proc.pid, signal.SIGHUP)
+        assert server.wait_for_log("config reloaded")
+        send(port, "", [BOUNCE_ADDRESS], raw)
+        assert wait_until(lambda: read_acct(acct, ["rb"]) != [])
+    assert len(read_acct(acct, "d")) == 1
 
 
 # -- the pieces --------------------------------------------------------------------
