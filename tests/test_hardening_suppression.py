@@ -398,6 +398,14 @@ def _outcome(record: str, category: str, rcpt: str = "x@dest.test") -> Outcome:
         (_outcome("t", "bad-mailbox"), {"bad-mailbox"}, []),
         (_outcome("d", ""), {"bad-mailbox"}, []),
         (_outcome("b", "bad-mailbox", "not an address"), {"bad-mailbox"}, []),
+        (
+            attrs.evolve(
+                _outcome("b", "policy-related"),
+                dsn_diag="recipient is on the suppression list (source:news)",
+            ),
+            {"policy-related"},
+            [],
+        ),
         (Received(Envelope("m", "s@x.test", (Recipient("r@x.test"),), 1.0), 1.0), set(), []),
     ],
 )

@@ -139,6 +139,8 @@ def automatic_entries(
         for record in records_from_event(event):
             kind = record.get("type", "")
             category = record.get("bounceCat", "")
+            if record.get("dsnDiag", "").startswith(REFUSED_TEXT):
+                continue  # our own drop of a suppressed recipient: already on the list
             if kind in ("b", "rb") and category in categories:
                 source = SuppressionSource.BOUNCE_RULE
                 description = f"{kind} record: {category} {record.get('dsnStatus', '')}".strip()
