@@ -398,3 +398,30 @@ def test_bounce_category_patterns_override_the_built_in_categories(
         assert wait_until(lambda: len(acct(tmp_path, "b")) == 1)
     (bounce,) = acct(tmp_path, "b")
     assert bounce["bounceCat"] == "inactive-mailbox"
+
+
+def test_backoff_to_normal_after_delivery(tmp_path: Path, receiver: Receiver) -> None:
+    """`backoff-to-normal-after-delivery yes`: the first delivery in backoff ends it."""
+    from mgmt_client import MgmtServer
+
+    server = MgmtServer(tmp_path, receiver.port)
+    (tmp_path / "conf.d" / "patterns.conf").write_text(
+        "<smtp-pattern-list busy>\n    reply /mailbox busy/ mode=backoff\n"
+        "</smtp-pattern-list>\n<domain dst.test>\n    smtp-pattern-list busy\n"
+        "    backoff-to-normal-after-delivery yes\n    backoff-to-normal-after 1h\n</domain>\n"
+    )
+    server.start()
+    try:
+
+        def mode() -> str:
+            status, body = server.call("GET", "/queues")
+            rows = [q for q in body["data"] if q["domain"] == "dst.test"] if status == 200 else []
+            return rows[0]["mode"] if rows else ""
+
+        server.send(["soft@dst.test"])
+        assert wait_until(lambda: mode() == "backoff")
+        server.send(["ok@dst.test"])
+        assert wait_until(lambda: any("ok@dst.test" in m.rcpt_tos for m in receiver.messages))
+        assert wait_until(lambda: mode() == "normal")
+    finally:
+        server.stop()

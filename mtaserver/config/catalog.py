@@ -793,8 +793,8 @@ _add(
     D,
     "bool",
     "false",
-    Y,
-    "backoff ends after backoff-to-normal-after only",
+    IMPLEMENTED,
+    "a delivery in backoff mode returns the queue to normal",
 )
 _add("backoff-upon-all-sources-disabled", D, "bool", "false", Y, "source IPs are not disabled")
 _add("reenable-source-ip-after", D, "interval", "", Y, "source IPs are not disabled")

@@ -113,6 +113,7 @@ class DomainSettings:
     file_output_directory: str | None = None
     mx_allow_private_addresses: bool = False
     mx_rollup: bool = False  # share one queue with the domains of the same best MX host
+    backoff_to_normal_after_delivery: bool = False  # a delivery in backoff: back to normal
 
 
 @attrs.frozen

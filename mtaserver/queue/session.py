@@ -272,6 +272,13 @@ class Session:
             if "skip-mx" in actions:  # leave this MX: the next connection takes the next one
                 self.stop = True
             kind = outcomes.decide(reply, actions, expired)
+            if (
+                kind == "d"
+                and queue.mode == "backoff"
+                and settings.backoff_to_normal_after_delivery
+            ):
+                log.info("queue {queue} returns to normal mode after a delivery", queue=queue.name)
+                queue.mode = "normal"
             if kind == "t":
                 retry.append(index)
             groups.setdefault((kind, reply), []).append(index)
