@@ -539,3 +539,41 @@ def test_max_rcpt_per_message_unlimited_accepts_recipients(tmp_path: Path) -> No
         assert client.mail("s@example.com")[0] == 250
         for n in range(3):
             assert client.rcpt(f"r{n}@example.net")[0] == 250
+
+
+def test_test_config_refuses_what_startup_refuses(tmp_path: Path) -> None:
+    """Plain HTTP off loopback: `test config`, startup and reload all refuse it, alike."""
+    insecure = (
+        f"host-name a.test\nspool {tmp_path}/spool2\nhttp-mgmt-port 0.0.0.0:{free_port()}\n"
+        f"<transmissions-api-listener 0.0.0.0:{free_port()}>\n</transmissions-api-listener>\n"
+    )
+    server = MgmtServer(tmp_path, mx_port=free_port())
+    with server.process:
+        (tmp_path / "insecure.conf").write_text(insecure)
+        status, reply = server.command("test config insecure.conf")
+        assert status == 400
+        problems = reply["data"]
+        assert [p.split(": ", 1)[1].split(" ")[0] for p in problems] == [
+            "http-mgmt-port",
+            "<transmissions-api-listener",
+        ]
+        assert all("(plain HTTP is loopback only)" in p for p in problems)
+    started = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "from twisted.scripts.twistd import run; run()",
+            "-n",
+            "--pidfile=",
+            "mtaserver",
+            "--config",
+            str(tmp_path / "insecure.conf"),
+        ],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        timeout=60,
+    )
+    assert started.returncode == 1
+    for problem in problems:
+        assert problem.split(": ", 1)[1] in started.stderr

@@ -38,7 +38,7 @@ from mtaserver.config.model import (
     routing_result,
 )
 from mtaserver.config.targets import check_targets
-from mtaserver.config.values import HostPort, parse_cidr, parse_host_port
+from mtaserver.config.values import HostPort, parse_cidr, parse_host_port, parse_mgmt_port
 
 ScopeKey = tuple[str, str]
 
@@ -229,6 +229,7 @@ def load_config(path: str) -> Config:
     loader.check_references()
     config = _assemble(loader, path, files, nodes)
     check_targets(nodes, config, loader.problems)
+    _check_http_listeners(loader, nodes, config)
     order = {name: index for index, name in enumerate([path, *files])}
     if loader.problems:
         loader.problems.sort(key=lambda p: (order.get(p.file, len(order)), p.line))
@@ -405,6 +406,46 @@ def _expand_macros(loader: _Loader, domains: dict[str, dict[str, Any]]) -> dict[
         if not pattern.startswith("$"):
             expanded[pattern] = {**expanded.get(pattern, {}), **layer}
     return expanded
+
+
+def _check_http_listeners(loader: _Loader, nodes: list[Node], config: Config) -> None:
+    """Plain HTTP is for loopback only: a management or API port elsewhere needs TLS.
+
+    Checked here, not only when the port is bound, so that `test config` refuses what
+    startup refuses (and a reload refuses it too, rather than keeping the old port).
+    """
+    rule = "(plain HTTP is loopback only)"
+    port = config.settings.http_mgmt_port
+    tls = config.settings.http_mgmt_tls_certificate
+    if port is not None and not tls and not Listener(port).is_loopback:
+        for node in _find_directives(nodes, "http-mgmt-port"):
+            if parse_mgmt_port(node.value) == port:
+                message = f"http-mgmt-port {port} needs http-mgmt-tls-certificate {rule}"
+                loader.problem(node, message)
+                break
+    insecure = {
+        listener.address
+        for listener in config.api_listeners
+        if not listener.tls_certificate and not listener.is_loopback
+    }
+    for scope in _find_scopes(nodes, reg.API_LISTENER):
+        address = parse_host_port(scope.arg) if _is_host_port(scope.arg) else None
+        if address in insecure:
+            insecure.discard(address)
+            loader.problem(scope, f"<{reg.API_LISTENER} {address}> needs tls-certificate {rule}")
+
+
+def _is_host_port(text: str) -> bool:
+    try:
+        parse_host_port(text)
+    except ValueError:
+        return False
+    return True
+
+
+def _find_directives(nodes: list[Node] | tuple[Node, ...], name: str) -> list[Directive]:
+    """Every top-level directive `name`, last first (the one that took effect)."""
+    return [n for n in reversed(nodes) if isinstance(n, Directive) and n.name == name]
 
 
 def _missing(loader: _Loader, nodes: list[Node], kind: str, name: str, directive: str) -> None:
