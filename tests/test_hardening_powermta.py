@@ -425,3 +425,28 @@ def test_backoff_to_normal_after_delivery(tmp_path: Path, receiver: Receiver) ->
         assert wait_until(lambda: mode() == "normal")
     finally:
         server.stop()
+
+
+def test_source_header_directives(tmp_path: Path, receiver: Receiver) -> None:
+    """jobid-header, retain-x-job, process-x-envid, remove-received-headers, hide-message-source."""
+    port = free_port()
+    extra = (
+        "<source 127.0.0.1>\n always-allow-relaying yes\n process-x-job yes\n"
+        " jobid-header X-Campaign\n retain-x-job yes\n process-x-envid yes\n"
+        " remove-received-headers yes\n hide-message-source yes\n</source>\n"
+    )
+    with ServerProcess(tmp_path, base_config(tmp_path, port, receiver.port, extra), (port,)):
+        with smtplib.SMTP("127.0.0.1", port) as client:
+            client.sendmail(
+                "s@src.test",
+                ["ok@dst.test"],
+                b"Received: from evil.test by relay.test\r\nX-Campaign: c7\r\n"
+                b"X-EnvID: env42\r\nSubject: h\r\n\r\nbody\r\n",
+            )
+        assert wait_until(lambda: len(acct(tmp_path, "d")) == 1)
+    (record,) = acct(tmp_path, "d")
+    assert (record["jobId"], record["envId"]) == ("c7", "env42")
+    data = receiver.messages[0].data
+    assert b"X-Campaign: c7" in data and b"X-EnvID" not in data
+    assert b"evil.test" not in data and b"127.0.0.1" not in data
+    assert data.count(b"Received:") == 1 and b"Received: by mta.test" in data

@@ -79,6 +79,12 @@ class SourceSettings:
     require_sender_match_login: bool = False  # after AUTH, MAIL FROM must match the login
     pattern_list: str | None = None  # a <pattern-list> choosing the virtual MTA
     verp_default: bool = False  # VERP return paths (one recipient a transaction)
+    process_x_envid: bool = False  # X-EnvID: is the envId (DSN ENVID) when none was given
+    jobid_header: str = "x-job"  # the header process-x-job reads
+    retain_x_job: bool = False  # keep the job header in the message
+    retain_x_virtual_mta: bool = False  # keep X-Virtual-MTA: in the message
+    remove_received_headers: bool = False  # drop the message's own Received: fields
+    hide_message_source: bool = False  # our Received: does not name the client
     suppression_lists: tuple[str, ...] = ()  # checked at RCPT as scopes source:<name>
     suppressed_recipient_action: str = "refuse"  # refuse (550 5.7.1) | drop (250 and a b record)
 

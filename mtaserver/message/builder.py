@@ -54,6 +54,7 @@ class MessageBuilder:
         self.problem: Reply | None = None
         self.x_virtual_mta: str | None = None
         self.x_job: str | None = None
+        self.x_envid: str | None = None
         self.acct_headers: dict[str, str] = {}
 
     def add(self, lines: list[bytes]) -> None:
@@ -111,9 +112,16 @@ class MessageBuilder:
             value = without_controls(_unfold(field))
             if name == b"x-virtual-mta" and rules.process_x_virtual_mta:
                 self.x_virtual_mta = self.x_virtual_mta or value.strip()
-                continue
-            if name == b"x-job" and rules.process_x_job:
+                if not rules.retain_x_virtual_mta:
+                    continue
+            elif name == rules.job_header and rules.process_x_job:
                 self.x_job = self.x_job or value.strip()
+                if not rules.retain_x_job:
+                    continue
+            elif name == b"x-envid" and rules.process_x_envid:
+                self.x_envid = self.x_envid or value.strip()
+                continue
+            elif name == b"received" and rules.remove_received_headers:
                 continue
             wanted = self._capture.get(name.decode("ascii"))
             if wanted is not None and wanted not in self.acct_headers:

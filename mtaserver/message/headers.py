@@ -49,6 +49,11 @@ class HeaderRules:
     process_x_virtual_mta: bool = False
     process_x_job: bool = False
     capture: tuple[str, ...] = ()  # header names for acct records
+    job_header: bytes = b"x-job"  # `jobid-header`, lower case
+    retain_x_job: bool = False
+    retain_x_virtual_mta: bool = False
+    process_x_envid: bool = False
+    remove_received_headers: bool = False
 
 
 def rfc5322_date(now: float) -> str:
@@ -56,8 +61,10 @@ def rfc5322_date(now: float) -> str:
     return email.utils.format_datetime(datetime.datetime.fromtimestamp(now, datetime.UTC))
 
 
-def received_field(trace: Trace, msg_id: str, host_name: str, date: str) -> str:
-    """`Received:` per RFC 5321 4.4, CRLF-terminated lines."""
+def received_field(
+    trace: Trace, msg_id: str, host_name: str, date: str, hide_source: bool = False
+) -> str:
+    """`Received:` per RFC 5321 4.4, CRLF-terminated lines; `hide_source` names no client."""
     ip = trace.client_ip
     literal = f"IPv6:{ip}" if ":" in ip else ip
     origin = f"[{literal}]" if trace.helo is None else f"{printable(trace.helo)} ([{literal}])"
@@ -65,6 +72,8 @@ def received_field(trace: Trace, msg_id: str, host_name: str, date: str) -> str:
         f"Received: from {origin}",
         f"\tby {host_name} (mtaserver) with {trace.protocol} id {msg_id}",
     ]
+    if hide_source:  # `hide-message-source`: the client's name and address stay private
+        lines = [f"Received: by {host_name} (mtaserver) with {trace.protocol} id {msg_id}"]
     if len(trace.recipients) == 1:
         lines.append(f"\tfor <{trace.recipients[0]}>; {date}")
     else:
@@ -87,7 +96,9 @@ def header_rules(
     )
     received = b""
     if settings.add_received_header:
-        received = received_field(trace, msg_id, host_name, date).encode("utf-8")
+        received = received_field(
+            trace, msg_id, host_name, date, settings.hide_message_source
+        ).encode("utf-8")
     return HeaderRules(
         received=received,
         message_id=(
@@ -99,4 +110,9 @@ def header_rules(
         process_x_virtual_mta=settings.process_x_virtual_mta,
         process_x_job=settings.process_x_job,
         capture=capture,
+        job_header=settings.jobid_header.lower().encode("ascii", "replace"),
+        retain_x_job=settings.retain_x_job,
+        retain_x_virtual_mta=settings.retain_x_virtual_mta,
+        process_x_envid=settings.process_x_envid,
+        remove_received_headers=settings.remove_received_headers,
     )

@@ -255,7 +255,7 @@ class ReceptionHandler:
             src_mta=f"{session.helo or ''} ({session.client_ip})",
             smtp_user=session.user,
             job_id=message.x_job or None,
-            env_id=txn.params.env_id,
+            env_id=txn.params.env_id or message.x_envid or None,
             ret=txn.params.ret,
             body_type="8BITMIME" if declared_8bit or message.eight_bit else "7BIT",
             smtputf8=txn.params.smtputf8,
