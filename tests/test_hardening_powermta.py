@@ -450,3 +450,20 @@ def test_source_header_directives(tmp_path: Path, receiver: Receiver) -> None:
     assert b"X-Campaign: c7" in data and b"X-EnvID" not in data
     assert b"evil.test" not in data and b"127.0.0.1" not in data
     assert data.count(b"Received:") == 1 and b"Received: by mta.test" in data
+
+
+def test_remove_header_drops_the_named_fields(tmp_path: Path, receiver: Receiver) -> None:
+    """`remove-header X-Mailer,X-Originating-IP` drops those fields (any case) at reception."""
+    port = free_port()
+    extra = RELAY.replace("</source>", " remove-header X-Mailer,x-originating-ip\n</source>")
+    with ServerProcess(tmp_path, base_config(tmp_path, port, receiver.port, extra), (port,)):
+        with smtplib.SMTP("127.0.0.1", port) as client:
+            client.sendmail(
+                "s@src.test",
+                ["ok@dst.test"],
+                b"x-mailer: m1\r\nX-Originating-IP: [10.1.2.3]\r\nX-Keep: k\r\n"
+                b"Subject: r\r\n\r\nb\r\n",
+            )
+        assert wait_until(lambda: len(receiver.messages) == 1)
+    data = receiver.messages[0].data
+    assert b"m1" not in data and b"10.1.2.3" not in data and b"X-Keep: k" in data

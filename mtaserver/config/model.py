@@ -85,6 +85,7 @@ class SourceSettings:
     retain_x_virtual_mta: bool = False  # keep X-Virtual-MTA: in the message
     remove_received_headers: bool = False  # drop the message's own Received: fields
     hide_message_source: bool = False  # our Received: does not name the client
+    remove_header: tuple[tuple[str, ...], ...] = ()  # header names dropped at reception
     suppression_lists: tuple[str, ...] = ()  # checked at RCPT as scopes source:<name>
     suppressed_recipient_action: str = "refuse"  # refuse (550 5.7.1) | drop (250 and a b record)
 

@@ -123,6 +123,8 @@ class MessageBuilder:
                 continue
             elif name == b"received" and rules.remove_received_headers:
                 continue
+            if name in rules.remove:  # `remove-header`
+                continue
             wanted = self._capture.get(name.decode("ascii"))
             if wanted is not None and wanted not in self.acct_headers:
                 self.acct_headers[wanted] = value.strip()[:MAX_CAPTURED_VALUE]

@@ -54,6 +54,7 @@ class HeaderRules:
     retain_x_virtual_mta: bool = False
     process_x_envid: bool = False
     remove_received_headers: bool = False
+    remove: frozenset[bytes] = frozenset()  # `remove-header` names, lower case
 
 
 def rfc5322_date(now: float) -> str:
@@ -115,4 +116,9 @@ def header_rules(
         retain_x_virtual_mta=settings.retain_x_virtual_mta,
         process_x_envid=settings.process_x_envid,
         remove_received_headers=settings.remove_received_headers,
+        remove=frozenset(
+            name.lower().encode("ascii", "replace")
+            for names in settings.remove_header
+            for name in names
+        ),
     )
