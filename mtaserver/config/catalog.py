@@ -85,6 +85,19 @@ class ScopeEntry:
 # -- value forms -------------------------------------------------------------------------
 
 
+def _bool_or_interval(text: str) -> bool | float | None:
+    """`true`, `false`, an interval or `never` (`bounce-upon-no-mx 30m`)."""
+    try:
+        return v.parse_bool(text)
+    except ValueError:
+        pass
+    try:
+        return v.parse_interval_or_never(text)
+    except ValueError:
+        message = f"expected yes, no, an interval such as 30m, or never, not {text!r}"
+        raise ValueError(message) from None
+
+
 def _any(text: str) -> str:
     """Any text, even none (`backoff-notify ""`)."""
     return text.strip()
@@ -256,6 +269,7 @@ FORMS: Mapping[str, tuple[Parser, str]] = {
     "size": (v.parse_size, "size (10K 5M 1G)"),
     "interval": (v.parse_interval, "interval (30s 10m 4h)"),
     "interval-or-never": (v.parse_interval_or_never, "interval or never"),
+    "bool-or-interval": (_bool_or_interval, "yes/no, interval or never"),
     "rate": (v.parse_rate, "rate (100/h)"),
     "rate-list": (_rate_list, "rates (400/day or 1/day,2/day)"),
     "volume-rate": (_volume_rate, "volume per period (1M/1h)"),
@@ -588,15 +602,7 @@ _add(
 )
 _add("bcc", S, "email", "", Y, "no copies are sent", repeatable=True)
 _add("allow-auth", S, "bool", "true", Y, "AUTH is offered wherever users exist")
-_add(
-    "remove-header",
-    S,
-    "names",
-    "",
-    IMPLEMENTED,
-    "the named header fields are dropped at reception",
-    repeatable=True,
-)
+_add("remove-header", S, "names", "", Y, "headers are passed as received", repeatable=True)
 _add(
     "remove-received-headers",
     S,
@@ -772,7 +778,7 @@ _add(
 )
 _add("dkim-expire-after", D, "interval-or-never", "never", Y, "no x= tag")
 _add("dkim-query-method", D, "text", "dns/txt", N, "dns/txt is the only method")
-_add("dkim-headers", D, "text", "", Y, "the signed headers are a fixed list", repeatable=True)
+_add("dkim-headers", D, "any", "", Y, "the signed headers are a fixed list", repeatable=True)
 _add("dkim-identity-fallback", D, "text", "", Y, "no fallback identity")
 _add("dkim-disallow-adding-headers", D, "names", "", Y, "the signed headers are a fixed list")
 _add("queue-to", D, "text", "", Y, "no queue-to rerouting yet")
@@ -852,7 +858,7 @@ _add("replace-smtp-421-service-response", D, "bool", "false", Y, "421 replies ar
 _add(
     "bounce-upon-no-mx",
     D,
-    "bool",
+    "bool-or-interval",
     "false",
     Y,
     "a domain without MX falls back to its A record (RFC 5321)",
@@ -887,8 +893,8 @@ _add("backoff-max-smtp-out", D, "int", "", Y, "max-smtp-out applies in backoff t
 _add(
     "max-smtp-out-per-source-ip source-ip-max-smtp-out",
     D,
-    "int",
-    "",
+    "cidr-int",
+    "unlimited",
     Y,
     "max-smtp-out is per queue",
 )
@@ -1125,10 +1131,57 @@ def _empty_password(text: str) -> str | None:
     return None
 
 
+def _key_password(text: str) -> str | None:
+    if len(text.split()) > 1:
+        return (
+            "a private key password is not yet implemented: the PEM key must be unencrypted "
+            "(the password is ignored)"
+        )
+    return None
+
+
+def _access_level(text: str) -> str | None:
+    level = text.split()[-1].lower() if text.split() else ""
+    if level == "operator":
+        return "http-access operator is not yet implemented: it grants monitor here"
+    if level.endswith(",deny-logs"):
+        return "http-access deny-logs has no effect here: the management port serves no logs"
+    return None
+
+
+def _by_source_ip(text: str) -> str | None:
+    if text.strip().lower() == "by-smtp-source-ip":
+        return (
+            "default-virtual-mta by-smtp-source-ip is not yet implemented: "
+            "the default virtual MTA is used"
+        )
+    return None
+
+
+def _date_override(text: str) -> str | None:
+    if text.strip().lower() == "override":
+        return "add-date-header override is not yet implemented: a Date: is added only when missing"
+    return None
+
+
+def _wildcard_key(text: str) -> str | None:
+    parts = [p.strip() for p in text.split(",")]
+    if len(parts) == 3 and parts[1] == "*":
+        return "domain-key for * is not yet implemented: that key signs nothing"
+    return None
+
+
 #: Registry directives implemented for most values but not all: the warning a value gets.
 CAVEATS: Mapping[tuple[str, str], Callable[[str], str | None]] = {
     ("smtp-listener", reg.GLOBAL): _listener_source,
     ("password", reg.SMTP_USER): _empty_password,
+    ("smtp-server-tls-certificate", reg.GLOBAL): _key_password,
+    ("tls-certificate", reg.SMTP_LISTENER): _key_password,
+    ("tls-certificate", reg.API_LISTENER): _key_password,
+    ("http-access", reg.GLOBAL): _access_level,
+    ("default-virtual-mta", reg.SOURCE): _by_source_ip,
+    ("add-date-header", reg.SOURCE): _date_override,
+    ("domain-key", reg.GLOBAL): _wildcard_key,
 }
 
 
