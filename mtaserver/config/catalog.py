@@ -602,7 +602,15 @@ _add(
 )
 _add("bcc", S, "email", "", Y, "no copies are sent", repeatable=True)
 _add("allow-auth", S, "bool", "true", Y, "AUTH is offered wherever users exist")
-_add("remove-header", S, "names", "", Y, "headers are passed as received", repeatable=True)
+_add(
+    "remove-header",
+    S,
+    "names",
+    "",
+    IMPLEMENTED,
+    "the named header fields are dropped at reception",
+    repeatable=True,
+)
 _add(
     "remove-received-headers",
     S,
