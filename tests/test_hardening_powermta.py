@@ -467,3 +467,44 @@ def test_remove_header_drops_the_named_fields(tmp_path: Path, receiver: Receiver
         assert wait_until(lambda: len(receiver.messages) == 1)
     data = receiver.messages[0].data
     assert b"m1" not in data and b"10.1.2.3" not in data and b"X-Keep: k" in data
+
+
+def test_virtual_mta_domain_key_signs_its_mail(tmp_path: Path, receiver: Receiver) -> None:
+    """A `domain-key` inside `<virtual-mta>` signs that vmta's mail (verified by dkimpy)."""
+    import dkim
+    from test_e2e_delivery import _rsa_key_pem
+
+    global_record = _rsa_key_pem(tmp_path / "global.pem")
+    vmta_record = _rsa_key_pem(tmp_path / "vmta.pem")
+    port = free_port()
+    extra = (
+        f"domain-key g1,brand.test,{tmp_path}/global.pem\n"
+        f"<virtual-mta signer>\n domain-key v1,brand.test,{tmp_path}/vmta.pem\n</virtual-mta>\n"
+        "<source 127.0.0.1>\n always-allow-relaying yes\n process-x-virtual-mta yes\n</source>\n"
+        "<domain dst.test>\n dkim-sign yes\n</domain>\n"
+    )
+    message = b"From: <news@brand.test>\r\nTo: <ok@dst.test>\r\nSubject: s\r\n"
+    with ServerProcess(tmp_path, base_config(tmp_path, port, receiver.port, extra), (port,)):
+        with smtplib.SMTP("127.0.0.1", port) as client:
+            client.sendmail("news@brand.test", ["ok1@dst.test"], message + b"\r\nplain\r\n")
+            client.sendmail(
+                "news@brand.test",
+                ["ok2@dst.test"],
+                message + b"X-Virtual-MTA: signer\r\n\r\nvia vmta\r\n",
+            )
+        assert wait_until(lambda: len(receiver.messages) == 2)
+    records = {
+        b"g1._domainkey.brand.test.": global_record,
+        b"v1._domainkey.brand.test.": vmta_record,
+    }
+
+    def dnsfunc(name: bytes, timeout: int = 5) -> bytes:
+        return records.get(name, b"")
+
+    by_rcpt = {m.rcpt_tos[0]: m.data for m in receiver.messages}
+    assert b"s=g1;" in by_rcpt["ok1@dst.test"] and dkim.verify(
+        by_rcpt["ok1@dst.test"], dnsfunc=dnsfunc
+    )
+    assert b"s=v1;" in by_rcpt["ok2@dst.test"] and dkim.verify(
+        by_rcpt["ok2@dst.test"], dnsfunc=dnsfunc
+    )

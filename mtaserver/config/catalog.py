@@ -987,11 +987,20 @@ _add("max-smtp-data-volume-rate", VM + POOL, "volume-rate", "unlimited", Y, "no 
 _add("cold-virtual-mta", VM, "name", "", Y, "no cold virtual MTAs")
 _add(
     "domain-key",
-    VM + POOL + (DOMAIN_KEY_LIST,),
+    VM + POOL,
+    "domain-key",
+    "",
+    IMPLEMENTED,
+    "the virtual MTA's (then the pool's) keys sign before the global ones",
+    repeatable=True,
+)
+_add(
+    "domain-key",
+    (DOMAIN_KEY_LIST,),
     "domain-key",
     "",
     Y,
-    "DKIM keys are global only: a virtual MTA's keys are not used to sign",
+    "no <domain-key-list>: keys are global or per virtual MTA",
     repeatable=True,
 )
 _add("max-smtp-out", POOL, "int", "", Y, "max-smtp-out applies per queue and virtual MTA")

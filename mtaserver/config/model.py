@@ -120,6 +120,8 @@ class DomainSettings:
     file_output_directory: str | None = None
     mx_allow_private_addresses: bool = False
     mx_rollup: bool = False  # share one queue with the domains of the same best MX host
+    #: The queue's virtual MTA's (then pool's) `domain-key`s, tried before the global ones.
+    domain_key: tuple[DomainKey, ...] = ()
     backoff_to_normal_after_delivery: bool = False  # a delivery in backoff: back to normal
 
 
@@ -152,6 +154,7 @@ class VirtualMta:
     host_name: str | None = None
     max_smtp_out: int | None = None
     domains: Mapping[str, Layer] = attrs.field(factory=dict)
+    domain_key: tuple[DomainKey, ...] = ()  # signs this vmta's mail before the global keys
 
 
 @attrs.frozen
@@ -159,6 +162,7 @@ class VirtualMtaPool:
     name: str
     virtual_mta: tuple[str, ...] = ()
     domains: Mapping[str, Layer] = attrs.field(factory=dict)
+    domain_key: tuple[DomainKey, ...] = ()
 
 
 @attrs.frozen
@@ -436,7 +440,10 @@ class Config:
                 layers += domain_layers(self.vmta_pools[pool].domains, domain)
             if vmta and vmta in self.vmtas:
                 layers += domain_layers(self.vmtas[vmta].domains, domain)
-            self._cache[key] = build(DomainSettings, layers)
+            vmta_keys = self.vmtas[vmta].domain_key if vmta and vmta in self.vmtas else ()
+            pool_keys = self.vmta_pools[pool].domain_key if pool and pool in self.vmta_pools else ()
+            keys = vmta_keys + pool_keys
+            self._cache[key] = build(DomainSettings, layers, domain_key=keys)
         result: DomainSettings = self._cache[key]
         return result
 

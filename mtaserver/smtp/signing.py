@@ -18,6 +18,7 @@ from twisted.logger import Logger
 from mtaserver.config.grammar import ConfigProblem
 from mtaserver.config.model import Config, DomainSettings
 from mtaserver.config.reload import ConfigHolder
+from mtaserver.config.values import DomainKey
 from mtaserver.events import Envelope
 from mtaserver.runtime import RunInThread
 from mtaserver.smtp.dkim import DkimError, DkimSigner
@@ -37,6 +38,7 @@ class DkimTransform:
         self._signer: tuple[Config, DkimSigner] | None = (
             None if signer is None else (holder.config, signer)
         )
+        self._vmta_signers: dict[tuple[DomainKey, ...], DkimSigner] = {}
         holder.check_before_reload(check_keys)
 
     async def signer(self) -> DkimSigner:
@@ -56,20 +58,33 @@ class DkimTransform:
         self._signer = (config, signer)
         return signer
 
+    async def _vmta_signer(self, keys: tuple[DomainKey, ...]) -> DkimSigner:
+        """A signer for a virtual MTA's keys, read once per set of keys (in a thread)."""
+        signer = self._vmta_signers.get(keys)
+        if signer is None:
+            signer = await self.run_in_thread(lambda: DkimSigner(keys))
+            if len(self._vmta_signers) > 1000:
+                self._vmta_signers.clear()
+            self._vmta_signers[keys] = signer
+        return signer
+
     async def __call__(self, envelope: Envelope, body: bytes, settings: DomainSettings) -> bytes:
         if not settings.dkim_sign:
             return body
         try:
-            signer = await self.signer()
+            signers = [await self.signer()]
+            if settings.domain_key:  # the virtual MTA's own keys come first
+                signers.insert(0, await self._vmta_signer(settings.domain_key))
         except DkimError as exc:
             log.warn("not DKIM-signing {msg_id}: {error}", msg_id=envelope.msg_id, error=exc)
             return body
 
         def sign() -> bytes:
-            domain = signer.signing_domain_for(body)
-            if domain is None:
-                return body
-            return signer.sign(body, domain, settings.dkim_identity)
+            for signer in signers:
+                domain = signer.signing_domain_for(body)
+                if domain is not None:
+                    return signer.sign(body, domain, settings.dkim_identity)
+            return body
 
         try:
             return await self.run_in_thread(sign)
@@ -80,8 +95,11 @@ class DkimTransform:
 
 def check_keys(config: Config) -> list[ConfigProblem]:
     """Every `domain-key` of `config` loads (a reload check: runs in the loading thread)."""
+    vmta_keys = [k for v in config.vmtas.values() for k in v.domain_key]
+    vmta_keys += [k for p in config.vmta_pools.values() for k in p.domain_key]
     try:
         DkimSigner(config.settings.domain_key)
+        DkimSigner(vmta_keys)
     except DkimError as exc:
         return [ConfigProblem(config.path, 0, f"domain-key: {exc}")]
     return []
