@@ -445,6 +445,49 @@ def test_rb_and_f_records_fields() -> None:
     assert set(fields_for("f")) >= {"format", "feedbackType", "userAgent", "reportedDomain"}
 
 
+def test_processor_service_journals_reports_and_tells_its_subscribers(tmp_path: Path) -> None:
+    """On a real spool: the rb is journaled, each on_remote_bounce subscriber gets it (one
+    that raises does not stop the next), on_complaint gets the f, and the files go."""
+    from mtaserver.config.reload import ConfigHolder
+    from mtaserver.processors import ReportProcessor
+    from mtaserver.spool import open_spool
+    from mtaserver.spool.journal import JournalPosition, list_segments, read_events
+    from mtaserver.spool.testing import run_now
+
+    port = free_port()
+    (tmp_path / "m.conf").write_text(config(tmp_path, port))
+    holder = ConfigHolder.from_file(str(tmp_path / "m.conf"))
+    _, journal, store = open_spool(str(tmp_path / "spool"), run_now)
+    handed_on: list[Envelope] = []
+    processor = ReportProcessor(
+        holder, store, journal, lambda e, *a: handed_on.append(e), run_now, lambda: 50.0
+    )
+    bounces: list[RemoteReport] = []
+    complaints: list[RemoteReport] = []
+
+    def broken(event: RemoteReport) -> None:
+        raise RuntimeError("a subscriber's bug")
+
+    processor.on_remote_bounce += [broken, bounces.append]
+    processor.on_complaint.append(complaints.append)
+    arf = next(e for e in MANIFEST if e["kind"] == "arf")
+    for to, entry in ((BOUNCE_ADDRESS, MANIFEST[0]), (FBL_ADDRESS, arf)):
+        writer = store.begin()
+        writer.write((CORPUS / entry["file"]).read_bytes().replace(b"\n", b"\r\n"))
+        done = writer.commit(Envelope(writer.msg_id, "", (Recipient(to),), 1.0))
+        assert done.called
+        processor.enqueue(Envelope(writer.msg_id, "", (Recipient(to),), 1.0))
+    assert [e.rcpt for e in bounces] == [MANIFEST[0]["recipient"]]
+    assert [e.rcpt for e in complaints] == [arf["recipient"]]
+    assert handed_on == []  # deliver-matched-email no: both removed
+    assert not list((tmp_path / "spool" / "msg").glob("*/*"))
+    journal_dir = str(tmp_path / "spool" / "journal")
+    first = JournalPosition(list_segments(journal_dir)[0], 0)
+    journaled = [e for _, e in read_events(journal_dir, first, journal.end())]
+    assert [e.record for e in journaled if isinstance(e, RemoteReport)] == ["rb", "f"]
+    journal.close()
+
+
 # -- config ---------------------------------------------------------------------------
 
 
