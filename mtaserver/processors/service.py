@@ -28,7 +28,8 @@ crash before the message is removed or handed on makes the restart process it ag
 (`take_recovered`): its records are at least once, never lost. A message that went to
 the scheduler already and has a failed delivery attempt is restored there, not
 processed again; one handed on whose queue never got to try it (a queue-level failure
-only) is processed again, and its records repeated.
+only) is processed again, and its records repeated. A message whose records cannot be journaled
+(a spool error) is left in the spool, logged, and processed at the next start.
 
 Only mail received over SMTP or the API comes here: the DSNs this server generates
 itself go straight to the scheduler (their failures are already `b` records).
