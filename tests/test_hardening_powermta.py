@@ -508,3 +508,22 @@ def test_virtual_mta_domain_key_signs_its_mail(tmp_path: Path, receiver: Receive
     assert b"s=v1;" in by_rcpt["ok2@dst.test"] and dkim.verify(
         by_rcpt["ok2@dst.test"], dnsfunc=dnsfunc
     )
+
+
+def test_cold_virtual_mta_takes_the_days_first_messages(tmp_path: Path, receiver: Receiver) -> None:
+    """`cold-virtual-mta` + `max-cold-virtual-mta-msg 2/day`: 2 messages go cold, the rest warm."""
+    port = free_port()
+    extra = (
+        "<virtual-mta warm>\n smtp-source-host 127.0.0.1 warm.out.test\n"
+        " cold-virtual-mta cold\n <domain *>\n  max-cold-virtual-mta-msg 2/day,5/day\n"
+        " </domain>\n</virtual-mta>\n"
+        "<virtual-mta cold>\n smtp-source-host 127.0.0.1 cold.out.test\n</virtual-mta>\n"
+        "<source 127.0.0.1>\n always-allow-relaying yes\n default-virtual-mta warm\n</source>\n"
+    )
+    with ServerProcess(tmp_path, base_config(tmp_path, port, receiver.port, extra), (port,)):
+        for n in range(5):
+            send(port, "s@src.test", [f"ok{n}@dst.test"])
+        assert wait_until(lambda: len(acct(tmp_path, "d")) == 5)
+    vmtas = sorted(r["vmta"] for r in acct(tmp_path, "d"))
+    assert vmtas == ["cold", "cold", "warm", "warm", "warm"]
+    assert sorted(m.helo for m in receiver.messages).count("cold.out.test") == 2

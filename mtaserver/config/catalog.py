@@ -828,7 +828,14 @@ _add(
 )
 _add("backoff-upon-all-sources-disabled", D, "bool", "false", Y, "source IPs are not disabled")
 _add("reenable-source-ip-after", D, "interval", "", Y, "source IPs are not disabled")
-_add("max-cold-virtual-mta-msg", D, "rate-list", "0", Y, "no cold virtual MTAs")
+_add(
+    "max-cold-virtual-mta-msg",
+    D,
+    "rate-list",
+    "0",
+    IMPLEMENTED,
+    "the day's first N messages a domain gets from a warm vmta go to its cold one",
+)
 _add(
     "reroute-to-virtual-mta backoff-reroute-to-virtual-mta",
     D,
@@ -984,7 +991,15 @@ _add("http-webhook-log-verbose", A, "bool", "false", Y, "webhook batches are log
 # -- <virtual-mta>, <virtual-mta-pool>, <domain-key-list> ------------------------------
 _add("max-smtp-msg-rate", VM + POOL, "rate", "unlimited", Y, "rates are per queue")
 _add("max-smtp-data-volume-rate", VM + POOL, "volume-rate", "unlimited", Y, "no volume limits")
-_add("cold-virtual-mta", VM, "name", "", Y, "no cold virtual MTAs")
+_add(
+    "cold-virtual-mta",
+    VM,
+    "name",
+    "",
+    IMPLEMENTED,
+    "takes max-cold-virtual-mta-msg of this vmta's mail (several in turn)",
+    repeatable=True,
+)
 _add(
     "domain-key",
     VM + POOL,

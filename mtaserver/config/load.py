@@ -171,6 +171,7 @@ class _Loader:
             "http-auth-ldap": reg.LDAP,
             "smtp-pattern-list": reg.PATTERN_LIST,
             "virtual-mta": reg.VMTA,
+            "cold-virtual-mta": reg.VMTA,
             "default-virtual-mta": "vmta-or-pool",
             "source": reg.SOURCE,
         }

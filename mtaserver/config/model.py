@@ -120,6 +120,9 @@ class DomainSettings:
     file_output_directory: str | None = None
     mx_allow_private_addresses: bool = False
     mx_rollup: bool = False  # share one queue with the domains of the same best MX host
+    #: Messages a day (day 1, 2, ...; the last repeats) this domain's mail from a warm vmta
+    #: gives to its `cold-virtual-mta`; () or 0 is none.
+    max_cold_virtual_mta_msg: tuple[Rate | None, ...] = ()
     #: The queue's virtual MTA's (then pool's) `domain-key`s, tried before the global ones.
     domain_key: tuple[DomainKey, ...] = ()
     backoff_to_normal_after_delivery: bool = False  # a delivery in backoff: back to normal
@@ -155,6 +158,7 @@ class VirtualMta:
     max_smtp_out: int | None = None
     domains: Mapping[str, Layer] = attrs.field(factory=dict)
     domain_key: tuple[DomainKey, ...] = ()  # signs this vmta's mail before the global keys
+    cold_virtual_mta: tuple[str, ...] = ()  # warm-up: vmtas that take the day's first messages
 
 
 @attrs.frozen

@@ -87,6 +87,10 @@ class Scheduler:
         #: `mx-rollup`: a domain's best MX host name (None: no rollup), cached per domain.
         self.rollup = rollup
         self._rollups: dict[str, tuple[str | None, float]] = {}
+        #: `cold-virtual-mta` warm-up: messages given per (cold vmta, domain, day).
+        self._cold_counts: dict[tuple[str, str, int], int] = {}
+        self._cold_first_day: dict[str, int] = {}
+        self._cold_turn = 0
         self.queues: dict[str, Queue] = {}
         self.messages: dict[str, MessageState] = {}
         self.slots = ConnectionSlots()
@@ -122,8 +126,9 @@ class Scheduler:
             )
         pool = pool or envelope.vmta_pool
         for domain, rcpts in by_domain.items():
+            domain_vmta = self._warm_up(domain, vmta, pool) if pending is None else vmta
             place = functools.partial(
-                self._place, envelope, rcpts, vmta, pool, failed_attempts, retry_at
+                self._place, envelope, rcpts, domain_vmta, pool, failed_attempts, retry_at
             )
             if not config.domain_settings(domain, vmta, pool).mx_rollup or self.rollup is None:
                 place(domain)
@@ -134,6 +139,36 @@ class Scheduler:
                 continue
             d = defer.Deferred.fromCoroutine(self._rollup_place(domain, place))
             d.addErrback(lambda f: log.failure("mx-rollup placement failed", f))
+
+    def _warm_up(self, domain: str, vmta: str, pool: str | None) -> str:
+        """`cold-virtual-mta`: the day's first messages for `domain` go to a cold vmta.
+
+        Each cold vmta of `vmta` takes up to `max-cold-virtual-mta-msg` (that of `vmta`'s
+        settings for the domain; day N of the warm-up uses the Nth limit, the last one
+        repeats) messages a day per domain, in turn; the rest stay on `vmta`. Counters
+        reset at midnight UTC and live in memory (a restart starts the day's count anew).
+        """
+        config = self.holder.config
+        warm = config.vmtas.get(vmta)
+        if warm is None or not warm.cold_virtual_mta:
+            return vmta
+        limits = config.domain_settings(domain, vmta, pool).max_cold_virtual_mta_msg
+        if not limits:
+            return vmta
+        day = int(self.clock.seconds() // 86400)
+        for turn in range(len(warm.cold_virtual_mta)):
+            cold = warm.cold_virtual_mta[(self._cold_turn + turn) % len(warm.cold_virtual_mta)]
+            first_day = self._cold_first_day.setdefault(cold, day)
+            rate = limits[min(day - first_day, len(limits) - 1)]
+            limit = 0 if rate is None else round(rate.count * 86400 / rate.per_seconds)
+            key = (cold, domain.lower(), day)
+            if self._cold_counts.get(key, 0) < limit:
+                self._cold_counts[key] = self._cold_counts.get(key, 0) + 1
+                self._cold_turn += 1
+                if len(self._cold_counts) > 100_000:  # yesterday's counters go
+                    self._cold_counts = {k: n for k, n in self._cold_counts.items() if k[2] == day}
+                return cold
+        return vmta
 
     async def _rollup_place(self, domain: str, place: Callable[[str], None]) -> None:
         """Look up `domain`'s rollup name (its best MX host), then queue there."""
