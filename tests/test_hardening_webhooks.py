@@ -287,12 +287,15 @@ http-mgmt-port 127.0.0.1:8081
     )
     config = load_config(ok)
     assert config.acct_files[0].http_webhook_url == "http://127.0.0.1:9000/hook"
+    (tmp_path / "c.pem").write_text("a certificate file (only its presence is checked)")
     for url, listener in [
         ("http://127.0.0.1:8081/", "http-mgmt-port 127.0.0.1:8081"),
         ("http://2130706433:8081/", "http-mgmt-port 127.0.0.1:8081"),
         (
             "http://127.0.0.1:8025/",
-            "<transmissions-api-listener 0.0.0.0:8025>\n</transmissions-api-listener>",
+            # off loopback a listener needs TLS (else that is the config's error too)
+            f"<transmissions-api-listener 0.0.0.0:8025>\n    tls-certificate {tmp_path}/c.pem\n"
+            "</transmissions-api-listener>",
         ),
     ]:
         bad = write(
