@@ -527,3 +527,22 @@ def test_cold_virtual_mta_takes_the_days_first_messages(tmp_path: Path, receiver
     vmtas = sorted(r["vmta"] for r in acct(tmp_path, "d"))
     assert vmtas == ["cold", "cold", "warm", "warm", "warm"]
     assert sorted(m.helo for m in receiver.messages).count("cold.out.test") == 2
+
+
+def test_queue_to_and_route(tmp_path: Path, receiver: Receiver) -> None:
+    """`queue-to a.test` queues b.test in a.test's queue; `route` routes like smtp-hosts."""
+    port, dead = free_port(), free_port()
+    extra = RELAY + (
+        f"<domain a.test>\n smtp-hosts [127.0.0.1]:{receiver.port}\n</domain>\n"
+        "<domain b.test>\n queue-to a.test\n</domain>\n"
+        f"<domain r.test>\n route [127.0.0.1]:{receiver.port}\n</domain>\n"
+    )
+    with ServerProcess(tmp_path, base_config(tmp_path, port, dead, extra), (port,)):
+        send(port, "s@src.test", ["ok1@a.test", "ok2@b.test", "ok3@r.test"])
+        assert wait_until(lambda: len(acct(tmp_path, "d")) == 3)
+    queues = {r["rcpt"]: r["queue"] for r in acct(tmp_path, "d")}
+    assert queues == {
+        "ok1@a.test": "a.test/{default}",
+        "ok2@b.test": "a.test/{default}",
+        "ok3@r.test": "r.test/{default}",
+    }

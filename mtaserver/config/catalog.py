@@ -290,6 +290,7 @@ FORMS: Mapping[str, tuple[Parser, str]] = {
     "host-port": (v.parse_host_port, "IP:PORT"),
     "url": (v.parse_url, "URL"),
     "pattern": (_pattern_result, "/REGEX/ RESULT"),
+    "smtp-hosts": (v.parse_smtp_hosts, "smtp-hosts value"),
     "routing-pattern": (_routing_pattern, "/REGEX/ virtual-mta=NAME"),
     "header-pattern": (_header_pattern, "HEADER /REGEX/ RESULT"),
     "rewrite": (_two_words("*@a.com *@b.com"), "SOURCE TARGET"),
@@ -789,7 +790,7 @@ _add("dkim-query-method", D, "text", "dns/txt", N, "dns/txt is the only method")
 _add("dkim-headers", D, "any", "", Y, "the signed headers are a fixed list", repeatable=True)
 _add("dkim-identity-fallback", D, "text", "", Y, "no fallback identity")
 _add("dkim-disallow-adding-headers", D, "names", "", Y, "the signed headers are a fixed list")
-_add("queue-to", D, "text", "", Y, "no queue-to rerouting yet")
+_add("queue-to", D, "any", "", IMPLEMENTED, "queue this domain's mail in DOMAIN's queue")
 _add(
     "source-ip-max-msg-rate source-ip-max-data-volume-rate source-ip-max-connect-rate",
     D,
@@ -925,7 +926,7 @@ _add(
 _add("connection-idle-timeout", D, "interval", "0", Y, "idle connections close at once")
 _add("retry-upon-new-mail", D, "bool", "false", Y, "a queue retries on its schedule")
 _add("pix-bug-workaround", D, "bool", "true", N, "no workaround is needed")
-_add("route", D, "text", "", Y, "no route rerouting yet")
+_add("route", D, "smtp-hosts", "", IMPLEMENTED, "the deprecated name of smtp-hosts")
 _add(
     "assume-delivery-upon-data-termination-timeout",
     D,

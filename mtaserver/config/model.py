@@ -120,6 +120,8 @@ class DomainSettings:
     file_output_directory: str | None = None
     mx_allow_private_addresses: bool = False
     mx_rollup: bool = False  # share one queue with the domains of the same best MX host
+    queue_to: str = ""  # queue this domain's mail in that domain's queue ("" = its own)
+    route: SmtpHosts | None = None  # the deprecated name of smtp-hosts
     #: Messages a day (day 1, 2, ...; the last repeats) this domain's mail from a warm vmta
     #: gives to its `cold-virtual-mta`; () or 0 is none.
     max_cold_virtual_mta_msg: tuple[Rate | None, ...] = ()
@@ -447,6 +449,13 @@ class Config:
             vmta_keys = self.vmtas[vmta].domain_key if vmta and vmta in self.vmtas else ()
             pool_keys = self.vmta_pools[pool].domain_key if pool and pool in self.vmta_pools else ()
             keys = vmta_keys + pool_keys
+            # `route` is the deprecated name of smtp-hosts, in the scope that says it
+            layers = [
+                {**layer, "smtp_hosts": layer["route"]}
+                if "route" in layer and "smtp_hosts" not in layer
+                else layer
+                for layer in layers
+            ]
             self._cache[key] = build(DomainSettings, layers, domain_key=keys)
         result: DomainSettings = self._cache[key]
         return result

@@ -130,7 +130,11 @@ class Scheduler:
             place = functools.partial(
                 self._place, envelope, rcpts, domain_vmta, pool, failed_attempts, retry_at
             )
-            if not config.domain_settings(domain, vmta, pool).mx_rollup or self.rollup is None:
+            settings = config.domain_settings(domain, vmta, pool)
+            if settings.queue_to:  # per-ISP queues: hotmail.co.uk in hotmail.com's queue
+                place(settings.queue_to.lower())
+                continue
+            if not settings.mx_rollup or self.rollup is None:
                 place(domain)
                 continue
             cached = self._rollups.get(domain)
