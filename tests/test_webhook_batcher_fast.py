@@ -276,3 +276,30 @@ def test_stop_and_start_resumes_without_resending(tmp_path: Path) -> None:
     second = World(acct, endpoint=endpoint)
     second.run(10)
     assert endpoint.records() == json_records(0, 15)
+
+
+def test_a_send_loop_that_finishes_at_once_does_not_stall(tmp_path: Path, run_now: Any) -> None:
+    """With thread work and the endpoint answering synchronously, later batches still go."""
+    acct = tmp_path / "acct.json"
+    acct.write_bytes(json_records(0, 10))
+    clock = task.Clock()
+    endpoint = Endpoint()
+    batcher = WebhookBatcher(
+        StubTreq(endpoint),
+        clock,
+        acct_path=str(acct),
+        url=URL,
+        run_in_thread=run_now,
+        max_delay=5.0,
+        poll_interval=1.0,
+        rand=lambda: 0.5,
+    )
+    batcher.start()
+    for _ in range(20):
+        clock.advance(0.5)
+    with open(acct, "ab") as stream:
+        stream.write(json_records(10, 10))
+    for _ in range(20):
+        clock.advance(0.5)
+    assert endpoint.records() == json_records(0, 20)
+    batcher.stop()

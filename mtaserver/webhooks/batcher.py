@@ -244,7 +244,12 @@ class WebhookBatcher:
 
     def _kick(self) -> None:
         if self._running and self._sending is None and self.staged:
-            self._sending = defer.Deferred.fromCoroutine(self._send_loop())
+            sending = defer.Deferred.fromCoroutine(self._send_loop())
+            # A loop that finished synchronously (every step already answered) has
+            # cleared `_sending` in its `finally` before this line: keep it cleared,
+            # or the batcher would believe a send is in flight and never send again.
+            if not sending.called:
+                self._sending = sending
 
     def when_idle(self) -> defer.Deferred[None]:
         """Fires when nothing staged is left to send (for tests and benchmarks)."""
