@@ -7,7 +7,7 @@ writers turn every event into acct records (`r d b t tq rb rs f`). They are plai
 frozen data with a JSON form (`to_json` / `event_from_json`), so the journal can store
 them and a later process can read them back without importing Twisted.
 
-An `Outcome` carries every field an acct record needs (DESIGN.md section 5), so the
+An `Outcome` carries every field an acct record needs (PowerMTA's acct fields), so the
 accounting side never has to look a message up: a journal is enough to write the files.
 """
 

@@ -2,7 +2,7 @@
 and how it is written as a CSV or JSON line.
 
 This is the pure core of accounting (no Twisted, no files): a record is a plain
-`dict[str, str]` keyed by PowerMTA's field names (DESIGN.md section 5), so the file
+`dict[str, str]` keyed by PowerMTA's acct field names (`type, timeLogged, ...`), so the file
 writers and the webhook batchers format exactly the same values. Time is always taken
 from the event, never from a clock, so replaying the journal rebuilds identical lines.
 """
@@ -34,7 +34,7 @@ The config's own list: `test config` and the writers check against the same one.
 DEFAULT_RECORDS: frozenset[str] = frozenset({"d", "b"})
 
 FIELDS: tuple[str, ...] = values.ACCT_FIELDS
-"""Every standard field, in DESIGN.md section 5 order; `header_X` fields come after."""
+"""Every standard field in PowerMTA's documented order; `header_X` fields come after."""
 
 HEADER_PREFIX = values.ACCT_HEADER_PREFIX
 

@@ -1,7 +1,7 @@
 """`AcctFileWriter`: the one owner of one acct file, fed from the journal.
 
 Each `<acct-file>` gets one writer; several run at once on different files. A writer
-is a journal consumer with a persisted position (DESIGN.md section 2a): `catch_up()`
+is a journal consumer with a persisted position (exactly once to the file): `catch_up()`
 reads the events after its checkpoint, appends their records, then saves a new
 checkpoint (see `checkpoint.py`). That order, plus truncating the file to the
 checkpointed size on start, makes the file exactly-once across `kill -9`: lines written

@@ -1,6 +1,7 @@
 """HTTP listeners: TLS from a PEM file, plain HTTP only on loopback.
 
-Safe by default (DESIGN.md invariant 6): an HTTP listener off loopback without a
+Safe by default (API keys and logins never cross a network in clear): an HTTP
+listener off loopback without a
 certificate is refused at start. TLS 1.2 is the minimum. With a `guard.RequestGuard`
 (both HTTP ports have one) every connection gets the request deadlines, the rate
 limit and the checks before the body.

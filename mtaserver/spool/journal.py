@@ -3,7 +3,8 @@
 Reception appends `Received`, the scheduler `Outcome` and `QueueFailure`, the spool
 `Removed`. A recipient's state is the last record about it, so recovery is a replay,
 and the accounting writers and webhook batchers follow the journal with their own
-persisted positions instead of being called (DESIGN.md section 2a).
+persisted positions instead of being called: a crash between a state change and
+its acct line neither loses nor duplicates the line.
 
 On disk: `<spool>/journal/<segment:016d>.jnl`, each a run of records framed as
 `b"MJR1" | u32 length | u32 crc32(payload) | payload` (big-endian), the payload an
