@@ -546,3 +546,28 @@ def test_queue_to_and_route(tmp_path: Path, receiver: Receiver) -> None:
         "ok2@b.test": "a.test/{default}",
         "ok3@r.test": "r.test/{default}",
     }
+
+
+def test_ignore_8bitmime_and_pipelining(tmp_path: Path, receiver: Receiver) -> None:
+    """`ignore-8bitmime`/`ignore-pipelining`: no BODY=8BITMIME, no pipelined RCPT."""
+    port = free_port()
+    extra = RELAY + "<domain dst.test>\n ignore-8bitmime yes\n ignore-pipelining yes\n</domain>\n"
+    with ServerProcess(tmp_path, base_config(tmp_path, port, receiver.port, extra), (port,)):
+        with smtplib.SMTP("127.0.0.1", port) as client:
+            client.sendmail(
+                "s@src.test",
+                ["ok1@dst.test", "ok2@dst.test"],
+                "Subject: 8\r\n\r\ncaf\u00e9\r\n".encode(),
+                mail_options=["BODY=8BITMIME"],
+            )
+            client.sendmail(
+                "s@src.test",
+                ["ok3@other.test", "ok4@other.test"],
+                "Subject: 8\r\n\r\ncaf\u00e9\r\n".encode(),
+                mail_options=["BODY=8BITMIME"],
+            )
+        assert wait_until(lambda: len(receiver.messages) == 2)
+    by_domain = {m.rcpt_tos[0].split("@")[1]: m for m in receiver.messages}
+    assert "BODY=8BITMIME" not in by_domain["dst.test"].mail_options
+    assert "BODY=8BITMIME" in by_domain["other.test"].mail_options
+    assert receiver.mail_pipelined.count(True) == 1  # other.test only

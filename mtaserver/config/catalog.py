@@ -894,8 +894,8 @@ _add(
     D,
     "bool",
     "false",
-    Y,
-    "advertised extensions are used",
+    IMPLEMENTED,
+    "the extension is used as if the server had not offered it",
 )
 _add(
     "max-rcpt-per-message",

@@ -121,6 +121,10 @@ class DomainSettings:
     mx_allow_private_addresses: bool = False
     mx_rollup: bool = False  # share one queue with the domains of the same best MX host
     queue_to: str = ""  # queue this domain's mail in that domain's queue ("" = its own)
+    ignore_8bitmime: bool = False  # use the server as if it had not offered the extension
+    ignore_chunking: bool = False
+    ignore_pipelining: bool = False
+    ignore_dsn: bool = False
     route: SmtpHosts | None = None  # the deprecated name of smtp-hosts
     #: Messages a day (day 1, 2, ...; the last repeats) this domain's mail from a warm vmta
     #: gives to its `cold-virtual-mta`; () or 0 is none.

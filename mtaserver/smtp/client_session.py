@@ -206,6 +206,16 @@ class Session:
         if self.settings.auth_username:
             await self.authenticate(self.settings.auth_username, self.settings.auth_password or "")
 
+    def ignored_extensions(self) -> list[str]:
+        """The extensions `ignore-8bitmime`, `-chunking`, `-pipelining`, `-dsn` say to not use."""
+        flags = {
+            "8BITMIME": self.settings.ignore_8bitmime,
+            "CHUNKING": self.settings.ignore_chunking,
+            "PIPELINING": self.settings.ignore_pipelining,
+            "DSN": self.settings.ignore_dsn,
+        }
+        return [name for name, ignored in flags.items() if ignored]
+
     async def hello(self, helo_name: str) -> None:
         """EHLO, and HELO when EHLO is refused permanently (a pre-ESMTP server)."""
         self.send(f"EHLO {helo_name}")
@@ -213,6 +223,8 @@ class Session:
         if code == 250:
             self.esmtp = True
             self.extensions = parse_ehlo(texts)
+            for name in self.ignored_extensions():
+                self.extensions.pop(name, None)
             return
         reply = make_reply(code, texts)
         if reply.is_permanent:
