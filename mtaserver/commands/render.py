@@ -10,6 +10,19 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+#: The columns of a roll-up of queues (`show domains`, `show vmtas`): one row per
+#: domain or vmta, after its name.
+_ROLLUP = (
+    "queues",
+    "recipients",
+    "messages",
+    "paused",
+    "connections",
+    "delivered",
+    "bounced",
+    "deferred",
+)
+
 _COLUMNS: dict[str, tuple[str, ...]] = {
     "show queues": (
         "name",
@@ -22,28 +35,8 @@ _COLUMNS: dict[str, tuple[str, ...]] = {
         "bounced",
         "deferred",
     ),
-    "show domains": (
-        "domain",
-        "queues",
-        "recipients",
-        "messages",
-        "paused",
-        "connections",
-        "delivered",
-        "bounced",
-        "deferred",
-    ),
-    "show vmtas": (
-        "vmta",
-        "queues",
-        "recipients",
-        "messages",
-        "paused",
-        "connections",
-        "delivered",
-        "bounced",
-        "deferred",
-    ),
+    "show domains": ("domain", *_ROLLUP),
+    "show vmtas": ("vmta", *_ROLLUP),
     "show jobs": ("job", "messages", "recipients"),
     "list": ("queue", "msgId", "rcpt", "job", "attempts", "state"),
 }
