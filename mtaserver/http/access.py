@@ -204,12 +204,15 @@ def response_format(request: IRequest) -> str:
     return fmt
 
 
-def form_field(request: IRequest, name: str) -> str | None:
-    """A form field from the query string or the (urlencoded or multipart) body."""
+def form_field(request: IRequest, name: str, title: str = "Invalid encoding") -> str | None:
+    """A form field from the query string or the (urlencoded or multipart) body.
+
+    A value that is not UTF-8 is a 400 with `title` (each API keeps its own error title).
+    """
     values = request.args.get(name.encode())
     if not values:
         return None
     try:
         return bytes(values[0]).decode("utf-8")
     except UnicodeDecodeError:
-        raise APIError(400, "Invalid encoding", f"{name} is not UTF-8") from None
+        raise APIError(400, title, f"{name} is not UTF-8") from None

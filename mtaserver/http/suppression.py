@@ -37,6 +37,7 @@ from twisted.logger import Logger
 from twisted.web.iweb import IRequest
 
 from mtaserver.config.reload import ConfigHolder
+from mtaserver.http.access import form_field
 from mtaserver.http.errors import APIError, handle_errors, json_response, read_body
 from mtaserver.suppression.model import (
     GLOBAL_SCOPE,
@@ -237,13 +238,7 @@ class SuppressionAPI:
             raise APIError(403, "Forbidden", "a valid api-key is required in Authorization")
 
     def _arg(self, request: IRequest, name: str) -> str | None:
-        values = request.args.get(name.encode())
-        if not values:
-            return None
-        try:
-            return bytes(values[0]).decode("utf-8")
-        except UnicodeDecodeError:
-            raise _bad(f"{name} is not UTF-8") from None
+        return form_field(request, name, title="Invalid request")
 
     def _scope(self, request: IRequest) -> str:
         try:
