@@ -571,3 +571,28 @@ def test_ignore_8bitmime_and_pipelining(tmp_path: Path, receiver: Receiver) -> N
     assert "BODY=8BITMIME" not in by_domain["dst.test"].mail_options
     assert "BODY=8BITMIME" in by_domain["other.test"].mail_options
     assert receiver.mail_pipelined.count(True) == 1  # other.test only
+
+
+def test_smtp_greeting_timeout(tmp_path: Path) -> None:
+    """`smtp-greeting-timeout 1s`: a server that never greets is given up on in about 1s."""
+    import socket
+
+    silent = socket.socket()
+    silent.bind(("127.0.0.1", 0))
+    silent.listen(5)
+    held: list[socket.socket] = []
+    port = free_port()
+    extra = RELAY + "<domain dst.test>\n smtp-greeting-timeout 1s\n retry-after 1h\n</domain>\n"
+    conf = base_config(tmp_path, port, silent.getsockname()[1], extra)
+    conf = conf.replace("records r,d,b,t,tq", "records t,tq")
+    try:
+        with ServerProcess(tmp_path, conf, (port,)):
+            send(port, "s@src.test", ["ok@dst.test"])
+            assert wait_until(lambda: bool(acct(tmp_path)), timeout=20)
+            held.append(silent.accept()[0])
+    finally:
+        for connection in held:
+            connection.close()
+        silent.close()
+    (record,) = acct(tmp_path)[:1]
+    assert record["dsnStatus"].startswith("4.") and "greeting" in record["dsnDiag"]

@@ -887,7 +887,14 @@ _add(
     Y,
     "these failures are retried",
 )
-_add("smtp-greeting-timeout", D, "interval", "5m", Y, "connect-timeout covers the greeting")
+_add(
+    "smtp-greeting-timeout",
+    D,
+    "interval",
+    "5m",
+    IMPLEMENTED,
+    "how long to wait for the server's 220 greeting",
+)
 _add("data-send-timeout", D, "interval", "", Y, "the command timeouts apply")
 _add(
     "ignore-8bitmime ignore-chunking ignore-pipelining ignore-dsn",

@@ -125,6 +125,7 @@ class DomainSettings:
     ignore_chunking: bool = False
     ignore_pipelining: bool = False
     ignore_dsn: bool = False
+    smtp_greeting_timeout: float = 300.0  # waiting for the server's 220
     route: SmtpHosts | None = None  # the deprecated name of smtp-hosts
     #: Messages a day (day 1, 2, ...; the last repeats) this domain's mail from a warm vmta
     #: gives to its `cold-virtual-mta`; () or 0 is none.

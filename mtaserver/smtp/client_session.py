@@ -149,10 +149,12 @@ class Session:
 
     # ------------------------------------------------------------ wire helpers
 
-    async def read_raw(self, stage: str) -> tuple[int, tuple[str, ...]]:
+    async def read_raw(
+        self, stage: str, timeout: float | None = None
+    ) -> tuple[int, tuple[str, ...]]:
         """The next reply; a broken connection becomes `Broken` naming peer and stage."""
         try:
-            return await self.proto.read_reply(self.timeout)
+            return await self.proto.read_reply(self.timeout if timeout is None else timeout)
         except Broken as broken:
             raise Broken(broken.status, f"{broken.text} with {self.peer} {stage}") from None
 
@@ -193,7 +195,8 @@ class Session:
 
     async def open(self, helo_name: str, starttls: bool, trust_root: Any) -> None:
         """Greeting, EHLO/HELO, STARTTLS and AUTH: everything before the first MAIL."""
-        greeting = await self.read("in greeting")
+        code, texts = await self.read_raw("in greeting", self.settings.smtp_greeting_timeout)
+        greeting = make_reply(code, texts)
         if greeting.code != 220:
             raise await self.refused(greeting)
         await self.hello(helo_name)
