@@ -422,7 +422,12 @@ def corpus_text(name: str, tmp_path: Path) -> str:
     key = tmp_path / "dkim.pem"
     key.write_text("-----BEGIN PRIVATE KEY-----\n-----END PRIVATE KEY-----\n")
     text = text.replace("/etc/pmta/pmtasignalsdemo.pem", str(cert))
-    text = re.sub(r"/etc/pmta/mypmta\.[\w.]+\.pem", str(key), text)
+    text = re.sub(  # every domain-key's key file (global, <virtual-mta>, ...)
+        r"^(\s*domain-key\s+[^,\n]+,[^,\n]+,\s*)\S+",
+        lambda m: m.group(1) + str(key),
+        text,
+        flags=re.MULTILINE,
+    )
     return text
 
 
