@@ -304,6 +304,12 @@ def test_every_value_error_gives_an_example(parse: Any, text: str, message: str)
     assert any(hint in str(caught.value) for hint in hints), str(caught.value)
 
 
+def test_type_pipe_is_refused_saying_why(tmp_path: Path) -> None:
+    """`type pipe` (PowerMTA's pipe delivery) is an error naming it, not a silent SMTP queue."""
+    [message] = errors(tmp_path, "<domain bounces.test>\n  type pipe\n</domain>\n")
+    assert message.startswith("type: type pipe is not yet implemented")
+
+
 def test_not_yet_and_no_effect_directives_warn_with_file_and_line(tmp_path: Path) -> None:
     """Each accepted-without-effect directive gives one warning naming it and FILE:LINE."""
     config = load(
