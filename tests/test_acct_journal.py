@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 from functools import partial
 from pathlib import Path
+from typing import Any
 
 from twisted.internet import task
 
@@ -21,7 +22,13 @@ def outcome(n: int) -> Outcome:
     return Outcome("d", f"m{n}", (0,), T0 + n, env, dsn_status="2.0.0")
 
 
-def make_writer(directory: str, journal: Journal, acct: Path) -> AcctFileWriter[JournalPosition]:
+def make_writer(
+    directory: str, journal: Journal, acct: Path, **options: Any
+) -> AcctFileWriter[JournalPosition]:
+    """A writer of `acct` following the journal in `directory` from its first segment.
+
+    `options` are more `AcctFileWriter` arguments (`found_end`, `resync`).
+    """
     return AcctFileWriter(
         str(acct),
         read_events=partial(read_events, directory),
@@ -31,6 +38,7 @@ def make_writer(directory: str, journal: Journal, acct: Path) -> AcctFileWriter[
         on_position=partial(journal.set_consumer_position, "acct"),
         run_in_thread=run_now,
         clock=task.Clock(),
+        **options,
     )
 
 

@@ -18,17 +18,15 @@ from pathlib import Path
 
 from prometheus_client.parser import text_string_to_metric_families
 from server_process import ServerProcess, free_port, wait_until
-from twisted.internet import task
+from test_acct_journal import make_writer, outcome
 
 from mtaserver.accounting.writer import AcctFileWriter
-from mtaserver.events import Envelope, Outcome, Recipient
 from mtaserver.spool.journal import (
     Journal,
     JournalPosition,
     frame,
     list_segments,
     next_record,
-    read_events,
     segment_path,
 )
 from mtaserver.spool.testing import run_now
@@ -114,24 +112,13 @@ def test_acct_file_keeps_growing_after_the_journal_was_truncated(tmp_path: Path)
 
 # -- the journal and the writer at the API level ------------------------------------------
 
-T0 = 1_700_000_000.0
-
-
-def outcome(n: int) -> Outcome:
-    env = Envelope(f"m{n}", "from@example.org", (Recipient(f"r{n}@example.com"),), T0)
-    return Outcome("d", f"m{n}", (0,), T0 + n, env, dsn_status="2.0.0")
-
 
 def api_writer(directory: str, journal: Journal, acct: Path) -> AcctFileWriter[JournalPosition]:
-    return AcctFileWriter(
-        str(acct),
-        read_events=partial(read_events, directory),
-        start_position=JournalPosition(list_segments(directory)[0], 0),
-        position_from_pair=JournalPosition,
-        journal_end=journal.end,
-        on_position=partial(journal.set_consumer_position, "acct"),
-        run_in_thread=run_now,
-        clock=task.Clock(),
+    """`make_writer` that also follows a journal cut under it (`found_end`, `resync`)."""
+    return make_writer(
+        directory,
+        journal,
+        acct,
         found_end=journal.found_end,
         resync=partial(next_record, directory),
     )
