@@ -2,6 +2,7 @@
 
     mtactl [--url URL] [--api-key KEY] [--json] show status
     mtactl pause queue example.com/vmta1
+    mtactl pause job spring-sale
     MTACTL_URL=http://127.0.0.1:8080 MTACTL_API_KEY=... mtactl show queues --json
 
 The command language lives in `mtaserver.commands` and runs on the server; mtactl
@@ -34,7 +35,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="mtactl",
         description="Run a command on a running mtaserver through its management port.",
         epilog="commands: show status|queues [--paused]|domains|vmtas|jobs|settings|version; "
-        "pause queue D/V; resume queue D/V; schedule D/V; "
+        "pause queue D/V; resume queue D/V; pause job JOBID; resume job JOBID; schedule D/V; "
         "set queue --mode=backoff|normal D/V; delete --queue=D/V [--jobId=J]; "
         "list --queue=D/V [--max=N]; reload; test config [FILE]; rotate acct; reset counters; "
         "suppression add|remove|show RECIPIENT [--scope=S]; suppression import FILE; "

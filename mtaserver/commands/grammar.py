@@ -3,6 +3,7 @@
     show status | show queues [--paused] | show domains | show vmtas | show jobs
     show settings | show version
     pause queue D/V | resume queue D/V | schedule D/V
+    pause job JOBID | resume job JOBID
     set queue --mode=backoff|normal D/V
     delete --queue=D/V [--jobId=J] | list --queue=D/V [--max=N]
     reload | test config [FILE] | rotate acct | reset counters
@@ -29,6 +30,8 @@ from typing import Any
 import attrs
 
 QUEUE_PATTERN = re.compile(r"[A-Za-z0-9_.*?\-]+(/[A-Za-z0-9_.*?{}\-]+)?")
+#: Longest job id a command takes (the Transmissions API's `campaign_id` limit).
+MAX_JOB_ID = 256
 DEFAULT_LIST_MAX = 1000
 
 
@@ -63,6 +66,8 @@ SPECS: tuple[Spec, ...] = (
     Spec(("show", "version"), "monitor", "show version"),
     Spec(("pause", "queue"), "admin", "pause queue DOMAIN[/VMTA]", positional=(1, 1)),
     Spec(("resume", "queue"), "admin", "resume queue DOMAIN[/VMTA]", positional=(1, 1)),
+    Spec(("pause", "job"), "admin", "pause job JOBID", positional=(1, 1)),
+    Spec(("resume", "job"), "admin", "resume job JOBID", positional=(1, 1)),
     Spec(("schedule",), "admin", "schedule DOMAIN[/VMTA]", positional=(1, 1)),
     Spec(
         ("set", "queue"),
@@ -129,6 +134,9 @@ SPECS: tuple[Spec, ...] = (
 
 #: Commands whose positional arguments are not queue patterns.
 _NOT_QUEUES = {("test", "config"), *(s.words for s in SPECS if s.words[0] == "suppression")}
+#: Commands whose positional argument is a job id (an `X-Job` header, a `campaign_id`).
+_JOBS = {("pause", "job"), ("resume", "job")}
+_NOT_QUEUES |= _JOBS
 
 
 @attrs.frozen
@@ -206,6 +214,10 @@ def parse(text: str) -> Command:
 def _check_values(command: Command) -> None:
     spec = command.spec
     patterns = [] if spec.words in _NOT_QUEUES else list(command.args)
+    if spec.words in _JOBS:
+        job = command.args[0]
+        if not job or not job.isprintable() or len(job) > MAX_JOB_ID:
+            raise CommandError(f"{spec.usage}: a job id is 1 to {MAX_JOB_ID} printable characters")
     if "queue" in command.options:
         patterns.append(command.options["queue"])
     for pattern in patterns:

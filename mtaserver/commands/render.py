@@ -37,7 +37,7 @@ _COLUMNS: dict[str, tuple[str, ...]] = {
     ),
     "show domains": ("domain", *_ROLLUP),
     "show vmtas": ("vmta", *_ROLLUP),
-    "show jobs": ("job", "messages", "recipients"),
+    "show jobs": ("job", "messages", "recipients", "paused"),
     "list": ("queue", "msgId", "rcpt", "job", "attempts", "state"),
 }
 

@@ -122,7 +122,12 @@ class Commands:
 
     def jobs(self) -> list[dict[str, Any]]:
         return [
-            {"job": job.job, "messages": job.messages, "recipients": job.recipients}
+            {
+                "job": job.job,
+                "messages": job.messages,
+                "recipients": job.recipients,
+                "paused": job.paused,
+            }
             for job in self.control.jobs()
         ]
 
@@ -235,6 +240,18 @@ class Commands:
     async def _resume_queue(self, command: Command) -> tuple[Any, str]:
         names = self.control.resume(command.args[0])
         return {"queues": names}, f"resumed {command.args[0]} ({len(names)} queue(s))"
+
+    async def _pause_job(self, command: Command) -> tuple[Any, str]:
+        job = command.args[0]
+        waiting = self.control.pause_job(job)
+        data = {"job": job, "paused": True, "recipients": waiting}
+        return data, f"paused job {job} ({waiting} recipient(s) held)"
+
+    async def _resume_job(self, command: Command) -> tuple[Any, str]:
+        job = command.args[0]
+        waiting = self.control.resume_job(job)
+        data = {"job": job, "paused": False, "recipients": waiting}
+        return data, f"resumed job {job} ({waiting} recipient(s) queued)"
 
     async def _schedule(self, command: Command) -> tuple[Any, str]:
         names = self.control.schedule(command.args[0])

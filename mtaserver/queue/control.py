@@ -2,8 +2,9 @@
 
 The scheduler's heaps, dicts and counters are its own; commands (`mtaserver.commands`),
 the monitoring API and `/metrics` read frozen snapshots from this view and ask it to
-pause, resume, schedule, delete or change a queue's mode, which it hands to the
-scheduler (the one owner of queue state). Reading never changes anything.
+pause, resume, schedule, delete or change a queue's mode, and to pause or resume a
+job, which it hands to the scheduler (the one owner of queue state). Reading never
+changes anything.
 """
 
 from __future__ import annotations
@@ -51,7 +52,7 @@ class WaitingRecipient:
     rcpt: str
     job: str
     attempts: int
-    state: str  # ready | retry
+    state: str  # ready | retry | paused (its job is paused)
     next_attempt: float | None
 
 
@@ -62,6 +63,7 @@ class JobView:
     job: str
     messages: int
     recipients: int
+    paused: bool = False
 
 
 @attrs.frozen
@@ -125,15 +127,22 @@ class QueueControl:
         )
 
     def jobs(self) -> list[JobView]:
-        """Queued messages grouped by job id (messages without one are left out)."""
-        jobs: dict[str, list[int]] = {}
+        """Queued messages grouped by job id (messages without one are left out).
+
+        A paused job is listed even with no mail queued: its pause holds later mail.
+        """
+        paused = self._scheduler.paused_jobs
+        jobs: dict[str, list[int]] = {job: [0, 0] for job in paused}
         for state in self._scheduler.messages.values():
             job = state.envelope.job_id
             if job:
                 row = jobs.setdefault(job, [0, 0])
                 row[0] += 1
                 row[1] += len(state.pending)
-        return [JobView(name, *jobs[name]) for name in sorted(jobs)]
+        return [
+            JobView(name, messages, recipients, paused=name in paused)
+            for name, (messages, recipients) in sorted(jobs.items())
+        ]
 
     def waiting(self, pattern: str, limit: int) -> tuple[list[WaitingRecipient], int]:
         """Up to `limit` recipients waiting in the matching queues, and how many wait."""
@@ -141,9 +150,11 @@ class QueueControl:
         total = 0
         messages = self._scheduler.messages
         for queue in self._scheduler.matching(pattern):
-            entries = [("ready", None, item) for item in queue.ready] + [
-                ("retry", due, item) for due, item in queue.retrying()
-            ]
+            entries = (
+                [("ready", None, item) for item in queue.ready]
+                + [("retry", due, item) for due, item in queue.retrying()]
+                + [("paused", None, item) for item in queue.held]
+            )
             for state, due, item in entries:
                 message = messages.get(item.msg_id)
                 if message is None:
@@ -172,6 +183,17 @@ class QueueControl:
 
     def resume(self, pattern: str) -> list[str]:
         return self._scheduler.resume(pattern)
+
+    def pause_job(self, job: str) -> int:
+        """Hold the job's recipients in every queue, now and for later mail; how many wait.
+
+        The rest of each queue keeps flowing; the held recipients count no failure.
+        """
+        return self._scheduler.pause_job(job)
+
+    def resume_job(self, job: str) -> int:
+        """The job's held recipients become ready at once; how many of the job wait."""
+        return self._scheduler.resume_job(job)
 
     def schedule(self, pattern: str) -> list[str]:
         """Retry now: every recipient waiting for its retry time becomes ready."""

@@ -57,6 +57,8 @@ class Queue:
     pool: str | None = None
     ready: deque[WorkItem] = attrs.field(factory=deque)
     retry: list[tuple[float, int, WorkItem]] = attrs.field(factory=list)
+    #: Items of paused jobs (`pause job`), taken out of `ready` until their job resumes.
+    held: list[WorkItem] = attrs.field(factory=list)
     paused: bool = False
     mode: str = "normal"  # normal | backoff
     backoff_since: float = 0.0
@@ -86,8 +88,8 @@ class Queue:
         return [(due, item) for due, _, item in sorted(self.retry, key=lambda e: e[:2])]
 
     def waiting(self) -> list[WorkItem]:
-        """Every waiting item, ready first, then in retry (in heap order)."""
-        return list(self.ready) + [item for _, _, item in self.retry]
+        """Every waiting item, ready first, then in retry (in heap order), then held."""
+        return list(self.ready) + [item for _, _, item in self.retry] + self.held
 
     def schedule_now(self) -> None:
         """Every item waiting for its retry time becomes ready, in the order due."""
@@ -95,10 +97,11 @@ class Queue:
         self.retry.clear()
 
     def take_all(self) -> list[WorkItem]:
-        """Every waiting item, ready or in retry (for delete, bounce-queue, schedule)."""
+        """Every waiting item, ready, in retry or held (for delete, bounce-queue, schedule)."""
         items = self.waiting()
         self.ready.clear()
         self.retry.clear()
+        self.held.clear()
         return items
 
     @property
@@ -115,4 +118,4 @@ class Queue:
 
     @property
     def size(self) -> int:
-        return len(self.ready) + len(self.retry)
+        return len(self.ready) + len(self.retry) + len(self.held)

@@ -101,6 +101,9 @@ class Scheduler:
         self._sessions: set[defer.Deferred[None]] = set()
         self.stopping = False
         self._paused_patterns: set[str] = set()
+        #: `pause job`: job ids whose recipients wait in `queue.held` (in memory, like
+        #: queue pauses: a restart resumes every job).
+        self.paused_jobs: set[str] = set()
 
     # -- entering the queues -------------------------------------------------------
 
@@ -301,6 +304,7 @@ class Scheduler:
 
     def _pump(self, queue: Queue) -> None:
         """Start as many sessions as the queue's work and limits allow."""
+        self.hold_paused_jobs(queue)
         if queue.paused or self.stopping:
             return
         config = self.holder.config
@@ -576,6 +580,60 @@ class Scheduler:
             self._pump(queue)
         return [q.name for q in queues]
 
+    def job_paused(self, msg_id: str) -> bool:
+        """Whether the message's job is paused (`pause job`): its recipients wait."""
+        if not self.paused_jobs:
+            return False
+        message = self.messages.get(msg_id)
+        return message is not None and message.envelope.job_id in self.paused_jobs
+
+    def hold_paused_jobs(self, queue: Queue) -> None:
+        """Move ready items of paused jobs to `queue.held`, before a session is started.
+
+        Every way into `ready` ends in `_pump`, which calls this before it starts a
+        session: a queue with only a paused job's mail opens no connection, and a
+        running session never finds a paused job's item in `ready`.
+        """
+        if not self.paused_jobs or not queue.ready:
+            return
+        ready = list(queue.ready)
+        queue.ready.clear()
+        for item in ready:
+            (queue.held if self.job_paused(item.msg_id) else queue.ready).append(item)
+
+    def pause_job(self, job: str) -> int:
+        """Hold the job's recipients, queued now or later; how many wait now.
+
+        Like a paused queue's, they are not tried, so they count no failed attempt and
+        are not expired while paused: `bounce-after` applies at their next attempt.
+        Other jobs of the same queues keep flowing.
+        """
+        self.paused_jobs.add(job)
+        for queue in self.queues.values():
+            self.hold_paused_jobs(queue)
+        return self._job_recipients(job)
+
+    def resume_job(self, job: str) -> int:
+        """Make the job's held recipients ready at once; how many of the job wait."""
+        self.paused_jobs.discard(job)
+        for queue in list(self.queues.values()):
+            held = [i for i in queue.held if not self.job_paused(i.msg_id)]
+            if not held:
+                continue
+            queue.held = [i for i in queue.held if self.job_paused(i.msg_id)]
+            queue.ready.extend(held)
+            self._pump(queue)
+        return self._job_recipients(job)
+
+    def _job_recipients(self, job: str) -> int:
+        return sum(
+            len(item.rcpt_indexes)
+            for queue in self.queues.values()
+            for item in queue.waiting()
+            if (message := self.messages.get(item.msg_id)) is not None
+            and message.envelope.job_id == job
+        )
+
     def schedule(self, pattern: str) -> list[str]:
         """Retry now: every item waiting for its retry time becomes ready."""
         queues = self.matching(pattern)
@@ -607,6 +665,7 @@ class Scheduler:
                 )
                 (drop if matches else keep).append(item)
             queue.ready.extend(keep)
+            self.hold_paused_jobs(queue)
             count += sum(len(i.rcpt_indexes) for i in drop)
             await self.bounce(
                 queue, drop, "5.0.0", "deleted by administrator", "", category="other"
