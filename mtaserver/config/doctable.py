@@ -63,10 +63,49 @@ _ORDER = [
 ]
 
 
+#: The same for the registry's own value parsers, by name.
+_NAMED_LABELS: dict[str, str] = {
+    "_path": "file",
+    "_certificate": "file [PASSWORD]",
+    "parse_domain_key": "SELECTOR,DOMAIN,KEYFILE",
+    "parse_http_access": "CIDR none|monitor|admin",
+    "parse_ldap_group_access": "GROUP-DN none|monitor|admin",
+    "parse_mgmt_port": "[IP:]PORT",
+    "parse_name_server": "IP[:PORT]",
+    "parse_domain_pattern": "domain, * or *.suffix",
+    "_listener_arg": "IP:PORT [source=NAME]",
+    "parse_size_mb": "size (bare number: MB)",
+    "_category_list": "bounce categories or none",
+    "_date_header": "yes/no/override",
+    "_default_vmta": "virtual MTA or pool name",
+    "_name_list": "names (a,b)",
+    "parse_domain_pattern_or_email": "address, *@domain, domain or *.domain",
+    "parse_password": "password or {SCHEME}hash",
+    "_source_ref": "source name",
+    "_dkim_identity": "address, domain or sender-or-from",
+    "parse_smtp_hosts": "hosts (h1,h2;[IP]:PORT;lookup-mx:DOMAIN)",
+    "_queue_type": "smtp | discard | file | http-delivery",
+    "parse_source_host": "IP HOSTNAME",
+    "parse_header_mapping": "RECORD-TYPES HEADER [FIELD]",
+    "parse_record_fields": "RECORD-TYPE FIELD-LIST",
+    "parse_record_types": "record types (d,b,t,tq,r,f,rb,rs)",
+    "parse_reply_pattern": "/REGEX/ ACTIONS",
+    "parse_api_key": "32-128 of [A-Za-z0-9_]",
+    "parse_ldap_uri": "ldap[s]://HOST:PORT",
+    "parse_user_filter": "LDAP filter with %u",
+    "_address_pattern": "address, local part or /regex/",
+}
+
+
 def _value_label(entry: catalog.Entry) -> str:
     if entry.value:
         return entry.value
-    label = _PARSER_LABELS.get(entry.parse, "see the scope's table above")
+    label = _PARSER_LABELS.get(entry.parse) or _NAMED_LABELS.get(entry.parse.__name__)
+    cells = getattr(entry.parse, "__closure__", None) or ()
+    choices = [c.cell_contents for c in cells if isinstance(c.cell_contents, tuple)]
+    if label is None and entry.parse.__qualname__.startswith("parse_choice") and choices:
+        label = " | ".join(choices[0])
+    label = label or "see the scope's table above"
     return label + (" (repeatable)" if entry.repeatable else "")
 
 
