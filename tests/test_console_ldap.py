@@ -20,7 +20,7 @@ from slapd import (
     ldap_ca,  # noqa: F401 - fixture
     slapd_server,  # noqa: F401 - fixture
 )
-from test_ldap_mgmt import Mgmt, start_mgmt
+from test_ldap_mgmt import Mgmt, running_mgmt
 
 
 @pytest.fixture(scope="module")
@@ -28,11 +28,8 @@ def mgmt(
     tmp_path_factory: pytest.TempPathFactory,
     slapd_server: Slapd,  # noqa: F811 - fixture use
 ) -> Iterator[Mgmt]:
-    process = start_mgmt(tmp_path_factory.mktemp("console-ldap"), slapd_server, "none")
-    try:
-        yield Mgmt(process, process.wait_ports[1])
-    finally:
-        process.stop()
+    with running_mgmt(tmp_path_factory.mktemp("console-ldap"), slapd_server, "none") as client:
+        yield client
 
 
 def test_the_page_asks_for_a_login(mgmt: Mgmt) -> None:

@@ -11,6 +11,7 @@ no group.
 from __future__ import annotations
 
 import base64
+import contextlib
 import http.client
 import json
 import urllib.parse
@@ -107,8 +108,10 @@ class Mgmt:
         return self.call("POST", "/command", fields=fields, **kw)[0]
 
 
-def start_mgmt(tmp: Path, slapd: Slapd, level: str) -> ServerProcess:
-    """The real server with `http-access 127.0.0.1/32 LEVEL` and the directory logins."""
+@contextlib.contextmanager
+def running_mgmt(tmp: Path, slapd: Slapd, level: str) -> Iterator[Mgmt]:
+    """The real server with `http-access 127.0.0.1/32 LEVEL` and the directory logins,
+    as a `Mgmt` client of its mgmt port; stopped on exit."""
     smtp, port = free_port(), free_port()
     config = CONFIG.format(
         level=level,
@@ -123,7 +126,11 @@ def start_mgmt(tmp: Path, slapd: Slapd, level: str) -> ServerProcess:
         service_password=SERVICE_PASSWORD,
         suffix=SUFFIX,
     )
-    return ServerProcess(tmp, config, wait_ports=(smtp, port)).start()
+    process = ServerProcess(tmp, config, wait_ports=(smtp, port)).start()
+    try:
+        yield Mgmt(process, port)
+    finally:
+        process.stop()
 
 
 @pytest.fixture(scope="module")
@@ -132,11 +139,8 @@ def mgmt(
     slapd_server: Slapd,  # noqa: F811 - fixture use
 ) -> Iterator[Mgmt]:
     """The server where 127.0.0.1 has no access of its own."""
-    process = start_mgmt(tmp_path_factory.mktemp("mgmt-ldap"), slapd_server, "none")
-    try:
-        yield Mgmt(process, process.wait_ports[1])
-    finally:
-        process.stop()
+    with running_mgmt(tmp_path_factory.mktemp("mgmt-ldap"), slapd_server, "none") as client:
+        yield client
 
 
 @pytest.fixture(scope="module")
@@ -145,11 +149,9 @@ def monitor_mgmt(
     slapd_server: Slapd,  # noqa: F811 - fixture use
 ) -> Iterator[Mgmt]:
     """The server where 127.0.0.1 is `monitor` by address."""
-    process = start_mgmt(tmp_path_factory.mktemp("mgmt-ldap-monitor"), slapd_server, "monitor")
-    try:
-        yield Mgmt(process, process.wait_ports[1])
-    finally:
-        process.stop()
+    tmp = tmp_path_factory.mktemp("mgmt-ldap-monitor")
+    with running_mgmt(tmp, slapd_server, "monitor") as client:
+        yield client
 
 
 def test_admin_group_member_may_change_things(mgmt: Mgmt) -> None:
