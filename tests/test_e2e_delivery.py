@@ -18,29 +18,19 @@ from pathlib import Path
 import pytest
 from dns_server import start_dns_server_in_thread
 from mx_receiver import Receiver
+from server_configs import acct_file, domain, relay_config, write_rsa_key
 from server_process import ServerProcess, free_port, read_acct, wait_until
 
 
 def config(tmp_path: Path, smtp_port: int, domain_block: str, extra: str = "") -> str:
-    return f"""
-host-name mta.test
-postmaster postmaster@mta.test
-spool {tmp_path}/spool
-smtp-listener 127.0.0.1:{smtp_port}
-<source 127.0.0.1>
-    always-allow-relaying yes
-    process-x-job yes
-</source>
-<acct-file {tmp_path}/acct.csv>
-    records r,d,b,t,tq
-</acct-file>
-<domain *>
-    retry-after 1s
-    max-smtp-out 5
-{domain_block}
-</domain>
-{extra}
-"""
+    return relay_config(
+        tmp_path,
+        smtp_port,
+        acct_file(tmp_path / "acct.csv"),
+        domain(f"retry-after 1s\nmax-smtp-out 5\n{domain_block}"),
+        extra,
+        source="process-x-job yes",
+    )
 
 
 def acct(tmp_path: Path) -> list[dict[str, str]]:
@@ -208,25 +198,8 @@ def test_kill9_under_load_loses_no_acknowledged_message(tmp_path: Path) -> None:
             server.stop()
 
 
-def _rsa_key_pem(path: Path) -> bytes:
-    """Write a fresh RSA private key to `path`; return the DNS TXT record for it."""
-    import base64
-
-    from cryptography.hazmat.primitives import serialization
-    from cryptography.hazmat.primitives.asymmetric import rsa
-
-    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-    path.write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.TraditionalOpenSSL,
-            serialization.NoEncryption(),
-        )
-    )
-    public = key.public_key().public_bytes(
-        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
-    )
-    return b"v=DKIM1; k=rsa; p=" + base64.b64encode(public)
+#: The name test_hardening_powermta imports.
+_rsa_key_pem = write_rsa_key
 
 
 def test_dkim_signed_on_the_way_out_verifies(tmp_path: Path, receiver: Receiver) -> None:

@@ -15,6 +15,7 @@ import pytest
 from dns_server import SERVFAIL, start_dns_server_in_thread
 from mx_receiver import Receiver
 from reactor_thread import run_in_reactor
+from server_configs import acct_file, domain, relay_config
 from server_process import ServerProcess, free_port, read_acct, wait_until
 
 from mtaserver.config.model import DomainSettings
@@ -136,27 +137,18 @@ def test_smtp_hosts_lookup_mx_is_still_dns_and_filtered(dns_port: int) -> None:
 
 
 def _config(tmp_path: Path, port: int, dns_port: int, receiver_port: int, allow: bool) -> str:
-    return f"""
-host-name mta.test
-postmaster postmaster@mta.test
-spool {tmp_path}/spool
-smtp-listener 127.0.0.1:{port}
-name-server 127.0.0.1:{dns_port}
-<source 127.0.0.1>
-    always-allow-relaying yes
-</source>
-<acct-file {tmp_path}/acct.csv>
-    records r,d,b,t,tq
-</acct-file>
-<domain *>
-    retry-after 1s
-    default-smtp-port {receiver_port}
-</domain>
-<domain allowed.test>
-    mx-allow-private-addresses {"yes" if allow else "no"}
-    default-smtp-port {receiver_port}
-</domain>
-"""
+    return relay_config(
+        tmp_path,
+        port,
+        acct_file(tmp_path / "acct.csv"),
+        domain(f"retry-after 1s\ndefault-smtp-port {receiver_port}"),
+        domain(
+            f"mx-allow-private-addresses {'yes' if allow else 'no'}\n"
+            f"default-smtp-port {receiver_port}",
+            name="allowed.test",
+        ),
+        settings=f"name-server 127.0.0.1:{dns_port}",
+    )
 
 
 def _acct(tmp_path: Path) -> list[dict[str, str]]:

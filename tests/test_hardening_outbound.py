@@ -17,6 +17,7 @@ import time
 from pathlib import Path
 
 from scripted_mx import ScriptedMx
+from server_configs import acct_file, domain, relay_config
 from server_process import ServerProcess, free_port, read_acct, wait_until
 
 from mtaserver.events import Envelope, Recipient
@@ -25,23 +26,12 @@ from mtaserver.spool.testing import run_now
 
 
 def config(tmp_path: Path, smtp_port: int, mx_port: int) -> str:
-    return f"""
-host-name mta.test
-postmaster postmaster@mta.test
-spool {tmp_path}/spool
-smtp-listener 127.0.0.1:{smtp_port}
-<source 127.0.0.1>
-    always-allow-relaying yes
-</source>
-<acct-file {tmp_path}/acct.csv>
-    records r,d,b,t,tq
-</acct-file>
-<domain *>
-    retry-after 1s
-    max-smtp-out 1
-    smtp-hosts [127.0.0.1]:{mx_port}
-</domain>
-"""
+    return relay_config(
+        tmp_path,
+        smtp_port,
+        acct_file(tmp_path / "acct.csv"),
+        domain(f"retry-after 1s\nmax-smtp-out 1\nsmtp-hosts [127.0.0.1]:{mx_port}"),
+    )
 
 
 def acct(tmp_path: Path) -> list[dict[str, str]]:

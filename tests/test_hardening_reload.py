@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import base64
 import os
 import signal
 import smtplib
@@ -14,10 +13,9 @@ from pathlib import Path
 import dkim
 import pytest
 import trustme
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import rsa
 from mgmt_client import MgmtServer
 from mx_receiver import Receiver
+from server_configs import DISCARD, acct_file, domain, relay_config, write_rsa_key
 from server_process import ServerProcess, free_port, read_acct, wait_until
 
 
@@ -27,38 +25,13 @@ def receiver() -> Iterator[Receiver]:
         yield r
 
 
-def write_rsa_key(path: Path) -> bytes:
-    """A fresh RSA key in `path`; returns its DKIM TXT record."""
-    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-    path.write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.TraditionalOpenSSL,
-            serialization.NoEncryption(),
-        )
-    )
-    public = key.public_key().public_bytes(
-        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
-    )
-    return b"v=DKIM1; k=rsa; p=" + base64.b64encode(public)
-
-
 def config(tmp_path: Path, smtp_port: int, mx_port: int) -> str:
-    return f"""
-host-name mta.test
-postmaster postmaster@mta.test
-spool {tmp_path}/spool
-smtp-listener 127.0.0.1:{smtp_port}
-<source 127.0.0.1>
-    always-allow-relaying yes
-</source>
-<domain *>
-    retry-after 1s
-    smtp-hosts [127.0.0.1]:{mx_port}
-    dkim-sign yes
-</domain>
-include conf.d/*.conf
-"""
+    return relay_config(
+        tmp_path,
+        smtp_port,
+        domain(f"retry-after 1s\nsmtp-hosts [127.0.0.1]:{mx_port}\ndkim-sign yes"),
+        "include conf.d/*.conf",
+    )
 
 
 def send(port: int, rcpt: str) -> None:
@@ -163,28 +136,23 @@ def test_webhook_added_to_an_acct_file_posts_after_reload(tmp_path: Path) -> Non
 
     hook = WebhookReceiver()
     port = free_port()
-    base = f"""
-host-name mta.test
-spool {tmp_path}/spool
-smtp-listener 127.0.0.1:{port}
-http-webhook-allow-addresses 127.0.0.1
-<source 127.0.0.1>
-    always-allow-relaying yes
-</source>
-<domain *>
-    type discard
-</domain>
-<acct-file {tmp_path}/acct.json>
-    records d
-{{webhook}}
-</acct-file>
-"""
+
+    def base(webhook: str) -> str:
+        return relay_config(
+            tmp_path,
+            port,
+            DISCARD,
+            acct_file(tmp_path / "acct.json", "d", webhook),
+            settings="host-name mta.test\nhttp-webhook-allow-addresses 127.0.0.1",
+            identity=False,
+        )
+
     try:
-        with ServerProcess(tmp_path, base.format(webhook=""), wait_ports=(port,)) as s:
+        with ServerProcess(tmp_path, base(webhook=""), wait_ports=(port,)) as s:
             send(port, "first@dst.test")
             assert wait_until(lambda: "first@dst.test" in (tmp_path / "acct.json").read_text())
             webhook = f"    http-webhook-url {hook.url}\n    http-webhook-max-interval 1s"
-            s.config.write_text(base.format(webhook=webhook))
+            s.config.write_text(base(webhook=webhook))
             reload_with_sighup(s, 1)
             send(port, "second@dst.test")
             assert hook.wait_for(lambda r: b"second@dst.test" in b"".join(r.lines()), 30)

@@ -17,6 +17,7 @@ from typing import Any
 
 import pytest
 from reactor_thread import run_in_reactor
+from server_configs import DISCARD, acct_file, domain, relay_config
 from server_process import ServerProcess, free_port, wait_until
 from test_webhook_e2e import acct_records
 
@@ -90,22 +91,18 @@ def test_huge_webhook_answer_is_cut_and_the_batch_counts_as_delivered(tmp_path: 
     """A 200 with an endless body: the batch is accepted, reading stops, the next batch goes."""
     receiver = HugeBodyReceiver()
     port = free_port()
-    conf = f"""
-spool {tmp_path}/spool
-smtp-listener 127.0.0.1:{port}
-http-webhook-allow-addresses 127.0.0.1
-<source 127.0.0.1>
-    always-allow-relaying yes
-</source>
-<acct-file {tmp_path}/acct.json>
-    records d
-    http-webhook-url {receiver.url}
-    http-webhook-max-interval 1s
-</acct-file>
-<domain *>
-    type discard
-</domain>
-"""
+    conf = relay_config(
+        tmp_path,
+        port,
+        acct_file(
+            tmp_path / "acct.json",
+            "d",
+            f"http-webhook-url {receiver.url}\nhttp-webhook-max-interval 1s",
+        ),
+        DISCARD,
+        settings="http-webhook-allow-addresses 127.0.0.1",
+        identity=False,
+    )
     try:
         with ServerProcess(tmp_path, conf, wait_ports=(port,)) as server:
             with smtplib.SMTP("127.0.0.1", port) as client:
@@ -128,21 +125,14 @@ def test_huge_http_delivery_answer_is_cut_and_counts_as_delivered(tmp_path: Path
     """`type http-delivery`: a 200 with an endless body is a `d`, read no further than the cap."""
     receiver = HugeBodyReceiver()
     port = free_port()
-    conf = f"""
-spool {tmp_path}/spool
-smtp-listener 127.0.0.1:{port}
-http-webhook-allow-addresses 127.0.0.1
-<source 127.0.0.1>
-    always-allow-relaying yes
-</source>
-<acct-file {tmp_path}/acct.json>
-    records r,d,t
-</acct-file>
-<domain *>
-    type http-delivery
-    http-delivery-url {receiver.url}
-</domain>
-"""
+    conf = relay_config(
+        tmp_path,
+        port,
+        acct_file(tmp_path / "acct.json", "r,d,t"),
+        domain(f"type http-delivery\nhttp-delivery-url {receiver.url}"),
+        settings="http-webhook-allow-addresses 127.0.0.1",
+        identity=False,
+    )
     try:
         with ServerProcess(tmp_path, conf, wait_ports=(port,)):
             with smtplib.SMTP("127.0.0.1", port) as client:
@@ -383,21 +373,17 @@ def test_a_name_resolving_to_loopback_is_refused_at_send_time(tmp_path: Path) ->
     """DNS rebinding: `localhost` passes load but never connects; allow-listed by reload it goes."""
     receiver = ConnectionCounter()
     port = free_port()
-    conf = f"""
-spool {tmp_path}/spool
-smtp-listener 127.0.0.1:{port}
-<source 127.0.0.1>
-    always-allow-relaying yes
-</source>
-<acct-file {tmp_path}/acct.json>
-    records d
-    http-webhook-url http://localhost:{receiver.port}/hook
-    http-webhook-max-interval 1s
-</acct-file>
-<domain *>
-    type discard
-</domain>
-"""
+    conf = relay_config(
+        tmp_path,
+        port,
+        acct_file(
+            tmp_path / "acct.json",
+            "d",
+            f"http-webhook-url http://localhost:{receiver.port}/hook\nhttp-webhook-max-interval 1s",
+        ),
+        DISCARD,
+        identity=False,
+    )
     try:
         with ServerProcess(tmp_path, conf, wait_ports=(port,)) as server:
             with smtplib.SMTP("127.0.0.1", port) as client:
@@ -467,20 +453,13 @@ def test_http_delivery_to_a_name_resolving_to_loopback_is_a_transient_failure(
     """`http-delivery-url http://localhost:...` never connects: a `t` saying why, no POST."""
     receiver = ConnectionCounter()
     port = free_port()
-    conf = f"""
-spool {tmp_path}/spool
-smtp-listener 127.0.0.1:{port}
-<source 127.0.0.1>
-    always-allow-relaying yes
-</source>
-<acct-file {tmp_path}/acct.json>
-    records r,d,t
-</acct-file>
-<domain *>
-    type http-delivery
-    http-delivery-url http://localhost:{receiver.port}/deliver
-</domain>
-"""
+    conf = relay_config(
+        tmp_path,
+        port,
+        acct_file(tmp_path / "acct.json", "r,d,t"),
+        domain(f"type http-delivery\nhttp-delivery-url http://localhost:{receiver.port}/deliver"),
+        identity=False,
+    )
     try:
         with ServerProcess(tmp_path, conf, wait_ports=(port,)):
             with smtplib.SMTP("127.0.0.1", port) as client:

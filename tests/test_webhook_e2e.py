@@ -20,6 +20,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from server_configs import ALL_RECORDS, DISCARD, acct_file, relay_config
 from server_process import ServerProcess, free_port, wait_until
 from webhook_receiver import Receiver
 
@@ -43,25 +44,19 @@ def receiver() -> Iterator[Receiver]:
     r.close()
 
 
-ACCT_CONFIG = """
-host-name mta.test
-postmaster postmaster@mta.test
-spool {tmp}/spool
-smtp-listener 127.0.0.1:{port}
-http-webhook-allow-addresses 127.0.0.1
-<source 127.0.0.1>
-    always-allow-relaying yes
-</source>
-<acct-file {tmp}/acct.json>
-    records r,d,b,t,tq
-    http-webhook-url {url}
-    http-webhook-max-interval 1s
-{extra}
-</acct-file>
-<domain *>
-    type discard
-</domain>
-"""
+def acct_config(tmp: Path, port: int, url: str, extra: str = "", name: str = "acct.json") -> str:
+    """Discard everything; the acct file `name` posts every record to `url` each second."""
+    return relay_config(
+        tmp,
+        port,
+        acct_file(
+            tmp / name,
+            ALL_RECORDS,
+            f"http-webhook-url {url}\nhttp-webhook-max-interval 1s\n{extra}",
+        ),
+        DISCARD,
+        settings="http-webhook-allow-addresses 127.0.0.1",
+    )
 
 
 def send(port: int, count: int, start: int = 0) -> None:
@@ -78,7 +73,7 @@ def test_kill9_between_staging_and_sending_loses_no_record(
     """SIGKILL with batches staged but unsent: after restart every acct record arrives."""
     receiver.fail_first = 10**9  # refuse everything until the restart
     port = free_port()
-    conf = ACCT_CONFIG.format(tmp=tmp_path, port=port, url=receiver.url, extra="")
+    conf = acct_config(tmp_path, port, receiver.url)
     server = ServerProcess(tmp_path, conf, wait_ports=(port,))
     staging = tmp_path / ".acct.json.webhook"
     try:
@@ -123,10 +118,13 @@ def test_gzip_csv_signed_batches_from_the_real_server(tmp_path: Path, receiver: 
     import hmac
 
     port = free_port()
-    conf = ACCT_CONFIG.format(
-        tmp=tmp_path, port=port, url=receiver.url,
-        extra="    http-webhook-transfer-encoding gzip\n    http-webhook-hmac-key k3y",
-    ).replace("acct.json", "acct.csv")  # fmt: skip
+    conf = acct_config(
+        tmp_path,
+        port,
+        receiver.url,
+        "http-webhook-transfer-encoding gzip\nhttp-webhook-hmac-key k3y",
+        name="acct.csv",
+    )
     with ServerProcess(tmp_path, conf, wait_ports=(port,)):
         send(port, 5)
         assert receiver.wait_for(
@@ -243,24 +241,19 @@ def test_webhook_backlog_is_a_metric(tmp_path: Path) -> None:
     from server_process import ServerProcess, free_port
 
     smtp, mgmt, down = free_port(), free_port(), free_port()
-    conf = f"""
-spool {tmp_path}/spool
-smtp-listener 127.0.0.1:{smtp}
-http-mgmt-port 127.0.0.1:{mgmt}
-http-access 127.0.0.1 monitor
-http-webhook-allow-addresses 127.0.0.1
-<source 127.0.0.1>
-    always-allow-relaying yes
-</source>
-<domain *>
-    type discard
-</domain>
-<acct-file {tmp_path}/acct.json>
-    records r,d
-    http-webhook-url http://127.0.0.1:{down}/hook
-    http-webhook-max-interval 1s
-</acct-file>
-"""
+    conf = relay_config(
+        tmp_path,
+        smtp,
+        DISCARD,
+        acct_file(
+            tmp_path / "acct.json",
+            "r,d",
+            f"http-webhook-url http://127.0.0.1:{down}/hook\nhttp-webhook-max-interval 1s",
+        ),
+        settings=f"http-mgmt-port 127.0.0.1:{mgmt}\nhttp-access 127.0.0.1 monitor\n"
+        "http-webhook-allow-addresses 127.0.0.1",
+        identity=False,
+    )
 
     def backlog() -> float:
         with urllib.request.urlopen(f"http://127.0.0.1:{mgmt}/metrics", timeout=5) as answer:
