@@ -9,32 +9,21 @@ from __future__ import annotations
 
 import ast
 import base64
-import http.client
-import json
-import threading
-from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
 
 import pytest
-from reactor_thread import run_in_reactor
+from gated_api import gated_api, post
 from server_process import wait_until
-from smtp_helpers import holder_from_text
-from twisted.internet import defer, reactor, task
-from twisted.internet.defer import Deferred
-from twisted.internet.endpoints import TCP4ServerEndpoint
-from twisted.internet.threads import deferToThreadPool
-from twisted.web.server import Site
+from twisted.internet import defer, task
 
 from mtaserver.config.load import load_config
 from mtaserver.config.reload import ConfigHolder
 from mtaserver.events import Envelope, Outcome, Recipient
 from mtaserver.http.safety import UnsafeInput, check_rfc822
-from mtaserver.http.transmissions import TransmissionsAPI
 from mtaserver.message.limits import ContentLimits, check_message
 from mtaserver.queue.bounces import DsnSender
-from mtaserver.spool import Journal, MessageStore, open_spool
+from mtaserver.spool import Journal, MessageStore
 from mtaserver.spool.testing import ManualThreads, run_now
 
 HTTP_PACKAGE = Path(__file__).resolve().parent.parent / "mtaserver" / "http"
@@ -99,58 +88,10 @@ def test_dsn_is_built_in_the_thread_runner(tmp_path: Path) -> None:
 # -- the Transmissions API renders MIME in the thread pool ------------------------------
 
 KEY = "intake_key_0123456789_0123456789_01234"
-API_CONFIG = f"""
-host-name api.example.test
-<transmissions-api>
-  api-key {KEY}
-</transmissions-api>
-"""
-
-
-def _in_pool(work: Callable[[], Any]) -> Deferred[Any]:
-    return deferToThreadPool(reactor, reactor.getThreadPool(), work)  # type: ignore[arg-type, attr-defined]
-
-
-def _post(port: int, body: dict[str, Any]) -> tuple[int, Any]:
-    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
-    try:
-        conn.request(
-            "POST",
-            "/api/v1/transmissions",
-            body=json.dumps(body).encode(),
-            headers={"Authorization": KEY, "Content-Type": "application/json"},
-        )
-        response = conn.getresponse()
-        return response.status, json.loads(response.read())
-    finally:
-        conn.close()
 
 
 def test_mime_with_attachments_is_rendered_in_the_thread_runner(tmp_path: Path) -> None:
     """A message with an attachment is built in run_in_thread: nothing is spooled until it ran."""
-    holder = holder_from_text(API_CONFIG, str(tmp_path))
-    accepted: list[Envelope] = []
-    gate = threading.Event()
-    calls: list[int] = []
-
-    def gated(work: Callable[[], Any]) -> Deferred[Any]:
-        calls.append(1)
-
-        def wait_then_work() -> Any:
-            gate.wait(30)
-            return work()
-
-        return _in_pool(wait_then_work)
-
-    def start() -> Any:
-        _, journal, store = open_spool(str(tmp_path / "spool"), _in_pool)
-        api = TransmissionsAPI(holder, store, accepted.append, reactor, run_in_thread=gated)
-        listening = TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1").listen(
-            Site(api.app.resource())
-        )
-        return listening.addCallback(lambda port: (journal, port))
-
-    journal, listening = run_in_reactor(start)
     body = {
         "recipients": ["ok@dest.example"],
         "content": {
@@ -166,19 +107,14 @@ def test_mime_with_attachments_is_rendered_in_the_thread_runner(tmp_path: Path) 
             ],
         },
     }
-    try:
-        with ThreadPoolExecutor(1) as executor:
-            answer = executor.submit(_post, listening.getHost().port, body)
-            assert wait_until(lambda: bool(calls))
-            assert accepted == []  # the build waits in the thread runner
-            gate.set()
-            status, result = answer.result(timeout=60)
+    with gated_api(tmp_path, KEY) as running, ThreadPoolExecutor(1) as executor:
+        answer = executor.submit(post, running.port, KEY, body)
+        assert wait_until(lambda: bool(running.calls))
+        assert running.accepted == []  # the build waits in the thread runner
+        running.gate.set()
+        status, result = answer.result(timeout=60)
         assert status == 200, result
-        assert len(accepted) == 1
-    finally:
-        gate.set()
-        run_in_reactor(listening.stopListening)
-        run_in_reactor(journal.close)
+        assert len(running.accepted) == 1
 
 
 # -- one content-limit implementation ---------------------------------------------------
