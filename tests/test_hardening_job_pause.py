@@ -16,6 +16,8 @@ from twisted.internet import defer
 
 from mtaserver.commands import CommandError, Commands, parse, render_text
 from mtaserver.events import Outcome
+from mtaserver.http.console.resource import action_command
+from mtaserver.http.errors import APIError
 from mtaserver.spool.testing import run_now
 from mtaserver.stats import TrafficStats
 
@@ -228,3 +230,25 @@ def test_commands_pause_and_resume_a_job_and_show_jobs_flags_it(tmp_path: Path) 
     assert message == "resumed job spring (0 recipient(s) queued)"
     assert delivered(world) == ["ok1@a.test", "ok2@a.test"]
     assert run("show jobs")[0] == []
+
+
+@pytest.mark.parametrize(
+    ("fields", "command", "args"),
+    [
+        ({"action": "pause-job", "job": "promo-7"}, "pause job promo-7", ("promo-7",)),
+        ({"action": "resume-job", "job": "a b;c"}, "resume job 'a b;c'", ("a b;c",)),
+    ],
+)
+def test_console_job_actions_run_the_job_commands(
+    fields: dict[str, str], command: str, args: tuple[str, ...]
+) -> None:
+    """The console's pause-job/resume-job actions quote the job id into the command."""
+    assert action_command(fields) == command
+    assert parse(command).args == args
+
+
+def test_console_job_action_needs_a_job() -> None:
+    """A pause-job action without a job id is a 400, before any command runs."""
+    with pytest.raises(APIError) as error:
+        action_command({"action": "pause-job"})
+    assert error.value.code == 400 and "needs job" in str(error.value.description)

@@ -69,6 +69,8 @@ ACTIONS: dict[str, tuple[str, tuple[str, ...]]] = {
     "normal": ("set queue --mode=normal {queue}", ("queue",)),
     "delete": ("delete --queue={queue}", ("queue",)),
     "delete-job": ("delete --queue={queue} --jobId={job}", ("queue", "job")),
+    "pause-job": ("pause job {job}", ("job",)),
+    "resume-job": ("resume job {job}", ("job",)),
     "reload": ("reload", ()),
     "rotate-acct": ("rotate acct", ()),
 }

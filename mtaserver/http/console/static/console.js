@@ -293,6 +293,20 @@
     return box;
   }
 
+  function jobPauseButton(job) {
+    const paused = job.paused, name = job.job, action = paused ? "resume-job" : "pause-job";
+    const button = h("button", { type: "button", class: "act", "data-action": action,
+      "aria-label": (paused ? "Resume job " : "Pause job ") + name, text: paused ? "Resume" : "Pause",
+      onclick: () => act({ action: action, job: name }, (paused ? "resume job " : "pause job ") + name) });
+    button.id = "act-" + action + "-" + name; // focus survives refreshes
+    return button;
+  }
+
+  function jobActions(row) {
+    if (!state.session || !state.session.canAct) return null;
+    return h("div", { class: "actions" }, jobPauseButton(row));
+  }
+
   function queueColumns(withActions) {
     const columns = [
       { key: "name", label: "Queue", header: true, render: (r) => link(queueHref(r.name), r.name) },
@@ -474,13 +488,16 @@
     jobs: {
       title: "Jobs",
       load: () => getJSON("/ui/api/jobs"),
-      render: (rows) => [heading("Jobs", rows.length + " job(s) with queued mail"),
+      render: (rows) => [heading("Jobs", rows.length + " job(s) with queued mail or paused"),
         filterBox("Filter jobs", "job id"),
         sortableTable("jobs", "Jobs", [
           { key: "job", label: "Job", header: true, render: (r) => link(jobHref(r.job), r.job) },
           { key: "messages", label: "Messages", num: true },
           { key: "recipients", label: "Recipients", num: true },
-        ], rows.filter((r) => matches(r, ["job"])), "recipients")],
+          { key: "paused", label: "Paused", render: (r) => r.paused ? h("span", { class: "badge paused", text: "paused" }) : "no" },
+          state.session && state.session.canAct
+            ? { key: "actions", label: "Actions", sortable: false, render: jobActions } : null,
+        ].filter(Boolean), rows.filter((r) => matches(r, ["job"])), "recipients")],
     },
     queue: {
       title: "Queue",
@@ -513,7 +530,7 @@
       render: (data) => {
         const j = data.job;
         const del = state.session && state.session.canAct
-          ? h("div", { class: "toolbar" }, h("button", { type: "button", class: "act danger", "data-action": "delete-job",
+          ? h("div", { class: "toolbar" }, jobPauseButton(j), h("button", { type: "button", class: "act danger", "data-action": "delete-job",
               text: "Delete this job's recipients",
               onclick: () => {
                 if (window.confirm("Delete the " + j.recipients + " queued recipient(s) of job " + j.job + "?")) {
@@ -521,7 +538,7 @@
                 }
               } }))
           : null;
-        return [heading("Job " + j.job, j.messages + " message(s), " + j.recipients + " recipient(s) queued"),
+        return [heading("Job " + j.job, (j.paused ? "paused, " : "") + j.messages + " message(s), " + j.recipients + " recipient(s) queued"),
           h("p", {}, link("#jobs", "← all jobs"), " · queues: ",
             data.queues.map((name, i) => [i ? ", " : "", link(queueHref(name), name)])),
           del, recipientsTable(data, false)];
