@@ -307,6 +307,18 @@
     return h("div", { class: "actions" }, jobPauseButton(row));
   }
 
+  // The columns of a roll-up of queues (domains, virtual MTAs), after the row's name.
+  const ROLLUP_COLUMNS = [
+    { key: "queues", label: "Queues", num: true },
+    { key: "recipients", label: "Recipients", num: true },
+    { key: "messages", label: "Messages", num: true },
+    { key: "paused", label: "Paused", num: true },
+    { key: "connections", label: "Connections", num: true },
+    { key: "delivered", label: "Delivered", num: true },
+    { key: "bounced", label: "Bounced", num: true },
+    { key: "deferred", label: "Deferred", num: true },
+  ];
+
   function queueColumns(withActions) {
     const columns = [
       { key: "name", label: "Queue", header: true, render: (r) => link(queueHref(r.name), r.name) },
@@ -455,14 +467,7 @@
         filterBox("Filter domains", "domain"),
         sortableTable("domains", "Domains", [
           { key: "domain", label: "Domain", header: true, render: (r) => link(domainHref(r.domain), r.domain) },
-          { key: "queues", label: "Queues", num: true },
-          { key: "recipients", label: "Recipients", num: true },
-          { key: "messages", label: "Messages", num: true },
-          { key: "paused", label: "Paused", num: true },
-          { key: "connections", label: "Connections", num: true },
-          { key: "delivered", label: "Delivered", num: true },
-          { key: "bounced", label: "Bounced", num: true },
-          { key: "deferred", label: "Deferred", num: true },
+          ...ROLLUP_COLUMNS,
         ], rows.filter((r) => matches(r, ["domain"])), "recipients")],
     },
     vmtas: {
@@ -471,14 +476,7 @@
       render: (data) => [heading("Virtual MTAs", data.vmtas.length + " virtual MTA(s), " + data.pools.length + " pool(s)"),
         sortableTable("vmtas", "Virtual MTAs", [
           { key: "vmta", label: "Virtual MTA", header: true },
-          { key: "queues", label: "Queues", num: true },
-          { key: "recipients", label: "Recipients", num: true },
-          { key: "messages", label: "Messages", num: true },
-          { key: "paused", label: "Paused", num: true },
-          { key: "connections", label: "Connections", num: true },
-          { key: "delivered", label: "Delivered", num: true },
-          { key: "bounced", label: "Bounced", num: true },
-          { key: "deferred", label: "Deferred", num: true },
+          ...ROLLUP_COLUMNS,
         ], data.vmtas),
         sortableTable("pools", "Virtual MTA pools", [
           { key: "pool", label: "Pool", header: true },
