@@ -596,3 +596,19 @@ def test_smtp_greeting_timeout(tmp_path: Path) -> None:
         silent.close()
     (record,) = acct(tmp_path)[:1]
     assert record["dsnStatus"].startswith("4.") and "greeting" in record["dsnDiag"]
+
+
+@pytest.mark.parametrize(("limit", "connections"), [("unlimited", 1), ("1", 2)])
+def test_max_errors_per_connection(
+    tmp_path: Path, receiver: Receiver, limit: str, connections: int
+) -> None:
+    """`max-errors-per-connection 1`: after a 451 the next transaction gets a new connection."""
+    port = free_port()
+    extra = RELAY + (
+        "<domain dst.test>\n max-rcpt-per-transaction 1\n retry-after 1h\n max-smtp-out 1\n"
+        f" max-errors-per-connection {limit}\n</domain>\n"
+    )
+    with ServerProcess(tmp_path, base_config(tmp_path, port, receiver.port, extra), (port,)):
+        send(port, "s@src.test", ["soft1@dst.test", "ok2@dst.test"])
+        assert wait_until(lambda: len(acct(tmp_path, "d")) == 1)
+    assert len(receiver.connections) == connections

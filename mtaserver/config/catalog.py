@@ -742,7 +742,14 @@ _add(
 )
 
 # -- <domain> --------------------------------------------------------------------------
-_add("max-errors-per-connection", D, "int", "unlimited", Y, "a connection is not closed on errors")
+_add(
+    "max-errors-per-connection",
+    D,
+    "int",
+    "unlimited",
+    IMPLEMENTED,
+    "after this many 4xx/5xx replies the connection ends",
+)
 _add("check-spf-outbound", D, "bool", "false", Y, "no outbound SPF check")
 _add("dsn-format", D, "choice:standard|plain-text", "standard", Y, "DSNs are standard")
 _add(

@@ -126,6 +126,7 @@ class DomainSettings:
     ignore_pipelining: bool = False
     ignore_dsn: bool = False
     smtp_greeting_timeout: float = 300.0  # waiting for the server's 220
+    max_errors_per_connection: int = 0  # 4xx/5xx replies before the session ends; 0 = no limit
     route: SmtpHosts | None = None  # the deprecated name of smtp-hosts
     #: Messages a day (day 1, 2, ...; the last repeats) this domain's mail from a warm vmta
     #: gives to its `cold-virtual-mta`; () or 0 is none.

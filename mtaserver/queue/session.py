@@ -122,6 +122,7 @@ class Session:
     took_first: bool = False
     stop: bool = False
     transactions: int = 0
+    errors: int = 0  # 4xx/5xx replies this connection got (max-errors-per-connection)
     in_flight: dict[int, tuple[Transaction, WorkItem]] = attrs.field(factory=dict)
     pending_writes: list[defer.Deferred[None]] = attrs.field(factory=list)
 
@@ -271,6 +272,11 @@ class Session:
             queue_action = patterns.apply_actions(queue, actions, now) or queue_action
             if "skip-mx" in actions:  # leave this MX: the next connection takes the next one
                 self.stop = True
+            if reply.code >= 400:
+                self.errors += 1
+                limit = settings.max_errors_per_connection
+                if limit and self.errors >= limit:
+                    self.stop = True  # `max-errors-per-connection`: a fresh connection next
             kind = outcomes.decide(reply, actions, expired)
             if (
                 kind == "d"
