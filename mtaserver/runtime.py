@@ -12,6 +12,7 @@ from collections.abc import Callable
 from typing import Any, Protocol, TypeVar
 
 from twisted.internet import defer
+from twisted.internet.threads import deferToThread, deferToThreadPool
 
 T = TypeVar("T")
 
@@ -41,3 +42,11 @@ class Clock(Protocol):
     def callLater(  # noqa: N802 - Twisted's name
         self, delay: float, f: Callable[..., object], /, *args: Any, **kwargs: Any
     ) -> DelayedCall: ...
+
+
+def default_run_in_thread(reactor: Any) -> RunInThread:
+    """Run blocking work in `reactor`'s thread pool: the runner of a service built
+    without one (the reactor's own pool is what twistd starts and stops)."""
+    if hasattr(reactor, "getThreadPool"):
+        return lambda f: deferToThreadPool(reactor, reactor.getThreadPool(), f)
+    return deferToThread

@@ -50,7 +50,6 @@ from twisted.internet.defer import Deferred, gatherResults, succeed
 from twisted.internet.endpoints import TCP4ServerEndpoint, TCP6ServerEndpoint
 from twisted.internet.interfaces import IAddress, IDelayedCall, IReactorTime, ITLSTransport
 from twisted.internet.protocol import ServerFactory, connectionDone
-from twisted.internet.threads import deferToThread, deferToThreadPool
 from twisted.logger import Logger
 from twisted.mail.smtp import ESMTP
 from twisted.python.failure import Failure
@@ -72,7 +71,7 @@ from mtaserver.message.intake import (
     ReceptionStats,
 )
 from mtaserver.message.limits import ContentLimits
-from mtaserver.runtime import RunInThread
+from mtaserver.runtime import RunInThread, default_run_in_thread
 from mtaserver.smtp.connections import InboundConnections
 from mtaserver.smtp.reception import ReceptionHandler, Session, Transaction
 from mtaserver.smtp.server_auth import MECHANISMS, Challenge, Credentials, SaslExchange
@@ -847,13 +846,6 @@ class SmtpServerProtocol(ESMTP):
             self._close()
         else:
             self.reply(R.AUTH_FAILED)
-
-
-def default_run_in_thread(reactor: Any) -> RunInThread:
-    """Run blocking work (password hashing) in the reactor's thread pool."""
-    if hasattr(reactor, "getThreadPool"):
-        return lambda f: deferToThreadPool(reactor, reactor.getThreadPool(), f)
-    return deferToThread
 
 
 class LiveSessions:

@@ -38,13 +38,11 @@ from __future__ import annotations
 
 import hmac
 import os
-from collections.abc import Callable
 from typing import Any
 
 import attrs
 from klein import Klein
 from twisted.application.service import IService
-from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.web.iweb import IRequest
@@ -84,7 +82,7 @@ from mtaserver.message.intake import (
     UnknownVirtualMTA,
     resolve_vmta,
 )
-from mtaserver.runtime import RunInThread
+from mtaserver.runtime import RunInThread, default_run_in_thread
 from mtaserver.spool import MessageStore
 from mtaserver.spool.errors import SpoolError
 from mtaserver.suppression.service import REFUSED_TEXT, SuppressionService
@@ -115,22 +113,14 @@ class TransmissionsAPI:
         self.store = store
         self.on_accepted = on_accepted
         self.clock = clock
-        if run_in_thread is None:
-            from twisted.internet.threads import deferToThreadPool
-
-            pool = clock.getThreadPool()  # type: ignore[attr-defined]
-
-            def run_in_thread(work: Callable[[], Any]) -> Deferred[Any]:
-                return deferToThreadPool(clock, pool, work)  # type: ignore[arg-type]
-
-        self.run_in_thread: RunInThread = run_in_thread
+        self.run_in_thread: RunInThread = run_in_thread or default_run_in_thread(clock)
         self.idempotency = IdempotencyStore(
-            os.path.join(store.directory, "idempotency"), run_in_thread, clock.seconds
+            os.path.join(store.directory, "idempotency"), self.run_in_thread, clock.seconds
         )
         # Shared with SMTP reception, so the monitoring API's traffic in counts both.
         self.stats = stats if stats is not None else ReceptionStats()
         self.intake = Intake(holder, on_accepted, self.stats)
-        self.spooler = TransmissionSpooler(holder, store, self.intake, clock, run_in_thread)
+        self.spooler = TransmissionSpooler(holder, store, self.intake, clock, self.run_in_thread)
         self.transmissions_accepted = 0
         self.suppression_api = (
             SuppressionAPI(holder, suppression) if suppression is not None else None
