@@ -79,6 +79,37 @@ class HugeBodyReceiver:
 SENT_BOUND = 64 * 2**20
 
 
+ALLOW_LOOPBACK = "http-webhook-allow-addresses 127.0.0.1"
+
+
+def webhook_config(tmp_path: Path, port: int, url: str, settings: str = "") -> str:
+    """Everything discarded; acct.json's `d` records are posted to `url` every second."""
+    return relay_config(
+        tmp_path,
+        port,
+        acct_file(
+            tmp_path / "acct.json",
+            "d",
+            f"http-webhook-url {url}\nhttp-webhook-max-interval 1s",
+        ),
+        DISCARD,
+        settings=settings,
+        identity=False,
+    )
+
+
+def http_delivery_config(tmp_path: Path, port: int, url: str, settings: str = "") -> str:
+    """Every recipient delivered by POST to `url` (`type http-delivery`); r, d, t recorded."""
+    return relay_config(
+        tmp_path,
+        port,
+        acct_file(tmp_path / "acct.json", "r,d,t"),
+        domain(f"type http-delivery\nhttp-delivery-url {url}"),
+        settings=settings,
+        identity=False,
+    )
+
+
 def rss_kib(pid: int) -> int:
     with open(f"/proc/{pid}/status") as f:
         for line in f:
@@ -91,18 +122,7 @@ def test_huge_webhook_answer_is_cut_and_the_batch_counts_as_delivered(tmp_path: 
     """A 200 with an endless body: the batch is accepted, reading stops, the next batch goes."""
     receiver = HugeBodyReceiver()
     port = free_port()
-    conf = relay_config(
-        tmp_path,
-        port,
-        acct_file(
-            tmp_path / "acct.json",
-            "d",
-            f"http-webhook-url {receiver.url}\nhttp-webhook-max-interval 1s",
-        ),
-        DISCARD,
-        settings="http-webhook-allow-addresses 127.0.0.1",
-        identity=False,
-    )
+    conf = webhook_config(tmp_path, port, receiver.url, ALLOW_LOOPBACK)
     try:
         with ServerProcess(tmp_path, conf, wait_ports=(port,)) as server:
             with smtplib.SMTP("127.0.0.1", port) as client:
@@ -125,14 +145,7 @@ def test_huge_http_delivery_answer_is_cut_and_counts_as_delivered(tmp_path: Path
     """`type http-delivery`: a 200 with an endless body is a `d`, read no further than the cap."""
     receiver = HugeBodyReceiver()
     port = free_port()
-    conf = relay_config(
-        tmp_path,
-        port,
-        acct_file(tmp_path / "acct.json", "r,d,t"),
-        domain(f"type http-delivery\nhttp-delivery-url {receiver.url}"),
-        settings="http-webhook-allow-addresses 127.0.0.1",
-        identity=False,
-    )
+    conf = http_delivery_config(tmp_path, port, receiver.url, ALLOW_LOOPBACK)
     try:
         with ServerProcess(tmp_path, conf, wait_ports=(port,)):
             with smtplib.SMTP("127.0.0.1", port) as client:
@@ -373,17 +386,7 @@ def test_a_name_resolving_to_loopback_is_refused_at_send_time(tmp_path: Path) ->
     """DNS rebinding: `localhost` passes load but never connects; allow-listed by reload it goes."""
     receiver = ConnectionCounter()
     port = free_port()
-    conf = relay_config(
-        tmp_path,
-        port,
-        acct_file(
-            tmp_path / "acct.json",
-            "d",
-            f"http-webhook-url http://localhost:{receiver.port}/hook\nhttp-webhook-max-interval 1s",
-        ),
-        DISCARD,
-        identity=False,
-    )
+    conf = webhook_config(tmp_path, port, f"http://localhost:{receiver.port}/hook")
     try:
         with ServerProcess(tmp_path, conf, wait_ports=(port,)) as server:
             with smtplib.SMTP("127.0.0.1", port) as client:
@@ -453,13 +456,7 @@ def test_http_delivery_to_a_name_resolving_to_loopback_is_a_transient_failure(
     """`http-delivery-url http://localhost:...` never connects: a `t` saying why, no POST."""
     receiver = ConnectionCounter()
     port = free_port()
-    conf = relay_config(
-        tmp_path,
-        port,
-        acct_file(tmp_path / "acct.json", "r,d,t"),
-        domain(f"type http-delivery\nhttp-delivery-url http://localhost:{receiver.port}/deliver"),
-        identity=False,
-    )
+    conf = http_delivery_config(tmp_path, port, f"http://localhost:{receiver.port}/deliver")
     try:
         with ServerProcess(tmp_path, conf, wait_ports=(port,)):
             with smtplib.SMTP("127.0.0.1", port) as client:
