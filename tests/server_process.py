@@ -58,14 +58,21 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+def listening(port: int, timeout: float = 1.0) -> bool:
+    """Whether something accepts a TCP connection on 127.0.0.1:`port` now."""
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
 def wait_for_port(port: int, timeout: float = 30.0) -> bool:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=1):
-                return True
-        except OSError:
-            time.sleep(0.05)
+        if listening(port):
+            return True
+        time.sleep(0.05)
     return False
 
 
@@ -121,7 +128,7 @@ class ServerProcess:
         deadline = time.monotonic() + timeout
         pending = list(self.wait_ports)
         while pending and time.monotonic() < deadline:
-            if self._listening(pending[0]):
+            if listening(pending[0]):
                 pending.pop(0)
                 continue
             if "Address already in use" in self.read_log()[log_start:]:
@@ -131,14 +138,6 @@ class ServerProcess:
                 return f"exited with {self.proc.returncode}: {output.decode(errors='replace')}"
             time.sleep(0.05)
         return None if not pending else f"nothing on {pending[0]} within {timeout}s"
-
-    @staticmethod
-    def _listening(port: int) -> bool:
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=1):
-                return True
-        except OSError:
-            return False
 
     def read_log(self) -> str:
         return self.log.read_text() if self.log.exists() else ""

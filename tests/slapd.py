@@ -26,7 +26,7 @@ from pathlib import Path
 
 import pytest
 import trustme
-from server_process import free_port
+from server_process import free_port, listening
 
 SLAPD = shutil.which("slapd") or "/usr/sbin/slapd"
 SLAPADD = shutil.which("slapadd") or "/usr/sbin/slapadd"
@@ -137,14 +137,6 @@ uniqueMember: uid=alice,{PEOPLE}
 """
 
 
-def _listening(port: int) -> bool:
-    try:
-        with socket.create_connection(("127.0.0.1", port), timeout=0.5):
-            return True
-    except OSError:
-        return False
-
-
 def available() -> bool:
     return os.access(SLAPD, os.X_OK) and os.access(SLAPADD, os.X_OK)
 
@@ -226,7 +218,7 @@ access to * by * read
                 )
             deadline = time.monotonic() + timeout
             while time.monotonic() < deadline and self.proc.poll() is None:
-                if _listening(self.port) and _listening(self.ldaps_port):
+                if listening(self.port, 0.5) and listening(self.ldaps_port, 0.5):
                     return self
                 time.sleep(0.05)
             self.stop()

@@ -18,7 +18,6 @@ import re
 import shutil
 import signal
 import smtplib
-import socket
 import subprocess
 import tempfile
 from collections.abc import Iterator
@@ -27,7 +26,7 @@ from typing import Any
 
 import pytest
 from mx_receiver import Receiver as MxReceiver
-from server_process import ServerProcess, free_port, wait_until
+from server_process import ServerProcess, free_port, listening, wait_until
 from webhook_receiver import Receiver as WebhookReceiver
 
 from mtaserver.accounting.records import fields_for, records_from_event
@@ -625,21 +624,13 @@ class PrivatePostfix:
 
     def __enter__(self) -> PrivatePostfix:
         out = self.postfix("start")
-        if out.returncode != 0 or not wait_until(lambda: _listening(self.port)):
+        if out.returncode != 0 or not wait_until(lambda: listening(self.port)):
             self.postfix("stop")
             raise RuntimeError(f"postfix did not start: {out.stdout}{out.stderr}")
         return self
 
     def __exit__(self, *exc: object) -> None:
         self.postfix("stop")
-
-
-def _listening(port: int) -> bool:
-    try:
-        with socket.create_connection(("127.0.0.1", port), timeout=1):
-            return True
-    except OSError:
-        return False
 
 
 @pytest.mark.skipif(
