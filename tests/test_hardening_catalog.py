@@ -356,7 +356,7 @@ def test_bounce_category_patterns_are_data_lines(tmp_path: Path) -> None:
 
 
 def test_named_source_without_braces(tmp_path: Path) -> None:
-    """`<source mta1>` is a named source; `smtp-listener ... source=mta1` loads with a warning."""
+    """`<source mta1>` is a named source; `smtp-listener ... source=mta1` uses it, no warning."""
     config = load(
         tmp_path,
         "smtp-listener 127.0.0.1:2525 source=mta1\n"
@@ -365,8 +365,8 @@ def test_named_source_without_braces(tmp_path: Path) -> None:
     )
     assert config.named_source("mta1").max_message_size == 1024
     assert config.sources == ()
-    assert [w.line for w in config.warnings] == [1]
-    assert "source= is not yet implemented" in config.warnings[0].message
+    assert [w.line for w in config.warnings] == []
+    assert config.settings.smtp_listener[0].source == "mta1"
     assert errors(tmp_path, "<smtp-user u>\n  password p\n  source nowhere\n</smtp-user>\n") == [
         "no <source nowhere> is defined"
     ]

@@ -612,3 +612,34 @@ def test_max_errors_per_connection(
         send(port, "s@src.test", ["soft1@dst.test", "ok2@dst.test"])
         assert wait_until(lambda: len(acct(tmp_path, "d")) == 1)
     assert len(receiver.connections) == connections
+
+
+def test_listener_named_source(tmp_path: Path, receiver: Receiver) -> None:
+    """`smtp-listener IP:PORT source=NAME`: that listener's clients get `<source NAME>`."""
+    port, named_port = free_port(), free_port()
+    extra = (
+        TWO_VMTAS
+        + RELAY
+        + (
+            f"smtp-listener 127.0.0.1:{named_port} source=via-a\n"
+            "<source via-a>\n always-allow-relaying yes\n default-virtual-mta vm-a\n</source>\n"
+        )
+    )
+    conf = base_config(tmp_path, port, receiver.port, extra)
+    with ServerProcess(tmp_path, conf, (port, named_port)):
+        send(port, "s@src.test", ["ok1@dst.test"])
+        send(named_port, "s@src.test", ["ok2@dst.test"])
+        assert wait_until(lambda: len(acct(tmp_path, "d")) == 2)
+    vmtas = {r["rcpt"]: r["vmta"] for r in acct(tmp_path, "d")}
+    assert vmtas == {"ok1@dst.test": "{default}", "ok2@dst.test": "vm-a"}
+
+
+def test_listener_naming_an_undefined_source_is_an_error(tmp_path: Path) -> None:
+    """`source=NAME` must name a `<source NAME>`."""
+    from mtaserver.config.grammar import ConfigError
+    from mtaserver.config.load import load_config
+
+    path = tmp_path / "l.conf"
+    path.write_text(f"spool {tmp_path}/s\nsmtp-listener 127.0.0.1:2525 source=ghost\n")
+    with pytest.raises(ConfigError, match="ghost"):
+        load_config(str(path))

@@ -1166,12 +1166,6 @@ def _registry_entry(name: str, scope: str) -> Entry | None:
     return Entry(name, scope, spec.parse, "", "", IMPLEMENTED, "", spec.repeatable, caveat)
 
 
-def _listener_source(text: str) -> str | None:
-    if "source=" in text:
-        return "smtp-listener source= is not yet implemented: sources are chosen by client IP"
-    return None
-
-
 def _empty_password(text: str) -> str | None:
     if not text.strip():
         return "password is empty: this user can never log in"
@@ -1220,7 +1214,6 @@ def _wildcard_key(text: str) -> str | None:
 
 #: Registry directives implemented for most values but not all: the warning a value gets.
 CAVEATS: Mapping[tuple[str, str], Callable[[str], str | None]] = {
-    ("smtp-listener", reg.GLOBAL): _listener_source,
     ("password", reg.SMTP_USER): _empty_password,
     ("smtp-server-tls-certificate", reg.GLOBAL): _key_password,
     ("tls-certificate", reg.SMTP_LISTENER): _key_password,

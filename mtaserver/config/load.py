@@ -175,6 +175,8 @@ class _Loader:
             "default-virtual-mta": "vmta-or-pool",
             "source": reg.SOURCE,
         }
+        if node.name == "smtp-listener" and value[1] is not None:
+            self.references.append(_Reference(reg.SOURCE, value[1], node.file, node.line))
         if node.name in kinds and value is not None:  # None: default-virtual-mta by-smtp-...
             self.references.append(_Reference(kinds[node.name], value, node.file, node.line))
         files = {
@@ -240,7 +242,10 @@ def load_config(path: str) -> Config:
 
 
 def _assemble(loader: _Loader, path: str, files: list[str], nodes: list[Node]) -> Config:
-    smtp_listeners = [Listener(a) for a in loader.global_layer.pop("smtp_listener", ())]
+    smtp_listeners = [
+        Listener(address, source=source)
+        for address, source in loader.global_layer.pop("smtp_listener", ())
+    ]
     api_listeners: list[Listener] = []
     for kind, address, layer in loader.listener_scopes:
         listener = Listener(address, layer.get("tls_certificate"))

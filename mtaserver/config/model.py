@@ -303,6 +303,8 @@ class Listener:
 
     address: HostPort
     tls_certificate: str | None = None
+    #: `smtp-listener IP:PORT source=NAME`: its clients get `<source NAME>`, not their IP's.
+    source: str | None = None
 
     @property
     def is_loopback(self) -> bool:
@@ -430,6 +432,17 @@ class Config:
         key = ("source", ip, authenticated)
         if key not in self._cache:
             layers = [self.source_layer(ip)]
+            if authenticated:
+                layers.append(self.named_sources.get("{auth}", {}))
+            self._cache[key] = build(SourceSettings, layers)
+        result: SourceSettings = self._cache[key]
+        return result
+
+    def listener_source_settings(self, name: str, authenticated: bool = False) -> SourceSettings:
+        """The policy on a `source=NAME` listener: `<source NAME>` (then `{auth}` after AUTH)."""
+        key = ("listener-source", name, authenticated)
+        if key not in self._cache:
+            layers = [self.named_sources.get(name, {})]
             if authenticated:
                 layers.append(self.named_sources.get("{auth}", {}))
             self._cache[key] = build(SourceSettings, layers)

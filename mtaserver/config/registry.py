@@ -75,13 +75,13 @@ def _source_ref(text: str) -> str:
     return v.parse_source_name(word) if word.startswith("{") else v.parse_name(word)
 
 
-def _listener_arg(text: str) -> v.HostPort:
-    """`smtp-listener IP:PORT [source=NAME]` (the `source=` part is checked by the catalog)."""
+def _listener_arg(text: str) -> tuple[v.HostPort, str | None]:
+    """`smtp-listener IP:PORT [source=NAME]`: the listener and its named `<source NAME>`."""
     address, _, option = text.strip().partition(" ")
     option = option.strip()
     if option and not (option.startswith("source=") and v.parse_name(option[7:])):
         raise ValueError(f"expected IP:PORT [source=NAME], e.g. 0/0:25 source=mta1, not {text!r}")
-    return v.parse_host_port(address)
+    return v.parse_host_port(address), (option[7:] if option else None)
 
 
 def _host_port_arg(text: str) -> str:

@@ -87,6 +87,7 @@ class SmtpListeners(MultiService):
             service = self._by_address.get(address)
             if service is not None:
                 service.smtp_factory.tls_options = options
+                service.smtp_factory.handler.listener_source = listener.source
                 continue
             try:
                 self._bind(listener, options)

@@ -97,8 +97,11 @@ class ReceptionHandler:
         stats: ReceptionStats,
         clock: IReactorTime,
         suppression: SuppressionService | None = None,
+        listener_source: str | None = None,
     ) -> None:
         self.holder = holder
+        #: `smtp-listener ... source=NAME`: this listener's clients get `<source NAME>`.
+        self.listener_source = listener_source
         self.suppression = suppression
         self.store = store
         self.on_accepted = on_accepted
@@ -120,13 +123,16 @@ class ReceptionHandler:
     def settings_for(self, ip: str, user: str | None = None) -> SourceSettings:
         """The client's `<source>`; after AUTH `{auth}`, then the user's own `source {name}`."""
         config = self.holder.config
+        named = self.listener_source
         if user is None:
-            return config.source_settings(ip)
+            return config.listener_source_settings(named) if named else config.source_settings(ip)
         entry = config.smtp_users.get(user)
         if entry is None or entry.source is None:
+            if named:
+                return config.listener_source_settings(named, authenticated=True)
             return config.source_settings(ip, authenticated=True)
         layers = [
-            config.source_layer(ip),
+            config.named_sources.get(named, {}) if named else config.source_layer(ip),
             config.named_sources.get("{auth}", {}),
             config.named_sources.get(entry.source, {}),
         ]

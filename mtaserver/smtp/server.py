@@ -926,7 +926,13 @@ class SmtpServerFactory(ServerFactory):
         self.listener = listener
         self.stats = stats if stats is not None else ReceptionStats()
         self.handler = ReceptionHandler(
-            holder, store, on_accepted, self.stats, clock, suppression=suppression
+            holder,
+            store,
+            on_accepted,
+            self.stats,
+            clock,
+            suppression=suppression,
+            listener_source=listener.source,
         )
         if tls_options is None:
             pem = listener.tls_certificate or holder.config.settings.smtp_server_tls_certificate
