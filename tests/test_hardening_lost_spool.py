@@ -12,17 +12,13 @@ import email.policy
 import os
 from pathlib import Path
 
-from twisted.internet import defer, task
+from test_scheduler import World as SchedulerWorld
+from twisted.internet import defer
 
-from mtaserver.config.load import load_config
-from mtaserver.config.reload import ConfigHolder
 from mtaserver.events import Envelope, Outcome, Recipient, Removed
 from mtaserver.queue.bounces import DsnSender
 from mtaserver.queue.delivery import ConnectionInfo, SessionJob, TransactionResult
-from mtaserver.queue.scheduler import Scheduler
 from mtaserver.smtp_reply import Reply
-from mtaserver.spool import Journal, MessageStore, read_events
-from mtaserver.spool.journal import JournalPosition, list_segments
 from mtaserver.spool.testing import run_now
 
 INFO = ConnectionInfo("127.0.0.1", "127.0.0.2", "mx.test", True, "", "", frozenset())
@@ -42,47 +38,19 @@ class AcceptAll:
             )
 
 
-class World:
+class World(SchedulerWorld):
+    """test_scheduler's world with a deliverer that accepts all and the real DsnSender."""
+
     def __init__(self, tmp_path: Path) -> None:
-        conf = tmp_path / "m.conf"
-        conf.write_text(
-            "host-name mta.test\n<domain *>\nretry-after 10m\nbounce-after 4d\n</domain>\n"
+        super().__init__(
+            tmp_path, "retry-after 10m\nbounce-after 4d", "host-name mta.test", AcceptAll()
         )
-        self.holder = ConfigHolder(load_config(str(conf)))
-        self.clock = task.Clock()
-        self.spool = str(tmp_path / "spool")
-        self.journal = Journal(self.spool + "/journal", run_now)
-        self.store = MessageStore(self.spool, self.journal, run_now, clock=self.clock.seconds)
-        self.store.resume({})
-        self.deliverer = AcceptAll()
         self.dsns: list[Envelope] = []
-        self.dsn_sender = DsnSender(self.holder, self.store, self.dsns.append, self.clock, run_now)
-        self.scheduler = Scheduler(
-            self.holder,
-            self.store,
-            self.journal,
-            {"smtp": self.deliverer},
-            self.clock,
-            notify_bounce=self.dsn_sender,
+        self.scheduler.notify_bounce = DsnSender(
+            self.holder, self.store, self.dsns.append, self.clock, run_now
         )
 
-    def spool_message(self, *rcpts: str) -> Envelope:
-        writer = self.store.begin()
-        writer.write(b"Subject: lost\r\n\r\nbody\r\n")
-        envelope = Envelope(
-            writer.msg_id,
-            "sender@src.test",
-            tuple(Recipient(r) for r in rcpts),
-            self.clock.seconds(),
-        )
-        assert writer.commit(envelope).called
-        return envelope
-
-    def events(self) -> list[object]:
-        start = JournalPosition(list_segments(self.spool + "/journal")[0], 0)
-        return [e for _, e in read_events(self.spool + "/journal", start)]
-
-    def outcomes(self, msg_id: str) -> list[Outcome]:
+    def outcomes_of(self, msg_id: str) -> list[Outcome]:
         return [e for e in self.events() if isinstance(e, Outcome) and e.msg_id == msg_id]
 
     def dsn_text(self) -> str:
@@ -95,7 +63,7 @@ class World:
 
 
 def _check_bounced(world: World, envelope: Envelope, what: str) -> None:
-    (outcome,) = world.outcomes(envelope.msg_id)
+    (outcome,) = world.outcomes_of(envelope.msg_id)
     assert outcome.record == "b"
     assert outcome.rcpt_indexes == (0, 1)
     assert outcome.dsn_status == "5.3.0"
@@ -115,7 +83,7 @@ def _check_bounced(world: World, envelope: Envelope, what: str) -> None:
 def test_missing_file_at_delivery_bounces_at_once_with_a_dsn(tmp_path: Path) -> None:
     """A vanished message file: b (5.3.0, other) for all recipients and a DSN, no retry."""
     world = World(tmp_path)
-    envelope = world.spool_message("a@dst.test", "b@dst.test")
+    envelope = world.write_message("a@dst.test", "b@dst.test")
     os.unlink(world.store.path(envelope.msg_id))
     world.scheduler.enqueue(envelope)
     _check_bounced(world, envelope, "missing")
@@ -124,7 +92,7 @@ def test_missing_file_at_delivery_bounces_at_once_with_a_dsn(tmp_path: Path) -> 
 def test_corrupt_file_at_delivery_is_set_aside_and_bounced(tmp_path: Path) -> None:
     """A corrupt message file moves to corrupt/ at once; b for its recipients, a DSN."""
     world = World(tmp_path)
-    envelope = world.spool_message("a@dst.test", "b@dst.test")
+    envelope = world.write_message("a@dst.test", "b@dst.test")
     path = world.store.path(envelope.msg_id)
     data = bytearray(Path(path).read_bytes())
     data[data.index(b"body\r\n")] ^= 0x20  # flip a body byte: its checksum no longer matches
@@ -143,7 +111,7 @@ def test_lost_at_recovery_gets_a_dsn(tmp_path: Path) -> None:
     )
     finished = defer.ensureDeferred(world.scheduler.bounce_lost(envelope, [0, 1]))
     assert finished.called
-    (outcome,) = world.outcomes(envelope.msg_id)
+    (outcome,) = world.outcomes_of(envelope.msg_id)
     assert (outcome.record, outcome.dsn_status, outcome.bounce_cat) == ("b", "5.3.0", "other")
     text = world.dsn_text()
     assert "Status: 5.3.0" in text and "a@dst.test" in text

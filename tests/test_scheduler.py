@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 from twisted.internet import defer, task
@@ -69,7 +70,14 @@ class ScriptedDeliverer:
 
 
 class World:
-    def __init__(self, tmp_path: Path, domain_conf: str = "", extra: str = "") -> None:
+    """The scheduler over a real spool and journal, on a `task.Clock`.
+
+    `deliverer` defaults to a `ScriptedDeliverer`; bounces are recorded in `bounced`.
+    """
+
+    def __init__(
+        self, tmp_path: Path, domain_conf: str = "", extra: str = "", deliverer: Any = None
+    ) -> None:
         conf = tmp_path / "m.conf"
         conf.write_text(f"<domain *>\n{domain_conf}\n</domain>\n{extra}\n")
         self.holder = ConfigHolder(load_config(str(conf)))
@@ -78,7 +86,7 @@ class World:
         self.journal = Journal(self.spool + "/journal", run_now)
         self.store = MessageStore(self.spool, self.journal, run_now, clock=self.clock.seconds)
         self.store.resume({})
-        self.deliverer = ScriptedDeliverer()
+        self.deliverer = deliverer if deliverer is not None else ScriptedDeliverer()
         self.bounced: list[tuple[str, list[Outcome]]] = []
         self.scheduler = Scheduler(
             self.holder,
@@ -92,7 +100,10 @@ class World:
     async def notify(self, envelope: Envelope, outcomes: list[Outcome], body: bytes | None) -> None:
         self.bounced.append((envelope.msg_id, outcomes))
 
-    def submit(self, *rcpts: str, job: str | None = None, vmta: str | None = None) -> str:
+    def write_message(
+        self, *rcpts: str, job: str | None = None, vmta: str | None = None
+    ) -> Envelope:
+        """A message from sender@src.test to `rcpts`, committed to the spool (not queued)."""
         writer = self.store.begin()
         writer.write(b"Subject: t\r\n\r\nbody\r\n")
         envelope = Envelope(
@@ -105,8 +116,12 @@ class World:
         )
         done = writer.commit(envelope)
         assert done.called
+        return envelope
+
+    def submit(self, *rcpts: str, job: str | None = None, vmta: str | None = None) -> str:
+        envelope = self.write_message(*rcpts, job=job, vmta=vmta)
         self.scheduler.enqueue(envelope)
-        return writer.msg_id
+        return envelope.msg_id
 
     def events(self) -> list[object]:
         start = JournalPosition(list_segments(self.spool + "/journal")[0], 0)
