@@ -31,6 +31,7 @@ from mtaserver.config import registry as reg
 from mtaserver.config.grammar import ConfigError, unquote
 from mtaserver.config.load import load_config
 from mtaserver.config.model import Config
+from mtaserver.config.redact import redact_config_text, restore_secrets
 from mtaserver.config.values import parse_cidr, parse_rate, parse_record_types
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -588,3 +589,19 @@ def test_test_config_refuses_what_startup_refuses(tmp_path: Path) -> None:
     assert started.returncode == 1
     for problem in problems:
         assert problem.split(": ", 1)[1] in started.stderr
+
+
+def test_key_passwords_are_redacted_and_kept() -> None:
+    """A certificate's key password (and a privacy-policy key) is hidden, file shown; kept."""
+    text = (
+        "smtp-server-tls-certificate /etc/mta/c.pem s3cret  # note\n"
+        "<smtp-listener 0/0:25>\n  tls-certificate /etc/mta/d.pem\n</smtp-listener>\n"
+        '<acct-file a.csv>\n  privacy-policy siphash "k3y"\n</acct-file>\n'
+    )
+    redacted = redact_config_text(text)
+    assert "s3cret" not in redacted and "k3y" not in redacted
+    assert "smtp-server-tls-certificate /etc/mta/c.pem ********  # note" in redacted
+    assert "tls-certificate /etc/mta/d.pem\n" in redacted  # no password: nothing hidden
+    assert restore_secrets(redacted, text) == text
+    moved = redacted.replace("/etc/mta/c.pem", "/etc/mta/new.pem")
+    assert "smtp-server-tls-certificate /etc/mta/new.pem s3cret" in restore_secrets(moved, text)

@@ -35,6 +35,21 @@ SECRET_DIRECTIVES = frozenset(
         "password",
     }
 )
+#: Directives whose words after the first are a credential: `smtp-server-tls-certificate
+#: FILE PASSWORD`, `tls-certificate FILE PASSWORD`, `privacy-policy siphash KEY`.
+SECRET_AFTER_FIRST_WORD = frozenset(
+    {"smtp-server-tls-certificate", "tls-certificate", "privacy-policy"}
+)
+
+
+def _split_secret(name: str, value: str) -> tuple[str, str]:
+    """(the part shown, the secret part) of a secret directive's value."""
+    if name in SECRET_AFTER_FIRST_WORD:
+        first, space, rest = value.partition(" ")
+        return first + space, rest
+    return "", value
+
+
 #: Settings fields (directive names with `_`) and log event keys holding credentials.
 SECRET_FIELDS = frozenset(name.replace("-", "_") for name in SECRET_DIRECTIVES) | {
     "authorization",
@@ -82,9 +97,12 @@ def _secret_lines(text: str) -> list[tuple[int, SecretKey, re.Match[str], str]]:
                 scopes.append(f"{opening.group(1).lower()} {arg}")
             continue
         match = _DIRECTIVE.fullmatch(code)
-        if not match or match.group(2).lower() not in SECRET_DIRECTIVES:
+        name = match.group(2).lower() if match else ""
+        if not match or not (
+            name in SECRET_DIRECTIVES
+            or (name in SECRET_AFTER_FIRST_WORD and len(match.group(4).split()) > 1)
+        ):
             continue
-        name = match.group(2).lower()
         place = (tuple(scopes), name)
         occurrence = seen.get(place, 0)
         seen[place] = occurrence + 1
@@ -98,7 +116,8 @@ def redact_config_text(text: str) -> str:
     for index, _key, match, comment in _secret_lines(text):
         ending = lines[index][len(lines[index].rstrip("\r\n")) :]
         indent, name, space = match.group(1), match.group(2), match.group(3)
-        lines[index] = f"{indent}{name}{space}{REDACTED}{match.group(5)}{comment}{ending}"
+        shown, _secret = _split_secret(name.lower(), match.group(4))
+        lines[index] = f"{indent}{name}{space}{shown}{REDACTED}{match.group(5)}{comment}{ending}"
     return "".join(lines)
 
 
@@ -107,17 +126,21 @@ def restore_secrets(new_text: str, old_text: str | None) -> str:
 
     Raises `RedactionError` for a placeholder that has no value to keep.
     """
-    old = {key: match.group(4) for _i, key, match, _c in _secret_lines(old_text or "")}
+    old = {
+        key: _split_secret(key[1], match.group(4))[1]
+        for _i, key, match, _c in _secret_lines(old_text or "")
+    }
     lines = new_text.splitlines(keepends=True)
     for index, key, match, comment in _secret_lines(new_text):
-        if match.group(4) != REDACTED:
+        shown, secret = _split_secret(key[1], match.group(4))
+        if secret != REDACTED:
             continue
         kept = old.get(key)
         if kept is None or kept == REDACTED:
             raise RedactionError(index + 1, key[1])
         ending = lines[index][len(lines[index].rstrip("\r\n")) :]
         indent, name, space = match.group(1), match.group(2), match.group(3)
-        lines[index] = f"{indent}{name}{space}{kept}{match.group(5)}{comment}{ending}"
+        lines[index] = f"{indent}{name}{space}{shown}{kept}{match.group(5)}{comment}{ending}"
     return "".join(lines)
 
 
