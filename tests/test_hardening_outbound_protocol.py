@@ -8,97 +8,34 @@ from __future__ import annotations
 
 from typing import Any
 
-import attrs
 import pytest
+from test_smtp_client import FakeServer
 from twisted.internet import defer
-from twisted.internet.address import IPv4Address
-from twisted.internet.error import ConnectionDone
-from twisted.internet.testing import MemoryReactorClock, StringTransport
-from twisted.python.failure import Failure
 
-from mtaserver.config.model import DomainSettings
 from mtaserver.events import Envelope, Recipient
-from mtaserver.queue.delivery import Transaction, TransactionResult
-from mtaserver.smtp.client import run_session
+from mtaserver.queue.delivery import Transaction
 from mtaserver.smtp.client_protocol import make_reply
 from mtaserver.smtp.client_wire import mail_command, orcpt_param, rcpt_command, safe_command
 
 
-@attrs.frozen
-class Target:
-    host: str
-    ip: str
-    port: int
-
-
-class Server:
-    """Runs `run_session` on a MemoryReactorClock; `connect()` accepts each connection."""
+class Server(FakeServer):
+    """test_smtp_client's FakeServer that greets every connection with PIPELINING and DSN."""
 
     def __init__(
         self,
         transactions: list[Transaction],
         hold: defer.Deferred[Transaction | None] | None = None,
     ) -> None:
-        self.reactor = MemoryReactorClock()
-        self.pending = list(transactions)
-        self.hold = hold  # awaited for the next transaction once `pending` is empty
-        self.results: list[TransactionResult] = []
-        self.transports: list[StringTransport] = []
-        self.done = defer.Deferred.fromCoroutine(
-            run_session(
-                self.reactor,
-                Target("mx.test", "127.0.0.1", 25),
-                helo_name="client.test",
-                source_ip=None,
-                settings=DomainSettings(),
-                next_transaction=self.next_transaction,
-                report=self.results.append,
-            )
-        )
-        self.proto: Any = None
-        self.connect()
-
-    async def next_transaction(self) -> Transaction | None:
-        if self.pending:
-            return self.pending.pop(0)
-        if self.hold is not None:
-            return await self.hold
-        return None
+        super().__init__(transactions, hold=hold)
 
     def connect(self) -> None:
-        factory = self.reactor.tcpClients[len(self.transports)][2]
-        self.proto = factory.buildProtocol(IPv4Address("TCP", "127.0.0.1", 25))
-        transport = StringTransport(
-            hostAddress=IPv4Address("TCP", "127.0.0.1", 40000),
-            peerAddress=IPv4Address("TCP", "127.0.0.1", 25),
-        )
-        self.transports.append(transport)
-        self.proto.makeConnection(transport)
-        self.say(b"220 mx.test ESMTP\r\n")
-        assert self.heard() == b"EHLO client.test\r\n"
-        self.say(b"250-mx.test\r\n250-PIPELINING\r\n250 DSN\r\n")
-
-    @property
-    def transport(self) -> StringTransport:
-        return self.transports[-1]
-
-    def say(self, data: bytes) -> None:
-        self.proto.dataReceived(data)
-
-    def heard(self) -> bytes:
-        data = self.transport.value()
-        self.transport.clear()
-        return data
+        super().connect()
+        self.greet_ehlo("PIPELINING", "DSN")
 
     def lost(self) -> None:
         """The transport was aborted (StringTransport only records it): deliver the loss."""
         assert self.transport.disconnecting or self.transport.disconnected
-        self.proto.connectionLost(Failure(ConnectionDone()))
-
-    def finish(self) -> None:
-        if not self.done.called:
-            self.proto.connectionLost(Failure(ConnectionDone()))
-        self.done.addErrback(lambda _: None)
+        self.close()
 
 
 def envelope(*addresses: str, **kw: Any) -> Envelope:

@@ -300,7 +300,11 @@ class CountingTransport(StringTransport):
 
 
 class FakeServer:
-    """Runs `run_session` against a MemoryReactorClock; the test speaks for the server."""
+    """Runs `run_session` against a MemoryReactorClock; the test speaks for the server.
+
+    `connect()` accepts the session's next connection (the first is accepted at once);
+    once `pending` is empty the session waits for `hold`, when there is one.
+    """
 
     started: list[FakeServer] = []
 
@@ -310,10 +314,14 @@ class FakeServer:
         settings: DomainSettings | None = None,
         ip: str = "127.0.0.1",
         timeout: float = 300,
+        hold: defer.Deferred[Transaction | None] | None = None,
     ) -> None:
         self.reactor = MemoryReactorClock()
+        self.ip = ip
         self.pending = list(transactions)
+        self.hold = hold
         self.results: list[TransactionResult] = []
+        self.transports: list[CountingTransport] = []
         self.done = defer.Deferred.fromCoroutine(
             run_session(
                 self.reactor,
@@ -326,17 +334,32 @@ class FakeServer:
                 timeout=timeout,
             )
         )
-        factory = self.reactor.tcpClients[0][2]
-        self.proto = factory.buildProtocol(IPv4Address("TCP", ip, 25))
-        self.transport = CountingTransport(
-            hostAddress=IPv4Address("TCP", "127.0.0.1", 40000),
-            peerAddress=IPv4Address("TCP", ip, 25),
-        )
-        self.proto.makeConnection(self.transport)
+        self.proto: Any = None
+        self.connect()
         FakeServer.started.append(self)
 
     async def next_transaction(self) -> Transaction | None:
-        return self.pending.pop(0) if self.pending else None
+        if self.pending:
+            return self.pending.pop(0)
+        if self.hold is not None:
+            return await self.hold
+        return None
+
+    def connect(self) -> None:
+        """Accept the session's next connection attempt."""
+        factory = self.reactor.tcpClients[len(self.transports)][2]
+        self.proto = factory.buildProtocol(IPv4Address("TCP", self.ip, 25))
+        transport = CountingTransport(
+            hostAddress=IPv4Address("TCP", "127.0.0.1", 40000),
+            peerAddress=IPv4Address("TCP", self.ip, 25),
+        )
+        self.transports.append(transport)
+        self.proto.makeConnection(transport)
+
+    @property
+    def transport(self) -> CountingTransport:
+        """The current connection's transport."""
+        return self.transports[-1]
 
     def say(self, data: bytes) -> None:
         self.proto.dataReceived(data)
