@@ -643,3 +643,23 @@ def test_listener_naming_an_undefined_source_is_an_error(tmp_path: Path) -> None
     path.write_text(f"spool {tmp_path}/s\nsmtp-listener 127.0.0.1:2525 source=ghost\n")
     with pytest.raises(ConfigError, match="ghost"):
         load_config(str(path))
+
+
+def test_acct_move_to_and_world_readable(tmp_path: Path, receiver: Receiver) -> None:
+    """`move-to DIR` gets the rotated files; files are 0640 unless `world-readable yes`."""
+    import stat
+
+    port = free_port()
+    extra = RELAY + (
+        f"<acct-file {tmp_path}/moved.csv>\n records d\n max-size 1\n move-to {tmp_path}/old\n"
+        f"</acct-file>\n<acct-file {tmp_path}/open.csv>\n records d\n world-readable yes\n"
+        "</acct-file>\n"
+    )
+    with ServerProcess(tmp_path, base_config(tmp_path, port, receiver.port, extra), (port,)):
+        send(port, "s@src.test", ["ok@dst.test"])
+        assert wait_until(lambda: (tmp_path / "old").exists() and any((tmp_path / "old").iterdir()))
+    (rotated,) = list((tmp_path / "old").iterdir())
+    assert rotated.name.startswith("moved-") and "ok@dst.test" in rotated.read_text()
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith("moved-")]
+    assert stat.S_IMODE((tmp_path / "moved.csv").stat().st_mode) == 0o640
+    assert stat.S_IMODE((tmp_path / "open.csv").stat().st_mode) == 0o644

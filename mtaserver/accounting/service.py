@@ -86,7 +86,18 @@ def writer_for(
         found_end=journal.found_end,
         resync=functools.partial(next_record, journal.directory),
         min_interval=CATCH_UP_INTERVAL,
+        move_to=_move_to(acct),
+        world_readable=acct.world_readable,
     )
+
+
+def _move_to(acct: AcctFileSettings) -> str | None:
+    """`move-to DIR`, made if missing: where the acct file's rotated files go."""
+    if not acct.move_to:
+        return None
+    path = os.path.abspath(acct.move_to)
+    os.makedirs(path, exist_ok=True)
+    return path
 
 
 def _pipe_for(
@@ -124,6 +135,8 @@ def _writer_settings(acct: AcctFileSettings) -> tuple[Any, ...]:
         acct.move_interval,
         acct.delete_after,
         acct.sync,
+        acct.move_to,
+        acct.world_readable,
     )
 
 

@@ -30,6 +30,7 @@ recovery, catch-up and rotation, so the file state is touched by one operation a
 from __future__ import annotations
 
 import os
+import shutil
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from functools import partial
 from typing import IO, Any, Generic, TypeVar, cast
@@ -124,12 +125,18 @@ class AcctFileWriter(Generic[P]):
         found_end: P | None = None,
         resync: Callable[[P, P], P | None] | None = None,
         min_interval: float = 0.0,
+        move_to: str | None = None,
+        world_readable: bool = False,
     ) -> None:
         unknown = set(records) - set(RECORD_TYPES)
         if unknown:
             raise ValueError(f"unknown acct record types: {', '.join(sorted(unknown))}")
         self.path = path
         self._dir = os.path.dirname(path) or "."
+        #: `move-to`: where rotated files go (beside the acct file by default).
+        self._rotated_dir = move_to or self._dir
+        #: `world-readable`: 0644, else 0640 (PowerMTA's default keeps others out).
+        self._mode = 0o644 if world_readable else 0o640
         self._ckpt_path = checkpoint_path(path)
         self._json = path.endswith(".json")
         self._fields_by_type = {
@@ -290,7 +297,8 @@ class AcctFileWriter(Generic[P]):
         save_checkpoint(self._ckpt_path, Checkpoint(name, pair, size, rotated_to))
 
     def _join(self, name: str) -> str:
-        return os.path.join(self._dir, name)
+        """A rotated file's path (in `move-to`'s directory when one is set)."""
+        return os.path.join(self._rotated_dir, name)
 
     def _recover(self, now: float) -> P:
         """Make the file match its checkpoint and return the position to read from."""
@@ -301,7 +309,7 @@ class AcctFileWriter(Generic[P]):
                 aside = rotated_name(self.path, now, lambda n: os.path.exists(self._join(n)))
                 self.log.warn("acct file {path} has no checkpoint: moved to {aside}",
                               path=self.path, aside=aside)  # fmt: skip
-                os.rename(self.path, self._join(aside))
+                shutil.move(self.path, self._join(aside))
             self._save(0)
             self._start_file()
         elif ckpt.rotated_to is not None:
@@ -352,7 +360,8 @@ class AcctFileWriter(Generic[P]):
 
     def _open(self) -> IO[bytes]:
         """The acct file opened for writing at `_size`, cutting anything after it."""
-        fd = os.open(self.path, os.O_WRONLY | os.O_CREAT, 0o644)
+        fd = os.open(self.path, os.O_WRONLY | os.O_CREAT, self._mode)
+        os.fchmod(fd, self._mode)
         f = os.fdopen(fd, "wb")
         actual = os.fstat(fd).st_size
         if actual > self._size:
@@ -370,7 +379,9 @@ class AcctFileWriter(Generic[P]):
 
     def _start_file(self) -> None:
         """Create (or empty) the acct file, write its header, and checkpoint that."""
-        with open(self.path, "wb") as f:
+        fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, self._mode)
+        os.fchmod(fd, self._mode)
+        with os.fdopen(fd, "wb") as f:
             f.write(self._header)
             f.flush()
             if self._sync:
@@ -381,7 +392,7 @@ class AcctFileWriter(Generic[P]):
     def _finish_rotation(self, rotated_to: str) -> None:
         target = self._join(rotated_to)
         if os.path.exists(self.path) and not os.path.exists(target):
-            os.rename(self.path, target)
+            shutil.move(self.path, target)  # a rename, or a copy to another filesystem
         self._start_file()
 
     def _rotate_in_thread(self, now: float, force: bool) -> None:
@@ -395,7 +406,8 @@ class AcctFileWriter(Generic[P]):
     def _delete_expired(self, now: float) -> None:
         if self._delete_after is None:
             return
-        for name in expired_files(self.path, os.listdir(self._dir), now, self._delete_after):
+        names = os.listdir(self._rotated_dir)
+        for name in expired_files(self.path, names, now, self._delete_after):
             os.remove(self._join(name))
             self.log.info("acct file {name} deleted (delete-after)", name=name)
 

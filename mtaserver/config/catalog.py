@@ -985,7 +985,7 @@ _add(
 _add("sparkpost-ip-pool", D, "text", "", N, "SparkPost traffic redirection is SparkPost's service")
 
 # -- <acct-file> -----------------------------------------------------------------------
-_add("move-to", A, "file", "", Y, "rotated files stay beside the acct file")
+_add("move-to", A, "file", "", IMPLEMENTED, "rotated files go to this directory")
 _add("queue-filter", A, "names", "", Y, "every queue's records are written")
 _add(
     "retry-interval",
@@ -998,7 +998,7 @@ _add(
 _add("iso-times", A, "bool", "yes", N, "times are always YYYY-MM-DD HH:MM:SS+0000")
 _add("user-string", A, "text", "", Y, "no user string column")
 _add("write-timeout", A, "interval", "1m", Y, "an acct pipe that stops reading is not timed out")
-_add("world-readable", A, "bool", "no", Y, "acct files are created 0644 whatever this says")
+_add("world-readable", A, "bool", "no", IMPLEMENTED, "files are 0644, else 0640")
 _add("count-moved-records", A, "bool", "false", Y, "no record counts")
 _add("privacy-policy", A, "privacy", "retain", Y, "addresses are written as they are")
 _add("http-webhook-log-verbose", A, "bool", "false", Y, "webhook batches are logged briefly")

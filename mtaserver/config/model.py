@@ -247,6 +247,8 @@ class AcctFileSettings:
     http_webhook_connect_timeout: float = 30.0
     http_webhook_io_timeout: float = 60.0
     http_webhook_max_size: int = 5 * 1024 * 1024  # the batch limit (max-size rotates the file)
+    move_to: str | None = None  # rotated files go to this directory
+    world_readable: bool = False  # files 0644, else 0640
 
 
 @attrs.frozen
