@@ -18,7 +18,7 @@ servers in one process never collide.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
 
 from prometheus_client import CollectorRegistry, generate_latest
@@ -134,53 +134,61 @@ class ServerCollector(Collector):
 
     def _acct_writers(self) -> Iterator[Any]:
         """Acct writers' health: a writer that stopped writing is never silent."""
-        failing = GaugeMetricFamily(
-            "mtaserver_acct_writer_failing",
-            "1 while the acct file's last catch-up failed (records not being written)",
-            labels=["acct_file"],
+        yield from per_acct_file(
+            self.acct.status(),
+            failing=GaugeMetricFamily(
+                "mtaserver_acct_writer_failing",
+                "1 while the acct file's last catch-up failed (records not being written)",
+                labels=["acct_file"],
+            ),
+            errors=CounterMetricFamily(
+                "mtaserver_acct_writer_errors", "Failed acct catch-ups", labels=["acct_file"]
+            ),
+            journal_truncations=CounterMetricFamily(
+                "mtaserver_acct_journal_truncations",
+                "Times the acct writer found its journal position gone (journal cut) and resumed",
+                labels=["acct_file"],
+            ),
+            journal_lost_bytes=CounterMetricFamily(
+                "mtaserver_acct_journal_lost_bytes",
+                "Journal bytes skipped by those resumptions (a lower bound of what was lost)",
+                labels=["acct_file"],
+            ),
         )
-        errors = CounterMetricFamily(
-            "mtaserver_acct_writer_errors", "Failed acct catch-ups", labels=["acct_file"]
-        )
-        truncations = CounterMetricFamily(
-            "mtaserver_acct_journal_truncations",
-            "Times the acct writer found its journal position gone (journal cut) and resumed",
-            labels=["acct_file"],
-        )
-        lost = CounterMetricFamily(
-            "mtaserver_acct_journal_lost_bytes",
-            "Journal bytes skipped by those resumptions (a lower bound of what was lost)",
-            labels=["acct_file"],
-        )
-        for status in self.acct.status():
-            label = [status["acct_file"]]
-            failing.add_metric(label, 1 if status["failing"] else 0)
-            errors.add_metric(label, status["errors"])
-            truncations.add_metric(label, status["journal_truncations"])
-            lost.add_metric(label, status["journal_lost_bytes"])
-        yield from (failing, errors, truncations, lost)
 
     def _webhook_backlog(self) -> Iterator[Any]:
         """Accounting webhook batches and bytes not yet accepted by their endpoint."""
-        batches = GaugeMetricFamily(
-            "mtaserver_webhook_backlog_batches",
-            "Staged webhook batches not yet sent",
-            labels=["acct_file"],
+        yield from per_acct_file(
+            self.webhooks.status(),
+            backlog_batches=GaugeMetricFamily(
+                "mtaserver_webhook_backlog_batches",
+                "Staged webhook batches not yet sent",
+                labels=["acct_file"],
+            ),
+            backlog_bytes=GaugeMetricFamily(
+                "mtaserver_webhook_backlog_bytes",
+                "Webhook bytes not yet sent",
+                labels=["acct_file"],
+            ),
+            consecutive_failures=GaugeMetricFamily(
+                "mtaserver_webhook_consecutive_failures",
+                "Failed posts since the last success",
+                labels=["acct_file"],
+            ),
         )
-        size = GaugeMetricFamily(
-            "mtaserver_webhook_backlog_bytes", "Webhook bytes not yet sent", labels=["acct_file"]
-        )
-        failures = GaugeMetricFamily(
-            "mtaserver_webhook_consecutive_failures",
-            "Failed posts since the last success",
-            labels=["acct_file"],
-        )
-        for status in self.webhooks.status():
-            label = [status["acct_file"]]
-            batches.add_metric(label, status["backlog_batches"])
-            size.add_metric(label, status["backlog_bytes"])
-            failures.add_metric(label, status["consecutive_failures"])
-        yield from (batches, size, failures)
+
+
+def per_acct_file(statuses: Iterable[Mapping[str, Any]], **families: Any) -> list[Any]:
+    """Families labelled by acct file, each named after the status field it reports.
+
+    One sample per status row and family: `families["errors"]` gets `row["errors"]`
+    for each row's `acct_file` (a `True` reads as 1). The families come back in order.
+    """
+    for status in statuses:
+        label = [status["acct_file"]]
+        for field, family in families.items():
+            family.add_metric(label, status[field])
+    return list(families.values())
 
 
 def make_registry(
