@@ -663,3 +663,22 @@ def test_acct_move_to_and_world_readable(tmp_path: Path, receiver: Receiver) -> 
     assert not [p for p in tmp_path.iterdir() if p.name.startswith("moved-")]
     assert stat.S_IMODE((tmp_path / "moved.csv").stat().st_mode) == 0o640
     assert stat.S_IMODE((tmp_path / "open.csv").stat().st_mode) == 0o644
+
+
+def test_reject_invalid_virtual_mta_no_uses_the_fallback(
+    tmp_path: Path, receiver: Receiver
+) -> None:
+    """`reject-invalid-virtual-mta no`: an unknown X-Virtual-MTA goes out via the fallback."""
+    port = free_port()
+    extra = TWO_VMTAS + (
+        "invalid-virtual-mta-fallback vm-b\n<source 127.0.0.1>\n always-allow-relaying yes\n"
+        " process-x-virtual-mta yes\n reject-invalid-virtual-mta no\n</source>\n"
+    )
+    with ServerProcess(tmp_path, base_config(tmp_path, port, receiver.port, extra), (port,)):
+        with smtplib.SMTP("127.0.0.1", port) as client:
+            client.sendmail(
+                "s@src.test", ["ok@dst.test"], b"X-Virtual-MTA: ghost\r\nSubject: f\r\n\r\nb\r\n"
+            )
+        assert wait_until(lambda: len(acct(tmp_path, "d")) == 1)
+    assert acct(tmp_path, "d")[0]["vmta"] == "vm-b"
+    assert receiver.messages[0].helo == "b.out.test"

@@ -448,8 +448,8 @@ _add(
     G,
     "name",
     "",
-    Y,
-    "an unknown X-Virtual-MTA is refused at reception",
+    IMPLEMENTED,
+    "with reject-invalid-virtual-mta no: the vmta an unknown one is replaced by",
 )
 _add("include-headers-from", G + VM + POOL, "file", "", Y, "no headers are added from a file")
 _add(
@@ -667,7 +667,12 @@ _add(
     "SMTP sessions are logged at the standard level only",
 )
 _add(
-    "reject-invalid-virtual-mta", S, "bool", "true", N, "an unknown X-Virtual-MTA is always refused"
+    "reject-invalid-virtual-mta",
+    S,
+    "bool",
+    "true",
+    IMPLEMENTED,
+    "no: an unknown virtual MTA is replaced by invalid-virtual-mta-fallback",
 )
 _add("disconnect-on-transient-error", S, "bool", "false", Y, "a 4xx keeps the session open")
 _add("hide-message-source", S, "bool", "false", IMPLEMENTED, "Received: without the client")

@@ -172,6 +172,7 @@ class _Loader:
             "smtp-pattern-list": reg.PATTERN_LIST,
             "virtual-mta": reg.VMTA,
             "cold-virtual-mta": reg.VMTA,
+            "invalid-virtual-mta-fallback": "vmta-or-pool",
             "default-virtual-mta": "vmta-or-pool",
             "source": reg.SOURCE,
         }

@@ -86,6 +86,7 @@ class SourceSettings:
     remove_received_headers: bool = False  # drop the message's own Received: fields
     hide_message_source: bool = False  # our Received: does not name the client
     remove_header: tuple[tuple[str, ...], ...] = ()  # header names dropped at reception
+    reject_invalid_virtual_mta: bool = True  # no: an unknown vmta becomes the fallback
     suppression_lists: tuple[str, ...] = ()  # checked at RCPT as scopes source:<name>
     suppressed_recipient_action: str = "refuse"  # refuse (550 5.7.1) | drop (250 and a b record)
 
@@ -351,6 +352,7 @@ class GlobalSettings:
     http_request_header_timeout: float = 30.0
     http_request_body_timeout: float = 120.0
     http_mgmt_max_request_size: int = 10 * 2**20
+    invalid_virtual_mta_fallback: str | None = None  # for reject-invalid-virtual-mta no
     # hard bounces (b, rb) of these categories suppress the recipient (global scope)
     suppress_on_bounce_categories: frozenset[str] = frozenset(
         {"bad-mailbox", "inactive-mailbox", "bad-domain"}

@@ -274,6 +274,11 @@ class ReceptionHandler:
             or self._pattern_vmta(session.settings.pattern_list, envelope)
             or session.settings.default_virtual_mta
         )
+        config = self.holder.config
+        known = not vmta_name or vmta_name in config.vmtas or vmta_name in config.vmta_pools
+        if not known and not session.settings.reject_invalid_virtual_mta:
+            # `reject-invalid-virtual-mta no`: the fallback (or the default) instead of 550
+            vmta_name = config.settings.invalid_virtual_mta_fallback
         if not kept:  # every recipient suppressed and dropped: nothing to spool
             writer.abort()
             await self._record_dropped(envelope, dropped)
