@@ -252,3 +252,20 @@ def test_console_job_action_needs_a_job() -> None:
     with pytest.raises(APIError) as error:
         action_command({"action": "pause-job"})
     assert error.value.code == 400 and "needs job" in str(error.value.description)
+
+
+def test_defer_queue_leaves_a_paused_jobs_recipients_held(tmp_path: Path) -> None:
+    """A defer-queue pattern action defers the tried mail; a paused job's stays held with
+    no attempt counted (it was not tried)."""
+    world = World(
+        tmp_path,
+        "smtp-pattern-list p\nretry-after 10m\nbounce-after 1d",
+        extra="<smtp-pattern-list p>\n  reply /try later/ defer-queue\n</smtp-pattern-list>",
+    )
+    control = world.scheduler.control
+    control.pause_job("spring")
+    world.submit("ok-held@a.test", job="spring")
+    world.submit("soft@a.test")
+    rows = {r.rcpt: (r.state, r.attempts) for r in control.waiting("*", 10)[0]}
+    assert rows["ok-held@a.test"] == ("paused", 0)
+    assert rows["soft@a.test"][0] == "retry"

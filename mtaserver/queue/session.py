@@ -310,7 +310,9 @@ class Session:
             owner.retry(queue, settings, [retry_item], now, already_counted=True)
         if queue_action == "defer-queue":
             self.stop = True
+            held, queue.held = queue.held, []  # a paused job's were not tried: no attempt
             owner.retry(queue, settings, queue.take_all(), now)
+            queue.held = held
         elif queue_action == "bounce-queue":
             self.stop = True
             await owner.bounce(
