@@ -64,15 +64,15 @@ def _lines(text: str) -> str:
 DISCARD = domain("type discard")
 
 
-def write_rsa_key(path: Path) -> bytes:
-    """A fresh RSA private key in `path` (PEM); returns its DKIM TXT record."""
-    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+def write_rsa_key(
+    path: Path,
+    bits: int = 2048,
+    fmt: serialization.PrivateFormat = serialization.PrivateFormat.TraditionalOpenSSL,
+) -> bytes:
+    """A fresh RSA private key in `path` (PEM, in `fmt`); returns its DKIM TXT record."""
+    key = rsa.generate_private_key(public_exponent=65537, key_size=bits)
     path.write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.TraditionalOpenSSL,
-            serialization.NoEncryption(),
-        )
+        key.private_bytes(serialization.Encoding.PEM, fmt, serialization.NoEncryption())
     )
     public = key.public_key().public_bytes(
         serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo

@@ -10,7 +10,8 @@ from pathlib import Path
 import dkim
 import pytest
 from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import ed25519, rsa
+from cryptography.hazmat.primitives.asymmetric import ed25519
+from server_configs import write_rsa_key
 
 from mtaserver.config.model import GlobalSettings
 from mtaserver.config.values import DomainKey
@@ -51,15 +52,8 @@ def _rsa_key(
     fmt: serialization.PrivateFormat = serialization.PrivateFormat.PKCS8,
 ) -> tuple[Path, str]:
     """Write a new RSA key; return its path and the DNS record built from it here."""
-    key = rsa.generate_private_key(public_exponent=65537, key_size=bits)
     path = tmp_path / name
-    path.write_bytes(
-        key.private_bytes(serialization.Encoding.PEM, fmt, serialization.NoEncryption())
-    )
-    public = key.public_key().public_bytes(
-        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
-    )
-    return path, "v=DKIM1; k=rsa; p=" + base64.b64encode(public).decode()
+    return path, write_rsa_key(path, bits, fmt).decode()
 
 
 def _dns(records: dict[str, str]) -> Callable[..., bytes | None]:
