@@ -8,6 +8,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from server_configs import domain, relay_config
 from server_process import ServerProcess, free_port, wait_until
 
 from mtaserver.fsutil import atomic_write
@@ -52,18 +53,13 @@ def test_type_file_writes_the_message_whole(tmp_path: Path) -> None:
     """`type file` leaves <msg_id>.eml with Return-Path and the body, and no temporary."""
     port = free_port()
     out = tmp_path / "out"
-    config = f"""
-host-name mta.test
-spool {tmp_path}/spool
-smtp-listener 127.0.0.1:{port}
-<source 127.0.0.1>
-    always-allow-relaying yes
-</source>
-<domain *>
-    type file
-    file-output-directory {out}
-</domain>
-"""
+    config = relay_config(
+        tmp_path,
+        port,
+        domain(f"type file\nfile-output-directory {out}"),
+        settings="host-name mta.test",
+        identity=False,
+    )
     with ServerProcess(tmp_path, config, wait_ports=(port,)):
         with smtplib.SMTP("127.0.0.1", port, timeout=30) as client:
             client.sendmail("s@src.test", ["r@dst.test"], b"Subject: f\r\n\r\nfile body\r\n")
