@@ -3,7 +3,8 @@
 `gated_api` runs a `TransmissionsAPI` on the reactor thread (`reactor_thread`) over a
 real spool; the work it hands to its thread runner waits for `GatedApi.gate`, so a test
 holds a request in flight (or checks that nothing was spooled yet) for as long as it
-wants, then opens the gate. `post` is a real HTTP client of it.
+wants, then opens the gate. `post` is a plain HTTP client of the API, of this one
+or of a real server's.
 """
 
 from __future__ import annotations
@@ -91,19 +92,26 @@ def gated_api(tmp_path: Path, key: str) -> Iterator[GatedApi]:
 
 
 def post(
-    port: int, key: str, body: Any, headers: Mapping[str, str] | None = None
+    port: int,
+    key: str,
+    body: Any,
+    headers: Mapping[str, str] | None = None,
+    raw: bytes | None = None,
 ) -> tuple[int, Any]:
-    """POST `body` (JSON) to /api/v1/transmissions with more `headers`; the status and the
-    decoded answer."""
+    """POST `body` as JSON (or the bytes `raw`) to /api/v1/transmissions on 127.0.0.1:`port`
+    with more `headers`: the status and the decoded answer (None for an empty one).
+
+    A plain HTTP client of the API, for the in-process API here and the real server alike.
+    """
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
     try:
         conn.request(
             "POST",
             "/api/v1/transmissions",
-            body=json.dumps(body).encode(),
+            body=raw if raw is not None else json.dumps(body).encode(),
             headers={"Authorization": key, "Content-Type": "application/json", **(headers or {})},
         )
         response = conn.getresponse()
-        return response.status, json.loads(response.read())
+        return response.status, json.loads(response.read() or b"null")
     finally:
         conn.close()

@@ -9,7 +9,6 @@ else for the test's recipients (the queue is first in, first out over one MX).
 
 from __future__ import annotations
 
-import http.client
 import json
 import uuid
 from collections.abc import Iterator
@@ -17,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from gated_api import post
 from mx_receiver import Receiver
 from server_process import ServerProcess, free_port, wait_until
 
@@ -57,23 +57,9 @@ class Api:
         self.process = ServerProcess(directory, config, wait_ports=(self.port,))
 
     def post(self, body: Any, raw: bytes | None = None, **headers: str) -> tuple[int, Any]:
-        data = raw if raw is not None else json.dumps(body).encode()
-        conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=60)
-        try:
-            conn.request(
-                "POST",
-                "/api/v1/transmissions",
-                body=data,
-                headers={
-                    "Authorization": API_KEY,
-                    "Content-Type": "application/json",
-                    **{k.replace("_", "-"): v for k, v in headers.items()},
-                },
-            )
-            response = conn.getresponse()
-            return response.status, json.loads(response.read() or b"null")
-        finally:
-            conn.close()
+        """`gated_api.post` to this server; `Idempotency_Key=...` sends `Idempotency-Key`."""
+        named = {k.replace("_", "-"): v for k, v in headers.items()}
+        return post(self.port, API_KEY, body, named, raw)
 
     def delivered_to(self, domain: str) -> list[bytes]:
         return [m.data for m in self.receiver.messages if m.rcpt_tos[0].endswith("@" + domain)]
