@@ -26,7 +26,7 @@ import functools
 import hmac
 import inspect
 import ipaddress
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
 
 from twisted.logger import Logger
@@ -38,6 +38,22 @@ from mtaserver.http.errors import APIError, json_response
 
 log = Logger()
 LEVELS = {"none": 0, "monitor": 1, "admin": 2}
+
+
+def api_key_error(authorization: bytes | None, keys: Iterable[str]) -> APIError | None:
+    """The Transmissions API's key check: None when `authorization` is one of `keys`,
+    else the 403 to answer.
+
+    Every key is compared, in constant time, so the time does not tell which one came
+    close. The same check for the request head (guard), transmissions and suppression.
+    """
+    given = (authorization or b"").strip()
+    matched = False
+    for key in keys:
+        matched |= hmac.compare_digest(given, key.encode())
+    if matched:
+        return None
+    return APIError(403, "Forbidden", "a valid api-key is required in Authorization")
 
 
 def level_for(settings: GlobalSettings, client_ip: str, api_key: str | None) -> str:

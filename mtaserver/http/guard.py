@@ -31,7 +31,6 @@ applies them.
 
 from __future__ import annotations
 
-import hmac
 import ipaddress
 import json
 import math
@@ -52,7 +51,7 @@ from twisted.web.server import Request, Site
 from mtaserver.config.model import GlobalSettings
 from mtaserver.config.reload import ConfigHolder
 from mtaserver.config.values import IPNetwork, Rate
-from mtaserver.http.access import LEVELS, error_body, level_for
+from mtaserver.http.access import LEVELS, api_key_error, error_body, level_for
 from mtaserver.http.errors import APIError
 
 log = Logger()
@@ -211,12 +210,9 @@ class TransmissionsPolicy:
     def admit(self, head: RequestHead) -> APIError | None:
         if head.method != b"POST" or head.path.rstrip(b"/") != self.PATH:
             return None  # the handler answers 404/405; the body is still capped
-        given = (head.header(b"authorization") or b"").strip()
-        matched = False
-        for key in self.holder.config.api.api_key:  # every key: constant time overall
-            matched |= hmac.compare_digest(given, key.encode())
-        if not matched:
-            return APIError(403, "Forbidden", "a valid api-key is required in Authorization")
+        refused = api_key_error(head.header(b"authorization"), self.holder.config.api.api_key)
+        if refused is not None:
+            return refused
         if head.length == 0 and head.header(b"content-length") is None:
             return APIError(411, "Length required", "send Content-Length (or a chunked body)")
         return None

@@ -26,7 +26,6 @@ Writes are durable (fsync'd, in the thread pool) before the answer.
 
 from __future__ import annotations
 
-import hmac
 import json
 import urllib.parse
 from datetime import UTC, datetime
@@ -37,7 +36,7 @@ from twisted.logger import Logger
 from twisted.web.iweb import IRequest
 
 from mtaserver.config.reload import ConfigHolder
-from mtaserver.http.access import form_field
+from mtaserver.http.access import api_key_error, form_field
 from mtaserver.http.errors import APIError, handle_errors, json_response, read_body
 from mtaserver.suppression.model import (
     GLOBAL_SCOPE,
@@ -230,12 +229,9 @@ class SuppressionAPI:
         return int(self.suppression.clock.seconds())
 
     def _authorize(self, request: IRequest) -> None:
-        given = (request.getHeader(b"authorization") or b"").strip()
-        matched = False
-        for key in self.holder.config.api.api_key:  # every key: timing tells nothing
-            matched |= hmac.compare_digest(given, key.encode())
-        if not matched:
-            raise APIError(403, "Forbidden", "a valid api-key is required in Authorization")
+        refused = api_key_error(request.getHeader(b"authorization"), self.holder.config.api.api_key)
+        if refused is not None:
+            raise refused
 
     def _arg(self, request: IRequest, name: str) -> str | None:
         return form_field(request, name, title="Invalid request")

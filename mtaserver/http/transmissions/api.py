@@ -36,7 +36,6 @@ spool id.
 
 from __future__ import annotations
 
-import hmac
 import os
 from typing import Any
 
@@ -49,6 +48,7 @@ from twisted.web.iweb import IRequest
 
 from mtaserver.config.model import SourceSettings
 from mtaserver.config.reload import ConfigHolder
+from mtaserver.http.access import api_key_error
 from mtaserver.http.errors import APIError, handle_errors, json_response, read_body
 from mtaserver.http.guard import transmissions_guard
 from mtaserver.http.idempotency import (
@@ -284,12 +284,9 @@ class TransmissionsAPI:
         return attrs.evolve(transmission, recipients=tuple(kept), rejected=tuple(rejected))
 
     def _authorize(self, request: IRequest, keys: tuple[str, ...]) -> None:
-        given = (request.getHeader(b"authorization") or b"").strip()
-        matched = False
-        for key in keys:  # every key, so the time does not tell which one came close
-            matched |= hmac.compare_digest(given, key.encode())
-        if not matched:
-            raise APIError(403, "Forbidden", "a valid api-key is required in Authorization")
+        refused = api_key_error(request.getHeader(b"authorization"), keys)
+        if refused is not None:
+            raise refused
 
     def _check_target(self, message: PlannedMessage, settings: SourceSettings) -> None:
         """400 for a message whose virtual MTA is neither a vmta nor a pool."""
