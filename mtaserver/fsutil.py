@@ -10,7 +10,7 @@ from __future__ import annotations
 import contextlib
 import os
 import tempfile
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 
 def fsync_directory(directory: str) -> None:
@@ -18,6 +18,20 @@ def fsync_directory(directory: str) -> None:
     fd = os.open(directory or ".", os.O_RDONLY)
     try:
         os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def truncate_durably(path: str, length: int, fsync: Callable[[int], None] = os.fsync) -> None:
+    """Cut `path` to `length` bytes and fsync it (blocking): a torn tail found at
+    recovery stays gone after a crash, so later appends never follow its garbage.
+
+    `fsync` is the journal's injectable one in its crash tests.
+    """
+    fd = os.open(path, os.O_WRONLY)
+    try:
+        os.ftruncate(fd, length)
+        fsync(fd)
     finally:
         os.close(fd)
 

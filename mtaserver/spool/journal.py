@@ -29,6 +29,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from mtaserver.events import Event, event_from_json
+from mtaserver.fsutil import truncate_durably
 from mtaserver.runtime import RunInThread
 from mtaserver.spool.errors import SpoolError, SpoolIOError, spool_error
 from mtaserver.spool.fileops import REAL_FILE_OPS, FileOps
@@ -149,12 +150,7 @@ def open_journal(directory: str, file_ops: FileOps = REAL_FILE_OPS) -> JournalPo
             torn=size - end,
             offset=end,
         )
-        fd = os.open(last, os.O_WRONLY)
-        try:
-            os.ftruncate(fd, end)
-            file_ops.fsync(fd)
-        finally:
-            os.close(fd)
+        truncate_durably(last, end, file_ops.fsync)
     return JournalPosition(segments[-1], end)
 
 

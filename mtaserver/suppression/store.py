@@ -50,7 +50,7 @@ from typing import TextIO
 
 import attrs
 
-from mtaserver.fsutil import fsync_directory
+from mtaserver.fsutil import fsync_directory, truncate_durably
 from mtaserver.suppression.model import (
     GLOBAL_SCOPE,
     Entry,
@@ -837,12 +837,7 @@ def _replay(path: str) -> Iterator[tuple[int, bytes, bytes]]:
             offset += _FRAME.size + length
         size = os.fstat(f.fileno()).st_size
     if size > good_end:
-        fd = os.open(path, os.O_WRONLY)
-        try:
-            os.ftruncate(fd, good_end)
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+        truncate_durably(path, good_end)
 
 
 def _load_snapshot(path: str, gen: int) -> tuple[bytes, _Base]:
