@@ -786,8 +786,8 @@ _add(
     D,
     "choice:rsa-sha1|rsa-sha256",
     "rsa-sha256",
-    Y,
-    "rsa-sha256 (or ed25519-sha256 for Ed25519 keys)",
+    IMPLEMENTED,
+    "for RSA keys; an Ed25519 key signs ed25519-sha256",
 )
 _add(
     "dkim-body-canon dkim-headers-canon",
@@ -799,7 +799,15 @@ _add(
 )
 _add("dkim-expire-after", D, "interval-or-never", "never", Y, "no x= tag")
 _add("dkim-query-method", D, "text", "dns/txt", N, "dns/txt is the only method")
-_add("dkim-headers", D, "any", "", Y, "the signed headers are a fixed list", repeatable=True)
+_add(
+    "dkim-headers",
+    D,
+    "any",
+    "",
+    IMPLEMENTED,
+    "names or /regexes/ signed besides the usual set",
+    repeatable=True,
+)
 _add("dkim-identity-fallback", D, "text", "", Y, "no fallback identity")
 _add("dkim-disallow-adding-headers", D, "names", "", Y, "the signed headers are a fixed list")
 _add("queue-to", D, "any", "", IMPLEMENTED, "queue this domain's mail in DOMAIN's queue")

@@ -115,6 +115,8 @@ class DomainSettings:
     backoff_to_normal_after: float = 3600.0
     dkim_sign: bool = False
     dkim_identity: str | None = None
+    dkim_algorithm: str | None = None  # rsa-sha1 | rsa-sha256 for RSA keys (None: rsa-sha256)
+    dkim_headers: tuple[str, ...] = ()  # `dkim-headers` lines: more fields to sign
     deliver_local_dsn: bool = True
     http_delivery_url: str | None = None
     http_delivery_extra_headers: str | None = None

@@ -146,9 +146,48 @@ def header_names(message: bytes) -> list[str]:
     return names
 
 
-def headers_to_sign(message: bytes) -> list[str]:
-    """Each occurrence of a `SIGNED_HEADERS` field, then `from` once more (over-signing)."""
-    names = [name for name in header_names(message) if name in SIGNED_HEADERS]
+FORBIDDEN_HEADERS = frozenset(
+    {"bcc", "keywords", "return-path", "comments", "received", "dkim-signature", "resent-bcc"}
+)
+"""Never signed, whatever `dkim-headers` says (PowerMTA's list: RFC 4871 forbids them)."""
+
+
+def parse_dkim_headers(values: Iterable[str]) -> tuple[str | re.Pattern[str], ...]:
+    """`dkim-headers foo, /bar/` lines: exact names (lowercased) and /regular expressions/.
+
+    `dkim-headers ""` adds nothing. Raises ValueError for a bad regular expression.
+    """
+    found: list[str | re.Pattern[str]] = []
+    for value in values:
+        for word in (w.strip() for w in value.split(",")):
+            word = word.strip('"').strip()
+            if not word:
+                continue
+            if len(word) > 1 and word.startswith("/") and word.endswith("/"):
+                try:
+                    found.append(re.compile(word[1:-1], re.IGNORECASE))
+                except re.error as exc:
+                    raise ValueError(f"bad regular expression {word!r}: {exc}") from None
+            else:
+                found.append(word.lower())
+    return tuple(found)
+
+
+def headers_to_sign(message: bytes, extra: tuple[str | re.Pattern[str], ...] = ()) -> list[str]:
+    """Each occurrence of a `SIGNED_HEADERS` field, then `from` once more (over-signing).
+
+    `extra` (`dkim-headers`) adds the fields it names or matches, except the forbidden
+    ones: the usual set cannot be narrowed, as in PowerMTA.
+    """
+
+    def wanted(name: str) -> bool:
+        if name in SIGNED_HEADERS:
+            return True
+        if name in FORBIDDEN_HEADERS:
+            return False
+        return any(item == name if isinstance(item, str) else item.search(name) for item in extra)
+
+    names = [name for name in header_names(message) if wanted(name)]
     return [*names, "from"]
 
 
@@ -188,11 +227,21 @@ class DkimSigner:
         domain = from_header.addresses[0].domain.lower()
         return domain if domain and self.key_for(domain) else None
 
-    def sign(self, message: bytes, signing_domain: str, identity: str | None = None) -> bytes:
+    def sign(
+        self,
+        message: bytes,
+        signing_domain: str,
+        identity: str | None = None,
+        algorithm: str | None = None,
+        extra_headers: tuple[str | re.Pattern[str], ...] = (),
+    ) -> bytes:
         """`message` with a DKIM-Signature prepended, by the key for `signing_domain`.
 
         `identity` (`dkim-identity`, e.g. `@news.example.com`) becomes `i=`; it must be
-        in the key's domain or a subdomain of it. CPU-heavy: call from a thread.
+        in the key's domain or a subdomain of it. `algorithm` (`dkim-algorithm`:
+        rsa-sha1 or rsa-sha256) applies to RSA keys; an Ed25519 key always signs
+        ed25519-sha256. `extra_headers` is `dkim-headers` (see `headers_to_sign`).
+        CPU-heavy: call from a thread.
         Raises DkimError when there is no key or the identity does not fit.
         """
         key = self.key_for(signing_domain)
@@ -202,6 +251,9 @@ class DkimSigner:
             in_domain = _identity_domain(identity)
             if in_domain != key.domain and not in_domain.endswith("." + key.domain):
                 raise DkimError(f"dkim-identity {identity} is not within d={key.domain}")
+        signature_algorithm = key.algorithm
+        if algorithm is not None and key.algorithm.startswith("rsa-"):
+            signature_algorithm = algorithm
         first_newline = message.find(b"\n")
         crlf = first_newline < 0 or message[first_newline - 1 : first_newline] == b"\r"
         try:
@@ -212,8 +264,10 @@ class DkimSigner:
                 key.private_key,
                 identity=identity.encode("utf-8") if identity is not None else None,
                 canonicalize=(b"relaxed", b"relaxed"),
-                signature_algorithm=key.algorithm.encode("ascii"),
-                include_headers=[name.encode("ascii") for name in headers_to_sign(message)],
+                signature_algorithm=signature_algorithm.encode("ascii"),
+                include_headers=[
+                    name.encode("ascii") for name in headers_to_sign(message, extra_headers)
+                ],
                 linesep=b"\r\n" if crlf else b"\n",
             )
         except dkimpy.DKIMException as exc:

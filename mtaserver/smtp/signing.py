@@ -21,7 +21,7 @@ from mtaserver.config.reload import ConfigHolder
 from mtaserver.config.values import DomainKey
 from mtaserver.events import Envelope
 from mtaserver.runtime import RunInThread
-from mtaserver.smtp.dkim import DkimError, DkimSigner
+from mtaserver.smtp.dkim import DkimError, DkimSigner, parse_dkim_headers
 
 log = Logger()
 
@@ -79,11 +79,25 @@ class DkimTransform:
             log.warn("not DKIM-signing {msg_id}: {error}", msg_id=envelope.msg_id, error=exc)
             return body
 
+        try:
+            extra_headers = parse_dkim_headers(settings.dkim_headers)
+        except ValueError as exc:
+            log.warn(
+                "dkim-headers ignored for {msg_id}: {error}", msg_id=envelope.msg_id, error=exc
+            )
+            extra_headers = ()
+
         def sign() -> bytes:
             for signer in signers:
                 domain = signer.signing_domain_for(body)
                 if domain is not None:
-                    return signer.sign(body, domain, settings.dkim_identity)
+                    return signer.sign(
+                        body,
+                        domain,
+                        settings.dkim_identity,
+                        algorithm=settings.dkim_algorithm,
+                        extra_headers=extra_headers,
+                    )
             return body
 
         try:
