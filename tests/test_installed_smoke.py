@@ -83,9 +83,7 @@ smtp-listener 127.0.0.1:{smtp_port}
 """
         with ServerProcess(tmp_path, conf, wait_ports=(smtp_port,)) as server:
             with smtplib.SMTP("127.0.0.1", smtp_port) as client:
-                client.sendmail(
-                    "me@src.test", ["you@dst.test"], b"Subject: smoke\r\n\r\nhello\r\n"
-                )
+                client.sendmail("me@src.test", ["you@dst.test"], b"Subject: smoke\r\n\r\nhello\r\n")
 
             def delivered() -> bool:
                 path = tmp_path / "acct.csv"
