@@ -75,3 +75,42 @@ def test_dkim_algorithm_and_dkim_headers(tmp_path: Path, receiver: Receiver) -> 
     assert "x-other" not in signed and "received" not in signed  # Received is never signed
     assert "subject" in signed  # the usual set stays
     assert "x-campaign" not in plain["h"].lower()
+
+
+TWO_VMTAS = """
+<virtual-mta vm-a>
+    smtp-source-host 127.0.0.1 a.out.test
+</virtual-mta>
+<virtual-mta vm-b>
+    smtp-source-host 127.0.0.1 b.out.test
+</virtual-mta>
+"""
+
+
+def test_pattern_list_header_lines_choose_the_vmta(tmp_path: Path, receiver: Receiver) -> None:
+    """`header NAME /REGEX/ virtual-mta=X` routes by a header, before mail-from lines."""
+    port = free_port()
+    extra = TWO_VMTAS + (
+        "<pattern-list by-header>\n"
+        "    header x-eval /^\\s*eval/ virtual-mta=vm-a\n"
+        "    header subject /hello world/ virtual-mta=vm-b\n"
+        "    mail-from /^abc/ virtual-mta=vm-b\n"
+        "</pattern-list>\n"
+        "<source 127.0.0.1>\n always-allow-relaying yes\n pattern-list by-header\n</source>\n"
+    )
+    with ServerProcess(tmp_path, base_config(tmp_path, port, receiver.port, extra), (port,)):
+        with smtplib.SMTP("127.0.0.1", port) as client:
+            client.sendmail("abc@x.test", ["h1@dst.test"], b"X-Eval:  EVAL me\r\n\r\nb\r\n")
+            client.sendmail("zz@x.test", ["h2@dst.test"], b"Subject: say Hello World\r\n\r\nb\r\n")
+            client.sendmail("abc@x.test", ["h3@dst.test"], b"X-Eval: no\r\n\r\nb\r\n")
+            client.sendmail("zz@x.test", ["h4@dst.test"], b"Subject: other\r\n\r\nb\r\n")
+        assert wait_until(lambda: len(acct(tmp_path, "d")) == 4)
+    vmta_by_rcpt = {r["rcpt"]: r["vmta"] for r in acct(tmp_path, "d")}
+    assert vmta_by_rcpt == {
+        "h1@dst.test": "vm-a",
+        "h2@dst.test": "vm-b",
+        "h3@dst.test": "vm-b",
+        "h4@dst.test": "{default}",
+    }
+    helo_by_rcpt = {m.rcpt_tos[0]: m.helo for m in receiver.messages}
+    assert helo_by_rcpt["h1@dst.test"] == "a.out.test"

@@ -194,13 +194,13 @@ def _routing_pattern(text: str) -> tuple[re.Pattern[str], str]:
 
 
 def _header_pattern(text: str) -> tuple[str, re.Pattern[str], str]:
-    """`header HEADER-NAME /REGEX/ RESULT`."""
+    """`header HEADER-NAME /REGEX/ virtual-mta=NAME` (patterns ignore case, as mail-from)."""
     name, _, rest = text.strip().partition(" ")
     if not name or not rest.strip():
         raise ValueError(
             f"expected HEADER /REGEX/ RESULT, e.g. from /jsmith/ virtual-mta=x, not {text!r}"
         )
-    regex, result = _pattern_result(rest)
+    regex, result = _routing_pattern(rest)
     return name.lower(), regex, result
 
 
@@ -1063,8 +1063,8 @@ _add(
     (PATTERN_LIST,),
     "header-pattern",
     "",
-    Y,
-    "no <pattern-list> routing yet",
+    IMPLEMENTED,
+    "header lines are tried before mail-from and rcpt-to lines",
     repeatable=True,
 )
 _add(

@@ -376,7 +376,9 @@ def _check_routing(
     """Each `<pattern-list>` result names a defined vmta or pool; sources name a list."""
     targets = set(loader.named(reg.VMTA)) | set(loader.named(reg.VMTA_POOL))
     for name, patterns in routing.items():
-        for _, result in patterns.mail_from + patterns.rcpt_to:
+        results = [r for _, _, r in patterns.header]
+        results += [r for _, r in patterns.mail_from + patterns.rcpt_to]
+        for result in results:
             target = routing_result(result)
             if target not in targets:
                 for scope in _find_scopes(nodes, catalog.PATTERN_LIST):

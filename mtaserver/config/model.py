@@ -199,19 +199,33 @@ class SmtpPatternList:
 class RoutingPatternList:
     """`<pattern-list NAME>`: choose the virtual MTA (or pool) by sender or recipient.
 
-    `mail-from /REGEX/ virtual-mta=NAME` and `rcpt-to /REGEX/ virtual-mta=NAME` lines,
-    tried mail-from lines first, then rcpt-to lines (against each recipient in turn),
-    each in the order written; the first match wins. Patterns ignore case. A source
-    uses one with `pattern-list NAME`; X-Virtual-MTA (when processed) comes first and
+    `header NAME /REGEX/ virtual-mta=NAME`, `mail-from /REGEX/ virtual-mta=NAME` and
+    `rcpt-to /REGEX/ virtual-mta=NAME` lines, tried header lines first (against the
+    whole field value, folding whitespace included, of the first field of that name),
+    then mail-from lines, then rcpt-to lines (against each recipient in turn), each in
+    the order written; the first match wins. Patterns ignore case. A source uses one
+    with `pattern-list NAME`; X-Virtual-MTA (when processed) comes first and
     `default-virtual-mta` applies when nothing matches.
     """
 
     name: str
+    header: tuple[tuple[str, re.Pattern[str], str], ...] = ()
     mail_from: tuple[tuple[re.Pattern[str], str], ...] = ()
     rcpt_to: tuple[tuple[re.Pattern[str], str], ...] = ()
 
-    def virtual_mta_for(self, sender: str, recipients: Iterable[str]) -> str | None:
+    @property
+    def header_names(self) -> frozenset[str]:
+        """The (lower-case) header fields this list looks at: reception captures them."""
+        return frozenset(name for name, _, _ in self.header)
+
+    def virtual_mta_for(
+        self, sender: str, recipients: Iterable[str], headers: Mapping[str, str] | None = None
+    ) -> str | None:
         """The vmta or pool named by the first matching pattern, or None."""
+        for field, regex, result in self.header:
+            value = (headers or {}).get(field)
+            if value is not None and regex.search(value):
+                return routing_result(result)
         for regex, result in self.mail_from:
             if regex.search(sender):
                 return routing_result(result)

@@ -56,6 +56,9 @@ class MessageBuilder:
         self.x_job: str | None = None
         self.x_envid: str | None = None
         self.acct_headers: dict[str, str] = {}
+        #: `<pattern-list>` header lines: the first field of each wanted name, its whole
+        #: value (folds and all), before any processing removes it.
+        self.routing_headers: dict[str, str] = {}
 
     def add(self, lines: list[bytes]) -> None:
         if not lines or self.problem is not None:
@@ -110,6 +113,9 @@ class MessageBuilder:
             # Client text that ends up in acct fields, logs and outbound lines:
             # control characters never pass.
             value = without_controls(_unfold(field))
+            if name in rules.routing and name.decode("ascii") not in self.routing_headers:
+                whole = b"\r\n".join(field).split(b":", 1)[1]
+                self.routing_headers[name.decode("ascii")] = whole.decode("utf-8", "replace")
             if name == b"x-virtual-mta" and rules.process_x_virtual_mta:
                 self.x_virtual_mta = self.x_virtual_mta or value.strip()
                 if not rules.retain_x_virtual_mta:

@@ -55,6 +55,8 @@ class HeaderRules:
     process_x_envid: bool = False
     remove_received_headers: bool = False
     remove: frozenset[bytes] = frozenset()  # `remove-header` names, lower case
+    #: Fields the source's `<pattern-list>` header lines match (lower case): captured whole.
+    routing: frozenset[bytes] = frozenset()
 
 
 def rfc5322_date(now: float) -> str:
@@ -121,4 +123,7 @@ def header_rules(
             for names in settings.remove_header
             for name in names
         ),
+        routing=frozenset(name.encode("ascii", "replace") for name in routing.header_names)
+        if (routing := config.routing_patterns.get(settings.pattern_list or ""))
+        else frozenset(),
     )

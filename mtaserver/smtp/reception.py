@@ -27,6 +27,8 @@ keeps the message and tries again.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 import attrs
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
@@ -113,12 +115,15 @@ class ReceptionHandler:
     def host_name(self) -> str:
         return self.holder.config.settings.host_name
 
-    def _pattern_vmta(self, name: str | None, envelope: Envelope) -> str | None:
-        """The vmta or pool the source's `<pattern-list>` chooses for this envelope."""
+    def _pattern_vmta(
+        self, name: str | None, envelope: Envelope, headers: Mapping[str, str]
+    ) -> str | None:
+        """The vmta or pool the source's `<pattern-list>` chooses for this message."""
         patterns = self.holder.config.routing_patterns.get(name or "")
         if patterns is None:
             return None
-        return patterns.virtual_mta_for(envelope.sender, (r.address for r in envelope.recipients))
+        rcpts = (r.address for r in envelope.recipients)
+        return patterns.virtual_mta_for(envelope.sender, rcpts, headers)
 
     def settings_for(self, ip: str, user: str | None = None) -> SourceSettings:
         """The client's `<source>`; after AUTH `{auth}`, then the user's own `source {name}`."""
@@ -271,7 +276,7 @@ class ReceptionHandler:
         )
         vmta_name = (
             message.x_virtual_mta
-            or self._pattern_vmta(session.settings.pattern_list, envelope)
+            or self._pattern_vmta(session.settings.pattern_list, envelope, message.routing_headers)
             or session.settings.default_virtual_mta
         )
         config = self.holder.config
