@@ -254,6 +254,17 @@ def _privacy(text: str) -> str:
         raise ValueError(
             f"expected one of {', '.join(choices)} [KEY], e.g. siphash secret, not {text!r}"
         )
+    key = text.strip()[len(word) :].strip().strip('"')
+    if word.endswith("-hexkey"):
+        try:
+            bytes.fromhex(key)
+        except ValueError:
+            raise ValueError(f"{word}: the key is not hex: {key!r}") from None
+    if word != "retain" and word != "redact" and not key:
+        raise ValueError(f"{word} needs a key, e.g. {word} secret")
+    size = len(bytes.fromhex(key)) if word.endswith("-hexkey") else len(key.encode())
+    if word.startswith("siphash") and size > 16:
+        raise ValueError(f"{word}: a SipHash key is at most 16 bytes")
     return text.strip()
 
 
@@ -777,7 +788,15 @@ _add(
     N,
     "one priority: queues do not interrupt each other",
 )
-_add("queue-priority delivery-priority", D, "int", "50", Y, "every queue has the same priority")
+_add(
+    "queue-priority",
+    D,
+    "int",
+    "50",
+    IMPLEMENTED,
+    "higher-priority queues take freed connection slots first (total-max-smtp-out)",
+)
+_add("delivery-priority", D, "int", "50", Y, "deprecated; use queue-priority")
 _add("track-recipient-events", D, "bool", "false", Y, "recipient events are acct records")
 _add("notify-of-delay-every", D, "interval-or-never", "4h", Y, "no delay DSNs are sent")
 _add("dkim-add-body-limit dkim-add-timestamp", D, "bool", "false", Y, "no l= or t= tags")
@@ -848,7 +867,14 @@ _add(
     "a delivery in backoff mode returns the queue to normal",
 )
 _add("backoff-upon-all-sources-disabled", D, "bool", "false", Y, "source IPs are not disabled")
-_add("reenable-source-ip-after", D, "interval", "", Y, "source IPs are not disabled")
+_add(
+    "reenable-source-ip-after",
+    D,
+    "interval-or-never",
+    "never",
+    IMPLEMENTED,
+    "how long disable-source-ip disables a source without reenable-after=",
+)
 _add(
     "max-cold-virtual-mta-msg",
     D,
@@ -932,7 +958,14 @@ _add(
     Y,
     "max-rcpt-per-transaction splits each transaction; a message is not capped per queue",
 )
-_add("backoff-max-smtp-out", D, "int", "", Y, "max-smtp-out applies in backoff too")
+_add(
+    "backoff-max-smtp-out",
+    D,
+    "int",
+    "20",
+    IMPLEMENTED,
+    "the queue's connection limit in backoff mode (unset: one connection)",
+)
 _add(
     "max-smtp-out-per-source-ip source-ip-max-smtp-out",
     D,
@@ -942,13 +975,14 @@ _add(
     "max-smtp-out is per queue",
 )
 _add("smtp-out-rampup-interval", D, "interval", "0", Y, "connections open at once")
+_add("max-connect-rate", D, "rate", "unlimited", IMPLEMENTED, "new connections per queue")
 _add(
-    "max-connect-rate backoff-max-connect-rate",
+    "backoff-max-connect-rate",
     D,
     "rate",
     "unlimited",
     Y,
-    "no connection rate limit",
+    "max-connect-rate applies in backoff too",
 )
 _add("connection-idle-timeout", D, "interval", "0", Y, "idle connections close at once")
 _add("retry-upon-new-mail", D, "bool", "false", Y, "a queue retries on its schedule")
@@ -1009,11 +1043,18 @@ _add(
     "an acct pipe that dies restarts after 1s, growing to 60s",
 )
 _add("iso-times", A, "bool", "yes", N, "times are always YYYY-MM-DD HH:MM:SS+0000")
-_add("user-string", A, "text", "", Y, "no user string column")
+_add("user-string", A, "text", "", IMPLEMENTED, "the userstring field (name it in record-fields)")
 _add("write-timeout", A, "interval", "1m", Y, "an acct pipe that stops reading is not timed out")
 _add("world-readable", A, "bool", "no", IMPLEMENTED, "files are 0644, else 0640")
 _add("count-moved-records", A, "bool", "false", Y, "no record counts")
-_add("privacy-policy", A, "privacy", "retain", Y, "addresses are written as they are")
+_add(
+    "privacy-policy",
+    A,
+    "privacy",
+    "retain",
+    IMPLEMENTED,
+    "hides the local part of rcpt, orcpt and the rcpt in dsnDiag (not VERPed orig)",
+)
 _add("http-webhook-log-verbose", A, "bool", "false", Y, "webhook batches are logged briefly")
 
 # -- <virtual-mta>, <virtual-mta-pool>, <domain-key-list> ------------------------------

@@ -137,6 +137,12 @@ class DomainSettings:
     #: The queue's virtual MTA's (then pool's) `domain-key`s, tried before the global ones.
     domain_key: tuple[DomainKey, ...] = ()
     backoff_to_normal_after_delivery: bool = False  # a delivery in backoff: back to normal
+    #: Sessions a queue may run in backoff mode; None: one (mtaserver's backoff default).
+    backoff_max_smtp_out: int | None = None
+    max_connect_rate: Rate | None = None  # new connections a queue may open per time unit
+    #: How long `disable-source-ip` (without `reenable-after=`) disables a source; None: never.
+    reenable_source_ip_after: float | None = None
+    queue_priority: int = 50  # 0-100: higher-priority queues get free connection slots first
 
 
 @attrs.frozen
@@ -266,6 +272,8 @@ class AcctFileSettings:
     http_webhook_max_size: int = 5 * 1024 * 1024  # the batch limit (max-size rotates the file)
     move_to: str | None = None  # rotated files go to this directory
     world_readable: bool = False  # files 0644, else 0640
+    user_string: str = ""  # the `userstring` field's constant value
+    privacy_policy: str = "retain"  # `KIND [KEY]`: how recipients' local parts are hidden
 
 
 @attrs.frozen

@@ -25,6 +25,7 @@ from typing import Protocol
 import attrs
 
 from mtaserver.config.model import DomainSettings
+from mtaserver.config.values import SourceHost
 from mtaserver.events import Envelope, Recipient
 from mtaserver.fsutil import atomic_write
 from mtaserver.runtime import RunInThread
@@ -84,6 +85,8 @@ class SessionJob:
     settings: DomainSettings
     next_transaction: Callable[[], Awaitable[Transaction | None]]
     report: Callable[[TransactionResult], None]
+    #: The `smtp-source-host` the scheduler chose for this session (None: the default).
+    source: SourceHost | None = None
 
 
 class QueueLevelFailure(Exception):

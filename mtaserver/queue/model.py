@@ -67,6 +67,7 @@ class Queue:
     idle: list[defer.Deferred[bool]] = attrs.field(factory=list)  # sessions holding open
     consecutive_failures: int = 0
     next_send_at: float = 0.0
+    next_connect_at: float = 0.0  # max-connect-rate: the next connection's earliest time
     last_error: str = ""
     counters: QueueCounters = attrs.field(factory=QueueCounters)
 

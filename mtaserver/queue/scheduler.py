@@ -36,6 +36,7 @@ from mtaserver.queue.retry import is_expired, next_attempt_at
 from mtaserver.queue.routing import VmtaChooser, queue_matches, queue_name, recipient_domain
 from mtaserver.queue.session import MAX_RATE_WAIT, BodyTransform, Session
 from mtaserver.queue.slots import ConnectionSlots
+from mtaserver.queue.sources import SourceChoice, SourceIps, reenable_after
 from mtaserver.smtp_reply import Reply
 from mtaserver.spool.errors import CorruptMessageError
 
@@ -94,6 +95,8 @@ class Scheduler:
         self.queues: dict[str, Queue] = {}
         self.messages: dict[str, MessageState] = {}
         self.slots = ConnectionSlots()
+        #: Each session's source (`smtp-source-host`) and those `disable-source-ip` disabled.
+        self.sources = SourceIps()
         #: The read and command view for everything outside `queue/`.
         self.control = QueueControl(self)
         self._timers: dict[str, IDelayedCall] = {}
@@ -322,9 +325,14 @@ class Scheduler:
                 # its session's end pumps the queues that wait for a slot.
                 self.slots.release_one_idle(self.queues.values(), except_queue=queue)
                 return
-            if not self._rate_allows(queue, settings):
+            if not self._rate_allows(queue, settings) or not self._connect_rate_allows(
+                queue, settings
+            ):
                 return
-            self._start_session(queue, settings)
+            source = self._source_for(queue)
+            if source is None:
+                return
+            self._start_session(queue, settings, source)
 
     def _rate_allows(self, queue: Queue, settings: DomainSettings) -> bool:
         """With max-msg-rate, wake the queue later instead of starting a session now."""
@@ -336,20 +344,72 @@ class Scheduler:
         self.arm_timer(queue, at=queue.next_send_at)
         return False
 
-    def _start_session(self, queue: Queue, settings: DomainSettings) -> None:
+    def _connect_rate_allows(self, queue: Queue, settings: DomainSettings) -> bool:
+        """`max-connect-rate`: a new connection at most every 1/rate seconds, else wake later."""
+        rate = settings.max_connect_rate
+        if rate is None:
+            return True
+        now = self.clock.seconds()
+        if queue.next_connect_at > now:
+            self.arm_timer(queue, at=queue.next_connect_at)
+            return False
+        queue.next_connect_at = now + 1 / rate.per_second
+        return True
+
+    def _source_for(self, queue: Queue) -> SourceChoice | None:
+        """The new session's source; None (the queue waits) when `disable-source-ip`
+        has disabled every source of the queue: it wakes when the first is enabled."""
+        vmta = self.holder.config.vmtas.get(queue.vmta)
+        hosts = vmta.smtp_source_host if vmta is not None else ()
+        choice = self.sources.choose(queue.name, hosts, self.clock.seconds())
+        if choice is None:
+            at = self.sources.next_reenable(queue.name)
+            if at is not None:
+                self.arm_timer(queue, at=at)
+        return choice
+
+    def disable_source(self, queue: Queue, key: str, actions: Sequence[str]) -> None:
+        """`disable-source-ip`: the source `key` of this session no longer serves `queue`."""
+        settings = self.settings_for(queue)
+        after = reenable_after(actions, settings.reenable_source_ip_after)
+        log.info(
+            "source {source} disabled for queue {queue} ({until})",
+            source=key,
+            queue=queue.name,
+            until="never re-enabled" if after is None else f"for {after:.0f}s",
+        )
+        self.sources.disable(queue.name, key, self.clock.seconds(), after)
+
+    def enable_sources(self, pattern: str, key: str | None = None) -> int:
+        """Enable disabled sources (all, or `key`) of the matching queues; wake them."""
+        queues = self.matching(pattern)
+        count = self.sources.enable([q.name for q in queues], key)
+        for queue in queues:
+            self._pump(queue)
+        return count
+
+    def _start_session(self, queue: Queue, settings: DomainSettings, source: SourceChoice) -> None:
         self.slots.open(queue)
-        session = Session(self, queue, settings)
+        session = Session(self, queue, settings, source=source)
         deferred = defer.Deferred.fromCoroutine(session.run(self.deliverers.get(settings.type)))
         self._sessions.add(deferred)
         deferred.addBoth(lambda _: self._sessions.discard(deferred))
 
     def session_ended(self, queue: Queue) -> None:
-        """A finished session frees a global slot: let every queue use it."""
-        self._pump(queue)
-        if not self.slots.at_total(self.holder.config.settings.total_max_smtp_out):
-            for other in list(self.queues.values()):
-                if other is not queue and other.ready:
-                    self._pump(other)
+        """A finished session frees a global slot: let every queue use it.
+
+        `queue-priority`: queues with work take freed slots in priority order (higher
+        first; this queue first among equals), so when `total-max-smtp-out` is the
+        bottleneck a high-priority queue is served before a low one.
+        """
+        waiting = [queue] + [q for q in self.queues.values() if q is not queue and q.ready]
+        waiting.sort(key=lambda q: -self.settings_for(q).queue_priority)
+        for other in waiting:
+            if other is not queue and self.slots.at_total(
+                self.holder.config.settings.total_max_smtp_out
+            ):
+                break
+            self._pump(other)
 
     # -- records, in the order of durability (sessions call these too) ------------
 

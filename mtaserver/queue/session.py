@@ -36,6 +36,7 @@ from mtaserver.queue.delivery import (
 from mtaserver.queue.model import MessageState, Queue, WorkItem
 from mtaserver.queue.retry import is_expired
 from mtaserver.queue.slots import ConnectionSlots
+from mtaserver.queue.sources import SourceChoice
 from mtaserver.smtp_reply import Reply
 
 log = Logger()
@@ -111,6 +112,8 @@ class SessionOwner(Protocol):
 
     def session_ended(self, queue: Queue) -> None: ...
 
+    def disable_source(self, queue: Queue, key: str, actions: tuple[str, ...]) -> None: ...
+
 
 @attrs.define
 class Session:
@@ -119,10 +122,13 @@ class Session:
     owner: SessionOwner
     queue: Queue
     settings: DomainSettings
+    #: The connection's source (`smtp-source-host`), chosen by the scheduler.
+    source: SourceChoice = attrs.field(factory=lambda: SourceChoice(None))
     took_first: bool = False
     stop: bool = False
     transactions: int = 0
     errors: int = 0  # 4xx/5xx replies this connection got (max-errors-per-connection)
+    stop_source: bool = False  # `disable-source-ip` matched: the source is disabled once
     in_flight: dict[int, tuple[Transaction, WorkItem]] = attrs.field(factory=dict)
     pending_writes: list[defer.Deferred[None]] = attrs.field(factory=list)
 
@@ -137,6 +143,7 @@ class Session:
             settings=settings,
             next_transaction=self.next_transaction,
             report=self.report,
+            source=self.source.source,
         )
         try:
             if deliverer is None:
@@ -272,6 +279,10 @@ class Session:
             queue_action = patterns.apply_actions(queue, actions, now) or queue_action
             if "skip-mx" in actions:  # leave this MX: the next connection takes the next one
                 self.stop = True
+            if "disable-source-ip" in actions and not self.stop_source:
+                # the source that heard it serves this queue no more: this connection ends
+                self.stop = self.stop_source = True
+                owner.disable_source(queue, self.source.key, actions)
             if reply.code >= 400:
                 self.errors += 1
                 limit = settings.max_errors_per_connection

@@ -31,13 +31,17 @@ class ConnectionSlots:
         self.total = 0
 
     def limit(self, queue: Queue, settings: DomainSettings, config: Config) -> int:
-        """How many sessions `queue` may run: `max-smtp-out` of domain and vmta, 1 in backoff."""
+        """How many sessions `queue` may run: `max-smtp-out` of domain and vmta.
+
+        In backoff mode the domain's limit is `backoff-max-smtp-out` (one when unset);
+        the vmta's `max-smtp-out` caps both.
+        """
         limit = settings.max_smtp_out
+        if queue.mode == "backoff":
+            limit = settings.backoff_max_smtp_out or 1  # at the backoff rate
         vmta = config.vmtas.get(queue.vmta)
         if vmta is not None and vmta.max_smtp_out:
             limit = min(limit, vmta.max_smtp_out)
-        if queue.mode == "backoff":
-            limit = 1  # backoff: one connection, at the backoff rate
         return max(limit, 1)
 
     def unclaimed(self, queue: Queue) -> bool:

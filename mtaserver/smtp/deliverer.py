@@ -62,7 +62,12 @@ class SmtpDeliverer:
             raise QueueLevelFailure(
                 error.status, error.diag, permanent=error.permanent, bounce_cat=error.bounce_cat
             ) from None
-        source_ip, helo_name = self.source_for(job.vmta)
+        # the scheduler chose the source (it skips sources disable-source-ip disabled)
+        source_ip: str | None
+        if job.source is not None:
+            source_ip, helo_name = job.source.ip, job.source.host_name
+        else:
+            source_ip, helo_name = self.source_for(job.vmta)
         targets = [target for level in levels for target in level][:MAX_TARGETS_PER_ATTEMPT]
         last: SessionFailure | None = None
         for target in targets:

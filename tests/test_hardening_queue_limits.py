@@ -1,0 +1,334 @@
+"""Delivery limits of PowerMTA's `<domain>`: disabled source IPs, backoff connections,
+connection rate and queue priority.
+
+Scheduler tests run over test_scheduler's `World` (a real spool and journal on a
+`task.Clock`) with a deliverer that records each session's source; the end-to-end
+tests run the real server against aiosmtpd receivers on 127.0.0.1. Every source in
+these tests is 127.0.0.1: two `smtp-source-host` lines of that IP with different
+host names are two sources (a source is keyed "IP HOSTNAME").
+"""
+
+from __future__ import annotations
+
+import smtplib
+import socketserver
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from mx_receiver import Receiver
+from server_configs import acct_file, domain, relay_config
+from server_process import ServerProcess, free_port, read_acct, wait_until
+from test_scheduler import INFO, ScriptedDeliverer, World
+from twisted.internet import defer
+
+from mtaserver.queue.delivery import SessionJob, TransactionResult
+from mtaserver.smtp_reply import Reply
+
+TWO_SOURCES = (
+    "<virtual-mta v1>\n smtp-source-host 127.0.0.1 a.out.test\n"
+    " smtp-source-host 127.0.0.1 b.out.test\n</virtual-mta>\n"
+)
+
+
+class SourceDeliverer(ScriptedDeliverer):
+    """Records each session's source host name; source `refused` answers 421 TS03."""
+
+    def __init__(self, refused: str = "a.out.test") -> None:
+        super().__init__()
+        self.refused = refused
+        self.sources: list[str] = []
+
+    async def run(self, job: SessionJob) -> None:
+        name = job.source.host_name if job.source is not None else "default"
+        self.sources.append(name)
+        while (tx := await job.next_transaction()) is not None:
+            reply = (
+                Reply(421, "4.7.0", "TS03 deferred: IP blocked")
+                if name == self.refused
+                else Reply(250, "2.0.0", "ok")
+            )
+            job.report(TransactionResult(tx, (reply,) * len(tx.rcpt_indexes), INFO))
+
+
+def source_world(
+    tmp_path: Path, action: str, domain_conf: str = "", vmta: str = TWO_SOURCES
+) -> World:
+    return World(
+        tmp_path,
+        f"smtp-pattern-list p\nretry-after 1m\nmax-msg-per-connection 1\n{domain_conf}",
+        extra=f"{vmta}<smtp-pattern-list p>\n reply /TS03/ {action}\n</smtp-pattern-list>",
+        deliverer=SourceDeliverer(),
+    )
+
+
+def test_disable_source_ip_moves_the_queue_to_its_other_source(tmp_path: Path) -> None:
+    """A TS03 reply disables that source for the queue; it is used again after reenable-after."""
+    world = source_world(tmp_path, "disable-source-ip,reenable-after=1h")
+    deliverer = world.deliverer
+    for n in range(4):
+        world.submit(f"ok{n}@a.test", vmta="v1")
+    # first a (refused: disabled), then only b; without the action a would take turns
+    assert deliverer.sources == ["a.out.test"] + ["b.out.test"] * 3
+    control = world.scheduler.sources
+    assert control.disabled_of("a.test/v1", world.clock.seconds()) == {
+        "127.0.0.1 a.out.test": 3600.0
+    }
+    world.clock.advance(60)  # the refused message's retry
+    assert deliverer.sources[-1] == "b.out.test"
+    world.clock.advance(3600)
+    assert control.disabled_of("a.test/v1", world.clock.seconds()) == {}
+    world.submit("ok9@a.test", vmta="v1")
+    world.submit("ok10@a.test", vmta="v1")
+    assert "a.out.test" in deliverer.sources[-2:]  # enabled again: back in the rotation
+    records = [r for r, _, _ in world.outcomes()]
+    assert records.count("t") == 2  # a still refuses: disabled again
+
+
+def test_all_sources_disabled_the_queue_waits_for_reenable(tmp_path: Path) -> None:
+    """With its only source disabled a queue opens no connection until reenable-source-ip-after."""
+    one = "<virtual-mta v1>\n smtp-source-host 127.0.0.1 a.out.test\n</virtual-mta>\n"
+    world = source_world(
+        tmp_path, "disable-source-ip", domain_conf="reenable-source-ip-after 30m", vmta=one
+    )
+    world.submit("ok@a.test", vmta="v1")
+    assert world.deliverer.sources == ["a.out.test"]
+    world.deliverer.refused = "nobody"
+    world.clock.advance(60)  # retry due, but the source is disabled
+    world.clock.advance(600)
+    assert world.deliverer.sources == ["a.out.test"]
+    assert world.scheduler.queues["a.test/v1"].size == 1
+    world.clock.advance(30 * 60)  # re-enabled: the queue wakes by itself
+    assert world.deliverer.sources == ["a.out.test", "a.out.test"]
+    assert [r for r, _, _ in world.outcomes()] == ["t", "d"]
+
+
+def test_disable_source_ip_without_reenable_lasts_until_enabled(tmp_path: Path) -> None:
+    """Without reenable-after or reenable-source-ip-after (never) the source stays disabled."""
+    world = source_world(tmp_path, "disable-source-ip")
+    world.submit("ok@a.test", vmta="v1")
+    world.clock.advance(86400)
+    assert world.scheduler.sources.disabled_of("a.test/v1", world.clock.seconds()) == {
+        "127.0.0.1 a.out.test": None
+    }
+    assert world.scheduler.enable_sources("a.test/*") == 1
+    assert world.scheduler.sources.disabled_of("a.test/v1", world.clock.seconds()) == {}
+
+
+def test_disable_source_ip_of_the_default_source(tmp_path: Path) -> None:
+    """A vmta without smtp-source-host has one source, 'default', which can be disabled."""
+    world = source_world(tmp_path, "disable-source-ip,reenable-after=10m", vmta="")
+    world.deliverer.refused = "default"
+    world.submit("ok@a.test")
+    world.deliverer.refused = "nobody"
+    world.clock.advance(60)
+    assert world.deliverer.sources == ["default"]
+    world.clock.advance(600)
+    assert world.deliverer.sources == ["default", "default"]
+    assert [r for r, _, _ in world.outcomes()] == ["t", "d"]
+
+
+def test_backoff_max_smtp_out_is_the_limit_in_backoff(tmp_path: Path) -> None:
+    """In backoff a queue runs backoff-max-smtp-out sessions (3 here), not max-smtp-out."""
+    world = World(tmp_path, "max-smtp-out 5\nbackoff-max-smtp-out 3")
+    world.deliverer.gate = defer.Deferred()
+    world.scheduler.pause("*")
+    for n in range(10):
+        world.submit(f"ok{n}@a.test")
+    world.scheduler.set_mode("a.test/*", "backoff")
+    world.scheduler.resume("*")
+    assert world.deliverer.running == 3
+    gate, world.deliverer.gate = world.deliverer.gate, None
+    gate.callback(None)
+    assert world.deliverer.max_running == 3
+    assert len(world.outcomes()) == 10
+
+
+def test_backoff_without_backoff_max_smtp_out_uses_one_connection(tmp_path: Path) -> None:
+    """Unset, backoff keeps one connection (and normal mode max-smtp-out)."""
+    world = World(tmp_path, "max-smtp-out 5")
+    world.deliverer.gate = defer.Deferred()
+    world.scheduler.set_mode("*", "backoff")
+    world.scheduler.pause("*")
+    for n in range(4):
+        world.submit(f"ok{n}@a.test")
+    world.scheduler.set_mode("a.test/*", "backoff")
+    world.scheduler.resume("*")
+    assert world.deliverer.running == 1
+
+
+def test_max_connect_rate_spaces_new_connections(tmp_path: Path) -> None:
+    """max-connect-rate 2/m: a new connection every 30 seconds at most."""
+    world = World(tmp_path, "max-connect-rate 2/m\nmax-msg-per-connection 1")
+    for n in range(4):
+        world.submit(f"ok{n}@a.test")
+    assert len(world.deliverer.sessions) == 1
+    world.clock.advance(29)
+    assert len(world.deliverer.sessions) == 1
+    world.clock.advance(1.001)
+    assert len(world.deliverer.sessions) == 2
+    world.clock.advance(30)
+    assert len(world.deliverer.sessions) == 3
+    world.clock.advance(30)
+    assert len(world.deliverer.sessions) == 4
+    assert len(world.outcomes()) == 4
+
+
+def test_queue_priority_takes_freed_slots_first(tmp_path: Path) -> None:
+    """At total-max-smtp-out, a freed slot goes to the higher queue-priority queue first."""
+    world = World(
+        tmp_path,
+        "max-msg-per-connection 1",
+        extra="total-max-smtp-out 1\n<domain high.test>\n queue-priority 90\n</domain>\n"
+        "<domain low.test>\n queue-priority 10\n</domain>",
+    )
+    world.deliverer.gate = defer.Deferred()
+    low = [world.submit("ok1@low.test"), world.submit("ok2@low.test")]
+    high = world.submit("ok@high.test")
+    gate, world.deliverer.gate = world.deliverer.gate, None
+    gate.callback(None)
+    order = [session[0][0] for session in world.deliverer.sessions]
+    assert order == [low[0], high, low[1]]
+
+
+def test_equal_priorities_keep_the_freeing_queue_first(tmp_path: Path) -> None:
+    """With equal priorities the queue whose session ended goes on (as before)."""
+    world = World(tmp_path, "max-msg-per-connection 1", extra="total-max-smtp-out 1")
+    world.deliverer.gate = defer.Deferred()
+    low = [world.submit("ok1@low.test"), world.submit("ok2@low.test")]
+    high = world.submit("ok@high.test")
+    gate, world.deliverer.gate = world.deliverer.gate, None
+    gate.callback(None)
+    order = [session[0][0] for session in world.deliverer.sessions]
+    assert order == [low[0], low[1], high]
+
+
+# -- the real server ---------------------------------------------------------------------
+
+
+def send(port: int, *rcpts: str) -> None:
+    with smtplib.SMTP("127.0.0.1", port) as client:
+        client.sendmail("sender@src.test", list(rcpts), b"Subject: t\r\n\r\nhello\r\n")
+
+
+def test_e2e_disable_source_ip(tmp_path: Path) -> None:
+    """A 451 matching disable-source-ip moves the queue's mail to its other source (EHLO name)."""
+    port = free_port()
+    with Receiver() as mx:
+        conf = relay_config(
+            tmp_path,
+            port,
+            acct_file(tmp_path / "acct.csv"),
+            TWO_SOURCES,
+            "<smtp-pattern-list p>\n reply /mailbox busy/ disable-source-ip,reenable-after=1h\n"
+            "</smtp-pattern-list>\n",
+            domain(
+                f"smtp-hosts [127.0.0.1]:{mx.port}\nsmtp-pattern-list p\nretry-after 1h\n"
+                "max-msg-per-connection 1"
+            ),
+            source="default-virtual-mta v1",
+        )
+        with ServerProcess(tmp_path, conf, wait_ports=(port,)):
+            send(port, "soft@dst.test")  # 451 4.2.0 mailbox busy, from a.out.test
+            assert wait_until(
+                lambda: any(r["type"] == "t" for r in read_acct(tmp_path / "acct.csv"))
+            )
+            for n in range(4):
+                send(port, f"ok{n}@dst.test")
+            assert wait_until(lambda: len(mx.messages) == 4)
+    assert {m.helo for m in mx.messages} == {"b.out.test"}
+    (deferred,) = [r for r in read_acct(tmp_path / "acct.csv") if r["type"] == "t"]
+    assert deferred["rcpt"] == "soft@dst.test"
+
+
+class CountingMx:
+    """A slow SMTP receiver on 127.0.0.1 that counts its simultaneous connections.
+
+    Each reply waits a little, so sessions overlap; RCPT `soft...` gets 451 mailbox busy.
+    """
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.open = 0
+        self.max_open = 0
+        self.delivered = 0
+        outer = self
+
+        class Handler(socketserver.StreamRequestHandler):
+            def handle(self) -> None:
+                with outer.lock:
+                    outer.open += 1
+                    outer.max_open = max(outer.max_open, outer.open)
+                try:
+                    outer.serve(self.rfile, self.wfile)
+                finally:
+                    with outer.lock:
+                        outer.open -= 1
+
+        socketserver.ThreadingTCPServer.allow_reuse_address = True
+        self.server = socketserver.ThreadingTCPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        self.port = self.server.server_address[1]
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def serve(self, rfile: Any, wfile: Any) -> None:
+        def reply(line: str) -> None:
+            time.sleep(0.2)
+            wfile.write(line.encode() + b"\r\n")
+            wfile.flush()
+
+        reply("220 slow.test ESMTP")
+        while line := rfile.readline():
+            verb = line[:4].upper()
+            if verb in (b"EHLO", b"HELO"):
+                reply("250 slow.test")
+            elif verb == b"RCPT":
+                soft = b"<soft" in line.lower()
+                reply("451 4.2.0 mailbox busy" if soft else "250 2.1.5 OK")
+            elif verb == b"DATA":
+                reply("354 go on")
+                while rfile.readline() not in (b".\r\n", b""):
+                    pass
+                with self.lock:
+                    self.delivered += 1
+                reply("250 2.0.0 OK")
+            elif verb == b"QUIT":
+                reply("221 bye")
+                return
+            else:
+                reply("250 OK")
+
+    def stop(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def test_e2e_backoff_max_smtp_out(tmp_path: Path) -> None:
+    """A queue put in backoff by a pattern opens up to backoff-max-smtp-out (2) connections."""
+    port = free_port()
+    mx = CountingMx()
+    try:
+        conf = relay_config(
+            tmp_path,
+            port,
+            acct_file(tmp_path / "acct.csv"),
+            "<smtp-pattern-list p>\n reply /mailbox busy/ mode=backoff\n</smtp-pattern-list>\n",
+            domain(
+                f"smtp-hosts [127.0.0.1]:{mx.port}\nsmtp-pattern-list p\nretry-after 1h\n"
+                "max-smtp-out 10\nbackoff-max-smtp-out 2\nmax-msg-per-connection 1\n"
+                "use-starttls no"
+            ),
+        )
+        with ServerProcess(tmp_path, conf, wait_ports=(port,)):
+            send(port, "soft@dst.test")  # the queue enters backoff
+            acct = tmp_path / "acct.csv"
+            assert wait_until(lambda: any(r["type"] == "t" for r in read_acct(acct)))
+            with mx.lock:
+                mx.max_open = 0
+            for n in range(8):
+                send(port, f"ok{n}@dst.test")
+            assert wait_until(lambda: mx.delivered == 8, timeout=60)
+    finally:
+        mx.stop()
+    assert mx.max_open == 2  # in normal mode up to 10; in backoff without the directive 1
