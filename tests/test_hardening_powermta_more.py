@@ -7,6 +7,8 @@ acct file says.
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import smtplib
 from collections.abc import Iterator
 from pathlib import Path
@@ -114,3 +116,53 @@ def test_pattern_list_header_lines_choose_the_vmta(tmp_path: Path, receiver: Rec
     }
     helo_by_rcpt = {m.rcpt_tos[0]: m.helo for m in receiver.messages}
     assert helo_by_rcpt["h1@dst.test"] == "a.out.test"
+
+
+def test_acct_user_string_and_privacy_policy(tmp_path: Path, receiver: Receiver) -> None:
+    """`user-string` fills `userstring`; `privacy-policy` hashes or redacts rcpt local parts."""
+    from mtaserver.accounting.privacy import siphash24
+
+    port = free_port()
+    extra = (
+        f"<acct-file {tmp_path}/hmac.csv>\n records d\n record-fields d type,rcpt,userstring\n"
+        ' user-string unique-id\n privacy-policy hmac-sha256 "secret"\n</acct-file>\n'
+        f"<acct-file {tmp_path}/sip.csv>\n records d\n"
+        ' privacy-policy siphash "secret"\n</acct-file>\n'
+        f"<acct-file {tmp_path}/redact.csv>\n records b\n"
+        ' privacy-policy redact "X"\n</acct-file>\n'
+        "<source 127.0.0.1>\n always-allow-relaying yes\n</source>\n"
+    )
+    with ServerProcess(tmp_path, base_config(tmp_path, port, receiver.port, extra), (port,)):
+        with smtplib.SMTP("127.0.0.1", port) as client:
+            client.sendmail("s@src.test", ["Alice@dst.test"], b"Subject: p\r\n\r\nb\r\n")
+            client.sendmail("", ["hard.bob@dst.test"], b"Subject: p\r\n\r\nb\r\n")
+        assert wait_until(lambda: len(read_acct(tmp_path / "redact.csv")) == 1)
+        assert wait_until(lambda: len(read_acct(tmp_path / "sip.csv")) == 1)
+        assert wait_until(lambda: len(read_acct(tmp_path / "hmac.csv")) == 1)
+    digest = hmac.new(b"secret", b"alice", hashlib.sha256).hexdigest()
+    assert read_acct(tmp_path / "hmac.csv") == [
+        {"type": "d", "rcpt": f"{digest}@dst.test", "userstring": "unique-id"}
+    ]
+    sip_key = b"secret".ljust(16, b"\0")
+    (sip,) = read_acct(tmp_path / "sip.csv")
+    assert sip["rcpt"] == f"{siphash24(sip_key, b'alice'):016x}@dst.test"
+    assert "userstring" not in sip  # named only where record-fields asks for it
+    (bounce,) = read_acct(tmp_path / "redact.csv")
+    assert bounce["rcpt"] == "X@dst.test" and "hard.bob" not in ",".join(bounce.values())
+    # the file without a policy keeps the real addresses
+    assert {r["rcpt"] for r in acct(tmp_path, "db")} == {"Alice@dst.test", "hard.bob@dst.test"}
+
+
+def test_privacy_policy_key_is_checked_at_load(tmp_path: Path) -> None:
+    """A SipHash key over 16 bytes or a bad hex key is a config error, not a crash."""
+    from mtaserver.config.grammar import ConfigError
+    from mtaserver.config.load import load_config
+
+    for policy in ('siphash "0123456789abcdefXYZ"', "hmac-sha256-hexkey zz"):
+        path = tmp_path / "pmta.conf"
+        path.write_text(
+            f"spool {tmp_path}/spool\n<acct-file {tmp_path}/a.csv>\n"
+            f" privacy-policy {policy}\n</acct-file>\n"
+        )
+        with pytest.raises(ConfigError, match="privacy-policy"):
+            load_config(str(path))

@@ -27,6 +27,7 @@ from twisted.internet import defer, protocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from mtaserver.accounting.privacy import Policy
 from mtaserver.accounting.records import (
     RECORD_TYPES,
     csv_header,
@@ -89,9 +90,11 @@ class AcctPipeWriter(Generic[P]):
         records: frozenset[str] = frozenset({"d", "b"}),
         record_fields: Mapping[str, tuple[str, ...]] | None = None,
         header_fields: tuple[str, ...] = (),
+        policy: Policy | None = None,
     ) -> None:
         self.path = path
         self.command = pipe_command(path)
+        self._policy = policy  # `user-string` and `privacy-policy`
         self._fields_by_type = {
             t: fields_for(t, record_fields, header_fields) for t in RECORD_TYPES if t in records
         }
@@ -208,6 +211,8 @@ class AcctPipeWriter(Generic[P]):
                 fields = self._fields_by_type.get(record["type"])
                 if fields is None:
                     continue
+                if self._policy is not None:
+                    record = self._policy(record)
                 out.append(csv_line({f: record[f] for f in fields}, self._columns))
         return "".join(out).encode("utf-8", "surrogateescape"), reached
 

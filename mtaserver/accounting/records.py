@@ -55,7 +55,9 @@ def header_field(name: str) -> str:
 REPORT_FIELDS: Mapping[str, tuple[str, ...]] = values.REPORT_FIELDS
 """Fields only `rb`/`rs`/`f` records have (the processors'); `*` includes them there."""
 
-ALL_FIELDS: frozenset[str] = frozenset(FIELDS).union(*REPORT_FIELDS.values())
+ALL_FIELDS: frozenset[str] = frozenset(FIELDS).union(
+    *REPORT_FIELDS.values(), (values.USER_STRING_FIELD,)
+)
 
 
 def standard_fields(record_type: str) -> tuple[str, ...]:

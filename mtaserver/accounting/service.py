@@ -24,6 +24,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from mtaserver.accounting.pipe import AcctPipeWriter
+from mtaserver.accounting.privacy import record_policy
 from mtaserver.accounting.writer import AcctFileWriter
 from mtaserver.config.model import AcctFileSettings, Config
 from mtaserver.config.reload import ConfigHolder
@@ -88,6 +89,7 @@ def writer_for(
         min_interval=CATCH_UP_INTERVAL,
         move_to=_move_to(acct),
         world_readable=acct.world_readable,
+        policy=record_policy(acct.user_string, acct.privacy_policy),
     )
 
 
@@ -118,6 +120,7 @@ def _pipe_for(
         records=acct.records,
         record_fields=dict(acct.record_fields) or None,
         header_fields=tuple(dict.fromkeys(m.header for m in acct.map_header_to_field)),
+        policy=record_policy(acct.user_string, acct.privacy_policy),
     )
 
 
@@ -137,6 +140,8 @@ def _writer_settings(acct: AcctFileSettings) -> tuple[Any, ...]:
         acct.sync,
         acct.move_to,
         acct.world_readable,
+        acct.user_string,
+        acct.privacy_policy,
     )
 
 

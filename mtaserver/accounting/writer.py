@@ -44,6 +44,7 @@ from mtaserver.accounting.checkpoint import (
     load_checkpoint,
     save_checkpoint,
 )
+from mtaserver.accounting.privacy import Policy
 from mtaserver.accounting.records import (
     ALL_FIELDS,
     DEFAULT_RECORDS,
@@ -127,6 +128,7 @@ class AcctFileWriter(Generic[P]):
         min_interval: float = 0.0,
         move_to: str | None = None,
         world_readable: bool = False,
+        policy: Policy | None = None,
     ) -> None:
         unknown = set(records) - set(RECORD_TYPES)
         if unknown:
@@ -137,6 +139,8 @@ class AcctFileWriter(Generic[P]):
         self._rotated_dir = move_to or self._dir
         #: `world-readable`: 0644, else 0640 (PowerMTA's default keeps others out).
         self._mode = 0o644 if world_readable else 0o640
+        #: `user-string` and `privacy-policy` (`accounting.privacy`), applied per record.
+        self._policy = policy
         self._ckpt_path = checkpoint_path(path)
         self._json = path.endswith(".json")
         self._fields_by_type = {
@@ -419,6 +423,8 @@ class AcctFileWriter(Generic[P]):
                 fields = self._fields_by_type.get(record["type"])
                 if fields is None:
                     continue
+                if self._policy is not None:
+                    record = self._policy(record)
                 if self._json:
                     lines.append(json_line(record, fields))
                 else:

@@ -423,6 +423,9 @@ ACCT_FIELDS: tuple[str, ...] = (
 )
 """Every standard acct field, in DESIGN.md section 5 order (`header_X` fields aside)."""
 
+USER_STRING_FIELD = "userstring"
+"""The `user-string` of the acct file: written only where `record-fields` names it."""
+
 ACCT_HEADER_PREFIX = "header_"
 
 REPORT_FIELDS: Mapping[str, tuple[str, ...]] = {
@@ -477,6 +480,7 @@ def parse_record_fields(text: str) -> tuple[str, tuple[str, ...]]:
         known = (
             name == "*"
             or name in ACCT_FIELDS
+            or name == USER_STRING_FIELD
             or any(name in extra for extra in REPORT_FIELDS.values())
             or name.startswith(ACCT_HEADER_PREFIX)
         )
