@@ -17,12 +17,15 @@ import time
 from pathlib import Path
 from typing import Any
 
+import attrs
+import pytest
 from mx_receiver import Receiver
 from server_configs import acct_file, domain, relay_config
 from server_process import ServerProcess, free_port, read_acct, wait_until
 from test_scheduler import INFO, ScriptedDeliverer, World
 from twisted.internet import defer
 
+from mtaserver.commands import CommandError, parse, render_text
 from mtaserver.queue.delivery import SessionJob, TransactionResult
 from mtaserver.smtp_reply import Reply
 
@@ -332,3 +335,57 @@ def test_e2e_backoff_max_smtp_out(tmp_path: Path) -> None:
     finally:
         mx.stop()
     assert mx.max_open == 2  # in normal mode up to 10; in backoff without the directive 1
+
+
+# -- commands: set priority, show disabled sources, enable source -----------------------
+
+
+def test_set_priority_command_reorders_freed_slots(tmp_path: Path) -> None:
+    """set priority --queue=high.test 90 gives that queue freed slots first (until restart)."""
+    world = World(tmp_path, "max-msg-per-connection 1", extra="total-max-smtp-out 1")
+    command = parse("set priority --queue=high.test 90")
+    assert command.level == "admin"
+    assert world.scheduler.control.set_priority(command.options["queue"], 90) == []
+    world.deliverer.gate = defer.Deferred()
+    low = [world.submit("ok1@low.test"), world.submit("ok2@low.test")]
+    high = world.submit("ok@high.test")
+    assert world.scheduler.control.set_priority("high.test", int(command.args[0])) == [
+        "high.test/{default}"
+    ]
+    gate, world.deliverer.gate = world.deliverer.gate, None
+    gate.callback(None)
+    order = [session[0][0] for session in world.deliverer.sessions]
+    assert order == [low[0], high, low[1]]
+
+
+@pytest.mark.parametrize(
+    ("line", "expected"),
+    [
+        ("set priority --queue=a.test 101", "the priority is 0 to 100"),
+        ("set priority --queue=a.test high", "the priority is 0 to 100"),
+        ("set priority 50", "--queue is required"),
+        ("enable source", "missing argument"),
+    ],
+)
+def test_bad_priority_and_source_commands(line: str, expected: str) -> None:
+    """Out-of-range priorities and missing arguments are refused before anything runs."""
+    with pytest.raises(CommandError) as caught:
+        parse(line)
+    assert expected in caught.value.message
+
+
+def test_show_disabled_sources_and_enable_source(tmp_path: Path) -> None:
+    """show disabled sources lists queue, source and time left; enable source clears them."""
+    world = source_world(tmp_path, "disable-source-ip,reenable-after=1h")
+    world.submit("ok@a.test", vmta="v1")
+    world.clock.advance(600)
+    assert parse("show disabled sources a.test/*").level == "monitor"
+    control = world.scheduler.control
+    (row,) = control.disabled_sources("a.test/*")
+    assert (row.queue, row.source, row.reenable_in) == ("a.test/v1", "127.0.0.1 a.out.test", 3000.0)
+    text = render_text("show disabled sources", [attrs.asdict(row)])
+    assert "127.0.0.1 a.out.test" in text and "3000.0" in text
+    assert control.disabled_sources("b.test") == []
+    assert parse("enable source a.test/v1").level == "admin"
+    assert control.enable_sources("a.test/v1") == 1
+    assert control.disabled_sources() == []

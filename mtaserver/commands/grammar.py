@@ -4,7 +4,8 @@
     show settings | show version
     pause queue D/V | resume queue D/V | schedule D/V
     pause job JOBID | resume job JOBID
-    set queue --mode=backoff|normal D/V
+    set queue --mode=backoff|normal D/V | set priority --queue=D/V N
+    show disabled sources [D/V] | enable source D/V
     delete --queue=D/V [--jobId=J] | list --queue=D/V [--max=N]
     reload | test config [FILE] | rotate acct | reset counters
     suppression show [RECIPIENT] [--scope=S] | suppression export [--scope=S]
@@ -78,6 +79,21 @@ SPECS: tuple[Spec, ...] = (
         (1, 1),
     ),
     Spec(
+        ("set", "priority"),
+        "admin",
+        "set priority --queue=DOMAIN[/VMTA] NUMBER (0-100)",
+        {"queue": "value"},
+        ("queue",),
+        (1, 1),
+    ),
+    Spec(
+        ("show", "disabled", "sources"),
+        "monitor",
+        "show disabled sources [DOMAIN[/VMTA]]",
+        positional=(0, 1),
+    ),
+    Spec(("enable", "source"), "admin", "enable source DOMAIN[/VMTA]", positional=(1, 1)),
+    Spec(
         ("delete",),
         "admin",
         "delete --queue=DOMAIN[/VMTA] [--jobId=JOB]",
@@ -133,7 +149,11 @@ SPECS: tuple[Spec, ...] = (
 )
 
 #: Commands whose positional arguments are not queue patterns.
-_NOT_QUEUES = {("test", "config"), *(s.words for s in SPECS if s.words[0] == "suppression")}
+_NOT_QUEUES = {
+    ("test", "config"),
+    ("set", "priority"),
+    *(s.words for s in SPECS if s.words[0] == "suppression"),
+}
 #: Commands whose positional argument is a job id (an `X-Job` header, a `campaign_id`).
 _JOBS = {("pause", "job"), ("resume", "job")}
 _NOT_QUEUES |= _JOBS
@@ -226,6 +246,10 @@ def _check_values(command: Command) -> None:
     mode = command.options.get("mode")
     if mode is not None and mode not in ("backoff", "normal"):
         raise CommandError(f"{spec.usage}: --mode must be backoff or normal, not {mode!r}")
+    if spec.words == ("set", "priority"):
+        number = command.args[0]
+        if not number.isdigit() or int(number) > 100:
+            raise CommandError(f"{spec.usage}: the priority is 0 to 100, not {number!r}")
     limit = command.options.get("max")
     if limit is not None and (not limit.isdigit() or int(limit) < 1):
         raise CommandError(f"{spec.usage}: --max must be a positive number, not {limit!r}")

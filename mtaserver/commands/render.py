@@ -39,6 +39,7 @@ _COLUMNS: dict[str, tuple[str, ...]] = {
     "show vmtas": ("vmta", *_ROLLUP),
     "show jobs": ("job", "messages", "recipients", "paused"),
     "list": ("queue", "msgId", "rcpt", "job", "attempts", "state"),
+    "show disabled sources": ("queue", "source", "reenable_in"),
 }
 
 

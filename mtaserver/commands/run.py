@@ -262,6 +262,20 @@ class Commands:
         names = self.control.set_mode(command.args[0], mode)
         return {"queues": names, "mode": mode}, f"{len(names)} queue(s) set to {mode} mode"
 
+    async def _set_priority(self, command: Command) -> tuple[Any, str]:
+        priority = int(command.args[0])
+        names = self.control.set_priority(command.options["queue"], priority)
+        data = {"queues": names, "priority": priority}
+        return data, f"{len(names)} queue(s) set to priority {priority}"
+
+    async def _show_disabled_sources(self, command: Command) -> tuple[Any, str]:
+        rows = self.control.disabled_sources(command.args[0] if command.args else "*")
+        return [_jsonable(row) for row in rows], ""
+
+    async def _enable_source(self, command: Command) -> tuple[Any, str]:
+        count = self.control.enable_sources(command.args[0])
+        return {"enabled": count}, f"enabled {count} source(s)"
+
     async def _delete(self, command: Command) -> tuple[Any, str]:
         pattern, job = command.options["queue"], command.options.get("jobId")
         count = await self.control.delete(pattern, job)

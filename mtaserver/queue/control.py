@@ -102,6 +102,15 @@ def _view(queue: Queue, messages: Mapping[str, MessageState]) -> QueueView:
     )
 
 
+@attrs.frozen
+class DisabledSource:
+    """A source (`IP HOSTNAME`, or `default`) disabled for a queue, and for how long more."""
+
+    queue: str
+    source: str
+    reenable_in: float | None  # seconds; None: until `enable source` or a restart
+
+
 class QueueControl:
     """The scheduler's read and command interface for everything outside `queue/`."""
 
@@ -202,6 +211,23 @@ class QueueControl:
     def set_mode(self, pattern: str, mode: str) -> list[str]:
         """`normal` or `backoff` for the matching queues; their names."""
         return self._scheduler.set_mode(pattern, mode)
+
+    def set_priority(self, pattern: str, priority: int) -> list[str]:
+        """The matching queues' priority (0-100, replacing `queue-priority`); their names."""
+        return self._scheduler.set_priority(pattern, priority)
+
+    def disabled_sources(self, pattern: str = "*") -> list[DisabledSource]:
+        """Sources `disable-source-ip` disabled for the matching queues, by queue."""
+        now = self._scheduler.clock.seconds()
+        return [
+            DisabledSource(queue.name, key, left)
+            for queue in self._scheduler.matching(pattern)
+            for key, left in self._scheduler.sources.disabled_of(queue.name, now).items()
+        ]
+
+    def enable_sources(self, pattern: str) -> int:
+        """Enable every disabled source of the matching queues; how many."""
+        return self._scheduler.enable_sources(pattern)
 
     async def delete(self, pattern: str, job_id: str | None = None) -> int:
         """Bounce the matching queues' recipients (of `job_id` only, if given); how many."""

@@ -68,6 +68,7 @@ class Queue:
     consecutive_failures: int = 0
     next_send_at: float = 0.0
     next_connect_at: float = 0.0  # max-connect-rate: the next connection's earliest time
+    priority: int | None = None  # `set priority --queue`: replaces its queue-priority
     last_error: str = ""
     counters: QueueCounters = attrs.field(factory=QueueCounters)
 

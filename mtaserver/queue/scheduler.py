@@ -388,6 +388,19 @@ class Scheduler:
             self._pump(queue)
         return count
 
+    def priority(self, queue: Queue) -> int:
+        """The queue's priority: `set priority` if given, else its `queue-priority`."""
+        if queue.priority is not None:
+            return queue.priority
+        return self.settings_for(queue).queue_priority
+
+    def set_priority(self, pattern: str, priority: int) -> list[str]:
+        """`set priority --queue=`: the matching queues' priority until restart."""
+        queues = self.matching(pattern)
+        for queue in queues:
+            queue.priority = priority
+        return [q.name for q in queues]
+
     def _start_session(self, queue: Queue, settings: DomainSettings, source: SourceChoice) -> None:
         self.slots.open(queue)
         session = Session(self, queue, settings, source=source)
@@ -403,7 +416,7 @@ class Scheduler:
         bottleneck a high-priority queue is served before a low one.
         """
         waiting = [queue] + [q for q in self.queues.values() if q is not queue and q.ready]
-        waiting.sort(key=lambda q: -self.settings_for(q).queue_priority)
+        waiting.sort(key=lambda q: -self.priority(q))
         for other in waiting:
             if other is not queue and self.slots.at_total(
                 self.holder.config.settings.total_max_smtp_out

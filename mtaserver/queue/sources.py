@@ -4,7 +4,7 @@ The scheduler picks a session's source here, not the deliverer, so that what a r
 says about the connection can act on the source that made it: a reply matching a
 `disable-source-ip` pattern disables that source *for that queue* (PowerMTA's
 "disable source IP domain/vmta") until `reenable-after=` (else the domain's
-`reenable-source-ip-after`; else never, until a reload or a restart). The queue's
+`reenable-source-ip-after`; else never: until `enable source` or a restart). The queue's
 next sessions use its other sources; when every one is disabled the queue waits
 until the first is enabled again.
 
