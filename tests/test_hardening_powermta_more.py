@@ -166,3 +166,59 @@ def test_privacy_policy_key_is_checked_at_load(tmp_path: Path) -> None:
         )
         with pytest.raises(ConfigError, match="privacy-policy"):
             load_config(str(path))
+
+
+def test_rewrite_list_rewrites_mail_from_and_the_from_domain(
+    tmp_path: Path, receiver: Receiver
+) -> None:
+    """A source's `rewrite-list`: mail-from rules change MAIL FROM, from-domain the From."""
+    port = free_port()
+    extra = (
+        "<rewrite-list abc>\n"
+        "    mail-from foo@* *@bar.test\n"
+        "    mail-from *@old.test bounces@new.test\n"
+        "    from-domain *.port25.test bouncedomain.test\n"
+        "</rewrite-list>\n"
+        "<source 127.0.0.1>\n always-allow-relaying yes\n rewrite-list abc\n</source>\n"
+    )
+    with ServerProcess(tmp_path, base_config(tmp_path, port, receiver.port, extra), (port,)):
+        with smtplib.SMTP("127.0.0.1", port) as client:
+            client.sendmail(
+                "Foo@xyz.test",
+                ["r1@dst.test"],
+                b"From: Foo <foo@mail.port25.test>\r\nSubject: a\r\n\r\nb\r\n",
+            )
+            client.sendmail(
+                "anyone@OLD.test", ["r2@dst.test"], b"From: <x@port25.test>\r\n\r\nb\r\n"
+            )
+            client.sendmail("keep@other.test", ["r3@dst.test"], b"Subject: c\r\n\r\nb\r\n")
+        assert wait_until(lambda: len(receiver.messages) == 3)
+        assert wait_until(lambda: len(acct(tmp_path, "d")) == 3)
+    by_rcpt = {m.rcpt_tos[0]: m for m in receiver.messages}
+    assert by_rcpt["r1@dst.test"].mail_from == "Foo@bar.test"
+    assert b"From: Foo <foo@bouncedomain.test>\r\n" in by_rcpt["r1@dst.test"].data
+    assert by_rcpt["r2@dst.test"].mail_from == "bounces@new.test"
+    assert b"From: <x@port25.test>\r\n" in by_rcpt["r2@dst.test"].data  # *.port25.test only
+    assert by_rcpt["r3@dst.test"].mail_from == "keep@other.test"
+    orig = {r["rcpt"]: r["orig"] for r in acct(tmp_path, "d")}
+    assert orig == {
+        "r1@dst.test": "Foo@bar.test",
+        "r2@dst.test": "bounces@new.test",
+        "r3@dst.test": "keep@other.test",
+    }
+
+
+def test_rewrite_list_errors(tmp_path: Path) -> None:
+    """An undefined rewrite-list, or `mail-from <> *@x`, is a config error."""
+    from mtaserver.config.grammar import ConfigError
+    from mtaserver.config.load import load_config
+
+    cases = {
+        "<source 0/0>\n rewrite-list nope\n</source>\n": "no <rewrite-list nope>",
+        "<rewrite-list r>\n mail-from <> *@foo.test\n</rewrite-list>\n": "target of <>",
+    }
+    for text, message in cases.items():
+        path = tmp_path / "pmta.conf"
+        path.write_text(f"spool {tmp_path}/spool\n{text}")
+        with pytest.raises(ConfigError, match=message):
+            load_config(str(path))

@@ -214,6 +214,27 @@ def _two_words(example: str) -> Parser:
     return parse
 
 
+def _rewrite_mail_from(text: str) -> tuple[str, str]:
+    """`mail-from SOURCE TARGET` of a `<rewrite-list>` (see model.RewriteList)."""
+    source, target = _two_words("foo@* *@bar.com")(text)
+    for word in (source, target):
+        if word != "<>" and (word.count("@") != 1 or word.startswith("@") or word.endswith("@")):
+            raise ValueError(f"expected an address, LOCAL@*, *@DOMAIN or <>, not {word!r}")
+    if not target.isascii():
+        raise ValueError(f"the target address must be ASCII, not {target!r}")
+    if source == "<>" and "*" in target:
+        raise ValueError("the target of <> cannot use *: there is no source address")
+    if target != "<>" and target != "*@*" and "*" in target.replace("*@", "").replace("@*", ""):
+        raise ValueError(f"* stands for a whole local part or domain, not {target!r}")
+    return source.lower(), target
+
+
+def _rewrite_from_domain(text: str) -> tuple[str, str]:
+    """`from-domain DOMAIN-PATTERN DOMAIN` of a `<rewrite-list>`."""
+    pattern, target = _two_words("*.port25.com bouncedomain.com")(text)
+    return v.parse_domain_pattern(pattern), v.parse_hostname(target).lower()
+
+
 def _category_pattern(text: str) -> tuple[re.Pattern[str], str]:
     """`/REGEX/ CATEGORY`: one line (or several joined) of `<bounce-category-patterns>`."""
     match = re.fullmatch(r"/(.*)/\s*([A-Za-z0-9_-]+)", text.strip(), re.DOTALL)
@@ -305,6 +326,8 @@ FORMS: Mapping[str, tuple[Parser, str]] = {
     "routing-pattern": (_routing_pattern, "/REGEX/ virtual-mta=NAME"),
     "header-pattern": (_header_pattern, "HEADER /REGEX/ RESULT"),
     "rewrite": (_two_words("*@a.com *@b.com"), "SOURCE TARGET"),
+    "rewrite-mail-from": (_rewrite_mail_from, "SOURCE-ADDRESS TARGET-ADDRESS"),
+    "rewrite-from-domain": (_rewrite_from_domain, "DOMAIN-PATTERN DOMAIN"),
     "source-host": (v.parse_source_host, "IP HOSTNAME"),
     "cidr-host": (_two_words("10/8 mail.example.com"), "CIDR HOSTNAME"),
     "domain-key": (v.parse_domain_key, "SELECTOR,DOMAIN,KEYFILE"),
@@ -696,7 +719,8 @@ _add(
     "recipients over max-rcpt-per-message get 452, the message goes on",
 )
 _add("pattern-list", S, "name", "", IMPLEMENTED, "chooses the virtual MTA by sender or recipient")
-_add("rewrite-list", S + VM + POOL, "name", "", Y, "no address rewriting yet")
+_add("rewrite-list", S, "name", "", IMPLEMENTED, "rewrites MAIL FROM and the From domain")
+_add("rewrite-list", VM + POOL, "name", "", Y, "rewrite lists apply per <source> only")
 _add("process-x-envid", S, "bool", "false", IMPLEMENTED, "X-EnvID: gives the envId")
 _add(
     "process-x-dkim-options retain-x-dkim-options process-x-dkim-key retain-x-dkim-key",
@@ -1109,12 +1133,21 @@ _add(
     repeatable=True,
 )
 _add(
-    "mail-from from-domain",
+    "mail-from",
     (REWRITE_LIST,),
-    "rewrite",
+    "rewrite-mail-from",
     "",
-    Y,
-    "no address rewriting yet",
+    IMPLEMENTED,
+    "the first matching line rewrites the envelope sender",
+    repeatable=True,
+)
+_add(
+    "from-domain",
+    (REWRITE_LIST,),
+    "rewrite-from-domain",
+    "",
+    IMPLEMENTED,
+    "the first matching line rewrites the From header's domain",
     repeatable=True,
 )
 _add("precached-domains-file", (DNS,), "file", "", Y, "no DNS precaching")
@@ -1189,7 +1222,7 @@ CATALOG_SCOPES: Mapping[str, ScopeEntry] = {
         ScopeEntry(SPOOL, v.parse_string, _TOP, Y, "one spool directory: the spool directive"),
         ScopeEntry(SOURCE_GROUP, v.parse_name, _TOP, Y, "no <source-group> limits yet"),
         ScopeEntry(PATTERN_LIST, v.parse_name, _TOP, IMPLEMENTED, ""),
-        ScopeEntry(REWRITE_LIST, v.parse_name, _TOP, Y, "no address rewriting yet"),
+        ScopeEntry(REWRITE_LIST, v.parse_name, _TOP, IMPLEMENTED, ""),
         ScopeEntry(DOMAIN_KEY_LIST, v.parse_name, _TOP, Y, "DKIM keys are global only"),
         ScopeEntry(EMAIL_PATTERNS, _optional_name, _TOP, Y, "no pattern files are read"),
         ScopeEntry(BOUNCE_CATEGORY_PATTERNS, _no_arg, _TOP, IMPLEMENTED, ""),

@@ -27,6 +27,7 @@ from mtaserver.config.model import (
     LdapSettings,
     Listener,
     ReportProcessorSettings,
+    RewriteList,
     RoutingPatternList,
     SmtpPatternList,
     SmtpUser,
@@ -299,6 +300,10 @@ def _assemble(loader: _Loader, path: str, files: list[str], nodes: list[Node]) -
         for name, layer in loader.named(catalog.PATTERN_LIST).items()
     }
     _check_routing(loader, nodes, routing)
+    rewrites = {
+        name: build(RewriteList, [layer], name=name)
+        for name, layer in loader.named(catalog.REWRITE_LIST).items()
+    }
     acct_files = tuple(
         build(AcctFileSettings, [layer], path=name)
         for name, layer in loader.named(reg.ACCT_FILE).items()
@@ -322,6 +327,7 @@ def _assemble(loader: _Loader, path: str, files: list[str], nodes: list[Node]) -
         domains=_expand_macros(loader, loader.named(reg.DOMAIN)),
         pattern_lists=patterns,
         routing_patterns=routing,
+        rewrite_lists=rewrites,
         bounce_category_patterns=tuple(
             (re.compile(regex.pattern, re.IGNORECASE), category)
             for regex, category in loader.layers.get(
@@ -392,6 +398,13 @@ def _check_routing(
                 continue
             if child.value.strip() not in routing:
                 loader.problem(child, f"no <pattern-list {child.value.strip()}> is defined")
+    rewrites = loader.named(catalog.REWRITE_LIST)
+    for scope in _find_scopes(nodes, reg.SOURCE):
+        for child in scope.children:
+            if not isinstance(child, Directive) or child.name != "rewrite-list":
+                continue
+            if child.value.strip() not in rewrites:
+                loader.problem(child, f"no <rewrite-list {child.value.strip()}> is defined")
 
 
 def _expand_macros(loader: _Loader, domains: dict[str, dict[str, Any]]) -> dict[str, Any]:

@@ -78,6 +78,7 @@ class SourceSettings:
     max_mime_depth: int = 100  # Postfix's mime_nesting_limit
     require_sender_match_login: bool = False  # after AUTH, MAIL FROM must match the login
     pattern_list: str | None = None  # a <pattern-list> choosing the virtual MTA
+    rewrite_list: str | None = None  # a <rewrite-list> rewriting MAIL FROM and From domains
     verp_default: bool = False  # VERP return paths (one recipient a transaction)
     process_x_envid: bool = False  # X-EnvID: is the envId (DSN ENVID) when none was given
     jobid_header: str = "x-job"  # the header process-x-job reads
@@ -240,6 +241,51 @@ class RoutingPatternList:
                 if regex.search(rcpt):
                     return routing_result(result)
         return None
+
+
+@attrs.frozen
+class RewriteList:
+    """`<rewrite-list NAME>`: rewrite the envelope sender and the From header's domain.
+
+    `mail-from SOURCE TARGET`: SOURCE is `a@b.com`, `a@*`, `*@b.com`, `*@*` (any but the
+    null sender) or `<>`; TARGET is an address, `a@*` (the source's domain), `*@b.com`
+    (the source's local part) or `<>`. `from-domain DOMAIN-PATTERN DOMAIN` rewrites the
+    domain of the From header's addresses. The first matching line of each kind wins;
+    matching ignores case. A `<source>` applies one with `rewrite-list NAME`.
+    """
+
+    name: str
+    mail_from: tuple[tuple[str, str], ...] = ()
+    from_domain: tuple[tuple[str, str], ...] = ()
+
+    def rewrite_mail_from(self, sender: str) -> str:
+        local, _, domain = sender.rpartition("@")
+        for source, target in self.mail_from:
+            if not _sender_matches(source, sender):
+                continue
+            if target == "<>":
+                return ""
+            t_local, _, t_domain = target.rpartition("@")
+            new_local = local if t_local == "*" else t_local
+            new_domain = domain if t_domain == "*" else t_domain
+            return f"{new_local}@{new_domain}"
+        return sender
+
+    def rewrite_from_domain(self, domain: str) -> str:
+        for pattern, target in self.from_domain:
+            if domain_matches(pattern, domain.lower()):
+                return target
+        return domain
+
+
+def _sender_matches(source: str, sender: str) -> bool:
+    if source == "<>":
+        return sender == ""
+    if not sender:
+        return False
+    s_local, _, s_domain = source.lower().rpartition("@")
+    local, _, domain = sender.lower().rpartition("@")
+    return s_local in ("*", local) and s_domain in ("*", domain)
 
 
 def routing_result(result: str) -> str:
@@ -431,6 +477,7 @@ class Config:
     domains: Mapping[str, Layer] = attrs.field(factory=dict)
     pattern_lists: Mapping[str, SmtpPatternList] = attrs.field(factory=dict)
     routing_patterns: Mapping[str, RoutingPatternList] = attrs.field(factory=dict)
+    rewrite_lists: Mapping[str, RewriteList] = attrs.field(factory=dict)
     #: `<bounce-category-patterns>`: (regex, category) tried before the built-in rules.
     bounce_category_patterns: tuple[tuple[re.Pattern[str], str], ...] = ()
     acct_files: tuple[AcctFileSettings, ...] = ()

@@ -28,6 +28,19 @@ from mtaserver.smtp_reply import TOO_BIG, Reply
 MAX_HEADER_BYTES = 256 * 1024
 MAX_CAPTURED_VALUE = 998
 _FIELD_NAME = re.compile(rb"([\x21-\x39\x3b-\x7e]+)[ \t]*:")
+_ADDRESS_DOMAIN = re.compile(rb"(?<=@)[A-Za-z0-9](?:[A-Za-z0-9.-]*[A-Za-z0-9])?")
+
+
+def _rewrite_domains(field: list[bytes], rewrite: Callable[[str], str]) -> list[bytes]:
+    """A From field with each address's domain as `rewrite` (`from-domain`) gives it."""
+
+    def one(match: re.Match[bytes]) -> bytes:
+        domain = match.group(0).decode("ascii")
+        return rewrite(domain).encode("ascii")
+
+    name_end = field[0].index(b":") + 1
+    first = field[0][:name_end] + _ADDRESS_DOMAIN.sub(one, field[0][name_end:])
+    return [first] + [_ADDRESS_DOMAIN.sub(one, line) for line in field[1:]]
 
 
 class MessageBuilder:
@@ -131,6 +144,8 @@ class MessageBuilder:
                 continue
             if name in rules.remove:  # `remove-header`
                 continue
+            if name == b"from" and rules.from_domain is not None:
+                field = _rewrite_domains(field, rules.from_domain)
             wanted = self._capture.get(name.decode("ascii"))
             if wanted is not None and wanted not in self.acct_headers:
                 self.acct_headers[wanted] = value.strip()[:MAX_CAPTURED_VALUE]

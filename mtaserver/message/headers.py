@@ -16,6 +16,7 @@ from __future__ import annotations
 import datetime
 import email.utils
 import re
+from collections.abc import Callable
 
 import attrs
 
@@ -57,6 +58,8 @@ class HeaderRules:
     remove: frozenset[bytes] = frozenset()  # `remove-header` names, lower case
     #: Fields the source's `<pattern-list>` header lines match (lower case): captured whole.
     routing: frozenset[bytes] = frozenset()
+    #: `<rewrite-list>` from-domain lines: the From header's domains, rewritten.
+    from_domain: Callable[[str], str] | None = None
 
 
 def rfc5322_date(now: float) -> str:
@@ -126,4 +129,8 @@ def header_rules(
         routing=frozenset(name.encode("ascii", "replace") for name in routing.header_names)
         if (routing := config.routing_patterns.get(settings.pattern_list or ""))
         else frozenset(),
+        from_domain=rewrites.rewrite_from_domain
+        if (rewrites := config.rewrite_lists.get(settings.rewrite_list or ""))
+        and rewrites.from_domain
+        else None,
     )

@@ -125,6 +125,11 @@ class ReceptionHandler:
         rcpts = (r.address for r in envelope.recipients)
         return patterns.virtual_mta_for(envelope.sender, rcpts, headers)
 
+    def _rewrite_sender(self, name: str | None, sender: str) -> str:
+        """MAIL FROM as the source's `<rewrite-list>` rewrites it (acct, DSNs, the wire)."""
+        rewrites = self.holder.config.rewrite_lists.get(name or "")
+        return sender if rewrites is None else rewrites.rewrite_mail_from(sender)
+
     def settings_for(self, ip: str, user: str | None = None) -> SourceSettings:
         """The client's `<source>`; after AUTH `{auth}`, then the user's own `source {name}`."""
         config = self.holder.config
@@ -259,7 +264,7 @@ class ReceptionHandler:
         ]
         envelope = Envelope(
             msg_id=writer.msg_id,
-            sender=txn.sender.address,
+            sender=self._rewrite_sender(session.settings.rewrite_list, txn.sender.address),
             recipients=kept,
             time_queued=self.clock.seconds(),
             src_type="smtp",
