@@ -52,6 +52,8 @@ class Envelope:
     acct_headers: Mapping[str, str] = attrs.field(factory=dict)
     is_dsn: bool = False  # a bounce we generated: never bounced again
     verp: bool = False  # deliver with a VERP return path per recipient (`verp-default`)
+    #: The X-DKIM-Options header (`process-x-dkim-options`), for signing at delivery.
+    dkim_options: str | None = None
 
     def only(self, rcpt_indexes: tuple[int, ...]) -> Envelope:
         """This envelope with only the recipients at `rcpt_indexes`, in that order."""
@@ -82,6 +84,7 @@ class Envelope:
             "acct_headers": dict(self.acct_headers),
             "is_dsn": self.is_dsn,
             "verp": self.verp,
+            "dkim_options": self.dkim_options,
         }
 
     @classmethod

@@ -222,3 +222,59 @@ def test_rewrite_list_errors(tmp_path: Path) -> None:
         path.write_text(f"spool {tmp_path}/spool\n{text}")
         with pytest.raises(ConfigError, match=message):
             load_config(str(path))
+
+
+def test_process_x_dkim_options_choose_the_key(tmp_path: Path, receiver: Receiver) -> None:
+    """X-DKIM-Options s=/d= choose the signing key and are removed (kept with retain-...)."""
+    import dkim
+
+    records = {
+        b"k1._domainkey.brand.test.": write_rsa_key(tmp_path / "k1.pem"),
+        b"k2._domainkey.brand.test.": write_rsa_key(tmp_path / "k2.pem"),
+        b"e1._domainkey.esp.test.": write_rsa_key(tmp_path / "e1.pem"),
+    }
+    port, keep_port = free_port(), free_port()
+    extra = (
+        f"domain-key k1,brand.test,{tmp_path}/k1.pem\n"
+        f"domain-key k2,brand.test,{tmp_path}/k2.pem\n"
+        f"domain-key e1,esp.test,{tmp_path}/e1.pem\n"
+        "<source 127.0.0.1>\n always-allow-relaying yes\n process-x-dkim-options yes\n</source>\n"
+        f"smtp-listener 127.0.0.1:{keep_port} source=keep\n"
+        "<source keep>\n always-allow-relaying yes\n process-x-dkim-options yes\n"
+        " retain-x-dkim-options yes\n</source>\n"
+        "<domain dst.test>\n dkim-sign yes\n</domain>\n"
+    )
+    head = b"From: <news@brand.test>\r\nSubject: s\r\n"
+    with ServerProcess(
+        tmp_path, base_config(tmp_path, port, receiver.port, extra), (port, keep_port)
+    ):
+        with smtplib.SMTP("127.0.0.1", port) as client:
+            client.sendmail("n@brand.test", ["plain@dst.test"], head + b"\r\nb\r\n")
+            client.sendmail(
+                "n@brand.test", ["s2@dst.test"], head + b"X-DKIM-Options: s=k2\r\n\r\nb\r\n"
+            )
+            client.sendmail(
+                "n@brand.test",
+                ["esp@dst.test"],
+                head + b"X-Dkim-Options: s=e1; d=esp.test;\r\n\r\nb\r\n",
+            )
+        with smtplib.SMTP("127.0.0.1", keep_port) as client:
+            client.sendmail(
+                "n@brand.test", ["kept@dst.test"], head + b"X-DKIM-Options: s=k2\r\n\r\nb\r\n"
+            )
+        assert wait_until(lambda: len(receiver.messages) == 4)
+
+    def dnsfunc(name: bytes, timeout: int = 5) -> bytes:
+        return records.get(name, b"")
+
+    by_rcpt = {m.rcpt_tos[0]: m.data for m in receiver.messages}
+    for data in by_rcpt.values():
+        assert dkim.verify(data, dnsfunc=dnsfunc)
+    tags = {rcpt: _dkim_tags(data) for rcpt, data in by_rcpt.items()}
+    assert (tags["plain@dst.test"]["s"], tags["plain@dst.test"]["d"]) == ("k1", "brand.test")
+    assert (tags["s2@dst.test"]["s"], tags["s2@dst.test"]["d"]) == ("k2", "brand.test")
+    assert (tags["esp@dst.test"]["s"], tags["esp@dst.test"]["d"]) == ("e1", "esp.test")
+    assert tags["kept@dst.test"]["s"] == "k2"
+    assert b"x-dkim-options" not in by_rcpt["s2@dst.test"].lower()
+    assert b"x-dkim-options" not in by_rcpt["esp@dst.test"].lower()
+    assert b"X-DKIM-Options: s=k2\r\n" in by_rcpt["kept@dst.test"]

@@ -723,12 +723,21 @@ _add("rewrite-list", S, "name", "", IMPLEMENTED, "rewrites MAIL FROM and the Fro
 _add("rewrite-list", VM + POOL, "name", "", Y, "rewrite lists apply per <source> only")
 _add("process-x-envid", S, "bool", "false", IMPLEMENTED, "X-EnvID: gives the envId")
 _add(
-    "process-x-dkim-options retain-x-dkim-options process-x-dkim-key retain-x-dkim-key",
+    "process-x-dkim-options",
+    S,
+    "bool",
+    "false",
+    IMPLEMENTED,
+    "X-DKIM-Options s=, d=, i= choose the key and identity (q=, key-list= are ignored)",
+)
+_add("retain-x-dkim-options", S, "bool", "false", IMPLEMENTED, "else the header is removed")
+_add(
+    "process-x-dkim-key retain-x-dkim-key",
     S,
     "bool",
     "false",
     Y,
-    "DKIM options come from the config only",
+    "DKIM keys come from the config only",
 )
 _add("jobid-prefix", S, "text", "", Y, "job IDs are taken as given")
 _add("jobid-header", S, "text", "x-job", IMPLEMENTED, "the header process-x-job reads")

@@ -79,6 +79,8 @@ class SourceSettings:
     require_sender_match_login: bool = False  # after AUTH, MAIL FROM must match the login
     pattern_list: str | None = None  # a <pattern-list> choosing the virtual MTA
     rewrite_list: str | None = None  # a <rewrite-list> rewriting MAIL FROM and From domains
+    process_x_dkim_options: bool = False  # X-DKIM-Options s=/d=/i= choose the DKIM key
+    retain_x_dkim_options: bool = False  # keep that header in the message
     verp_default: bool = False  # VERP return paths (one recipient a transaction)
     process_x_envid: bool = False  # X-EnvID: is the envId (DSN ENVID) when none was given
     jobid_header: str = "x-job"  # the header process-x-job reads

@@ -68,6 +68,7 @@ class MessageBuilder:
         self.x_virtual_mta: str | None = None
         self.x_job: str | None = None
         self.x_envid: str | None = None
+        self.x_dkim_options: str | None = None
         self.acct_headers: dict[str, str] = {}
         #: `<pattern-list>` header lines: the first field of each wanted name, its whole
         #: value (folds and all), before any processing removes it.
@@ -140,6 +141,10 @@ class MessageBuilder:
             elif name == b"x-envid" and rules.process_x_envid:
                 self.x_envid = self.x_envid or value.strip()
                 continue
+            elif name == b"x-dkim-options" and rules.process_x_dkim_options:
+                self.x_dkim_options = self.x_dkim_options or value.strip()
+                if not rules.retain_x_dkim_options:
+                    continue
             elif name == b"received" and rules.remove_received_headers:
                 continue
             if name in rules.remove:  # `remove-header`

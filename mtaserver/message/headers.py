@@ -54,6 +54,8 @@ class HeaderRules:
     retain_x_job: bool = False
     retain_x_virtual_mta: bool = False
     process_x_envid: bool = False
+    process_x_dkim_options: bool = False  # X-DKIM-Options: per-message signing options
+    retain_x_dkim_options: bool = False  # ... left in the message (else removed)
     remove_received_headers: bool = False
     remove: frozenset[bytes] = frozenset()  # `remove-header` names, lower case
     #: Fields the source's `<pattern-list>` header lines match (lower case): captured whole.
@@ -120,6 +122,8 @@ def header_rules(
         retain_x_job=settings.retain_x_job,
         retain_x_virtual_mta=settings.retain_x_virtual_mta,
         process_x_envid=settings.process_x_envid,
+        process_x_dkim_options=settings.process_x_dkim_options,
+        retain_x_dkim_options=settings.retain_x_dkim_options,
         remove_received_headers=settings.remove_received_headers,
         remove=frozenset(
             name.lower().encode("ascii", "replace")

@@ -191,7 +191,17 @@ def headers_to_sign(message: bytes, extra: tuple[str | re.Pattern[str], ...] = (
     return [*names, "from"]
 
 
-def _identity_domain(identity: str) -> str:
+def parse_x_dkim_options(value: str) -> dict[str, str]:
+    """`s=key2; d=example.com; i=@news.example.com` -> {"s": "key2", ...} (tags lower-cased)."""
+    options = {}
+    for tag in value.split(";"):
+        name, eq, tag_value = tag.partition("=")
+        if eq and name.strip() and tag_value.strip():
+            options[name.strip().lower()] = "".join(tag_value.split())
+    return options
+
+
+def identity_domain(identity: str) -> str:
     return identity.rpartition("@")[2].lower()
 
 
@@ -199,33 +209,38 @@ class DkimSigner:
     """The configured domain keys, and signing with them. Thread-safe; see module doc."""
 
     def __init__(self, domain_keys: Iterable[DomainKey]) -> None:
-        keys: dict[str, SigningKey] = {}
+        keys: dict[str, list[SigningKey]] = {}
         for domain_key in domain_keys:
             key = load_key(domain_key)
-            keys.setdefault(key.domain, key)  # the first domain-key for a domain wins
+            keys.setdefault(key.domain, []).append(key)  # the first for a domain is used
         self._keys = keys
 
     @classmethod
     def from_settings(cls, settings: GlobalSettings) -> DkimSigner:
         return cls(settings.domain_key)
 
-    def key_for(self, domain: str) -> SigningKey | None:
-        """The key for `domain`, or for its nearest parent domain, or None."""
+    def key_for(
+        self, domain: str, selector: str | None = None, exact: bool = False
+    ) -> SigningKey | None:
+        """The key for `domain`, or (unless `exact`) for its nearest parent domain, or None.
+
+        `selector` (X-DKIM-Options `s=`) takes only a key with that selector.
+        """
         labels = domain.strip().rstrip(".").lower().split(".")
-        for start in range(len(labels)):
-            key = self._keys.get(".".join(labels[start:]))
-            if key is not None:
-                return key
+        for start in range(1 if exact else len(labels)):
+            for key in self._keys.get(".".join(labels[start:]), ()):
+                if selector is None or key.selector == selector:
+                    return key
         return None
 
-    def signing_domain_for(self, message: bytes) -> str | None:
+    def signing_domain_for(self, message: bytes, selector: str | None = None) -> str | None:
         """The From header's domain if some key can sign for it, else None."""
         headers = BytesHeaderParser(policy=email_policy.default).parsebytes(message)
         from_header = headers["From"]
         if not isinstance(from_header, AddressHeader) or not from_header.addresses:
             return None
         domain = from_header.addresses[0].domain.lower()
-        return domain if domain and self.key_for(domain) else None
+        return domain if domain and self.key_for(domain, selector) else None
 
     def sign(
         self,
@@ -234,6 +249,8 @@ class DkimSigner:
         identity: str | None = None,
         algorithm: str | None = None,
         extra_headers: tuple[str | re.Pattern[str], ...] = (),
+        selector: str | None = None,
+        exact: bool = False,
     ) -> bytes:
         """`message` with a DKIM-Signature prepended, by the key for `signing_domain`.
 
@@ -241,14 +258,15 @@ class DkimSigner:
         in the key's domain or a subdomain of it. `algorithm` (`dkim-algorithm`:
         rsa-sha1 or rsa-sha256) applies to RSA keys; an Ed25519 key always signs
         ed25519-sha256. `extra_headers` is `dkim-headers` (see `headers_to_sign`).
+        `selector` and `exact` choose the key as `key_for` does (X-DKIM-Options s= and d=).
         CPU-heavy: call from a thread.
         Raises DkimError when there is no key or the identity does not fit.
         """
-        key = self.key_for(signing_domain)
+        key = self.key_for(signing_domain, selector, exact)
         if key is None:
             raise DkimError(f"no domain-key for {signing_domain}")
         if identity is not None:
-            in_domain = _identity_domain(identity)
+            in_domain = identity_domain(identity)
             if in_domain != key.domain and not in_domain.endswith("." + key.domain):
                 raise DkimError(f"dkim-identity {identity} is not within d={key.domain}")
         signature_algorithm = key.algorithm

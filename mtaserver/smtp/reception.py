@@ -278,6 +278,7 @@ class ReceptionHandler:
             size=message.size,
             acct_headers=message.acct_headers,
             verp=session.settings.verp_default and bool(txn.sender.address),
+            dkim_options=message.x_dkim_options or None,
         )
         vmta_name = (
             message.x_virtual_mta

@@ -21,7 +21,13 @@ from mtaserver.config.reload import ConfigHolder
 from mtaserver.config.values import DomainKey
 from mtaserver.events import Envelope
 from mtaserver.runtime import RunInThread
-from mtaserver.smtp.dkim import DkimError, DkimSigner, parse_dkim_headers
+from mtaserver.smtp.dkim import (
+    DkimError,
+    DkimSigner,
+    identity_domain,
+    parse_dkim_headers,
+    parse_x_dkim_options,
+)
 
 log = Logger()
 
@@ -87,17 +93,39 @@ class DkimTransform:
             )
             extra_headers = ()
 
+        # `process-x-dkim-options`: the message's X-DKIM-Options, kept in its envelope
+        options = parse_x_dkim_options(envelope.dkim_options or "")
+        selector = options.get("s")
+        identity = options.get("i") or settings.dkim_identity
+        named_domain = options.get("d") or (
+            identity_domain(options["i"]) if "i" in options else None
+        )
+
         def sign() -> bytes:
             for signer in signers:
-                domain = signer.signing_domain_for(body)
+                if named_domain is not None:  # d= (exactly), else i='s domain (or a parent)
+                    exact = "d" in options
+                    found = signer.key_for(named_domain, selector, exact)
+                    domain = named_domain if found else None
+                else:
+                    exact = False
+                    domain = signer.signing_domain_for(body, selector)
                 if domain is not None:
                     return signer.sign(
                         body,
                         domain,
-                        settings.dkim_identity,
+                        identity,
                         algorithm=settings.dkim_algorithm,
                         extra_headers=extra_headers,
+                        selector=selector,
+                        exact=exact,
                     )
+            if options:
+                log.warn(
+                    "not DKIM-signing {msg_id}: no domain-key fits X-DKIM-Options {options}",
+                    msg_id=envelope.msg_id,
+                    options=envelope.dkim_options,
+                )
             return body
 
         try:
