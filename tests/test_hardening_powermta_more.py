@@ -278,3 +278,54 @@ def test_process_x_dkim_options_choose_the_key(tmp_path: Path, receiver: Receive
     assert b"x-dkim-options" not in by_rcpt["s2@dst.test"].lower()
     assert b"x-dkim-options" not in by_rcpt["esp@dst.test"].lower()
     assert b"X-DKIM-Options: s=k2\r\n" in by_rcpt["kept@dst.test"]
+
+
+def spool_scope_config(tmp_path: Path, port: int, mx_port: int, spool: str) -> str:
+    """base_config with its `spool` directive replaced by `spool` (a `<spool>` scope)."""
+    text = base_config(tmp_path, port, mx_port, RELAY_ONLY)
+    return text.replace(f"spool {tmp_path}/spool\n", spool)
+
+
+RELAY_ONLY = "<source 127.0.0.1>\n always-allow-relaying yes\n</source>\n"
+
+
+def test_spool_scope_is_the_spool_directory(tmp_path: Path, receiver: Receiver) -> None:
+    """`<spool DIR>` (with delete-file-holders) names the spool; min-free-space guards it."""
+    port = free_port()
+    spool = f"<spool {tmp_path}/pmta-spool>\n    delete-file-holders true\n</spool>\n"
+    conf = spool_scope_config(tmp_path, port, receiver.port, spool)
+    with ServerProcess(tmp_path, conf, (port,)):
+        with smtplib.SMTP("127.0.0.1", port) as client:
+            client.sendmail("s@src.test", ["ok@dst.test"], b"Subject: s\r\n\r\nb\r\n")
+        assert wait_until(lambda: len(acct(tmp_path, "d")) == 1)
+    assert (tmp_path / "pmta-spool" / "journal").is_dir()
+    assert not (tmp_path / "spool").exists()
+
+    full = tmp_path / "full"
+    full.mkdir()
+    port = free_port()
+    spool = f"<spool {tmp_path}/pmta-spool>\n    min-free-space 1000000T\n</spool>\n"
+    conf = spool_scope_config(full, port, receiver.port, spool)
+    with (
+        ServerProcess(full, conf, (port,)),
+        smtplib.SMTP("127.0.0.1", port) as client,
+        pytest.raises(smtplib.SMTPSenderRefused) as refused,
+    ):
+        client.sendmail("s@src.test", ["ok2@dst.test"], b"Subject: s\r\n\r\nb\r\n")
+    assert refused.value.smtp_code == 452  # 4.3.1 insufficient system storage
+
+
+def test_several_spools_are_a_config_error(tmp_path: Path) -> None:
+    """Two `<spool>` scopes, or `<spool A>` with `spool B`, are refused (one spool here)."""
+    from mtaserver.config.grammar import ConfigError
+    from mtaserver.config.load import load_config
+
+    cases = {
+        "<spool /a>\n</spool>\n<spool /b>\n</spool>\n": "only one spool directory",
+        "spool /a\n<spool /b>\n</spool>\n": "disagree",
+    }
+    for text, message in cases.items():
+        path = tmp_path / "pmta.conf"
+        path.write_text(text)
+        with pytest.raises(ConfigError, match=message):
+            load_config(str(path))

@@ -588,11 +588,11 @@ _add(
     "bool",
     "false",
     N,
-    "files are never deleted under another process",
+    "no file holders are left: a message's files go when it is done",
 )
 _add("deliver-only", (SPOOL,), "bool", "false", Y, "one spool directory (the spool directive)")
 _add("priority", (SPOOL,), "int", "1", Y, "one spool directory (the spool directive)")
-_add("min-free-space", (SPOOL,), "size", "0", Y, "use spool-min-free-space")
+_add("min-free-space", (SPOOL,), "size", "0", IMPLEMENTED, "spool-min-free-space")
 
 # -- <bounce-processor>, <feedback-loop-processor> (the registry has the rest) -------------
 _PROCESSORS = (BOUNCE_PROCESSOR, FBL_PROCESSOR)
@@ -1228,7 +1228,7 @@ _TOP = frozenset({reg.GLOBAL})
 CATALOG_SCOPES: Mapping[str, ScopeEntry] = {
     s.name: s
     for s in (
-        ScopeEntry(SPOOL, v.parse_string, _TOP, Y, "one spool directory: the spool directive"),
+        ScopeEntry(SPOOL, v.parse_string, _TOP, IMPLEMENTED, ""),
         ScopeEntry(SOURCE_GROUP, v.parse_name, _TOP, Y, "no <source-group> limits yet"),
         ScopeEntry(PATTERN_LIST, v.parse_name, _TOP, IMPLEMENTED, ""),
         ScopeEntry(REWRITE_LIST, v.parse_name, _TOP, IMPLEMENTED, ""),

@@ -252,6 +252,7 @@ def _assemble(loader: _Loader, path: str, files: list[str], nodes: list[Node]) -
     for kind, address, layer in loader.listener_scopes:
         listener = Listener(address, layer.get("tls_certificate"))
         (smtp_listeners if kind == reg.SMTP_LISTENER else api_listeners).append(listener)
+    _spool_scope(loader, nodes)
     settings = build(GlobalSettings, [loader.global_layer], smtp_listener=tuple(smtp_listeners))
     sources = tuple(
         (parse_cidr(arg), layer)
@@ -339,6 +340,28 @@ def _assemble(loader: _Loader, path: str, files: list[str], nodes: list[Node]) -
         api=api,
         report_processors=processors,
     )
+
+
+def _spool_scope(loader: _Loader, nodes: list[Node]) -> None:
+    """`<spool DIR>` is PowerMTA's spelling of `spool DIR` (its `min-free-space`, of
+    `spool-min-free-space`). mtaserver keeps one spool directory: a second `<spool>`, or
+    one naming another directory than `spool`, is a config error."""
+    spools = loader.named(catalog.SPOOL)
+    if not spools:
+        return
+    scopes = _find_scopes(nodes, catalog.SPOOL)
+    if len(spools) > 1:
+        message = "only one spool directory is supported: several <spool> scopes are not (yet)"
+        loader.problem(scopes[-1], message)
+        return
+    ((directory, layer),) = spools.items()
+    if loader.global_layer.get("spool", directory) != directory:
+        message = f"<spool {directory}> and spool {loader.global_layer['spool']} disagree"
+        loader.problem(scopes[0], message)
+        return
+    loader.global_layer["spool"] = directory
+    if "min_free_space" in layer:
+        loader.global_layer["spool_min_free_space"] = layer["min_free_space"]
 
 
 def _report_processor(loader: _Loader, kind: str) -> ReportProcessorSettings:
