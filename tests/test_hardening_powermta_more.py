@@ -329,3 +329,48 @@ def test_several_spools_are_a_config_error(tmp_path: Path) -> None:
         path.write_text(text)
         with pytest.raises(ConfigError, match=message):
             load_config(str(path))
+
+
+def test_siphash_matches_the_reference_vectors() -> None:
+    """SipHash-2-4 (privacy-policy siphash) gives the paper's test vectors."""
+    from mtaserver.accounting.privacy import siphash24
+
+    key = bytes(range(16))
+    assert siphash24(key, b"") == 0x726FDB47DD0E0E31
+    assert siphash24(key, bytes(range(8))) == 0x93F5F5799A932462
+    assert siphash24(key, bytes(range(15))) == 0xA129CA6149BE45E5
+
+
+def test_rewrite_list_mail_from_forms() -> None:
+    """Each SOURCE/TARGET form of the guide's table rewrites as documented; first match wins."""
+    from mtaserver.config.model import RewriteList
+
+    rules = RewriteList(
+        "r",
+        mail_from=(
+            ("abcd@xyz.test", "fixed@a.test"),
+            ("abcd@*", "*@b.test"),
+            ("*@xyz.test", "new@*"),
+            ("<>", "bounces@c.test"),
+            ("*@drop.test", "<>"),
+            ("*@*", "*@*"),
+        ),
+    )
+    assert rules.rewrite_mail_from("ABCD@xyz.test") == "fixed@a.test"
+    assert rules.rewrite_mail_from("abcd@other.test") == "abcd@b.test"
+    assert rules.rewrite_mail_from("zed@xyz.test") == "new@xyz.test"
+    assert rules.rewrite_mail_from("") == "bounces@c.test"
+    assert rules.rewrite_mail_from("x@drop.test") == ""
+    assert rules.rewrite_mail_from("x@y.test") == "x@y.test"
+    assert RewriteList("e").rewrite_mail_from("") == ""  # *@* never matches <>
+
+
+def test_dkim_headers_bad_regex_is_a_config_error(tmp_path: Path) -> None:
+    """`dkim-headers /(/` is refused when the config loads, not at signing time."""
+    from mtaserver.config.grammar import ConfigError
+    from mtaserver.config.load import load_config
+
+    path = tmp_path / "pmta.conf"
+    path.write_text(f"spool {tmp_path}/spool\n<domain *>\n dkim-headers foo, /(/\n</domain>\n")
+    with pytest.raises(ConfigError, match="dkim-headers: bad regular expression"):
+        load_config(str(path))

@@ -214,6 +214,19 @@ def _two_words(example: str) -> Parser:
     return parse
 
 
+def _dkim_headers(text: str) -> str:
+    """`dkim-headers foo, /bar/` (or `""`): header names and /regular expressions/."""
+    for word in (w.strip().strip('"').strip() for w in text.split(",")):
+        if len(word) > 1 and word.startswith("/") and word.endswith("/"):
+            try:
+                re.compile(word[1:-1])
+            except re.error as exc:
+                raise ValueError(f"bad regular expression {word!r}: {exc}") from None
+        elif word and not re.fullmatch(r"[!-9;-~]+", word):
+            raise ValueError(f"expected header names or /REGEX/, not {word!r}")
+    return text.strip()
+
+
 def _rewrite_mail_from(text: str) -> tuple[str, str]:
     """`mail-from SOURCE TARGET` of a `<rewrite-list>` (see model.RewriteList)."""
     source, target = _two_words("foo@* *@bar.com")(text)
@@ -327,6 +340,7 @@ FORMS: Mapping[str, tuple[Parser, str]] = {
     "header-pattern": (_header_pattern, "HEADER /REGEX/ RESULT"),
     "rewrite": (_two_words("*@a.com *@b.com"), "SOURCE TARGET"),
     "rewrite-mail-from": (_rewrite_mail_from, "SOURCE-ADDRESS TARGET-ADDRESS"),
+    "dkim-headers": (_dkim_headers, "header names or /REGEX/ (a, /b/)"),
     "rewrite-from-domain": (_rewrite_from_domain, "DOMAIN-PATTERN DOMAIN"),
     "source-host": (v.parse_source_host, "IP HOSTNAME"),
     "cidr-host": (_two_words("10/8 mail.example.com"), "CIDR HOSTNAME"),
@@ -854,7 +868,7 @@ _add("dkim-query-method", D, "text", "dns/txt", N, "dns/txt is the only method")
 _add(
     "dkim-headers",
     D,
-    "any",
+    "dkim-headers",
     "",
     IMPLEMENTED,
     "names or /regexes/ signed besides the usual set",
