@@ -315,11 +315,11 @@ def test_not_yet_and_no_effect_directives_warn_with_file_and_line(tmp_path: Path
     """Each accepted-without-effect directive gives one warning naming it and FILE:LINE."""
     config = load(
         tmp_path,
-        "run-as-root no\nhost-name mta.test\n<domain *>\n  bounce-upon-no-mx yes\n</domain>\n",
+        "run-as-root no\nhost-name mta.test\n<domain *>\n  use-dane yes\n</domain>\n",
     )
     assert [(w.line, w.message.split(" ")[0]) for w in config.warnings] == [
         (1, "run-as-root"),
-        (4, "bounce-upon-no-mx"),
+        (4, "use-dane"),
     ]
     assert "has no effect here" in config.warnings[0].message
     assert "is not yet implemented" in config.warnings[1].message

@@ -14,19 +14,27 @@ import smtplib
 import socketserver
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import attrs
 import pytest
+from dns_server import start_dns_server_in_thread
 from mx_receiver import Receiver
+from reactor_thread import run_in_reactor
 from server_configs import acct_file, domain, relay_config
 from server_process import ServerProcess, free_port, read_acct, wait_until
 from test_scheduler import INFO, ScriptedDeliverer, World
 from twisted.internet import defer
 
 from mtaserver.commands import CommandError, parse, render_text
+from mtaserver.config.load import load_config
+from mtaserver.config.model import DomainSettings
+from mtaserver.config.values import HostPort
 from mtaserver.queue.delivery import SessionJob, TransactionResult
+from mtaserver.smtp.mx import MxResolver, RouteError
+from mtaserver.smtp.resolver import make_resolver
 from mtaserver.smtp_reply import Reply
 
 TWO_SOURCES = (
@@ -337,6 +345,56 @@ def test_e2e_backoff_max_smtp_out(tmp_path: Path) -> None:
     assert mx.max_open == 2  # in normal mode up to 10; in backoff without the directive 1
 
 
+# -- bounce-upon-no-mx -------------------------------------------------------------------
+
+NO_MX_ZONE: dict[str, Any] = {
+    "nomx.test": [("A", "192.0.2.7")],
+    "withmx.test": [("MX", 10, "mx.withmx.test")],
+    "mx.withmx.test": [("A", "192.0.2.8")],
+}
+
+
+@pytest.fixture(scope="module")
+def no_mx_dns() -> Iterator[int]:
+    port, stop = start_dns_server_in_thread(NO_MX_ZONE)
+    yield port
+    stop()
+
+
+def route(port: int, name: str, settings: DomainSettings) -> Any:
+    resolver = run_in_reactor(make_resolver, (HostPort("127.0.0.1", port),), None, (1, 2))
+    return run_in_reactor(MxResolver(resolver).route, name, settings)
+
+
+def test_bounce_upon_no_mx_true_bounces_a_domain_without_mx(no_mx_dns: int) -> None:
+    """bounce-upon-no-mx true: no MX is a permanent 5.4.4, not the A record fallback."""
+    settings = DomainSettings(bounce_upon_no_mx=True, mx_allow_private_addresses=True)
+    with pytest.raises(RouteError) as caught:
+        route(no_mx_dns, "nomx.test", settings)
+    assert (caught.value.permanent, caught.value.status, caught.value.bounce_cat) == (
+        True,
+        "5.4.4",
+        "bad-domain",
+    )
+    assert "bounce-upon-no-mx" in caught.value.diag
+    (level,) = route(no_mx_dns, "withmx.test", settings)  # a domain with MX routes as ever
+    assert [t.ip for t in level] == ["192.0.2.8"]
+    default = DomainSettings(mx_allow_private_addresses=True)
+    (level,) = route(no_mx_dns, "nomx.test", default)  # false: the A record is the MX
+    assert [t.ip for t in level] == ["192.0.2.7"]
+
+
+def test_bounce_upon_no_mx_loads_and_warns_for_the_interval_form(tmp_path: Path) -> None:
+    """bounce-upon-no-mx true is a setting; the interval form loads with a not-yet warning."""
+    conf = tmp_path / "m.conf"
+    conf.write_text("<domain a.test>\n bounce-upon-no-mx true\n</domain>\n")
+    config = load_config(str(conf))
+    assert config.domain_settings("a.test", "{default}", None).bounce_upon_no_mx is True
+    conf.write_text("<domain a.test>\n bounce-upon-no-mx 30m\n</domain>\n")
+    warnings = [str(w) for w in load_config(str(conf)).warnings]
+    assert any("bounce-upon-no-mx INTERVAL is not yet" in w for w in warnings)
+
+
 # -- commands: set priority, show disabled sources, enable source -----------------------
 
 
@@ -389,3 +447,57 @@ def test_show_disabled_sources_and_enable_source(tmp_path: Path) -> None:
     assert parse("enable source a.test/v1").level == "admin"
     assert control.enable_sources("a.test/v1") == 1
     assert control.disabled_sources() == []
+
+
+# -- source-ip-max-smtp-out, source-ip-max-connect-rate ---------------------------------
+
+TWO_VMTAS = (
+    "<virtual-mta v1>\n smtp-source-host 127.0.0.1 a.out.test\n</virtual-mta>\n"
+    "<virtual-mta v2>\n smtp-source-host 127.0.0.1 b.out.test\n</virtual-mta>\n"
+)
+
+
+def test_source_ip_max_smtp_out_counts_the_domains_queues_together(tmp_path: Path) -> None:
+    """source-ip-max-smtp-out 127.0.0.1 3: three sessions from that IP over a.test/v1 and /v2."""
+    world = World(
+        tmp_path, "max-smtp-out 5\nsource-ip-max-smtp-out 127.0.0.1/32 3", extra=TWO_VMTAS
+    )
+    world.deliverer.gate = defer.Deferred()
+    for n in range(4):
+        world.submit(f"ok{n}@a.test", vmta="v1")
+        world.submit(f"ok{n}@a.test", vmta="v2")
+    world.submit("ok@b.test", vmta="v1")  # another domain: its own count
+    assert world.deliverer.running == 4
+    active = {name: q.active for name, q in world.scheduler.queues.items()}
+    assert active["a.test/v1"] + active["a.test/v2"] == 3
+    gate, world.deliverer.gate = world.deliverer.gate, None
+    gate.callback(None)
+    assert len(world.outcomes()) == 9
+    world.clock.advance(world.scheduler.idle_hold)  # idle sessions close
+    assert world.scheduler.sources.active == {}
+
+
+def test_source_ip_max_smtp_out_of_another_network_does_not_apply(tmp_path: Path) -> None:
+    """A CIDR that does not hold the source IP leaves max-smtp-out the only limit."""
+    world = World(tmp_path, "max-smtp-out 5\nsource-ip-max-smtp-out 10.0.0.0/8 1", extra=TWO_VMTAS)
+    world.deliverer.gate = defer.Deferred()
+    for n in range(6):
+        world.submit(f"ok{n}@a.test", vmta="v1")
+    assert world.deliverer.running == 5
+
+
+def test_source_ip_max_connect_rate_spaces_connections_per_ip(tmp_path: Path) -> None:
+    """source-ip-max-connect-rate 127.0.0.1 1/m: one new connection a minute from that IP."""
+    world = World(
+        tmp_path,
+        "max-msg-per-connection 1\nsource-ip-max-connect-rate 127.0.0.1 1/m",
+        extra=TWO_VMTAS,
+    )
+    world.submit("ok1@a.test", vmta="v1")
+    world.submit("ok2@a.test", vmta="v2")  # same IP, other queue: waits its turn
+    assert len(world.deliverer.sessions) == 1
+    world.clock.advance(59)
+    assert len(world.deliverer.sessions) == 1
+    world.clock.advance(1.001)
+    assert len(world.deliverer.sessions) == 2
+    assert len(world.outcomes()) == 2

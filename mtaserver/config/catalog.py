@@ -878,7 +878,16 @@ _add("dkim-identity-fallback", D, "text", "", Y, "no fallback identity")
 _add("dkim-disallow-adding-headers", D, "names", "", Y, "the signed headers are a fixed list")
 _add("queue-to", D, "any", "", IMPLEMENTED, "queue this domain's mail in DOMAIN's queue")
 _add(
-    "source-ip-max-msg-rate source-ip-max-data-volume-rate source-ip-max-connect-rate",
+    "source-ip-max-connect-rate",
+    D,
+    "cidr-rate",
+    "unlimited",
+    IMPLEMENTED,
+    "new connections of the domain per source IP in CIDR",
+    repeatable=True,
+)
+_add(
+    "source-ip-max-msg-rate source-ip-max-data-volume-rate",
     D,
     "cidr-rate",
     "unlimited",
@@ -969,8 +978,14 @@ _add(
     D,
     "bool-or-interval",
     "false",
-    Y,
-    "a domain without MX falls back to its A record (RFC 5321)",
+    IMPLEMENTED,
+    "true: a domain without MX bounces at once (5.4.4), without the A record fallback",
+    caveat=lambda text: (
+        None
+        if isinstance(_bool_or_interval(text), bool | None)
+        else "bounce-upon-no-mx INTERVAL is not yet acted on: such mail falls back to the "
+        "A record (bounce-upon-no-mx true bounces at once)"
+    ),
 )
 _add(
     "bounce-upon-5xx-greeting bounce-upon-pix-transfer-failure bounce-upon-transfer-failure",
@@ -1014,12 +1029,21 @@ _add(
     "the queue's connection limit in backoff mode (unset: one connection)",
 )
 _add(
-    "max-smtp-out-per-source-ip source-ip-max-smtp-out",
+    "source-ip-max-smtp-out",
+    D,
+    "cidr-int",
+    "unlimited",
+    IMPLEMENTED,
+    "connections of the domain at once per source IP in CIDR",
+    repeatable=True,
+)
+_add(
+    "max-smtp-out-per-source-ip",
     D,
     "cidr-int",
     "unlimited",
     Y,
-    "max-smtp-out is per queue",
+    "deprecated; use source-ip-max-smtp-out",
 )
 _add("smtp-out-rampup-interval", D, "interval", "0", Y, "connections open at once")
 _add("max-connect-rate", D, "rate", "unlimited", IMPLEMENTED, "new connections per queue")

@@ -16,6 +16,7 @@ journal), and only when every recipient of a message is final is its file remove
 from __future__ import annotations
 
 import functools
+import ipaddress
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from typing import Any, Protocol
 
@@ -27,6 +28,7 @@ from twisted.logger import Logger
 from mtaserver.accounting.bounce import classify
 from mtaserver.config.model import DomainSettings
 from mtaserver.config.reload import ConfigHolder
+from mtaserver.config.values import IPAddress, Rate, SourceHost
 from mtaserver.events import Envelope, Event, Outcome, QueueFailure
 from mtaserver.queue import outcomes, patterns
 from mtaserver.queue.control import QueueControl
@@ -59,6 +61,13 @@ class IScheduleStore(Protocol):
 ROLLUP_TTL = 3600.0
 
 BounceNotifier = Callable[[Envelope, list[Outcome], bytes | None], Awaitable[None]]
+
+
+def _address(text: str) -> IPAddress | None:
+    try:
+        return ipaddress.ip_address(text)
+    except ValueError:
+        return None
 
 
 class Scheduler:
@@ -329,7 +338,7 @@ class Scheduler:
                 queue, settings
             ):
                 return
-            source = self._source_for(queue)
+            source = self._source_for(queue, settings)
             if source is None:
                 return
             self._start_session(queue, settings, source)
@@ -356,16 +365,50 @@ class Scheduler:
         queue.next_connect_at = now + 1 / rate.per_second
         return True
 
-    def _source_for(self, queue: Queue) -> SourceChoice | None:
+    def _source_for(self, queue: Queue, settings: DomainSettings) -> SourceChoice | None:
         """The new session's source; None (the queue waits) when `disable-source-ip`
-        has disabled every source of the queue: it wakes when the first is enabled."""
+        has disabled every source of the queue (it wakes when the first is enabled), or
+        the per-IP limits hold every other one back (`source-ip-max-smtp-out`: a session's
+        end wakes it; `source-ip-max-connect-rate`: a timer does)."""
         vmta = self.holder.config.vmtas.get(queue.vmta)
         hosts = vmta.smtp_source_host if vmta is not None else ()
-        choice = self.sources.choose(queue.name, hosts, self.clock.seconds())
+        now = self.clock.seconds()
+        waits: list[float] = []
+
+        def allowed(source: SourceHost) -> bool:
+            ip = _address(source.ip)
+            if ip is None:
+                return True
+            key = (queue.domain, source.ip)
+            for network, limit in settings.source_ip_max_smtp_out:
+                if ip in network and self.sources.active.get(key, 0) >= limit:
+                    return False
+            for network, rate in settings.source_ip_max_connect_rate:
+                if ip in network and isinstance(rate, Rate):
+                    due = self.sources.next_connect.get(key, 0.0)
+                    if due > now:
+                        waits.append(due)
+                        return False
+            return True
+
+        choice = self.sources.choose(queue.name, hosts, now, allowed)
         if choice is None:
             at = self.sources.next_reenable(queue.name)
-            if at is not None:
-                self.arm_timer(queue, at=at)
+            times = [t for t in (at, *waits) if t is not None]
+            if times:
+                self.arm_timer(queue, at=min(times))
+            return None
+        source = choice.source
+        if source is not None:
+            ip = _address(source.ip)
+            rates = [
+                rate
+                for network, rate in settings.source_ip_max_connect_rate
+                if ip is not None and ip in network and isinstance(rate, Rate)
+            ]
+            if rates:  # the strictest rate of the IP's networks spaces its connections
+                interval = max(1 / rate.per_second for rate in rates)
+                self.sources.next_connect[(queue.domain, source.ip)] = now + interval
         return choice
 
     def disable_source(self, queue: Queue, key: str, actions: Sequence[str]) -> None:
@@ -403,6 +446,7 @@ class Scheduler:
 
     def _start_session(self, queue: Queue, settings: DomainSettings, source: SourceChoice) -> None:
         self.slots.open(queue)
+        self.sources.opened(queue.domain, source.source)
         session = Session(self, queue, settings, source=source)
         deferred = defer.Deferred.fromCoroutine(session.run(self.deliverers.get(settings.type)))
         self._sessions.add(deferred)

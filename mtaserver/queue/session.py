@@ -36,7 +36,7 @@ from mtaserver.queue.delivery import (
 from mtaserver.queue.model import MessageState, Queue, WorkItem
 from mtaserver.queue.retry import is_expired
 from mtaserver.queue.slots import ConnectionSlots
-from mtaserver.queue.sources import SourceChoice
+from mtaserver.queue.sources import SourceChoice, SourceIps
 from mtaserver.smtp_reply import Reply
 
 log = Logger()
@@ -58,6 +58,9 @@ class SessionOwner(Protocol):
 
     @property
     def slots(self) -> ConnectionSlots: ...
+
+    @property
+    def sources(self) -> SourceIps: ...
 
     @property
     def messages(self) -> Mapping[str, MessageState]: ...
@@ -165,6 +168,7 @@ class Session:
             )
         finally:
             owner.slots.close(queue, took_work=self.took_first)
+            owner.sources.closed(queue.domain, self.source.source)
             await self._unreported()
             owner.session_ended(queue)
 

@@ -16,7 +16,7 @@ the default (key `DEFAULT`: the system's address and the vmta's host name).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import attrs
 
@@ -50,18 +50,44 @@ class SourceIps:
     _turns: dict[str, int] = attrs.field(factory=dict)
     #: (queue name, source key) -> when it is enabled again (None: never).
     disabled: dict[tuple[str, str], float | None] = attrs.field(factory=dict)
+    #: (domain, source IP) -> sessions open (`source-ip-max-smtp-out`).
+    active: dict[tuple[str, str], int] = attrs.field(factory=dict)
+    #: (domain, source IP) -> earliest next connection (`source-ip-max-connect-rate`).
+    next_connect: dict[tuple[str, str], float] = attrs.field(factory=dict)
 
-    def choose(self, queue: str, hosts: Sequence[SourceHost], now: float) -> SourceChoice | None:
-        """The next enabled source of `queue` in turn; None when every one is disabled."""
+    def choose(
+        self,
+        queue: str,
+        hosts: Sequence[SourceHost],
+        now: float,
+        allowed: Callable[[SourceHost], bool] = lambda source: True,
+    ) -> SourceChoice | None:
+        """The next enabled source of `queue` in turn that `allowed` lets open a connection
+        (the per-IP limits); None when there is none now."""
         self._reenable(now)
         candidates: Sequence[SourceHost | None] = hosts or (None,)
         turn = self._turns.get(queue, 0)
         for step in range(len(candidates)):
             source = candidates[(turn + step) % len(candidates)]
-            if (queue, source_key(source)) not in self.disabled:
-                self._turns[queue] = turn + step + 1
-                return SourceChoice(source)
+            if (queue, source_key(source)) in self.disabled:
+                continue
+            if source is not None and not allowed(source):
+                continue
+            self._turns[queue] = turn + step + 1
+            return SourceChoice(source)
         return None
+
+    def opened(self, domain: str, source: SourceHost | None) -> None:
+        if source is not None:
+            key = (domain, source.ip)
+            self.active[key] = self.active.get(key, 0) + 1
+
+    def closed(self, domain: str, source: SourceHost | None) -> None:
+        if source is not None:
+            key = (domain, source.ip)
+            self.active[key] -= 1
+            if not self.active[key]:
+                del self.active[key]
 
     def disable(self, queue: str, key: str, now: float, reenable_after: float | None) -> None:
         """Disable `key` for `queue`; a later disable of the same source sets a new end."""

@@ -103,6 +103,7 @@ class Hop:
     preference: int
     literal: bool = False
     from_dns: bool = False  # named by an MX answer (or the implicit MX), not the operator
+    implicit: bool = False  # the domain itself: it has no MX (RFC 5321 5.1)
 
 
 @attrs.frozen
@@ -333,6 +334,10 @@ class MxResolver:
             )
         else:
             levels = await self._mx_hops(domain, settings.default_smtp_port)
+            if settings.bounce_upon_no_mx is True and levels[0][0].implicit:
+                # PowerMTA's bounce-upon-no-mx true: no A/AAAA fallback, bounce at once
+                diag = f"no MX record for {domain} (bounce-upon-no-mx)"
+                raise RouteError(True, "5.4.4", diag, "bad-domain")
         names = sorted({hop.name for level in levels for hop in level if not hop.literal})
         results = await defer.gatherResults(
             [defer.Deferred.fromCoroutine(self.addresses(name)) for name in names]
@@ -393,7 +398,7 @@ class MxResolver:
             if rr.type == dns.MX
         ]
         if not records:
-            return [[Hop(domain, port, 0, from_dns=True)]]  # RFC 5321 5.1: its own MX
+            return [[Hop(domain, port, 0, from_dns=True, implicit=True)]]  # RFC 5321 5.1
         if is_null_mx(records):
             raise RouteError(
                 True, "5.1.10", f"Domain {domain} does not accept mail (null MX)", "bad-domain"
