@@ -31,8 +31,11 @@ from twisted.internet import defer
 from mtaserver.commands import CommandError, parse, render_text
 from mtaserver.config.load import load_config
 from mtaserver.config.model import DomainSettings
+from mtaserver.config.reload import ConfigHolder
 from mtaserver.config.values import HostPort
-from mtaserver.queue.delivery import SessionJob, TransactionResult
+from mtaserver.events import Envelope, Recipient
+from mtaserver.queue.delivery import SessionJob, Transaction, TransactionResult
+from mtaserver.smtp.deliverer import SmtpDeliverer
 from mtaserver.smtp.mx import MxResolver, RouteError
 from mtaserver.smtp.resolver import make_resolver
 from mtaserver.smtp_reply import Reply
@@ -384,15 +387,16 @@ def test_bounce_upon_no_mx_true_bounces_a_domain_without_mx(no_mx_dns: int) -> N
     assert [t.ip for t in level] == ["192.0.2.7"]
 
 
-def test_bounce_upon_no_mx_loads_and_warns_for_the_interval_form(tmp_path: Path) -> None:
-    """bounce-upon-no-mx true is a setting; the interval form loads with a not-yet warning."""
+def test_bounce_upon_no_mx_values_load(tmp_path: Path) -> None:
+    """bounce-upon-no-mx true and 30m are settings, loaded without a warning."""
     conf = tmp_path / "m.conf"
     conf.write_text("<domain a.test>\n bounce-upon-no-mx true\n</domain>\n")
     config = load_config(str(conf))
     assert config.domain_settings("a.test", "{default}", None).bounce_upon_no_mx is True
     conf.write_text("<domain a.test>\n bounce-upon-no-mx 30m\n</domain>\n")
-    warnings = [str(w) for w in load_config(str(conf)).warnings]
-    assert any("bounce-upon-no-mx INTERVAL is not yet" in w for w in warnings)
+    config = load_config(str(conf))
+    assert config.domain_settings("a.test", "{default}", None).bounce_upon_no_mx == 1800.0
+    assert config.warnings == ()
 
 
 # -- commands: set priority, show disabled sources, enable source -----------------------
@@ -501,3 +505,70 @@ def test_source_ip_max_connect_rate_spaces_connections_per_ip(tmp_path: Path) ->
     world.clock.advance(1.001)
     assert len(world.deliverer.sessions) == 2
     assert len(world.outcomes()) == 2
+
+
+NO_MX_LOOPBACK = {"nomx.test": [("A", "127.0.0.1")]}
+
+
+def no_mx_session(tmp_path: Path, mx_port: int, ages: list[float]) -> list[TransactionResult]:
+    """One SmtpDeliverer session for nomx.test (A 127.0.0.1, no MX) with messages of `ages`."""
+    port, stop = start_dns_server_in_thread(NO_MX_LOOPBACK)
+    conf = tmp_path / "m.conf"
+    conf.write_text("host-name mta.test\n")
+    holder = ConfigHolder(load_config(str(conf)))
+    settings = DomainSettings(
+        bounce_upon_no_mx=1800.0,
+        mx_allow_private_addresses=True,
+        default_smtp_port=mx_port,
+        use_starttls=False,
+    )
+
+    async def session() -> list[TransactionResult]:
+        from twisted.internet import reactor
+
+        resolver = make_resolver((HostPort("127.0.0.1", port),), None, (1, 2))
+        deliverer = SmtpDeliverer(holder, MxResolver(resolver), reactor)
+        now = reactor.seconds()  # type: ignore[attr-defined]
+        pending = [
+            Transaction(
+                Envelope(f"m{n}", "s@src.test", (Recipient(f"ok{n}@nomx.test"),), now - age),
+                (0,),
+                b"Subject: t\r\n\r\nhello\r\n",
+            )
+            for n, age in enumerate(ages)
+        ]
+        reports: list[TransactionResult] = []
+
+        async def next_transaction() -> Transaction | None:
+            return pending.pop(0) if pending else None
+
+        job = SessionJob(
+            "nomx.test/{default}", "nomx.test", "{default}", None, settings,
+            next_transaction, reports.append,
+        )  # fmt: skip
+        await deliverer.run(job)
+        return reports
+
+    try:
+        return run_in_reactor(session, timeout=30)  # type: ignore[no-any-return]
+    finally:
+        stop()
+
+
+def test_bounce_upon_no_mx_interval_bounces_only_old_mail(tmp_path: Path) -> None:
+    """bounce-upon-no-mx 30m: mail queued 1h bounces 5.4.4; younger mail goes to the A record."""
+    with Receiver() as mx:
+        reports = no_mx_session(tmp_path, mx.port, [3600.0, 60.0, 7200.0])
+    codes = {r.transaction.envelope.msg_id: r.replies[0] for r in reports}
+    assert codes["m0"].status == "5.4.4" and "bounce-upon-no-mx" in codes["m0"].text
+    assert codes["m2"].status == "5.4.4"
+    assert codes["m1"].code == 250
+    assert [m.rcpt_tos for m in mx.messages] == [["ok1@nomx.test"]]
+
+
+def test_bounce_upon_no_mx_interval_all_old_opens_no_connection(tmp_path: Path) -> None:
+    """When every message is old enough, they bounce and no connection is opened."""
+    with Receiver() as mx:
+        reports = no_mx_session(tmp_path, mx.port, [3600.0, 1800.0])
+        assert mx.connections == []
+    assert [r.replies[0].status for r in reports] == ["5.4.4", "5.4.4"]

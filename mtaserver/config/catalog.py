@@ -979,13 +979,8 @@ _add(
     "bool-or-interval",
     "false",
     IMPLEMENTED,
-    "true: a domain without MX bounces at once (5.4.4), without the A record fallback",
-    caveat=lambda text: (
-        None
-        if isinstance(_bool_or_interval(text), bool | None)
-        else "bounce-upon-no-mx INTERVAL is not yet acted on: such mail falls back to the "
-        "A record (bounce-upon-no-mx true bounces at once)"
-    ),
+    "a domain without MX: true bounces at once (5.4.4); INTERVAL bounces mail queued "
+    "that long and sends the rest to its A record",
 )
 _add(
     "bounce-upon-5xx-greeting bounce-upon-pix-transfer-failure bounce-upon-transfer-failure",

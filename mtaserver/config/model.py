@@ -146,8 +146,8 @@ class DomainSettings:
     #: How long `disable-source-ip` (without `reenable-after=`) disables a source; None: never.
     reenable_source_ip_after: float | None = None
     queue_priority: int = 50  # 0-100: higher-priority queues get free connection slots first
-    #: True: a domain without MX bounces at once (no A/AAAA fallback); an interval (the
-    #: form that bounces only mail queued that long) is not acted on yet.
+    #: A domain without MX: True bounces at once (no A/AAAA fallback); an interval bounces
+    #: mail queued that long and sends the rest to the A/AAAA address; False/None: never.
     bounce_upon_no_mx: bool | float | None = False
     #: (CIDR, N): sessions of this domain (all its queues) at once per source IP in CIDR.
     source_ip_max_smtp_out: tuple[tuple[IPNetwork, int], ...] = ()

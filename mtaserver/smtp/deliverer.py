@@ -13,14 +13,22 @@ import itertools
 from collections.abc import Iterator
 from typing import Any
 
+import attrs
 from twisted.logger import Logger
 
 from mtaserver.config.reload import ConfigHolder
 from mtaserver.config.values import SourceHost
-from mtaserver.queue.delivery import QueueLevelFailure, SessionJob
+from mtaserver.queue.delivery import (
+    LOCAL_INFO,
+    QueueLevelFailure,
+    SessionJob,
+    Transaction,
+    TransactionResult,
+)
 from mtaserver.smtp.client import run_session
 from mtaserver.smtp.client_session import SessionFailure
 from mtaserver.smtp.mx import MxResolver, RouteError
+from mtaserver.smtp_reply import Reply
 
 log = Logger()
 
@@ -55,6 +63,33 @@ class SmtpDeliverer:
         source = next(self._source_cycles[key])
         return source.ip, source.host_name
 
+    async def _bounce_old_without_mx(self, job: SessionJob, after: float) -> SessionJob | None:
+        """`bounce-upon-no-mx INTERVAL` for a domain without MX: messages queued at least
+        that long bounce (5.4.4) before any connection; the rest go to its A/AAAA address.
+
+        The first younger message is taken now and handed to the session first; None when
+        there is none (the session then ends without connecting).
+        """
+        reply = Reply(550, "5.4.4", f"no MX record for {job.domain} (bounce-upon-no-mx)")
+        info = attrs.evolve(LOCAL_INFO, destination_host=job.domain)
+
+        async def next_young() -> Transaction | None:
+            while (tx := await job.next_transaction()) is not None:
+                if self.reactor.seconds() - tx.envelope.time_queued < after:
+                    return tx
+                job.report(TransactionResult(tx, (reply,) * len(tx.rcpt_indexes), info))
+            return None
+
+        first = await next_young()
+        if first is None:
+            return None
+        held: list[Transaction] = [first]
+
+        async def next_transaction() -> Transaction | None:
+            return held.pop() if held else await next_young()
+
+        return attrs.evolve(job, next_transaction=next_transaction)
+
     async def run(self, job: SessionJob) -> None:
         try:
             levels = await self.resolver.route(job.domain, job.settings)
@@ -69,6 +104,12 @@ class SmtpDeliverer:
         else:
             source_ip, helo_name = self.source_for(job.vmta)
         targets = [target for level in levels for target in level][:MAX_TARGETS_PER_ATTEMPT]
+        after = job.settings.bounce_upon_no_mx
+        if targets and targets[0].no_mx and not isinstance(after, bool) and after is not None:
+            young = await self._bounce_old_without_mx(job, after)
+            if young is None:
+                return  # every message was old enough to bounce: no connection needed
+            job = young
         last: SessionFailure | None = None
         for target in targets:
             try:

@@ -81,6 +81,7 @@ class Target:
     ip: str
     port: int
     preference: int
+    no_mx: bool = False  # the domain's own address: it has no MX (`bounce-upon-no-mx`)
 
 
 class RouteError(Exception):
@@ -248,7 +249,7 @@ def level_targets(
                 continue
             seen.add((ip, hop.port))
             family = ipv6 if ipaddress.ip_address(ip).version == 6 else ipv4
-            family.append(Target(hop.name, ip, hop.port, hop.preference))
+            family.append(Target(hop.name, ip, hop.port, hop.preference, no_mx=hop.implicit))
     return rotate(ipv4, turn) + rotate(ipv6, turn)
 
 
