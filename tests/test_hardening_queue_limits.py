@@ -572,3 +572,20 @@ def test_bounce_upon_no_mx_interval_all_old_opens_no_connection(tmp_path: Path) 
         reports = no_mx_session(tmp_path, mx.port, [3600.0, 1800.0])
         assert mx.connections == []
     assert [r.replies[0].status for r in reports] == ["5.4.4", "5.4.4"]
+
+
+def test_source_ip_max_msg_rate_spaces_messages_per_ip(tmp_path: Path) -> None:
+    """source-ip-max-msg-rate 127.0.0.1 1/m: one message a minute from that IP, over queues."""
+    world = World(tmp_path, "source-ip-max-msg-rate 127.0.0.0/8 1/m", extra=TWO_VMTAS)
+    world.submit("ok1@a.test", vmta="v1")
+    world.submit("ok2@a.test", vmta="v1")
+    world.submit("ok3@a.test", vmta="v2")
+    assert len(world.outcomes()) == 1
+    world.clock.advance(30)
+    assert len(world.outcomes()) == 1
+    world.clock.advance(30.001)
+    assert len(world.outcomes()) == 2
+    world.clock.advance(60.001)
+    assert len(world.outcomes()) == 3
+    world.submit("ok@b.test", vmta="v1")  # another domain has its own count
+    assert len(world.outcomes()) == 4

@@ -887,7 +887,16 @@ _add(
     repeatable=True,
 )
 _add(
-    "source-ip-max-msg-rate source-ip-max-data-volume-rate",
+    "source-ip-max-msg-rate",
+    D,
+    "cidr-rate",
+    "unlimited",
+    IMPLEMENTED,
+    "messages of the domain per source IP in CIDR",
+    repeatable=True,
+)
+_add(
+    "source-ip-max-data-volume-rate",
     D,
     "cidr-rate",
     "unlimited",

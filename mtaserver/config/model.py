@@ -153,6 +153,8 @@ class DomainSettings:
     source_ip_max_smtp_out: tuple[tuple[IPNetwork, int], ...] = ()
     #: (CIDR, rate): new connections of this domain per source IP in CIDR.
     source_ip_max_connect_rate: tuple[tuple[IPNetwork, Rate | None], ...] = ()
+    #: (CIDR, rate): messages of this domain per source IP in CIDR.
+    source_ip_max_msg_rate: tuple[tuple[IPNetwork, Rate | None], ...] = ()
 
 
 @attrs.frozen

@@ -28,7 +28,7 @@ from twisted.logger import Logger
 from mtaserver.accounting.bounce import classify
 from mtaserver.config.model import DomainSettings
 from mtaserver.config.reload import ConfigHolder
-from mtaserver.config.values import IPAddress, Rate, SourceHost
+from mtaserver.config.values import IPAddress, SourceHost
 from mtaserver.events import Envelope, Event, Outcome, QueueFailure
 from mtaserver.queue import outcomes, patterns
 from mtaserver.queue.control import QueueControl
@@ -38,7 +38,7 @@ from mtaserver.queue.retry import is_expired, next_attempt_at
 from mtaserver.queue.routing import VmtaChooser, queue_matches, queue_name, recipient_domain
 from mtaserver.queue.session import MAX_RATE_WAIT, BodyTransform, Session
 from mtaserver.queue.slots import ConnectionSlots
-from mtaserver.queue.sources import SourceChoice, SourceIps, reenable_after
+from mtaserver.queue.sources import SourceChoice, SourceIps, rate_interval, reenable_after
 from mtaserver.smtp_reply import Reply
 from mtaserver.spool.errors import CorruptMessageError
 
@@ -369,7 +369,7 @@ class Scheduler:
         """The new session's source; None (the queue waits) when `disable-source-ip`
         has disabled every source of the queue (it wakes when the first is enabled), or
         the per-IP limits hold every other one back (`source-ip-max-smtp-out`: a session's
-        end wakes it; `source-ip-max-connect-rate`: a timer does)."""
+        end wakes it; `source-ip-max-connect-rate` and `-msg-rate`: a timer does)."""
         vmta = self.holder.config.vmtas.get(queue.vmta)
         hosts = vmta.smtp_source_host if vmta is not None else ()
         now = self.clock.seconds()
@@ -381,14 +381,20 @@ class Scheduler:
                 return True
             key = (queue.domain, source.ip)
             for network, limit in settings.source_ip_max_smtp_out:
-                if ip in network and self.sources.active.get(key, 0) >= limit:
+                if ip.version != network.version or ip not in network:
+                    continue
+                if self.sources.active.get(key, 0) >= limit:
                     return False
-            for network, rate in settings.source_ip_max_connect_rate:
-                if ip in network and isinstance(rate, Rate):
-                    due = self.sources.next_connect.get(key, 0.0)
-                    if due > now:
-                        waits.append(due)
-                        return False
+            if rate_interval(settings.source_ip_max_connect_rate, source.ip):
+                due = self.sources.next_connect.get(key, 0.0)
+                if due > now:
+                    waits.append(due)
+                    return False
+            if rate_interval(settings.source_ip_max_msg_rate, source.ip):
+                due = self.sources.next_send.get(key, 0.0)
+                if due > now + MAX_RATE_WAIT:  # a session would end at once: wake then
+                    waits.append(due)
+                    return False
             return True
 
         choice = self.sources.choose(queue.name, hosts, now, allowed)
@@ -399,15 +405,9 @@ class Scheduler:
                 self.arm_timer(queue, at=min(times))
             return None
         source = choice.source
-        if source is not None:
-            ip = _address(source.ip)
-            rates = [
-                rate
-                for network, rate in settings.source_ip_max_connect_rate
-                if ip is not None and ip in network and isinstance(rate, Rate)
-            ]
-            if rates:  # the strictest rate of the IP's networks spaces its connections
-                interval = max(1 / rate.per_second for rate in rates)
+        if source is not None:  # the strictest rate of the IP's networks spaces connections
+            interval = rate_interval(settings.source_ip_max_connect_rate, source.ip)
+            if interval:
                 self.sources.next_connect[(queue.domain, source.ip)] = now + interval
         return choice
 

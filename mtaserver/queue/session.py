@@ -36,7 +36,7 @@ from mtaserver.queue.delivery import (
 from mtaserver.queue.model import MessageState, Queue, WorkItem
 from mtaserver.queue.retry import is_expired
 from mtaserver.queue.slots import ConnectionSlots
-from mtaserver.queue.sources import SourceChoice, SourceIps
+from mtaserver.queue.sources import SourceChoice, SourceIps, rate_interval
 from mtaserver.smtp_reply import Reply
 
 log = Logger()
@@ -239,8 +239,11 @@ class Session:
         return await owner.slots.hold_idle(queue, owner.clock, owner.idle_hold)
 
     async def _wait_for_rate(self) -> bool:
-        """Keep `max-msg-rate`: wait a short while, or end the session and wake later."""
+        """Keep `max-msg-rate` (and the source IP's `source-ip-max-msg-rate`): wait a
+        short while, or end the session and wake later."""
         owner, queue = self.owner, self.queue
+        if not await self._wait_for_source_rate():
+            return False
         rate = self.settings.max_msg_rate
         if rate is None:
             return True
@@ -252,6 +255,26 @@ class Session:
         if wait > 0:
             await task.deferLater(owner.clock, wait)
         queue.next_send_at = max(queue.next_send_at, owner.clock.seconds()) + 1 / rate.per_second
+        return True
+
+    async def _wait_for_source_rate(self) -> bool:
+        """`source-ip-max-msg-rate`: messages of the domain per source IP, over its queues."""
+        owner, queue, source = self.owner, self.queue, self.source.source
+        if source is None or not self.settings.source_ip_max_msg_rate:
+            return True
+        interval = rate_interval(self.settings.source_ip_max_msg_rate, source.ip)
+        if not interval:
+            return True
+        key = (queue.domain, source.ip)
+        due = owner.sources.next_send.get(key, 0.0)
+        wait = due - owner.clock.seconds()
+        if wait > MAX_RATE_WAIT:
+            owner.arm_timer(queue, at=due)
+            return False
+        if wait > 0:
+            await task.deferLater(owner.clock, wait)
+        due = owner.sources.next_send.get(key, 0.0)  # another session may have sent meanwhile
+        owner.sources.next_send[key] = max(due, owner.clock.seconds()) + interval
         return True
 
     def report(self, result: TransactionResult) -> None:

@@ -16,11 +16,13 @@ the default (key `DEFAULT`: the system's address and the vmta's host name).
 
 from __future__ import annotations
 
+import ipaddress
 from collections.abc import Callable, Sequence
+from typing import Any
 
 import attrs
 
-from mtaserver.config.values import SourceHost, parse_interval
+from mtaserver.config.values import IPNetwork, Rate, SourceHost, parse_interval
 
 #: The key of a vmta's default source (no `smtp-source-host` lines).
 DEFAULT = "default"
@@ -54,6 +56,8 @@ class SourceIps:
     active: dict[tuple[str, str], int] = attrs.field(factory=dict)
     #: (domain, source IP) -> earliest next connection (`source-ip-max-connect-rate`).
     next_connect: dict[tuple[str, str], float] = attrs.field(factory=dict)
+    #: (domain, source IP) -> earliest next message (`source-ip-max-msg-rate`).
+    next_send: dict[tuple[str, str], float] = attrs.field(factory=dict)
 
     def choose(
         self,
@@ -119,6 +123,21 @@ class SourceIps:
         due = [k for k, until in self.disabled.items() if until is not None and until <= now]
         for k in due:
             del self.disabled[k]
+
+
+def rate_interval(limits: Sequence[tuple[IPNetwork, Any]], ip_text: str) -> float:
+    """Seconds between events of a `source-ip-max-*-rate` for source IP `ip_text`: the
+    strictest rate of the CIDRs holding it; 0 when none applies."""
+    try:
+        ip = ipaddress.ip_address(ip_text)
+    except ValueError:
+        return 0.0
+    intervals = [
+        1 / rate.per_second
+        for network, rate in limits
+        if isinstance(rate, Rate) and ip.version == network.version and ip in network
+    ]
+    return max(intervals, default=0.0)
 
 
 def reenable_after(actions: Sequence[str], default: float | None) -> float | None:
