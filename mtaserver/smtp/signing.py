@@ -109,7 +109,11 @@ class DkimTransform:
                     domain = named_domain if found else None
                 else:
                     exact = False
-                    domain = signer.signing_domain_for(body, selector)
+                    domain = (
+                        signer.signing_domain_for(body, selector)
+                        if selector is not None
+                        else signer.signing_domain_for(body)
+                    )
                 if domain is not None:
                     return signer.sign(
                         body,
