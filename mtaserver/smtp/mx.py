@@ -81,7 +81,8 @@ class Target:
     ip: str
     port: int
     preference: int
-    no_mx: bool = False  # the domain's own address: it has no MX (`bounce-upon-no-mx`)
+    #: The domain's own address: it has no MX (`bounce-upon-no-mx`); not part of equality.
+    no_mx: bool = attrs.field(default=False, eq=False)
 
 
 class RouteError(Exception):
