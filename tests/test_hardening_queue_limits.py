@@ -288,7 +288,7 @@ class CountingMx:
 
     def serve(self, rfile: Any, wfile: Any) -> None:
         def reply(line: str) -> None:
-            time.sleep(0.2)
+            time.sleep(0.3)
             wfile.write(line.encode() + b"\r\n")
             wfile.flush()
 
@@ -338,11 +338,15 @@ def test_e2e_backoff_max_smtp_out(tmp_path: Path) -> None:
             send(port, "soft@dst.test")  # the queue enters backoff
             acct = tmp_path / "acct.csv"
             assert wait_until(lambda: any(r["type"] == "t" for r in read_acct(acct)))
+            assert wait_until(lambda: mx.open == 0)  # the deferred session has ended
             with mx.lock:
                 mx.max_open = 0
-            for n in range(8):
-                send(port, f"ok{n}@dst.test")
-            assert wait_until(lambda: mx.delivered == 8, timeout=60)
+            with smtplib.SMTP("127.0.0.1", port) as client:  # eight messages at once
+                for n in range(8):
+                    client.sendmail(
+                        "sender@src.test", [f"ok{n}@dst.test"], b"Subject: t\r\n\r\nx\r\n"
+                    )
+            assert wait_until(lambda: mx.delivered == 8, timeout=90)
     finally:
         mx.stop()
     assert mx.max_open == 2  # in normal mode up to 10; in backoff without the directive 1
