@@ -593,3 +593,22 @@ def test_source_ip_max_msg_rate_spaces_messages_per_ip(tmp_path: Path) -> None:
     assert len(world.outcomes()) == 3
     world.submit("ok@b.test", vmta="v1")  # another domain has its own count
     assert len(world.outcomes()) == 4
+
+
+def test_backoff_max_connect_rate_applies_in_backoff(tmp_path: Path) -> None:
+    """In backoff a queue opens connections at backoff-max-connect-rate (1/m), not 60/m."""
+    world = World(
+        tmp_path,
+        "max-connect-rate 60/m\nbackoff-max-connect-rate 1/m\nmax-msg-per-connection 1\n"
+        "backoff-max-smtp-out 5",
+    )
+    world.scheduler.pause("*")
+    for n in range(3):
+        world.submit(f"ok{n}@a.test")
+    world.scheduler.set_mode("a.test/*", "backoff")
+    world.scheduler.resume("*")
+    assert len(world.deliverer.sessions) == 1
+    world.clock.advance(30)
+    assert len(world.deliverer.sessions) == 1  # 60/m would have opened more by now
+    world.clock.advance(30.001)
+    assert len(world.deliverer.sessions) == 2

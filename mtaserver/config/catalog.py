@@ -1055,9 +1055,9 @@ _add(
     "backoff-max-connect-rate",
     D,
     "rate",
-    "unlimited",
-    Y,
-    "max-connect-rate applies in backoff too",
+    "max-connect-rate",
+    IMPLEMENTED,
+    "new connections per queue in backoff mode",
 )
 _add("connection-idle-timeout", D, "interval", "0", Y, "idle connections close at once")
 _add("retry-upon-new-mail", D, "bool", "false", Y, "a queue retries on its schedule")

@@ -143,6 +143,7 @@ class DomainSettings:
     #: Sessions a queue may run in backoff mode; None: one (mtaserver's backoff default).
     backoff_max_smtp_out: int | None = None
     max_connect_rate: Rate | None = None  # new connections a queue may open per time unit
+    backoff_max_connect_rate: Rate | None = None  # the same in backoff (None: max-connect-rate)
     #: How long `disable-source-ip` (without `reenable-after=`) disables a source; None: never.
     reenable_source_ip_after: float | None = None
     queue_priority: int = 50  # 0-100: higher-priority queues get free connection slots first

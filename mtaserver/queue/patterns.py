@@ -43,11 +43,12 @@ def leave_backoff_if_due(queue: Queue, settings: DomainSettings, now: float) -> 
 
 
 def effective_settings(queue: Queue, settings: DomainSettings) -> DomainSettings:
-    """The queue's settings in its current mode: backoff has its own rate and retries."""
+    """The queue's settings in its current mode: backoff has its own rates and retries."""
     if queue.mode != "backoff":
         return settings
     return attrs.evolve(
         settings,
         max_msg_rate=settings.backoff_max_msg_rate or settings.max_msg_rate,
+        max_connect_rate=settings.backoff_max_connect_rate or settings.max_connect_rate,
         retry_after=settings.backoff_retry_after,
     )
