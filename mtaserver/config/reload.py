@@ -29,6 +29,7 @@ ReloadListener = Callable[[Config, Config], None]
 #: does not parse); runs in the loading thread; returns problems, empty when fine.
 ReloadCheck = Callable[[Config], list[ConfigProblem]]
 
+
 def directive_value(config: Config, directive: str) -> Any:
     """Everything `directive` says in `config`, comparable with `==` across configs.
 
