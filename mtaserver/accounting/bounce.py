@@ -18,27 +18,12 @@ from __future__ import annotations
 
 import re
 
-CATEGORIES: frozenset[str] = frozenset(
-    {
-        "bad-configuration",
-        "bad-connection",
-        "bad-domain",
-        "bad-mailbox",
-        "content-related",
-        "inactive-mailbox",
-        "invalid-sender",
-        "message-expired",
-        "no-answer-from-host",
-        "other",
-        "policy-related",
-        "protocol-errors",
-        "quota-issues",
-        "relaying-issues",
-        "routing-errors",
-        "spam-related",
-        "virus-related",
-    }
-)
+from mtaserver.config.registry import BOUNCE_CATEGORIES
+
+#: PowerMTA's 17 bounce categories. The config layer owns the list (it validates
+#: `suppress-on-bounce-categories` and `<bounce-category-patterns>` against it, and config
+#: imports no accounting); the classifier below names only these.
+CATEGORIES: frozenset[str] = BOUNCE_CATEGORIES
 
 # Keyed by "subject.detail" (the class digit, 4 or 5, does not change the meaning).
 DEFINITE_STATUS: dict[str, str] = {

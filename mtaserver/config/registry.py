@@ -164,8 +164,8 @@ def _name_list(text: str) -> tuple[str, ...]:
     return names
 
 
-#: The bounce categories `suppress-on-bounce-categories` may name (those of
-#: `accounting.bounce.CATEGORIES`, repeated here: config imports no accounting).
+#: PowerMTA's bounce categories: what `suppress-on-bounce-categories` may name, and the
+#: only words `accounting.bounce` classifies into (it imports this set).
 BOUNCE_CATEGORIES = frozenset(
     {
         "bad-configuration",
