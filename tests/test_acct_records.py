@@ -210,3 +210,8 @@ def test_json_round_trip(record: dict[str, str]) -> None:
     line = json_line(record, FIELDS)
     assert "\n" not in line[:-1]
     assert json.loads(line) == {f: record.get(f, "") for f in FIELDS}
+
+
+def test_one_line_removes_every_control_character() -> None:
+    """CR/LF, NUL, ESC sequences, DEL and C1 controls never reach an acct field."""
+    assert one_line("a\r\nb\x00c\x1b[2Jd\x7fe\x9bf\u2028g") == "a b c [2Jd e f g"

@@ -94,6 +94,14 @@ def test_values_are_one_line() -> None:
     assert report is not None and report.user_agent == "Some Generator/2.0"
 
 
+def test_values_lose_terminal_escapes() -> None:
+    """ESC, BEL, BS and DEL in a report field never reach the report (and acct files)."""
+    raw = arf(b"Feedback-Type: abuse\r\nUser-Agent: ua\x1b]0;pwn\x07\x08\x7f\r\nVersion: 1\r\n")
+    report = parse_arf(raw)
+    assert report is not None
+    assert report.user_agent == "ua ]0;pwn"
+
+
 def test_not_arf() -> None:
     """A plain message or a DSN is not a feedback report."""
     assert parse_arf(b"From: a@b.c\nTo: d@e.f\nSubject: hi\n\nhello\n") is None

@@ -14,6 +14,7 @@ from mtaserver.smtp.mx import (
     Hop,
     HostAddresses,
     Target,
+    is_host_name,
     is_null_mx,
     level_targets,
     lookup_failure,
@@ -40,6 +41,26 @@ from mtaserver.smtp.mx import (
 def test_is_null_mx(records: list[tuple[int, str]], expected: bool) -> None:
     """Only a single MX naming the root is a null MX."""
     assert is_null_mx(records) is expected
+
+
+@pytest.mark.parametrize(
+    ("name", "expected"),
+    [
+        ("mx.example.test", True),
+        ("mx-1.example.test", True),
+        ("_dmarc.example.test", True),
+        ("evil\r\ninject.example.test", False),
+        ("evil\x1b[2j.example.test", False),
+        ("a b.example.test", False),
+        ("-mx.example.test", False),
+        ("mx..example.test", False),
+        ("", False),
+        ("a" * 64 + ".test", False),
+    ],
+)
+def test_is_host_name(name: str, expected: bool) -> None:
+    """An MX exchange with control characters or junk is not a host name we connect to."""
+    assert is_host_name(name) is expected
 
 
 @pytest.mark.parametrize(

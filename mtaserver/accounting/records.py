@@ -314,16 +314,17 @@ def _remote_report(event: RemoteReport, header_names: Iterable[str]) -> dict[str
     return record
 
 
-_LINE_BREAKS = re.compile(r"[\r\n\x00]+")
+_LINE_BREAKS = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]+")
 
 
 def one_line(value: str) -> str:
-    """`value` with each run of CR, LF or NUL replaced by one space.
+    """`value` with each run of control characters (CR, LF, NUL, ESC...) as one space.
 
     Values come from remote servers (reply texts in dsnDiag) and from clients (ORCPT,
     ENVID, header values). RFC 4180 would allow a quoted line break, but acct files
     are read line by line by `tail -f`, grep and log shippers: a CR/LF in a field
-    would let a remote server forge a record. JSON escapes them by itself.
+    would let a remote server forge a record, and an ESC sequence would reach the
+    terminal of whoever reads the file. JSON escapes them by itself.
     """
     return _LINE_BREAKS.sub(" ", value)
 

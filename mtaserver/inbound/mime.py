@@ -46,14 +46,17 @@ def parse_text(text: str) -> Message | None:
         return None
 
 
+_CONTROLS = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+
+
 def clean(value: object, limit: int = MAX_VALUE) -> str:
-    """`value` as one line: whitespace (CR/LF included) folded, no NUL, no surrogates."""
+    """`value` as one line: whitespace folded, no control character, no surrogates."""
     try:
         text = str(value)
     except Exception:
         return ""
     text = text[: limit * 8].encode("utf-8", "surrogateescape").decode("utf-8", "replace")
-    text = _WS.sub(" ", text.replace("\x00", " ")).strip()
+    text = _WS.sub(" ", _CONTROLS.sub(" ", text)).strip()
     return text[:limit]
 
 

@@ -47,6 +47,7 @@ failure is a routing problem, and 4.4.3 is RFC 3463's "routing server failure".
 from __future__ import annotations
 
 import ipaddress
+import re
 from collections.abc import Iterable, Sequence
 from typing import Any, TypeVar
 
@@ -125,6 +126,19 @@ class HostAddresses:
 def normalize_name(name: str) -> str:
     """Lowercase, without the root's trailing dot: how names are compared and shown."""
     return name.strip().rstrip(".").lower()
+
+
+_HOST_LABEL = re.compile(r"(?!-)[a-z0-9_-]{1,63}(?<!-)")
+
+
+def is_host_name(name: str) -> bool:
+    """A DNS answer's exchange name is a plain host name (letters, digits, `-`, `_`).
+
+    DNS labels may hold any byte; a name with CR/LF or ESC in it would reach log lines
+    and acct fields (`dsnMta`), so such an MX is ignored like one that does not resolve.
+    """
+    labels = name.split(".")
+    return 0 < len(name) <= 253 and all(_HOST_LABEL.fullmatch(label) for label in labels)
 
 
 def is_null_mx(records: Sequence[tuple[int, str]]) -> bool:
@@ -405,9 +419,14 @@ class MxResolver:
             raise RouteError(
                 True, "5.1.10", f"Domain {domain} does not accept mail (null MX)", "bad-domain"
             )
+        valid = [(pref, name) for pref, name in records if is_host_name(normalize_name(name))]
+        if not valid:
+            raise RouteError(
+                True, "5.4.4", f"no MX host of {domain} has a valid host name", "bad-domain"
+            )
         return [
             [Hop(name, port, pref, from_dns=True) for name in names]
-            for pref, names in mx_levels(records)
+            for pref, names in mx_levels(valid)
         ]
 
     async def _smtp_hosts_hops(
