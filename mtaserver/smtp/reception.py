@@ -292,7 +292,8 @@ class ReceptionHandler:
             vmta_name = config.settings.invalid_virtual_mta_fallback
         if not kept:  # every recipient suppressed and dropped: nothing to spool
             writer.abort()
-            await self._record_dropped(envelope, dropped)
+            if not await self._record_dropped(envelope, dropped):
+                return SPOOL_ERROR  # no b record is durable: the client must try again
             return Reply(250, "2.0.0", f"Ok: queued as {envelope.msg_id}")
         try:
             envelope = await self.intake.accept(writer, envelope, vmta_name)
@@ -310,14 +311,20 @@ class ReceptionHandler:
         await self._record_dropped(envelope, dropped)
         return Reply(250, "2.0.0", f"Ok: queued as {envelope.msg_id}")
 
-    async def _record_dropped(self, envelope: Envelope, dropped: list[tuple[str, Entry]]) -> None:
-        """The `b` records of dropped suppressed recipients; the message stands regardless."""
+    async def _record_dropped(self, envelope: Envelope, dropped: list[tuple[str, Entry]]) -> bool:
+        """The `b` records of dropped suppressed recipients; False when they are not durable.
+
+        With other recipients kept, the message is already committed and stands either
+        way (a 451 would make the client send the kept ones twice); the failure is logged.
+        """
         if not dropped or self.suppression is None:
-            return
+            return True
         try:
             await self.suppression.record_dropped(envelope, dropped, len(envelope.recipients))
         except Exception:
             log.failure("could not journal the b records of dropped suppressed recipients")
+            return False
+        return True
 
     def _refuse(self, session: Session, writer: MessageWriterLike | None, problem: Reply) -> Reply:
         """Give the message up (counted as rejected) and answer `problem`."""

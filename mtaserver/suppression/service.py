@@ -359,7 +359,11 @@ class SuppressionService(Service):
             return JournalPosition(int(segment), int(offset))
         except FileNotFoundError:
             position = journal.end()
-            self._save_position(position)
+            # written (with its fsyncs) in the pool; until then a restart starts at the end too
+            self.run_in_thread(lambda: self._save_position(position)).addErrback(
+                lambda f: log.failure("suppression: could not save {path}", f,
+                                      path=self._position_path())  # fmt: skip
+            )
             return position
         except (OSError, ValueError, TypeError) as exc:
             log.error(
