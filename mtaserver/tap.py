@@ -169,7 +169,10 @@ def compose(holder: ConfigHolder, reactor: Any) -> MultiService:
 
     # The spool, then what reads the journal: acct files, then their webhooks.
     recovered, journal, store = open_spool(
-        config.settings.spool, run_in_thread, min_free_space=config.settings.spool_min_free_space
+        config.settings.spool,
+        run_in_thread,
+        min_free_space=config.settings.spool_min_free_space,
+        hold_pruning=True,
     )
     JournalService(journal, reactor).setServiceParent(root)
     holder.on_reload(lambda old, new: store.set_min_free_space(new.settings.spool_min_free_space))
@@ -181,6 +184,7 @@ def compose(holder: ConfigHolder, reactor: Any) -> MultiService:
     suppression.setServiceParent(root)
     acct = AcctService.from_holder(holder, journal, run_in_thread, reactor)
     acct.setServiceParent(root)
+    journal.release_pruning()  # every consumer of the journal is registered now
     targets = holder_targets(holder)  # http-webhook-allow-addresses, checked per connection
     http_delivery_client = PooledClient(reactor, targets=targets)
     webhooks = WebhookService(

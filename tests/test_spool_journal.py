@@ -179,6 +179,20 @@ def test_segments_deleted_only_after_every_consumer(tmp_path):
     assert list_segments(str(tmp_path)) == [last]
 
 
+def test_held_pruning_waits_for_the_consumers_of_this_run(tmp_path):
+    """Reopened with pruning held, no segment goes before the consumers have registered."""
+    journal = Journal(str(tmp_path), run_now, segment_bytes=300)
+    for event in sample_events() * 3:
+        journal.append([event])
+    journal.close()
+    reopened = Journal(str(tmp_path), run_now, segment_bytes=300, hold_pruning=True)
+    reopened.set_oldest_live_segment(None)  # what the store says at resume
+    assert list_segments(str(tmp_path))[0] == 0
+    reopened.add_consumer("acct", JournalPosition(1, 0))  # its saved checkpoint
+    reopened.release_pruning()
+    assert list_segments(str(tmp_path))[0] == 1
+
+
 def test_live_messages_keep_their_segments(tmp_path):
     """Segments a live message needs survive even when all consumers passed them."""
     journal = Journal(str(tmp_path), run_now, segment_bytes=300)

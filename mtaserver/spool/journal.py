@@ -214,6 +214,7 @@ class Journal:
         *,
         file_ops: FileOps = REAL_FILE_OPS,
         found_end: JournalPosition | None = None,
+        hold_pruning: bool = False,
     ) -> None:
         self.directory = directory
         self._run_in_thread = run_in_thread
@@ -236,6 +237,14 @@ class Journal:
         self._consumers: dict[str, JournalPosition | None] = {}
         self._oldest_live: int | None = -1  # -1: not told yet, keep everything
         self._pruning = False
+        # Held until every consumer of this run has said where it stands: a segment
+        # deleted before an acct writer registered its checkpoint would lose its records.
+        self._prune_held = hold_pruning
+
+    def release_pruning(self) -> None:
+        """Every consumer is registered: segments nobody needs may go from now on."""
+        self._prune_held = False
+        self._prune()
 
     @property
     def commits(self) -> int:
@@ -362,6 +371,8 @@ class Journal:
             self._broken = SpoolIOError(f"journal unusable after: {error}")
 
     def _prune(self) -> None:
+        if self._prune_held:
+            return
         limit = self._end.segment
         if self._oldest_live is not None:
             limit = min(limit, self._oldest_live)

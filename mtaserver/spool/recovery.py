@@ -257,14 +257,20 @@ def open_spool(
     min_free_space: int = 0,
     segment_bytes: int = 64 * 2**20,
     verify_bodies: bool = False,
+    hold_pruning: bool = False,
 ) -> tuple[RecoveredSpool, Journal, MessageStore]:
-    """Recover the spool at `directory`, then open its journal and store (blocking)."""
+    """Recover the spool at `directory`, then open its journal and store (blocking).
+
+    With `hold_pruning`, no journal segment is deleted until `journal.release_pruning()`
+    (the server calls it once its acct writers and other consumers are registered).
+    """
     recovered = recover(directory, verify_bodies=verify_bodies)
     journal = Journal(
         os.path.join(directory, "journal"),
         run_in_thread,
         segment_bytes,
         found_end=recovered.found_end,
+        hold_pruning=hold_pruning,
     )
     store = MessageStore(directory, journal, run_in_thread, min_free_space)
     store.resume(recovered.live_segments())

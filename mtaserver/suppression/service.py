@@ -184,6 +184,9 @@ class SuppressionService(Service):
         self._compactor.clock = clock
         self._compacting: defer.Deferred[None] | None = None
         self._position: JournalPosition | None = None
+        if journal is not None:  # registered at once, so the journal keeps what it needs
+            self._position = self._load_position(journal)
+            journal.add_consumer(CONSUMER_NAME, self._position)
         self._catching_up: defer.Deferred[None] | None = None
         self._catch_up_call: Any = None
         self._last_catch_up = float("-inf")
@@ -216,8 +219,6 @@ class SuppressionService(Service):
         super().startService()
         self._compactor.start(COMPACT_INTERVAL, now=False)
         if self.journal is not None:
-            self._position = self._load_position(self.journal)
-            self.journal.add_consumer(CONSUMER_NAME, self._position)
             self.journal.subscribe(self._journal_committed)
             self._journal_committed()
         log.info(
