@@ -54,6 +54,7 @@ from mtaserver.stats import TrafficStats
 from mtaserver.suppression import suppression_directory
 from mtaserver.suppression.service import SuppressionService
 from mtaserver.webhooks import HttpDeliverer, PooledClient, WebhookService, holder_targets
+from mtaserver.workers import Handoff, ReceptionWorkers, workers_for
 
 log = Logger()
 
@@ -235,6 +236,7 @@ def compose(holder: ConfigHolder, reactor: Any) -> MultiService:
     checkers = CheckerChoice(LocalUserChecker(holder, run_in_thread), ldap_checkers)
     stats = ReceptionStats()
     connections = InboundConnections()  # total-max-smtp-in spans every listener
+    workers = workers_for(config.settings.reception_workers)
 
     def smtp_listener(
         listener: Listener, tls_options: ssl.CertificateOptions | None
@@ -254,7 +256,17 @@ def compose(holder: ConfigHolder, reactor: Any) -> MultiService:
         )
         return cast(SmtpListenerService, service)
 
-    SmtpListeners(holder, smtp_listener, run_in_thread).setServiceParent(root)
+    if workers:
+        # SMTP reception in worker processes on sockets opened here (mtaserver.workers);
+        # they commit message files and hand the journal records to this process.
+        handoff = Handoff(journal, store, processor.enqueue, stats)
+        try:
+            ReceptionWorkers(holder, handoff, workers, reactor).setServiceParent(root)
+        except OSError as exc:
+            raise ValueError(f"smtp-listener: {exc}") from exc
+        log.info("SMTP reception in {count} worker process(es)", count=workers)
+    else:
+        SmtpListeners(holder, smtp_listener, run_in_thread).setServiceParent(root)
     for api_service in make_transmissions_services(
         holder, store, processor.enqueue, reactor, stats, run_in_thread, suppression
     ):

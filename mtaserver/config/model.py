@@ -423,6 +423,8 @@ class GlobalSettings:
     http_auth_ldap: str | None = None
     http_auth_ldap_group: tuple[LdapGroupAccess, ...] = ()
     total_max_smtp_in: int = 1000
+    # SMTP reception processes: None = auto (cores - 1), 0 = everything in one process
+    reception_workers: int | None = 0
     max_auth_failures_per_user: int = 10
     auth_lockout_time: float = 900.0
     http_webhook_allow_addresses: tuple[IPNetwork, ...] = ()

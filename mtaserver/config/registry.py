@@ -255,6 +255,8 @@ DIRECTIVES: Mapping[str, Spec] = {
     "http-auth-ldap-group": Spec(v.parse_ldap_group_access, _G, repeatable=True),
     # limits against hostile peers and clients (global)
     "total-max-smtp-in": Spec(v.parse_positive_int, _G),
+    # processes: SMTP reception in worker processes (mtaserver.workers)
+    "reception-workers": Spec(v.parse_workers, _G),
     "max-auth-failures-per-user": Spec(v.parse_positive_int, _G),
     "auth-lockout-time": Spec(v.parse_interval, _G),
     "http-webhook-allow-addresses": Spec(v.parse_cidr_list, _G),
@@ -390,6 +392,7 @@ DIRECTIVES: Mapping[str, Spec] = {
 RESTART_ONLY: frozenset[str] = frozenset(
     {
         "spool",  # the journal and message files stay where they were opened
+        "reception-workers",  # processes are started with the server
     }
 )
 

@@ -50,6 +50,16 @@ def parse_positive_int(text: str) -> int:
     return value
 
 
+def parse_workers(text: str) -> int | None:
+    """`reception-workers auto` (None: one per core but one) or a count, 0 for one process."""
+    word = text.strip().lower()
+    if word == "auto":
+        return None
+    if not word.isdigit() or int(word) > 64:
+        raise ValueError(f"expected auto or a number of processes from 0 to 64, not {text!r}")
+    return int(word)
+
+
 def parse_size_mb(text: str) -> int:
     """A size where a bare number is megabytes (`spool-min-free-space 100`, as PowerMTA)."""
     word = text.strip()

@@ -30,18 +30,18 @@ import time
 import zlib
 from collections import Counter
 from collections.abc import Callable, Sequence
-from typing import BinaryIO
+from typing import BinaryIO, Protocol
 
 from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from mtaserver.events import Envelope, Received, Removed
+from mtaserver.events import Envelope, Event, Received, Removed
 from mtaserver.runtime import RunInThread
 from mtaserver.spool.errors import SpoolError, SpoolFullError, SpoolIOError, spool_error
 from mtaserver.spool.fileops import REAL_FILE_OPS, FileOps
 from mtaserver.spool.groupcommit import GroupCommit
-from mtaserver.spool.journal import Journal, JournalPosition
+from mtaserver.spool.journal import JournalPosition
 from mtaserver.spool.msgfile import HEADER, BodyReader, encode_tail
 
 log = Logger()
@@ -58,6 +58,16 @@ def bucket_of(msg_id: str) -> str:
 
 def is_msg_id(name: str) -> bool:
     return _MSG_ID.match(name) is not None
+
+
+class StoreJournal(Protocol):
+    """What the store needs of a journal: `mtaserver.spool.Journal` in the process that
+    owns it, a `mtaserver.workers.HandoffJournal` (appends journaled by the master) in a
+    reception worker."""
+
+    def append(self, events: Sequence[Event]) -> Deferred[JournalPosition]: ...
+
+    def set_oldest_live_segment(self, segment: int | None) -> None: ...
 
 
 class _IdMaker:
@@ -85,17 +95,21 @@ class MessageStore:
     `directory` is the spool directory (files go in `directory/msg`). It must have
     been through `recover()` first; pass its result to `resume` so the store knows
     which journal segments the live messages still need.
+
+    A reception worker's store (`track_live=False`) only writes: the master, which owns
+    the queue, tracks the messages it commits (`track_committed`) and removes them.
     """
 
     def __init__(
         self,
         directory: str,
-        journal: Journal,
+        journal: StoreJournal,
         run_in_thread: RunInThread,
         min_free_space: int = 0,
         *,
         file_ops: FileOps = REAL_FILE_OPS,
         clock: Callable[[], float] = time.time,
+        track_live: bool = True,
     ) -> None:
         self.directory = directory
         self.msg_directory = os.path.join(directory, "msg")
@@ -113,6 +127,7 @@ class MessageStore:
         self._live_segments: Counter[int] = Counter()
         # -1: not reported yet; the journal keeps every segment until we report.
         self._oldest_live: int | None = -1
+        self._track_live = track_live
         os.makedirs(self.msg_directory, exist_ok=True)
 
     @property
@@ -214,7 +229,14 @@ class MessageStore:
 
     # -- bookkeeping of the journal segments live messages need ---------------
 
+    def track_committed(self, msg_id: str, segment: int) -> None:
+        """A message a reception worker committed, its `Received` in `segment` of our journal."""
+        self._track(msg_id, segment)
+        self._report_oldest()
+
     def _track(self, msg_id: str, segment: int) -> None:
+        if not self._track_live:
+            return
         self._live[msg_id] = segment
         self._live_segments[segment] += 1
 

@@ -1,0 +1,275 @@
+"""Reception workers end to end: the real server with `reception-workers`, real SMTP
+clients, a real receiving MX, and kill -9 of each kind of process under load.
+
+What must hold whatever is killed: every message answered `250` is delivered, with
+exactly one `d` record per recipient, once the server (or the worker) is back.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import smtplib
+import threading
+import time
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from mx_receiver import Receiver
+from server_configs import acct_file, domain, relay_config
+from server_process import ServerProcess, free_port, read_acct, wait_until
+
+pytestmark = pytest.mark.timeout(300)
+
+
+def config(tmp_path: Path, port: int, mx_port: int, workers: str = "2", more: str = "") -> str:
+    return relay_config(
+        tmp_path,
+        port,
+        acct_file(tmp_path / "acct.csv", "r,d,b"),
+        domain(f"smtp-hosts [127.0.0.1]:{mx_port}\nretry-after 1s\nmax-smtp-out 10"),
+        settings=f"reception-workers {workers}\n{more}",
+    )
+
+
+def children(pid: int) -> list[int]:
+    """The live child processes of `pid` (zombies excluded), from /proc."""
+    found = []
+    for name in os.listdir("/proc"):
+        if not name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{name}/stat") as stream:
+                fields = stream.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid and fields[0] != "Z":
+            found.append(int(name))
+    return sorted(found)
+
+
+def alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as stream:
+            return stream.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def delivered(tmp_path: Path) -> Counter[str]:
+    """How many `d` records each recipient has."""
+    return Counter(row["rcpt"] for row in read_acct(tmp_path / "acct.csv", "d"))
+
+
+class Senders:
+    """`count` SMTP clients sending one-recipient messages until stopped or `limit` each.
+
+    A client whose session is cut (a killed process) reconnects while `reconnect` holds;
+    only messages answered 250 are recorded as acknowledged.
+    """
+
+    def __init__(self, port: int, count: int = 6, limit: int = 60, reconnect: bool = True):
+        self.port = port
+        self.limit = limit
+        self.reconnect = reconnect
+        self.acknowledged: list[str] = []
+        self.lock = threading.Lock()
+        self.stop = threading.Event()
+        self.threads = [threading.Thread(target=self._run, args=(n,)) for n in range(count)]
+
+    def __enter__(self) -> Senders:
+        for thread in self.threads:
+            thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop.set()
+        for thread in self.threads:
+            thread.join(timeout=60)
+
+    def _run(self, worker: int) -> None:
+        n = 0
+        while not self.stop.is_set() and n < self.limit:
+            try:
+                with smtplib.SMTP("127.0.0.1", self.port, timeout=20) as client:
+                    while not self.stop.is_set() and n < self.limit:
+                        token = f"w{worker}-{n}"
+                        n += 1
+                        body = f"Subject: {token}\r\n\r\n{token}\r\n" + ("x" * 76 + "\r\n") * 26
+                        client.sendmail("s@src.test", [f"ok-{token}@dst.test"], body)
+                        with self.lock:
+                            self.acknowledged.append(f"ok-{token}@dst.test")
+            except (smtplib.SMTPException, OSError):
+                if not self.reconnect:
+                    return
+                time.sleep(0.2)
+
+    def finish(self) -> None:
+        """Wait until every client has sent its `limit`."""
+        for thread in self.threads:
+            thread.join(timeout=240)
+
+    def count(self) -> int:
+        with self.lock:
+            return len(self.acknowledged)
+
+
+@pytest.fixture
+def receiver() -> Iterator[Receiver]:
+    with Receiver() as r:
+        yield r
+
+
+def test_workers_receive_and_the_master_delivers(tmp_path: Path, receiver: Receiver) -> None:
+    """With two workers, every message is delivered once and worker log lines are tagged."""
+    port = free_port()
+    server = ServerProcess(tmp_path, config(tmp_path, port, receiver.port), wait_ports=(port,))
+    with server:
+        assert server.proc is not None
+        assert wait_until(lambda: len(children(server.proc.pid)) == 2)  # type: ignore[union-attr]
+        with Senders(port, count=4, limit=10) as senders:
+            senders.finish()
+        assert senders.count() == 40
+        assert wait_until(lambda: sum(delivered(tmp_path).values()) >= 40, timeout=120)
+        assert server.wait_for_log("[worker 1]")
+        assert server.wait_for_log("[worker 2]")
+    counts = delivered(tmp_path)
+    assert set(counts) == set(senders.acknowledged)
+    assert set(counts.values()) == {1}
+    # the r records come from the master's journal: one per message
+    received = Counter(row["rcpt"] for row in read_acct(tmp_path / "acct.csv", "r"))
+    assert set(received.values()) == {1}
+
+
+def test_one_process_mode_runs_no_worker(tmp_path: Path, receiver: Receiver) -> None:
+    """`reception-workers 0` receives and delivers in the one server process."""
+    port = free_port()
+    server = ServerProcess(
+        tmp_path, config(tmp_path, port, receiver.port, workers="0"), wait_ports=(port,)
+    )
+    with server:
+        assert server.proc is not None
+        with smtplib.SMTP("127.0.0.1", port) as client:
+            client.sendmail("s@src.test", ["ok-1@dst.test"], b"Subject: one\r\n\r\nx\r\n")
+        assert wait_until(lambda: delivered(tmp_path)["ok-1@dst.test"] == 1)
+        assert children(server.proc.pid) == []
+    assert "[worker" not in server.read_log()
+
+
+def test_kill9_worker_under_load_is_restarted_and_loses_nothing(
+    tmp_path: Path, receiver: Receiver
+) -> None:
+    """A worker killed with -9 mid-load is restarted; every 250'd message gets one `d`."""
+    port = free_port()
+    server = ServerProcess(tmp_path, config(tmp_path, port, receiver.port), wait_ports=(port,))
+    with server:
+        assert server.proc is not None
+        master = server.proc.pid
+        assert wait_until(lambda: len(children(master)) == 2)
+        victim = children(master)[0]
+        with Senders(port, count=6, limit=40) as senders:
+            assert wait_until(lambda: senders.count() >= 30, timeout=120)
+            os.kill(victim, signal.SIGKILL)
+            assert server.wait_for_log("restarting it in")
+            assert wait_until(lambda: len(children(master)) == 2 and victim not in children(master))
+        assert senders.count() > 30
+        expected = set(senders.acknowledged)
+        assert wait_until(lambda: expected <= set(delivered(tmp_path)), timeout=180)
+    counts = delivered(tmp_path)
+    assert expected <= set(counts)
+    assert {counts[rcpt] for rcpt in expected} == {1}
+
+
+def test_kill9_master_under_load_loses_nothing_after_restart(
+    tmp_path: Path, receiver: Receiver
+) -> None:
+    """kill -9 of the master stops its workers; after a restart every 250'd message has one `d`."""
+    port = free_port()
+    down = free_port()  # nothing listens: the queue holds what was acknowledged
+    server = ServerProcess(tmp_path, config(tmp_path, port, down), wait_ports=(port,)).start()
+    assert server.proc is not None
+    master = server.proc.pid
+    assert wait_until(lambda: len(children(master)) == 2)
+    workers = children(master)
+    with Senders(port, count=6, limit=40, reconnect=False) as senders:
+        assert wait_until(lambda: senders.count() >= 40, timeout=120)
+        server.kill9()
+    assert wait_until(lambda: not any(alive(pid) for pid in workers))  # they die with it
+    expected = set(senders.acknowledged)
+    assert len(expected) >= 40
+    server = ServerProcess(tmp_path, config(tmp_path, port, receiver.port), wait_ports=(port,))
+    with server:
+        assert wait_until(lambda: expected <= set(delivered(tmp_path)), timeout=180)
+    counts = delivered(tmp_path)
+    assert {counts[rcpt] for rcpt in expected} == {1}
+    assert set(counts.values()) == {1}
+
+
+def test_reload_reaches_the_workers(tmp_path: Path, receiver: Receiver) -> None:
+    """A reload that lowers max-message-size is enforced by the workers at once."""
+    port = free_port()
+    server = ServerProcess(tmp_path, config(tmp_path, port, receiver.port), wait_ports=(port,))
+    with server:
+        assert server.proc is not None
+        with smtplib.SMTP("127.0.0.1", port) as client:
+            client.sendmail(
+                "s@src.test",
+                ["ok-big@dst.test"],
+                b"Subject: a\r\n\r\n" + (b"y" * 70 + b"\r\n") * 70,
+            )
+        small = config(tmp_path, port, receiver.port).replace(
+            "always-allow-relaying yes", "always-allow-relaying yes\n    max-message-size 1K"
+        )
+        server.config.write_text(small)
+        server.proc.send_signal(signal.SIGHUP)
+        assert server.wait_for_log("config reloaded")
+
+        def refused() -> bool:
+            # each worker reloads on its own; try until both have (new sessions land anywhere)
+            refusals = 0
+            for _ in range(6):
+                with smtplib.SMTP("127.0.0.1", port) as client:
+                    try:
+                        client.sendmail(
+                            "s@src.test",
+                            ["ok-2@dst.test"],
+                            b"Subject: b\r\n\r\n" + (b"y" * 70 + b"\r\n") * 70,
+                        )
+                    except smtplib.SMTPResponseException as exc:
+                        refusals += exc.smtp_code == 552
+            return refusals == 6
+
+        assert wait_until(refused, timeout=60)
+        assert server.wait_for_log("[worker 1] config reloaded")
+        assert server.wait_for_log("[worker 2] config reloaded")
+
+
+def test_new_listener_on_reload_is_served_by_workers(tmp_path: Path, receiver: Receiver) -> None:
+    """A reload adding an smtp-listener restarts the workers on the new set of sockets."""
+    port, second = free_port(), free_port()
+    server = ServerProcess(tmp_path, config(tmp_path, port, receiver.port), wait_ports=(port,))
+    with server:
+        assert server.proc is not None
+        text = config(tmp_path, port, receiver.port).replace(
+            f"smtp-listener 127.0.0.1:{port}\n",
+            f"smtp-listener 127.0.0.1:{port}\nsmtp-listener 127.0.0.1:{second}\n",
+        )
+        server.config.write_text(text)
+        server.proc.send_signal(signal.SIGHUP)
+        assert server.wait_for_log("restarting the reception workers")
+        for target in (second, port):
+
+            def sent(target: int = target) -> bool:
+                try:
+                    with smtplib.SMTP("127.0.0.1", target, timeout=10) as client:
+                        client.sendmail(
+                            "s@src.test", [f"ok-{target}@dst.test"], b"Subject: n\r\n\r\nx\r\n"
+                        )
+                    return True
+                except (OSError, smtplib.SMTPException):
+                    return False
+
+            assert wait_until(sent, timeout=60)
+        assert wait_until(lambda: delivered(tmp_path)[f"ok-{second}@dst.test"] == 1)
