@@ -296,8 +296,11 @@ class MtaServer:
         retry_after: str = "10m",
         spool: Path | None = None,
         webhook_url: str | None = None,
+        twistd_args: list[str] | None = None,
+        extra_config: str = "",
     ) -> None:
         self.workdir = workdir
+        self.twistd_args = twistd_args or []
         workdir.mkdir(parents=True, exist_ok=True)
         self.port = free_port()
         self.api_port = free_port()
@@ -319,6 +322,7 @@ class MtaServer:
                     else ""
                 ),
             )
+            + extra_config
         )
         self.log = workdir / "twistd.log"
         self.proc: subprocess.Popen[bytes] | None = None
@@ -332,6 +336,7 @@ class MtaServer:
             "--pidfile=",
             "--logfile",
             str(self.log),
+            *self.twistd_args,
             "mtaserver",
             "-c",
             str(self.config),
