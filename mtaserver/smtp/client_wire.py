@@ -132,8 +132,13 @@ def encode_data(body: bytes) -> bytes:
     it might read differently from us (SMTP smuggling); a body that does not end
     with a line end gets one before the terminating `.`.
     """
-    data = _LINE_END.sub(b"\r\n", body)
-    data = _LEADING_DOT.sub(b"..", data)
+    crlf = body.count(b"\r\n")
+    if body.count(b"\r") == crlf and body.count(b"\n") == crlf:
+        data = body  # CRLF line ends only (the spool stores that): nothing to rewrite
+    else:
+        data = _LINE_END.sub(b"\r\n", body)
+    if data[:1] == b"." or b"\n." in data:
+        data = _LEADING_DOT.sub(b"..", data)
     if data and not data.endswith(b"\r\n"):
         data += b"\r\n"
     return data + b".\r\n"

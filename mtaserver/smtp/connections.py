@@ -77,6 +77,8 @@ class InboundConnections:
     descriptor_limit: Callable[[], int | None] = nofile_soft_limit
     per_ip: dict[str, int] = attrs.field(factory=dict)
     total: int = 0
+    #: Admissions that may still skip the descriptor count (see `descriptors_short`).
+    _uncounted: int = attrs.field(default=0, init=False)
 
     def admit(self, client_ip: str, max_per_ip: int, max_total: int) -> Reply | None:
         """Count a new session in, or return the 421 that refuses it."""
@@ -100,11 +102,23 @@ class InboundConnections:
         self.total = max(0, self.total - 1)
 
     def descriptors_short(self) -> bool:
-        """True when fewer than the reserve of descriptors are free."""
+        """True when fewer than the reserve of descriptors are free.
+
+        Counting means listing /proc/self/fd (about 80 µs, 3 % of a message's CPU in
+        P1 when done per connection). Far from the reserve it need not be exact: with
+        S descriptors spare beyond the reserve, the next min(64, S // 16) admissions
+        skip the count, so 16 descriptors per admitted session could go elsewhere
+        before the reserve is reached. Near the reserve every admission counts.
+        """
+        if self._uncounted > 0:
+            self._uncounted -= 1
+            return False
         limit = self.descriptor_limit()
         if limit is None:
             return False
         used = self.count_descriptors()
         if used is None:
             return False
-        return limit - used < fd_reserve(limit)
+        spare = limit - used - fd_reserve(limit)
+        self._uncounted = min(64, spare // 16) if spare > 0 else 0
+        return spare < 0
