@@ -38,7 +38,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import peers
@@ -216,6 +216,7 @@ def p3(base: Path, messages: int, runs: int, results: dict[str, object]) -> None
 
 
 def p6(base: Path, messages: int, results: dict[str, object]) -> None:
+    """p50/p99 of two probe sessions' transactions (MAIL..250 after DATA) under P1 5 KB."""
     out: dict[str, object] = {}
     for kind in ("postfix", "mtaserver"):
         probe: list[Probe] = []
@@ -235,13 +236,16 @@ def p6(base: Path, messages: int, results: dict[str, object]) -> None:
         finally:
             if probe and not samples:
                 probe[0].stop()
+        whole = probe[0].transactions if probe else []
         out[kind] = {
             "samples": len(samples),
             "errors": probe[0].errors if probe else 0,
-            "p50_ms": percentile(samples, 50) * 1000,
-            "p99_ms": percentile(samples, 99) * 1000,
-            "max_ms": (samples[-1] * 1000) if samples else float("nan"),
-            "load_msgs_per_s": run["msgs_per_s"],
+            "mail_to_250_p50_ms": round(percentile(whole, 50) * 1000, 1),
+            "mail_to_250_p99_ms": round(percentile(whole, 99) * 1000, 1),
+            "dot_to_250_p50_ms": round(percentile(samples, 50) * 1000, 1),
+            "dot_to_250_p99_ms": round(percentile(samples, 99) * 1000, 1),
+            "max_ms": round(whole[-1] * 1000, 1) if whole else float("nan"),
+            "load_msgs_per_s": round(run["msgs_per_s"]),
         }
         print(f"P6 {kind}: {out[kind]}", flush=True)
     results["p6"] = out
@@ -269,68 +273,221 @@ def _acct_lines(server: peers.MtaServer) -> int:
     return sum(1 for _ in acct.open()) if acct.exists() else 0
 
 
-def p4_p5(base: Path, shapes: list[tuple[int, int]], results: dict[str, object]) -> None:
-    """Queue `messages x recipients` for a down destination; RSS; then restart times."""
-    p4: dict[str, object] = {}
-    p5: dict[str, object] = {}
-    for messages, rcpts in shapes:
-        name = f"{messages}x{rcpts}"
-        work = fresh_dir(base, f"p4-{name}")
-        closed = peers.free_port()  # nobody listens: every connection is refused
-        server = peers.MtaServer(work, closed, retry_after="1h")
-        try:
-            server.start()
-            time.sleep(1)
-            baseline = _settled_rss(server, 1.0)
-            started = time.monotonic()
-            sessions = min(20, messages)
+SINK_DOMAIN = """
+<domain sink.test>
+    smtp-hosts [127.0.0.1]:{port}
+    max-smtp-out 20
+    max-msg-per-connection 1000
+    max-rcpt-per-transaction 1000
+    use-starttls no
+</domain>
+"""
+
+
+def _run_sources(commands: list[list[str]], parallel: int, timeout: float) -> None:
+    """Run smtp-source commands, `parallel` at a time; any failure stops the benchmark."""
+    waiting = list(reversed(commands))
+    running: list[subprocess.Popen[bytes]] = []
+    deadline = time.monotonic() + timeout
+    try:
+        while waiting or running:
+            while waiting and len(running) < parallel:
+                running.append(
+                    subprocess.Popen(
+                        waiting.pop(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+                    )
+                )
+            for proc in list(running):
+                if proc.poll() is not None:
+                    running.remove(proc)
+                    if proc.returncode != 0:
+                        err = proc.stderr.read() if proc.stderr else b""
+                        raise RuntimeError(f"smtp-source failed: {err[-500:]!r}")
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"loading the queue took over {timeout:.0f} s")
+            time.sleep(0.05)
+    finally:
+        for proc in running:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+
+
+class LoadedQueue:
+    """mtaserver with P4's queue: bulk messages and single-recipient ones, all undeliverable.
+
+    `<domain *>` points at a loopback port nobody listens on (`retry-after 1h`), so every
+    queued recipient stays queued; `<domain sink.test>` goes to a live smtp-sink, for
+    the P5 "delivering again" check and the scaling runs.
+    """
+
+    def __init__(self, base: Path, bulk: tuple[int, int], single: int, domains: int) -> None:
+        self.work = fresh_dir(base, "p4")
+        self.sink = peers.Sink()
+        self.sent_to_sink = 0
+        self.bulk, self.single, self.domains = bulk, single, domains
+        self.queued = bulk[0] * bulk[1] + single
+        self.server = peers.MtaServer(
+            self.work,
+            peers.free_port(),  # nobody listens: every connection is refused
+            retry_after="1h",
+            extra_config=SINK_DOMAIN.format(port=self.sink.port),
+        )
+
+    def load(self) -> dict[str, object]:
+        server = self.server
+        server.start()
+        time.sleep(1)
+        baseline = _settled_rss(server, 1.0)
+        started = time.monotonic()
+        messages, rcpts = self.bulk
+        bulk_cmd = peers.source_command(
+            server.port, sessions=20, messages=messages, size=5000, recipients=rcpts
+        )
+        bulk_cmd[bulk_cmd.index("rcpt@sink.test")] = "rcpt@bulk.down.test"
+        commands = [bulk_cmd] if messages else []
+        per_domain, extra = divmod(self.single, self.domains) if self.domains else (0, 0)
+        for n in range(self.domains if self.single else 0):
+            count = per_domain + (1 if n < extra else 0)
+            if not count:
+                continue
             cmd = peers.source_command(
-                server.port, sessions=sessions, messages=messages, size=5000, recipients=rcpts
+                server.port, sessions=min(5, count), messages=count, size=5000
             )
-            source = subprocess.run(cmd, capture_output=True, timeout=3600)
-            inject = time.monotonic() - started
-            if source.returncode != 0:
-                raise RuntimeError(f"smtp-source failed: {source.stderr[-500:]!r}")
-            loaded = _settled_rss(server)
-            queued = messages * rcpts
-            p4[name] = {
-                "command": " ".join(cmd).replace(str(server.port), "PORT"),
-                "queued_recipients": queued,
-                "rss_before_mib": baseline / 2**20,
-                "rss_after_mib": loaded / 2**20,
-                "bytes_per_recipient": (loaded - baseline) / queued,
-                "inject_seconds": inject,
-                "inject_rcpts_per_s": queued / inject,
-                "spool_mib": _du(server.spool) / 2**20,
-            }
-            print(f"P4 {name}: {p4[name]}", flush=True)
-            restarts: dict[str, float] = {}
-            for how in ("sigterm", "sigkill"):
-                if how == "sigterm":
-                    server.stop()
-                else:
-                    server.kill9()
-                server.log.write_text("")
-                began = time.monotonic()
-                server.start(timeout=600)
-                listening = time.monotonic() - began
-                deadline = began + 600
-                while "spool recovered" not in server.read_log():
-                    if time.monotonic() > deadline:
-                        raise RuntimeError("no 'spool recovered' within 600 s")
-                    time.sleep(0.02)
-                recovered = time.monotonic() - began
-                match = re.search(r"spool recovered: (\d+) messages", server.read_log())
-                restarts[how] = max(listening, recovered)
-                restarts[f"{how}_messages_recovered"] = int(match.group(1)) if match else -1
-                restarts[f"{how}_rss_mib"] = _settled_rss(server, 2.0) / 2**20
-            p5[name] = restarts
-            print(f"P5 {name}: {restarts}", flush=True)
-        finally:
+            cmd[cmd.index("rcpt@sink.test")] = f"rcpt@d{n}.down.test"
+            commands.append(cmd)
+        _run_sources(commands, parallel=4, timeout=7200)
+        inject = time.monotonic() - started
+        loaded = _settled_rss(server, 5.0, timeout=600)
+        return {
+            "what": f"{messages} messages x {rcpts} recipients to bulk.down.test (smtp-source "
+            f"-s 20 -r {rcpts}), then {self.single} single-recipient messages across "
+            f"{self.domains} domains dN.down.test (smtp-source -s 5, 4 at a time); "
+            "every destination refuses connections (retry-after 1h)",
+            "queued_recipients": self.queued,
+            "rss_before_mib": round(baseline / 2**20, 1),
+            "rss_after_mib": round(loaded / 2**20, 1),
+            "bytes_per_recipient": round((loaded - baseline) / self.queued, 1),
+            "inject_seconds": round(inject, 1),
+            "inject_rcpts_per_s": round(self.queued / inject),
+            "spool_mib": round(_du(server.spool) / 2**20, 1),
+        }
+
+    def restart(self, how: str) -> dict[str, float]:
+        """Stop (SIGTERM or SIGKILL), start again; seconds to SMTP, to recovered, to a delivery."""
+        server = self.server
+        if how == "sigterm":
             server.stop()
-            shutil.rmtree(work, ignore_errors=True)
-    results["p4"] = p4
-    results["p5"] = p5
+        else:
+            server.kill9()
+        server.log.write_text("")
+        began = time.monotonic()
+        server.start(timeout=600)
+        listening = time.monotonic() - began
+        probe = peers.smtp_source(server.port, sessions=1, messages=1, size=5000, timeout=600)
+        if probe.returncode != 0:
+            raise RuntimeError(f"probe message refused after restart: {probe.stderr[-300:]!r}")
+        self.sent_to_sink += 1
+        if not self.sink.wait_for(self.sent_to_sink, 600):
+            raise RuntimeError("no delivery within 600 s of the restart")
+        delivering = time.monotonic() - began
+        deadline = began + 600
+        while "spool recovered" not in server.read_log():
+            if time.monotonic() > deadline:
+                raise RuntimeError("no 'spool recovered' within 600 s")
+            time.sleep(0.05)
+        match = re.search(r"spool recovered: (\d+) messages", server.read_log())
+        return {
+            "smtp_accepting_s": round(listening, 2),
+            "delivering_s": round(delivering, 2),
+            "messages_recovered": int(match.group(1)) if match else -1,
+            "rss_mib": round(_settled_rss(server, 2.0) / 2**20, 1),
+        }
+
+    def p1(self, messages: int) -> dict[str, float]:
+        """P1 5 KB to the sink while the queue holds its load: wall and CPU per message."""
+        import cpu
+
+        server = self.server
+        cpu.wait_idle(server.pid)
+        before = cpu.tree_cpu_seconds(server.pid)
+        started = time.monotonic()
+        out = peers.smtp_source(server.port, sessions=20, messages=messages, size=5000)
+        if out.returncode != 0:
+            raise RuntimeError(f"smtp-source failed: {out.stderr[-500:]!r}")
+        self.sent_to_sink += messages
+        if not self.sink.wait_for(self.sent_to_sink, 1800):
+            raise RuntimeError("P1 messages not delivered")
+        elapsed = time.monotonic() - started
+        cpu.wait_idle(server.pid)
+        used = cpu.tree_cpu_seconds(server.pid) - before
+        return {
+            "seconds": round(elapsed, 2),
+            "msgs_per_s": round(messages / elapsed),
+            "cpu_ms_per_message": round(used / messages * 1000, 3),
+        }
+
+    def stop(self) -> None:
+        self.server.stop()
+        self.sink.stop()
+        shutil.rmtree(self.work, ignore_errors=True)
+
+
+def p4_p5(
+    base: Path,
+    parts: set[str],
+    bulk: tuple[int, int],
+    single: int,
+    domains: int,
+    scaling_messages: int,
+    runs: int,
+    results: dict[str, object],
+) -> None:
+    """P4 memory with the queue loaded, P5 restarts on that spool, and the scaling runs."""
+    if "scaling" in parts:
+        empty = LoadedQueue(base, (0, 0), 0, 0)
+        try:
+            empty.server.start()
+            empty_runs = [empty.p1(scaling_messages) for _ in range(runs)]
+        finally:
+            empty.stop()
+        for n, run in enumerate(empty_runs):
+            print(f"scaling: empty queue run {n + 1}/{runs}: {run}", flush=True)
+    loaded = LoadedQueue(base, bulk, single, domains)
+    try:
+        phase = time.monotonic()
+        p4 = loaded.load()
+        results["p4"] = p4
+        print(f"P4: {p4} ({time.monotonic() - phase:.0f} s)", flush=True)
+        if "p5" in parts:
+            p5 = {how: loaded.restart(how) for how in ("sigterm", "sigkill")}
+            results["p5"] = {"queued_recipients": loaded.queued, **p5}
+            print(f"P5: {results['p5']}", flush=True)
+        if "scaling" in parts:
+            loaded_runs = [loaded.p1(scaling_messages) for _ in range(runs)]
+            for n, run in enumerate(loaded_runs):
+                print(f"scaling: loaded queue run {n + 1}/{runs}: {run}", flush=True)
+
+            def median(samples: list[dict[str, float]], key: str) -> float:
+                return statistics.median(s[key] for s in samples)
+
+            results["scaling"] = {
+                "messages": scaling_messages,
+                "queued_elsewhere": loaded.queued,
+                "empty": empty_runs,
+                "loaded": loaded_runs,
+                "median_seconds": {
+                    "empty": median(empty_runs, "seconds"),
+                    "loaded": median(loaded_runs, "seconds"),
+                },
+                "median_cpu_ms_per_message": {
+                    "empty": median(empty_runs, "cpu_ms_per_message"),
+                    "loaded": median(loaded_runs, "cpu_ms_per_message"),
+                },
+            }
+            print(f"scaling: {results['scaling']['median_cpu_ms_per_message']}", flush=True)
+    finally:
+        loaded.stop()
 
 
 def _du(path: Path) -> int:
@@ -403,48 +560,88 @@ def _post_transmissions(port: int, requests: int, rcpts: int, clients: int) -> t
     return accepted[0], failed[0]
 
 
-def p2(base: Path, requests: int, runs: int, results: dict[str, object]) -> None:
-    module = peers.ROOT / "mtaserver" / "http" / "transmissions.py"
-    if not module.exists():
-        results["p2"] = {
-            "measured": False,
-            "why": "mtaserver/http/transmissions.py does not exist yet",
-        }
-        print("P2: not measured (no Transmissions API yet)", flush=True)
+def p2(base: Path, requests: int, single: int, runs: int, results: dict[str, object]) -> None:
+    """Transmissions API: bulk recipients/s (4 clients) and single-recipient ones/s (20)."""
+    if not (peers.ROOT / "mtaserver" / "http" / "transmissions").exists():
+        results["p2"] = {"measured": False, "why": "no mtaserver/http/transmissions"}
+        print("P2: not measured (no Transmissions API)", flush=True)
         return
-    rcpts, clients = 1000, 4
-    samples = []
+    shapes = {"bulk": (requests, 1000, 4), "single": (single, 1, 20)}
+    samples: dict[str, list[dict[str, float]]] = {"bulk": [], "single": []}
     for run in range(runs):
-        work = fresh_dir(base, "p2")
-        sink = peers.Sink()
-        server = peers.MtaServer(work, sink.port)
-        try:
-            server.start()
-            if not peers.wait_for_port(server.api_port, 30):
-                raise RuntimeError("Transmissions API did not listen")
-            _post_transmissions(server.api_port, 2, rcpts, 1)  # warm up
-            started = time.monotonic()
-            accepted, failed = _post_transmissions(server.api_port, requests, rcpts, clients)
-            elapsed = time.monotonic() - started
-        finally:
-            server.stop()
-            sink.stop()
-            shutil.rmtree(work, ignore_errors=True)
-        sample = {
-            "seconds": elapsed,
-            "accepted": accepted,
-            "failed_requests": failed,
-            "rcpts_per_s": accepted / elapsed,
-        }
-        samples.append(sample)
-        print(f"P2 run {run + 1}/{runs}: {sample}", flush=True)
+        for shape, (count, rcpts, clients) in shapes.items():
+            if count <= 0:
+                continue
+            work = fresh_dir(base, "p2")
+            sink = peers.Sink()
+            server = peers.MtaServer(work, sink.port)
+            try:
+                server.start()
+                if not peers.wait_for_port(server.api_port, 30):
+                    raise RuntimeError("Transmissions API did not listen")
+                _post_transmissions(server.api_port, 2, rcpts, 1)  # warm up
+                started = time.monotonic()
+                accepted, failed = _post_transmissions(server.api_port, count, rcpts, clients)
+                elapsed = time.monotonic() - started
+            finally:
+                server.stop()
+                sink.stop()
+                shutil.rmtree(work, ignore_errors=True)
+            sample = {
+                "seconds": round(elapsed, 2),
+                "accepted_recipients": accepted,
+                "failed_requests": failed,
+                "rcpts_per_s": round(accepted / elapsed),
+                "transmissions_per_s": round((count - failed) / elapsed, 1),
+            }
+            samples[shape].append(sample)
+            print(f"P2 {shape} run {run + 1}/{runs}: {sample}", flush=True)
     results["p2"] = {
         "measured": True,
-        "what": f"{requests} POST /api/v1/transmissions of {rcpts} recipients each "
-        f"(email_rfc822, 5 KB), {clients} keep-alive clients, delivery to smtp-sink",
+        "bulk": f"{requests} POST /api/v1/transmissions of 1,000 recipients each "
+        "(email_rfc822, 5 KB), 4 keep-alive clients, delivery to smtp-sink meanwhile",
+        "single": f"{single} POST /api/v1/transmissions of 1 recipient each, 20 clients",
         "samples": samples,
-        "median_rcpts_per_s": statistics.median(s["rcpts_per_s"] for s in samples),
+        "median_bulk_rcpts_per_s": statistics.median(s["rcpts_per_s"] for s in samples["bulk"])
+        if samples["bulk"]
+        else None,
+        "median_single_transmissions_per_s": statistics.median(
+            s["transmissions_per_s"] for s in samples["single"]
+        )
+        if samples["single"]
+        else None,
     }
+    print(
+        f"P2: bulk {results['p2']['median_bulk_rcpts_per_s']} rcpt/s, single "  # type: ignore[index]
+        f"{results['p2']['median_single_transmissions_per_s']} transmissions/s",  # type: ignore[index]
+        flush=True,
+    )
+
+
+# -- CPU per message -------------------------------------------------------------
+
+
+def cpu_figures(base: Path, messages: int, runs: int, results: dict[str, object]) -> None:
+    """CPU seconds per message (bench/cpu.py) for the three P1 shapes, medians of `runs`."""
+    import cpu
+
+    shapes = {
+        "5k": (messages, 5000, 1),
+        "50k": (messages // 3, 50000, 1),
+        "1000rcpt": (50, 5000, 1000),
+    }
+    out: dict[str, object] = {}
+    for name, (count, size, rcpts) in shapes.items():
+        samples = [
+            cpu.cpu_per_message(base, count, size, rcpts)["cpu_ms_per_message"] for _ in range(runs)
+        ]
+        out[name] = {
+            "messages": count,
+            "samples_ms": [round(x, 3) for x in samples],
+            "median_ms_per_message": round(statistics.median(samples), 3),
+        }
+        print(f"cpu {name}: {out[name]}", flush=True)
+    results["cpu"] = out
 
 
 # -- profile ----------------------------------------------------------------------
@@ -454,7 +651,14 @@ def profile(base: Path, messages: int, out: Path) -> None:
     """py-spy record (raw collapsed stacks and an SVG) of mtaserver under P1 5 KB."""
     spy_bin = Path(sys.executable).parent / "py-spy"
     if not spy_bin.exists():
-        raise SystemExit("py-spy not installed: .venv/bin/pip install py-spy")
+        import cpu
+
+        print("py-spy not installed (.venv/bin/pip install py-spy): cProfile instead", flush=True)
+        stats = f"{out}.pstats"
+        extra = ["--profile", stats, "--profiler", "cprofile", "--savestats"]
+        run = cpu.cpu_per_message(base, messages, extra_args=extra)
+        print(f"profiled run (reactor thread only): {run}; pstats: {stats}", flush=True)
+        return
     spies: list[subprocess.Popen[bytes]] = []
 
     def attach(_port: int, pid: int) -> None:
@@ -520,12 +724,15 @@ def p7(base: Path, entries: int, results: dict[str, object]) -> None:
     )
 
 
+PARTS = ("p1", "p3", "p6", "p2", "p4", "p5", "scaling", "p7", "cpu")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument(
         "--only",
-        default="p1,p3,p6,p4,p5,p2,p7",
-        help="comma-separated parts: p1,p3,p6,p4,p5,p2,p7,profile",
+        default=",".join(PARTS),
+        help=f"comma-separated parts: {','.join(PARTS)},profile (default: all but profile)",
     )
     parser.add_argument("--runs", type=int, default=3)
     for name, (_, default) in SCENARIOS.items():
@@ -536,43 +743,101 @@ def main(argv: list[str] | None = None) -> int:
             help=f"P1 message count for {name} (default {default}; 0 skips)",
         )
     parser.add_argument(
-        "--p4", default="100x1000,10000x10", help="queued shapes MESSAGESxRECIPIENTS for P4/P5"
+        "--p4-bulk",
+        default="1000x1000",
+        help="P4: MESSAGESxRECIPIENTS queued to one down destination (default 1000x1000)",
+    )
+    parser.add_argument(
+        "--p4-single", type=int, default=100_000, help="P4: single-recipient messages queued"
+    )
+    parser.add_argument(
+        "--p4-domains", type=int, default=1000, help="P4: domains the single ones go to"
+    )
+    parser.add_argument(
+        "--scaling-messages",
+        type=int,
+        default=3000,
+        help="scaling: 5 KB messages per P1 run with the queue empty and with P4's load",
     )
     parser.add_argument(
         "--p2-requests", type=int, default=100, help="P2: transmissions of 1,000 recipients per run"
     )
     parser.add_argument(
+        "--p2-single", type=int, default=5000, help="P2: single-recipient transmissions per run"
+    )
+    parser.add_argument(
         "--p7-entries", type=int, default=1_000_000, help="P7: suppression entries to load"
+    )
+    parser.add_argument(
+        "--cpu-messages", type=int, default=3000, help="cpu: messages per CPU-per-message run"
     )
     parser.add_argument("--profile-out", default="/tmp/mtaserver-profile")
     parser.add_argument("--json", help="write the results here")
     args = parser.parse_args(argv)
     parts = set(args.only.split(","))
+    unknown = parts - set(PARTS) - {"profile"}
+    if unknown:
+        parser.error(f"unknown parts: {', '.join(sorted(unknown))}")
     results: dict[str, object] = {"machine": machine(), "started": time.ctime()}
+    durations: dict[str, float] = {}
+    results["durations_s"] = durations
     print(json.dumps(results["machine"]), flush=True)
+    began = time.monotonic()
+
+    @contextlib.contextmanager
+    def timed(name: str) -> Iterator[None]:
+        started = time.monotonic()
+        print(f"== {name} ==", flush=True)
+        try:
+            yield
+        finally:
+            durations[name] = round(time.monotonic() - started, 1)
+            print(f"== {name} took {durations[name]:.0f} s ==", flush=True)
+
     with tempfile.TemporaryDirectory(prefix="mtaserver-bench-") as tmp:
         base = Path(tmp)
         base.chmod(0o755)  # Postfix's unprivileged daemons reach their data_directory
         if "p1" in parts:
-            counts = {name: getattr(args, f"messages_{name}") for name in SCENARIOS}
-            p1(base, counts, args.runs, results)
+            with timed("p1"):
+                counts = {name: getattr(args, f"messages_{name}") for name in SCENARIOS}
+                p1(base, counts, args.runs, results)
+        if "cpu" in parts:
+            with timed("cpu"):
+                cpu_figures(base, args.cpu_messages, args.runs, results)
         if "p3" in parts:
-            p3(base, args.messages_5k, args.runs, results)
+            with timed("p3"):
+                p3(base, args.messages_5k, args.runs, results)
         if "p6" in parts:
-            p6(base, args.messages_5k, results)
-        if "p4" in parts or "p5" in parts:
-            shapes = [tuple(int(x) for x in s.split("x")) for s in args.p4.split(",")]
-            p4_p5(base, shapes, results)  # type: ignore[arg-type]
+            with timed("p6"):
+                p6(base, args.messages_5k, results)
         if "p2" in parts:
-            p2(base, args.p2_requests, args.runs, results)
+            with timed("p2"):
+                p2(base, args.p2_requests, args.p2_single, args.runs, results)
+        if parts & {"p4", "p5", "scaling"}:
+            with timed("p4,p5,scaling"):
+                messages, rcpts = (int(x) for x in args.p4_bulk.split("x"))
+                p4_p5(
+                    base,
+                    parts,
+                    (messages, rcpts),
+                    args.p4_single,
+                    args.p4_domains,
+                    args.scaling_messages,
+                    args.runs,
+                    results,
+                )
         if "p7" in parts:
-            p7(base, args.p7_entries, results)
+            with timed("p7"):
+                p7(base, args.p7_entries, results)
         if "profile" in parts:
-            profile(base, args.messages_5k, Path(args.profile_out))
+            with timed("profile"):
+                profile(base, args.messages_5k, Path(args.profile_out))
+    durations["total"] = round(time.monotonic() - began, 1)
     results["loadavg_at_end"] = Path("/proc/loadavg").read_text().split(" ")[0]
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=2, default=str))
     print(json.dumps(results, indent=2, default=str))
+    print(f"durations (s): {durations}", flush=True)
     return 0
 
 
