@@ -33,7 +33,15 @@ from mtaserver.events import Envelope, Event, Outcome, QueueFailure
 from mtaserver.queue import outcomes, patterns
 from mtaserver.queue.control import QueueControl
 from mtaserver.queue.delivery import IDeliverer, QueueLevelFailure
-from mtaserver.queue.model import MessageState, Queue, WorkItem
+from mtaserver.queue.model import (
+    MessageState,
+    PendingRecipients,
+    Queue,
+    WorkItem,
+    compact_envelope,
+    index_span,
+    shared_indexes,
+)
 from mtaserver.queue.retry import is_expired, next_attempt_at
 from mtaserver.queue.routing import VmtaChooser, queue_matches, queue_name, recipient_domain
 from mtaserver.queue.session import MAX_RATE_WAIT, BodyTransform, Session
@@ -128,10 +136,17 @@ class Scheduler:
     ) -> None:
         """Queue a durable message's pending recipients (all of them by default)."""
         config = self.holder.config
-        indexes = sorted(set(range(len(envelope.recipients)) if pending is None else pending))
+        count = len(envelope.recipients)
+        if pending is None:
+            indexes: Sequence[int] = index_span(0, count)
+            state = PendingRecipients(count)
+        else:
+            indexes = sorted(set(pending))
+            state = PendingRecipients(count, indexes)
         if not indexes:
             return
-        self.messages[envelope.msg_id] = MessageState(envelope, set(indexes))
+        envelope = compact_envelope(envelope)
+        self.messages[envelope.msg_id] = MessageState(envelope, state)
         # a pool message has vmta=None and pool=NAME: the pool's members take turns
         vmta, pool = self._vmtas.choose(config, envelope.vmta or envelope.vmta_pool)
         by_domain: dict[str, list[int]] = {}
@@ -217,7 +232,8 @@ class Scheduler:
         # a VERP return path names one recipient: one recipient a transaction
         size = 1 if envelope.verp else max(settings.max_rcpt_per_transaction, 1)
         for start in range(0, len(rcpts), size):
-            item = WorkItem(envelope.msg_id, tuple(rcpts[start : start + size]), failed_attempts)
+            chunk = shared_indexes(rcpts[start : start + size])
+            item = WorkItem(envelope.msg_id, chunk, failed_attempts)
             if retry_at is not None and retry_at > self.clock.seconds():
                 queue.add_retry(retry_at, item)
             else:

@@ -197,7 +197,8 @@ class Session:
             live = tuple(i for i in item.rcpt_indexes if message and i in message.pending)
             if message is None or not live:
                 continue
-            item.rcpt_indexes = live
+            if len(live) != len(item.rcpt_indexes):
+                item.rcpt_indexes = live  # (else keep the shared tuple: see index_span)
             try:
                 body = await owner.read_body(item.msg_id)
             except Exception as exc:

@@ -1,0 +1,85 @@
+"""The scheduler's compact per-recipient state behaves like the sets and tuples it replaced."""
+
+from __future__ import annotations
+
+from hypothesis import given
+from hypothesis import strategies as st
+
+from mtaserver.events import Envelope, Recipient
+from mtaserver.queue.model import (
+    PendingRecipients,
+    compact_envelope,
+    index_span,
+    shared_indexes,
+)
+
+
+@given(
+    st.integers(min_value=0, max_value=60).flatmap(
+        lambda n: st.tuples(
+            st.just(n),
+            st.sets(st.integers(min_value=0, max_value=max(n - 1, 0))) if n else st.just(set()),
+            st.lists(st.lists(st.integers(min_value=-2, max_value=n + 2), max_size=8), max_size=6),
+        )
+    )
+)
+def test_pending_recipients_answer_like_a_set(case: tuple[int, set[int], list[list[int]]]) -> None:
+    """Membership, length, truth and ascending iteration match a set through any updates."""
+    size, start, updates = case
+    pending, reference = PendingRecipients(size, start), set(start)
+    for finals in updates:
+        pending.difference_update(finals)
+        reference.difference_update(finals)
+        assert len(pending) == len(reference)
+        assert bool(pending) == bool(reference)
+        assert list(pending) == sorted(reference)
+        assert all((i in pending) == (i in reference) for i in range(-2, size + 3))
+
+
+def test_all_pending_by_default() -> None:
+    """Without indexes every recipient is pending; finals leave the rest."""
+    pending = PendingRecipients(1000)
+    assert len(pending) == 1000 and 999 in pending and 1000 not in pending
+    pending.difference_update(range(0, 1000, 2))
+    pending.difference_update([1, 1, 1])  # again: counted once
+    assert len(pending) == 499 and list(pending)[:2] == [3, 5]
+    assert "3" not in pending
+
+
+def test_index_spans_are_shared_between_messages() -> None:
+    """Two messages' `(0, ..., 999)` are one tuple; its ints are shared too."""
+    first, second = index_span(0, 1000), index_span(0, 1000)
+    assert first == tuple(range(1000)) and first is second
+    assert shared_indexes([5, 6, 7]) is index_span(5, 8)
+    assert shared_indexes([0]) is index_span(0, 1)
+    assert shared_indexes([1, 3]) == (1, 3)
+    assert shared_indexes([]) == ()
+    big = index_span(5000, 5003)
+    assert big == (5000, 5001, 5002)
+
+
+def test_compact_envelope_is_equal_and_shares_strings() -> None:
+    """The kept envelope equals the received one; its sender and client name are interned."""
+
+    def received() -> Envelope:
+        # Built at run time, as reception does: equal strings, distinct objects.
+        sender = "".join(["bulk", "@", "source.test"])
+        return Envelope(
+            msg_id="m1",
+            sender=sender,
+            recipients=(Recipient("a@b.test"),),
+            time_queued=1.0,
+            src_mta="".join(["client.test ", "(127.0.0.1)"]),
+            job_id="".join(["job", "-7"]),
+        )
+
+    one, two = received(), received()
+    assert one.sender is not two.sender
+    kept_one, kept_two = compact_envelope(one), compact_envelope(two)
+    assert kept_one == one and kept_two == two
+    assert kept_one.sender is kept_two.sender
+    assert kept_one.src_mta is kept_two.src_mta
+    assert kept_one.job_id is kept_two.job_id
+    assert kept_one.acct_headers is kept_two.acct_headers
+    assert kept_one.to_json() == one.to_json()
+    assert compact_envelope(kept_one) is kept_one
