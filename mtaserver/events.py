@@ -54,6 +54,8 @@ class Envelope:
     verp: bool = False  # deliver with a VERP return path per recipient (`verp-default`)
     #: The X-DKIM-Options header (`process-x-dkim-options`), for signing at delivery.
     dkim_options: str | None = None
+    #: The source's `suppress-local-dsn`: no DSN of ours (failure, delay, success) for it.
+    suppress_local_dsn: bool = False
 
     def only(self, rcpt_indexes: tuple[int, ...]) -> Envelope:
         """This envelope with only the recipients at `rcpt_indexes`, in that order."""
@@ -85,6 +87,7 @@ class Envelope:
             "is_dsn": self.is_dsn,
             "verp": self.verp,
             "dkim_options": self.dkim_options,
+            "suppress_local_dsn": self.suppress_local_dsn,
         }
 
     @classmethod

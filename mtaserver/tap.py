@@ -37,6 +37,7 @@ from mtaserver.http.transmissions import make_transmissions_services
 from mtaserver.message.intake import ReceptionStats
 from mtaserver.processors import ReportProcessor
 from mtaserver.queue.bounces import DsnSender
+from mtaserver.queue.delay_notices import DelayNotices
 from mtaserver.queue.delivery import DiscardDeliverer, FileDeliverer, IDeliverer
 from mtaserver.queue.scheduler import Scheduler
 from mtaserver.queue.service import SchedulerService
@@ -207,15 +208,17 @@ def compose(holder: ConfigHolder, reactor: Any) -> MultiService:
     def enqueue_dsn(envelope: Envelope) -> None:
         scheduler.enqueue(envelope)  # bound once the scheduler below exists
 
+    dsn_sender = DsnSender(holder, store, enqueue_dsn, reactor, run_in_thread)
     scheduler = Scheduler(
         holder,
         store,
         traffic.observe(journal),
         deliverers,
         reactor,
-        notify_bounce=DsnSender(holder, store, enqueue_dsn, reactor, run_in_thread),
+        notify_bounce=dsn_sender,
         transform_body=DkimTransform(holder, run_in_thread, signer),
         rollup=mx_resolver.rollup_name,
+        delay_notices=DelayNotices(dsn_sender.send, dsn_sender.may_send, reactor),
     )
     # <bounce-processor>, <feedback-loop-processor>: the filter between intake and the
     # queues; it takes the recovered messages it never got to process.

@@ -468,7 +468,6 @@ _add(
     Y,
     "deprecated in 5.0; use smtp-listener (without one, nothing listens)",
 )
-_add("custom-dsn-from-header", G, "text", "", Y, "DSNs use From: the postmaster address")
 _add("smtp-await-slot", G, "bool", "false", Y, "over total-max-smtp-in, a session gets 421")
 _add("host-id", G, "int", "0", N, "message IDs are unique without a host number")
 _add("domain-suffix", G, "host", "", Y, "unqualified domains are not completed")
@@ -704,8 +703,6 @@ _add(
     Y,
     "no inbound SPF checks",
 )
-_add("suppress-local-dsn", S, "bool", "false", Y, "local bounces send a DSN")
-_add("dsn-return-default", S, "choice:headers|full|system", "system", Y, "DSNs return the headers")
 _add(
     "log-tls log-connections log-commands log-data",
     S,
@@ -814,7 +811,6 @@ _add(
     "after this many 4xx/5xx replies the connection ends",
 )
 _add("check-spf-outbound", D, "bool", "false", Y, "no outbound SPF check")
-_add("dsn-format", D, "choice:standard|plain-text", "standard", Y, "DSNs are standard")
 _add(
     "log-resolution log-transfer-failures log-disabled-ips log-connections log-commands "
     "log-data log-tls",
@@ -845,7 +841,6 @@ _add(
 )
 _add("delivery-priority", D, "int", "50", Y, "deprecated; use queue-priority")
 _add("track-recipient-events", D, "bool", "false", Y, "recipient events are acct records")
-_add("notify-of-delay-every", D, "interval-or-never", "4h", Y, "no delay DSNs are sent")
 _add("dkim-add-body-limit dkim-add-timestamp", D, "bool", "false", Y, "no l= or t= tags")
 _add(
     "dkim-algorithm",

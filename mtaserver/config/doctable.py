@@ -94,6 +94,7 @@ _NAMED_LABELS: dict[str, str] = {
     "parse_ldap_uri": "ldap[s]://HOST:PORT",
     "parse_user_filter": "LDAP filter with %u",
     "_address_pattern": "address, local part or /regex/",
+    "_dsn_from_header": "Name <address>",
 }
 
 

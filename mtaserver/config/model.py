@@ -92,6 +92,8 @@ class SourceSettings:
     reject_invalid_virtual_mta: bool = True  # no: an unknown vmta becomes the fallback
     suppression_lists: tuple[str, ...] = ()  # checked at RCPT as scopes source:<name>
     suppressed_recipient_action: str = "refuse"  # refuse (550 5.7.1) | drop (250 and a b record)
+    suppress_local_dsn: bool = False  # no DSN of ours (failure, delay, success) for its mail
+    dsn_return_default: str = "system"  # RET when MAIL gave none: headers | full | system (HDRS)
 
 
 @attrs.frozen
@@ -120,7 +122,11 @@ class DomainSettings:
     dkim_identity: str | None = None
     dkim_algorithm: str | None = None  # rsa-sha1 | rsa-sha256 for RSA keys (None: rsa-sha256)
     dkim_headers: tuple[str, ...] = ()  # `dkim-headers` lines: more fields to sign
+    #: DSNs to senders at this domain: sent (yes) or not (no); acct records are unchanged.
     deliver_local_dsn: bool = True
+    dsn_format: str = "standard"  # DSNs to senders at this domain: standard | plain-text
+    #: A recipient of this queue asking NOTIFY=DELAY gets a delay DSN this often; None: never.
+    notify_of_delay_every: float | None = 4 * 3600.0
     http_delivery_url: str | None = None
     http_delivery_extra_headers: str | None = None
     file_output_directory: str | None = None
@@ -408,6 +414,7 @@ class TransmissionsApiSettings:
 class GlobalSettings:
     host_name: str = attrs.field(factory=socket.getfqdn)
     postmaster: str | None = None
+    custom_dsn_from_header: str | None = None  # the From: field of our DSNs, as written
     spool: str = "var/spool"
     spool_min_free_space: int = 0
     smtp_listener: tuple[Listener, ...] = ()

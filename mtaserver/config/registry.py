@@ -8,6 +8,7 @@ directive, named by `field_name`; `tests/test_config_registry.py` keeps the two 
 
 from __future__ import annotations
 
+import email.utils
 import re
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -137,6 +138,25 @@ def _dkim_identity(text: str) -> str | None:
     return None if word.lower() == "sender-or-from" else word
 
 
+def _dsn_from_header(text: str) -> str:
+    """`"Postmaster <postmaster@example.com>"`: the whole From: field of our DSNs.
+
+    One address with a domain, in printable ASCII (the field goes into every DSN's
+    header as written; a control character there would be a header injection).
+    """
+    word = v.parse_string(text)
+    if not all(32 <= ord(c) <= 126 for c in word):
+        raise ValueError(
+            f"expected printable ASCII, e.g. Postmaster <pm@example.com>, not {text!r}"
+        )
+    found = email.utils.getaddresses([word])
+    if len(found) != 1 or not re.fullmatch(r"[^@\s<>]+@[^@\s<>]+\.[^@\s<>]+", found[0][1]):
+        raise ValueError(
+            f"expected one address, e.g. Postmaster <postmaster@example.com>, not {text!r}"
+        )
+    return word
+
+
 def _optional_name(text: str) -> str:
     """`<address-list>` or `<address-list NAME>`: a name is optional."""
     return v.parse_name(text) if text.strip() else ""
@@ -247,6 +267,7 @@ DIRECTIVES: Mapping[str, Spec] = {
     "relay-domain": Spec(v.parse_domain_pattern, _G, repeatable=True),
     "total-max-smtp-out": Spec(v.parse_positive_int, _G),
     "domain-key": Spec(v.parse_domain_key, _G, repeatable=True),
+    "custom-dsn-from-header": Spec(_dsn_from_header, _G),
     "http-mgmt-port": Spec(v.parse_mgmt_port, _G),
     "http-mgmt-tls-certificate": Spec(_path, _G),
     "http-access": Spec(v.parse_http_access, _G, repeatable=True),
@@ -305,6 +326,8 @@ DIRECTIVES: Mapping[str, Spec] = {
     "require-sender-match-login": Spec(_yesno, _S),
     "suppression-lists": Spec(_name_list, _S),
     "suppressed-recipient-action": Spec(v.parse_choice("refuse", "drop"), _S),
+    "suppress-local-dsn": Spec(_yesno, _S),
+    "dsn-return-default": Spec(v.parse_choice("headers", "full", "system"), _S),
     # <smtp-user>
     "password": Spec(v.parse_password, _in(SMTP_USER)),
     "source": Spec(_source_ref, _in(SMTP_USER)),
@@ -344,6 +367,8 @@ DIRECTIVES: Mapping[str, Spec] = {
     "dkim-sign": Spec(_yesno, _D),
     "dkim-identity": Spec(_dkim_identity, _D),
     "deliver-local-dsn": Spec(_yesno, _D),
+    "dsn-format": Spec(v.parse_choice("standard", "plain-text"), _D),
+    "notify-of-delay-every": Spec(v.parse_interval_or_never, _D),
     "http-delivery-url": Spec(v.parse_url, _D),
     "http-delivery-extra-headers": Spec(_path, _D),
     "file-output-directory": Spec(_path, _D),

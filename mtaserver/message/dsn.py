@@ -13,9 +13,15 @@ written as RFC 6533 `\\x{HEX}` escapes, so they can neither inject header fields
 break the 7-bit `message/delivery-status` part.
 
 The queue's `DsnSender` (`mtaserver.queue.bounces`) uses it when recipients of a
-message end up bounced: `should_send_dsn`, then `wanted_failures`, then `build_dsn`
-(in the thread pool: with RET=FULL it reads and re-encodes up to 100 KB of original)
-and `dsn_envelope`, and spools the report like any other message.
+message end up bounced, delivered with NOTIFY=SUCCESS, or delayed with NOTIFY=DELAY
+(`mtaserver.queue.delay_notices`): `should_send_dsn`, then `wanted_failures`, then
+`build_dsn` (in the thread pool: with RET=FULL it reads and re-encodes up to 100 KB of
+original) and `dsn_envelope`, and spools the report like any other message.
+
+PowerMTA's options shape the report: `custom-dsn-from-header` is its From: field,
+`dsn-format plain-text` sends only the delivery-status fields as a `text/plain`
+message (for firewalls that strip attachments), and the source's `dsn-return-default`
+is the RET of a message whose MAIL gave none (`default_ret`).
 """
 
 from __future__ import annotations
@@ -58,6 +64,7 @@ class FailedRecipient:
     status: str  # enhanced status code, e.g. 5.1.1
     diag: str  # the remote's reply or our own explanation, e.g. "550 5.1.1 No such user"
     remote_mta: str = ""  # the MX host name, when a server answered
+    will_retry_until: float | None = None  # a delayed recipient: when it will be given up
 
     def __attrs_post_init__(self) -> None:
         if self.action not in ACTIONS:
@@ -79,6 +86,18 @@ def should_send_dsn(envelope: Envelope, deliver_local_dsn: bool) -> bool:
     never about a DSN we generated, never when `deliver-local-dsn no`.
     """
     return bool(envelope.sender) and not envelope.is_dsn and deliver_local_dsn
+
+
+def asks_success(envelope: Envelope) -> bool:
+    """Does any recipient ask NOTIFY=SUCCESS? (A cheap test on every delivered message.)"""
+    return any(r.notify is not None and "SUCCESS" in r.notify for r in envelope.recipients)
+
+
+def default_ret(ret: str | None, dsn_return_default: str) -> str | None:
+    """RET as MAIL gave it, else the source's `dsn-return-default` (`system`: none = HDRS)."""
+    if ret:
+        return ret
+    return {"headers": "HDRS", "full": "FULL"}.get(dsn_return_default)
 
 
 def wanted_failures(failures: Sequence[FailedRecipient]) -> list[FailedRecipient]:
@@ -161,7 +180,13 @@ def _human_text(failures: Sequence[FailedRecipient], reporting_mta: str, postmas
             "It will be retried; you do not need to send it again.",
             "",
         ]
-    if others:
+    if any(f.action == "relayed" for f in others):
+        lines += [
+            "Your message was relayed to the recipients' mail systems below, which do",
+            "not send delivery reports: you will not be told when it arrives.",
+            "",
+        ]
+    if any(f.action != "relayed" for f in others):
         lines += ["Your message was successfully delivered to the recipients below.", ""]
     if postmaster:
         lines += [f"For further assistance, please contact <{clean_text(postmaster)}>.", ""]
@@ -198,13 +223,19 @@ def build_dsn(
     now: float,
     msg_id_domain: str,
     max_full_original: int = MAX_FULL_ORIGINAL,
+    *,
+    from_header: str | None = None,
+    plain_text: bool = False,
 ) -> bytes:
     """The DSN for `failures` of `envelope`, to its sender, as bytes with CRLF line ends.
 
-    From is `postmaster` when configured (replies reach a person), else
-    `MAILER-DAEMON@reporting_mta`. The third part is the original's headers
-    (`text/rfc822-headers`), or the whole original (`message/rfc822`) when the sender
-    asked RET=FULL and it is at most `max_full_original` bytes.
+    From is `from_header` (`custom-dsn-from-header`) when given, else `postmaster` when
+    configured (replies reach a person), else `MAILER-DAEMON@reporting_mta`. The third
+    part is the original's headers (`text/rfc822-headers`), or the whole original
+    (`message/rfc822`) when the sender asked RET=FULL and it is at most
+    `max_full_original` bytes. `plain_text` (`dsn-format plain-text`) sends instead a
+    single `text/plain` part holding the delivery-status fields, and nothing of the
+    original (PowerMTA: that format overrides `dsn-return-default`).
     """
     if not failures:
         raise ValueError("a DSN needs at least one recipient to report on")
@@ -214,36 +245,33 @@ def build_dsn(
 
     report = EmailMessage(policy=policy)
     from_address = clean_text(postmaster) or f"MAILER-DAEMON@{sender_host}"
-    report["From"] = f"Mail Delivery System <{from_address}>"
+    report["From"] = clean_text(from_header or "") or f"Mail Delivery System <{from_address}>"
     report["To"] = _CONTROL.sub("", envelope.sender)
     report["Subject"] = _subject(failures)
     report["Date"] = _date(now)
     report["Message-ID"] = make_msgid(domain=clean_text(msg_id_domain))
     report["Auto-Submitted"] = "auto-replied"
     report["MIME-Version"] = "1.0"
+
+    per_message, per_recipient = status_fields(envelope, failures, reporting_mta, now)
+    if plain_text:
+        report["Content-Type"] = 'text/plain; charset="us-ascii"'
+        report["Content-Transfer-Encoding"] = "7bit"
+        groups = [per_message, *per_recipient]
+        report.set_payload(
+            "\r\n".join("".join(f"{n}: {v}\r\n" for n, v in group) for group in groups)
+        )
+        out = io.BytesIO()
+        _Generator(out, policy=policy).flatten(report)
+        return out.getvalue()
     report["Content-Type"] = "multipart/report; report-type=delivery-status"
 
     text = MIMEPart(policy=policy)
     text.set_content(_human_text(failures, reporting_mta, postmaster))
     text["Content-Description"] = "Notification"
 
-    per_message = [("Reporting-MTA", f"dns; {sender_host}")]
-    if envelope.env_id:
-        # Stored decoded at reception, like ORCPT.
-        per_message.append(("Original-Envelope-Id", clean_text(envelope.env_id)))
-    per_message.append(("Arrival-Date", _date(envelope.time_queued)))
     blocks: list[Message | str] = [_fields(policy, per_message)]
-    for f in failures:
-        fields = [("Final-Recipient", address_field(f.recipient.address))]
-        if f.recipient.orcpt:
-            fields.append(("Original-Recipient", original_recipient_field(f.recipient.orcpt)))
-        fields += [("Action", f.action), ("Status", status_for(f))]
-        if f.remote_mta:
-            fields.append(("Remote-MTA", f"dns; {clean_text(f.remote_mta)}"))
-        if f.diag:
-            fields.append(("Diagnostic-Code", f"smtp; {clean_text(f.diag)}"))
-        fields.append(("Last-Attempt-Date", _date(now)))
-        blocks.append(_fields(policy, fields))
+    blocks += [_fields(policy, fields) for fields in per_recipient]
     status = MIMEPart(policy=policy)
     status["Content-Description"] = "Delivery report"
     status["Content-Type"] = "message/delivery-status"
@@ -267,6 +295,35 @@ def build_dsn(
     out = io.BytesIO()
     _Generator(out, policy=policy).flatten(report)
     return out.getvalue()
+
+
+def status_fields(
+    envelope: Envelope, failures: Sequence[FailedRecipient], reporting_mta: str, now: float
+) -> tuple[list[tuple[str, str]], list[list[tuple[str, str]]]]:
+    """The `message/delivery-status` fields: the per-message block, then one per recipient.
+
+    Every value is one line of printable ASCII (`clean_text`), whatever a peer sent.
+    """
+    per_message = [("Reporting-MTA", f"dns; {clean_text(reporting_mta)}")]
+    if envelope.env_id:
+        # Stored decoded at reception, like ORCPT.
+        per_message.append(("Original-Envelope-Id", clean_text(envelope.env_id)))
+    per_message.append(("Arrival-Date", _date(envelope.time_queued)))
+    blocks = []
+    for f in failures:
+        fields = [("Final-Recipient", address_field(f.recipient.address))]
+        if f.recipient.orcpt:
+            fields.append(("Original-Recipient", original_recipient_field(f.recipient.orcpt)))
+        fields += [("Action", f.action), ("Status", status_for(f))]
+        if f.remote_mta:
+            fields.append(("Remote-MTA", f"dns; {clean_text(f.remote_mta)}"))
+        if f.diag:
+            fields.append(("Diagnostic-Code", f"smtp; {clean_text(f.diag)}"))
+        fields.append(("Last-Attempt-Date", _date(now)))
+        if f.action == "delayed" and f.will_retry_until is not None:
+            fields.append(("Will-Retry-Until", _date(f.will_retry_until)))
+        blocks.append(fields)
+    return per_message, blocks
 
 
 class _Generator(BytesGenerator):

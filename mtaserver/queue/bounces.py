@@ -1,8 +1,19 @@
-"""Bounces back to the sender: an RFC 3464 DSN, spooled and queued like any message.
+"""Reports back to the sender: an RFC 3464 DSN, spooled and queued like any message.
 
-Called by the scheduler once `b` outcomes are durable. Never for a null sender, never
-for a DSN of ours (no bounce of a bounce), never when the queue's
-`deliver-local-dsn` is `no`, and only for recipients whose NOTIFY asks for failures.
+The scheduler calls a `DsnSender` with a message's final outcomes once they are about
+to be durable: `b` recipients get a `failed` report, `d` recipients that asked
+NOTIFY=SUCCESS a `relayed` one (the next hop did not offer DSN, so it will not report)
+or a `delivered` one (a local delivery: file, HTTP, discard). A `d` to a server that
+offered DSN gets none from us: the NOTIFY went on with the message (RFC 3461 5.2.2),
+and that server reports. `DelayNotices` (`delay_notices.py`) uses `send` for the
+`delayed` reports of NOTIFY=DELAY recipients.
+
+Never for a null sender, never for a DSN of ours (no bounce of a bounce), never for
+mail from a `<source>` with `suppress-local-dsn`, never to a sender whose domain has
+`deliver-local-dsn no`, and only for recipients whose NOTIFY asks for that kind.
+`dsn-format` and `custom-dsn-from-header` shape it (`mtaserver.message.dsn`); the
+settings of the sender's domain apply (it is the DSN's destination), with the
+original's virtual MTA.
 
 Building the report runs in the thread pool: the `email` package walks and
 re-encodes the original (up to 100 KB of it with RET=FULL), which is too long a
@@ -11,7 +22,7 @@ stretch of Python for the reactor thread that also serves every SMTP session.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from twisted.logger import Logger
@@ -22,6 +33,7 @@ from mtaserver.message.dsn import (
     FailedRecipient,
     build_dsn,
     dsn_envelope,
+    notify_wants,
     should_send_dsn,
     wanted_failures,
 )
@@ -31,8 +43,50 @@ from mtaserver.runtime import RunInThread
 log = Logger()
 
 
+def _remote_host(outcome: Outcome) -> str:
+    """`mx.example.com (10.0.0.1)` -> `mx.example.com`: Remote-MTA is a host name."""
+    return outcome.dsn_mta.split(" ")[0] if outcome.dsn_mta else ""
+
+
+def reports_for(outcomes: Sequence[Outcome]) -> list[FailedRecipient]:
+    """What a DSN says of final outcomes: failed `b`s, delivered/relayed `d`s that ask.
+
+    A `d` is reported only for NOTIFY=SUCCESS, and not when the next hop offered DSN
+    (`dlvEsmtpAvailable` has it): that hop got the NOTIFY and reports itself.
+    """
+    reports = []
+    for outcome in outcomes:
+        if outcome.record == "b":
+            reports += [
+                FailedRecipient(
+                    recipient,
+                    "failed",
+                    outcome.dsn_status or "5.0.0",
+                    outcome.dsn_diag.removeprefix("smtp;"),
+                    _remote_host(outcome),
+                )
+                for recipient in outcome.envelope.recipients
+            ]
+        elif outcome.record == "d":
+            smtp = outcome.dlv_type == "smtp"
+            if smtp and "DSN" in outcome.dlv_esmtp_available.split(","):
+                continue
+            reports += [
+                FailedRecipient(
+                    recipient,
+                    "relayed" if smtp else "delivered",
+                    outcome.dsn_status or "2.0.0",
+                    outcome.dsn_diag.removeprefix("smtp;"),
+                    _remote_host(outcome) if smtp else "",
+                )
+                for recipient in outcome.envelope.recipients
+                if notify_wants(recipient, "delivered")
+            ]
+    return reports
+
+
 class DsnSender:
-    """Builds the DSN for a message's bounced recipients and hands it to reception's path."""
+    """Builds the DSN for a message's reported recipients and hands it to reception's path."""
 
     def __init__(
         self,
@@ -50,42 +104,58 @@ class DsnSender:
         self.sent = 0
 
     async def __call__(
-        self, envelope: Envelope, bounced: list[Outcome], body: bytes | None
+        self, envelope: Envelope, outcomes: list[Outcome], body: bytes | None
     ) -> None:
+        """The scheduler's final outcomes of one message (`b`, and `d` that may ask)."""
+        await self.send(envelope, reports_for(outcomes), body)
+
+    def may_send(self, envelope: Envelope) -> bool:
+        """May `envelope` cause a DSN at all (sender, source and sender's domain agree)?"""
+        if envelope.suppress_local_dsn or not envelope.sender:
+            return False
+        settings = self.holder.config.domain_settings(
+            recipient_domain(envelope.sender), envelope.vmta, envelope.vmta_pool
+        )
+        return should_send_dsn(envelope, settings.deliver_local_dsn)
+
+    async def send(
+        self, envelope: Envelope, reports: Sequence[FailedRecipient], body: bytes | None
+    ) -> bool:
+        """Spool and queue one DSN of the `reports` whose NOTIFY asks; True if one was."""
+        if not reports or not self.may_send(envelope):
+            return False
+        wanted = wanted_failures(reports)
+        if not wanted:
+            return False
         config = self.holder.config
-        first_domain = (
-            recipient_domain(envelope.recipients[0].address) if envelope.recipients else ""
+        settings = config.domain_settings(
+            recipient_domain(envelope.sender), envelope.vmta, envelope.vmta_pool
         )
-        local_dsn = config.domain_settings(first_domain, envelope.vmta).deliver_local_dsn
-        if not should_send_dsn(envelope, local_dsn):
-            return
-        failures = wanted_failures(
-            [
-                FailedRecipient(
-                    recipient,
-                    "failed",
-                    outcome.dsn_status or "5.0.0",
-                    outcome.dsn_diag.removeprefix("smtp;"),
-                    outcome.dsn_mta.split(" ")[0] if outcome.dsn_mta else "",
-                )
-                for outcome in bounced
-                for recipient in outcome.envelope.recipients
-            ]
-        )
-        if not failures:
-            return
         if body is None:
             body = await self.store.read_body(envelope.msg_id)
         now = self.clock.seconds()
         host_name = config.settings.host_name
         postmaster = config.settings.postmaster or ""
+        from_header = config.settings.custom_dsn_from_header
+        plain_text = settings.dsn_format == "plain-text"
         original = body
         report = await self.run_in_thread(
-            lambda: build_dsn(envelope, failures, original, host_name, postmaster, now, host_name)
+            lambda: build_dsn(
+                envelope,
+                wanted,
+                original,
+                host_name,
+                postmaster,
+                now,
+                host_name,
+                from_header=from_header,
+                plain_text=plain_text,
+            )
         )
         writer = self.store.begin()
         writer.write(report)
-        bounce = dsn_envelope(envelope, writer.msg_id, now, report)
-        await writer.commit(bounce)
+        notice = dsn_envelope(envelope, writer.msg_id, now, report)
+        await writer.commit(notice)
         self.sent += 1
-        self.enqueue(bounce)
+        self.enqueue(notice)
+        return True

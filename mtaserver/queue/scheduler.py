@@ -30,8 +30,10 @@ from mtaserver.config.model import DomainSettings
 from mtaserver.config.reload import ConfigHolder
 from mtaserver.config.values import IPAddress, SourceHost
 from mtaserver.events import Envelope, Event, Outcome, QueueFailure
+from mtaserver.message.dsn import asks_success
 from mtaserver.queue import outcomes, patterns
 from mtaserver.queue.control import QueueControl
+from mtaserver.queue.delay_notices import DelayNotices
 from mtaserver.queue.delivery import IDeliverer, QueueLevelFailure
 from mtaserver.queue.model import (
     MessageState,
@@ -94,6 +96,7 @@ class Scheduler:
         notify_bounce: BounceNotifier | None = None,
         transform_body: BodyTransform | None = None,
         rollup: Callable[[str], Awaitable[str | None]] | None = None,
+        delay_notices: DelayNotices | None = None,
     ) -> None:
         self.holder = holder
         self.store = store
@@ -101,6 +104,8 @@ class Scheduler:
         self.deliverers = deliverers
         self.clock = clock
         self.notify_bounce = notify_bounce
+        #: `notify-of-delay-every`: asked at each failed attempt (delay DSNs).
+        self.delay_notices = delay_notices
         self.transform_body = transform_body
         #: `mx-rollup`: a domain's best MX host name (None: no rollup), cached per domain.
         self.rollup = rollup
@@ -258,6 +263,8 @@ class Scheduler:
             retry_at = next_attempt_at(
                 last, attempts, settings.retry_after, envelope.time_queued, settings.bounce_after
             )
+        if self.delay_notices is not None:
+            self.delay_notices.restored(envelope, pending)
         self.enqueue(envelope, [i for i, _, _ in pending], attempts, retry_at)
 
     async def bounce_lost(self, envelope: Envelope, indexes: Sequence[int]) -> None:
@@ -531,18 +538,25 @@ class Scheduler:
                 getattr(queue.counters, counter) + len(outcome.rcpt_indexes),
             )
         for msg_id, finished in finals.items():
-            bounced = [o for o in finished if o.record == "b"]
+            # bounces, and deliveries whose recipients may have asked NOTIFY=SUCCESS
+            reported = [o for o in finished if o.record == "b" or asks_success(o.envelope)]
             message = self.messages.get(msg_id)
-            if bounced and self.notify_bounce is not None and message is not None:
+            if reported and self.notify_bounce is not None and message is not None:
                 try:
-                    await self.notify_bounce(message.envelope, bounced, body)
+                    await self.notify_bounce(message.envelope, reported, body)
                 except Exception:
                     log.failure("could not queue a DSN for {msg_id}", msg_id=msg_id)
         await self.journal.append(records)
+        if self.delay_notices is not None:
+            for outcome in records:
+                if outcome.record == "t":
+                    await self.delay_notices.transient(self.settings_for(queue), outcome, body)
         for msg_id in finals:
             message = self.messages.get(msg_id)
             if message is not None and not message.pending:
                 del self.messages[msg_id]
+                if self.delay_notices is not None:
+                    self.delay_notices.forget(msg_id)
                 await self.store.remove(msg_id)
 
     def _categorised(self, outcome: Outcome) -> Outcome:
@@ -622,6 +636,10 @@ class Scheduler:
                 queue, expired, "4.4.7", failure.diag, failure.dsn_mta, expired_reason=True
             )
         self.retry(queue, settings, waiting, now)
+        if self.delay_notices is not None:
+            await self.delay_notices.queue_failed(
+                settings, waiting, self.messages, failure.status, failure.diag, failure.dsn_mta
+            )
 
     def _expired(self, item: WorkItem, settings: DomainSettings, now: float) -> bool:
         message = self.messages.get(item.msg_id)

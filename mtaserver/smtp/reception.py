@@ -38,6 +38,7 @@ from mtaserver.config.reload import ConfigHolder
 from mtaserver.events import Envelope, Recipient
 from mtaserver.message.addresses import Mailbox
 from mtaserver.message.builder import MessageBuilder
+from mtaserver.message.dsn import default_ret
 from mtaserver.message.headers import HeaderRules, Trace, header_rules, printable
 from mtaserver.message.intake import (
     Intake,
@@ -272,13 +273,14 @@ class ReceptionHandler:
             smtp_user=session.user,
             job_id=message.x_job or None,
             env_id=txn.params.env_id or message.x_envid or None,
-            ret=txn.params.ret,
+            ret=default_ret(txn.params.ret, session.settings.dsn_return_default),
             body_type="8BITMIME" if declared_8bit or message.eight_bit else "7BIT",
             smtputf8=txn.params.smtputf8,
             size=message.size,
             acct_headers=message.acct_headers,
             verp=session.settings.verp_default and bool(txn.sender.address),
             dkim_options=message.x_dkim_options or None,
+            suppress_local_dsn=session.settings.suppress_local_dsn,
         )
         vmta_name = (
             message.x_virtual_mta

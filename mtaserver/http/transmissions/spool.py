@@ -38,6 +38,7 @@ from mtaserver.http.errors import APIError
 from mtaserver.http.transmissions.parse import Transmission, bad_request
 from mtaserver.http.transmissions.plan import PlannedMessage, heavy
 from mtaserver.message.builder import MessageBuilder, feed_message
+from mtaserver.message.dsn import default_ret
 from mtaserver.message.headers import HeaderRules, Trace, header_rules
 from mtaserver.message.intake import Intake, MessageStoreLike
 from mtaserver.runtime import RunInThread
@@ -164,6 +165,8 @@ class TransmissionSpooler:
                     smtputf8=transmission.smtputf8,
                     size=stored.size,
                     acct_headers=stored.acct_headers,
+                    ret=default_ret(None, settings.dsn_return_default),
+                    suppress_local_dsn=settings.suppress_local_dsn,
                 )
                 first_id = first_id or envelope.msg_id
                 vmta_name = message.x_virtual_mta or settings.default_virtual_mta
