@@ -11,6 +11,12 @@ this module keeps both, fed from two places without changing either owner:
 * inbound: `TrafficStats.sample_reception(stats)` turns `ReceptionStats` totals into
   deltas, and is called on every read and by a periodic timer of the mgmt service.
 
+The monitoring API (PowerMTA's `/status`, `/queueDetail`) also wants the busiest
+minute and hour seen (`RateCounter.top_per_min`/`top_per_hr`), the most connections
+open at once (`Peak`), the report messages the processors took, and each queue's last
+recipient events and errors (`QueueEvents`, bounded per queue and in the number of
+queues kept).
+
 Pure bookkeeping with time passed in (`now`), no reactor imports.
 """
 
@@ -23,10 +29,18 @@ from typing import Any
 
 import attrs
 
-from mtaserver.events import Event, Outcome
+from mtaserver.events import Event, Outcome, QueueFailure, RemoteReport
 
 MINUTE = 60.0
 HOUR = 3600.0
+
+#: Recent events kept per queue for the monitoring detail views (PowerMTA shows the
+#: last 50 recipient events and the last 10 errors of a queue).
+RCPT_EVENTS_KEPT = 50
+ERRORS_KEPT = 10
+#: Queues whose recent events are kept, the most recently active ones: memory stays
+#: bounded (about 50 small records a queue) however many domains mail goes to.
+QUEUES_TRACKED = 1000
 
 #: Delivery latency buckets (seconds from queued to delivered), Prometheus style.
 LATENCY_BUCKETS: tuple[float, ...] = (
@@ -44,38 +58,85 @@ LATENCY_BUCKETS: tuple[float, ...] = (
 )
 
 
-class RateCounter:
-    """A count in one-second buckets for the last hour, and a total since start."""
+class _Window:
+    """A sliding sum over the last `span` seconds, in one-second buckets, and its peak.
 
-    def __init__(self) -> None:
-        self.total = 0
+    The sum is kept up to date as buckets enter and leave, so reading it is O(1) and
+    adding is amortised O(1): the hot path (every committed outcome) never walks an
+    hour of buckets.
+    """
+
+    def __init__(self, span: float) -> None:
+        self.span = int(span)
+        self.sum = 0
+        self.top = 0  # the highest sum seen since start (or `reset counters`)
         self._buckets: deque[list[int]] = deque()
 
     def add(self, amount: int, now: float) -> None:
-        if amount <= 0:
-            return
-        self.total += amount
         second = int(now)
         if self._buckets and self._buckets[-1][0] == second:
             self._buckets[-1][1] += amount
         else:
             self._buckets.append([second, amount])
-        self._prune(now)
+        self.sum += amount
+        self.prune(now)
+        self.top = max(self.top, self.sum)
 
-    def last(self, window: float, now: float) -> int:
-        """The sum of what was added in the last `window` seconds."""
-        self._prune(now)
-        start = int(now) - int(window)
+    def prune(self, now: float) -> None:
+        oldest = int(now) - self.span
+        while self._buckets and self._buckets[0][0] <= oldest:
+            self.sum -= self._buckets.popleft()[1]
+
+    def since(self, start: int) -> int:
+        """The sum of the buckets after second `start` (for windows shorter than the span)."""
         return sum(amount for second, amount in reversed(self._buckets) if second > start)
 
     def reset(self) -> None:
-        self.total = 0
+        self.sum = self.top = 0
         self._buckets.clear()
 
-    def _prune(self, now: float) -> None:
-        oldest = int(now) - int(HOUR)
-        while self._buckets and self._buckets[0][0] <= oldest:
-            self._buckets.popleft()
+
+class RateCounter:
+    """A count for the last minute and the last hour, their peaks, and a total since start.
+
+    The peaks (`top_per_min`, `top_per_hr`) are PowerMTA's "Top/Min." and "Top/Hour":
+    the highest count any sliding minute or hour has seen since start.
+    """
+
+    def __init__(self) -> None:
+        self.total = 0
+        self._minute = _Window(MINUTE)
+        self._hour = _Window(HOUR)
+
+    def add(self, amount: int, now: float) -> None:
+        if amount <= 0:
+            return
+        self.total += amount
+        self._minute.add(amount, now)
+        self._hour.add(amount, now)
+
+    def last(self, window: float, now: float) -> int:
+        """The sum of what was added in the last `window` seconds (at most an hour)."""
+        if window == MINUTE:
+            self._minute.prune(now)
+            return self._minute.sum
+        self._hour.prune(now)
+        if window >= HOUR:
+            return self._hour.sum
+        return self._hour.since(int(now) - int(window))
+
+    @property
+    def top_per_min(self) -> int:
+        return self._minute.top
+
+    @property
+    def top_per_hr(self) -> int:
+        return self._hour.top
+
+    def reset(self) -> None:
+        self.total = 0
+        self._minute.reset()
+        self._hour.reset()
 
 
 @attrs.define
@@ -146,6 +207,61 @@ class QueueTotals:
     deferred: int = 0
 
 
+@attrs.frozen
+class RcptEvent:
+    """One recipient's delivery, bounce or deferral, as a queue's detail view lists it."""
+
+    type: str  # delivered | bounced | deferred
+    time: float
+    rcpt: str
+    job: str
+    source_ip: str
+    destination_ip: str
+    diag: str
+
+
+@attrs.frozen
+class QueueError:
+    """A failure recorded against a queue: a deferral, a bounce or a queue-level failure."""
+
+    time: float
+    text: str
+
+
+@attrs.define
+class QueueEvents:
+    """The recent events of one queue, bounded."""
+
+    rcpt: deque[RcptEvent] = attrs.field(factory=lambda: deque(maxlen=RCPT_EVENTS_KEPT))
+    errors: deque[QueueError] = attrs.field(factory=lambda: deque(maxlen=ERRORS_KEPT))
+
+
+_EVENT_TYPES = {"d": "delivered", "b": "bounced", "t": "deferred"}
+
+
+class Peak:
+    """PowerMTA's "top" connections: the most open at once, which `reset counters` zeroes.
+
+    The owners of the connections (reception, the scheduler's slots) keep their own
+    running maximum since start; this follows it and the current count. A maximum
+    that has not grown since the last sample is not taken again, so a peak from before
+    a reset does not come back.
+    """
+
+    def __init__(self) -> None:
+        self.value = 0
+        self._seen = 0
+
+    def sample(self, current: int, top: int) -> None:
+        if top > self._seen:
+            self.value = max(self.value, top)
+        self._seen = top
+        self.value = max(self.value, current)
+
+    def reset(self) -> None:
+        self.value = 0
+
+
 class ObservedJournal:
     """The scheduler's journal, counting each durable `Outcome` once it is committed."""
 
@@ -180,6 +296,13 @@ class TrafficStats:
         self.queue_totals: dict[str, QueueTotals] = {}
         self.received_total = 0
         self.latency = Histogram()
+        #: Report messages the `<bounce-processor>`s and `<feedback-loop-processor>`s took.
+        self.bounce_processed = RateCounter()
+        self.feedback_loop_processed = RateCounter()
+        #: The most simultaneous connections since start or `reset counters`.
+        self.connections_in = Peak()
+        self.connections_out = Peak()
+        self.recent: dict[str, QueueEvents] = {}
         self._seen_reception: dict[str, int] = {}
 
     def observe(self, journal: Any) -> ObservedJournal:
@@ -188,9 +311,19 @@ class TrafficStats:
 
     def record(self, events: Sequence[Event]) -> None:
         now = self.now()
+        reports: dict[str, set[str]] = {"bounce": set(), "fbl": set()}
         for event in events:
+            if isinstance(event, QueueFailure):
+                self._queue_events(event.queue).errors.append(
+                    QueueError(event.time, event.dsn_diag)
+                )
+                continue
+            if isinstance(event, RemoteReport):
+                reports["fbl" if event.record == "f" else "bounce"].add(event.msg_id)
+                continue
             if not isinstance(event, Outcome):
                 continue
+            self._remember(event)
             count = len(event.rcpt_indexes)
             totals = self.queue_totals.setdefault(event.queue, QueueTotals())
             if event.record == "d":
@@ -203,6 +336,41 @@ class TrafficStats:
             elif event.record == "t":
                 totals.deferred += count
                 self.deferred.add(count, now)
+        self.bounce_processed.add(len(reports["bounce"]), now)
+        self.feedback_loop_processed.add(len(reports["fbl"]), now)
+
+    def _queue_events(self, queue: str) -> QueueEvents:
+        events = self.recent.pop(queue, None)  # re-inserted last: the most recent queue
+        if events is None:
+            events = QueueEvents()
+            while len(self.recent) >= QUEUES_TRACKED:
+                del self.recent[next(iter(self.recent))]  # the least recently active
+        self.recent[queue] = events
+        return events
+
+    def _remember(self, outcome: Outcome) -> None:
+        kind = _EVENT_TYPES.get(outcome.record)
+        if kind is None or not outcome.queue:
+            return
+        events = self._queue_events(outcome.queue)
+        for recipient in outcome.envelope.recipients:
+            events.rcpt.append(
+                RcptEvent(
+                    kind,
+                    outcome.time,
+                    recipient.address,
+                    outcome.envelope.job_id or "",
+                    outcome.dlv_source_ip,
+                    outcome.dlv_destination_ip,
+                    outcome.dsn_diag,
+                )
+            )
+        if outcome.record != "d" and outcome.dsn_diag:
+            events.errors.append(QueueError(outcome.time, outcome.dsn_diag))
+
+    def sample_connections(self, outbound: int, outbound_top: int) -> None:
+        """Bring the outbound connection peak up to date (on reads and by a timer)."""
+        self.connections_out.sample(outbound, outbound_top)
 
     def sample_reception(self, reception: Any) -> None:
         """Count what `ReceptionStats` received since the previous sample."""
@@ -215,6 +383,10 @@ class TrafficStats:
         delta = {k: max(v - self._seen_reception.get(k, 0), 0) for k, v in current.items()}
         self._seen_reception = current
         self.received_total += delta["messages"]
+        self.connections_in.sample(
+            int(getattr(reception, "sessions_current", 0)),
+            int(getattr(reception, "sessions_top", 0)),
+        )
         self.inbound.add(delta["recipients"], delta["messages"], delta["bytes"], now)
 
     def reset(self) -> None:
@@ -224,3 +396,7 @@ class TrafficStats:
             traffic.reset()
         self.bounced.reset()
         self.deferred.reset()
+        self.bounce_processed.reset()
+        self.feedback_loop_processed.reset()
+        self.connections_in.reset()
+        self.connections_out.reset()

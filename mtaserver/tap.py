@@ -222,8 +222,8 @@ def compose(holder: ConfigHolder, reactor: Any) -> MultiService:
     )
     # <bounce-processor>, <feedback-loop-processor>: the filter between intake and the
     # queues; it takes the recovered messages it never got to process.
-    processor = ReportProcessor(
-        holder, store, journal, scheduler.enqueue, run_in_thread, reactor.seconds
+    processor = ReportProcessor(  # its journal counts bounceProcessed/feedbackLoopProcessed
+        holder, store, traffic.observe(journal), scheduler.enqueue, run_in_thread, reactor.seconds
     )
     if recovered is not None:
         taken = processor.take_recovered(recovered.messages.values())

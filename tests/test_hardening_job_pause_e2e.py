@@ -79,7 +79,7 @@ def test_paused_job_waits_while_the_other_job_of_the_queue_arrives(
     job = jobs(server)["spring sale"]
     assert (job["paused"], job["messages"], job["recipients"]) == (True, 1, 1)
     assert "summer" not in jobs(server)
-    status, reply = server.call("GET", "/queues", {"format": "json"})
+    status, reply = server.call("GET", "/queues", {"format": "mtaserver"})
     (row,) = [q for q in reply["data"] if q["name"] == "twojobs.test/{default}"]
     assert (row["paused"], row["recipients"]) == (False, 1)  # the queue itself flows
     text = mtactl(server, "show", "jobs")

@@ -172,7 +172,7 @@ def test_monitoring_last_error_after_a_451_to_rcpt(tmp_path: Path, receiver: Rec
         )
 
         def last_error() -> str:
-            status, body = server.call("GET", "/queues")
+            status, body = server.call("GET", "/queues", {"format": "mtaserver"})
             rows = [q for q in body["data"] if q["domain"] == "dst.test"] if status == 200 else []
             return rows[0]["lastError"] if rows else ""
 
@@ -201,7 +201,7 @@ def test_smtp_pattern_list_ignores_case_and_puts_the_queue_in_backoff(
         server.send(["soft@dst.test"])
 
         def mode() -> str:
-            status, body = server.call("GET", "/queues")
+            status, body = server.call("GET", "/queues", {"format": "mtaserver"})
             rows = [q for q in body["data"] if q["domain"] == "dst.test"] if status == 200 else []
             return rows[0]["mode"] if rows else ""
 
@@ -414,7 +414,7 @@ def test_backoff_to_normal_after_delivery(tmp_path: Path, receiver: Receiver) ->
     try:
 
         def mode() -> str:
-            status, body = server.call("GET", "/queues")
+            status, body = server.call("GET", "/queues", {"format": "mtaserver"})
             rows = [q for q in body["data"] if q["domain"] == "dst.test"] if status == 200 else []
             return rows[0]["mode"] if rows else ""
 

@@ -106,36 +106,36 @@ def test_set_mode_schedule_and_domain_views(server: MgmtServer) -> None:
     assert server.command("set queue --mode=normal mode.test")[0] == 200
     assert queue_row(server, "mode.test/{default}")["mode"] == "normal"
     assert server.command("schedule mode.test")[1]["status"] == "success"
-    status, domains = server.call("GET", "/domains", {"format": "json"})
+    status, domains = server.call("GET", "/domains", {"format": "mtaserver"})
     (row,) = [d for d in domains["data"] if d["domain"] == "mode.test"]
     assert row["recipients"] == 1 and row["paused"] == 1
-    status, vmtas = server.call("GET", "/vmtas", {"format": "json"})
+    status, vmtas = server.call("GET", "/vmtas", {"format": "mtaserver"})
     assert any(v["vmta"] == "{default}" and v["recipients"] >= 1 for v in vmtas["data"])
     server.command("resume queue mode.test")
 
 
 def test_monitoring_endpoints_report_traffic(server: MgmtServer, receiver: Receiver) -> None:
-    """GET /status counts received and delivered traffic; every view is JSON success."""
+    """GET /status?format=mtaserver (the pre-PowerMTA-shape JSON) counts traffic; views answer."""
     server.send(["m1@watch.test", "m2@watch.test"])
     assert wait_until(lambda: arrived(receiver, "m2@watch.test"))
 
     def delivered() -> int:
-        status, reply = server.call("GET", "/status", {"format": "json"})
+        status, reply = server.call("GET", "/status", {"format": "mtaserver"})
         return int(reply["data"]["traffic"]["out"]["lastMin"]["recipients"])
 
     assert wait_until(lambda: delivered() >= 2)
-    status, reply = server.call("GET", "/status", {"format": "json"})
+    status, reply = server.call("GET", "/status", {"format": "mtaserver"})
     data = reply["data"]
     assert data["traffic"]["in"]["lastMin"]["recipients"] >= 2
     assert data["traffic"]["in"]["total"]["bytes"] > 0
     assert data["traffic"]["out"]["lastHr"]["messages"] >= 1
     assert data["conn"]["smtpIn"]["total"] >= 1
     for path in ("/queues", "/domains", "/vmtas", "/jobs"):
-        status, reply = server.call("GET", path, {"format": "json"})
+        status, reply = server.call("GET", path, {"format": "mtaserver"})
         assert (status, reply["status"]) == (200, "success") and isinstance(reply["data"], list)
     status, text = server.call("GET", "/queues", {"format": "json-text"})
     assert text["data"].startswith("name")
-    assert server.call("GET", "/status", {"format": "xml"})[0] == 400
+    assert server.call("GET", "/status", {"format": "yaml"})[0] == 400
 
 
 def test_metrics_parse_as_prometheus_text(server: MgmtServer, receiver: Receiver) -> None:

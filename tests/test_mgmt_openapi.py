@@ -22,7 +22,10 @@ from schemathesis.specs.openapi.checks import (
 from mtaserver.http.openapi import document
 
 schema = schemathesis.openapi.from_dict(document()).include(
-    path_regex=r"^/(command|configFile|status|queues|domains|vmtas|jobs|metrics)$"
+    path_regex=(
+        r"^/(command|configFile|status|queues|domains|vmtas|jobs|metrics"
+        r"|queueDetail|domainDetail|vmtaDetail|jobDetail|listQueue)$"
+    )
 )
 CHECKS = [
     not_a_server_error,

@@ -6,6 +6,7 @@ test); the root routes each path to the owning API's handler.
     /command               CommandAPI    (command.py)
     /configFile            ConfigFileAPI (configfile.py)
     /status /queues /domains /vmtas /jobs /metrics   MonitorAPI (monitor.py)
+    /queueDetail /domainDetail /vmtaDetail /jobDetail /listQueue
     /api/v1/openapi.json   the OpenAPI document (openapi.py)
     /  /ui/...             ConsoleUI, the web console (console/)
 
@@ -86,9 +87,17 @@ class ManagementAPI:
         request.setHeader(b"Content-Type", b"application/json")
         return self._document
 
-    @app.route("/<any(status, queues, domains, vmtas, jobs, metrics):view>", methods=["GET"])
+    @app.route(
+        "/<any(status, queues, domains, vmtas, jobs, queueDetail, domainDetail, vmtaDetail, "
+        "jobDetail, listQueue, listqueue):view>",
+        methods=["GET"],
+    )
     def monitor_route(self, request: IRequest, view: str) -> Any:
-        return getattr(self.monitor, view)(request)
+        return self.monitor.view(request, view)
+
+    @app.route("/metrics", methods=["GET"])
+    def metrics_route(self, request: IRequest) -> Any:
+        return self.monitor.metrics(request)
 
     # The web console (mtaserver/http/console): `/` redirects to its page at `/ui/`.
     @app.route("/", methods=["GET"])
@@ -185,6 +194,8 @@ def make_mgmt_service(
         def sample() -> None:
             try:
                 traffic.sample_reception(reception)
+                totals = scheduler.control.totals()
+                traffic.sample_connections(totals.connections, totals.connections_top)
             except Exception:
                 log.failure("sampling reception counters failed")
 

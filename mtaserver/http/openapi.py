@@ -56,14 +56,253 @@ _ERRORS = {
 }
 
 
-def _monitor(summary: str, command: str) -> dict[str, Any]:
+# -- monitoring: PowerMTA's shapes (mtaserver/http/shapes.py) ---------------------------
+
+_MONITOR_FORMAT = {
+    "name": "format",
+    "in": "query",
+    "required": False,
+    "schema": {
+        "type": "string",
+        "enum": ["json", "xml", "json-text", "xml-text", "mtaserver"],
+        "default": "json",
+    },
+    "description": (
+        "`json`: PowerMTA's JSON; `xml`: PowerMTA's `<rsp><data>..</data><succ/></rsp>`; "
+        "`json-text`/`xml-text`: `data` is text (mtactl's table, or DOM-style lines); "
+        "`mtaserver`: the JSON of the matching `mtactl show` command (the five lists only)."
+    ),
+}
+_TEXT = {"type": "string", "maxLength": 1024}
+_YES_NO = {"type": "string", "enum": ["yes", "no", "true", "false", "1", "0"]}
+
+
+def _param(name: str, schema: dict[str, Any], description: str, required: bool = False) -> Any:
+    return {
+        "name": name,
+        "in": "query",
+        "required": required,
+        "schema": schema,
+        "description": description,
+    }
+
+
+_PARAMS: dict[str, dict[str, Any]] = {
+    "queue": _param("queue", _TEXT, "Queue pattern `domain/vmta` (`*` wildcards)"),
+    "domain": _param("domain", _TEXT, "Domain pattern"),
+    "vmta": _param("vmta", _TEXT, "Virtual MTA pattern"),
+    "paused": _param("paused", _YES_NO, "Only paused (yes) or running (no) queues"),
+    "connected": _param("connected", _YES_NO, "Only with (yes) or without (no) connections"),
+    "errors": _param("errors", _YES_NO, "Add each item's last errors as `event`"),
+    "mode": _param(
+        "mode", {"type": "string", "enum": ["normal", "backoff"]}, "Only queues in this mode"
+    ),
+    "sort": _param(
+        "sort",
+        {"type": "string", "enum": ["name", "rcpt", "size"], "default": "rcpt"},
+        "Order: by name, or most recipients / kilobytes first",
+    ),
+    "maxitems": _param(
+        "maxitems", {"type": "integer", "minimum": 1, "maximum": 100000}, "At most this many"
+    ),
+    "job": _param("job", _TEXT, "Job id (a pattern in /jobs)"),
+    "jobid": _param("jobid", _TEXT, "Job id (the guide's spelling of `job`)"),
+    "envid": _param("envid", _TEXT, "Envelope id (RFC 3461 ENVID)"),
+    "rcpt": _param("rcpt", _TEXT, "Recipient address (case-insensitive)"),
+    "orig": _param("orig", _TEXT, "Sender (MAIL FROM) address (case-insensitive)"),
+    "offset": _param(
+        "offset", {"type": "integer", "minimum": 0, "maximum": 2**31}, "Page start (0 first)"
+    ),
+    "page": _param(
+        "maxitems",
+        {"type": "integer", "minimum": 1, "maximum": 10000, "default": 100},
+        "Page size",
+    ),
+}
+
+
+def _object(properties: dict[str, Any], required: tuple[str, ...] = ()) -> dict[str, Any]:
+    schema: dict[str, Any] = {"type": "object", "properties": properties}
+    if required:
+        schema["required"] = list(required)
+    return schema
+
+
+_INT, _KB, _STR, _BOOL = (
+    {"type": "integer"},
+    {"type": "number"},
+    {"type": "string"},
+    {"type": "boolean"},
+)
+_EVENT = _object({"type": _STR, "time": _STR, "text": _STR})
+_QUEUE = _object(
+    {
+        "name": _STR,
+        "domain": _STR,
+        "vmta": _STR,
+        "rcp": _INT,
+        "msg": _INT,
+        "kb": _KB,
+        "conn": _INT,
+        "paused": _BOOL,
+        "mode": _STR,
+        "retryTime": _STR,
+        "oldest": _STR,
+        "lastError": _STR,
+        "event": {"type": "array", "items": _EVENT},
+    },
+    ("name", "rcp", "kb", "conn", "paused", "mode", "lastError"),
+)
+_ROLLUP = _object(
+    {
+        "name": _STR,
+        "rcp": _INT,
+        "msg": _INT,
+        "kb": _KB,
+        "conn": _INT,
+        "queues": _INT,
+        "paused": _INT,
+        "lastError": _STR,
+        "dom": _INT,
+        "pct": _INT,
+        "event": {"type": "array", "items": _EVENT},
+        "queue": {"type": "array", "items": _QUEUE},
+    },
+    ("name", "rcp", "kb", "conn", "lastError"),
+)
+_JOB = _object(
+    {"name": _STR, "rcp": _INT, "msg": _INT, "kb": _KB, "paused": _BOOL},
+    ("name", "rcp", "kb"),
+)
+_RECIPIENT = _object(
+    {
+        "queue": _STR,
+        "rcpt": _STR,
+        "orig": _STR,
+        "jobId": _STR,
+        "envId": _STR,
+        "msgId": _STR,
+        "state": {"type": "string", "enum": ["ready", "retry", "paused"]},
+        "attempts": _INT,
+        "retryTime": _STR,
+        "timeQueued": _STR,
+        "kb": _KB,
+    },
+    ("queue", "rcpt", "state"),
+)
+_COUNTS = _object({"rcp": _INT, "msg": _INT, "kb": _KB}, ("rcp", "msg", "kb"))
+_WINDOW = _object(
+    {"out": _COUNTS, "in": _COUNTS, "bounceProcessed": _INT, "feedbackLoopProcessed": _INT},
+    ("out", "in"),
+)
+_CONN = _object({"cur": _INT, "max": _INT, "top": _INT}, ("cur", "max", "top"))
+_STATUS = _object(
+    {
+        "mta": _object({"product": {"type": "object"}, "fullHostName": _STR}, ("product",)),
+        "status": _object(
+            {
+                "timeNow": _STR,
+                "startupTime": _STR,
+                "traffic": _object(
+                    {w: _WINDOW for w in ("total", "lastHr", "lastMin", "topPerHr", "topPerMin")},
+                    ("total", "lastHr", "lastMin", "topPerHr", "topPerMin"),
+                ),
+                "conn": _object({"smtpIn": _CONN, "smtpOut": _CONN}, ("smtpIn", "smtpOut")),
+                "queue": {"type": "object", "additionalProperties": {"type": "object"}},
+                "spool": {"type": "object"},
+                "status": _STR,
+            },
+            ("timeNow", "traffic", "conn", "queue", "spool", "status"),
+        ),
+    },
+    ("mta", "status"),
+)
+_LIST_QUEUE = _object(
+    {
+        "total": _INT,
+        "offset": _INT,
+        "maxitems": _INT,
+        "next": {"type": "integer", "nullable": True},
+        "recipient": {"type": "array", "items": _RECIPIENT},
+    },
+    ("total", "offset", "maxitems", "next", "recipient"),
+)
+
+_SHAPES: dict[str, dict[str, Any]] = {
+    "Status": _STATUS,
+    "Queues": _object({"queue": {"type": "array", "items": _QUEUE}}, ("queue",)),
+    "Domains": _object({"domain": {"type": "array", "items": _ROLLUP}}, ("domain",)),
+    "Vmtas": _object({"vmta": {"type": "array", "items": _ROLLUP}}, ("vmta",)),
+    "Jobs": _object({"job": {"type": "array", "items": _JOB}}, ("job",)),
+    "QueueDetail": _object({"queue": _QUEUE}, ("queue",)),
+    "DomainDetail": _object({"domain": _ROLLUP}, ("domain",)),
+    "VmtaDetail": _object({"vmta": _ROLLUP}, ("vmta",)),
+    "JobDetail": _object({"job": _JOB}, ("job",)),
+    "ListQueue": _LIST_QUEUE,
+}
+
+
+def _monitor_reply(description: str, shape: str | None = None) -> dict[str, Any]:
+    """A monitoring reply: PowerMTA's JSON envelope (data in `shape`), or its XML."""
+    json_schema: dict[str, Any] = {"$ref": "#/components/schemas/Envelope"}
+    if shape is not None:
+        json_schema = {
+            "allOf": [
+                json_schema,
+                {
+                    "properties": {
+                        "data": {
+                            "anyOf": [
+                                {"$ref": f"#/components/schemas/{shape}"},
+                                {"type": "string"},  # json-text
+                                {"type": "array"},  # mtaserver: the show command's rows
+                                {"type": "object"},  # mtaserver: show status
+                            ]
+                        }
+                    }
+                },
+            ]
+        }
+    return {
+        "description": description,
+        "content": {
+            "application/json": {"schema": json_schema},
+            "application/xml": {"schema": {"type": "string"}},
+        },
+    }
+
+
+_MONITOR_ERRORS = {
+    "400": _monitor_reply("Bad parameter: unknown, repeated, a control character, out of range"),
+    "401": _reply("The X-API-Key header matches no http-api-key"),
+    "403": _reply("Access denied (http-access level below monitor)"),
+}
+
+
+def _monitor(
+    summary: str,
+    description: str,
+    shape: str,
+    params: tuple[str, ...] = (),
+    required: tuple[str, ...] = (),
+    found: bool = False,
+) -> dict[str, Any]:
+    parameters = [_MONITOR_FORMAT]
+    for name in params:
+        parameter = dict(_PARAMS[name])
+        if name in required:
+            parameter["required"] = True
+        parameters.append(parameter)
+    responses = {"200": _monitor_reply("Success", shape), **_MONITOR_ERRORS}
+    if found:
+        responses["404"] = _monitor_reply("No such queue, domain, virtual MTA or job")
     return {
         "get": {
             "tags": ["monitoring"],
             "summary": summary,
-            "description": f"The data of `{command}`.",
-            "parameters": [_FORMAT],
-            "responses": {"200": _reply("Success"), **_ERRORS},
+            "description": description,
+            "parameters": parameters,
+            "responses": responses,
         }
     }
 
@@ -187,6 +426,7 @@ def document() -> dict[str, Any]:
                 "Envelope": _ENVELOPE,
                 "Errors": _SPARKPOST_ERRORS,
                 "Transmission": _TRANSMISSION,
+                **_SHAPES,
             },
             "securitySchemes": {
                 "apiKey": {"type": "apiKey", "in": "header", "name": "X-API-Key"},
@@ -257,11 +497,73 @@ def document() -> dict[str, Any]:
                     },
                 },
             },
-            "/status": _monitor("Traffic, connections and queue totals", "show status"),
-            "/queues": _monitor("Every queue: size, mode, pause state, counters", "show queues"),
-            "/domains": _monitor("Queues grouped by domain", "show domains"),
-            "/vmtas": _monitor("Queues grouped by virtual MTA", "show vmtas"),
-            "/jobs": _monitor("Queued messages grouped by job id", "show jobs"),
+            "/status": _monitor(
+                "Traffic, connections, queue and spool totals",
+                "PowerMTA's `/status` (User's Guide 5.3): `mta` and `status`.",
+                "Status",
+            ),
+            "/queues": _monitor(
+                "Queues: rcp, kb, conn, mode, retry time, last error",
+                "PowerMTA's top queues, most recipients first unless `sort` says otherwise.",
+                "Queues",
+                ("queue", "domain", "vmta", "paused", "connected", "mode", "errors")
+                + ("sort", "maxitems"),
+            ),
+            "/domains": _monitor(
+                "Queues summed by destination domain",
+                "PowerMTA's top domains (`show domains`).",
+                "Domains",
+                ("domain", "vmta", "connected", "errors", "sort", "maxitems"),
+            ),
+            "/vmtas": _monitor(
+                "Queues summed by virtual MTA",
+                "Every vmta in use or configured: `dom`, `rcp`, `pct` (% of all), `kb`, `conn`.",
+                "Vmtas",
+                ("vmta", "sort", "maxitems"),
+            ),
+            "/jobs": _monitor(
+                "Queued messages by job id",
+                "Jobs with mail queued, and paused jobs.",
+                "Jobs",
+                ("job", "jobid", "maxitems"),
+            ),
+            "/queueDetail": _monitor(
+                "One queue, its counters, last errors and last 50 recipient events",
+                "`queue` is `domain/vmta`; a bare domain is its `{default}` queue.",
+                "QueueDetail",
+                ("queue",),
+                required=("queue",),
+                found=True,
+            ),
+            "/domainDetail": _monitor(
+                "One domain, its queues and last errors",
+                "The domain's queues over every vmta (or `vmta`'s only).",
+                "DomainDetail",
+                ("domain", "vmta"),
+                required=("domain",),
+                found=True,
+            ),
+            "/vmtaDetail": _monitor(
+                "One virtual MTA and its queues",
+                "As `/queues?queue=*/VMTA`, summed.",
+                "VmtaDetail",
+                ("vmta",),
+                required=("vmta",),
+                found=True,
+            ),
+            "/jobDetail": _monitor(
+                "One job and the queues holding its recipients",
+                "`jobid` (or `job`) is required.",
+                "JobDetail",
+                ("jobid",),
+                found=True,
+            ),
+            "/listQueue": _monitor(
+                "A page of the recipients waiting in the matching queues",
+                "`offset` and `maxitems` page; `next` is the next page's offset (null: last).",
+                "ListQueue",
+                ("queue", "domain", "vmta", "jobid", "envid", "rcpt", "orig", "offset", "page"),
+            ),
             "/metrics": {
                 "get": {
                     "tags": ["monitoring"],

@@ -55,6 +55,7 @@ class ReceptionStats:
 
     sessions_current: int = 0
     sessions_total: int = 0
+    sessions_top: int = 0  # the most sessions open at once since start
     messages_received: int = 0
     recipients_received: int = 0
     bytes_received: int = 0

@@ -9,11 +9,12 @@ changes anything.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING
 
 import attrs
 
+from mtaserver.events import Envelope
 from mtaserver.queue.model import MessageState, Queue
 
 if TYPE_CHECKING:
@@ -54,6 +55,10 @@ class WaitingRecipient:
     attempts: int
     state: str  # ready | retry | paused (its job is paused)
     next_attempt: float | None
+    orig: str = ""  # the message's MAIL FROM
+    env_id: str = ""
+    time_queued: float = 0.0
+    size: int = 0  # the message's size in bytes
 
 
 @attrs.frozen
@@ -64,6 +69,7 @@ class JobView:
     messages: int
     recipients: int
     paused: bool = False
+    bytes: int = 0  # size of its queued messages
 
 
 @attrs.frozen
@@ -76,6 +82,7 @@ class QueueTotals:
     paused: int
     connections: int
     connections_total: int
+    connections_top: int = 0  # the most open at once since start
 
 
 def _view(queue: Queue, messages: Mapping[str, MessageState]) -> QueueView:
@@ -133,6 +140,7 @@ class QueueControl:
             paused=sum(1 for q in queues if q.paused),
             connections=self._scheduler.slots.total,
             connections_total=sum(q.counters.connections for q in queues),
+            connections_top=self._scheduler.slots.top,
         )
 
     def jobs(self) -> list[JobView]:
@@ -141,16 +149,17 @@ class QueueControl:
         A paused job is listed even with no mail queued: its pause holds later mail.
         """
         paused = self._scheduler.paused_jobs
-        jobs: dict[str, list[int]] = {job: [0, 0] for job in paused}
+        jobs: dict[str, list[int]] = {job: [0, 0, 0] for job in paused}
         for state in self._scheduler.messages.values():
             job = state.envelope.job_id
             if job:
-                row = jobs.setdefault(job, [0, 0])
+                row = jobs.setdefault(job, [0, 0, 0])
                 row[0] += 1
                 row[1] += len(state.pending)
+                row[2] += state.envelope.size
         return [
-            JobView(name, messages, recipients, paused=name in paused)
-            for name, (messages, recipients) in sorted(jobs.items())
+            JobView(name, messages, recipients, paused=name in paused, bytes=size)
+            for name, (messages, recipients, size) in sorted(jobs.items())
         ]
 
     def waiting(self, pattern: str, limit: int) -> tuple[list[WaitingRecipient], int]:
@@ -183,6 +192,58 @@ class QueueControl:
                             )
                         )
         return rows, total
+
+    def listing(
+        self,
+        pattern: str,
+        select: Callable[[Envelope, str], bool],
+        offset: int,
+        limit: int,
+    ) -> tuple[list[WaitingRecipient], int, dict[str, int]]:
+        """A page of the waiting recipients `select(envelope, rcpt)` keeps (`/listQueue`).
+
+        Returns the `limit` recipients from position `offset` (queues by name; in a
+        queue ready, then retry in the order due, then held), how many match in all,
+        and how many match in each queue. One pass, and only the page is built.
+        """
+        rows: list[WaitingRecipient] = []
+        total = 0
+        per_queue: dict[str, int] = {}
+        messages = self._scheduler.messages
+        for queue in self._scheduler.matching(pattern):
+            entries = (
+                [("ready", None, item) for item in queue.ready]
+                + [("retry", due, item) for due, item in queue.retrying()]
+                + [("paused", None, item) for item in queue.held]
+            )
+            for state, due, item in entries:
+                message = messages.get(item.msg_id)
+                if message is None:
+                    continue
+                envelope = message.envelope
+                for index in item.rcpt_indexes:
+                    address = envelope.recipients[index].address
+                    if not select(envelope, address):
+                        continue
+                    if offset <= total < offset + limit:
+                        rows.append(
+                            WaitingRecipient(
+                                queue=queue.name,
+                                msg_id=item.msg_id,
+                                rcpt=address,
+                                job=envelope.job_id or "",
+                                attempts=item.failed_attempts,
+                                state=state,
+                                next_attempt=due,
+                                orig=envelope.sender,
+                                env_id=envelope.env_id or "",
+                                time_queued=envelope.time_queued,
+                                size=envelope.size,
+                            )
+                        )
+                    total += 1
+                    per_queue[queue.name] = per_queue.get(queue.name, 0) + 1
+        return rows, total, per_queue
 
     # -- commands ------------------------------------------------------------------
 

@@ -29,6 +29,7 @@ class ConnectionSlots:
 
     def __init__(self) -> None:
         self.total = 0
+        self.top = 0  # the most sessions open at once since start (PowerMTA's "top")
 
     def limit(self, queue: Queue, settings: DomainSettings, config: Config) -> int:
         """How many sessions `queue` may run: `max-smtp-out` of domain and vmta.
@@ -53,6 +54,7 @@ class ConnectionSlots:
         queue.active += 1
         queue.connecting += 1
         self.total += 1
+        self.top = max(self.top, self.total)
         queue.counters.connections += 1
 
     def took_work(self, queue: Queue) -> None:

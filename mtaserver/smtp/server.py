@@ -171,6 +171,7 @@ class SmtpServerProtocol(ESMTP):
         self.session = Session(client_ip=ip, settings=settings)
         self.stats.sessions_current += 1
         self.stats.sessions_total += 1
+        self.stats.sessions_top = max(self.stats.sessions_top, self.stats.sessions_current)
         self.live.add(self)
         if self.live.closing:
             self.shut_down()
