@@ -8,9 +8,15 @@ written to the pipe, and a program that dies is started again, with a growing de
 (`restart_delays`, reset once it has run for a minute), and fed from where its
 predecessor stopped.
 
-What a dead program had not yet read cannot be known, so the records of the last
-batch written before it died are written again to its successor (at least once:
-a consumer may see a record twice after a crash, never miss one).
+What a dead program had read cannot be known exactly, so records are delivered at
+least once, by this rule: a record is *acknowledged* once the pipe has been seen empty
+(the kernel buffer and Twisted's write buffer hold nothing) with the record written,
+and the program is still running `ACK_AFTER` seconds later. A program that dies gets
+every record after the last acknowledged one written again to its successor, however
+many batches that spans (the journal keeps them: the acknowledged position is the
+consumer position it keeps segments from). A consumer may see a record twice after a
+crash; it misses one only if it read a record and then neither handled it nor died
+within `ACK_AFTER` (a program that stalls holding unread input for that long).
 
 The command line is split like a shell would split words (`shlex`), without a shell.
 Formatting and journal reading run in a thread; writing to the pipe is Twisted's
@@ -19,7 +25,10 @@ Formatting and journal reading run in a thread; writing to the pipe is Twisted's
 
 from __future__ import annotations
 
+import fcntl
 import shlex
+import struct
+import termios
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any, Generic, TypeVar
 
@@ -45,6 +54,28 @@ P = TypeVar("P")
 RESTART_DELAYS = (1.0, 2.0, 5.0, 10.0, 30.0, 60.0)
 #: A program that ran this long before dying starts again after the first delay.
 STABLE_AFTER = 60.0
+#: Seconds a program must outlive the moment the pipe was seen empty for what it had
+#: been given by then to count as handled (see the module docstring); also how often
+#: the pipe is looked at.
+ACK_AFTER = 1.0
+
+
+def unread_bytes(transport: Any) -> int | None:
+    """Bytes written to the program's stdin it has not read yet; None if unknown.
+
+    Twisted's own write buffer (of the stdin `ProcessWriter`) plus the kernel's pipe
+    buffer (`FIONREAD`, which Linux answers for either end of a pipe). Unknown counts
+    as "not empty": records are then acknowledged only by a clean stop, never early.
+    """
+    writer = getattr(transport, "pipes", {}).get(0)
+    if writer is None:
+        return None
+    try:
+        buffered = len(writer.dataBuffer) - writer.offset + writer._tempDataLen
+        raw = fcntl.ioctl(writer.fileno(), termios.FIONREAD, b"\0\0\0\0")
+    except (AttributeError, OSError, ValueError):
+        return None
+    return int(buffered) + int(struct.unpack("i", raw)[0])
 
 
 def pipe_command(path: str) -> list[str]:
@@ -103,7 +134,9 @@ class AcctPipeWriter(Generic[P]):
         self._reactor = reactor
         self._read_events = read_events
         self._position = start_position
-        self._batch_start = start_position
+        self._acked = start_position  # what a program that dies need not be given again
+        self._candidate: tuple[P, float] | None = None  # (written, when the pipe was empty)
+        self._ack_timer: DelayedCall | None = None
         self._run_in_thread = run_in_thread
         self._clock = clock
         self._journal_end = journal_end
@@ -137,7 +170,10 @@ class AcctPipeWriter(Generic[P]):
     def start(self) -> defer.Deferred[None]:
         """Start the program and feed it what the journal holds for it."""
         self._running = True
+        if self._on_position is not None:
+            self._on_position(self._acked)
         self._spawn()
+        self._check_read()
         return self.catch_up()
 
     def _spawn(self) -> None:
@@ -160,12 +196,32 @@ class AcctPipeWriter(Generic[P]):
             self._transport.write(csv_header(self._columns).encode("utf-8"))
         self.catch_up()
 
+    def _check_read(self) -> None:
+        """Every `ACK_AFTER`: acknowledge what the running program has surely handled."""
+        self._ack_timer = None
+        if not self._running:
+            return
+        if self._transport is not None and self._child is not None and self._child.alive:
+            now = self._clock.seconds()
+            if self._candidate is not None and now - self._candidate[1] >= ACK_AFTER:
+                self._acknowledge(self._candidate[0])
+                self._candidate = None
+            if self._candidate is None and unread_bytes(self._transport) == 0:
+                self._candidate = (self._position, now)
+        self._ack_timer = self._clock.callLater(ACK_AFTER, self._check_read)
+
+    def _acknowledge(self, position: P) -> None:
+        self._acked = position
+        if self._on_position is not None:
+            self._on_position(position)  # the journal keeps everything after it
+
     def _ended(self, child: _Child, why: str) -> None:
-        """The program went: rewind to its last batch, start it again after a while."""
+        """The program went: rewind to what it surely handled, start it again later."""
         if child is not self._child and self._child is not None:
             return
         self._child, self._transport = None, None
-        self._position = self._batch_start  # what it may not have read goes again
+        self._position = self._acked  # what it may not have handled goes again
+        self._candidate = None
         if not self._running:
             return
         self.errors += 1
@@ -198,9 +254,7 @@ class AcctPipeWriter(Generic[P]):
             return
         if data:
             self._transport.write(data)
-        self._batch_start, self._position = start, reached
-        if self._on_position is not None:
-            self._on_position(start)  # the journal keeps the last batch, for a rewind
+        self._position = reached
 
     def _lines(self, start: P, end: P | None) -> tuple[bytes, P | None]:
         out: list[str] = []
@@ -223,8 +277,9 @@ class AcctPipeWriter(Generic[P]):
     def stop(self) -> defer.Deferred[None]:
         """Close the program's stdin (it sees end of file) and stop restarting it."""
         self._running = False
-        if self._restart is not None and self._restart.active():
-            self._restart.cancel()
+        for timer in (self._restart, self._ack_timer):
+            if timer is not None and timer.active():
+                timer.cancel()
         if self._transport is not None:
             self._transport.closeStdin()
         return self._lock.run(lambda: defer.succeed(None))
