@@ -80,6 +80,13 @@ TOO_BIG = Reply(552, "5.3.4", "Message size exceeds fixed maximum message size")
 TOO_MANY_RCPTS = Reply(452, "4.5.3", "Too many recipients")
 SPOOL_FULL = Reply(452, "4.3.1", "Insufficient system storage")
 SPOOL_ERROR = Reply(451, "4.3.0", "Local error in processing, try again later")
+#: `<spool DIR> deliver-only yes`: the one spool only delivers what it holds.
+DELIVER_ONLY = Reply(451, "4.3.2", "Not accepting new messages: the spool is deliver-only")
+#: PowerMTA's mailmerge extension (XMRG FROM, XDFN, XPRT): never offered here, and
+#: refused by name so that a submission client using it stops with a clear reason.
+MAILMERGE_REFUSED = Reply(
+    502, "5.5.1", "XMRG mailmerge is not supported here: send one message per recipient"
+)
 # Connection-level limits: all end the session after the reply.
 TOO_MANY_CONNECTIONS_FROM_IP = Reply(
     421, "4.7.0", "Too many connections from your IP address, try again later"

@@ -384,6 +384,12 @@ VM, POOL, A = (reg.VMTA,), (reg.VMTA_POOL,), (reg.ACCT_FILE,)
 LISTENERS = (reg.SMTP_LISTENER, reg.API_LISTENER)
 Y, N = NOT_YET, NO_EFFECT
 
+#: Why the mailmerge directives do nothing (docs/config.rst argues it at length).
+_MAILMERGE = (
+    "mailmerge (XMRG) is not supported: XMRG, XDFN and XPRT are refused with "
+    "502 5.5.1 saying so; submit one message per recipient (or use the Transmissions API)"
+)
+
 # -- global ----------------------------------------------------------------------------
 _add(
     "run-as-root",
@@ -471,14 +477,7 @@ _add(
 _add("smtp-await-slot", G, "bool", "false", Y, "over total-max-smtp-in, a session gets 421")
 _add("host-id", G, "int", "0", N, "message IDs are unique without a host number")
 _add("domain-suffix", G, "host", "", Y, "unqualified domains are not completed")
-_add(
-    "mailmerge-expands-undefined-variables",
-    G,
-    "bool",
-    "true",
-    Y,
-    "mailmerge (XMRG) is not supported",
-)
+_add("mailmerge-expands-undefined-variables", G, "bool", "true", N, _MAILMERGE)
 _add("pmc-acct-min-free-space", G, "size", "unlimited", N, "PowerMTA Management Console only")
 _add(
     "relay-address",
@@ -603,7 +602,14 @@ _add(
     N,
     "no file holders are left: a message's files go when it is done",
 )
-_add("deliver-only", (SPOOL,), "bool", "false", Y, "one spool directory (the spool directive)")
+_add(
+    "deliver-only",
+    (SPOOL,),
+    "bool",
+    "false",
+    IMPLEMENTED,
+    "yes: the spool's messages are delivered, new mail is refused (SMTP 451 4.3.2, API 503)",
+)
 _add("priority", (SPOOL,), "int", "1", Y, "one spool directory (the spool directive)")
 _add("min-free-space", (SPOOL,), "size", "0", IMPLEMENTED, "spool-min-free-space")
 
@@ -667,7 +673,7 @@ _add(
     IMPLEMENTED,
     "the message's own Received: fields are dropped",
 )
-_add("allow-mailmerge", S, "bool", "false", Y, "mailmerge (XMRG) is not supported")
+_add("allow-mailmerge", S, "bool", "false", N, _MAILMERGE)
 _add("broken-auth-clients", S, "bool", "false", N, "AUTH= with a space is always understood")
 _add(
     "verp-default",
@@ -772,8 +778,8 @@ _add(
     S,
     "bool",
     "false",
-    Y,
-    "the Transmissions API uses its own {transmissions-api} source",
+    N,
+    "PowerMTA's allow-mailmerge yes for its submission libraries: " + _MAILMERGE,
 )
 _add("auto-qualify-domain", S, "bool", "true", Y, "unqualified addresses are refused")
 
@@ -964,8 +970,8 @@ _add(
     D,
     "interval",
     "10m",
-    Y,
-    "connect-timeout and the command timeouts apply",
+    IMPLEMENTED,
+    "how long to wait for the reply to the final dot (unset: the command timeout)",
 )
 _add("use-unencrypted-plain-auth", D, "bool", "false", Y, "AUTH only over TLS")
 _add(
@@ -1063,8 +1069,9 @@ _add(
     D,
     "bool",
     "false",
-    Y,
-    "a timeout after DATA is retried (the message may arrive twice)",
+    IMPLEMENTED,
+    "yes: no reply to the final dot in time is taken as delivered (a d record, 250 "
+    "assumed); no: retried (the message may arrive twice)",
 )
 _add("disable-mx-rollup", D, "bool", "false", N, "queues are never rolled up by MX")
 _add("use-dane", D, "bool", "true", Y, "no DANE")
@@ -1125,7 +1132,14 @@ _add(
     IMPLEMENTED,
     "hides the local part of rcpt, orcpt and the rcpt in dsnDiag (not VERPed orig)",
 )
-_add("http-webhook-log-verbose", A, "bool", "false", Y, "webhook batches are logged briefly")
+_add(
+    "http-webhook-log-verbose",
+    A,
+    "bool",
+    "false",
+    IMPLEMENTED,
+    "yes: one log line per POST (batch id, records, bytes, accepted or why not, time)",
+)
 
 # -- <virtual-mta>, <virtual-mta-pool>, <domain-key-list> ------------------------------
 _add("max-smtp-msg-rate", VM + POOL, "rate", "unlimited", Y, "rates are per queue")

@@ -362,6 +362,8 @@ def _spool_scope(loader: _Loader, nodes: list[Node]) -> None:
     loader.global_layer["spool"] = directory
     if "min_free_space" in layer:
         loader.global_layer["spool_min_free_space"] = layer["min_free_space"]
+    if "deliver_only" in layer:
+        loader.global_layer["deliver_only"] = layer["deliver_only"]
 
 
 def _report_processor(loader: _Loader, kind: str) -> ReportProcessorSettings:

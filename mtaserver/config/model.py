@@ -156,6 +156,10 @@ class DomainSettings:
     #: A domain without MX: True bounces at once (no A/AAAA fallback); an interval bounces
     #: mail queued that long and sends the rest to the A/AAAA address; False/None: never.
     bounce_upon_no_mx: bool | float | None = False
+    #: The reply to the final dot: how long to wait (None: the command timeout), and
+    #: whether no reply in that time counts as delivered (PowerMTA's directive names).
+    smtp_data_termination_timeout: float | None = None
+    assume_delivery_upon_data_termination_timeout: bool = False
     #: (CIDR, N): sessions of this domain (all its queues) at once per source IP in CIDR.
     source_ip_max_smtp_out: tuple[tuple[IPNetwork, int], ...] = ()
     #: (CIDR, rate): new connections of this domain per source IP in CIDR.
@@ -334,6 +338,7 @@ class AcctFileSettings:
     http_webhook_connect_timeout: float = 30.0
     http_webhook_io_timeout: float = 60.0
     http_webhook_max_size: int = 5 * 1024 * 1024  # the batch limit (max-size rotates the file)
+    http_webhook_log_verbose: bool = False  # log every POST: batch, records, bytes, outcome
     move_to: str | None = None  # rotated files go to this directory
     world_readable: bool = False  # files 0644, else 0640
     user_string: str = ""  # the `userstring` field's constant value
@@ -417,6 +422,7 @@ class GlobalSettings:
     custom_dsn_from_header: str | None = None  # the From: field of our DSNs, as written
     spool: str = "var/spool"
     spool_min_free_space: int = 0
+    deliver_only: bool = False  # `<spool DIR> deliver-only yes`: deliver, accept nothing new
     smtp_listener: tuple[Listener, ...] = ()
     smtp_server_tls_certificate: str | None = None
     name_server: tuple[HostPort, ...] = ()

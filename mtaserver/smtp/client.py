@@ -248,6 +248,8 @@ async def _transactions(
                 return await next_transaction()
             raise await session.give_up(stop.ending, polite=not stop.server_closing) from None
         report(TransactionResult(tx, replies, session.info))
+        if session.proto.is_broken:
+            return None  # delivery assumed after a timeout: this connection is done
         if needs_rset:
             try:
                 await session.rset()

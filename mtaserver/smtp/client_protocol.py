@@ -135,10 +135,11 @@ class Broken(Exception):
     out, 4.5.0 protocol error); the session turns it into a synthesised transient reply.
     """
 
-    def __init__(self, status: str, text: str) -> None:
+    def __init__(self, status: str, text: str, timed_out: bool = False) -> None:
         super().__init__(text)
         self.status = status
         self.text = text
+        self.timed_out = timed_out  # no reply in time (not a lost connection)
 
 
 class ReplyProtocol(LineReceiver):
@@ -257,7 +258,7 @@ class ReplyProtocol(LineReceiver):
         waiter: defer.Deferred[tuple[int, tuple[str, ...]]] = defer.Deferred(cancel)
         self._waiter = waiter
         timer = self._clock.callLater(
-            timeout, self._break, Broken("4.4.2", f"timeout after {timeout:g}s")
+            timeout, self._break, Broken("4.4.2", f"timeout after {timeout:g}s", timed_out=True)
         )
 
         def stop_timer(result: Any) -> Any:

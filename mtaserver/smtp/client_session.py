@@ -156,7 +156,8 @@ class Session:
         try:
             return await self.proto.read_reply(self.timeout if timeout is None else timeout)
         except Broken as broken:
-            raise Broken(broken.status, f"{broken.text} with {self.peer} {stage}") from None
+            text = f"{broken.text} with {self.peer} {stage}"
+            raise Broken(broken.status, text, broken.timed_out) from None
 
     async def read(self, stage: str) -> Reply:
         code, texts = await self.read_raw(stage)
@@ -436,12 +437,35 @@ class Session:
         for i in accepted:
             replies[i] = None
         self.proto.send(encode_data(body), 1)
-        final = await self.read("after end of data")
+        final = await self._final_reply()
         self._expect_final(final, "end of data", replies)
         for i in accepted:
             replies[i] = final
         self._stop_on_421(final, [], replies)
         return False
+
+    async def _final_reply(self) -> Reply:
+        """The reply to the final dot, waited for `smtp-data-termination-timeout`.
+
+        With `assume-delivery-upon-data-termination-timeout yes`, no reply in that time is
+        taken as delivery (PowerMTA's rule: the server usually has the message; a retry
+        would send it twice): a synthesised 250 that says so. The connection is dropped
+        either way (the reply may still come), so it is never reused.
+        """
+        timeout = self.settings.smtp_data_termination_timeout
+        try:
+            code, texts = await self.read_raw("after end of data", timeout)
+        except Broken as broken:
+            if not (
+                broken.timed_out and self.settings.assume_delivery_upon_data_termination_timeout
+            ):
+                raise
+            return Reply(
+                250,
+                "2.0.0",
+                f"assumed delivered: {broken.text} (assume-delivery-upon-data-termination-timeout)",
+            )
+        return make_reply(code, texts)
 
     def _expect_final(self, reply: Reply, after: str, replies: list[Reply | None]) -> None:
         """Only 2xx, 4xx or 5xx may answer MAIL, RCPT or the end of data; 3xx is a desync."""

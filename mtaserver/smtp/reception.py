@@ -51,6 +51,7 @@ from mtaserver.message.intake import (
 from mtaserver.smtp.server_params import MailParams, RcptParams
 from mtaserver.smtp_reply import (
     AUTH_REQUIRED,
+    DELIVER_ONLY,
     RELAY_DENIED,
     SPOOL_ERROR,
     SPOOL_FULL,
@@ -157,6 +158,8 @@ class ReceptionHandler:
 
     def check_mail(self, session: Session, sender: Mailbox, params: MailParams) -> Reply:
         settings = session.settings
+        if self.holder.config.settings.deliver_only:
+            return DELIVER_ONLY
         if settings.require_auth and session.user is None:
             return AUTH_REQUIRED
         if settings.require_sender_match_login and session.user is not None:

@@ -105,6 +105,8 @@ FORBIDDEN = frozenset({"GET", "POST", "PUT", "HEAD", "CONNECT"})
 # Commands that make no progress towards a message (Postfix's junk commands); a
 # repeated HELO/EHLO counts too.
 JUNK_COMMANDS = frozenset({"NOOP", "RSET", "VRFY", "EXPN", "HELP"})
+#: PowerMTA's mailmerge commands (`allow-mailmerge`): refused by name (R.MAILMERGE_REFUSED).
+MAILMERGE_COMMANDS = frozenset({"XMRG", "XDFN", "XPRT"})
 
 
 class SmtpServerProtocol(ESMTP):
@@ -438,6 +440,8 @@ class SmtpServerProtocol(ESMTP):
             getattr(self, "do_" + name)(rest.lstrip(b" "))
         elif name in EXTENSION_COMMANDS:
             getattr(self, "ext_" + name)(rest.lstrip(b" "))
+        elif name in MAILMERGE_COMMANDS:
+            self.reply(R.MAILMERGE_REFUSED)
         else:
             self.reply(R.UNKNOWN_COMMAND)
 

@@ -113,6 +113,7 @@ def batcher_for(
         hmac_key=acct.http_webhook_hmac_key,
         extra_headers=extra,
         io_timeout=acct.http_webhook_io_timeout,
+        log_verbose=acct.http_webhook_log_verbose,
     )
     return batcher, client
 

@@ -107,6 +107,7 @@ class WebhookBatcher:
         io_timeout: float = 60.0,
         poll_interval: float = 1.0,
         rand: Callable[[], float] = random.random,
+        log_verbose: bool = False,
     ) -> None:
         self.client = client
         self.clock = clock
@@ -118,6 +119,7 @@ class WebhookBatcher:
         self.hmac_key = hmac_key.encode("utf-8") if hmac_key is not None else None
         self.extra_headers = list(extra_headers)
         self.io_timeout = io_timeout
+        self.log_verbose = log_verbose  # `http-webhook-log-verbose`: a line per POST
         self.poll_interval = min(poll_interval, max_delay)
         self.content_type = "text/csv" if self.stager.csv else "application/x-ndjson"
         self._rand = rand
@@ -319,6 +321,20 @@ class WebhookBatcher:
         return PreparedBody(content.batch_id, body, batch.lines), headers
 
     async def _send_once(self, batch: StagedBatch, prepared: tuple[PreparedBody, Headers]) -> bool:
+        started = self.clock.seconds()
+        ok = await self._post(batch, prepared)
+        if self.log_verbose:
+            body = prepared[0]
+            self.log.info(
+                "webhook {url}: batch {batch_id} ({lines} records, {size} bytes) "
+                "{outcome} in {seconds:.3f}s",
+                url=self.url, batch_id=body.batch_id, lines=body.lines, size=len(body.body),
+                outcome="accepted" if ok else f"not accepted ({self.last_error})",
+                seconds=self.clock.seconds() - started,
+            )  # fmt: skip
+        return ok
+
+    async def _post(self, batch: StagedBatch, prepared: tuple[PreparedBody, Headers]) -> bool:
         body, headers = prepared
         try:
             d = defer.Deferred.fromCoroutine(

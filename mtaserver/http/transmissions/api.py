@@ -217,6 +217,9 @@ class TransmissionsAPI:
     async def _accept(self, request: IRequest, raw: bytes) -> dict[str, Any]:
         """Check, plan and spool one transmission body."""
         config = self.holder.config
+        if config.settings.deliver_only:
+            request.setHeader(b"Retry-After", b"300")
+            raise APIError(503, "Not accepting messages", "the spool is deliver-only")
         if len(raw) > IN_THREAD_ABOVE:  # big bodies: scanning them would block
             body = await self.run_in_thread(lambda: parse_json(raw))
         else:
