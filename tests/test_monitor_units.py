@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import xml.etree.ElementTree as ET
 
-import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -89,15 +88,21 @@ def test_any_text_makes_well_formed_xml(value: str) -> None:
 
 
 def test_xml_values_and_names() -> None:
-    """Booleans are 1/0, kb keeps one decimal, lists repeat, a bad element name is refused."""
+    """Booleans are 1/0, kb keeps one decimal, lists repeat, odd keys become `<item name=>`."""
     root = ET.fromstring(
         xmlout.document({"ok": True, "kb": 0.0, "x": None, "vmta": [{"name": "a"}, {"name": "b"}]})
     )
     assert root.findtext("data/ok") == "1" and root.findtext("data/kb") == "0.0"
     assert root.findtext("data/x") == "" and root.find("succ") is not None
     assert [e.findtext("name") for e in root.findall("data/vmta")] == ["a", "b"]
-    with pytest.raises(ValueError):
-        xmlout.document({"bad name": 1})
+    odd = ET.fromstring(xmlout.document({"{default}": 1, "a\nb": 2}))
+    assert [(e.get("name"), e.text) for e in odd.findall("data/item")] == [
+        ("{default}", "1"),
+        ("a\\x0ab", "2"),
+    ]  # a key that is no element name is an escaped attribute
+    rows = ET.fromstring(xmlout.document([{"name": "q1"}, {"name": "q2"}], "2 queue(s)"))
+    assert [e.findtext("name") for e in rows.findall("data/item")] == ["q1", "q2"]
+    assert rows.findtext("message") == "2 queue(s)"
     error = ET.fromstring(xmlout.error_document("Bad <thing>", "a & b"))
     assert error.findtext("error/message") == "Bad <thing>" and error.find("fail") is not None
 

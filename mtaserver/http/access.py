@@ -212,11 +212,13 @@ async def require_level(access: Access, request: IRequest, needed: str) -> str:
     return str(level)
 
 
-def response_format(request: IRequest) -> str:
-    """The `format` field: `json` (structured data, the default) or `json-text` (mtactl's text)."""
+def response_format(request: IRequest, xml: bool = False) -> str:
+    """The `format` field: `json` (structured data, the default) or `json-text` (mtactl's
+    text); with `xml`, also `xml` and `xml-text` (the same in PowerMTA's XML envelope)."""
     fmt = form_field(request, "format") or "json"
-    if fmt not in ("json", "json-text"):
-        raise APIError(400, "Invalid format", "format must be json or json-text")
+    allowed = ("json", "json-text", "xml", "xml-text") if xml else ("json", "json-text")
+    if fmt not in allowed:
+        raise APIError(400, "Invalid format", f"format must be {', '.join(allowed)}")
     return fmt
 
 

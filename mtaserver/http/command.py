@@ -3,7 +3,8 @@
 Form fields (urlencoded, or multipart/form-data as `curl -F` sends them): `command`,
 `input` (bulk input of a command: the CSV of `suppression import`),
 and `format` = `json` (structured `data`) or `json-text` (`data` is the text table
-`mtactl` prints). The reply is PowerMTA's envelope,
+`mtactl` prints), or `xml`/`xml-text`, the same in PowerMTA's XML envelope
+(`<rsp><data>...</data><succ/></rsp>`, `xmlout.py`). The reply is PowerMTA's envelope,
 `{"status":"success"|"error","data":...,"message":...}`; an unknown command or a bad
 argument is a 400 whose message says what is wrong. Access is checked before the
 command runs: `monitor` may run reading commands, only `admin` changing ones.
@@ -16,6 +17,7 @@ from klein import Klein
 from twisted.web.iweb import IRequest
 
 from mtaserver.commands import CommandError, Commands, parse, render_text
+from mtaserver.http import xmlout
 from mtaserver.http.access import (
     Access,
     error_body,
@@ -44,7 +46,7 @@ class CommandAPI:
         await require_level(self.access, request, "monitor")
         # the body may carry a bulk `input` (a suppression CSV) up to http-mgmt-max-request-size
         read_body(request, self.commands.holder.config.settings.http_mgmt_max_request_size)
-        fmt = response_format(request)
+        fmt = response_format(request, xml=True)
         text = form_field(request, "command")
         if text is None or not text.strip():
             raise APIError(400, "Missing command", "the form field 'command' is required")
@@ -55,9 +57,16 @@ class CommandAPI:
             await require_level(self.access, request, parsed.level)
             result = await self.commands.run(parsed)
         except CommandError as exc:
+            if fmt.startswith("xml"):
+                return xmlout.error_reply(request, 400, exc.message)
             return json_response(
                 request, error_body(APIError(400, exc.message), data=exc.data), 400
             )
+        if fmt.startswith("xml"):  # the data, or mtactl's text, in PowerMTA's XML envelope
+            shown = result.data
+            if fmt == "xml-text":
+                shown = render_text(result.command, result.data, result.message)
+            return xmlout.reply(request, shown, result.message)
         data = result.data
         if fmt == "json-text":
             data = render_text(result.command, result.data, result.message)

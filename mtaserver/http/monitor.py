@@ -202,9 +202,7 @@ def handle_monitor_errors(
         except APIError as error:
             if not _wants_xml(request):
                 return json_response(request, error_body(error), error.code)
-            request.setResponseCode(error.code)
-            request.setHeader(b"Content-Type", b"application/xml; charset=utf-8")
-            return xmlout.error_document(error.message, error.description)
+            return xmlout.error_reply(request, error.code, error.message, error.description)
         except Exception:
             log.failure("unhandled error in {path}", path=request.uri)
             internal = APIError(500, "Internal server error", "see the server log")
@@ -276,8 +274,7 @@ class MonitorAPI:
             else:
                 data = dom_text(data)
         if fmt.startswith("xml"):
-            request.setHeader(b"Content-Type", b"application/xml; charset=utf-8")
-            return xmlout.document(data)
+            return xmlout.reply(request, data)
         return json_response(request, {"data": data, "status": "success", "message": ""})
 
     @app.route("/metrics", methods=["GET"])

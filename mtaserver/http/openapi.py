@@ -312,7 +312,7 @@ _FORM_COMMAND = {
     "required": ["command"],
     "properties": {
         "command": {"type": "string", "description": "One mtactl command line"},
-        "format": {"type": "string", "enum": ["json", "json-text"]},
+        "format": {"type": "string", "enum": ["json", "json-text", "xml", "xml-text"]},
     },
 }
 
@@ -448,8 +448,9 @@ def document() -> dict[str, Any]:
                         },
                     },
                     "responses": {
-                        "200": _reply("The command ran"),
+                        "200": _monitor_reply("The command ran (JSON, or XML for format=xml*)"),
                         **_ERRORS,
+                        "400": _monitor_reply("Unknown command, bad argument, bad format"),
                         "413": _reply("Body too large"),
                     },
                 }

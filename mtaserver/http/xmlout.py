@@ -11,8 +11,9 @@ is built with `xml.etree.ElementTree`, which escapes `<`, `&` and quotes, and ev
 character XML 1.0 cannot carry (C0 controls but TAB, DEL and C1 controls, lone
 surrogates, U+FFFE/U+FFFF) is written as a visible `\\xNN` escape instead: the
 output is always well-formed, and a CR or LF from a peer never reaches a line of
-it. Element names come from our own code, never from a peer; one that is not a
-plain name is a programming error (ValueError), not something to escape.
+it. A key that is not a plain XML name (a command's data may be keyed by a queue
+name such as `{default}`) becomes `<item name="KEY">`, its name an escaped attribute;
+a list at the top of `data` becomes `<item>`s.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from typing import Any
 #: Characters written as `\xNN` (or `\uNNNN`): not allowed in XML 1.0, or controls.
 _UNSAFE = re.compile("[\x00-\x08\x0a-\x1f\x7f-\x9f\ud800-\udfff\ufffe\uffff]")
 _NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_.\-]*\Z")
+CONTENT_TYPE = b"application/xml; charset=utf-8"
 
 
 def _escape(match: re.Match[str]) -> str:
@@ -44,13 +46,14 @@ def text_of(value: Any) -> str:
 
 
 def _add(parent: ET.Element, name: str, value: Any) -> None:
-    if not _NAME.match(name) or name.lower().startswith("xml"):
-        raise ValueError(f"not an XML element name: {name!r}")
     if isinstance(value, (list, tuple)):
         for item in value:
             _add(parent, name, item)
         return
-    element = ET.SubElement(parent, name)
+    if _NAME.match(name) and not name.lower().startswith("xml"):
+        element = ET.SubElement(parent, name)
+    else:
+        element = ET.SubElement(parent, "item", {"name": text_of(name)})
     if isinstance(value, Mapping):
         for key, item in value.items():
             _add(element, str(key), item)
@@ -58,12 +61,27 @@ def _add(parent: ET.Element, name: str, value: Any) -> None:
         element.text = text_of(value)
 
 
-def document(data: Any) -> bytes:
-    """A success reply: `<rsp><data>...</data><succ/></rsp>`."""
+def document(data: Any, message: str = "") -> bytes:
+    """A success reply: `<rsp><data>...</data>[<message>...</message>]<succ/></rsp>`."""
     root = ET.Element("rsp")
-    _add(root, "data", data)
+    _add(root, "data", {"item": list(data)} if isinstance(data, (list, tuple)) else data)
+    if message:
+        _add(root, "message", message)
     ET.SubElement(root, "succ")
     return _serialize(root)
+
+
+def reply(request: Any, data: Any, message: str = "") -> bytes:
+    """`document` as the HTTP reply to `request`."""
+    request.setHeader(b"Content-Type", CONTENT_TYPE)
+    return document(data, message)
+
+
+def error_reply(request: Any, code: int, message: str, description: str = "") -> bytes:
+    """`error_document` as the HTTP reply to `request`, with status `code`."""
+    request.setResponseCode(code)
+    request.setHeader(b"Content-Type", CONTENT_TYPE)
+    return error_document(message, description)
 
 
 def error_document(message: str, description: str = "") -> bytes:
