@@ -248,7 +248,7 @@ def test_command_request_errors(server: MgmtServer) -> None:
     status, reply = server.call("POST", "/command", {"format": "json"}, key=API_KEY)
     assert status == 400 and "command" in reply["message"]
     status, reply = server.call(
-        "POST", "/command", {"command": "show status", "format": "xml"}, key=API_KEY
+        "POST", "/command", {"command": "show status", "format": "yaml"}, key=API_KEY
     )
     assert status == 400 and "format" in reply["message"]
     status, reply = server.command("launch rockets")
