@@ -194,8 +194,8 @@ def make_mgmt_service(
         def sample() -> None:
             try:
                 traffic.sample_reception(reception)
-                totals = scheduler.control.totals()
-                traffic.sample_connections(totals.connections, totals.connections_top)
+                # O(1): this runs every few seconds on the reactor, whatever the queue size
+                traffic.sample_connections(*scheduler.control.connections())
             except Exception:
                 log.failure("sampling reception counters failed")
 

@@ -230,6 +230,10 @@ def dom_text(data: Any, prefix: str = "") -> str:
     return "\n".join(lines)
 
 
+#: A view's mtactl rows, built on demand (None: the view has no mtactl equivalent).
+Old = Callable[[], Any] | None
+
+
 class MonitorAPI:
     """Read-only views of the running server, in PowerMTA's shapes."""
 
@@ -267,10 +271,10 @@ class MonitorAPI:
         if fmt == "mtaserver":
             if old is None:
                 raise APIError(400, "Invalid format", f"format mtaserver is not offered by /{name}")
-            data = old
+            data = old()
         elif fmt.endswith("-text"):
             if view.command and old is not None:
-                data = render_text(view.command, old)
+                data = render_text(view.command, old())
             else:
                 data = dom_text(data)
         if fmt.startswith("xml"):
@@ -285,22 +289,23 @@ class MonitorAPI:
         request.setHeader(b"Content-Type", metrics.CONTENT_TYPE.encode())
         return metrics.render(self.registry)
 
-    # -- the views: (PowerMTA's data, the same rows in mtactl's shape or None) --------
+    # -- the views: (PowerMTA's data, a function giving mtactl's rows, or None) --------
+    # mtactl's rows are built only when asked for (format=mtaserver or *-text): each
+    # read walks the queues, and a million queued recipients make that a visible cost.
 
     def _queue_views(self, pattern: str = "*") -> list[QueueView]:
         return self.commands.control.queues(pattern)
 
-    def _status(self, query: Query) -> tuple[Any, Any]:
+    def _status(self, query: Query) -> tuple[Any, Old]:
         commands = self.commands
         commands.sample_traffic()
         traffic = commands.traffic
         now = traffic.now()
         config = commands.holder.config
         queues = self._queue_views()
-        totals = commands.control.totals()
-        outbound = totals.connections
+        outbound, outbound_top = commands.control.connections()
         inbound = int(getattr(commands.reception, "sessions_current", 0))
-        traffic.sample_connections(outbound, totals.connections_top)
+        traffic.sample_connections(outbound, outbound_top)
         connections = shapes.Connections(
             inbound,
             outbound,
@@ -318,7 +323,7 @@ class MonitorAPI:
                 now,
             ),
         }
-        return data, commands.status()
+        return data, commands.status
 
     def _selected_queues(self, query: Query) -> list[QueueView]:
         queues = self._queue_views(query.text("queue") or "*")
@@ -349,7 +354,7 @@ class MonitorAPI:
         rows = {str(row.get(key, row.get("name"))): row for row in old}
         return [rows[item["name"]] for item in items if item["name"] in rows]
 
-    def _queues(self, query: Query) -> tuple[Any, Any]:
+    def _queues(self, query: Query) -> tuple[Any, Old]:
         recent = self.commands.traffic.recent
         errors = bool(query.boolean("errors", flag=True))
         items = self._listed(
@@ -359,9 +364,9 @@ class MonitorAPI:
                 for q in self._selected_queues(query)
             ],
         )
-        return {"queue": items}, self._same(self.commands.queues(), items, "name")
+        return {"queue": items}, lambda: self._same(self.commands.queues(), items, "name")
 
-    def _domains(self, query: Query) -> tuple[Any, Any]:
+    def _domains(self, query: Query) -> tuple[Any, Old]:
         connected = query.boolean("connected")
         errors = bool(query.boolean("errors", flag=True))
         queues = [q for q in self._queue_views() if queue_matches(query.pattern(), q.name)]
@@ -369,9 +374,9 @@ class MonitorAPI:
         if connected is not None:
             items = [item for item in items if (item["conn"] > 0) == connected]
         items = self._listed(query, items)
-        return {"domain": items}, self._same(self.commands.domains(), items, "domain")
+        return {"domain": items}, lambda: self._same(self.commands.domains(), items, "domain")
 
-    def _vmtas(self, query: Query) -> tuple[Any, Any]:
+    def _vmtas(self, query: Query) -> tuple[Any, Old]:
         vmta = query.text("vmta") or "*"
         queues = [q for q in self._queue_views() if queue_matches(f"*/{vmta}", q.name)]
         configured = [
@@ -382,9 +387,9 @@ class MonitorAPI:
         items = self._listed(
             query, shapes.vmta_items(queues, configured, self.commands.traffic.recent)
         )
-        return {"vmta": items}, self._same(self.commands.vmtas(), items, "vmta")
+        return {"vmta": items}, lambda: self._same(self.commands.vmtas(), items, "vmta")
 
-    def _jobs(self, query: Query) -> tuple[Any, Any]:
+    def _jobs(self, query: Query) -> tuple[Any, Old]:
         job = query.job()
         maxitems = query.number("maxitems", 1, MAX_ITEMS, None)
         jobs = [
@@ -394,7 +399,7 @@ class MonitorAPI:
         ]
         jobs.sort(key=lambda j: (-j.recipients, j.job))
         items = [shapes.job_item(j) for j in jobs[:maxitems]]
-        return {"job": items}, self._same(self.commands.jobs(), items, "job")
+        return {"job": items}, lambda: self._same(self.commands.jobs(), items, "job")
 
     def _queue_detail(self, name: str) -> QueueView:
         domain, _, vmta = name.partition("/")
@@ -404,12 +409,12 @@ class MonitorAPI:
                 return queue
         raise APIError(404, "No such queue", f"no queue is named {wanted}")
 
-    def _queueDetail(self, query: Query) -> tuple[Any, Any]:  # noqa: N802 - the path's name
+    def _queueDetail(self, query: Query) -> tuple[Any, Old]:  # noqa: N802 - the path's name
         queue = self._queue_detail(query.name("queue") or "")
         events = self.commands.traffic.recent.get(queue.name)
         return {"queue": shapes.queue_detail(queue, events)}, None
 
-    def _domainDetail(self, query: Query) -> tuple[Any, Any]:  # noqa: N802
+    def _domainDetail(self, query: Query) -> tuple[Any, Old]:  # noqa: N802
         domain = (query.name("domain") or "").lower()
         vmta = query.name("vmta", required=False)
         queues = [
@@ -424,7 +429,7 @@ class MonitorAPI:
         item["queue"] = [shapes.queue_item(q, recent.get(q.name)) for q in queues]
         return {"domain": item}, None
 
-    def _vmtaDetail(self, query: Query) -> tuple[Any, Any]:  # noqa: N802
+    def _vmtaDetail(self, query: Query) -> tuple[Any, Old]:  # noqa: N802
         vmta = query.name("vmta") or ""
         queues = [q for q in self._queue_views() if q.vmta == vmta]
         if not queues and vmta not in self.commands.holder.config.vmtas:
@@ -434,7 +439,7 @@ class MonitorAPI:
         item["queue"] = [shapes.queue_item(q, recent.get(q.name)) for q in queues]
         return {"vmta": item}, None
 
-    def _jobDetail(self, query: Query) -> tuple[Any, Any]:  # noqa: N802
+    def _jobDetail(self, query: Query) -> tuple[Any, Old]:  # noqa: N802
         job = query.job()
         if not job:
             raise APIError(400, "Missing parameter", "jobid is required")
@@ -448,7 +453,7 @@ class MonitorAPI:
         item["queue"] = [{"name": name, "rcp": count} for name, count in sorted(per_queue.items())]
         return {"job": item}, None
 
-    def _listQueue(self, query: Query) -> tuple[Any, Any]:  # noqa: N802
+    def _listQueue(self, query: Query) -> tuple[Any, Old]:  # noqa: N802
         queue = query.text("queue")
         if queue is not None and ("domain" in query.values or "vmta" in query.values):
             raise APIError(400, "Invalid parameter", "give queue, or domain and vmta, not both")

@@ -82,7 +82,6 @@ class QueueTotals:
     paused: int
     connections: int
     connections_total: int
-    connections_top: int = 0  # the most open at once since start
 
 
 def _view(queue: Queue, messages: Mapping[str, MessageState]) -> QueueView:
@@ -140,8 +139,11 @@ class QueueControl:
             paused=sum(1 for q in queues if q.paused),
             connections=self._scheduler.slots.total,
             connections_total=sum(q.counters.connections for q in queues),
-            connections_top=self._scheduler.slots.top,
         )
+
+    def connections(self) -> tuple[int, int]:
+        """Outbound sessions open now and the most open at once since start (O(1))."""
+        return self._scheduler.slots.total, self._scheduler.slots.top
 
     def jobs(self) -> list[JobView]:
         """Queued messages grouped by job id (messages without one are left out).
