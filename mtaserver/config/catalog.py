@@ -568,10 +568,6 @@ _add(
     N,
     "the web console sorts its own lists",
 )
-_add("log-auto-rotation", G, "bool", "true", N, "the log is twistd's; rotate it with logrotate")
-_add("log-file", G, "file", "", Y, "the log goes to twistd's --logfile (or standard output)")
-_add("log-rotate", G, "int", "8", N, "the log is twistd's; rotate it with logrotate")
-_add("log-file-world-readable", G, "bool", "false", N, "the log is twistd's file")
 _add(
     "mx-connection-limit",
     G,
@@ -710,14 +706,6 @@ _add(
     "no inbound SPF checks",
 )
 _add(
-    "log-tls log-connections log-commands log-data",
-    S,
-    "bool",
-    "false",
-    Y,
-    "SMTP sessions are logged at the standard level only",
-)
-_add(
     "reject-invalid-virtual-mta",
     S,
     "bool",
@@ -817,15 +805,6 @@ _add(
     "after this many 4xx/5xx replies the connection ends",
 )
 _add("check-spf-outbound", D, "bool", "false", Y, "no outbound SPF check")
-_add(
-    "log-resolution log-transfer-failures log-disabled-ips log-connections log-commands "
-    "log-data log-tls",
-    D,
-    "bool",
-    "false",
-    Y,
-    "deliveries are logged at the standard level",
-)
 _add("max-events-recorded", D, "int", "10", N, "queue events live in the acct records")
 _add("disable-acct-records", D, "names", "", Y, "every acct record is written")
 _add("bcc-upon-delivery", D, "email", "", Y, "no copies are sent")
@@ -1244,7 +1223,6 @@ _add(
 )
 _add("tls-ciphers", LISTENERS, "text", "HIGH:!ADH:@STRENGTH", Y, "ciphers are the OpenSSL defaults")
 _add("tls-ca-file", LISTENERS, "file", "", Y, "client certificates are not requested")
-_add("log-tls", (reg.API,), "bool", "false", Y, "API requests are logged without TLS details")
 
 # -- SparkPost Signals, HAProxy (chapter 10) -------------------------------------------
 _SIGNALS_REASON = "SparkPost Signals upload is SparkPost's service"

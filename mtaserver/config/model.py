@@ -94,6 +94,11 @@ class SourceSettings:
     suppressed_recipient_action: str = "refuse"  # refuse (550 5.7.1) | drop (250 and a b record)
     suppress_local_dsn: bool = False  # no DSN of ours (failure, delay, success) for its mail
     dsn_return_default: str = "system"  # RET when MAIL gave none: headers | full | system (HDRS)
+    # the mail log (`log-file`): what of this client's sessions it shows
+    log_connections: bool = False  # connect and close
+    log_commands: bool = False  # the SMTP transcript, AUTH secrets masked
+    log_data: bool = False  # the header block of each message received (bounded)
+    log_tls: bool = False  # STARTTLS handshakes: version and cipher
 
 
 @attrs.frozen
@@ -166,6 +171,14 @@ class DomainSettings:
     source_ip_max_connect_rate: tuple[tuple[IPNetwork, Rate | None], ...] = ()
     #: (CIDR, rate): messages of this domain per source IP in CIDR.
     source_ip_max_msg_rate: tuple[tuple[IPNetwork, Rate | None], ...] = ()
+    # the mail log (`log-file`): what of this queue's deliveries it shows
+    log_connections: bool = False  # connect and close
+    log_commands: bool = False  # the SMTP transcript, AUTH secrets masked
+    log_data: bool = False  # the header block of each message sent (bounded)
+    log_tls: bool = False  # STARTTLS handshakes: version and cipher
+    log_resolution: bool = False  # the MX (or smtp-hosts) routing answer
+    log_transfer_failures: bool = False  # failed recipients and sessions, with the reply
+    log_disabled_ips: bool = False  # a source disabled by disable-source-ip
 
 
 @attrs.frozen
@@ -412,6 +425,7 @@ class TransmissionsApiSettings:
     api_key: tuple[str, ...] = ()
     log_requests: bool = False
     log_data: bool = False
+    log_tls: bool = False
     max_request_size: int = 20 * 2**20
 
 
@@ -455,6 +469,12 @@ class GlobalSettings:
         {"bad-mailbox", "inactive-mailbox", "bad-domain"}
     )
     suppress_on_complaint: bool = True  # every f record suppresses its recipient
+    # the mail log (`mtaserver.maillog`); None: its lines go to the service (twistd) log
+    log_file: str | None = None
+    log_rotate: int = 8  # files kept, the current one included; 0: never rotated
+    log_auto_rotation: bool = True  # rotate at local midnight
+    log_file_world_readable: bool = False  # 0644, else 0640
+    log_max_size: int = 0  # + rotate when the file reaches this size; 0: no limit
 
 
 def build(cls: type[Any], layers: list[Layer], **fixed: Any) -> Any:

@@ -286,6 +286,20 @@ DIRECTIVES: Mapping[str, Spec] = {
     "http-request-header-timeout": Spec(v.parse_interval, _G),
     "http-request-body-timeout": Spec(v.parse_interval, _G),
     "http-mgmt-max-request-size": Spec(v.parse_size, _G),
+    # the mail log (global; `mtaserver.maillog`)
+    "log-file": Spec(_path, _G),
+    "log-rotate": Spec(v.parse_int, _G),
+    "log-auto-rotation": Spec(_yesno, _G),
+    "log-file-world-readable": Spec(_yesno, _G),
+    "log-max-size": Spec(v.parse_size, _G),
+    # what goes into the mail log, per source, domain and the Transmissions API
+    "log-connections": Spec(_yesno, _in(SOURCE, DOMAIN)),
+    "log-commands": Spec(_yesno, _in(SOURCE, DOMAIN)),
+    "log-data": Spec(_yesno, _in(SOURCE, DOMAIN, API)),
+    "log-tls": Spec(_yesno, _in(SOURCE, DOMAIN, API)),
+    "log-resolution": Spec(_yesno, _D),
+    "log-transfer-failures": Spec(_yesno, _D),
+    "log-disabled-ips": Spec(_yesno, _D),
     # the suppression list (global)
     "suppress-on-bounce-categories": Spec(_category_list, _G),
     "suppress-on-complaint": Spec(_yesno, _G),
@@ -397,7 +411,6 @@ DIRECTIVES: Mapping[str, Spec] = {
     # <transmissions-api>
     "api-key": Spec(v.parse_api_key, _in(API), repeatable=True),
     "log-requests": Spec(_yesno, _in(API)),
-    "log-data": Spec(_yesno, _in(API)),
     "max-request-size": Spec(v.parse_size, _in(API)),
     # <bounce-processor>, <feedback-loop-processor>
     "deliver-matched-email": Spec(_yesno, _PROC),
