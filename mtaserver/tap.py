@@ -34,6 +34,7 @@ from mtaserver.events import Envelope
 from mtaserver.http.listen import InsecureListenerError
 from mtaserver.http.mgmt import make_mgmt_service
 from mtaserver.http.transmissions import make_transmissions_services
+from mtaserver.maillog import MailLogService
 from mtaserver.message.intake import ReceptionStats
 from mtaserver.processors import ReportProcessor
 from mtaserver.queue.bounces import DsnSender
@@ -169,6 +170,11 @@ def compose(holder: ConfigHolder, reactor: Any) -> MultiService:
 
     install_sighup(holder, reactor, run_in_thread)
 
+    # The operator's mail log (`log-file`) first: everything after may write to it.
+    maillog_service = MailLogService(holder, reactor, run_in_thread)
+    maillog_service.setServiceParent(root)
+    maillog = maillog_service.maillog
+
     # The spool, then what reads the journal: acct files, then their webhooks.
     recovered, journal, store = open_spool(
         config.settings.spool,
@@ -197,7 +203,7 @@ def compose(holder: ConfigHolder, reactor: Any) -> MultiService:
     # Delivery: one deliverer per `<domain> type`, and the scheduler that owns the queues.
     mx_resolver = MxResolver(NameServerResolver(holder, reactor))
     deliverers: dict[str, IDeliverer] = {
-        "smtp": SmtpDeliverer(holder, mx_resolver, reactor),
+        "smtp": SmtpDeliverer(holder, mx_resolver, reactor, maillog=maillog),
         "discard": DiscardDeliverer(),
         "file": FileDeliverer(run_in_thread),
         "http-delivery": HttpDeliverer(http_delivery_client, reactor, run_in_thread),
@@ -219,6 +225,7 @@ def compose(holder: ConfigHolder, reactor: Any) -> MultiService:
         transform_body=DkimTransform(holder, run_in_thread, signer),
         rollup=mx_resolver.rollup_name,
         delay_notices=DelayNotices(dsn_sender.send, dsn_sender.may_send, reactor),
+        maillog=maillog,
     )
     # <bounce-processor>, <feedback-loop-processor>: the filter between intake and the
     # queues; it takes the recovered messages it never got to process.
@@ -256,6 +263,7 @@ def compose(holder: ConfigHolder, reactor: Any) -> MultiService:
             connections=connections,
             tls_options=tls_options,
             suppression=suppression,
+            maillog=maillog,
         )
         return cast(SmtpListenerService, service)
 
@@ -271,7 +279,7 @@ def compose(holder: ConfigHolder, reactor: Any) -> MultiService:
     else:
         SmtpListeners(holder, smtp_listener, run_in_thread).setServiceParent(root)
     for api_service in make_transmissions_services(
-        holder, store, processor.enqueue, reactor, stats, run_in_thread, suppression
+        holder, store, processor.enqueue, reactor, stats, run_in_thread, suppression, maillog
     ):
         api_service.setServiceParent(root)
 
@@ -286,5 +294,6 @@ def compose(holder: ConfigHolder, reactor: Any) -> MultiService:
         ldap=ldap_checkers,
         webhooks=webhooks,
         suppression=suppression,
+        maillog=maillog,
     ).setServiceParent(root)
     return root

@@ -117,7 +117,7 @@ def test_sparkpost_client_sends_through_the_server_to_the_mx(
     assert {r["srcType"] for r in received} == {"api"}
     assert {r["srcMta"] for r in received} == {"127.0.0.1"}
     assert {r["jobId"] for r in received} == {"spring-sale"}
-    assert "transmissions API POST /api/v1/transmissions from 127.0.0.1: 200" in process.read_log()
+    assert "request POST /api/v1/transmissions from 127.0.0.1: 200" in process.read_log()
 
 
 def test_sparkpost_client_sees_a_wrong_key_as_403(server: tuple[ServerProcess, int]) -> None:

@@ -30,6 +30,7 @@ from mtaserver.config.model import DomainSettings
 from mtaserver.config.reload import ConfigHolder
 from mtaserver.config.values import IPAddress, SourceHost
 from mtaserver.events import Envelope, Event, Outcome, QueueFailure
+from mtaserver.maillog import MailLog
 from mtaserver.message.dsn import asks_success
 from mtaserver.queue import outcomes, patterns
 from mtaserver.queue.control import QueueControl
@@ -97,8 +98,10 @@ class Scheduler:
         transform_body: BodyTransform | None = None,
         rollup: Callable[[str], Awaitable[str | None]] | None = None,
         delay_notices: DelayNotices | None = None,
+        maillog: MailLog | None = None,
     ) -> None:
         self.holder = holder
+        self.maillog = maillog if maillog is not None else MailLog.service_log()
         self.store = store
         self.journal = journal
         self.deliverers = deliverers
@@ -445,6 +448,7 @@ class Scheduler:
             until="never re-enabled" if after is None else f"for {after:.0f}s",
         )
         self.sources.disable(queue.name, key, self.clock.seconds(), after)
+        self.maillog.disabled_ip(settings, queue.name, key, after)
 
     def enable_sources(self, pattern: str, key: str | None = None) -> int:
         """Enable disabled sources (all, or `key`) of the matching queues; wake them."""

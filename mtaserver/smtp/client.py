@@ -96,6 +96,7 @@ from twisted.internet.protocol import Factory
 from twisted.logger import Logger
 
 from mtaserver.config.model import DomainSettings
+from mtaserver.maillog.log import OFF_OUTBOUND, OutboundTrace
 from mtaserver.queue.delivery import ConnectionInfo, Transaction, TransactionResult
 from mtaserver.smtp.client_protocol import Broken, ReplyProtocol
 from mtaserver.smtp.client_session import (
@@ -169,6 +170,7 @@ async def run_session(
     report: Callable[[TransactionResult], None],
     trust_root: Any = None,
     timeout: float = 300,
+    trace: OutboundTrace = OFF_OUTBOUND,
 ) -> ConnectionInfo:
     """Deliver transactions over one connection to `target` until there are no more.
 
@@ -177,17 +179,21 @@ async def run_session(
     used only under `require-starttls`. `timeout` bounds every read. Each
     transaction is reported through `report` before the next one is asked for.
     Returns the connection's info after QUIT; raises SessionFailure when the
-    connection as a whole fails, after reporting the transaction in flight.
+    connection as a whole fails, after reporting the transaction in flight. `trace`
+    writes the session to the mail log (the domain's `log-*` switches).
     """
     starttls = settings.use_starttls or settings.require_starttls
     carried: Transaction | None = None
     while True:
+        trace.connecting(target.host, target.ip, target.port, source_ip)
         proto = await _connect(reactor, target, source_ip, settings)
-        session = Session(proto, target, settings, timeout)
+        trace.connected()
+        session = Session(proto, target, settings, timeout, trace)
         try:
             try:
                 await session.open(helo_name, starttls, trust_root)
             except TlsFallback as fallback:
+                trace.tls_failed(str(fallback))
                 log.info(
                     "TLS with {peer} failed ({reason}); retrying without STARTTLS",
                     peer=session.peer,
@@ -205,6 +211,7 @@ async def run_session(
             return session.info
         finally:
             await _close(proto, reactor)
+            trace.closed()
 
 
 async def _transactions(

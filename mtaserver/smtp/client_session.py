@@ -20,6 +20,7 @@ from collections.abc import Sequence
 from typing import Any, Protocol
 
 from mtaserver.config.model import DomainSettings
+from mtaserver.maillog.log import OFF_OUTBOUND, OutboundTrace
 from mtaserver.queue.delivery import ConnectionInfo, Transaction
 from mtaserver.smtp.client_protocol import Broken, ReplyProtocol, make_reply, parse_ehlo
 from mtaserver.smtp.client_tls import tls_creator
@@ -119,8 +120,10 @@ class Session:
         target: SmtpTarget,
         settings: DomainSettings,
         timeout: float,
+        trace: OutboundTrace = OFF_OUTBOUND,
     ) -> None:
         self.proto = proto
+        self.trace = trace  # the mail log (log-commands, log-data, log-tls)
         self.target = target
         self.settings = settings
         self.timeout = timeout
@@ -154,10 +157,12 @@ class Session:
     ) -> tuple[int, tuple[str, ...]]:
         """The next reply; a broken connection becomes `Broken` naming peer and stage."""
         try:
-            return await self.proto.read_reply(self.timeout if timeout is None else timeout)
+            code, texts = await self.proto.read_reply(self.timeout if timeout is None else timeout)
         except Broken as broken:
             text = f"{broken.text} with {self.peer} {stage}"
             raise Broken(broken.status, text, broken.timed_out) from None
+        self.trace.replied(code, texts)
+        return code, texts
 
     async def read(self, stage: str) -> Reply:
         code, texts = await self.read_raw(stage)
@@ -168,6 +173,7 @@ class Session:
         for line in lines:
             if not safe_command(line):
                 raise UnsafeCommand(f"refusing to send a command with CR, LF or NUL: {line!r}")
+        self.trace.sent(lines)
         self.proto.send(b"".join(line.encode("utf-8") + b"\r\n" for line in lines), len(lines))
 
     async def command(self, line: str, stage: str) -> Reply:
@@ -286,6 +292,7 @@ class Session:
         handle = self.proto.transport.getHandle()  # type: ignore[attr-defined]
         self.tls_protocol = str(handle.get_protocol_version_name() or "")
         self.tls_cipher = str(handle.get_cipher_name() or "")
+        self.trace.tls(self.tls_protocol, self.tls_cipher)
 
     async def authenticate(self, username: str, password: str) -> None:
         """AUTH PLAIN (else LOGIN); never in clear to a host that is not loopback."""
@@ -437,6 +444,7 @@ class Session:
         for i in accepted:
             replies[i] = None
         self.proto.send(encode_data(body), 1)
+        self.trace.body(body)
         final = await self._final_reply()
         self._expect_final(final, "end of data", replies)
         for i in accepted:

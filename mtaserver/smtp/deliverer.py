@@ -18,6 +18,7 @@ from twisted.logger import Logger
 
 from mtaserver.config.reload import ConfigHolder
 from mtaserver.config.values import SourceHost
+from mtaserver.maillog import MailLog
 from mtaserver.queue.delivery import (
     LOCAL_INFO,
     QueueLevelFailure,
@@ -40,9 +41,15 @@ class SmtpDeliverer:
     """Runs SMTP sessions for queues; the scheduler decides when and how many."""
 
     def __init__(
-        self, holder: ConfigHolder, resolver: MxResolver, reactor: Any, trust_root: Any = None
+        self,
+        holder: ConfigHolder,
+        resolver: MxResolver,
+        reactor: Any,
+        trust_root: Any = None,
+        maillog: MailLog | None = None,
     ) -> None:
         self.holder = holder
+        self.maillog = maillog if maillog is not None else MailLog.service_log()
         self.resolver = resolver
         self.reactor = reactor
         self.trust_root = trust_root
@@ -91,12 +98,15 @@ class SmtpDeliverer:
         return attrs.evolve(job, next_transaction=next_transaction)
 
     async def run(self, job: SessionJob) -> None:
+        trace = self.maillog.outbound(job.queue, job.settings)
         try:
             levels = await self.resolver.route(job.domain, job.settings)
         except RouteError as error:
+            trace.resolution_failed(job.domain, error.status, error.diag)
             raise QueueLevelFailure(
                 error.status, error.diag, permanent=error.permanent, bounce_cat=error.bounce_cat
             ) from None
+        trace.resolved(job.domain, levels)
         # the scheduler chose the source (it skips sources disable-source-ip disabled)
         source_ip: str | None
         if job.source is not None:
@@ -120,11 +130,13 @@ class SmtpDeliverer:
                     source_ip=source_ip,
                     settings=job.settings,
                     next_transaction=job.next_transaction,
-                    report=job.report,
+                    report=trace.wrap_report(job.report),
                     trust_root=self.trust_root,
+                    trace=trace,
                 )
                 return
             except SessionFailure as failure:
+                trace.session_failed(target.host, target.ip, target.port, failure.reply)
                 log.info(
                     "{queue}: {host} [{ip}]:{port} failed: {reply}",
                     queue=job.queue,

@@ -48,11 +48,19 @@ from twisted.application.service import IService
 from twisted.internet import ssl
 from twisted.internet.defer import Deferred, gatherResults, succeed
 from twisted.internet.endpoints import TCP4ServerEndpoint, TCP6ServerEndpoint
-from twisted.internet.interfaces import IAddress, IDelayedCall, IReactorTime, ITLSTransport
+from twisted.internet.error import ConnectionDone
+from twisted.internet.interfaces import (
+    IAddress,
+    IDelayedCall,
+    IHandshakeListener,
+    IReactorTime,
+    ITLSTransport,
+)
 from twisted.internet.protocol import ServerFactory, connectionDone
 from twisted.logger import Logger
 from twisted.mail.smtp import ESMTP
 from twisted.python.failure import Failure
+from zope.interface import implementer
 
 from mtaserver import smtp_reply as R
 from mtaserver.auth.checkers import CheckerChoice
@@ -62,6 +70,8 @@ from mtaserver.auth.users import LocalUserChecker
 from mtaserver.config.model import Listener
 from mtaserver.config.reload import ConfigHolder
 from mtaserver.events import Recipient
+from mtaserver.maillog import MailLog
+from mtaserver.maillog.log import OFF_INBOUND
 from mtaserver.message.addresses import has_controls
 from mtaserver.message.builder import MessageBuilder
 from mtaserver.message.intake import (
@@ -109,6 +119,7 @@ JUNK_COMMANDS = frozenset({"NOOP", "RSET", "VRFY", "EXPN", "HELP"})
 MAILMERGE_COMMANDS = frozenset({"XMRG", "XDFN", "XPRT"})
 
 
+@implementer(IHandshakeListener)
 class SmtpServerProtocol(ESMTP):
     """One SMTP session."""
 
@@ -126,8 +137,11 @@ class SmtpServerProtocol(ESMTP):
         clock: IReactorTime,
         connections: InboundConnections | None = None,
         live: LiveSessions | None = None,
+        maillog: MailLog | None = None,
     ) -> None:
         super().__init__(chal={}, contextFactory=tls_options)
+        self.maillog = maillog if maillog is not None else MailLog.service_log()
+        self.trace = OFF_INBOUND  # the mail log's view of this session (connectionMade)
         self.connections = connections if connections is not None else InboundConnections()
         self.live = live if live is not None else LiveSessions(clock)
         self.handler = handler
@@ -171,6 +185,8 @@ class SmtpServerProtocol(ESMTP):
         ip = str(getattr(peer, "host", "0.0.0.0"))
         settings = self.handler.settings_for(ip)
         self.session = Session(client_ip=ip, settings=settings)
+        local = self._transport.getHost()
+        self.trace = self.maillog.inbound(_address(peer), _address(local), settings)
         self.stats.sessions_current += 1
         self.stats.sessions_total += 1
         self.stats.sessions_top = max(self.stats.sessions_top, self.stats.sessions_current)
@@ -215,6 +231,7 @@ class SmtpServerProtocol(ESMTP):
             self._process()
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
+        self.trace.closed("" if reason.check(ConnectionDone) else reason.getErrorMessage())
         self._closing = True
         self.setTimeout(None)
         self._cancel_timers()
@@ -256,6 +273,7 @@ class SmtpServerProtocol(ESMTP):
         """Send `reply`; the tenth 5xx of a session ends it (421)."""
         if self._closing:
             return
+        self.trace.reply(reply)
         self._transport.write(b"".join(reply.lines()))
         if reply.code >= 500:
             self.errors += 1
@@ -417,6 +435,7 @@ class SmtpServerProtocol(ESMTP):
         return line, too_long
 
     def _line(self, line: bytes, too_long: bool) -> None:
+        self.trace.command(line, secret=self.mode == AUTH, too_long=too_long)
         if too_long:
             if self.mode == AUTH:
                 self.mode, self._sasl = COMMAND, None
@@ -587,6 +606,7 @@ class SmtpServerProtocol(ESMTP):
         )
         self._reader = DataReader(reject_bare_newline=settings.bare_newline == "reject")
         self.mode = DATA
+        self.trace.message_started()
         self.setTimeout(settings.smtp_data_timeout)
         self._start_data_deadline()
         self.reply(Reply(354, "", "End data with <CR><LF>.<CR><LF>"))
@@ -647,6 +667,7 @@ class SmtpServerProtocol(ESMTP):
         assert txn is not None
         lines, rest = reader.feed(chunk)
         if lines:
+            self.trace.data_lines(lines)
             message.add(lines)
         if rest is None:
             return
@@ -725,6 +746,10 @@ class SmtpServerProtocol(ESMTP):
         ip = self.session.client_ip
         self.session = Session(client_ip=ip, settings=self.handler.settings_for(ip), tls=True)
         self._reset_transaction()
+
+    def handshakeCompleted(self) -> None:  # noqa: N802 - IHandshakeListener's name
+        """The STARTTLS handshake finished: `log-tls` shows its version and cipher."""
+        self.trace.tls(self._transport.getHandle())
 
     # -- AUTH ---------------------------------------------------------------------
 
@@ -810,6 +835,7 @@ class SmtpServerProtocol(ESMTP):
             self.session.user = user
             self.session.settings = self.handler.settings_for(ip, user)
             log.info("AUTH {user} from {client_ip}", user=user, client_ip=ip)
+            self.trace.authenticated(user)
             self.reply(R.AUTH_OK)
         else:
             self._auth_failed(user)
@@ -851,6 +877,11 @@ class SmtpServerProtocol(ESMTP):
             self._close()
         else:
             self.reply(R.AUTH_FAILED)
+
+
+def _address(address: Any) -> str:
+    """`IP:PORT` of a twisted address (for the mail log)."""
+    return f"{getattr(address, 'host', '?')}:{getattr(address, 'port', '?')}"
 
 
 class LiveSessions:
@@ -922,8 +953,10 @@ class SmtpServerFactory(ServerFactory):
         tls_options: ssl.CertificateOptions | None = None,
         connections: InboundConnections | None = None,
         suppression: SuppressionService | None = None,
+        maillog: MailLog | None = None,
     ) -> None:
         self.holder = holder
+        self.maillog = maillog if maillog is not None else MailLog.service_log()
         # Shared by every listener of the server: total-max-smtp-in counts them all.
         self.connections = connections if connections is not None else InboundConnections()
         self.live = LiveSessions(clock)
@@ -960,6 +993,7 @@ class SmtpServerFactory(ServerFactory):
             self.clock,
             connections=self.connections,
             live=self.live,
+            maillog=self.maillog,
         )
         protocol.factory = self
         return protocol

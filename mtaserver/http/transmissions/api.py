@@ -75,6 +75,7 @@ from mtaserver.http.transmissions.plan import (
     preview_rfc822,
 )
 from mtaserver.http.transmissions.spool import TransmissionSpooler, client_ip, spool_api_error
+from mtaserver.maillog import MailLog
 from mtaserver.message.intake import (
     Intake,
     OnAccepted,
@@ -107,8 +108,10 @@ class TransmissionsAPI:
         stats: ReceptionStats | None = None,
         run_in_thread: RunInThread | None = None,
         suppression: SuppressionService | None = None,
+        maillog: MailLog | None = None,
     ) -> None:
         self.holder = holder
+        self.maillog = maillog if maillog is not None else MailLog.service_log()
         self.suppression = suppression
         self.store = store
         self.on_accepted = on_accepted
@@ -136,33 +139,23 @@ class TransmissionsAPI:
     @app.route("/api/v1/transmissions", strict_slashes=False)
     @handle_errors
     async def transmissions(self, request: IRequest) -> bytes:
-        if self.holder.config.api.log_data:
-            log.info("transmissions API data: {data}", data=_loggable(request))
+        trace = self.maillog.api(self.holder.config.api)
+        trace.tls(request)
+        trace.body(_loggable(request) if trace.data else b"")
         try:
             result = await self._transmissions(request)
         except APIError as exc:
-            self._log_request(request, exc.code, exc.description or exc.message)
+            trace.request(request, client_ip(request), exc.code, exc.description or exc.message)
             raise
-        self._log_request(request, 200, result["results"]["id"])
+        trace.request(request, client_ip(request), 200, result["results"]["id"])
         return json_response(request, result)
 
     @app.route("/", branch=True)
     @handle_errors
     def not_found(self, request: IRequest) -> bytes:
         path = request.path.decode("utf-8", "replace")[:200]
-        self._log_request(request, 404, path)
+        self.maillog.api(self.holder.config.api).request(request, client_ip(request), 404, path)
         raise APIError(404, "Not found", f"no resource at {path}; use /api/v1/transmissions")
-
-    def _log_request(self, request: IRequest, code: int, detail: str) -> None:
-        if self.holder.config.api.log_requests:
-            log.info(
-                "transmissions API {method} {path} from {client}: {code} {detail}",
-                method=request.method.decode("ascii", "replace"),
-                path=request.path.decode("utf-8", "replace")[:200],
-                client=client_ip(request),
-                code=code,
-                detail=detail,
-            )
 
     async def _transmissions(self, request: IRequest) -> dict[str, Any]:
         config = self.holder.config
@@ -300,11 +293,13 @@ class TransmissionsAPI:
             raise bad_request(f"unknown virtual MTA or pool {name!r} (X-Virtual-MTA)") from None
 
 
-def _loggable(request: IRequest, limit: int = 64 * 1024) -> str:
+def _loggable(request: IRequest, limit: int = 64 * 1024 + 1) -> bytes:
+    """The body's first `limit` bytes for `log-data` (the body is read again after)."""
     content = request.content
     content.seek(0)
     data: bytes = content.read(limit)
-    return data.decode("utf-8", "replace")
+    content.seek(0)
+    return data
 
 
 def make_transmissions_services(
@@ -315,12 +310,15 @@ def make_transmissions_services(
     stats: ReceptionStats | None = None,
     run_in_thread: RunInThread | None = None,
     suppression: SuppressionService | None = None,
+    maillog: MailLog | None = None,
 ) -> list[IService]:
     """The `<transmissions-api-listener>`s, sharing one API object, following reloads.
 
     Raises `InsecureListenerError` for a plain-HTTP listener off loopback.
     """
-    api = TransmissionsAPI(holder, store, on_accepted, reactor, stats, run_in_thread, suppression)
+    api = TransmissionsAPI(
+        holder, store, on_accepted, reactor, stats, run_in_thread, suppression, maillog
+    )
     resource = api.app.resource()
     guard = transmissions_guard(holder, reactor)  # deadlines, rate, key and size before the body
     return [
