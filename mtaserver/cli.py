@@ -37,7 +37,8 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="commands: show status|queues [--paused]|domains|vmtas|jobs|settings|version; "
         "pause queue D/V; resume queue D/V; pause job JOBID; resume job JOBID; schedule D/V; "
         "set queue --mode=backoff|normal D/V; delete --queue=D/V [--jobId=J]; "
-        "list --queue=D/V [--max=N]; reload; test config [FILE]; rotate acct; reset counters; "
+        "list --queue=D/V [--max=N]; reload; test config [FILE]; rotate acct; rotate log; "
+        "reset counters; "
         "suppression add|remove|show RECIPIENT [--scope=S]; suppression import FILE; "
         "suppression export",
     )

@@ -7,7 +7,7 @@
     set queue --mode=backoff|normal D/V | set priority --queue=D/V N
     show disabled sources [D/V] | enable source D/V
     delete --queue=D/V [--jobId=J] | list --queue=D/V [--max=N]
-    reload | test config [FILE] | rotate acct | reset counters
+    reload | test config [FILE] | rotate acct | rotate log | reset counters
     suppression show [RECIPIENT] [--scope=S] | suppression export [--scope=S]
     suppression add RECIPIENT [--scope=S] [--type=T] [--description=TEXT]
     suppression remove RECIPIENT [--scope=S] | suppression import [--scope=S] (CSV input)
@@ -110,6 +110,7 @@ SPECS: tuple[Spec, ...] = (
     Spec(("reload",), "admin", "reload"),
     Spec(("test", "config"), "monitor", "test config [FILE]", positional=(0, 1)),
     Spec(("rotate", "acct"), "admin", "rotate acct"),
+    Spec(("rotate", "log"), "admin", "rotate log"),
     Spec(("reset", "counters"), "admin", "reset counters"),
     # the suppression list (`commands/suppression.py`)
     Spec(

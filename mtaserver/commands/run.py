@@ -50,8 +50,10 @@ class Commands:
         traffic: TrafficStats,
         run_in_thread: RunInThread,
         suppression: SuppressionService | None = None,
+        maillog: Any = None,
     ) -> None:
         self.suppression = SuppressionCommands(suppression)
+        self.maillog = maillog  # `rotate log` (mtaserver.maillog.MailLog)
         self.holder = holder
         self.control = control
         self.acct = acct
@@ -301,6 +303,14 @@ class Commands:
         await self.acct.rotate()
         count = len(getattr(self.acct, "writers", ()))
         return {"rotated": count}, f"rotated {count} acct file(s)"
+
+    async def _rotate_log(self, command: Command) -> tuple[Any, str]:
+        path = self.holder.config.settings.log_file
+        if self.maillog is None or path is None:
+            raise CommandError("no log-file is configured: the log is the service log")
+        if not await self.maillog.rotate():
+            return {"rotated": False, "file": path}, "Logging file not rotated (log-rotate 0)"
+        return {"rotated": True, "file": path}, "Logging file rotated."
 
     async def _reset_counters(self, command: Command) -> tuple[Any, str]:
         self.control.reset_counters()

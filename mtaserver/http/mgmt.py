@@ -131,10 +131,18 @@ def make_management_api(
     ldap: Any = None,
     webhooks: Any = None,
     suppression: SuppressionService | None = None,
+    maillog: Any = None,
 ) -> ManagementAPI:
     access = Access(holder, ldap)
     commands = Commands(
-        holder, scheduler.control, acct, reception, traffic, run_in_thread, suppression
+        holder,
+        scheduler.control,
+        acct,
+        reception,
+        traffic,
+        run_in_thread,
+        suppression,
+        maillog=maillog,
     )
     return ManagementAPI(
         CommandAPI(commands, access),
@@ -167,6 +175,7 @@ def make_mgmt_service(
     ldap: Any = None,
     webhooks: Any = None,
     suppression: SuppressionService | None = None,
+    maillog: Any = None,
 ) -> IService:
     """The management port's service; it listens while `http-mgmt-port` is set.
 
@@ -175,7 +184,16 @@ def make_mgmt_service(
     `http-auth-ldap` logins.
     """
     api = make_management_api(
-        holder, scheduler, acct, reception, traffic, run_in_thread, ldap, webhooks, suppression
+        holder,
+        scheduler,
+        acct,
+        reception,
+        traffic,
+        run_in_thread,
+        ldap,
+        webhooks,
+        suppression,
+        maillog,
     )
     service = MultiService()
     service.setName("http-mgmt")
