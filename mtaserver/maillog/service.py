@@ -35,11 +35,22 @@ class MailLogService(Service):
 
     name = "maillog"
 
-    def __init__(self, holder: ConfigHolder, reactor: Any, run_in_thread: RunInThread) -> None:
+    def __init__(
+        self,
+        holder: ConfigHolder,
+        reactor: Any,
+        run_in_thread: RunInThread,
+        *,
+        owner: bool = True,
+        process: str = "",
+    ) -> None:
+        """`owner` False (and a `process` name such as ``w1``) for a reception worker:
+        it appends to the same file, follows rotations, and never rotates itself."""
         self.holder = holder
         self.reactor = reactor
         self.run_in_thread = run_in_thread
-        self.maillog = MailLog(reactor)
+        self.owner = owner
+        self.maillog = MailLog(reactor, process=process)
         self._midnight: DelayedCall | None = None
         self._size_check = task.LoopingCall(self._check_size)
         self._size_check.clock = reactor
@@ -56,7 +67,7 @@ class MailLogService(Service):
             self.maillog.file = None
             return
         if current is None or current.path != path:
-            new = LogFile(path, self.run_in_thread, self.reactor)
+            new = LogFile(path, self.run_in_thread, self.reactor, owner=self.owner)
             if current is None:
                 try:  # at start: an unusable path stops the server, saying why
                     new.open_now()
@@ -73,10 +84,11 @@ class MailLogService(Service):
 
     def startService(self) -> None:  # noqa: N802 - Twisted's name
         super().startService()
-        self._arm_midnight()
-        self._size_check.start(SIZE_CHECK, now=False).addErrback(
-            lambda f: log.failure("mail log size check stopped", f)
-        )
+        if self.owner:
+            self._arm_midnight()
+            self._size_check.start(SIZE_CHECK, now=False).addErrback(
+                lambda f: log.failure("mail log size check stopped", f)
+            )
         self.reactor.addSystemEventTrigger("after", "shutdown", self._close)
 
     def stopService(self) -> defer.Deferred[None]:  # noqa: N802 - Twisted's name
