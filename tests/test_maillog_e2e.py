@@ -51,6 +51,18 @@ def session(text: str, marker: str) -> str:
     return "\n".join(ln.split(tag + " ", 1)[1] for ln in text.splitlines() if tag in ln)
 
 
+def mtactl(mgmt: int, *args: str) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MTACTL_")}
+    url = f"http://127.0.0.1:{mgmt}"
+    return subprocess.run(
+        [MTACTL, "--url", url, "--api-key", API_KEY, *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=env,
+    )
+
+
 @pytest.fixture
 def receiver() -> Iterator[Receiver]:
     with Receiver() as running:
@@ -217,19 +229,12 @@ def test_rotate_log_command_and_size_rotation_keep_n_files(tmp_path: Path) -> No
         f"http-mgmt-port 127.0.0.1:{mgmt}\nhttp-api-key {API_KEY}",
         source="log-connections yes\nlog-commands yes",
     )
-    env = {k: v for k, v in os.environ.items() if not k.startswith("MTACTL_")}
     with ServerProcess(tmp_path, conf, wait_ports=(port, mgmt)):
         with smtplib.SMTP("127.0.0.1", port) as client:
             client.noop()
         assert wait_until(lambda: "closed" in read(log_file))
         before = read(log_file)
-        result = subprocess.run(
-            [MTACTL, "--url", f"http://127.0.0.1:{mgmt}", "--api-key", API_KEY, "rotate", "log"],
-            capture_output=True,
-            text=True,
-            timeout=60,
-            env=env,
-        )
+        result = mtactl(mgmt, "rotate", "log")
         assert result.returncode == 0, result.stderr
         assert "Logging file rotated." in result.stdout
         assert read(Path(f"{log_file}.1")) == before
@@ -256,3 +261,35 @@ def test_unusable_log_file_stops_the_start_saying_why(tmp_path: Path) -> None:
     assert result.returncode != 0
     output = (result.stdout + result.stderr).decode() + server.read_log()
     assert f"log-file {tmp_path / 'adir'}: Is a directory; not started" in output
+
+
+def test_reception_workers_append_to_the_same_log_and_follow_rotation(tmp_path: Path) -> None:
+    """With reception-workers, workers' sessions land whole in the log, also after rotate."""
+    port, mgmt = free_port(), free_port()
+    log_file = tmp_path / "mail.log"
+    conf = relay_config(
+        tmp_path,
+        port,
+        DISCARD,
+        settings=f"reception-workers 2\nlog-file {log_file}\n"
+        f"http-mgmt-port 127.0.0.1:{mgmt}\nhttp-api-key {API_KEY}",
+        source="log-connections yes\nlog-commands yes",
+    )
+
+    def sessions(count: int, mark: str) -> None:
+        for n in range(count):
+            with smtplib.SMTP("127.0.0.1", port) as client:
+                client.sendmail(f"{mark}{n}@src.test", ["r@dst.test"], b"Subject: x\r\n\r\nx\r\n")
+
+    with ServerProcess(tmp_path, conf, wait_ports=(port, mgmt)):
+        sessions(6, "first")
+        assert wait_until(lambda: read(log_file).count("mail FROM:<first") == 6)
+        assert mtactl(mgmt, "rotate", "log").returncode == 0
+        sessions(6, "second")
+        assert wait_until(lambda: read(log_file).count("mail FROM:<second") == 6)
+    old, new = read(Path(f"{log_file}.1")), read(log_file)
+    assert old.count("mail FROM:<first") == 6 and "mail FROM:<second" not in old
+    assert "mail FROM:<first" not in new
+    assert re.search(r"\[w[12] in \d+\] >>> mail FROM:<second", new)
+    for path in (log_file, Path(f"{log_file}.1")):
+        assert_well_formed(path)

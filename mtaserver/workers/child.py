@@ -51,6 +51,7 @@ from mtaserver.config.model import Listener
 from mtaserver.config.reload import ConfigHolder
 from mtaserver.config.values import HostPort, parse_host_port
 from mtaserver.events import Envelope
+from mtaserver.maillog import MailLogService
 from mtaserver.message.intake import ReceptionStats
 from mtaserver.smtp.connections import InboundConnections
 from mtaserver.smtp.listeners import SmtpListeners
@@ -127,6 +128,7 @@ def compose(
     link: MasterLink,
     fds: dict[HostPort, int],
     workers: int,
+    slot: int = 0,
 ) -> MultiService:
     """The worker's services: the pool, then the SMTP listeners on adopted sockets."""
     config = holder.config
@@ -137,6 +139,9 @@ def compose(
     def run_in_thread(work: Callable[[], Any]) -> Deferred[Any]:
         return deferToThreadPool(reactor, pool, work)
 
+    # the mail log: appended to beside the master, which alone rotates it
+    maillog = MailLogService(holder, reactor, run_in_thread, owner=False, process=f"w{slot}")
+    maillog.setServiceParent(root)
     spool = config.settings.spool
     journal = HandoffJournal(link, os.path.join(spool, "journal"))
     store = MessageStore(
@@ -170,6 +175,7 @@ def compose(
             run_in_thread=run_in_thread,
             tls_options=tls_options,
             connections=connections,
+            maillog=maillog.maillog,
         )
         fd = fds.get(listener.address)
         endpoint: Any = NoSocket(listener.address)
@@ -231,7 +237,7 @@ def main(argv: Sequence[str] | None = None) -> None:
 
     link = MasterLink(reload, master_gone)
     StandardIO(link, stdin=0, stdout=HANDOFF_FD, reactor=reactor)  # type: ignore[call-arg]
-    root = compose(holder, reactor, link, dict(args.listen), args.workers)
+    root = compose(holder, reactor, link, dict(args.listen), args.workers, args.slot)
     reactor.callWhenRunning(root.startService)
     reactor.addSystemEventTrigger("before", "shutdown", root.stopService)
     log.info("reception worker {slot} running (pid {pid})", slot=args.slot, pid=os.getpid())
