@@ -23,7 +23,7 @@ from mtaserver.http.openapi import document
 
 schema = schemathesis.openapi.from_dict(document()).include(
     path_regex=(
-        r"^/(command|configFile|status|queues|domains|vmtas|jobs|metrics"
+        r"^/(|command|configFile|status|queues|domains|vmtas|jobs|metrics"
         r"|queueDetail|domainDetail|vmtaDetail|jobDetail|listQueue)$"
     )
 )

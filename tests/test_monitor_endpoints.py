@@ -191,6 +191,15 @@ def test_status_json_has_the_guide_fields(server: MgmtServer) -> None:
     assert len(found["status"]["timeNow"]) == len("2019-02-07 17:06:02")
 
 
+def test_home_page_as_data(server: MgmtServer) -> None:
+    """`/?format=json|xml` is the home page as data (`mta`); without format, the console."""
+    home = data(server, "/", format="json")
+    assert set(home) == {"mta"} and home["mta"]["product"]["name"] == "mtaserver"
+    assert xml_data(server, "/").findtext("mta/fullHostName") == "mta.test"
+    status, _, _ = get(server, "/")
+    assert status == 302
+
+
 def test_status_xml_parses_back_to_the_guide_fields(server: MgmtServer) -> None:
     """/status?format=xml is well-formed `<rsp>...<succ/></rsp>` with the guide's leaves."""
     element = xml_data(server, "/status")

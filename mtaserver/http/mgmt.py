@@ -99,9 +99,12 @@ class ManagementAPI:
     def metrics_route(self, request: IRequest) -> Any:
         return self.monitor.metrics(request)
 
-    # The web console (mtaserver/http/console): `/` redirects to its page at `/ui/`.
+    # The web console (mtaserver/http/console): `/` redirects to its page at `/ui/`;
+    # `/?format=json|xml` is PowerMTA's home page as data (monitor.py).
     @app.route("/", methods=["GET"])
     def console_root(self, request: IRequest) -> Any:
+        if b"format" in request.args:
+            return self.monitor.view(request, "home")
         return self.console.root(request)
 
     @app.route("/ui/", methods=["GET"])

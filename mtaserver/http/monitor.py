@@ -1,5 +1,6 @@
 """The Monitoring API: PowerMTA's web monitor endpoints, as JSON or XML, and `/metrics`.
 
+    GET /?format=json|xml                     (the home page: `mta`, what this server is)
     GET /status        /queues        /domains        /vmtas        /jobs
     GET /queueDetail?queue=D/V   /domainDetail?domain=D   /vmtaDetail?vmta=V
     GET /jobDetail?jobid=J       /listQueue?queue=D/V&maxitems=N&offset=K
@@ -66,6 +67,7 @@ class View:
 
 _LIST = frozenset({"maxitems", "sort"})
 VIEWS: dict[str, View] = {
+    "home": View(frozenset()),
     "status": View(frozenset(), "show status"),
     "queues": View(
         _LIST | {"queue", "domain", "vmta", "paused", "mode", "connected", "errors"},
@@ -295,6 +297,10 @@ class MonitorAPI:
 
     def _queue_views(self, pattern: str = "*") -> list[QueueView]:
         return self.commands.control.queues(pattern)
+
+    def _home(self, query: Query) -> tuple[Any, Old]:
+        """`/?format=...`: PowerMTA's home page as data, what this server is (`mta`)."""
+        return {"mta": shapes.mta(self.commands.holder.config.settings.host_name)}, None
 
     def _status(self, query: Query) -> tuple[Any, Old]:
         commands = self.commands

@@ -239,6 +239,7 @@ _SHAPES: dict[str, dict[str, Any]] = {
     "VmtaDetail": _object({"vmta": _ROLLUP}, ("vmta",)),
     "JobDetail": _object({"job": _JOB}, ("job",)),
     "ListQueue": _LIST_QUEUE,
+    "Home": _object({"mta": _STATUS["properties"]["mta"]}, ("mta",)),
 }
 
 
@@ -497,6 +498,19 @@ def document() -> dict[str, Any]:
                         "413": _reply("Body too large"),
                     },
                 },
+            },
+            "/": {
+                "get": {
+                    "tags": ["monitoring"],
+                    "summary": "PowerMTA's home page as data (with format); else the console",
+                    "description": "Without `format`, a 302 to the web console at `/ui/`.",
+                    "parameters": [{**_MONITOR_FORMAT, "required": True}],
+                    "responses": {
+                        "200": _monitor_reply("What this server is: `mta`", "Home"),
+                        "302": {"description": "To the web console (no `format`)"},
+                        **_MONITOR_ERRORS,
+                    },
+                }
             },
             "/status": _monitor(
                 "Traffic, connections, queue and spool totals",
