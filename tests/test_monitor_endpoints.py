@@ -369,6 +369,51 @@ def test_list_queue_pages_and_filters(server: MgmtServer) -> None:
     assert element.findtext("next") == "2"
 
 
+def json_paths(value: Any, path: str = "") -> set[str]:
+    """The element paths XML gives for JSON data: a list repeats its key's element."""
+    if isinstance(value, dict):
+        found: set[str] = set()
+        for key, item in value.items():
+            found |= json_paths(item, f"{path}/{key}" if path else key)
+        return found or {path}
+    if isinstance(value, list):
+        return set().union(*(json_paths(item, path) for item in value)) if value else set()
+    return {path}
+
+
+def xml_paths(element: ET.Element, path: str = "") -> set[str]:
+    if len(element) == 0:
+        return {path}
+    return set().union(
+        *(xml_paths(child, f"{path}/{child.tag}" if path else child.tag) for child in element)
+    )
+
+
+def test_xml_mirrors_json_on_every_endpoint(server: MgmtServer) -> None:
+    """Every endpoint's XML has the same elements, and the same values, as its JSON."""
+    hold(server, "mirror.test")
+    server.send(["m1@mirror.test", "m2@mirror.test"], headers="X-Job: mirror\r\n")
+    assert wait_until(lambda: (queued(server, "mirror.test/*") or {}).get("rcp") == 2)
+    for path, params in (
+        ("/status", {}),
+        ("/queues", {"queue": "mirror.test/*", "errors": "yes"}),
+        ("/domains", {"domain": "mirror.test"}),
+        ("/vmtas", {}),
+        ("/jobs", {"jobid": "mirror"}),
+        ("/queueDetail", {"queue": "mirror.test"}),
+        ("/domainDetail", {"domain": "mirror.test"}),
+        ("/vmtaDetail", {"vmta": "{default}"}),
+        ("/jobDetail", {"jobid": "mirror"}),
+        ("/listQueue", {"queue": "mirror.test/*"}),
+    ):
+        found = data(server, path, **params)
+        element = xml_data(server, path, **params)
+        assert xml_paths(element) - {""} == json_paths(found), path
+        if path == "/queueDetail":
+            assert element.findtext("queue/rcp") == str(found["queue"]["rcp"])
+            assert element.findtext("queue/paused") == "1" and found["queue"]["paused"] is True
+
+
 def test_hostile_and_unknown_parameters_are_a_clear_400(server: MgmtServer) -> None:
     """Unknown, repeated, control-character and out-of-range parameters: a 400 naming them."""
 

@@ -12,7 +12,8 @@ the singular (`{"queue": [...]}`, `<queue>` once per queue), as PowerMTA's DOM o
 The functions here are pure: they read frozen views (`QueueView`, `JobView`,
 `WaitingRecipient`), the traffic counters and the settings, with the time passed in,
 and return plain JSON-able data. `xmlout` writes the same data as XML. Fields PowerMTA
-has that mean nothing here get a fixed value, listed in `FIXED` (and in docs/api.rst).
+has that mean nothing here get a fixed value (docs/api.rst lists them: a license
+serial, reception timings, spool file recycling...).
 """
 
 from __future__ import annotations
@@ -43,27 +44,6 @@ QUEUE_TYPES: tuple[str, ...] = (
     "feedbackLoopProcessor",
 )
 _TYPE_OF = {"smtp": "smtp", "http-delivery": "pipe", "discard": "discard", "file": "file"}
-
-#: Fields of PowerMTA's `/status` with no meaning here, and the value they always have.
-FIXED: dict[str, str] = {
-    "mta.lak.serial": '"" (no license key)',
-    "mta.lak.instances": "1",
-    "mta.userString": '""',
-    "mta.hostId": "0",
-    "mta.webUI.protocol": "1",
-    "status.shuttingDown": "false (the port closes when the server stops)",
-    "status.traffic.*.perf": "0 (reception times are not measured)",
-    "status.resolver.queriesPending": "0 (not counted)",
-    "status.resolver.queriesActive": "0 (not counted)",
-    "status.queue.alias": "0 (no alias delivery)",
-    "status.queue.bounceProcessor": "0 (reports are processed at reception, never queued)",
-    "status.queue.feedbackLoopProcessor": "0 (likewise)",
-    "status.spool.initPct": "100 (recovery ends before the port listens)",
-    "status.spool.dirs": "1",
-    "status.spool.files.recycled": "0 (message files are never recycled)",
-    "status.spool.maxRcp": "0 (no limit)",
-}
-
 
 def timestamp(seconds: float | None) -> str:
     """PowerMTA's `YYYY-MM-DD HH:MM:SS`, in UTC; "" for no time."""
