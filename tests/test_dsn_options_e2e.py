@@ -186,9 +186,11 @@ def test_success_dsn_and_notify_never(tmp_path: Path, dst: Receiver, src: Receiv
 def test_format_from_return_default_and_suppression(
     tmp_path: Path, dst: Receiver, src: Receiver
 ) -> None:
-    """dsn-format, custom-dsn-from-header, dsn-return-default, suppress- and deliver-local-dsn."""
+    """dsn-format, -text-file, custom-dsn-from-header, dsn-return-default, suppression."""
     port, quiet_port = free_port(), free_port()
     senders_mx = f"smtp-hosts [127.0.0.1]:{src.port}"
+    template = tmp_path / "dsn-text.txt"
+    template.write_text("Dear $sender: $subject\n$recipients\n")
     conf = relay_config(
         tmp_path,
         port,
@@ -197,6 +199,7 @@ def test_format_from_return_default_and_suppression(
         domain(senders_mx, "src.test"),
         domain(f"{senders_mx}\ndsn-format plain-text", "plain.test"),
         domain(f"{senders_mx}\ndeliver-local-dsn no", "nodsn.test"),
+        domain(f"{senders_mx}\ndsn-text-file {template}", "tmpl.test"),
         settings=f'custom-dsn-from-header "Bounce Desk <bounces@mta.test>"\n'
         f"smtp-listener 127.0.0.1:{quiet_port} source=quiet\n"
         "<source quiet>\n always-allow-relaying yes\n suppress-local-dsn yes\n</source>\n",
@@ -209,13 +212,15 @@ def test_format_from_return_default_and_suppression(
         send(port, "c@plain.test", hard, b"Subject: c-plain\r\n\r\nBODY-C\r\n", ["RET=FULL"])
         send(port, "d@src.test", hard, b"Subject: d-full\r\n\r\nBODY-D\r\n")
         send(port, "e@src.test", hard, b"Subject: e-hdrs\r\n\r\nBODY-E\r\n", ["RET=HDRS"])
-        assert wait_until(lambda: len(records(tmp_path, "b")) == 5)
+        send(port, "f@tmpl.test", hard, b"Subject: f-tmpl\r\n\r\nBODY-F\r\n")
+        assert wait_until(lambda: len(records(tmp_path, "b")) == 6)
         assert sorted(r["rcpt"] for r in dsn_receptions(tmp_path)) == [
             "c@plain.test",
             "d@src.test",
             "e@src.test",
+            "f@tmpl.test",
         ]
-        assert wait_until(lambda: len(dsns(src)) == 3)
+        assert wait_until(lambda: len(dsns(src)) == 4)
     by_rcpt = {m.rcpt_tos[0]: m for m in dsns(src)}
     plain, full, headers = (
         parsed(by_rcpt[a]) for a in ("c@plain.test", "d@src.test", "e@src.test")
@@ -236,7 +241,14 @@ def test_format_from_return_default_and_suppression(
     assert b"BODY-D" in returned.as_bytes()
     assert b"BODY-E" not in by_rcpt["e@src.test"].data
     assert any(p.get_content_type() == "text/rfc822-headers" for p in headers.walk())
-    for message in (by_rcpt["d@src.test"], by_rcpt["e@src.test"]):
+    # dsn-text-file of the sender's domain: the notification part from the template
+    templated = parsed(by_rcpt["f@tmpl.test"])
+    notification = next(p for p in templated.walk() if p["Content-Description"] == "Notification")
+    assert notification.get_content().replace("\r\n", "\n") == (
+        "Dear f@tmpl.test: f-tmpl\n<hard@dst.test>: failed (host 127.0.0.1 said): "
+        "550 5.1.1 no such user\n"
+    )
+    for message in (by_rcpt["d@src.test"], by_rcpt["e@src.test"], by_rcpt["f@tmpl.test"]):
         report = parse_bounce(message.data)
         assert report is not None
         assert [r.rcpt for r in report.recipients] == ["hard@dst.test"]

@@ -93,6 +93,61 @@ def test_bad_values_are_config_errors(tmp_path: Path, text: str, message: str) -
 
 
 @pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        (b"Hi $who\n", "unknown placeholder $who"),
+        (b"Costs 5$ now\n", "a $ that starts no placeholder"),
+        (b"\xff\xfe not text", "is not UTF-8 text"),
+        (b"bell \x07 here", "holds control characters"),
+        (b"x" * (64 * 1024 + 1), "larger than 64 KB"),
+    ],
+)
+def test_bad_dsn_text_file_is_a_config_error(tmp_path: Path, content: bytes, message: str) -> None:
+    """dsn-text-file is read at load: unreadable, unknown fields or controls are errors."""
+    template = tmp_path / "dsn.txt"
+    template.write_bytes(content)
+    with pytest.raises(ConfigError) as caught:
+        _load(tmp_path, f"<domain *>\n dsn-text-file {template}\n</domain>\n")
+    assert message in str(caught.value)
+    with pytest.raises(ConfigError, match="cannot read"):
+        _load(tmp_path, f"<domain *>\n dsn-text-file {tmp_path}/missing.txt\n</domain>\n")
+
+
+def test_dsn_text_template_fills_in_fields(tmp_path: Path) -> None:
+    """The template replaces the notification part; peer text stays one line; $$ is $."""
+    template = tmp_path / "dsn.txt"
+    template.write_text(
+        'Hello ${sender},\nabout "$subject" ($envid):\n$summary\n\n$recipients\n'
+        "-- $reporting_mta, $postmaster, $$5\n"
+    )
+    config = _load(tmp_path, f"<domain *>\n dsn-text-file {template}\n</domain>\n")
+    text_file = config.domain_settings("src.test").dsn_text_file
+    envelope = _env(Recipient("r@dst.test"), env_id="E7")
+    failure = FailedRecipient(envelope.recipients[0], "failed", "5.1.1", "550 5.1.1\r\nX: y", "mx")
+    data = build_dsn(
+        envelope,
+        [failure],
+        b"Subject: Spring\r\n sale\r\n\r\nbody\r\n",
+        "mta.test",
+        "pm@mta.test",
+        1.7e9,
+        "mta.test",
+        text_template=text_file.text,
+    )
+    report = email.message_from_bytes(data, policy=email.policy.default)
+    notification = next(p for p in report.walk() if p["Content-Description"] == "Notification")
+    assert notification.get_content().replace("\r\n", "\n") == (
+        'Hello s@src.test,\nabout "Spring  sale" (E7):\n'
+        "I'm sorry to have to inform you that your message could not\n"
+        "be delivered to one or more recipients. It's attached below.\n\n"
+        "<r@dst.test>: failed (host mx said): 550 5.1.1 X: y\n"
+        "-- mta.test, pm@mta.test, $5\n"
+    )
+    bounce = parse_bounce(data)  # the status part is as always
+    assert bounce is not None and [r.rcpt for r in bounce.recipients] == ["r@dst.test"]
+
+
+@pytest.mark.parametrize(
     ("ret", "default", "expected"),
     [
         (None, "system", None),

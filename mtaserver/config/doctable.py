@@ -95,6 +95,7 @@ _NAMED_LABELS: dict[str, str] = {
     "parse_user_filter": "LDAP filter with %u",
     "_address_pattern": "address, local part or /regex/",
     "_dsn_from_header": "Name <address>",
+    "parse_dsn_text_file": "file ($sender $recipients ...)",
 }
 
 

@@ -27,6 +27,7 @@ import attrs
 from mtaserver.config.grammar import ConfigProblem
 from mtaserver.config.values import (
     DomainKey,
+    DsnText,
     HeaderMapping,
     HostPort,
     HttpAccess,
@@ -130,6 +131,7 @@ class DomainSettings:
     #: DSNs to senders at this domain: sent (yes) or not (no); acct records are unchanged.
     deliver_local_dsn: bool = True
     dsn_format: str = "standard"  # DSNs to senders at this domain: standard | plain-text
+    dsn_text_file: DsnText | None = None  # + their human-readable part, from a template
     #: A recipient of this queue asking NOTIFY=DELAY gets a delay DSN this often; None: never.
     notify_of_delay_every: float | None = 4 * 3600.0
     http_delivery_url: str | None = None

@@ -382,6 +382,7 @@ DIRECTIVES: Mapping[str, Spec] = {
     "dkim-identity": Spec(_dkim_identity, _D),
     "deliver-local-dsn": Spec(_yesno, _D),
     "dsn-format": Spec(v.parse_choice("standard", "plain-text"), _D),
+    "dsn-text-file": Spec(v.parse_dsn_text_file, _D),
     "notify-of-delay-every": Spec(v.parse_interval_or_never, _D),
     "http-delivery-url": Spec(v.parse_url, _D),
     "http-delivery-extra-headers": Spec(_path, _D),

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import ipaddress
 import re
+import string
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -634,3 +635,47 @@ def parse_name(text: str) -> str:
 
 
 Parser = Callable[[str], Any]
+
+
+#: The placeholders a `dsn-text-file` may use (`$name` or `${name}`; `$$` is a `$`).
+DSN_TEXT_FIELDS = frozenset(
+    {"sender", "reporting_mta", "postmaster", "recipients", "summary", "envid", "subject"}
+)
+MAX_DSN_TEXT = 64 * 1024
+
+
+@attrs.frozen
+class DsnText:
+    """`dsn-text-file FILE`: the human-readable part of DSNs, read when the config loads."""
+
+    path: str
+    text: str
+
+
+def parse_dsn_text_file(text: str) -> DsnText:
+    """Read and check a DSN text template: UTF-8, at most 64 KB, known `$fields` only."""
+    path = text.strip()
+    if not path:
+        raise ValueError("a file name is required")
+    try:
+        with open(path, "rb") as stream:
+            data = stream.read(MAX_DSN_TEXT + 1)
+    except OSError as exc:
+        raise ValueError(f"cannot read {path}: {exc.strerror}") from None
+    if len(data) > MAX_DSN_TEXT:
+        raise ValueError(f"{path} is larger than {MAX_DSN_TEXT // 1024} KB")
+    try:
+        body = data.decode("utf-8")
+    except UnicodeDecodeError:
+        raise ValueError(f"{path} is not UTF-8 text") from None
+    if re.search(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]", body):
+        raise ValueError(f"{path} holds control characters")
+    template = string.Template(body)
+    unknown = sorted(set(template.get_identifiers()) - DSN_TEXT_FIELDS)
+    expected = ", ".join("$" + f for f in sorted(DSN_TEXT_FIELDS))
+    if not template.is_valid():
+        raise ValueError(f"{path}: a $ that starts no placeholder; expected {expected} ($$ for $)")
+    if unknown:
+        names = ", ".join("$" + u for u in unknown)
+        raise ValueError(f"{path}: unknown placeholder {names}; expected {expected}")
+    return DsnText(path, body)

@@ -28,11 +28,13 @@ from __future__ import annotations
 
 import io
 import re
+import string
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from email import policy as email_policy
 from email.generator import BytesGenerator
 from email.message import EmailMessage, Message, MIMEPart
+from email.parser import BytesHeaderParser
 from email.policy import Policy
 from email.utils import format_datetime, make_msgid
 
@@ -163,39 +165,77 @@ def header_section(message: bytes) -> bytes:
 # -- the report ------------------------------------------------------------------------
 
 
-def _human_text(failures: Sequence[FailedRecipient], reporting_mta: str, postmaster: str) -> str:
-    failed = [f for f in failures if f.action == "failed"]
-    delayed = [f for f in failures if f.action == "delayed"]
-    others = [f for f in failures if f.action not in ("failed", "delayed")]
-    lines = [f"This is the mail system at host {clean_text(reporting_mta)}.", ""]
-    if failed:
+def _summary(failures: Sequence[FailedRecipient]) -> list[str]:
+    """The sentences saying what happened, one paragraph per kind of report."""
+    actions = {f.action for f in failures}
+    lines: list[str] = []
+    if "failed" in actions:
         lines += [
             "I'm sorry to have to inform you that your message could not",
             "be delivered to one or more recipients. It's attached below.",
             "",
         ]
-    if delayed:
+    if "delayed" in actions:
         lines += [
             "Your message could not yet be delivered to one or more recipients.",
             "It will be retried; you do not need to send it again.",
             "",
         ]
-    if any(f.action == "relayed" for f in others):
+    if "relayed" in actions:
         lines += [
             "Your message was relayed to the recipients' mail systems below, which do",
             "not send delivery reports: you will not be told when it arrives.",
             "",
         ]
-    if any(f.action != "relayed" for f in others):
+    if actions & {"delivered", "expanded"}:
         lines += ["Your message was successfully delivered to the recipients below.", ""]
-    if postmaster:
-        lines += [f"For further assistance, please contact <{clean_text(postmaster)}>.", ""]
+    return lines
+
+
+def _recipient_lines(failures: Sequence[FailedRecipient]) -> list[str]:
+    lines = []
     for f in failures:
         where = f" (host {clean_text(f.remote_mta)} said)" if f.remote_mta else ""
         # This part is encoded text, so the remote's words may keep their non-ASCII.
         diag = _CONTROL.sub(" ", f.diag).strip()
         lines.append(f"<{clean_text(f.recipient.address)}>: {f.action}{where}: {diag}")
-    return "\r\n".join(lines) + "\r\n"
+    return lines
+
+
+def _human_text(
+    envelope: Envelope,
+    failures: Sequence[FailedRecipient],
+    reporting_mta: str,
+    postmaster: str,
+    original: bytes,
+    template: str | None,
+) -> str:
+    """The notification part: ours, or a `dsn-text-file` template filled in.
+
+    A template's `$fields` are single lines of text (controls replaced) except
+    `$recipients` and `$summary`, which are ours; what the sender or a remote wrote
+    cannot add MIME structure, because this part is encoded text.
+    """
+    if template is None:
+        lines = [f"This is the mail system at host {clean_text(reporting_mta)}.", ""]
+        lines += _summary(failures)
+        if postmaster:
+            lines += [f"For further assistance, please contact <{clean_text(postmaster)}>.", ""]
+        lines += _recipient_lines(failures)
+        return "\r\n".join(lines) + "\r\n"
+    headers = BytesHeaderParser(policy=email_policy.compat32).parsebytes(header_section(original))
+    subject = str(headers.get("Subject", ""))
+    values = {
+        "sender": _CONTROL.sub(" ", envelope.sender),
+        "reporting_mta": clean_text(reporting_mta),
+        "postmaster": clean_text(postmaster),
+        "recipients": "\n".join(_recipient_lines(failures)),
+        "summary": "\n".join(_summary(failures)).rstrip("\n"),
+        "envid": clean_text(envelope.env_id or ""),
+        "subject": _CONTROL.sub(" ", subject).strip(),
+    }
+    text = string.Template(template).safe_substitute(values)
+    return re.sub(r"\r\n|\r|\n", "\r\n", text.rstrip("\r\n") + "\n")
 
 
 def _fields(policy: Policy, fields: list[tuple[str, str]]) -> MIMEPart:
@@ -226,6 +266,7 @@ def build_dsn(
     *,
     from_header: str | None = None,
     plain_text: bool = False,
+    text_template: str | None = None,
 ) -> bytes:
     """The DSN for `failures` of `envelope`, to its sender, as bytes with CRLF line ends.
 
@@ -235,7 +276,8 @@ def build_dsn(
     (`message/rfc822`) when the sender asked RET=FULL and it is at most
     `max_full_original` bytes. `plain_text` (`dsn-format plain-text`) sends instead a
     single `text/plain` part holding the delivery-status fields, and nothing of the
-    original (PowerMTA: that format overrides `dsn-return-default`).
+    original (PowerMTA: that format overrides `dsn-return-default`). `text_template`
+    (`dsn-text-file` +) replaces our human-readable part.
     """
     if not failures:
         raise ValueError("a DSN needs at least one recipient to report on")
@@ -267,7 +309,9 @@ def build_dsn(
     report["Content-Type"] = "multipart/report; report-type=delivery-status"
 
     text = MIMEPart(policy=policy)
-    text.set_content(_human_text(failures, reporting_mta, postmaster))
+    text.set_content(
+        _human_text(envelope, failures, reporting_mta, postmaster, original, text_template)
+    )
     text["Content-Description"] = "Notification"
 
     blocks: list[Message | str] = [_fields(policy, per_message)]

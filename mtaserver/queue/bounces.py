@@ -11,9 +11,9 @@ and that server reports. `DelayNotices` (`delay_notices.py`) uses `send` for the
 Never for a null sender, never for a DSN of ours (no bounce of a bounce), never for
 mail from a `<source>` with `suppress-local-dsn`, never to a sender whose domain has
 `deliver-local-dsn no`, and only for recipients whose NOTIFY asks for that kind.
-`dsn-format` and `custom-dsn-from-header` shape it (`mtaserver.message.dsn`); the
-settings of the sender's domain apply (it is the DSN's destination), with the
-original's virtual MTA.
+`dsn-format`, `dsn-text-file` (+) and `custom-dsn-from-header` shape it
+(`mtaserver.message.dsn`); the settings of the sender's domain apply (it is the DSN's
+destination), with the original's virtual MTA.
 
 Building the report runs in the thread pool: the `email` package walks and
 re-encodes the original (up to 100 KB of it with RET=FULL), which is too long a
@@ -138,6 +138,7 @@ class DsnSender:
         postmaster = config.settings.postmaster or ""
         from_header = config.settings.custom_dsn_from_header
         plain_text = settings.dsn_format == "plain-text"
+        template = settings.dsn_text_file.text if settings.dsn_text_file else None
         original = body
         report = await self.run_in_thread(
             lambda: build_dsn(
@@ -150,6 +151,7 @@ class DsnSender:
                 host_name,
                 from_header=from_header,
                 plain_text=plain_text,
+                text_template=template,
             )
         )
         writer = self.store.begin()
