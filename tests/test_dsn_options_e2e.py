@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import email
 import email.policy
+import json
 import smtplib
+import urllib.request
 from collections.abc import Iterator
 from email.message import EmailMessage, Message
 from pathlib import Path
@@ -252,3 +254,52 @@ def test_format_from_return_default_and_suppression(
         report = parse_bounce(message.data)
         assert report is not None
         assert [r.rcpt for r in report.recipients] == ["hard@dst.test"]
+
+
+API_KEY = "dsn_key_0123456789_0123456789_abcdef"
+
+
+@pytest.mark.parametrize("suppress", [False, True])
+def test_transmissions_api_source_options(
+    tmp_path: Path, dst: Receiver, src: Receiver, suppress: bool
+) -> None:
+    """{transmissions-api}: dsn-return-default full returns the body; suppress-local-dsn none."""
+    port, api_port = free_port(), free_port()
+    conf = relay_config(
+        tmp_path,
+        port,
+        acct_file(tmp_path / "acct.csv"),
+        domain(f"smtp-hosts [127.0.0.1]:{dst.port}", "dst.test"),
+        domain(f"smtp-hosts [127.0.0.1]:{src.port}", "src.test"),
+        f"<transmissions-api-listener 127.0.0.1:{api_port}>\n</transmissions-api-listener>\n"
+        f"<transmissions-api>\n api-key {API_KEY}\n</transmissions-api>\n"
+        "<source {transmissions-api}>\n dsn-return-default full\n"
+        f" suppress-local-dsn {'yes' if suppress else 'no'}\n</source>\n",
+    )
+    body = {
+        "return_path": "api@src.test",
+        "recipients": [{"address": "hard@dst.test"}, {"address": "ok@dst.test"}],
+        "content": {"email_rfc822": "Subject: via-api\r\n\r\nBODY-API\r\n"},
+    }
+    request = urllib.request.Request(
+        f"http://127.0.0.1:{api_port}/api/v1/transmissions",
+        data=json.dumps(body).encode(),
+        headers={"Authorization": API_KEY, "Content-Type": "application/json"},
+        method="POST",
+    )
+    with ServerProcess(tmp_path, conf, wait_ports=(port, api_port)):
+        with urllib.request.urlopen(request, timeout=30) as response:
+            assert json.load(response)["results"]["total_accepted_recipients"] == 2
+        assert wait_until(lambda: len(records(tmp_path, "b")) == 1)
+        assert wait_until(lambda: len(records(tmp_path, "d")) >= 1)
+        if suppress:
+            assert dsn_receptions(tmp_path) == []
+            return
+        assert wait_until(lambda: len(dsns(src)) == 1)
+    (notice,) = dsns(src)
+    assert notice.rcpt_tos == ["api@src.test"]
+    message = parsed(notice)
+    returned = next(p for p in message.walk() if p.get_content_type() == "message/rfc822")
+    assert b"BODY-API" in returned.as_bytes()
+    report = parse_bounce(notice.data)
+    assert report is not None and [r.rcpt for r in report.recipients] == ["hard@dst.test"]
