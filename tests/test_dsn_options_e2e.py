@@ -21,6 +21,7 @@ from pathlib import Path
 
 import pytest
 from mx_receiver import ReceivedMessage, Receiver
+from scripted_mx import ScriptedMx
 from server_configs import acct_file, domain, relay_config
 from server_process import ServerProcess, free_port, read_acct, wait_until
 
@@ -303,3 +304,35 @@ def test_transmissions_api_source_options(
     assert b"BODY-API" in returned.as_bytes()
     report = parse_bounce(notice.data)
     assert report is not None and [r.rcpt for r in report.recipients] == ["hard@dst.test"]
+
+
+def test_no_success_dsn_when_the_next_hop_offers_dsn(
+    tmp_path: Path, dst: Receiver, src: Receiver
+) -> None:
+    """NOTIFY=SUCCESS goes on to an MX that offers DSN (it reports); to one without, relayed."""
+    port = free_port()
+    with ScriptedMx() as dsn_mx:
+        conf = relay_config(
+            tmp_path,
+            port,
+            acct_file(tmp_path / "acct.csv"),
+            domain(f"smtp-hosts [127.0.0.1]:{dsn_mx.port}\nuse-starttls no", "dsn.test"),
+            domain(f"smtp-hosts [127.0.0.1]:{dst.port}", "dst.test"),
+            domain(f"smtp-hosts [127.0.0.1]:{src.port}", "src.test"),
+        )
+        with ServerProcess(tmp_path, conf, wait_ports=(port,)):
+            success = ["NOTIFY=SUCCESS", "ORCPT=rfc822;ok@dsn.test"]
+            send(port, "a@src.test", [("ok@dsn.test", success)], b"Subject: a\r\n\r\nx\r\n")
+            send(port, "b@src.test", [("ok@dst.test", ["NOTIFY=SUCCESS"])], b"Subject: b\r\n\r\n")
+            assert wait_until(lambda: len(records(tmp_path, "d")) >= 2)
+            # a DSN's r record is journaled before the d it reports on
+            assert [r["rcpt"] for r in dsn_receptions(tmp_path)] == ["b@src.test"]
+            assert wait_until(lambda: len(dsns(src)) == 1)
+        rcpt_lines = [c for c in dsn_mx.commands(0) if c.upper().startswith(b"RCPT")]
+    assert rcpt_lines == [b"RCPT TO:<ok@dsn.test> NOTIFY=SUCCESS ORCPT=rfc822;ok@dsn.test"]
+    (notice,) = dsns(src)
+    (block,) = blocks(parsed(notice))[1:]
+    assert (str(block["Final-Recipient"]), str(block["Action"])) == (
+        "rfc822; ok@dst.test",
+        "relayed",
+    )

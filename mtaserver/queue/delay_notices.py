@@ -76,12 +76,13 @@ class DelayNotices:
         """A `t` record: its recipients were tried and will be retried."""
         if not any(r.notify for r in outcome.envelope.recipients):
             return
-        whole = outcome.envelope  # .only(): recipients in the order of rcpt_indexes
+        # An outcome's envelope holds only its recipients, in the order of rcpt_indexes.
+        envelope = outcome.envelope
         await self._check(
             settings,
             outcome.msg_id,
-            whole,
-            list(range(len(whole.recipients))),
+            envelope,
+            list(range(len(envelope.recipients))),
             outcome.rcpt_indexes,
             outcome.dsn_status,
             outcome.dsn_diag.removeprefix("smtp;"),
