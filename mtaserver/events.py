@@ -56,6 +56,16 @@ class Envelope:
     dkim_options: str | None = None
     #: The source's `suppress-local-dsn`: no DSN of ours (failure, delay, success) for it.
     suppress_local_dsn: bool = False
+    #: Not delivered before this time (the Transmissions API's `options.start_time`);
+    #: `bounce-after` counts from it. None: at once.
+    start_time: float | None = None
+
+    @property
+    def expiry_start(self) -> float:
+        """When `bounce-after` starts counting: reception, or a later `start_time`."""
+        if self.start_time is not None and self.start_time > self.time_queued:
+            return self.start_time
+        return self.time_queued
 
     def only(self, rcpt_indexes: tuple[int, ...]) -> Envelope:
         """This envelope with only the recipients at `rcpt_indexes`, in that order."""
@@ -88,6 +98,7 @@ class Envelope:
             "verp": self.verp,
             "dkim_options": self.dkim_options,
             "suppress_local_dsn": self.suppress_local_dsn,
+            "start_time": self.start_time,
         }
 
     @classmethod

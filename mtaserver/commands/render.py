@@ -34,6 +34,7 @@ _COLUMNS: dict[str, tuple[str, ...]] = {
         "delivered",
         "bounced",
         "deferred",
+        "scheduled",
     ),
     "show domains": ("domain", *_ROLLUP),
     "show vmtas": ("vmta", *_ROLLUP),

@@ -341,6 +341,7 @@ def _queue_row(queue: QueueView) -> dict[str, Any]:
         "deferred": queue.deferred,
         "nextRetry": queue.next_retry,
         "lastError": queue.last_error,
+        "scheduled": queue.scheduled,
     }
 
 

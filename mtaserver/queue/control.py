@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 import attrs
 
 from mtaserver.events import Envelope
-from mtaserver.queue.model import MessageState, Queue
+from mtaserver.queue.model import MessageState, Queue, WorkItem
 
 if TYPE_CHECKING:
     from mtaserver.queue.scheduler import Scheduler
@@ -42,6 +42,8 @@ class QueueView:
     connections_total: int
     next_retry: float | None
     last_error: str
+    #: Recipients held for their message's `start_time` (counted in `recipients` too).
+    scheduled: int = 0
 
 
 @attrs.frozen
@@ -53,7 +55,7 @@ class WaitingRecipient:
     rcpt: str
     job: str
     attempts: int
-    state: str  # ready | retry | paused (its job is paused)
+    state: str  # ready | retry | scheduled (held for its start_time) | paused (job paused)
     next_attempt: float | None
     orig: str = ""  # the message's MAIL FROM
     env_id: str = ""
@@ -84,7 +86,15 @@ class QueueTotals:
     connections_total: int
 
 
-def _view(queue: Queue, messages: Mapping[str, MessageState]) -> QueueView:
+def _scheduled(item: WorkItem, message: MessageState | None, now: float) -> bool:
+    """Is this item held for its message's `start_time` (not yet tried)?"""
+    if message is None or item.failed_attempts:
+        return False
+    start = message.envelope.start_time
+    return start is not None and start > now
+
+
+def _view(queue: Queue, messages: Mapping[str, MessageState], now: float) -> QueueView:
     counters = queue.counters
     waiting = [messages[m].envelope for m in queue.message_ids() if m in messages]
     return QueueView(
@@ -105,6 +115,11 @@ def _view(queue: Queue, messages: Mapping[str, MessageState]) -> QueueView:
         connections_total=counters.connections,
         next_retry=queue.next_due(),
         last_error=queue.last_error,
+        scheduled=sum(
+            len(item.rcpt_indexes)
+            for _, _, item in queue.retry
+            if _scheduled(item, messages.get(item.msg_id), now)
+        ),
     )
 
 
@@ -128,7 +143,8 @@ class QueueControl:
     def queues(self, pattern: str = "*") -> list[QueueView]:
         """The queues matching `pattern`, by name."""
         messages = self._scheduler.messages
-        return [_view(queue, messages) for queue in self._scheduler.matching(pattern)]
+        now = self._scheduler.clock.seconds()
+        return [_view(queue, messages, now) for queue in self._scheduler.matching(pattern)]
 
     def totals(self) -> QueueTotals:
         queues = list(self._scheduler.queues.values())
@@ -169,6 +185,7 @@ class QueueControl:
         rows: list[WaitingRecipient] = []
         total = 0
         messages = self._scheduler.messages
+        now = self._scheduler.clock.seconds()
         for queue in self._scheduler.matching(pattern):
             entries = (
                 [("ready", None, item) for item in queue.ready]
@@ -179,6 +196,8 @@ class QueueControl:
                 message = messages.get(item.msg_id)
                 if message is None:
                     continue
+                if state == "retry" and _scheduled(item, message, now):
+                    state = "scheduled"
                 for index in item.rcpt_indexes:
                     total += 1
                     if len(rows) < limit:
@@ -212,6 +231,7 @@ class QueueControl:
         total = 0
         per_queue: dict[str, int] = {}
         messages = self._scheduler.messages
+        now = self._scheduler.clock.seconds()
         for queue in self._scheduler.matching(pattern):
             entries = (
                 [("ready", None, item) for item in queue.ready]
@@ -222,6 +242,8 @@ class QueueControl:
                 message = messages.get(item.msg_id)
                 if message is None:
                     continue
+                if state == "retry" and _scheduled(item, message, now):
+                    state = "scheduled"
                 envelope = message.envelope
                 for index in item.rcpt_indexes:
                     address = envelope.recipients[index].address

@@ -153,6 +153,8 @@ class Scheduler:
             state = PendingRecipients(count, indexes)
         if not indexes:
             return
+        if envelope.start_time is not None and envelope.start_time > (retry_at or 0.0):
+            retry_at = envelope.start_time  # scheduled (`start_time`): held until then
         envelope = compact_envelope(envelope)
         self.messages[envelope.msg_id] = MessageState(envelope, state)
         # a pool message has vmta=None and pool=NAME: the pool's members take turns
@@ -264,7 +266,7 @@ class Scheduler:
             domain = recipient_domain(envelope.recipients[pending[0][0]].address)
             settings = self.holder.config.domain_settings(domain, envelope.vmta, envelope.vmta_pool)
             retry_at = next_attempt_at(
-                last, attempts, settings.retry_after, envelope.time_queued, settings.bounce_after
+                last, attempts, settings.retry_after, envelope.expiry_start, settings.bounce_after
             )
         if self.delay_notices is not None:
             self.delay_notices.restored(envelope, pending)
@@ -590,7 +592,7 @@ class Scheduler:
                 now,
                 attempts,
                 settings.retry_after,
-                message.envelope.time_queued,
+                message.envelope.expiry_start,
                 settings.bounce_after,
             )
             queue.add_retry(due, item)
@@ -648,7 +650,7 @@ class Scheduler:
     def _expired(self, item: WorkItem, settings: DomainSettings, now: float) -> bool:
         message = self.messages.get(item.msg_id)
         return message is not None and is_expired(
-            message.envelope.time_queued, now, settings.bounce_after
+            message.envelope.expiry_start, now, settings.bounce_after
         )
 
     async def bounce(

@@ -300,7 +300,7 @@ class Session:
         retry: list[int] = []
         queue_action = ""
         pattern_list = owner.holder.config.pattern_lists.get(settings.smtp_pattern_list or "")
-        expired = is_expired(envelope.time_queued, now, settings.bounce_after)
+        expired = is_expired(envelope.expiry_start, now, settings.bounce_after)
         for index, reply in zip(item.rcpt_indexes, result.replies, strict=False):
             line = outcomes.reply_line(reply)
             actions = pattern_list.actions_for(line) if pattern_list else ()

@@ -29,9 +29,13 @@ rejected") and counts in `total_rejected_recipients`; a transmission whose every
 recipient is suppressed is a 400. The SparkPost `suppression-list` API itself is
 `mtaserver.http.suppression`, mounted here under `/api/v1/suppression-list`.
 
-`campaign_id` is the job id (else an `X-Job` header, when processed); `metadata` and
-`tags` are accepted and not stored; the transmission id is the first message's
-spool id.
+`campaign_id` is the job id (else an `X-Job` header, when processed); `description`,
+`metadata` and `tags` are checked and not stored; the transmission id is the first
+message's spool id. `options` are `options.py`'s (`start_time`, `ip_pool`: a 422 for
+a pool the config does not have, `transactional`, `skip_suppression`...). A
+`content.template_id` names a stored template (`mtaserver.http.templates`, mounted
+here under `/api/v1/templates`): its published version, or its draft with
+`use_draft_template`; a 422 when there is no such template or version.
 """
 
 from __future__ import annotations
@@ -60,12 +64,16 @@ from mtaserver.http.idempotency import (
 )
 from mtaserver.http.listen import HttpListeners
 from mtaserver.http.suppression import SuppressionAPI
+from mtaserver.http.templates import TemplatesAPI, TemplateStore
+from mtaserver.http.templates.model import version_of
 from mtaserver.http.transmissions.parse import (
+    TemplateVersion,
     Transmission,
     bad_request,
     check_rfc822_content,
     parse_json,
     parse_transmission,
+    template_reference,
 )
 from mtaserver.http.transmissions.plan import (
     IN_THREAD_ABOVE,
@@ -86,6 +94,7 @@ from mtaserver.message.intake import (
 from mtaserver.runtime import RunInThread, default_run_in_thread
 from mtaserver.spool import MessageStore
 from mtaserver.spool.errors import SpoolError
+from mtaserver.suppression.model import SuppressionType
 from mtaserver.suppression.service import REFUSED_TEXT, SuppressionService
 from mtaserver.suppression.store import SuppressionStoreError
 
@@ -128,6 +137,15 @@ class TransmissionsAPI:
         self.suppression_api = (
             SuppressionAPI(holder, suppression) if suppression is not None else None
         )
+        self.templates = TemplateStore(
+            os.path.join(store.directory, "templates"), self.run_in_thread
+        )
+        self.templates_api = TemplatesAPI(holder, self.templates, clock)
+
+    @app.route("/api/v1/templates", branch=True, strict_slashes=False)
+    def templates_resource(self, request: IRequest) -> Any:
+        """SparkPost's templates API (`mtaserver.http.templates`)."""
+        return self.templates_api.app.resource()
 
     @app.route("/api/v1/suppression-list", branch=True, strict_slashes=False)
     def suppression_list(self, request: IRequest) -> Any:
@@ -217,7 +235,8 @@ class TransmissionsAPI:
             body = await self.run_in_thread(lambda: parse_json(raw))
         else:
             body = parse_json(raw)
-        transmission = parse_transmission(body)
+        template = await self._template(body)
+        transmission = parse_transmission(body, self.clock.seconds(), template)
         settings = config.named_source(SOURCE_NAME)
         transmission = self._suppress(transmission, settings)
         messages = plan_messages(transmission, settings)
@@ -234,8 +253,9 @@ class TransmissionsAPI:
                 attrs.evolve(m, x_virtual_mta=preview.x_virtual_mta, x_job=preview.x_job)
                 for m in messages
             ]
+        self._check_pool(transmission)
         for message in messages:
-            self._check_target(message, settings)
+            self._check_target(message, transmission, settings)
         try:
             self.store.check_space()
         except SpoolError as exc:
@@ -244,10 +264,33 @@ class TransmissionsAPI:
         self.transmissions_accepted += 1
         return result
 
+    async def _template(self, body: Any) -> TemplateVersion | None:
+        """The stored template version the body's `content.template_id` names, or 422."""
+        reference = template_reference(body)
+        if reference is None:
+            return None
+        template_id, draft = reference
+        record = await self.templates.get(template_id)
+        version = version_of(record, draft) if record is not None else None
+        if version is None:
+            shown = template_id[:64].encode("unicode_escape").decode("ascii")
+            what = "draft" if draft else "published"
+            raise APIError(
+                422,
+                "Template not found",
+                f"content.template_id {shown!r}: no such template with a {what} version",
+            )
+        return TemplateVersion(template_id, version["content"], version.get("options") or {})
+
     def _suppress(self, transmission: Transmission, settings: SourceSettings) -> Transmission:
-        """The transmission without its suppressed recipients, which join `rejected`."""
-        if self.suppression is None:
+        """The transmission without its suppressed recipients, which join `rejected`.
+
+        `options.skip_suppression` skips the list; with `options.transactional` only
+        entries of type `transactional` refuse (SparkPost's rule).
+        """
+        if self.suppression is None or transmission.options.skip_suppression:
             return transmission
+        transactional = transmission.options.transactional is True
         kept = []
         rejected = list(transmission.rejected)
         for rcpt in transmission.recipients:
@@ -260,7 +303,7 @@ class TransmissionsAPI:
                 raise APIError(
                     503, "Service unavailable", "the suppression list cannot be read"
                 ) from None
-            if entry is None:
+            if entry is None or (transactional and not entry.type & SuppressionType.TRANSACTIONAL):
                 kept.append(rcpt)
                 continue
             self.suppression.refused(entry, rcpt.address, rcpt.return_path, "transmissions API")
@@ -284,9 +327,20 @@ class TransmissionsAPI:
         if refused is not None:
             raise refused
 
-    def _check_target(self, message: PlannedMessage, settings: SourceSettings) -> None:
+    def _check_pool(self, transmission: Transmission) -> None:
+        """422 for an `options.ip_pool` that is not a `<virtual-mta-pool>`."""
+        pool = transmission.options.ip_pool
+        if pool is not None and pool not in self.holder.config.vmta_pools:
+            shown = pool[:64].encode("unicode_escape").decode("ascii")
+            raise APIError(
+                422, "Unknown ip_pool", f"options.ip_pool {shown!r} is not a <virtual-mta-pool>"
+            )
+
+    def _check_target(
+        self, message: PlannedMessage, transmission: Transmission, settings: SourceSettings
+    ) -> None:
         """400 for a message whose virtual MTA is neither a vmta nor a pool."""
-        name = message.x_virtual_mta or settings.default_virtual_mta
+        name = message.vmta_name(transmission, settings)
         try:
             resolve_vmta(self.holder.config, name)
         except UnknownVirtualMTA:

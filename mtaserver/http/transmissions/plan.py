@@ -57,12 +57,17 @@ class PlannedMessage:
     x_virtual_mta: str | None = None
     x_job: str | None = None
 
+    def vmta_name(self, transmission: Transmission, settings: SourceSettings) -> str | None:
+        """`options.ip_pool`, else `X-Virtual-MTA` (when processed), else the default."""
+        return transmission.options.ip_pool or self.x_virtual_mta or settings.default_virtual_mta
+
     def build(self, transmission: Transmission) -> bytes:
         if transmission.rfc822 is not None:
             return transmission.rfc822
         assert transmission.content is not None
         data = self.recipients[0].substitution_data if transmission.perform_substitutions else {}
-        return build_message(transmission.content, self.headers, data, transmission.smtputf8)
+        utf8 = transmission.needs_smtputf8(self.sender, self.recipients)
+        return build_message(transmission.content, self.headers, data, utf8)
 
 
 def plan_messages(transmission: Transmission, settings: SourceSettings) -> list[PlannedMessage]:

@@ -162,14 +162,15 @@ class TransmissionSpooler:
                     src_mta=client,
                     job_id=transmission.job_id or message.x_job or stored.x_job or None,
                     body_type="8BITMIME" if stored.eight_bit else "7BIT",
-                    smtputf8=transmission.smtputf8,
+                    smtputf8=transmission.needs_smtputf8(message.sender, message.recipients),
                     size=stored.size,
                     acct_headers=stored.acct_headers,
                     ret=default_ret(None, settings.dsn_return_default),
                     suppress_local_dsn=settings.suppress_local_dsn,
+                    start_time=transmission.options.start_time,
                 )
                 first_id = first_id or envelope.msg_id
-                vmta_name = message.x_virtual_mta or settings.default_virtual_mta
+                vmta_name = message.vmta_name(transmission, settings)
                 in_flight.append(self._commit(writer, envelope, vmta_name))
                 if len(in_flight) >= MAX_IN_FLIGHT:
                     accepted += await _settle(in_flight)
