@@ -205,6 +205,8 @@ def updated_record(
     SparkPost's rules: by default the draft is changed (a new draft is made from the
     published version when there is none); `published: true` then publishes it (the
     draft is gone); `?update_published=true` changes the published version in place.
+    The content fields given replace those of that version, the others stay (the
+    `sparkpost` client sends every field, null when not set).
     """
     if not isinstance(raw, Mapping):
         raise bad_request("the body must be a JSON object")
@@ -224,7 +226,12 @@ def updated_record(
     assert base is not None  # a stored record has a draft or a published version
     version = dict(base)
     if "content" in body:
-        version["content"] = check_content(body["content"])
+        if not isinstance(body["content"], Mapping):
+            raise bad_request("content must be an object")
+        check_unknown(body["content"], _CONTENT_FIELDS, "content.")
+        merged = dict(version["content"])
+        merged.update(_present(body["content"]))
+        version["content"] = check_content(merged)
     if "options" in body:
         version["options"] = check_options(body["options"])
     changed = "content" in body or "options" in body or publish
