@@ -2,8 +2,9 @@
 
 It covers the management port (command, configuration and monitoring APIs) and, for
 completeness, the Transmissions API of the `<transmissions-api-listener>` port (its
-`servers` entry says so). The test suite runs schemathesis against this document and
-the real server, so the document and the code cannot drift apart unnoticed.
+`servers` entry says so; `openapi_transmissions` describes it). The test suite runs
+schemathesis against this document and the real server, so the document and the code
+cannot drift apart unnoticed.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from __future__ import annotations
 from typing import Any
 
 from mtaserver.commands import SPECS, version
+from mtaserver.http import openapi_transmissions
 
 _ENVELOPE: dict[str, Any] = {
     "type": "object",
@@ -328,71 +330,6 @@ _FORM_COMMIT = {
     "description": "`file.N.name`, `file.N.op` (write) and `file.N.content` for N = 1, 2, ...",
 }
 
-_ADDRESS = {
-    "oneOf": [
-        {"type": "string"},
-        {
-            "type": "object",
-            "required": ["email"],
-            "properties": {
-                "email": {"type": "string"},
-                "name": {"type": "string"},
-                "header_to": {"type": "string"},
-            },
-        },
-    ]
-}
-
-_TRANSMISSION = {
-    "type": "object",
-    "required": ["recipients", "content"],
-    "properties": {
-        "return_path": {"type": "string"},
-        "campaign_id": {"type": "string"},
-        "options": {"type": "object", "properties": {"smtputf8": {"type": "boolean"}}},
-        "metadata": {"type": "object"},
-        "substitution_data": {"type": "object"},
-        "recipients": {
-            "type": "array",
-            "items": {
-                "type": "object",
-                "required": ["address"],
-                "properties": {
-                    "address": _ADDRESS,
-                    "return_path": {"type": "string"},
-                    "tags": {"type": "array", "items": {"type": "string"}},
-                    "metadata": {"type": "object"},
-                    "substitution_data": {"type": "object"},
-                },
-            },
-        },
-        "content": {
-            "type": "object",
-            "properties": {
-                "email_rfc822": {"type": "string"},
-                "from": _ADDRESS,
-                "subject": {"type": "string"},
-                "text": {"type": "string"},
-                "html": {"type": "string"},
-                "reply_to": {"type": "string"},
-                "headers": {"type": "object", "additionalProperties": {"type": "string"}},
-                "attachments": {
-                    "type": "array",
-                    "items": {
-                        "type": "object",
-                        "required": ["name", "type", "data"],
-                        "properties": {
-                            "name": {"type": "string"},
-                            "type": {"type": "string"},
-                            "data": {"type": "string", "description": "base64"},
-                        },
-                    },
-                },
-            },
-        },
-    },
-}
-
 _SPARKPOST_ERRORS = {
     "type": "object",
     "required": ["errors"],
@@ -426,8 +363,8 @@ def document() -> dict[str, Any]:
             "schemas": {
                 "Envelope": _ENVELOPE,
                 "Errors": _SPARKPOST_ERRORS,
-                "Transmission": _TRANSMISSION,
                 **_SHAPES,
+                **openapi_transmissions.schemas(),
             },
             "securitySchemes": {
                 "apiKey": {"type": "apiKey", "in": "header", "name": "X-API-Key"},
@@ -606,64 +543,6 @@ def document() -> dict[str, Any]:
                     },
                 }
             },
-            "/api/v1/transmissions": {
-                "servers": [
-                    {
-                        "url": "https://{listener}",
-                        "description": "a <transmissions-api-listener>, not the mgmt port",
-                        "variables": {"listener": {"default": "127.0.0.1:8585"}},
-                    }
-                ],
-                "post": {
-                    "tags": ["transmissions"],
-                    "summary": "Send a message (SparkPost compatible)",
-                    "security": [{"transmissionsKey": []}],
-                    "requestBody": {
-                        "required": True,
-                        "content": {
-                            "application/json": {
-                                "schema": {"$ref": "#/components/schemas/Transmission"}
-                            }
-                        },
-                    },
-                    "responses": {
-                        "200": {
-                            "description": "Accepted",
-                            "content": {
-                                "application/json": {
-                                    "schema": {
-                                        "type": "object",
-                                        "properties": {
-                                            "results": {
-                                                "type": "object",
-                                                "properties": {
-                                                    "total_accepted_recipients": {
-                                                        "type": "integer"
-                                                    },
-                                                    "total_rejected_recipients": {
-                                                        "type": "integer"
-                                                    },
-                                                    "id": {"type": "string"},
-                                                },
-                                            }
-                                        },
-                                    }
-                                }
-                            },
-                        },
-                        **{
-                            code: _sparkpost_error(text)
-                            for code, text in (
-                                ("400", "Invalid request"),
-                                ("403", "Bad or missing API key"),
-                                ("404", "Not found"),
-                                ("405", "Method not allowed"),
-                                ("413", "Body too large"),
-                                ("500", "Server error"),
-                            )
-                        },
-                    },
-                },
-            },
+            **openapi_transmissions.paths(),
         },
     }
