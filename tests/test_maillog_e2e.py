@@ -168,6 +168,7 @@ def test_delivery_failure_and_mx_lookup_are_logged(tmp_path: Path, receiver: Rec
     assert "<<< RCPT TO:<hard-user@dst.test>" in out
     assert ">>> 550 5.1.1 no such user" in out
     assert re.search(r"<<< \[message body, \d+ bytes\]\n>>> 250 ", out)
+    assert re.search(r"<<< QUIT\n>>> 221 .*\nclosed$", out)
 
 
 def test_peer_control_characters_never_forge_a_line(tmp_path: Path) -> None:

@@ -136,7 +136,7 @@ def test_a_full_buffer_drops_lines_and_says_so(tmp_path: Path) -> None:
     text = (tmp_path / "mail.log").read_text()
     assert text.splitlines() == [
         "first",
-        "[maillog] 1 line(s) dropped: the log file was slow or failing",
+        "1970-01-01 00:00:01.000 [maillog] 1 line(s) dropped: the log file was slow or failing",
         "12345",
     ]
 
@@ -180,7 +180,7 @@ def test_a_failing_disk_never_raises_into_the_reactor(tmp_path: Path) -> None:
     file.write(b"kept\n")
     file.flush()
     assert path.read_text().splitlines() == [
-        "[maillog] 1 line(s) dropped: the log file was slow or failing",
+        "1970-01-01 00:00:00.000 [maillog] 1 line(s) dropped: the log file was slow or failing",
         "kept",
     ]
     assert file.lines_dropped_total == 1

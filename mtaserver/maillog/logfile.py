@@ -38,6 +38,7 @@ from twisted.internet import defer
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from mtaserver.maillog.format import Stamper, format_line
 from mtaserver.runtime import Clock, DelayedCall, RunInThread
 
 log = Logger()
@@ -108,6 +109,7 @@ class LogFile:
         self._flush_waiters: list[defer.Deferred[None]] = []
         self._fd: int | None = None
         self._fd_path = ""
+        self._stamp = Stamper()
         self._lock = threading.Lock()  # the descriptor: one I/O step at a time
         self._failing = False
         self.closed = False
@@ -164,8 +166,8 @@ class LogFile:
         self._pending.clear()
         self._pending_bytes = 0
         if self.dropped:
-            note = f"[maillog] {self.dropped} line(s) dropped: the log file was slow or failing"
-            batch = note.encode() + b"\n" + batch
+            note = f"{self.dropped} line(s) dropped: the log file was slow or failing"
+            batch = format_line(self._stamp(self.clock.seconds()), "maillog", note) + batch
             self.lines_dropped_total += self.dropped
             self.dropped = 0
         rotations, self._rotate_waiters = self._rotate_waiters, []

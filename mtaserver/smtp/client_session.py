@@ -186,7 +186,7 @@ class Session:
             return
         self.send("QUIT")
         with contextlib.suppress(Broken):
-            await self.proto.read_reply(min(self.timeout, QUIT_TIMEOUT))
+            await self.read_raw("after QUIT", min(self.timeout, QUIT_TIMEOUT))
 
     async def give_up(self, reply: Reply, *, polite: bool = True) -> SessionFailure:
         """QUIT (when `polite`) and build the SessionFailure for `reply`."""
