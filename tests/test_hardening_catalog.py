@@ -262,12 +262,10 @@ def errors(tmp_path: Path, text: str) -> list[str]:
 
 
 def test_names_with_dots_are_directives(tmp_path: Path) -> None:
-    """`smtp-server-tls-allow-tlsv1.2` loads (no effect); an unknown dotted name is unknown."""
-    config = load(tmp_path, "smtp-server-tls-allow-tlsv1.2 yes\n")
-    assert [str(w) for w in config.warnings] == [
-        f"{tmp_path}/t.conf:1: smtp-server-tls-allow-tlsv1.2 has no effect here: TLS 1.2 and "
-        "1.3 are always offered (system OpenSSL policy)"
-    ]
+    """`smtp-server-tls-allow-tlsv1.2` loads (implemented); an unknown dotted name is unknown."""
+    config = load(tmp_path, "smtp-server-tls-allow-tlsv1.2 no\n")
+    assert config.warnings == ()
+    assert config.settings.smtp_server_tls.allow == frozenset()
     assert errors(tmp_path, "smtp-server-tls-allow-tlsv9.9 yes\n") == [
         "unknown directive 'smtp-server-tls-allow-tlsv9.9'"
     ]

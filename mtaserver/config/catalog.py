@@ -302,6 +302,20 @@ def _privacy(text: str) -> str:
     return text.strip()
 
 
+def _ciphers(text: str) -> str:
+    """An OpenSSL cipher list that selects at least one cipher (`*-tls-ciphers`)."""
+    from OpenSSL import SSL  # the only use of OpenSSL in the config package
+
+    word = v.parse_string(text)
+    try:
+        SSL.Context(SSL.TLS_METHOD).set_cipher_list(word.encode("ascii"))
+    except (SSL.Error, UnicodeEncodeError):
+        raise ValueError(
+            f"expected an OpenSSL cipher list, e.g. HIGH:!aNULL, not {text!r}"
+        ) from None
+    return word
+
+
 def _http_access_level(text: str) -> str:
     return text.strip()
 
@@ -349,6 +363,7 @@ FORMS: Mapping[str, tuple[Parser, str]] = {
     "category-pattern": (_category_pattern, "/REGEX/ CATEGORY"),
     "privacy": (_privacy, "retain|redact|siphash|hmac-sha256... [KEY]"),
     "mgmt-level": (_http_access_level, "text"),
+    "ciphers": (_ciphers, "OpenSSL cipher list"),
 }
 
 _ENTRIES: list[Entry] = []
@@ -383,6 +398,11 @@ G, S, D = (reg.GLOBAL,), (reg.SOURCE,), (reg.DOMAIN,)
 VM, POOL, A = (reg.VMTA,), (reg.VMTA_POOL,), (reg.ACCT_FILE,)
 LISTENERS = (reg.SMTP_LISTENER, reg.API_LISTENER)
 Y, N = NOT_YET, NO_EFFECT
+
+_TLS_VERSIONS_REASON = (
+    "the versions allowed: the lowest one allowed is the minimum (TLS 1.3 is always "
+    "allowed); the system OpenSSL policy may still refuse SSLv3, TLS 1.0 and 1.1"
+)
 
 #: Why the mailmerge directives do nothing (docs/config.rst argues it at length).
 _MAILMERGE = (
@@ -434,28 +454,21 @@ _add(
 )
 _add("smtp-server-tls-ca-file", G, "file", "", Y, "client certificates are not requested")
 _add(
-    "smtp-server-tls-allow-sslv3 smtp-server-tls-allow-tlsv1 smtp-server-tls-allow-tlsv1.1",
-    G,
-    "bool",
-    "false / false / true",
-    N,
-    "TLS versions follow the system OpenSSL policy (TLS 1.2 and later); SSLv3 is never offered",
-)
-_add(
+    "smtp-server-tls-allow-sslv3 smtp-server-tls-allow-tlsv1 smtp-server-tls-allow-tlsv1.1 "
     "smtp-server-tls-allow-tlsv1.2",
     G,
     "bool",
-    "true",
-    N,
-    "TLS 1.2 and 1.3 are always offered (system OpenSSL policy)",
+    "no / no / no (PowerMTA: yes) / yes",
+    IMPLEMENTED,
+    _TLS_VERSIONS_REASON,
 )
 _add(
     "smtp-server-tls-ciphers",
     G,
-    "text",
-    "HIGH:!ADH:@STRENGTH",
-    Y,
-    "ciphers are the system OpenSSL defaults",
+    "ciphers",
+    "OpenSSL's (PowerMTA: HIGH:!ADH:@STRENGTH)",
+    IMPLEMENTED,
+    "the OpenSSL cipher list STARTTLS offers for TLS 1.2 and older",
 )
 _add(
     "smtp-source-host",
@@ -1059,12 +1072,19 @@ _add(
     "smtp-tls-allow-tlsv1 smtp-tls-allow-tlsv1.1 smtp-tls-allow-tlsv1.2 smtp-tls-allow-sslv3",
     D,
     "bool",
-    "false / true / true / false",
-    N,
-    "TLS versions follow the system OpenSSL policy (TLS 1.2 and later)",
+    "no / no (PowerMTA: yes) / yes / no",
+    IMPLEMENTED,
+    "STARTTLS to the MX: " + _TLS_VERSIONS_REASON,
 )
 _add("smtp-tls-ca-file", D, "file", "", Y, "STARTTLS peers are not verified (opportunistic)")
-_add("smtp-tls-ciphers", D, "text", "HIGH:!ADH:@STRENGTH", Y, "ciphers are the OpenSSL defaults")
+_add(
+    "smtp-tls-ciphers",
+    D,
+    "ciphers",
+    "OpenSSL's (PowerMTA: HIGH:!ADH:@STRENGTH)",
+    IMPLEMENTED,
+    "the OpenSSL cipher list for STARTTLS to the MX (TLS 1.2 and older)",
+)
 _add("discard-as-bounce", D, "bool", "false", Y, "type discard records d, not b")
 _add(
     "file-format",
@@ -1215,13 +1235,36 @@ _add(
 )
 _add(
     "tls-allow-tlsv1.2 tls-allow-tlsv1.1 tls-allow-tlsv1 tls-allow-sslv3",
-    LISTENERS,
+    (reg.SMTP_LISTENER,),
+    "bool",
+    "the smtp-server-tls-allow-* values",
+    IMPLEMENTED,
+    "this listener's STARTTLS: " + _TLS_VERSIONS_REASON,
+)
+_add(
+    "tls-ciphers",
+    (reg.SMTP_LISTENER,),
+    "ciphers",
+    "smtp-server-tls-ciphers",
+    IMPLEMENTED,
+    "this listener's STARTTLS cipher list (TLS 1.2 and older)",
+)
+_add(
+    "tls-allow-tlsv1.2 tls-allow-tlsv1.1 tls-allow-tlsv1 tls-allow-sslv3",
+    (reg.API_LISTENER,),
     "bool",
     "true / true / false / false",
     N,
-    "TLS versions follow the system OpenSSL policy (TLS 1.2 and later)",
+    "the API port offers TLS 1.2 and 1.3 only",
 )
-_add("tls-ciphers", LISTENERS, "text", "HIGH:!ADH:@STRENGTH", Y, "ciphers are the OpenSSL defaults")
+_add(
+    "tls-ciphers",
+    (reg.API_LISTENER,),
+    "text",
+    "HIGH:!ADH:@STRENGTH",
+    Y,
+    "the API port's ciphers are the OpenSSL defaults",
+)
 _add("tls-ca-file", LISTENERS, "file", "", Y, "client certificates are not requested")
 
 # -- SparkPost Signals, HAProxy (chapter 10) -------------------------------------------

@@ -37,6 +37,7 @@ from mtaserver.config.model import (
     VirtualMtaPool,
     build,
     routing_result,
+    tls_policy,
 )
 from mtaserver.config.targets import check_targets
 from mtaserver.config.values import HostPort, parse_cidr, parse_host_port, parse_mgmt_port
@@ -249,11 +250,18 @@ def _assemble(loader: _Loader, path: str, files: list[str], nodes: list[Node]) -
         for address, source in loader.global_layer.pop("smtp_listener", ())
     ]
     api_listeners: list[Listener] = []
+    server_tls = tls_policy([loader.global_layer], "smtp_server_tls_")
     for kind, address, layer in loader.listener_scopes:
-        listener = Listener(address, layer.get("tls_certificate"))
+        tls = tls_policy([layer], "tls_", server_tls) if kind == reg.SMTP_LISTENER else None
+        listener = Listener(address, layer.get("tls_certificate"), tls=tls)
         (smtp_listeners if kind == reg.SMTP_LISTENER else api_listeners).append(listener)
     _spool_scope(loader, nodes)
-    settings = build(GlobalSettings, [loader.global_layer], smtp_listener=tuple(smtp_listeners))
+    settings = build(
+        GlobalSettings,
+        [loader.global_layer],
+        smtp_listener=tuple(smtp_listeners),
+        smtp_server_tls=server_tls,
+    )
     sources = tuple(
         (parse_cidr(arg), layer)
         for arg, layer in loader.named(reg.SOURCE).items()

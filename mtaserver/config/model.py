@@ -42,6 +42,44 @@ from mtaserver.config.values import (
 Layer = Mapping[str, Any]
 
 
+#: PowerMTA's `*-tls-allow-VERSION` names, oldest first (TLS 1.3 has no switch: always on).
+TLS_VERSIONS = ("sslv3", "tlsv1", "tlsv1.1", "tlsv1.2")
+
+
+@attrs.frozen
+class TlsPolicy:
+    """The TLS versions and ciphers one side of TLS accepts.
+
+    From `smtp-server-tls-allow-*`/`-ciphers` (STARTTLS served), `tls-allow-*`/
+    `tls-ciphers` in an `<smtp-listener>` (over the global ones) and `smtp-tls-allow-*`/
+    `smtp-tls-ciphers` in `<domain>` (STARTTLS to MX hosts). mtaserver's default is TLS
+    1.2 and 1.3 (PowerMTA's also allows 1.1, which today's OpenSSL policies refuse).
+    `ciphers` is an OpenSSL cipher string for TLS 1.2 and older (None: OpenSSL's).
+    """
+
+    allow: frozenset[str] = frozenset({"tlsv1.2"})
+    ciphers: str | None = None
+
+
+def tls_policy(layers: Iterable[Layer], prefix: str, base: TlsPolicy | None = None) -> TlsPolicy:
+    """The policy that `PREFIXallow_VERSION` / `PREFIXciphers` values of `layers` say.
+
+    The fields carry the directive names (`smtp_tls_allow_tlsv1.2`), dots and all: they
+    are read here rather than by `build`, since no attribute can have such a name.
+    """
+    policy = base or TlsPolicy()
+    allow, ciphers = set(policy.allow), policy.ciphers
+    for layer in layers:
+        for version in TLS_VERSIONS:
+            value = layer.get(f"{prefix}allow_{version}")
+            if value is True:
+                allow.add(version)
+            elif value is False:
+                allow.discard(version)
+        ciphers = layer.get(f"{prefix}ciphers", ciphers)
+    return TlsPolicy(frozenset(allow), ciphers)
+
+
 @attrs.frozen
 class SourceSettings:
     """Reception policy for a client (`<source>`)."""
@@ -167,6 +205,7 @@ class DomainSettings:
     #: whether no reply in that time counts as delivered (PowerMTA's directive names).
     smtp_data_termination_timeout: float | None = None
     assume_delivery_upon_data_termination_timeout: bool = False
+    smtp_tls: TlsPolicy = TlsPolicy()  # STARTTLS to the MX: `smtp-tls-allow-*`, ciphers
     #: (CIDR, N): sessions of this domain (all its queues) at once per source IP in CIDR.
     source_ip_max_smtp_out: tuple[tuple[IPNetwork, int], ...] = ()
     #: (CIDR, rate): new connections of this domain per source IP in CIDR.
@@ -416,6 +455,8 @@ class Listener:
     tls_certificate: str | None = None
     #: `smtp-listener IP:PORT source=NAME`: its clients get `<source NAME>`, not their IP's.
     source: str | None = None
+    #: `tls-allow-*`, `tls-ciphers` of an `<smtp-listener>` scope (over the global policy).
+    tls: TlsPolicy | None = None
 
     @property
     def is_loopback(self) -> bool:
@@ -441,6 +482,7 @@ class GlobalSettings:
     deliver_only: bool = False  # `<spool DIR> deliver-only yes`: deliver, accept nothing new
     smtp_listener: tuple[Listener, ...] = ()
     smtp_server_tls_certificate: str | None = None
+    smtp_server_tls: TlsPolicy = TlsPolicy()  # `smtp-server-tls-allow-*`, `-ciphers`
     name_server: tuple[HostPort, ...] = ()
     relay_domain: tuple[str, ...] = ()
     total_max_smtp_out: int = 1000
@@ -599,7 +641,8 @@ class Config:
                 else layer
                 for layer in layers
             ]
-            self._cache[key] = build(DomainSettings, layers, domain_key=keys)
+            smtp_tls = tls_policy(layers, "smtp_tls_")
+            self._cache[key] = build(DomainSettings, layers, domain_key=keys, smtp_tls=smtp_tls)
         result: DomainSettings = self._cache[key]
         return result
 

@@ -271,7 +271,7 @@ class Session:
                 polite=False,
             )
         assert self.proto.transport is not None
-        creator = tls_creator(self.target.host, required, trust_root)
+        creator = tls_creator(self.target.host, required, trust_root, self.settings.smtp_tls)
         self.proto.transport.startTLS(creator)  # type: ignore[attr-defined]
         # Forget everything learned in plaintext (RFC 3207 section 4.2).
         self.extensions = {}

@@ -5,8 +5,9 @@ With `require-starttls yes` the certificate must verify against the MX name
 service-identity's name check). With only `use-starttls yes` (Postfix's `may`) the
 certificate is not verified: encryption against a passive listener is still worth
 having when the receiver's certificate is self-signed or for another name, which is
-common among MX hosts. TLS 1.2 is the minimum either way, and SNI is always sent for
-a host name.
+common among MX hosts. The domain's `TlsPolicy` (`smtp-tls-allow-*`,
+`smtp-tls-ciphers`; TLS 1.2 and later by default) applies either way, and SNI is
+always sent for a host name.
 """
 
 from __future__ import annotations
@@ -16,8 +17,11 @@ from typing import Any
 
 from OpenSSL import SSL
 from twisted.internet.interfaces import IOpenSSLClientConnectionCreator
-from twisted.internet.ssl import CertificateOptions, TLSVersion, optionsForClientTLS
+from twisted.internet.ssl import CertificateOptions, optionsForClientTLS
 from zope.interface import implementer
+
+from mtaserver.config.model import TlsPolicy
+from mtaserver.smtp.tls import certificate_options, restrict_context
 
 __all__ = ["OpportunisticTLS", "tls_creator"]
 
@@ -31,8 +35,10 @@ class OpportunisticTLS:
     another name, which is the common case among MX hosts.
     """
 
-    def __init__(self, hostname: str) -> None:
-        self._options = CertificateOptions(raiseMinimumTo=TLSVersion.TLSv1_2)
+    def __init__(self, hostname: str, policy: TlsPolicy | None = None) -> None:
+        self._options = CertificateOptions(**certificate_options(policy))
+        self._policy = policy
+        self._restricted = False
         self._server_name: bytes | None = None
         try:
             ipaddress.ip_address(hostname)
@@ -43,18 +49,42 @@ class OpportunisticTLS:
                 self._server_name = None
 
     def clientConnectionForTLS(self, tlsProtocol: Any) -> SSL.Connection:
-        connection = SSL.Connection(self._options.getContext(), None)
+        context = self._options.getContext()
+        if not self._restricted:  # a context cannot change once a connection used it
+            restrict_context(context, self._policy)
+            self._restricted = True
+        connection = SSL.Connection(context, None)
         if self._server_name:
             connection.set_tlsext_host_name(self._server_name)
         return connection
 
 
-def tls_creator(hostname: str, verify: bool, trust_root: Any) -> Any:
+@implementer(IOpenSSLClientConnectionCreator)
+class _RestrictedCreator:
+    """A verifying creator (`optionsForClientTLS`) with the policy's min/max versions."""
+
+    def __init__(self, creator: Any, policy: TlsPolicy | None) -> None:
+        self._creator = creator
+        # Twisted's ClientTLSOptions builds its context up front (`_ctx`) and makes every
+        # connection from it: the range must be set before the first connection.
+        context = getattr(creator, "_ctx", None)
+        if isinstance(context, SSL.Context):
+            restrict_context(context, policy)
+
+    def clientConnectionForTLS(self, tlsProtocol: Any) -> SSL.Connection:  # noqa: N802
+        connection: SSL.Connection = self._creator.clientConnectionForTLS(tlsProtocol)
+        return connection
+
+
+def tls_creator(
+    hostname: str, verify: bool, trust_root: Any, policy: TlsPolicy | None = None
+) -> Any:
     """The connection creator for `startTLS`: verified against `hostname`, or not."""
     if verify:
-        return optionsForClientTLS(
+        creator = optionsForClientTLS(
             hostname,
             trustRoot=trust_root,
-            extraCertificateOptions={"raiseMinimumTo": TLSVersion.TLSv1_2},
+            extraCertificateOptions=certificate_options(policy),
         )
-    return OpportunisticTLS(hostname)
+        return _RestrictedCreator(creator, policy)
+    return OpportunisticTLS(hostname, policy)

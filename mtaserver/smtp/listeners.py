@@ -23,7 +23,7 @@ from twisted.internet import ssl
 from twisted.internet.defer import Deferred, gatherResults, succeed
 from twisted.logger import Logger
 
-from mtaserver.config.model import Config, Listener
+from mtaserver.config.model import Config, Listener, TlsPolicy
 from mtaserver.config.reload import ConfigHolder
 from mtaserver.config.values import HostPort
 from mtaserver.runtime import RunInThread
@@ -41,6 +41,11 @@ MakeListener = Callable[[Listener, TlsOptions], SmtpListenerService]
 def certificate_of(listener: Listener, config: Config) -> str | None:
     """The PEM a listener's STARTTLS uses: its own, else the global one."""
     return listener.tls_certificate or config.settings.smtp_server_tls_certificate
+
+
+def tls_policy_of(listener: Listener, config: Config) -> TlsPolicy:
+    """The TLS versions and ciphers a listener's STARTTLS takes: its own, else global."""
+    return listener.tls or config.settings.smtp_server_tls
 
 
 class SmtpListeners(MultiService):
@@ -77,8 +82,9 @@ class SmtpListeners(MultiService):
         wanted = {listener.address: listener for listener in config.settings.smtp_listener}
         for address, listener in wanted.items():
             pem = certificate_of(listener, config)
+            policy = tls_policy_of(listener, config)
             try:
-                options = await self._run_in_thread(partial(_load, pem))
+                options = await self._run_in_thread(partial(_load, pem, policy))
             except TlsConfigError as exc:
                 log.error("smtp-listener {address}: {error}", address=address, error=str(exc))
                 if address in self._by_address:
@@ -134,6 +140,6 @@ class SmtpListeners(MultiService):
         return both.addCallback(lambda _: None)
 
 
-def _load(pem: str | None) -> TlsOptions:
+def _load(pem: str | None, policy: TlsPolicy | None = None) -> TlsOptions:
     """In a thread: the STARTTLS options of `pem` (None without a certificate)."""
-    return server_tls_options(pem) if pem else None
+    return server_tls_options(pem, policy) if pem else None

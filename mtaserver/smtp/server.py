@@ -974,7 +974,8 @@ class SmtpServerFactory(ServerFactory):
         )
         if tls_options is None:
             pem = listener.tls_certificate or holder.config.settings.smtp_server_tls_certificate
-            tls_options = server_tls_options(pem) if pem else None
+            policy = listener.tls or holder.config.settings.smtp_server_tls
+            tls_options = server_tls_options(pem, policy) if pem else None
         self.tls_options = tls_options
         if checkers is None:
             run = run_in_thread or default_run_in_thread(clock)
