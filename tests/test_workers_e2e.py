@@ -10,6 +10,8 @@ from __future__ import annotations
 import os
 import signal
 import smtplib
+import subprocess
+import sys
 import threading
 import time
 from collections import Counter
@@ -273,3 +275,47 @@ def test_new_listener_on_reload_is_served_by_workers(tmp_path: Path, receiver: R
 
             assert wait_until(sent, timeout=60)
         assert wait_until(lambda: delivered(tmp_path)[f"ok-{second}@dst.test"] == 1)
+
+
+MGMT_KEY = "s3cret-key"
+MTACTL = str(Path(sys.executable).with_name("mtactl"))
+
+
+def mtactl(mgmt: int, *args: str) -> subprocess.CompletedProcess[str]:
+    environment = {k: v for k, v in os.environ.items() if not k.startswith("MTACTL_")}
+    return subprocess.run(
+        [MTACTL, "--url", f"http://127.0.0.1:{mgmt}", "--api-key", MGMT_KEY, *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=environment,
+    )
+
+
+@pytest.mark.parametrize("action", ["refuse", "drop"])
+def test_suppression_added_in_the_master_applies_at_the_next_rcpt_in_workers(
+    tmp_path: Path, receiver: Receiver, action: str
+) -> None:
+    """An entry added through mtactl is enforced by every worker at the very next RCPT."""
+    port, mgmt = free_port(), free_port()
+    more = f"http-mgmt-port 127.0.0.1:{mgmt}\nhttp-api-key {MGMT_KEY}"
+    text = config(tmp_path, port, receiver.port, more=more).replace(
+        "always-allow-relaying yes",
+        f"always-allow-relaying yes\n    suppressed-recipient-action {action}",
+    )
+    with ServerProcess(tmp_path, text, wait_ports=(port, mgmt)):
+        for n in range(4):  # sessions land on either worker: each must see each add
+            added = mtactl(mgmt, "suppression", "add", f"gone{n}@dst.test")
+            assert added.returncode == 0, added.stderr
+            with smtplib.SMTP("127.0.0.1", port, timeout=30) as client:
+                client.ehlo("client.test")
+                client.mail("s@src.test")
+                code, _ = client.rcpt(f"gone{n}@dst.test")
+                assert code == (550 if action == "refuse" else 250)
+                assert client.rcpt("ok-kept@dst.test")[0] == 250
+                assert client.data(b"Subject: s\r\n\r\nx\r\n")[0] == 250
+        assert wait_until(lambda: delivered(tmp_path)["ok-kept@dst.test"] == 4)
+        if action == "drop":
+            bounced = lambda: {r["rcpt"] for r in read_acct(tmp_path / "acct.csv", "b")}  # noqa: E731
+            assert wait_until(lambda: bounced() == {f"gone{n}@dst.test" for n in range(4)})
+    assert not any(m for m in receiver.messages if any("gone" in r for r in m.rcpt_tos))

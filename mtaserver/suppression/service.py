@@ -163,6 +163,31 @@ def automatic_entries(
     return found
 
 
+def dropped_outcomes(
+    envelope: Envelope, dropped: Sequence[tuple[str, Entry]], first_index: int, now: float
+) -> list[Event]:
+    """The `b` records of recipients dropped under `suppressed-recipient-action drop`."""
+    events: list[Event] = []
+    for offset, (address, entry) in enumerate(dropped):
+        one = attrs.evolve(envelope, recipients=(Recipient(address),))
+        events.append(
+            Outcome(
+                record="b",
+                msg_id=envelope.msg_id,
+                rcpt_indexes=(first_index + offset,),
+                time=now,
+                envelope=one,
+                dsn_action="failed",
+                dsn_status=DROP_STATUS,
+                dsn_diag=f"{REFUSED_TEXT} ({entry.scope})",
+                bounce_cat=DROP_CATEGORY,
+                vmta=envelope.vmta or "",
+                vmta_pool=envelope.vmta_pool or "",
+            )
+        )
+    return events
+
+
 class SuppressionService(Service):
     """The store, its upkeep and its writers; one per server."""
 
@@ -270,25 +295,7 @@ class SuppressionService(Service):
         """
         if not dropped or self.journal is None:
             return
-        events = []
-        now = self.clock.seconds()
-        for offset, (address, entry) in enumerate(dropped):
-            one = attrs.evolve(envelope, recipients=(Recipient(address),))
-            events.append(
-                Outcome(
-                    record="b",
-                    msg_id=envelope.msg_id,
-                    rcpt_indexes=(first_index + offset,),
-                    time=now,
-                    envelope=one,
-                    dsn_action="failed",
-                    dsn_status=DROP_STATUS,
-                    dsn_diag=f"{REFUSED_TEXT} ({entry.scope})",
-                    bounce_cat=DROP_CATEGORY,
-                    vmta=envelope.vmta or "",
-                    vmta_pool=envelope.vmta_pool or "",
-                )
-            )
+        events = dropped_outcomes(envelope, dropped, first_index, self.clock.seconds())
         self.counters.dropped += len(dropped)
         await self.journal.append(events)
 
@@ -362,8 +369,9 @@ class SuppressionService(Service):
             position = journal.end()
             # written (with its fsyncs) in the pool; until then a restart starts at the end too
             self.run_in_thread(lambda: self._save_position(position)).addErrback(
-                lambda f: log.failure("suppression: could not save {path}", f,
-                                      path=self._position_path())  # fmt: skip
+                lambda f: log.failure(
+                    "suppression: could not save {path}", f, path=self._position_path()
+                )  # fmt: skip
             )
             return position
         except (OSError, ValueError, TypeError) as exc:

@@ -283,22 +283,28 @@ class SuppressionStore:
         log_records: int,
         compact_after: int,
         sync: Callable[[int], None],
+        readonly: bool = False,
     ) -> None:
         self.directory = directory
+        self.readonly = readonly
         self._key = key
         self._hasher = _hasher(key)
         self._layers = layers
         self._count = count
         self._log_gen = log_gen
         self._log_path = os.path.join(directory, _name(_LOG_PREFIX, log_gen))
-        self._log_fd = os.open(self._log_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
-        self._log_size = os.fstat(self._log_fd).st_size
+        self._log_fd = -1
+        self._log_size = 0
+        if not readonly:
+            self._log_fd = os.open(self._log_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+            self._log_size = os.fstat(self._log_fd).st_size
         self._log_records = log_records
         self._compact_after = compact_after
         self._sync = sync
         self._lock = threading.Lock()
         self._compact_lock = threading.Lock()
         self._closed = False
+        self._replayed_end = 0  # a read-only copy: where `catch_up` goes on reading
         # Group commit: calls queue their frames and the changes they make; one of them
         # writes and syncs everything queued while the previous sync ran, then publishes
         # the changes to the index and wakes the others. `_unpublished` lets later calls
@@ -324,16 +330,22 @@ class SuppressionStore:
         *,
         compact_after: int = DEFAULT_COMPACT_AFTER,
         sync: Callable[[int], None] = _fdatasync,
+        readonly: bool = False,
     ) -> SuppressionStore:
         """Open (or create) the store in `directory`, cutting off a torn log tail.
 
         `sync` makes a log write durable (fdatasync; tests count its calls).
         Blocking: reads the snapshot index and replays the logs after it.
+
+        `readonly` (a reception worker's copy, while the server writes the store) changes
+        nothing on disk: no clean-up, no log created, a torn or unfinished tail is
+        skipped rather than cut, and every write raises SuppressionStoreError.
         """
-        os.makedirs(directory, exist_ok=True)
+        if not readonly:
+            os.makedirs(directory, exist_ok=True)
         names = os.listdir(directory)
         for name in names:
-            if name.endswith(_TMP_SUFFIX):  # a compaction that did not finish
+            if name.endswith(_TMP_SUFFIX) and not readonly:  # an unfinished compaction
                 os.unlink(os.path.join(directory, name))
         snapshots = _generations(names, _SNAPSHOT_PREFIX)
         if snapshots:
@@ -342,9 +354,9 @@ class SuppressionStore:
         else:
             gen, key, base = 0, secrets.token_bytes(16), _empty_base()
         logs = [g for g in _generations(names, _LOG_PREFIX) if g >= gen] or [gen]
-        for old in snapshots[:-1]:
+        for old in snapshots[:-1] if not readonly else ():
             os.unlink(os.path.join(directory, _name(_SNAPSHOT_PREFIX, old)))
-        for old in _generations(names, _LOG_PREFIX):
+        for old in _generations(names, _LOG_PREFIX) if not readonly else ():
             if old < gen:
                 os.unlink(os.path.join(directory, _name(_LOG_PREFIX, old)))
         hasher = _hasher(key)
@@ -352,14 +364,18 @@ class SuppressionStore:
         count = base.count
         readers: dict[int, _FileReader] = {}
         log_records = 0
+        replayed_end: list[int] = []
         for log_gen in logs:
             path = os.path.join(directory, _name(_LOG_PREFIX, log_gen))
             if not os.path.exists(path):
+                if readonly:
+                    continue
                 with open(path, "ab"):
                     pass
                 fsync_directory(directory)
             log_records = 0
-            for offset, kind, payload in _replay(path):
+            replayed_end = []
+            for offset, kind, payload in _replay(path, not readonly, 0, replayed_end):
                 scope, recipient = json.loads(payload)[:2]
                 h = _hash(hasher, scope, recipient)
                 live = _is_live(active, {}, base, h)
@@ -372,7 +388,45 @@ class SuppressionStore:
                 log_records += 1
             readers[log_gen] = _FileReader(path)
         layers = _Layers(active=active, frozen={}, base=base, logs=readers)
-        return cls(directory, key, layers, count, logs[-1], log_records, compact_after, sync)
+        store = cls(
+            directory, key, layers, count, logs[-1], log_records, compact_after, sync, readonly
+        )
+        store._replayed_end = replayed_end[0] if replayed_end else 0
+        return store
+
+    def catch_up(self) -> bool:
+        """A read-only copy: apply what the writer has committed since; cheap when nothing.
+
+        One or two `stat`s when nothing changed, so it can run before every lookup.
+        False when the store must be opened again: the writer compacted it (or had not
+        created its log when this copy was opened). Reactor thread, like lookups.
+        """
+        if not self.readonly:
+            return True
+        if os.path.exists(os.path.join(self.directory, _name(_LOG_PREFIX, self._log_gen + 1))):
+            return False
+        layers = self._layers
+        if self._log_gen not in layers.logs:
+            return False
+        try:
+            size = os.stat(self._log_path).st_size
+        except FileNotFoundError:
+            return False
+        if size <= self._replayed_end:
+            return True
+        ends: list[int] = []
+        for offset, kind, payload in _replay(self._log_path, False, self._replayed_end, ends):
+            scope, recipient = json.loads(payload)[:2]
+            h = _hash(self._hasher, scope, recipient)
+            live = _is_live(layers.active, layers.frozen, layers.base, h)
+            if kind == KIND_ADD:
+                layers.active[h] = self._log_gen << _GEN_SHIFT | offset
+                self._count += not live
+            else:
+                _forget(layers.active, layers.frozen, layers.base, h)
+                self._count -= live
+        self._replayed_end = ends[0]
+        return True
 
     # -- lookups (reactor thread) ------------------------------------------------------
 
@@ -446,7 +500,7 @@ class SuppressionStore:
         if not batch:
             return 0
         with self._lock:
-            self._check_open()
+            self._check_writable()
             layers = self._layers
             pending: dict[int, Entry] = {}
             new = 0
@@ -474,7 +528,7 @@ class SuppressionStore:
         scope = normalize_scope(scope)
         address = normalize_recipient(recipient)
         with self._lock:
-            self._check_open()
+            self._check_writable()
             h = _hash(self._hasher, scope, address)
             if self._current(self._layers, h) is None:
                 return False
@@ -585,6 +639,11 @@ class SuppressionStore:
         if self._closed:
             raise SuppressionStoreError("the suppression store is closed")
 
+    def _check_writable(self) -> None:
+        self._check_open()
+        if self.readonly:
+            raise SuppressionStoreError("this copy of the suppression store is read-only")
+
     # -- compaction ------------------------------------------------------------------
 
     def compaction_due(self) -> bool:
@@ -606,7 +665,7 @@ class SuppressionStore:
         """
         with self._compact_lock:
             with self._lock:
-                self._check_open()
+                self._check_writable()
                 self._drain()
                 self._check_open()
                 old = self._layers
@@ -759,7 +818,8 @@ class SuppressionStore:
                 return
             self._drain()
             self._closed = True
-            os.close(self._log_fd)
+            if self._log_fd >= 0:
+                os.close(self._log_fd)
             layers = self._layers
             for reader in layers.logs.values():
                 reader.close()
@@ -810,12 +870,19 @@ def _forget(active: dict[int, int], frozen: Mapping[int, int], base: _Base, h: i
         active.pop(h, None)
 
 
-def _replay(path: str) -> Iterator[tuple[int, bytes, bytes]]:
-    """(offset, kind, payload) of each committed record; truncates a torn tail."""
-    good_end = 0
+def _replay(
+    path: str, cut_torn_tail: bool = True, start: int = 0, end: list[int] | None = None
+) -> Iterator[tuple[int, bytes, bytes]]:
+    """(offset, kind, payload) of each committed record from `start`; truncates a torn tail.
+
+    A reader that must not cut (a read-only copy) passes `end`, a list the offset after
+    the last committed batch is appended to, to resume from there later.
+    """
+    good_end = start
     batch: list[tuple[int, bytes, bytes]] = []
     with open(path, "rb") as f:
-        offset = 0
+        offset = start
+        f.seek(start)
         while True:
             header = f.read(_FRAME.size)
             if len(header) < _FRAME.size:
@@ -836,7 +903,9 @@ def _replay(path: str) -> Iterator[tuple[int, bytes, bytes]]:
                 break
             offset += _FRAME.size + length
         size = os.fstat(f.fileno()).st_size
-    if size > good_end:
+    if end is not None:
+        end.append(good_end)
+    if size > good_end and cut_torn_tail:
         truncate_durably(path, good_end)
 
 

@@ -57,7 +57,9 @@ from mtaserver.smtp.connections import InboundConnections
 from mtaserver.smtp.listeners import SmtpListeners
 from mtaserver.smtp.server import SmtpListenerService, SmtpServerFactory
 from mtaserver.spool.store import MessageStore
+from mtaserver.suppression import suppression_directory
 from mtaserver.workers.handoff import HandoffJournal, MasterLink
+from mtaserver.workers.suppression import WorkerSuppression
 from mtaserver.workers.wire import HANDOFF_FD
 
 log = Logger()
@@ -152,6 +154,10 @@ def compose(
         track_live=False,
     )
     holder.on_reload(lambda old, new: store.set_min_free_space(new.settings.spool_min_free_space))
+    suppression = WorkerSuppression(
+        holder, suppression_directory(spool), run_in_thread, reactor, journal
+    )
+    suppression.setServiceParent(root)
     checkers = CheckerChoice(
         LocalUserChecker(holder, run_in_thread), LdapCheckers(holder, run_in_thread, reactor)
     )
@@ -176,6 +182,7 @@ def compose(
             tls_options=tls_options,
             connections=connections,
             maillog=maillog.maillog,
+            suppression=suppression,
         )
         fd = fds.get(listener.address)
         endpoint: Any = NoSocket(listener.address)

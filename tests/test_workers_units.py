@@ -1,0 +1,135 @@
+"""The pieces of reception workers without processes: the pipe's framing, the worker
+count, the read-only suppression copy a worker checks RCPT against, and the master's
+hand-off over a real journal and message store."""
+
+from __future__ import annotations
+
+import os
+import struct
+from pathlib import Path
+
+import pytest
+from twisted.internet import defer, task
+
+from mtaserver.events import Envelope, Received, Recipient
+from mtaserver.message.intake import ReceptionStats
+from mtaserver.spool import open_spool
+from mtaserver.suppression.model import Entry
+from mtaserver.suppression.store import SuppressionStore, SuppressionStoreError
+from mtaserver.workers import Handoff, workers_for
+from mtaserver.workers.wire import FrameDecoder, WireError, encode
+
+
+def test_frames_round_trip_in_any_split() -> None:
+    """Messages split at every byte boundary come out whole and in order."""
+    data = encode({"op": "append", "id": 1}) + encode({"op": "reload"})
+    for cut in range(len(data) + 1):
+        decoder = FrameDecoder()
+        got = list(decoder.feed(data[:cut])) + list(decoder.feed(data[cut:]))
+        assert got == [{"op": "append", "id": 1}, {"op": "reload"}]
+
+
+@pytest.mark.parametrize(
+    "frame",
+    [
+        struct.pack(">I", 2**31) + b"{}",  # absurd length
+        struct.pack(">I", 3) + b"{x}",  # not JSON
+        struct.pack(">I", 2) + b"[]",  # not an object
+        struct.pack(">I", 12) + b'{"op": null}',  # no op
+    ],
+)
+def test_malformed_frames_are_refused(frame: bytes) -> None:
+    """A frame that is not one of ours is a WireError, not a guess."""
+    with pytest.raises(WireError):
+        list(FrameDecoder().feed(frame))
+
+
+@pytest.mark.parametrize(
+    ("setting", "cpus", "count"), [(None, 2, 1), (None, 8, 7), (None, 1, 0), (0, 8, 0), (3, 1, 3)]
+)
+def test_workers_for(setting: int | None, cpus: int, count: int) -> None:
+    """`auto` is one worker per core but one; a number is taken as given."""
+    assert workers_for(setting, cpus) == count
+
+
+def test_readonly_copy_follows_the_writer(tmp_path: Path) -> None:
+    """A read-only copy sees each committed add and removal after catch_up, writes nothing."""
+    directory = str(tmp_path)
+    writer = SuppressionStore.open(directory)
+    writer.add([Entry.make("a@example.com", now=1)])
+    copy = SuppressionStore.open(directory, readonly=True)
+    assert copy.lookup("a@example.com") is not None
+    writer.add([Entry.make("b@example.com", now=2)])
+    assert copy.lookup("b@example.com") is None  # not yet read
+    assert copy.catch_up() is True
+    assert copy.lookup("b@example.com") is not None
+    writer.remove("global", "a@example.com")
+    assert copy.catch_up() is True
+    assert copy.lookup("a@example.com") is None
+    assert copy.count() == writer.count() == 1
+    with pytest.raises(SuppressionStoreError):
+        copy.add([Entry.make("c@example.com", now=3)])
+    copy.close()
+    writer.close()
+
+
+def test_readonly_copy_skips_an_unfinished_batch_without_cutting_it(tmp_path: Path) -> None:
+    """A half-written batch at the log's end is left for the writer; the copy reads on later."""
+    directory = str(tmp_path)
+    writer = SuppressionStore.open(directory)
+    writer.add([Entry.make("a@example.com", now=1)])
+    [log] = [n for n in os.listdir(directory) if n.startswith("log")]
+    path = os.path.join(directory, log)
+    size = os.path.getsize(path)
+    with open(path, "ab") as stream:
+        stream.write(b"MSL1 torn")  # a batch being written: no end frame yet
+    copy = SuppressionStore.open(directory, readonly=True)
+    assert copy.catch_up() is True
+    assert os.path.getsize(path) == size + 9  # nothing cut: the log is the writer's
+    assert copy.lookup("a@example.com") is not None
+    copy.close()
+    writer.close()
+
+
+def test_readonly_copy_asks_to_reopen_after_compaction(tmp_path: Path) -> None:
+    """After the writer compacts, catch_up is False; a copy opened again sees everything."""
+    directory = str(tmp_path)
+    writer = SuppressionStore.open(directory, compact_after=1)
+    writer.add([Entry.make("a@example.com", now=1)])
+    copy = SuppressionStore.open(directory, readonly=True)
+    writer.compact()
+    writer.add([Entry.make("b@example.com", now=2)])
+    assert copy.catch_up() is False
+    copy.close()
+    again = SuppressionStore.open(directory, readonly=True)
+    assert again.lookup("a@example.com") is not None
+    assert again.lookup("b@example.com") is not None
+    again.close()
+    writer.close()
+
+
+def test_handoff_journals_tracks_counts_and_queues(tmp_path: Path) -> None:
+    """A worker's Received is journaled, tracked by the store, counted and enqueued once."""
+    clock = task.Clock()
+
+    def run_now(work):  # type: ignore[no-untyped-def]
+        return defer.maybeDeferred(work)
+
+    recovered, journal, store = open_spool(str(tmp_path / "spool"), run_now)
+    queued: list[Envelope] = []
+    stats = ReceptionStats()
+    handoff = Handoff(journal, store, queued.append, stats)
+    envelope = Envelope(
+        msg_id="0" * 26,
+        sender="s@x.test",
+        recipients=(Recipient("r@y.test"),),
+        time_queued=0.0,
+        size=10,
+    )
+    positions = []
+    handoff.append([Received(envelope, clock.seconds()).to_json()]).addCallback(positions.append)
+    assert positions == [journal.end()]
+    assert [e.msg_id for e in queued] == [envelope.msg_id]
+    assert (stats.messages_received, stats.recipients_received, stats.bytes_received) == (1, 1, 10)
+    assert store._live == {envelope.msg_id: journal.end().segment}  # kept for pruning
+    journal.close()
