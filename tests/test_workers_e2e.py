@@ -7,6 +7,8 @@ exactly one `d` record per recipient, once the server (or the worker) is back.
 
 from __future__ import annotations
 
+import http.client
+import json
 import os
 import signal
 import smtplib
@@ -17,6 +19,7 @@ import time
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from mx_receiver import Receiver
@@ -319,3 +322,46 @@ def test_suppression_added_in_the_master_applies_at_the_next_rcpt_in_workers(
             bounced = lambda: {r["rcpt"] for r in read_acct(tmp_path / "acct.csv", "b")}  # noqa: E731
             assert wait_until(lambda: bounced() == {f"gone{n}@dst.test" for n in range(4)})
     assert not any(m for m in receiver.messages if any("gone" in r for r in m.rcpt_tos))
+
+
+def status(mgmt: int) -> dict[str, Any]:
+    """GET /status as JSON (the monitor view, open to 127.0.0.1 with the API key)."""
+    connection = http.client.HTTPConnection("127.0.0.1", mgmt, timeout=30)
+    try:
+        connection.request("GET", "/status?format=json", headers={"X-API-Key": MGMT_KEY})
+        response = connection.getresponse()
+        data = response.read()
+    finally:
+        connection.close()
+    assert response.status == 200, data
+    result: dict[str, Any] = json.loads(data)
+    return result
+
+
+def test_session_counters_of_workers_reach_the_master(tmp_path: Path, receiver: Receiver) -> None:
+    """`show status` counts the sessions open in workers, and drops a killed worker's."""
+    port, mgmt = free_port(), free_port()
+    more = f"http-mgmt-port 127.0.0.1:{mgmt}\nhttp-api-key {MGMT_KEY}"
+    text = config(tmp_path, port, receiver.port, workers="1", more=more)
+    server = ServerProcess(tmp_path, text, wait_ports=(port, mgmt))
+    with server:
+        assert server.proc is not None
+
+        def smtp_in() -> dict[str, int]:
+            found: dict[str, int] = status(mgmt)["data"]["conn"]["smtpIn"]
+            return found
+
+        clients = [smtplib.SMTP("127.0.0.1", port, timeout=30) for _ in range(3)]
+        try:
+            for client in clients:
+                client.ehlo("client.test")
+            assert wait_until(lambda: smtp_in()["cur"] == 3)
+            total = smtp_in()["total"]
+            assert total >= 3  # and the start-up probe of the port
+            [worker] = children(server.proc.pid)
+            os.kill(worker, signal.SIGKILL)
+            assert wait_until(lambda: smtp_in()["cur"] == 0)
+            assert smtp_in()["total"] == total
+        finally:
+            for client in clients:
+                client.close()

@@ -28,6 +28,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import attrs
+from twisted.application.internet import TimerService
 from twisted.application.service import MultiService, Service
 from twisted.internet import ssl
 from twisted.internet.defer import Deferred, fail, succeed
@@ -60,11 +61,13 @@ from mtaserver.spool.store import MessageStore
 from mtaserver.suppression import suppression_directory
 from mtaserver.workers.handoff import HandoffJournal, MasterLink
 from mtaserver.workers.suppression import WorkerSuppression
-from mtaserver.workers.wire import HANDOFF_FD
+from mtaserver.workers.wire import HANDOFF_FD, STATS_FIELDS
 
 log = Logger()
 
 PR_SET_PDEATHSIG = 1
+#: Seconds between reports of the session counters to the master.
+STATS_INTERVAL = 1.0
 
 
 def die_with_parent(parent: int) -> None:
@@ -194,7 +197,26 @@ def compose(
         return service
 
     SmtpListeners(holder, smtp_listener, run_in_thread).setServiceParent(root)
+    reporter = TimerService(STATS_INTERVAL, StatsReporter(stats, link))
+    reporter.clock = reactor
+    reporter.setServiceParent(root)
     return root
+
+
+class StatsReporter:
+    """Sends the changes of the worker's session counters to the master (`wire.STATS_FIELDS`)."""
+
+    def __init__(self, stats: ReceptionStats, link: MasterLink) -> None:
+        self.stats = stats
+        self.link = link
+        self.sent = dict.fromkeys(STATS_FIELDS, 0)
+
+    def __call__(self) -> None:
+        now = {field: getattr(self.stats, field) for field in STATS_FIELDS}
+        delta = {field: now[field] - self.sent[field] for field in STATS_FIELDS}
+        if any(delta.values()) and not self.link.lost:
+            self.link.send({"op": "stats", "delta": delta})
+            self.sent = now
 
 
 def _listen_arg(text: str) -> tuple[HostPort, int]:

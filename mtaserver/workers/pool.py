@@ -49,7 +49,7 @@ from mtaserver.events import Envelope, Received, event_from_json
 from mtaserver.message.intake import OnAccepted, ReceptionStats
 from mtaserver.spool.journal import Journal, JournalPosition
 from mtaserver.spool.store import MessageStore
-from mtaserver.workers.wire import HANDOFF_FD, FrameDecoder, WireError, encode
+from mtaserver.workers.wire import HANDOFF_FD, STATS_FIELDS, FrameDecoder, WireError, encode
 
 log = Logger()
 
@@ -116,6 +116,13 @@ class Handoff:
 
         return d.addCallback(committed)
 
+    def add_stats(self, delta: dict[str, Any]) -> None:
+        """A worker's session counters changed by `delta` (unknown fields ignored)."""
+        for field in STATS_FIELDS:
+            value = delta.get(field)
+            if isinstance(value, int) and not isinstance(value, bool):
+                setattr(self.stats, field, getattr(self.stats, field) + value)
+
     def _accepted(self, envelope: Envelope, position: JournalPosition) -> None:
         self.store.track_committed(envelope.msg_id, position.segment)
         self.stats.messages_received += 1
@@ -138,6 +145,7 @@ class WorkerProcess(ProcessProtocol):
         self._log_tail = b""
         self._err_tail = b""
         self.started_at = 0.0
+        self.sessions_current = 0  # what this worker has added to the master's counter
         self.done: Deferred[None] = Deferred()
         self.exited = False
 
@@ -173,10 +181,16 @@ class WorkerProcess(ProcessProtocol):
             self.signal("KILL")
             return
         for message in messages:
-            if message["op"] != "append":
+            if message["op"] == "append":
+                self._append(message)
+            elif message["op"] == "stats" and isinstance(message.get("delta"), dict):
+                delta = message["delta"]
+                self.handoff.add_stats(delta)
+                current = delta.get("sessions_current")
+                if isinstance(current, int):
+                    self.sessions_current += current
+            else:
                 log.error("reception worker {slot}: unknown op", slot=self.slot)
-                continue
-            self._append(message)
 
     def _append(self, message: dict[str, Any]) -> None:
         request = message.get("id")
@@ -229,6 +243,9 @@ class WorkerProcess(ProcessProtocol):
 
     def processEnded(self, reason: Failure) -> None:  # noqa: N802 - Twisted's name
         self.exited = True
+        # its sessions ended with it (a killed worker never reported them closed)
+        self.handoff.add_stats({"sessions_current": -self.sessions_current})
+        self.sessions_current = 0
         status = reason.value
         if not isinstance(status, ProcessDone):
             log.error(

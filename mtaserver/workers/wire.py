@@ -12,6 +12,8 @@ Worker to master:
   suppressed recipients). The master answers with
 * `{"op": "appended", "id": N, "segment": S, "offset": O}` once they are fsync'd in its
   journal, or `{"op": "failed", "id": N, "error": "..."}`.
+* `{"op": "stats", "delta": {"sessions_current": 2, ...}}` about once a second while
+  the worker's session counters change (`STATS_FIELDS`), added to the master's.
 
 Master to worker, besides those answers: `{"op": "reload"}` after the master's own
 reload succeeded, so the worker reads the same file again.
@@ -30,6 +32,16 @@ _LENGTH = struct.Struct(">I")
 MAX_FRAME = 64 * 2**20
 #: The worker's end of its pipe to the master.
 HANDOFF_FD = 3
+
+
+#: The reception counters only a worker sees (the master counts received messages itself).
+STATS_FIELDS = (
+    "sessions_current",
+    "sessions_total",
+    "messages_rejected",
+    "auth_failures",
+    "eight_bit_undeclared",
+)
 
 
 class WireError(ValueError):
