@@ -16,6 +16,7 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.parse
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
@@ -325,10 +326,12 @@ def test_suppression_added_in_the_master_applies_at_the_next_rcpt_in_workers(
 
 
 def status(mgmt: int) -> dict[str, Any]:
-    """GET /status as JSON (the monitor view, open to 127.0.0.1 with the API key)."""
+    """`show status` through the Command API, as JSON."""
     connection = http.client.HTTPConnection("127.0.0.1", mgmt, timeout=30)
+    body = urllib.parse.urlencode({"command": "show status", "format": "json"})
+    headers = {"X-API-Key": MGMT_KEY, "Content-Type": "application/x-www-form-urlencoded"}
     try:
-        connection.request("GET", "/status?format=json", headers={"X-API-Key": MGMT_KEY})
+        connection.request("POST", "/command", body=body, headers=headers)
         response = connection.getresponse()
         data = response.read()
     finally:
