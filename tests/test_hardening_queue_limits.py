@@ -274,11 +274,13 @@ class CountingMx:
                 with outer.lock:
                     outer.open += 1
                     outer.max_open = max(outer.max_open, outer.open)
+                released = False
                 try:
-                    outer.serve(self.rfile, self.wfile)
+                    released = outer.serve(self.rfile, self.wfile)
                 finally:
-                    with outer.lock:
-                        outer.open -= 1
+                    if not released:
+                        with outer.lock:
+                            outer.open -= 1
 
         socketserver.ThreadingTCPServer.allow_reuse_address = True
         self.server = socketserver.ThreadingTCPServer(("127.0.0.1", 0), Handler)
@@ -286,7 +288,9 @@ class CountingMx:
         self.port = self.server.server_address[1]
         threading.Thread(target=self.server.serve_forever, daemon=True).start()
 
-    def serve(self, rfile: Any, wfile: Any) -> None:
+    def serve(self, rfile: Any, wfile: Any) -> bool:
+        """One session; True when QUIT already took it off the open count."""
+
         def reply(line: str) -> None:
             time.sleep(0.3)
             wfile.write(line.encode() + b"\r\n")
@@ -308,10 +312,15 @@ class CountingMx:
                     self.delivered += 1
                 reply("250 2.0.0 OK")
             elif verb == b"QUIT":
+                # Off the count before 221: the client may connect again the moment it
+                # reads 221, before this thread gets to run again.
+                with self.lock:
+                    self.open -= 1
                 reply("221 bye")
-                return
+                return True
             else:
                 reply("250 OK")
+        return False
 
     def stop(self) -> None:
         self.server.shutdown()
