@@ -278,3 +278,26 @@ def test_outbound_trace_masks_our_auth_and_logs_failures() -> None:
         "<<< MAIL FROM:<s@x>",
         "transfer failure a.test/v <b@a.test>: 550 5.1.1 gone",
     ]
+
+
+def test_reload_adds_and_removes_the_log_file(tmp_path: Path) -> None:
+    """A log-file added by reload is opened by the first write; removed, lines leave it."""
+    holder = holder_from_text("host-name a.test\n", str(tmp_path))
+    reactor = FakeReactor()
+    service = MailLogService(holder, reactor, run_now)
+    service.startService()
+    assert service.maillog.file is None
+    path = tmp_path / "added.log"
+    (tmp_path / "mtaserver.conf").write_text(f"log-file {path}\n")
+    assert holder.reload() == []
+    assert not path.exists()  # nothing opened on the reactor at reload
+    service.maillog.emit("queue", "first line")
+    reactor.advance(1)
+    assert path.read_text().endswith("[queue] first line\n")
+    (tmp_path / "mtaserver.conf").write_text("host-name a.test\n")
+    assert holder.reload() == []
+    service.maillog.emit("queue", "to the service log")
+    reactor.advance(1)
+    assert service.maillog.file is None
+    assert "service log" not in path.read_text()
+    service.stopService()

@@ -54,27 +54,27 @@ class MailLogService(Service):
         self._midnight: DelayedCall | None = None
         self._size_check = task.LoopingCall(self._check_size)
         self._size_check.clock = reactor
-        self._apply(holder.config)
+        self._apply(holder.config, starting=True)
         holder.on_reload(lambda old, new: self._apply(new))
 
-    def _apply(self, config: Config) -> None:
+    def _apply(self, config: Config, starting: bool = False) -> None:
         settings = config.settings
         path = settings.log_file
         current = self.maillog.file
         if path is None:
             if current is not None:
-                current.flush().addCallback(lambda _: current.close_now())
+                current.flush().addCallback(lambda _: self.run_in_thread(current.close_now))
             self.maillog.file = None
             return
         if current is None or current.path != path:
             new = LogFile(path, self.run_in_thread, self.reactor, owner=self.owner)
-            if current is None:
+            if starting:
                 try:  # at start: an unusable path stops the server, saying why
                     new.open_now()
                 except OSError as exc:
                     raise ValueError(f"log-file {path}: {exc.strerror or exc}") from None
-            else:
-                current.flush().addCallback(lambda _: current.close_now())
+            elif current is not None:  # on reload the first batch opens it, off the reactor
+                current.flush().addCallback(lambda _: self.run_in_thread(current.close_now))
             self.maillog.file = new
         file = self.maillog.file
         assert file is not None
