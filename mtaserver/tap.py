@@ -295,5 +295,6 @@ def compose(holder: ConfigHolder, reactor: Any) -> MultiService:
         webhooks=webhooks,
         suppression=suppression,
         maillog=maillog,
+        mx_resolver=mx_resolver,  # resolve, clear dnscache
     ).setServiceParent(root)
     return root

@@ -15,6 +15,7 @@ from test_scheduler import World
 from twisted.internet import defer
 
 from mtaserver.commands import CommandError, Commands, parse, render_text
+from mtaserver.queue.control import RecipientFilter
 from mtaserver.events import Outcome
 from mtaserver.http.console.resource import action_command
 from mtaserver.http.errors import APIError
@@ -152,7 +153,7 @@ def test_delete_by_job_bounces_a_paused_jobs_recipients(tmp_path: Path) -> None:
     control = world.scheduler.control
     control.pause_job("spring")
     world.submit("ok1@a.test", "ok2@a.test", job="spring")
-    deleted = defer.ensureDeferred(control.delete("a.test", "spring"))
+    deleted = defer.ensureDeferred(control.delete(RecipientFilter("a.test", job_id="spring")))
     assert deleted.called and deleted.result == 2
     assert control.waiting("*", 10)[1] == 0
     assert records_for(world, "ok1@a.test") == ["b"]
@@ -221,10 +222,11 @@ def test_commands_pause_and_resume_a_job_and_show_jobs_flags_it(tmp_path: Path) 
     assert data == {"job": "spring", "paused": True, "recipients": 0}
     world.submit("ok1@a.test", "ok2@a.test", job="spring")
     data, _ = run("show jobs")
-    assert data == [{"job": "spring", "messages": 1, "recipients": 2, "paused": True}]
-    text = render_text("show jobs", data, "1 job(s)")
-    assert text.splitlines()[0].split() == ["job", "messages", "recipients", "paused"]
-    assert text.splitlines()[1].split() == ["spring", "1", "2", "yes"]
+    kb = data[0]["kb"]  # type: ignore[index]
+    assert data == [{"job": "spring", "messages": 1, "recipients": 2, "paused": True, "kb": kb}]
+    text = render_text("show jobs", data, "Total of 1 job(s).")
+    assert text.splitlines()[0].split() == ["job-id", "#rcpt", "kbytes", "paused"]
+    assert text.splitlines()[2].split() == ["spring", "2", f"{kb:.1f}", "yes"]
     data, message = run("resume job spring")
     assert data == {"job": "spring", "paused": False, "recipients": 0}
     assert message == "resumed job spring (0 recipient(s) queued)"

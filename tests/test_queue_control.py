@@ -12,6 +12,7 @@ from pathlib import Path
 from test_scheduler import World
 from twisted.internet import defer, task
 
+from mtaserver.queue.control import RecipientFilter
 from mtaserver.queue.delivery import QueueLevelFailure
 from mtaserver.queue.model import Queue, WorkItem
 from mtaserver.queue.slots import ConnectionSlots
@@ -96,7 +97,7 @@ def test_commands_reach_the_scheduler(tmp_path: Path) -> None:
     assert control.set_mode("a.test", "backoff") == ["a.test/{default}"]
     (view,) = control.queues()
     assert (view.paused, view.mode) == (True, "backoff")
-    deleted = defer.ensureDeferred(control.delete("a.test", "j1"))
+    deleted = defer.ensureDeferred(control.delete(RecipientFilter("a.test", job_id="j1")))
     assert deleted.called and deleted.result == 1
     control.reset_counters()
     (view,) = control.queues()

@@ -17,6 +17,7 @@ from twisted.internet import defer, task
 from mtaserver.config.load import load_config
 from mtaserver.config.reload import ConfigHolder
 from mtaserver.events import Envelope, Outcome, QueueFailure, Recipient
+from mtaserver.queue.control import RecipientFilter
 from mtaserver.queue.delivery import (
     ConnectionInfo,
     QueueLevelFailure,
@@ -265,7 +266,7 @@ def test_delete_by_job_bounces_only_that_job(tmp_path: Path) -> None:
     world.scheduler.pause("*")
     world.submit("ok1@a.test", job="j1")
     world.submit("ok2@a.test", job="j2")
-    count = defer.ensureDeferred(world.scheduler.delete("a.test/*", job_id="j1"))
+    count = defer.ensureDeferred(world.scheduler.delete(RecipientFilter("a.test/*", job_id="j1")))
     assert count.result == 1
     assert world.outcomes() == [("b", ("ok1@a.test",), "5.0.0")]
     world.scheduler.resume("*")

@@ -7,41 +7,115 @@ formats: no state is read here.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import time
+from collections.abc import Callable, Mapping
 from typing import Any
 
-#: The columns of a roll-up of queues (`show domains`, `show vmtas`): one row per
-#: domain or vmta, after its name.
-_ROLLUP = (
-    "queues",
-    "recipients",
-    "messages",
-    "paused",
-    "connections",
-    "delivered",
-    "bounced",
-    "deferred",
+#: A column of a PowerMTA-shaped table: title, the row's key, and how it prints.
+Column = tuple[str, str, Callable[[Any], str]]
+
+
+def _num(value: Any) -> str:
+    return "0" if value is None else str(value)
+
+
+def _kb(value: Any) -> str:
+    return f"{float(value or 0):.1f}"
+
+
+def _clock(value: Any) -> str:
+    """A time as PowerMTA's tables print it: HH:MM:SS (UTC), or nothing."""
+    if not value:
+        return ""
+    return time.strftime("%H:%M:%S", time.gmtime(float(value)))
+
+
+def _stamp(value: Any) -> str:
+    if not value:
+        return ""
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(float(value)))
+
+
+def _text(value: Any) -> str:
+    return "" if value is None else str(value)
+
+
+_PMTA: dict[str, tuple[Column, ...]] = {
+    "show queues": (
+        ("queue", "name", _text),
+        ("#rcpt", "recipients", _num),
+        ("kbytes", "kb", _kb),
+        ("conn", "connections", _num),
+        ("st", "st", _text),
+        ("retry", "nextRetry", _clock),
+        ("last error", "lastError", _text),
+    ),
+    "show domains": (
+        ("domain", "domain", _text),
+        ("#rcpt", "recipients", _num),
+        ("kbytes", "kb", _kb),
+        ("conn", "connections", _num),
+        ("last error", "lastError", _text),
+    ),
+    "show vmtas": (
+        ("name", "vmta", _text),
+        ("domains", "domains", _num),
+        ("#rcpt", "recipients", _num),
+        ("% total", "pct", _num),
+        ("kbytes", "kb", _kb),
+        ("conn", "connections", _num),
+    ),
+    "show jobs": (
+        ("job-id", "job", _text),
+        ("#rcpt", "recipients", _num),
+        ("kbytes", "kb", _kb),
+        ("paused", "pausedText", _text),
+    ),
+    "show disabled sources": (
+        ("queue", "queue", _text),
+        ("source", "source", _text),
+        ("re-enabled in", "reenableText", _text),
+    ),
+}
+_PMTA["show topqueues"] = _PMTA["show queues"]
+_PMTA["show topdomains"] = _PMTA["show domains"]
+
+_LIST: tuple[Column, ...] = (
+    ("queue", "queue", _text),
+    ("rcpt", "rcpt", _text),
+    ("orig", "orig", _text),
+    ("job-id", "job", _text),
+    ("env-id", "envId", _text),
+    ("msg-id", "msgId", _text),
+    ("queued", "timeQueued", _stamp),
+)
+_LIST_PRIORITY: tuple[Column, ...] = (("priority", "priority", _text),)
+_LIST_SCHEDULE: tuple[Column, ...] = (
+    ("state", "state", _text),
+    ("attempts", "attempts", _num),
+    ("next attempt", "nextAttempt", _stamp),
 )
 
-_COLUMNS: dict[str, tuple[str, ...]] = {
-    "show queues": (
-        "name",
-        "recipients",
-        "messages",
-        "paused",
-        "mode",
-        "connections",
-        "delivered",
-        "bounced",
-        "deferred",
-        "scheduled",
-    ),
-    "show domains": ("domain", *_ROLLUP),
-    "show vmtas": ("vmta", *_ROLLUP),
-    "show jobs": ("job", "messages", "recipients", "paused"),
-    "list": ("queue", "msgId", "rcpt", "job", "attempts", "state"),
-    "show disabled sources": ("queue", "source", "reenable_in"),
-}
+#: Short error columns unless --errors asks for them in full.
+_ERROR_WIDTH = 40
+
+
+def pmta_table(rows: list[dict[str, Any]], columns: tuple[Column, ...]) -> str:
+    """PowerMTA's table: titles over dashes, names left, numbers right, one row a line."""
+    cells = [[fmt(row.get(key)) for _, key, fmt in columns] for row in rows]
+    titles = [title for title, _, _ in columns]
+    widths = [max([len(titles[i])] + [len(c[i]) for c in cells]) for i in range(len(columns))]
+    right = [fmt in (_num, _kb) for _, _, fmt in columns]
+
+    def line(values: list[str]) -> str:
+        out = [
+            v.rjust(w) if r else v.ljust(w) for v, w, r in zip(values, widths, right, strict=True)
+        ]
+        return " ".join(out).rstrip()
+
+    lines = [line(titles), " ".join("-" * w for w in widths)]
+    lines += [line(c) for c in cells]
+    return "\n".join(lines)
 
 
 def table(rows: list[dict[str, Any]], columns: tuple[str, ...]) -> str:
@@ -60,19 +134,97 @@ def _cell(value: Any) -> str:
     return str(value)
 
 
-def render_text(command: str, data: Any, message: str = "") -> str:
-    """What `mtactl` prints for a command's data."""
+def _prepared(command: str, data: Any, errors: bool) -> list[dict[str, Any]]:
+    """Rows with the derived cells of a table (`st`, short errors, yes/no)."""
+    rows = []
+    for row in data:
+        row = dict(row)
+        if command.endswith("queues"):
+            row["st"] = ("P" if row.get("paused") else "") + (
+                "B" if row.get("mode") == "backoff" else "")  # fmt: skip
+        error = row.get("lastError") or ""
+        if error and not errors and len(error) > _ERROR_WIDTH:
+            row["lastError"] = error[: _ERROR_WIDTH - 3] + "..."
+        row["pausedText"] = "yes" if row.get("paused") else ""
+        if "reenable_in" in row:
+            left = row["reenable_in"]
+            row["reenableText"] = "never (enable source)" if left is None else f"{left:.0f}s"
+        rows.append(row)
+    return rows
+
+
+def render_text(command: str, data: Any, message: str = "", errors: bool = False) -> str:
+    """What `mtactl` prints for a command's data: PowerMTA's table where it has one."""
     if command == "show status" and isinstance(data, dict):
         return _render_status(data)
-    if command in _COLUMNS:
-        rows = data["recipients"] if command == "list" else data
-        text = table(rows, _COLUMNS[command])
-        return f"{text}\n{message}" if message else text
-    if isinstance(data, dict) and data and command in ("show settings", "show version"):
+    if command in _PMTA and isinstance(data, list):
+        text = pmta_table(_prepared(command, data, errors), _PMTA[command])
+        return f"{text}\n\n{message}" if message else text
+    if command == "list" and isinstance(data, dict):
+        shown = data.get("columns", {})
+        columns = _LIST + (_LIST_PRIORITY if shown.get("priority") else ()) + (
+            _LIST_SCHEDULE if shown.get("schedule") else ())  # fmt: skip
+        text = pmta_table(data["recipients"], columns)
+        return f"{text}\n\n{message}" if message else text
+    if command in ("show settings", "show vmta-settings") and isinstance(data, dict):
+        return _render_settings(data)
+    if command == "resolve" and isinstance(data, dict):
+        return _render_resolve(data)
+    if command in ("check mfrom", "check rcpt") and isinstance(data, dict):
+        return _render_mapping(data)
+    if command in ("show version", "show license") and message:
+        return message
+    if isinstance(data, dict) and data and command in ("show settings",):
         return _render_mapping(data)
     if message:
         return message
     return _render_mapping(data) if isinstance(data, dict) else str(data)
+
+
+def _render_settings(data: Mapping[str, Any]) -> str:
+    """`show settings D/V`: PowerMTA's two lists; without a queue, the summary."""
+    if "settings" not in data:
+        return _render_mapping(data)
+    vmta = data["vmta"] if "queue" in data else data["settings"]
+    parts = ["Virtual MTA Settings", "--------------------", _render_pairs(vmta)]
+    if "queue" in data:
+        title = f"Queue Settings ({data['queue']})"
+        parts += ["", title, "-" * len(title), _render_pairs(data["settings"])]
+    elif data.get("pools"):
+        parts += ["", f"pools: {', '.join(data['pools'])}"]
+    return "\n".join(parts)
+
+
+def _render_pairs(values: Mapping[str, Any]) -> str:
+    lines = []
+    for key, value in values.items():
+        if isinstance(value, list):
+            value = ", ".join(str(v) for v in value) or '""'
+        lines.append(f"{key} {value}")
+    return "\n".join(lines)
+
+
+def _render_resolve(data: Mapping[str, Any]) -> str:
+    hosts = [
+        {
+            "pref": h["pref"],
+            "name": h["name"] + (" (no MX: the domain itself)" if h["implicit"] else ""),
+            "ips": " ".join(h["ip"]) or h["status"],
+        }
+        for h in data["hosts"]
+    ]
+    columns: tuple[Column, ...] = (
+        ("pref", "pref", _num),
+        ("host name", "name", _text),
+        ("IP addresses", "ips", _text),
+    )
+    lines = [f"status = {data['status']}", pmta_table(hosts, columns), ""]
+    if data["routeError"]:
+        lines.append(f"delivery route: {data['routeError']}")
+    else:
+        lines.append("delivery route (as the domain's settings choose):")
+        lines += [f"  {t['pref']:>4} {t['host']} [{t['ip']}]:{t['port']}" for t in data["route"]]
+    return "\n".join(lines)
 
 
 def _render_mapping(data: Mapping[str, Any], indent: str = "") -> str:

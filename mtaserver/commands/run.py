@@ -10,21 +10,30 @@ only through the scheduler's `QueueControl` view.
 from __future__ import annotations
 
 import os
-import platform
 from collections.abc import Mapping
 from typing import Any
 
 import attrs
 
 from mtaserver import __version__
-from mtaserver.commands.grammar import DEFAULT_LIST_MAX, Command, CommandError, CommandResult
+from mtaserver.commands.diagnose import Diagnostics
+from mtaserver.commands.grammar import (
+    DEFAULT_LIST_MAX,
+    DEFAULT_SHOW_MAX,
+    Command,
+    CommandError,
+    CommandResult,
+)
+from mtaserver.commands.settings import queue_settings, version_details, vmta_settings
 from mtaserver.commands.suppression import SuppressionCommands
 from mtaserver.config.files import PathRefused, conceal_outside, config_dir, config_file_path
 from mtaserver.config.grammar import ConfigError
 from mtaserver.config.redact import redact_values
 from mtaserver.config.reload import ConfigHolder
-from mtaserver.queue.control import QueueControl, QueueView
+from mtaserver.config.values import parse_interval
+from mtaserver.queue.control import QueueControl, QueueView, RecipientFilter
 from mtaserver.runtime import RunInThread
+from mtaserver.smtp.mx import MxResolver
 from mtaserver.stats import HOUR, MINUTE, TrafficStats
 from mtaserver.suppression.service import SuppressionService
 
@@ -51,6 +60,8 @@ class Commands:
         run_in_thread: RunInThread,
         suppression: SuppressionService | None = None,
         maillog: Any = None,
+        mx_resolver: MxResolver | None = None,
+        clock: Any = None,
     ) -> None:
         self.suppression = SuppressionCommands(suppression)
         self.maillog = maillog  # `rotate log` (mtaserver.maillog.MailLog)
@@ -60,12 +71,17 @@ class Commands:
         self.reception = reception
         self.traffic = traffic
         self.run_in_thread = run_in_thread
+        if clock is None:
+            from twisted.internet import reactor as clock
+        self.clock = clock
+        self.diagnostics = Diagnostics(holder, control, clock, mx_resolver, suppression)
 
     async def run(self, command: Command) -> CommandResult:
         if command.spec.words[0] == "suppression":
             data, message = await self.suppression.run(command)
             return CommandResult(command.name, data, message)
-        handler = getattr(self, "_" + "_".join(command.spec.words))
+        name = "_".join(command.spec.words).replace("-", "_")
+        handler = getattr(self.diagnostics, name, None) or getattr(self, "_" + name)
         data, message = await handler(command)
         return CommandResult(command.name, data, message)
 
@@ -110,16 +126,56 @@ class Commands:
             "acct": self.acct.status() if hasattr(self.acct, "status") else [],
         }
 
-    def queues(self, paused_only: bool = False) -> list[dict[str, Any]]:
-        return [_queue_row(q) for q in self.control.queues() if q.paused or not paused_only]
+    def queues(
+        self,
+        paused_only: bool = False,
+        pattern: str = "*",
+        paused: str | None = None,
+        connected: str | None = None,
+        mode: str | None = None,
+        errors: bool = False,
+    ) -> list[dict[str, Any]]:
+        """The queues' rows, by name, of those matching every criterion given."""
+        if paused_only:
+            paused = "yes"
+        rows = []
+        for view in self.control.queues(pattern):
+            if paused is not None and view.paused != (paused == "yes"):
+                continue
+            if connected is not None and (view.connections > 0) != (connected == "yes"):
+                continue
+            if mode is not None and view.mode != mode:
+                continue
+            if errors and not view.last_error:
+                continue
+            rows.append(_queue_row(view))
+        return rows
 
-    def domains(self) -> list[dict[str, Any]]:
-        return _grouped(self.queues(), "domain")
+    def domains(
+        self,
+        vmta: str | None = None,
+        name: str = "*",
+        connected: str | None = None,
+        errors: bool = False,
+    ) -> list[dict[str, Any]]:
+        """The queues rolled up by domain (of one vmta's queues with `vmta`)."""
+        pattern = f"{name}/{vmta or '*'}"
+        queues = self.queues(pattern=pattern)
+        rows = _grouped(queues, "domain") if queues else []
+        if connected is not None:
+            rows = [r for r in rows if (r["connections"] > 0) == (connected == "yes")]
+        if errors:
+            rows = [r for r in rows if r["lastError"]]
+        return rows
 
     def vmtas(self) -> list[dict[str, Any]]:
         rows = {row["vmta"]: row for row in _grouped(self.queues(), "vmta")}
         for name in self.holder.config.vmtas:
             rows.setdefault(name, _grouped([], "vmta", name)[0])
+        total = sum(row["recipients"] for row in rows.values())
+        for row in rows.values():
+            row["domains"] = row["queues"]
+            row["pct"] = round(100 * row["recipients"] / total) if total else 0
         return [rows[name] for name in sorted(rows)]
 
     def jobs(self) -> list[dict[str, Any]]:
@@ -129,6 +185,7 @@ class Commands:
                 "messages": job.messages,
                 "recipients": job.recipients,
                 "paused": job.paused,
+                "kb": round(job.bytes / 1024, 1),
             }
             for job in self.control.jobs()
         ]
@@ -146,17 +203,21 @@ class Commands:
             "acctFiles": [a.path for a in config.acct_files],
         }
 
-    def waiting(self, pattern: str, limit: int) -> dict[str, Any]:
+    def waiting(self, pattern: str | RecipientFilter, limit: int) -> dict[str, Any]:
         waiting, total = self.control.waiting(pattern, limit)
         rows = [
             {
                 "queue": w.queue,
                 "msgId": w.msg_id,
                 "rcpt": w.rcpt,
+                "orig": w.orig,
                 "job": w.job,
+                "envId": w.env_id,
                 "attempts": w.attempts,
                 "state": w.state,
                 "nextAttempt": w.next_attempt,
+                "timeQueued": w.time_queued,
+                "priority": w.priority,
             }
             for w in waiting
         ]
@@ -165,40 +226,89 @@ class Commands:
     async def _show_status(self, command: Command) -> tuple[Any, str]:
         return self.status(), ""
 
-    async def _show_queues(self, command: Command) -> tuple[Any, str]:
-        rows = self.queues("paused" in command.options)
-        return rows, f"{len(rows)} queue(s)"
+    async def _show_queues(self, command: Command, sort: str = "name") -> tuple[Any, str]:
+        options = command.options
+        rows = self.queues(
+            pattern=command.args[0] if command.args else "*",
+            paused=options.get("paused"),
+            connected=options.get("connected"),
+            mode=options.get("mode"),
+            errors="errors" in options,
+        )
+        shown = _top(rows, options.get("sort", sort), options.get("maxitems"))
+        return shown, f"{len(shown)} of {len(rows)} queues shown."
 
-    async def _show_domains(self, command: Command) -> tuple[Any, str]:
-        rows = self.domains()
-        return rows, f"{len(rows)} domain(s)"
+    async def _show_topqueues(self, command: Command) -> tuple[Any, str]:
+        return await self._show_queues(command, sort="rcpt")
+
+    async def _show_domains(self, command: Command, sort: str = "name") -> tuple[Any, str]:
+        options = command.options
+        rows = self.domains(
+            vmta=options.get("vmta"),
+            name=command.args[0] if command.args else "*",
+            connected=options.get("connected"),
+            errors="errors" in options,
+        )
+        shown = _top(rows, options.get("sort", sort), options.get("maxitems"))
+        return shown, f"{len(shown)} of {len(rows)} domains shown."
+
+    async def _show_topdomains(self, command: Command) -> tuple[Any, str]:
+        return await self._show_domains(command, sort="rcpt")
 
     async def _show_vmtas(self, command: Command) -> tuple[Any, str]:
         rows = self.vmtas()
-        return rows, f"{len(rows)} vmta(s)"
+        shown = _top(rows, "rcpt", command.options.get("maxitems"), default=len(rows))
+        return shown, f"{len(shown)} of {len(rows)} virtual MTAs."
 
     async def _show_jobs(self, command: Command) -> tuple[Any, str]:
         rows = self.jobs()
-        return rows, f"{len(rows)} job(s)"
+        limit = command.options.get("maxitems")
+        shown = rows[: int(limit)] if limit else rows
+        return shown, f"Total of {len(rows)} job(s)."
 
     async def _show_settings(self, command: Command) -> tuple[Any, str]:
+        if command.args:
+            return queue_settings(self.holder.config, command.args[0]), ""
         return self.settings(), ""
 
-    async def _show_version(self, command: Command) -> tuple[Any, str]:
-        import twisted
+    async def _show_vmta_settings(self, command: Command) -> tuple[Any, str]:
+        return vmta_settings(self.holder.config, command.args[0]), ""
 
-        data = {
-            "name": "mtaserver",
-            "version": version(),
-            "python": platform.python_version(),
-            "twisted": twisted.__version__,
-        }
-        return data, f"mtaserver {data['version']}"
+    async def _show_version(self, command: Command) -> tuple[Any, str]:
+        data = version_details()
+        # the flat keys of earlier versions, for scripts that read them
+        data.update(name="mtaserver", version=version(), python=data["python"]["version"])
+        product = data["product"]
+        message = (
+            f"mtaserver v{product['version']} ({product['bits']}-bit; Python "
+            f"{data['python']['version']}, Twisted {data['twisted']}; "
+            f"{data['os']['name']} {data['os']['version']} {data['cpu']['type']})."
+        )
+        return data, message
+
+    async def _show_license(self, command: Command) -> tuple[Any, str]:
+        data, message = await self._show_version(command)
+        data["license"] = "no license key: mtaserver is not licensed per instance"
+        return data, message
+
+    def _selection(self, command: Command) -> RecipientFilter:
+        options = command.options
+        older = options.get("older-than")
+        return RecipientFilter(
+            queue=options.get("queue", "*"),
+            orig=options.get("orig"),
+            rcpt=options.get("rcpt"),
+            job_id=options.get("jobId"),
+            env_id=options.get("envId"),
+            queued_before=None if older is None else self.clock.seconds() - parse_interval(older),
+        )
 
     async def _list(self, command: Command) -> tuple[Any, str]:
-        limit = int(command.options.get("max", DEFAULT_LIST_MAX))
-        data = self.waiting(command.options["queue"], limit)
-        return data, f"{data['total']} recipient(s) waiting"
+        options = command.options
+        limit = int(options.get("maxitems") or options.get("max") or DEFAULT_LIST_MAX)
+        data = self.waiting(self._selection(command), limit)
+        data["columns"] = {"priority": "priority" in options, "schedule": "schedule" in options}
+        return data, f"{len(data['recipients'])} of {data['total']} recipient(s) shown."
 
     async def _test_config(self, command: Command) -> tuple[Any, str]:
         config = self.holder.config
@@ -256,8 +366,10 @@ class Commands:
         return data, f"resumed job {job} ({waiting} recipient(s) queued)"
 
     async def _schedule(self, command: Command) -> tuple[Any, str]:
+        # --retry-recipients: recipients that got a 4xx wait in the same retry schedule
+        # as the queue's, so `schedule` always makes them ready too
         names = self.control.schedule(command.args[0])
-        return {"queues": names}, f"scheduled {len(names)} queue(s) for retry now"
+        return {"queues": names}, f"{len(names)} matching queue(s) scheduled."
 
     async def _set_queue(self, command: Command) -> tuple[Any, str]:
         mode = command.options["mode"]
@@ -265,23 +377,45 @@ class Commands:
         return {"queues": names, "mode": mode}, f"{len(names)} queue(s) set to {mode} mode"
 
     async def _set_priority(self, command: Command) -> tuple[Any, str]:
+        """`set priority`: the priority of the messages the options pick; with --queue
+        alone, the matching queues' own priority (their share of connection slots) too."""
         priority = int(command.args[0])
-        names = self.control.set_priority(command.options["queue"], priority)
-        data = {"queues": names, "priority": priority}
-        return data, f"{len(names)} queue(s) set to priority {priority}"
+        selection = self._selection(command)
+        names: list[str] = []
+        if set(command.options) == {"queue"}:
+            names = self.control.set_priority(command.options["queue"], priority)
+        count = self.control.set_message_priority(selection, priority)
+        data = {"queues": names, "messages": count, "priority": priority}
+        return data, f"{count} message(s) set to priority {priority}"
 
     async def _show_disabled_sources(self, command: Command) -> tuple[Any, str]:
         rows = self.control.disabled_sources(command.args[0] if command.args else "*")
-        return [_jsonable(row) for row in rows], ""
+        return [_jsonable(row) for row in rows], f"{len(rows)} disabled source(s)."
+
+    async def _disable_source(self, command: Command) -> tuple[Any, str]:
+        ip, pattern = command.args
+        after_text = command.options.get("reenable-after")
+        after = parse_interval(after_text) if after_text else None
+        if not self.control.queues(pattern):
+            raise CommandError(f"disable source: no queue matches {pattern!r}")
+        disabled = self.control.disable_source(pattern, ip, after)
+        if not disabled:
+            raise CommandError(
+                f"disable source: {ip} is not a source (smtp-source-host) of the queues of "
+                f"{pattern!r}"
+            )
+        until = f" for {after_text}" if after_text else ""
+        return {"disabled": disabled}, f"disabled {len(disabled)} source(s){until}"
 
     async def _enable_source(self, command: Command) -> tuple[Any, str]:
-        count = self.control.enable_sources(command.args[0])
+        ip, pattern = command.args if len(command.args) == 2 else (None, command.args[0])
+        count = self.control.enable_sources(pattern, ip)
         return {"enabled": count}, f"enabled {count} source(s)"
 
     async def _delete(self, command: Command) -> tuple[Any, str]:
-        pattern, job = command.options["queue"], command.options.get("jobId")
-        count = await self.control.delete(pattern, job)
-        return {"deleted": count}, f"deleted {count} recipient(s)"
+        count = await self.control.delete(self._selection(command), dsn="dsn" in command.options)
+        dsn = " (DSNs sent)" if "dsn" in command.options else ""
+        return {"deleted": count}, f"{count} recipient(s) deleted{dsn}."
 
     async def _reload(self, command: Command) -> tuple[Any, str]:
         problems = await self.holder.reload_in_thread(self.run_in_thread)
@@ -315,7 +449,10 @@ class Commands:
     async def _reset_counters(self, command: Command) -> tuple[Any, str]:
         self.control.reset_counters()
         self.traffic.reset()
-        return {}, "counters reset"
+        return {}, "Traffic counters reset."
+
+    async def _reset_status(self, command: Command) -> tuple[Any, str]:
+        return await self._reset_counters(command)
 
 
 def _windows(counter: Any, now: float) -> dict[str, int]:
@@ -326,9 +463,21 @@ def _windows(counter: Any, now: float) -> dict[str, int]:
     }
 
 
+def _top(
+    rows: list[dict[str, Any]], sort: str, limit: str | None, default: int = DEFAULT_SHOW_MAX
+) -> list[dict[str, Any]]:
+    """`--sort` (name: as given; rcpt and size: largest first) and `--maxitems`."""
+    if sort == "rcpt":
+        rows = sorted(rows, key=lambda r: -r["recipients"])
+    elif sort == "size":
+        rows = sorted(rows, key=lambda r: -r["kb"])
+    return rows[: int(limit) if limit else default]
+
+
 def _queue_row(queue: QueueView) -> dict[str, Any]:
     return {
         "name": queue.name,
+        "kb": round(queue.bytes / 1024, 1),
         "domain": queue.domain,
         "vmta": queue.vmta,
         "recipients": queue.recipients,
@@ -345,21 +494,25 @@ def _queue_row(queue: QueueView) -> dict[str, Any]:
     }
 
 
-_SUMMED = ("recipients", "messages", "connections", "delivered", "bounced", "deferred")
+_SUMMED = ("recipients", "messages", "connections", "delivered", "bounced", "deferred", "kb")
+
+
+def _group(key: str, name: str) -> dict[str, Any]:
+    return {key: name, "queues": 0, "paused": 0, **dict.fromkeys(_SUMMED, 0), "lastError": ""}
 
 
 def _grouped(rows: list[dict[str, Any]], key: str, name: str = "") -> list[dict[str, Any]]:
     groups: dict[str, dict[str, Any]] = {}
     if not rows:
-        return [{key: name, "queues": 0, "paused": 0, **dict.fromkeys(_SUMMED, 0)}]
+        return [_group(key, name)]
     for row in rows:
-        group = groups.setdefault(
-            row[key], {key: row[key], "queues": 0, "paused": 0, **dict.fromkeys(_SUMMED, 0)}
-        )
+        group = groups.setdefault(row[key], _group(key, row[key]))
         group["queues"] += 1
         group["paused"] += int(row["paused"])
         for field in _SUMMED:
             group[field] += row[field]
+        group["kb"] = round(group["kb"], 1)
+        group["lastError"] = group["lastError"] or row["lastError"]
     return [groups[k] for k in sorted(groups)]
 
 

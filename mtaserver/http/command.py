@@ -69,7 +69,8 @@ class CommandAPI:
             return xmlout.reply(request, shown, result.message)
         data = result.data
         if fmt == "json-text":
-            data = render_text(result.command, result.data, result.message)
+            errors = "errors" in parsed.options  # --errors: error texts in full
+            data = render_text(result.command, result.data, result.message, errors)
         return json_response(
             request, {"status": "success", "data": data, "message": result.message}
         )

@@ -135,6 +135,8 @@ def make_management_api(
     webhooks: Any = None,
     suppression: SuppressionService | None = None,
     maillog: Any = None,
+    mx_resolver: Any = None,
+    clock: Any = None,
 ) -> ManagementAPI:
     access = Access(holder, ldap)
     commands = Commands(
@@ -146,6 +148,8 @@ def make_management_api(
         run_in_thread,
         suppression,
         maillog=maillog,
+        mx_resolver=mx_resolver,
+        clock=clock,
     )
     return ManagementAPI(
         CommandAPI(commands, access),
@@ -179,6 +183,7 @@ def make_mgmt_service(
     webhooks: Any = None,
     suppression: SuppressionService | None = None,
     maillog: Any = None,
+    mx_resolver: Any = None,
 ) -> IService:
     """The management port's service; it listens while `http-mgmt-port` is set.
 
@@ -197,6 +202,8 @@ def make_mgmt_service(
         webhooks,
         suppression,
         maillog,
+        mx_resolver=mx_resolver,
+        clock=reactor,
     )
     service = MultiService()
     service.setName("http-mgmt")

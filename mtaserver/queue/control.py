@@ -2,17 +2,24 @@
 
 The scheduler's heaps, dicts and counters are its own; commands (`mtaserver.commands`),
 the monitoring API and `/metrics` read frozen snapshots from this view and ask it to
-pause, resume, schedule, delete or change a queue's mode, and to pause or resume a
-job, which it hands to the scheduler (the one owner of queue state). Reading never
-changes anything.
+pause, resume, schedule, delete or change a queue's mode, to pause or resume a job,
+to set priorities, to disable or enable sources and to trace a session, which it
+hands to the scheduler (the one owner of queue state). Reading never changes anything.
+
+The records that cross this seam live here: `RecipientFilter` (the `--queue`,
+`--orig`, `--rcpt`, `--jobId`, `--envId`, `--older-than` selection of `delete`,
+`list` and `set priority`) and `TraceRequest` (`trace`: a transcript of the next
+session of a queue, filled by the delivery side and read by the command).
 """
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Mapping
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import attrs
+from twisted.internet import defer
 
 from mtaserver.events import Envelope
 from mtaserver.queue.model import MessageState, Queue, WorkItem
@@ -61,6 +68,92 @@ class WaitingRecipient:
     env_id: str = ""
     time_queued: float = 0.0
     size: int = 0  # the message's size in bytes
+    priority: int | None = None  # `set priority` of its message; None: not set
+
+
+@attrs.frozen
+class RecipientFilter:
+    """Which waiting recipients `delete`, `list` and `set priority` act on.
+
+    Every given criterion must hold: the queue pattern, the sender (`orig`), the
+    recipient (`rcpt`; addresses compare without case), the job id, the envelope id,
+    and `queued_before` (`--older-than`: queued at or before this time).
+    """
+
+    queue: str = "*"
+    orig: str | None = None
+    rcpt: str | None = None
+    job_id: str | None = None
+    env_id: str | None = None
+    queued_before: float | None = None
+
+    def matches_message(self, envelope: Envelope) -> bool:
+        if self.orig is not None and envelope.sender.lower() != self.orig.lower():
+            return False
+        if self.job_id is not None and envelope.job_id != self.job_id:
+            return False
+        if self.env_id is not None and envelope.env_id != self.env_id:
+            return False
+        return self.queued_before is None or envelope.time_queued <= self.queued_before
+
+    def matches_rcpt(self, address: str) -> bool:
+        return self.rcpt is None or address.lower() == self.rcpt.lower()
+
+    def split(self, envelope: Envelope, indexes: tuple[int, ...]) -> tuple[int, ...]:
+        """The recipients of `indexes` this filter selects (none when the message is not)."""
+        if not self.matches_message(envelope):
+            return ()
+        return tuple(i for i in indexes if self.matches_rcpt(envelope.recipients[i].address))
+
+
+#: The most lines a trace keeps, and the longest line (the rest is cut).
+MAX_TRACE_LINES = 5000
+MAX_TRACE_LINE = 1000
+
+
+def _printable(text: str) -> str:
+    """A transcript line with CR, LF and every control character escaped (`\\r`, `\\x1b`)."""
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+
+
+@attrs.define
+class TraceRequest:
+    """`trace`: the transcript of the next delivery session of a matching queue.
+
+    The scheduler gives the first session it starts for a queue matching `pattern`
+    (from `source_ip`, when given) this request's `line` as its transcript; the
+    delivery side writes what it does and says (`>>>` what the server sent, `<<<`
+    what we sent; AUTH secrets and message data never appear). `finished` fires when
+    that session ends.
+    """
+
+    pattern: str
+    source_ip: str | None = None
+    clock: Any = None
+    lines: list[str] = attrs.field(factory=list)
+    queue: str = ""
+    finished: defer.Deferred[None] = attrs.field(factory=defer.Deferred)
+    dropped: int = 0
+
+    def line(self, text: str) -> None:
+        """Add one line, stamped with the time; control characters never pass."""
+        if len(self.lines) >= MAX_TRACE_LINES:
+            self.dropped += 1
+            return
+        now = self.clock.seconds() if self.clock is not None else time.time()
+        stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(now))
+        self.lines.append(f"{stamp} {_printable(text)[:MAX_TRACE_LINE]}")
+
+    def start(self, queue: str) -> None:
+        self.queue = queue
+        self.line(f"starting {queue}")
+
+    def finish(self) -> None:
+        if not self.finished.called:
+            self.line(f"done {self.queue}")
+            self.finished.callback(None)
 
 
 @attrs.frozen
@@ -180,13 +273,16 @@ class QueueControl:
             for name, (messages, recipients, size) in sorted(jobs.items())
         ]
 
-    def waiting(self, pattern: str, limit: int) -> tuple[list[WaitingRecipient], int]:
+    def waiting(
+        self, pattern: str | RecipientFilter, limit: int
+    ) -> tuple[list[WaitingRecipient], int]:
         """Up to `limit` recipients waiting in the matching queues, and how many wait."""
         rows: list[WaitingRecipient] = []
         total = 0
         messages = self._scheduler.messages
         now = self._scheduler.clock.seconds()
-        for queue in self._scheduler.matching(pattern):
+        selection = pattern if isinstance(pattern, RecipientFilter) else RecipientFilter(pattern)
+        for queue in self._scheduler.matching(selection.queue):
             entries = (
                 [("ready", None, item) for item in queue.ready]
                 + [("retry", due, item) for due, item in queue.retrying()]
@@ -198,7 +294,7 @@ class QueueControl:
                     continue
                 if state == "retry" and _scheduled(item, message, now):
                     state = "scheduled"
-                for index in item.rcpt_indexes:
+                for index in selection.split(message.envelope, item.rcpt_indexes):
                     total += 1
                     if len(rows) < limit:
                         rows.append(
@@ -210,6 +306,10 @@ class QueueControl:
                                 attempts=item.failed_attempts,
                                 state=state,
                                 next_attempt=due,
+                                orig=message.envelope.sender,
+                                env_id=message.envelope.env_id or "",
+                                time_queued=message.envelope.time_queued,
+                                priority=self._scheduler.priorities.get(item.msg_id),
                             )
                         )
         return rows, total
@@ -301,6 +401,28 @@ class QueueControl:
         """The matching queues' priority (0-100, replacing `queue-priority`); their names."""
         return self._scheduler.set_priority(pattern, priority)
 
+    def set_message_priority(self, selection: RecipientFilter, priority: int) -> int:
+        """The priority (0-100) of the queued messages `selection` picks; how many.
+
+        A queue delivers its ready messages of higher priority first (unset: 50).
+        """
+        return self._scheduler.set_message_priority(selection, priority)
+
+    def vmta_sources(self, vmta: str) -> list[str]:
+        """The source keys (`IP HOSTNAME`, or `default`) of a vmta's sessions."""
+        return self._scheduler.source_keys(vmta)
+
+    def disable_source(self, pattern: str, ip: str, reenable_after: float | None) -> list[str]:
+        """Disable the sources of IP `ip` for the matching queues; the `queue: source`s."""
+        return self._scheduler.disable_sources(pattern, ip, reenable_after)
+
+    def trace(self, request: TraceRequest) -> None:
+        """Give the next session of a queue matching `request.pattern` the transcript."""
+        self._scheduler.trace(request)
+
+    def cancel_trace(self, request: TraceRequest) -> None:
+        self._scheduler.cancel_trace(request)
+
     def disabled_sources(self, pattern: str = "*") -> list[DisabledSource]:
         """Sources `disable-source-ip` disabled for the matching queues, by queue."""
         now = self._scheduler.clock.seconds()
@@ -310,13 +432,14 @@ class QueueControl:
             for key, left in self._scheduler.sources.disabled_of(queue.name, now).items()
         ]
 
-    def enable_sources(self, pattern: str) -> int:
-        """Enable every disabled source of the matching queues; how many."""
-        return self._scheduler.enable_sources(pattern)
+    def enable_sources(self, pattern: str, ip: str | None = None) -> int:
+        """Enable the disabled sources (of IP `ip`, or all) of the matching queues; how many."""
+        return self._scheduler.enable_sources(pattern, ip=ip)
 
-    async def delete(self, pattern: str, job_id: str | None = None) -> int:
-        """Bounce the matching queues' recipients (of `job_id` only, if given); how many."""
-        return await self._scheduler.delete(pattern, job_id)
+    async def delete(self, selection: RecipientFilter, dsn: bool = False) -> int:
+        """Bounce the waiting recipients `selection` picks (b records, `deleted by
+        administrator`; a DSN to the sender only with `dsn`); how many."""
+        return await self._scheduler.delete(selection, dsn=dsn)
 
     def reset_counters(self) -> None:
         """Zero every queue's counters (`reset counters`)."""

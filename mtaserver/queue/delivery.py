@@ -87,6 +87,8 @@ class SessionJob:
     report: Callable[[TransactionResult], None]
     #: The `smtp-source-host` the scheduler chose for this session (None: the default).
     source: SourceHost | None = None
+    #: `trace`: where the deliverer writes what it does and what is said (one line each).
+    transcript: Callable[[str], None] | None = None
 
 
 class QueueLevelFailure(Exception):

@@ -11,7 +11,7 @@ import heapq
 import itertools
 import sys
 from collections import deque
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from types import MappingProxyType
 
 import attrs
@@ -222,6 +222,28 @@ class Queue:
         """Every item waiting for its retry time becomes ready, in the order due."""
         self.ready.extend(item for _, item in self.retrying())
         self.retry.clear()
+
+    def select(self, pick: Callable[[WorkItem], tuple[int, ...]]) -> list[WorkItem]:
+        """Take out the recipients `pick` names of each waiting item, where they wait.
+
+        An item keeps its other recipients, its place (ready, retry time, held) and
+        its attempts; the picked ones come back as new items.
+        """
+        taken: list[WorkItem] = []
+
+        def keep(item: WorkItem) -> bool:
+            picked = pick(item)
+            if not picked:
+                return True
+            taken.append(WorkItem(item.msg_id, picked, item.failed_attempts))
+            item.rcpt_indexes = tuple(i for i in item.rcpt_indexes if i not in picked)
+            return bool(item.rcpt_indexes)
+
+        self.ready = deque(item for item in self.ready if keep(item))
+        self.retry = [entry for entry in self.retry if keep(entry[2])]
+        heapq.heapify(self.retry)
+        self.held = [item for item in self.held if keep(item)]
+        return taken
 
     def take_all(self) -> list[WorkItem]:
         """Every waiting item, ready, in retry or held (for delete, bounce-queue, schedule)."""

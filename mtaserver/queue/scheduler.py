@@ -33,7 +33,7 @@ from mtaserver.events import Envelope, Event, Outcome, QueueFailure
 from mtaserver.maillog import MailLog
 from mtaserver.message.dsn import asks_success
 from mtaserver.queue import outcomes, patterns
-from mtaserver.queue.control import QueueControl
+from mtaserver.queue.control import QueueControl, RecipientFilter, TraceRequest
 from mtaserver.queue.delay_notices import DelayNotices
 from mtaserver.queue.delivery import IDeliverer, QueueLevelFailure
 from mtaserver.queue.model import (
@@ -49,7 +49,14 @@ from mtaserver.queue.retry import is_expired, next_attempt_at
 from mtaserver.queue.routing import VmtaChooser, queue_matches, queue_name, recipient_domain
 from mtaserver.queue.session import MAX_RATE_WAIT, BodyTransform, Session
 from mtaserver.queue.slots import ConnectionSlots
-from mtaserver.queue.sources import SourceChoice, SourceIps, rate_interval, reenable_after
+from mtaserver.queue.sources import DEFAULT as DEFAULT_SOURCE
+from mtaserver.queue.sources import (
+    SourceChoice,
+    SourceIps,
+    rate_interval,
+    reenable_after,
+    source_key,
+)
 from mtaserver.smtp_reply import Reply
 from mtaserver.spool.errors import CorruptMessageError
 
@@ -132,6 +139,10 @@ class Scheduler:
         #: `pause job`: job ids whose recipients wait in `queue.held` (in memory, like
         #: queue pauses: a restart resumes every job).
         self.paused_jobs: set[str] = set()
+        #: `set priority`: queued messages' priorities (0-100; unset: 50), ready is ordered.
+        self.priorities: dict[str, int] = {}
+        #: `trace`: requests waiting for the next session of a matching queue.
+        self.traces: list[TraceRequest] = []
 
     # -- entering the queues -------------------------------------------------------
 
@@ -452,10 +463,10 @@ class Scheduler:
         self.sources.disable(queue.name, key, self.clock.seconds(), after)
         self.maillog.disabled_ip(settings, queue.name, key, after)
 
-    def enable_sources(self, pattern: str, key: str | None = None) -> int:
-        """Enable disabled sources (all, or `key`) of the matching queues; wake them."""
+    def enable_sources(self, pattern: str, key: str | None = None, ip: str | None = None) -> int:
+        """Enable disabled sources (all, `key`, or those of `ip`) of the matching queues."""
         queues = self.matching(pattern)
-        count = self.sources.enable([q.name for q in queues], key)
+        count = self.sources.enable([q.name for q in queues], key, ip=ip)
         for queue in queues:
             self._pump(queue)
         return count
@@ -476,10 +487,17 @@ class Scheduler:
     def _start_session(self, queue: Queue, settings: DomainSettings, source: SourceChoice) -> None:
         self.slots.open(queue)
         self.sources.opened(queue.domain, source.source)
+        trace = self._take_trace(queue, source) if self.traces else None
         session = Session(self, queue, settings, source=source)
+        if trace is not None:
+            trace.start(queue.name)
+            trace.line(f"source {source.key}")
+            session.transcript = trace.line
         deferred = defer.Deferred.fromCoroutine(session.run(self.deliverers.get(settings.type)))
         self._sessions.add(deferred)
         deferred.addBoth(lambda _: self._sessions.discard(deferred))
+        if trace is not None:
+            deferred.addBoth(_finish_trace, trace)
 
     def session_ended(self, queue: Queue) -> None:
         """A finished session frees a global slot: let every queue use it.
@@ -518,7 +536,9 @@ class Scheduler:
             kind, reply, envelope, indexes, now, queue.name, queue.vmta, queue.pool, **fields
         )
 
-    async def record(self, queue: Queue, records: list[Outcome], body: bytes | None = None) -> None:
+    async def record(
+        self, queue: Queue, records: list[Outcome], body: bytes | None = None, dsn: bool = True
+    ) -> None:
         """Spool DSNs, make outcomes durable, then remove files whose recipients are final.
 
         The DSN for a bounce is spooled before the `b` record is journaled: a kill -9
@@ -547,7 +567,7 @@ class Scheduler:
             # bounces, and deliveries whose recipients may have asked NOTIFY=SUCCESS
             reported = [o for o in finished if o.record == "b" or asks_success(o.envelope)]
             message = self.messages.get(msg_id)
-            if reported and self.notify_bounce is not None and message is not None:
+            if reported and dsn and self.notify_bounce is not None and message is not None:
                 try:
                     await self.notify_bounce(message.envelope, reported, body)
                 except Exception:
@@ -561,6 +581,7 @@ class Scheduler:
             message = self.messages.get(msg_id)
             if message is not None and not message.pending:
                 del self.messages[msg_id]
+                self.priorities.pop(msg_id, None)
                 if self.delay_notices is not None:
                     self.delay_notices.forget(msg_id)
                 await self.store.remove(msg_id)
@@ -662,6 +683,7 @@ class Scheduler:
         dsn_mta: str,
         expired_reason: bool = False,
         category: str = "",
+        dsn: bool = True,
     ) -> None:
         now = self.clock.seconds()
         records = []
@@ -686,7 +708,7 @@ class Scheduler:
                     bounce_cat=category,
                 )
             )
-        await self.record(queue, records)
+        await self.record(queue, records, dsn=dsn)
 
     # -- timers --------------------------------------------------------------------
 
@@ -708,6 +730,7 @@ class Scheduler:
         try:
             self._timers.pop(queue.name, None)
             queue.ready.extend(queue.pop_due(self.clock.seconds()))
+            self.order_ready(queue)
             self.arm_timer(queue)
             self._pump(queue)
         except Exception:
@@ -796,6 +819,7 @@ class Scheduler:
         queues = self.matching(pattern)
         for queue in queues:
             queue.schedule_now()
+            self.order_ready(queue)
             self._pump(queue)
         return [q.name for q in queues]
 
@@ -808,27 +832,94 @@ class Scheduler:
             self._pump(queue)
         return [q.name for q in queues]
 
-    async def delete(self, pattern: str, job_id: str | None = None) -> int:
-        """Bounce the matching queues' recipients (`b`, reason administrative); return count."""
+    async def delete(self, selection: RecipientFilter, dsn: bool = False) -> int:
+        """Bounce the waiting recipients `selection` picks; return how many.
+
+        Each gets a `b` record (5.0.0 "deleted by administrator", category `other`);
+        the sender gets a DSN only with `dsn` (`delete --dsn`). The other recipients
+        keep their place and schedule.
+        """
         count = 0
-        for queue in self.matching(pattern):
-            items = queue.take_all()
-            keep: list[WorkItem] = []
-            drop: list[WorkItem] = []
-            for item in items:
+        for queue in self.matching(selection.queue):
+
+            def pick(item: WorkItem) -> tuple[int, ...]:
                 message = self.messages.get(item.msg_id)
-                matches = message is not None and (
-                    job_id is None or message.envelope.job_id == job_id
-                )
-                (drop if matches else keep).append(item)
-            queue.ready.extend(keep)
-            self.hold_paused_jobs(queue)
+                if message is None:
+                    return ()
+                return selection.split(message.envelope, item.rcpt_indexes)
+
+            drop = queue.select(pick)
+            if not drop:
+                continue
             count += sum(len(i.rcpt_indexes) for i in drop)
             await self.bounce(
-                queue, drop, "5.0.0", "deleted by administrator", "", category="other"
+                queue, drop, "5.0.0", "deleted by administrator", "", category="other", dsn=dsn
             )
             self.arm_timer(queue)
         return count
+
+    def order_ready(self, queue: Queue) -> None:
+        """`set priority`: a queue's ready messages, higher priority first (stable)."""
+        if not self.priorities or len(queue.ready) < 2:
+            return
+        priorities = self.priorities
+        queue.ready = type(queue.ready)(
+            sorted(queue.ready, key=lambda item: -priorities.get(item.msg_id, 50))
+        )
+
+    def set_message_priority(self, selection: RecipientFilter, priority: int) -> int:
+        """Give the queued messages with recipients `selection` picks this priority."""
+        chosen: set[str] = set()
+        queues = self.matching(selection.queue)
+        for queue in queues:
+            for item in queue.waiting():
+                message = self.messages.get(item.msg_id)
+                if message is not None and selection.split(message.envelope, item.rcpt_indexes):
+                    chosen.add(item.msg_id)
+        for msg_id in chosen:
+            self.priorities[msg_id] = priority
+        if chosen:
+            for queue in queues:
+                self.order_ready(queue)
+        return len(chosen)
+
+    def source_keys(self, vmta_name: str) -> list[str]:
+        """The source keys of a vmta's sessions (`default` without smtp-source-host)."""
+        vmta = self.holder.config.vmtas.get(vmta_name)
+        hosts = vmta.smtp_source_host if vmta is not None else ()
+        return [source_key(host) for host in hosts] or [DEFAULT_SOURCE]
+
+    def disable_sources(self, pattern: str, ip: str, after: float | None) -> list[str]:
+        """`disable source IP D/V`: the sources of IP `ip` serve the matching queues no more."""
+        now = self.clock.seconds()
+        done = []
+        for queue in self.matching(pattern):
+            for key in self.source_keys(queue.vmta):
+                if key.split(" ", 1)[0] == ip:
+                    self.sources.disable(queue.name, key, now, after)
+                    done.append(f"{queue.name}: {key}")
+            self.arm_timer(queue)
+        return done
+
+    def trace(self, request: TraceRequest) -> None:
+        """The next session of a queue matching the request gets its transcript."""
+        self.traces.append(request)
+
+    def cancel_trace(self, request: TraceRequest) -> None:
+        if request in self.traces:
+            self.traces.remove(request)
+
+    def _take_trace(self, queue: Queue, source: SourceChoice) -> TraceRequest | None:
+        for request in self.traces:
+            if not queue_matches(request.pattern, queue.name):
+                continue
+            if request.source_ip is not None and (
+                source.source is None or source.source.ip != request.source_ip
+            ):
+                continue
+            self.traces.remove(request)
+            return request
+        return None
 
     async def stop(self, grace: float = 5.0) -> None:
         """Start no more sessions; give running ones `grace` seconds, then cancel them.
@@ -854,3 +945,8 @@ class Scheduler:
     def _cancel_sessions(self) -> None:
         for session in list(self._sessions):
             session.cancel()
+
+
+def _finish_trace(result: object, trace: TraceRequest) -> object:
+    trace.finish()
+    return result

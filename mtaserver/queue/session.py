@@ -134,6 +134,8 @@ class Session:
     stop_source: bool = False  # `disable-source-ip` matched: the source is disabled once
     in_flight: dict[int, tuple[Transaction, WorkItem]] = attrs.field(factory=dict)
     pending_writes: list[defer.Deferred[None]] = attrs.field(factory=list)
+    #: `trace`: this session's transcript, when an operator traces it.
+    transcript: Callable[[str], None] | None = None
 
     async def run(self, deliverer: IDeliverer | None) -> None:
         """Run `deliverer` for this session; a failure of the whole queue is retried."""
@@ -147,6 +149,7 @@ class Session:
             next_transaction=self.next_transaction,
             report=self.report,
             source=self.source.source,
+            transcript=self.transcript,
         )
         try:
             if deliverer is None:
@@ -284,6 +287,13 @@ class Session:
         if entry is None:
             return
         _, item = entry
+        if self.transcript is not None:
+            envelope = result.transaction.envelope
+            for index, reply in zip(item.rcpt_indexes, result.replies, strict=False):
+                word = "delivered" if reply.is_success else (
+                    "bounced" if reply.is_permanent else "deferred")  # fmt: skip
+                rcpt = envelope.recipients[index].address
+                self.transcript(f"{word} {envelope.msg_id} {rcpt}: {outcomes.reply_line(reply)}")
         deferred = defer.Deferred.fromCoroutine(self._apply_result(item, result))
         deferred.addErrback(lambda f: log.failure("recording a result failed", f))
         self.pending_writes.append(deferred)

@@ -97,10 +97,16 @@ class SourceIps:
         """Disable `key` for `queue`; a later disable of the same source sets a new end."""
         self.disabled[(queue, key)] = None if reenable_after is None else now + reenable_after
 
-    def enable(self, queues: Sequence[str], key: str | None = None) -> int:
-        """Enable the sources (all, or `key`) of the named queues; how many were enabled."""
+    def enable(self, queues: Sequence[str], key: str | None = None, ip: str | None = None) -> int:
+        """Enable the sources (all, `key`, or those of `ip`) of the named queues; how many."""
         names = set(queues)
-        gone = [k for k in self.disabled if k[0] in names and (key is None or k[1] == key)]
+        gone = [
+            k
+            for k in self.disabled
+            if k[0] in names
+            and (key is None or k[1] == key)
+            and (ip is None or k[1].split(" ", 1)[0] == ip)
+        ]
         for k in gone:
             del self.disabled[k]
         return len(gone)

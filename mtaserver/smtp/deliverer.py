@@ -10,15 +10,17 @@ queue retry); a permanent routing answer (NXDOMAIN, null MX) bounces the queue.
 from __future__ import annotations
 
 import itertools
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import attrs
 from twisted.logger import Logger
 
+from mtaserver.config.model import DomainSettings
 from mtaserver.config.reload import ConfigHolder
 from mtaserver.config.values import SourceHost
 from mtaserver.maillog import MailLog
+from mtaserver.maillog.log import OutboundTrace
 from mtaserver.queue.delivery import (
     LOCAL_INFO,
     QueueLevelFailure,
@@ -32,6 +34,36 @@ from mtaserver.smtp.mx import MxResolver, RouteError
 from mtaserver.smtp_reply import Reply
 
 log = Logger()
+
+class _Transcript:
+    """A mail log sink that also hands each line to a `trace` command's transcript."""
+
+    def __init__(self, maillog: MailLog, transcript: Callable[[str], None]) -> None:
+        self.maillog = maillog
+        self.transcript = transcript
+
+    def emit(self, tag: str, text: str) -> None:
+        self.maillog.emit(tag, text)
+        self.transcript(text)
+
+
+def traced(
+    maillog: MailLog, queue: str, settings: DomainSettings, transcript: Callable[[str], None]
+) -> OutboundTrace:
+    """A traced session (PowerMTA's `trace`): connections, commands, TLS, routing and
+    failures are logged whatever the domain's `log-*` switches say (message data is not),
+    to the mail log and to `transcript`."""
+    loud = attrs.evolve(
+        settings,
+        log_connections=True,
+        log_commands=True,
+        log_tls=True,
+        log_resolution=True,
+        log_transfer_failures=True,
+        log_data=False,
+    )
+    return OutboundTrace(_Transcript(maillog, transcript), "trace", queue, loud)
+
 
 #: Targets tried in one session attempt before the queue is declared failed.
 MAX_TARGETS_PER_ATTEMPT = 5
@@ -99,6 +131,8 @@ class SmtpDeliverer:
 
     async def run(self, job: SessionJob) -> None:
         trace = self.maillog.outbound(job.queue, job.settings)
+        if job.transcript is not None:  # `trace`: this session in full, to the log and the caller
+            trace = traced(self.maillog, job.queue, job.settings, job.transcript)
         try:
             levels = await self.resolver.route(job.domain, job.settings)
         except RouteError as error:

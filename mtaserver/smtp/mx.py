@@ -322,11 +322,23 @@ class MxResolver:
         self._resolver: Any = resolver
         self._turns: dict[str, int] = {}
 
-    def clear_cache(self) -> None:
-        """Forget the resolver's cached answers (`clear dnscache`), when it keeps any."""
+    def clear_cache(self, domain: str | None = None) -> int:
+        """Forget the resolver's cached answers (`clear dnscache`), all or those about
+        `domain` and its subdomains, when it keeps any; how many."""
         clear = getattr(self._resolver, "clear", None)
-        if clear is not None:
-            clear()
+        if clear is None:
+            return 0
+        return int(clear(domain) or 0) if domain is not None else int(clear() or 0)
+
+    async def records(self, domain: str) -> list[tuple[Hop, HostAddresses]]:
+        """`resolve DOMAIN`: the MX hosts as DNS gives them, best first (without MX: the
+        implicit MX, the domain itself), each with what its address lookup said. Raises
+        `RouteError` when the MX query fails or says the domain takes no mail."""
+        hops = [hop for level in await self._mx_hops(normalize_name(domain), 25) for hop in level]
+        results = await defer.gatherResults(
+            [defer.Deferred.fromCoroutine(self.addresses(hop.name)) for hop in hops]
+        )
+        return list(zip(hops, results, strict=True))
 
     def _next_turn(self, domain: str) -> int:
         if len(self._turns) >= _MAX_ROTATION_KEYS and domain not in self._turns:

@@ -201,10 +201,24 @@ class DnsCache(cache.CacheResolver):
     def lookupAllRecords(self, name: bytes, timeout: Any = None) -> defer.Deferred[Any]:  # noqa: N802
         return self._lookup(dns.domainString(name), dns.IN, dns.ALL_RECORDS, timeout)
 
-    def clear(self) -> None:
-        """Forget every answer."""
-        self.cache.clear()
-        self._expires.clear()
+    def clear(self, name: str | None = None) -> int:
+        """Forget every answer, or those about `name` and its subdomains; how many."""
+        if name is None:
+            count = len(self.cache)
+            self.cache.clear()
+            self._expires.clear()
+            return count
+        name = name.lower().rstrip(".")
+        gone = [
+            query
+            for query in self.cache
+            if (asked := query.name.name.decode("ascii", "replace").lower().rstrip("."))
+            == name
+            or asked.endswith("." + name)
+        ]
+        for query in gone:
+            self._drop(query)
+        return len(gone)
 
     def _drop(self, query: dns.Query) -> None:
         self.cache.pop(query, None)
@@ -252,12 +266,14 @@ class DnsResolver(resolve.ResolverChain):
         self.cache = dns_cache
         self.hosts = hosts
 
-    def clear(self) -> None:
-        """Forget every cached answer and read /etc/hosts again at the next lookup."""
-        self.cache.clear()
+    def clear(self, name: str | None = None) -> int:
+        """Forget every cached answer (or those about `name`) and read /etc/hosts again
+        at the next lookup; how many answers were forgotten."""
+        count = self.cache.clear(name)
         if self.hosts is not None:
             self.hosts.reload()
-        log.info("DNS cache cleared")
+        log.info("DNS cache cleared ({what})", what=name or "everything")
+        return count
 
 
 def make_resolver(
