@@ -15,10 +15,10 @@ from test_scheduler import World
 from twisted.internet import defer
 
 from mtaserver.commands import CommandError, Commands, parse, render_text
-from mtaserver.queue.control import RecipientFilter
 from mtaserver.events import Outcome
 from mtaserver.http.console.resource import action_command
 from mtaserver.http.errors import APIError
+from mtaserver.queue.control import RecipientFilter
 from mtaserver.spool.testing import run_now
 from mtaserver.stats import TrafficStats
 

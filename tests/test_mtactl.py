@@ -53,7 +53,7 @@ def test_text_tables_and_environment(server: MgmtServer) -> None:
     result = mtactl("pause", "queue", "cli2.test/*", env=env)
     assert result.returncode == 0 and "paused cli2.test/*" in result.stdout
     result = mtactl("show", "queues", env=env)
-    assert result.stdout.splitlines()[0].split()[:3] == ["name", "recipients", "messages"]
+    assert result.stdout.splitlines()[0].split()[:3] == ["queue", "#rcpt", "kbytes"]
 
 
 def test_failures_exit_non_zero(server: MgmtServer) -> None:

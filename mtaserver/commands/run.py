@@ -276,12 +276,11 @@ class Commands:
 
     async def _show_version(self, command: Command) -> tuple[Any, str]:
         data = version_details()
-        # the flat keys of earlier versions, for scripts that read them
-        data.update(name="mtaserver", version=version(), python=data["python"]["version"])
+        data.update(name="mtaserver", version=version())  # the keys of earlier versions
         product = data["product"]
         message = (
             f"mtaserver v{product['version']} ({product['bits']}-bit; Python "
-            f"{data['python']['version']}, Twisted {data['twisted']}; "
+            f"{data['python']}, Twisted {data['twisted']}; "
             f"{data['os']['name']} {data['os']['version']} {data['cpu']['type']})."
         )
         return data, message

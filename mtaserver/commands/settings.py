@@ -113,10 +113,8 @@ def version_details() -> dict[str, Any]:
             "version": __version__,
             "bits": 64 if sys.maxsize > 2**32 else 32,
         },
-        "python": {
-            "version": platform.python_version(),
-            "implementation": platform.python_implementation(),
-        },
+        "python": platform.python_version(),
+        "pythonImplementation": platform.python_implementation(),
         "twisted": twisted.__version__,
         "os": {"name": uname.system, "version": uname.release},
         "cpu": {"type": uname.machine, "count": os.cpu_count() or 0},
