@@ -3,10 +3,12 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 from twisted.internet import task
 
-from mtaserver.commands import CommandError, parse, render_text
+from mtaserver.commands import SPECS, CommandError, parse, render_text
 from mtaserver.events import Envelope, Recipient
 from mtaserver.queue.control import MAX_TRACE_LINE, RecipientFilter, TraceRequest
 from mtaserver.queue.model import Queue, WorkItem
@@ -157,3 +159,16 @@ def test_render_resolve_and_queue_tables() -> None:
     line = render_text("show queues", rows).splitlines()[2]
     assert line.split()[:5] == ["a.test/v", "2", "1.5", "0", "PB"] and line.endswith("...")
     assert render_text("show queues", rows, errors=True).splitlines()[2].endswith("x" * 100)
+
+
+def test_docs_list_every_command_and_option() -> None:
+    """docs/api.rst names every command, each of its options and each refused option."""
+    text = (Path(__file__).resolve().parent.parent / "docs" / "api.rst").read_text()
+    missing = [
+        f"{' '.join(spec.words)} --{option}"
+        for spec in SPECS
+        for option in [*spec.options, *spec.refused]
+        if f"--{option}" not in text
+    ]
+    missing += [" ".join(spec.words) for spec in SPECS if " ".join(spec.words) not in text]
+    assert missing == []

@@ -84,9 +84,8 @@ def test_paused_job_waits_while_the_other_job_of_the_queue_arrives(
     assert (row["paused"], row["recipients"]) == (False, 1)  # the queue itself flows
     text = mtactl(server, "show", "jobs")
     assert text.returncode == 0, text.stderr
-    assert ["spring", "sale", "1", "1", "yes"] in [
-        line.split() for line in text.stdout.splitlines()
-    ]
+    rows = [line.split() for line in text.stdout.splitlines()]
+    assert any(row[:3] == ["spring", "sale", "1"] and row[-1] == "yes" for row in rows)
     result = mtactl(server, "resume", "job", "spring sale")
     assert result.returncode == 0, result.stderr
     assert "resumed job spring sale" in result.stdout
