@@ -10,15 +10,18 @@ changes.
 
 from __future__ import annotations
 
+import http.client
+import json
 import smtplib
 import time
+import urllib.parse
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 from dns_server import start_dns_server_in_thread
-from mgmt_client import MgmtServer, wait_until
+from mgmt_client import API_KEY, MgmtServer, wait_until
 from mx_receiver import Receiver
 from server_process import free_port, read_acct, wait_for_port
 
@@ -41,6 +44,20 @@ class World:
         status, reply = self.server.command(line)
         assert status == 200, reply
         assert reply["status"] == "success"
+        return reply["data"]
+
+    def slow(self, line: str, timeout: float = 200) -> Any:
+        """A command that may take long (`trace`): a client that waits `timeout` seconds."""
+        connection = http.client.HTTPConnection("127.0.0.1", self.server.mgmt, timeout=timeout)
+        body = urllib.parse.urlencode({"command": line, "format": "json"})
+        headers = {"Content-Type": "application/x-www-form-urlencoded", "X-API-Key": API_KEY}
+        try:
+            connection.request("POST", "/command", body=body, headers=headers)
+            response = connection.getresponse()
+            reply = json.loads(response.read())
+        finally:
+            connection.close()
+        assert response.status == 200, reply
         return reply["data"]
 
     def message(self, line: str) -> str:
@@ -414,7 +431,7 @@ def test_trace_returns_the_transcript_of_the_next_session(world: World) -> None:
         " retry-after 1h\n</domain>\n"
     )
     world.ok("reload")
-    data = world.ok("trace --timeout=60 trace.test")
+    data = world.slow("trace --timeout=180 trace.test")
     lines = [line.split(" ", 2)[2] for line in data["transcript"]]
     assert lines[0] == "starting trace.test/{default}" and lines[-1] == "done trace.test/{default}"
     assert any(line.startswith(">>> 220") for line in lines)
