@@ -52,6 +52,7 @@ LINES = {
     "reload": "reload",
     "test config": "test config",
     "rotate acct": "rotate acct",
+    "rotate log": "rotate log",
     "reset counters": "reset counters",
     "reset status": "reset status",
     "suppression show": "suppression show",
@@ -63,6 +64,7 @@ LINES = {
 EXPECTED_ERRORS = {
     "trace": "no delivery session",  # nothing waits in idle.test
     "disable source": "is not a source",  # {default} has no smtp-source-host
+    "rotate log": "no log-file is configured",
 }
 
 
