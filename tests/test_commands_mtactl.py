@@ -101,7 +101,7 @@ def test_every_command_answers_json(server: MgmtServer) -> None:
 
 
 def test_tables_are_shaped_like_pmta(server: MgmtServer) -> None:
-    """show topqueues, topdomains, vmtas, jobs and list print PowerMTA's columns."""
+    """show status, topqueues, topdomains, vmtas, jobs and list print PowerMTA's columns."""
     mtactl(server, "pause", "queue", "tab.test")
     server.send(["a@tab.test", "b@tab.test"], headers="X-Job: tabjob\r\n")
     assert wait_until(lambda: "tab.test" in mtactl(server, "show", "queues").stdout)
@@ -119,6 +119,11 @@ def test_tables_are_shaped_like_pmta(server: MgmtServer) -> None:
     assert jobs[0].split()[:3] == ["job-id", "#rcpt", "kbytes"] and jobs[-1] == "Total of 1 job(s)."
     listing = mtactl(server, "list", "--queue=tab.test", "--schedule").stdout.splitlines()
     assert listing[0].split()[:3] == ["queue", "rcpt", "orig"] and "state" in listing[0]
+    status = mtactl(server, "show", "status").stdout.splitlines()
+    assert status[0].startswith("mtaserver v") and " status on mta.test on " in status[0]
+    assert status[2].split()[:2] == ["Traffic", "------------inbound------------"]
+    assert [line.split()[0] for line in status[4:7]] == ["Total", "Last", "Last"]
+    assert any(line.split()[:2] == ["Status", "running"] for line in status)
     settings = mtactl(server, "show", "settings", "tab.test").stdout
     assert settings.startswith("Virtual MTA Settings") and "\nmax-smtp-out 20\n" in settings
 

@@ -49,7 +49,7 @@ def test_text_tables_and_environment(server: MgmtServer) -> None:
     env = {"MTACTL_URL": server.url, "MTACTL_API_KEY": API_KEY}
     result = mtactl("show", "status", env=env)
     assert result.returncode == 0, result.stderr
-    assert "queued:" in result.stdout and "traffic" in result.stdout
+    assert "Queues" in result.stdout and "Traffic" in result.stdout
     result = mtactl("pause", "queue", "cli2.test/*", env=env)
     assert result.returncode == 0 and "paused cli2.test/*" in result.stdout
     result = mtactl("show", "queues", env=env)

@@ -240,24 +240,52 @@ def _render_mapping(data: Mapping[str, Any], indent: str = "") -> str:
     return "\n".join(line for line in lines if line)
 
 
+def _uptime(seconds: float) -> str:
+    """PowerMTA's uptime: days, then H:MM:SS (`0  0:20:01`)."""
+    whole = int(seconds)
+    days, rest = divmod(whole, 86400)
+    return f"{days}  {rest // 3600}:{rest % 3600 // 60:02d}:{rest % 60:02d}"
+
+
 def _render_status(data: Mapping[str, Any]) -> str:
-    traffic = data["traffic"]
-    rows = []
-    for direction in ("in", "out"):
-        for window in ("lastMin", "lastHr", "total"):
-            rows.append({"traffic": direction, "window": window, **traffic[direction][window]})
-    conn, queue = data["conn"], data["queue"]
-    head = (
-        f"mtaserver {data['version']} on {data['hostName']}, up {int(data['uptime'])}s\n"
-        f"connections: in {conn['smtpIn']['cur']}, out {conn['smtpOut']['cur']}\n"
-        f"queued: {queue['recipients']} recipient(s) in {queue['messages']} message(s), "
-        f"{queue['queues']} queue(s), {queue['paused']} paused\n"
-    )
+    """`show status` as PowerMTA prints it: traffic in and out over three windows,
+    connections, the queue and the state; then each acct file's health."""
+    traffic, conn, queue = data["traffic"], data["conn"], data["queue"]
+    now = float(data["startedAt"]) + float(data["uptime"])
+
+    def row(label: str, *cells: Any) -> str:
+        return f"{label:>11}" + "".join(f"{c:>10}" for c in cells)
+
+    lines = [
+        f"mtaserver v{data['version']} status on {data['hostName']} on {_stamp(now)}",
+        "",
+        "  Traffic    ------------inbound------------  ------------outbound-----------",
+        row("", "rcpts", "msgs", "kbytes") + "  " + "".join(
+            f"{c:>10}" for c in ("rcpts", "msgs", "kbytes")),  # fmt: skip
+    ]
+    for label, window in (("Total", "total"), ("Last Hour", "lastHr"), ("Last Min.", "lastMin")):
+        cells = []
+        for direction in ("in", "out"):
+            counts = traffic[direction][window]
+            cells += [counts["recipients"], counts["messages"], _kb(counts["bytes"] / 1024)]
+        lines.append(row(label, *cells[:3]) + "  " + "".join(f"{c:>10}" for c in cells[3:]))
+    lines += [
+        "",
+        row("Connections", "active", "total"),
+        row("Inbound", conn["smtpIn"]["cur"], conn["smtpIn"]["total"]),
+        row("Outbound", conn["smtpOut"]["cur"], conn["smtpOut"]["total"]),
+        "",
+        row("Queues", "rcpts", "msgs", "queues", "paused"),
+        row("all", queue["recipients"], queue["messages"], queue["queues"], queue["paused"]),
+        "",
+        row("Status", "running")
+        + f"    Started  {_stamp(data['startedAt'])}    Uptime   {_uptime(data['uptime'])}",
+    ]
     for acct in data.get("acct", ()):
         health = "FAILING: " + acct["last_error"] if acct["failing"] else "ok"
-        head += f"acct {acct['acct_file']}: {health}, {acct['errors']} error(s)"
+        line = f"acct {acct['acct_file']}: {health}, {acct['errors']} error(s)"
         if acct["journal_truncations"]:
-            head += (f", journal truncated {acct['journal_truncations']} time(s), "
+            line += (f", journal truncated {acct['journal_truncations']} time(s), "
                      f"{acct['journal_lost_bytes']} journal bytes lost")  # fmt: skip
-        head += "\n"
-    return head + table(rows, ("traffic", "window", "recipients", "messages", "bytes"))
+        lines.append(line)
+    return "\n".join(lines)
