@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
 from mtaserver.events import Envelope, Recipient
 from mtaserver.queue.model import (
+    PackedRecipients,
     PendingRecipients,
     compact_envelope,
     index_span,
@@ -83,3 +85,33 @@ def test_compact_envelope_is_equal_and_shares_strings() -> None:
     assert kept_one.acct_headers is kept_two.acct_headers
     assert kept_one.to_json() == one.to_json()
     assert compact_envelope(kept_one) is kept_one
+
+
+def test_packed_recipients_read_like_the_tuple() -> None:
+    """Length, indexing (negative, slices), iteration, equality and hash match the tuple."""
+    recipients = tuple(Recipient(f"{i}rcpt@bulk.test") for i in range(40)) + (
+        Recipient("dsn@x.test", orcpt="rfc822;dsn@x.test", notify="FAILURE"),
+        Recipient("ütf8@例え.jp"),
+    )
+    packed = PackedRecipients(recipients)
+    assert len(packed) == len(recipients)
+    assert packed[0] == recipients[0] and packed[-1] == recipients[-1]
+    assert packed[40].orcpt == "rfc822;dsn@x.test" and packed[40].notify == "FAILURE"
+    assert packed[3:7] == recipients[3:7]
+    assert tuple(packed) == recipients and list(packed) == list(recipients)
+    assert packed == recipients and hash(packed) == hash(recipients)
+    assert packed != recipients[:-1]
+    with pytest.raises(IndexError):
+        packed[len(recipients)]
+
+
+def test_compact_envelope_packs_only_messages_with_many_recipients() -> None:
+    """16 recipients or more are packed; the envelope still equals and serialises the same."""
+    many = Envelope("m", "s@x.test", tuple(Recipient(f"r{i}@y.test") for i in range(16)), 1.0)
+    few = Envelope("m", "s@x.test", tuple(Recipient(f"r{i}@y.test") for i in range(15)), 1.0)
+    kept_many, kept_few = compact_envelope(many), compact_envelope(few)
+    assert isinstance(kept_many.recipients, PackedRecipients)
+    assert isinstance(kept_few.recipients, tuple)
+    assert kept_many == many and kept_many.to_json() == many.to_json()
+    assert kept_many.only((3, 1)).recipients == (many.recipients[3], many.recipients[1])
+    assert compact_envelope(kept_many) is kept_many

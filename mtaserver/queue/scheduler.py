@@ -166,15 +166,14 @@ class Scheduler:
             return
         if envelope.start_time is not None and envelope.start_time > (retry_at or 0.0):
             retry_at = envelope.start_time  # scheduled (`start_time`): held until then
+        by_domain: dict[str, list[int]] = {}
+        recipients = envelope.recipients
+        for index in indexes:
+            by_domain.setdefault(recipient_domain(recipients[index].address), []).append(index)
         envelope = compact_envelope(envelope)
         self.messages[envelope.msg_id] = MessageState(envelope, state)
         # a pool message has vmta=None and pool=NAME: the pool's members take turns
         vmta, pool = self._vmtas.choose(config, envelope.vmta or envelope.vmta_pool)
-        by_domain: dict[str, list[int]] = {}
-        for index in indexes:
-            by_domain.setdefault(recipient_domain(envelope.recipients[index].address), []).append(
-                index
-            )
         pool = pool or envelope.vmta_pool
         for domain, rcpts in by_domain.items():
             domain_vmta = self._warm_up(domain, vmta, pool) if pending is None else vmta
