@@ -1,7 +1,7 @@
 """CPU seconds per message: what mtaserver's processes spend on a fixed P1 run.
 
     .venv/bin/python bench/cpu.py [--messages 3000] [--size 5000] [--recipients 1]
-                                  [--runs 3] [--cprofile FILE]
+                                  [--runs 3] [--cprofile FILE] [--compare REV,REV,...]
 
 Wall-clock throughput on a shared machine says more about the neighbours than about
 the code; the CPU time the server's own processes were charged does not. This starts
@@ -15,6 +15,10 @@ over `--runs` fresh servers.
 `--cprofile FILE` runs the server under twistd's cProfile (`--profile FILE
 --profiler cprofile --savestats`) for a pstats file of the same run (the profiler's
 own overhead makes the CPU figure of that run meaningless).
+
+`--compare A,B,...` unpacks `mtaserver/` of each git revision into a temp dir and
+runs them interleaved (round after round, each revision once), so that a loaded
+machine's drift hits every revision alike: "what each change bought".
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ import argparse
 import os
 import shutil
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -33,34 +38,20 @@ import peers
 TICKS = os.sysconf("SC_CLK_TCK")
 
 
-def _stat(pid: int) -> tuple[int, float] | None:
-    """(parent pid, utime+stime seconds) of a live process, None if it is gone."""
+def _cpu_seconds(pid: int) -> float:
+    """utime+stime of a live process (0 if it is gone)."""
     try:
         raw = Path(f"/proc/{pid}/stat").read_text()
     except (FileNotFoundError, ProcessLookupError):
-        return None
+        return 0.0
     fields = raw[raw.rindex(")") + 2 :].split()
-    # fields[0] is field 3 (state): ppid is field 4, utime 14, stime 15.
-    return int(fields[1]), (int(fields[11]) + int(fields[12])) / TICKS
+    # fields[0] is field 3 (state): utime is field 14, stime 15.
+    return (int(fields[11]) + int(fields[12])) / TICKS
 
 
 def tree_cpu_seconds(root: int) -> float:
-    """utime+stime of `root` and every live descendant (worker processes included)."""
-    parents: dict[int, tuple[int, float]] = {}
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            stat = _stat(int(entry))
-            if stat is not None:
-                parents[int(entry)] = stat
-    wanted = {root}
-    changed = True
-    while changed:
-        changed = False
-        for pid, (ppid, _) in parents.items():
-            if ppid in wanted and pid not in wanted:
-                wanted.add(pid)
-                changed = True
-    return sum(parents[pid][1] for pid in wanted if pid in parents)
+    """utime+stime of `root` and every live descendant (reception workers included)."""
+    return sum(_cpu_seconds(pid) for pid in peers.descendants(root))
 
 
 def wait_idle(pid: int, quiet: float = 1.0, timeout: float = 120) -> None:
@@ -83,11 +74,12 @@ def cpu_per_message(
     sessions: int = 20,
     warmup: int = -1,
     extra_args: list[str] | None = None,
+    pythonpath: str | None = None,
 ) -> dict[str, float]:
     """One fresh server: CPU seconds per message over a fixed P1-shaped run."""
     work = Path(tempfile.mkdtemp(prefix="cpu-", dir=base))
     sink = peers.Sink()
-    server = peers.MtaServer(work, sink.port, twistd_args=extra_args or [])
+    server = peers.MtaServer(work, sink.port, twistd_args=extra_args or [], pythonpath=pythonpath)
     try:
         server.start()
         if warmup < 0:
@@ -119,6 +111,38 @@ def cpu_per_message(
         shutil.rmtree(work, ignore_errors=True)
 
 
+def checkout(rev: str, into: Path) -> str:
+    """`mtaserver/` as of git revision `rev`, unpacked under `into`; the PYTHONPATH for it."""
+    target = into / rev.replace("/", "_")
+    target.mkdir()
+    archive = subprocess.run(
+        ["git", "-C", str(peers.ROOT), "archive", rev, "mtaserver", "twisted"],
+        capture_output=True,
+        check=True,
+    )
+    subprocess.run(["tar", "-x", "-C", str(target)], input=archive.stdout, check=True)
+    return str(target)
+
+
+def compare(base: Path, revs: list[str], args: argparse.Namespace) -> None:
+    """Interleaved runs of several revisions: round after round, each revision once."""
+    paths = {rev: checkout(rev, base) for rev in revs}
+    samples: dict[str, list[float]] = {rev: [] for rev in revs}
+    for n in range(args.runs):
+        for rev in revs:
+            run = cpu_per_message(
+                base, args.messages, args.size, args.recipients, pythonpath=paths[rev]
+            )
+            samples[rev].append(run["cpu_ms_per_message"])
+            print(
+                f"round {n + 1}/{args.runs} {rev}: {run['cpu_ms_per_message']:.3f} ms", flush=True
+            )
+    load = Path("/proc/loadavg").read_text().split(" ")[0]
+    print(f"{args.messages} x {args.size} B, {args.recipients} rcpt; load at end {load}")
+    for rev in revs:
+        print(f"{rev}: median {statistics.median(samples[rev]):.3f} ms CPU/message {samples[rev]}")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--messages", type=int, default=3000)
@@ -126,9 +150,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--recipients", type=int, default=1)
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--cprofile", help="write a pstats file of one profiled run here")
+    parser.add_argument("--workers", type=int, default=0, help="reception-workers (default 0)")
+    parser.add_argument(
+        "--compare",
+        help="comma-separated git revisions: interleaved runs of each (what a change bought)",
+    )
     args = parser.parse_args(argv)
+    peers.RECEPTION_WORKERS = args.workers
     with tempfile.TemporaryDirectory(prefix="mtaserver-cpu-") as tmp:
         base = Path(tmp)
+        if args.compare:
+            compare(base, args.compare.split(","), args)
+            return 0
         if args.cprofile:
             extra = ["--profile", args.cprofile, "--profiler", "cprofile", "--savestats"]
             run = cpu_per_message(base, args.messages, args.size, args.recipients, extra_args=extra)

@@ -84,6 +84,36 @@ def _stop(proc: subprocess.Popen[bytes], sig: int = signal.SIGTERM, timeout: flo
         _live.remove(proc)
 
 
+def descendants(root: int) -> set[int]:
+    """`root` and every live process under it."""
+    parents: dict[int, int] = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                raw = Path(f"/proc/{entry}/stat").read_text()
+            except OSError:
+                continue
+            parents[int(entry)] = int(raw[raw.rindex(")") + 2 :].split()[1])
+    found = {root}
+    grew = True
+    while grew:
+        grew = False
+        for pid, ppid in parents.items():
+            if ppid in found and pid not in found:
+                found.add(pid)
+                grew = True
+    return found
+
+
+def _rss(pid: int) -> int:
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return 0
+    match = re.search(r"VmRSS:\s+(\d+) kB", status)
+    return int(match.group(1)) * 1024 if match else 0
+
+
 class Sink:
     """smtp-sink on a loopback port, counting messages ("." received) from its `-c` output."""
 
@@ -248,6 +278,9 @@ class Postfix:
             _postfixes.remove(self.conf)
 
 
+#: `reception-workers` in every mtaserver config the benchmark writes (`--workers`).
+RECEPTION_WORKERS = 0
+
 API_KEY = "bench_0123456789_0123456789_0123456789"
 
 MTASERVER_CONF = """\
@@ -298,7 +331,10 @@ class MtaServer:
         webhook_url: str | None = None,
         twistd_args: list[str] | None = None,
         extra_config: str = "",
+        pythonpath: str | None = None,
     ) -> None:
+        #: Run the mtaserver found here instead of the importing tree's (`cpu.py --compare`).
+        self.pythonpath = pythonpath
         self.workdir = workdir
         self.twistd_args = twistd_args or []
         workdir.mkdir(parents=True, exist_ok=True)
@@ -323,6 +359,7 @@ class MtaServer:
                 ),
             )
             + extra_config
+            + (f"reception-workers {RECEPTION_WORKERS}\n" if RECEPTION_WORKERS else "")
         )
         self.log = workdir / "twistd.log"
         self.proc: subprocess.Popen[bytes] | None = None
@@ -350,7 +387,11 @@ class MtaServer:
             cwd=self.workdir,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.STDOUT,
-            env=dict(os.environ, PYTHONUNBUFFERED="1"),
+            env=dict(
+                os.environ,
+                PYTHONUNBUFFERED="1",
+                **({"PYTHONPATH": self.pythonpath} if self.pythonpath else {}),
+            ),
         )
         if not wait_for_port(self.port, timeout):
             self.stop()
@@ -366,10 +407,8 @@ class MtaServer:
         return self.log.read_text(errors="replace") if self.log.exists() else ""
 
     def rss_bytes(self) -> int:
-        status = Path(f"/proc/{self.pid}/status").read_text()
-        match = re.search(r"VmRSS:\s+(\d+) kB", status)
-        assert match
-        return int(match.group(1)) * 1024
+        """VmRSS of the server and every process under it (reception workers)."""
+        return sum(_rss(pid) for pid in descendants(self.pid))
 
     def stop(self) -> None:
         if self.proc is not None:

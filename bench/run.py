@@ -772,13 +772,24 @@ def main(argv: list[str] | None = None) -> int:
         "--cpu-messages", type=int, default=3000, help="cpu: messages per CPU-per-message run"
     )
     parser.add_argument("--profile-out", default="/tmp/mtaserver-profile")
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=0,
+        help="reception-workers in mtaserver's config (default 0: one process)",
+    )
     parser.add_argument("--json", help="write the results here")
     args = parser.parse_args(argv)
+    peers.RECEPTION_WORKERS = args.workers
     parts = set(args.only.split(","))
     unknown = parts - set(PARTS) - {"profile"}
     if unknown:
         parser.error(f"unknown parts: {', '.join(sorted(unknown))}")
-    results: dict[str, object] = {"machine": machine(), "started": time.ctime()}
+    results: dict[str, object] = {
+        "machine": machine(),
+        "started": time.ctime(),
+        "reception_workers": args.workers,
+    }
     durations: dict[str, float] = {}
     results["durations_s"] = durations
     print(json.dumps(results["machine"]), flush=True)
