@@ -42,6 +42,13 @@ def _cleanup() -> None:
 atexit.register(_cleanup)
 
 
+def _terminated(signum: int, _frame: object) -> None:
+    raise SystemExit(f"stopped by signal {signum}")  # finally blocks and atexit run
+
+
+signal.signal(signal.SIGTERM, _terminated)
+
+
 def tool(name: str) -> str:
     path = shutil.which(name) or str(SBIN / name)
     if not os.access(path, os.X_OK):
@@ -404,7 +411,19 @@ class MtaServer:
         return self.proc.pid
 
     def read_log(self) -> str:
-        return self.log.read_text(errors="replace") if self.log.exists() else ""
+        """The log, rotated parts (twistd rotates at 1 MB) first, oldest first."""
+        rotated = sorted(
+            self.workdir.glob(self.log.name + ".*"),
+            key=lambda p: int(p.suffix[1:]) if p.suffix[1:].isdigit() else 0,
+            reverse=True,
+        )
+        return "".join(p.read_text(errors="replace") for p in [*rotated, self.log] if p.exists())
+
+    def clear_log(self) -> None:
+        """Forget the log so far (before a restart whose log lines are awaited)."""
+        for path in self.workdir.glob(self.log.name + ".*"):
+            path.unlink()
+        self.log.write_text("")
 
     def rss_bytes(self) -> int:
         """VmRSS of the server and every process under it (reception workers)."""

@@ -1,25 +1,36 @@
 """`make bench`: mtaserver against Postfix on loopback, reported as medians and ratios.
 
-    .venv/bin/python bench/run.py [--only p1,p6,p4,p5,p2,p7] [--runs 3] [--json FILE]
+    .venv/bin/python bench/run.py [--only p1,cpu,p3,p6,p2,p4,p5,scaling,p7] [--runs 3]
+                                  [--workers N] [--json FILE]
 
 P1  end-to-end relay: smtp-source -> MTA -> smtp-sink; seconds until the sink has
     counted every message. Postfix and mtaserver alternate within each repetition,
     each on a fresh queue/spool and a fresh sink. Scenarios: 5 KB, 50 KB, and
     messages with 1,000 recipients.
+cpu CPU seconds per message of mtaserver's processes for the three P1 shapes
+    (bench/cpu.py: utime+stime from /proc, independent of the machine's load).
 P3  P1 5 KB through mtaserver with and without an accounting webhook: the slowdown.
     (Records/s shipped by the batcher alone: bench/webhook_bench.py.)
-P6  end-of-DATA to `250` latency (p50, p99) while P1's 5 KB load runs.
-P4  resident memory per queued recipient, destination down (connection refused).
-P5  restart time with P4's spool: process start to SMTP port open and "spool
-    recovered" in the log, after SIGTERM and after SIGKILL.
-P2  Transmissions API recipients/s (only once mtaserver/http/transmissions.py exists).
+P6  latency of probe sessions' transactions (MAIL..250 after DATA, and "."..250),
+    p50/p99, while P1's 5 KB load runs; Postfix and mtaserver.
+P2  Transmissions API: recipients/s accepted durably for 1,000-recipient
+    transmissions (4 clients) and single-recipient transmissions/s (20 clients).
+P4  resident memory per queued recipient with 1,100,000 recipients queued (1,000 x
+    1,000 to one down destination + 100,000 single-recipient messages across 1,000
+    down domains).
+P5  restart with P4's spool (SIGTERM, then SIGKILL): seconds to SMTP accepting and
+    to delivering a new message again.
+scaling  P1 5 KB to a live sink with P4's queue held vs. an empty queue: wall time
+    and CPU per message.
 P7  suppression list at 1,000,000 entries: lookups/s (hits and misses, two scopes per
     lookup as RCPT checks them) and resident bytes per entry after opening, in a fresh
     process (bench/suppression_bench.py, which also has bulk-add and open figures).
+profile  (only when asked) py-spy, or cProfile without it, of mtaserver under P1 5 KB.
 
-Every process runs on 127.0.0.1 and is stopped by pid in `finally` blocks (and an
-atexit hook); every wait has a timeout. Results go to stdout and, with --json, to a
-file (not committed: docs/benchmarks.rst carries the figures).
+Each part prints how long it took. Every process runs on 127.0.0.1 and is stopped by
+pid in `finally` blocks (and an atexit hook, also on SIGTERM); every wait has a
+timeout. Results go to stdout and, with --json, to a file (not committed:
+docs/benchmarks.rst carries the figures).
 """
 
 from __future__ import annotations
@@ -380,7 +391,7 @@ class LoadedQueue:
             server.stop()
         else:
             server.kill9()
-        server.log.write_text("")
+        server.clear_log()
         began = time.monotonic()
         server.start(timeout=600)
         listening = time.monotonic() - began
@@ -395,7 +406,7 @@ class LoadedQueue:
         while "spool recovered" not in server.read_log():
             if time.monotonic() > deadline:
                 raise RuntimeError("no 'spool recovered' within 600 s")
-            time.sleep(0.05)
+            time.sleep(0.2)
         match = re.search(r"spool recovered: (\d+) messages", server.read_log())
         return {
             "smtp_accepting_s": round(listening, 2),

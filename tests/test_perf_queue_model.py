@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from mtaserver.events import Envelope, Recipient
+from mtaserver.events import Envelope, QueueFailure, Recipient
+from mtaserver.queue.delivery import QueueLevelFailure
 from mtaserver.queue.model import (
     PackedRecipients,
     PendingRecipients,
@@ -14,6 +17,7 @@ from mtaserver.queue.model import (
     index_span,
     shared_indexes,
 )
+from tests.test_scheduler import World
 
 
 @given(
@@ -115,3 +119,35 @@ def test_compact_envelope_packs_only_messages_with_many_recipients() -> None:
     assert kept_many == many and kept_many.to_json() == many.to_json()
     assert kept_many.only((3, 1)).recipients == (many.recipients[3], many.recipients[1])
     assert compact_envelope(kept_many) is kept_many
+
+
+def test_new_mail_for_a_down_queue_joins_its_next_attempt(tmp_path: Path) -> None:
+    """After a refused connection, new messages wait for the queue's retry, no new connect."""
+    world = World(tmp_path, "retry-after 5m")
+    world.deliverer.failure = QueueLevelFailure("4.4.1", "connection refused")
+    world.submit("ok-first@a.test")
+    world.clock.advance(10)
+    for n in range(5):
+        world.submit(f"ok-later{n}@a.test")
+    failures = [e for e in world.events() if isinstance(e, QueueFailure)]
+    assert len(failures) == 1  # one refused connection, not six
+    world.deliverer.failure = None
+    world.clock.advance(289)
+    assert world.outcomes() == []
+    world.clock.advance(1)
+    delivered = sorted(rcpt for _, rcpts, _ in world.outcomes() for rcpt in rcpts)
+    assert delivered == sorted(["ok-first@a.test"] + [f"ok-later{n}@a.test" for n in range(5)])
+    world.submit("ok-after@a.test")  # the queue is up again: straight out
+    assert ("d", ("ok-after@a.test",), "2.0.0") in world.outcomes()
+
+
+def test_schedule_ends_the_wait(tmp_path: Path) -> None:
+    """`schedule` makes a down queue try again at once, new mail included."""
+    world = World(tmp_path, "retry-after 1h")
+    world.deliverer.failure = QueueLevelFailure("4.4.1", "connection refused")
+    world.submit("ok-first@a.test")
+    world.deliverer.failure = None
+    world.scheduler.schedule("a.test/*")
+    world.submit("ok-second@a.test")
+    delivered = sorted(rcpt for _, rcpts, _ in world.outcomes() for rcpt in rcpts)
+    assert delivered == ["ok-first@a.test", "ok-second@a.test"]

@@ -259,6 +259,11 @@ class Queue:
     connecting: int = 0  # sessions about to take an item (new, or woken from idle)
     idle: list[defer.Deferred[bool]] = attrs.field(factory=list)  # sessions holding open
     consecutive_failures: int = 0
+    #: After a connection-level failure (`tq`), the time of the queue's next attempt:
+    #: until then new mail waits for it instead of opening a connection of its own
+    #: (Postfix's dead-destination cache), so a down destination costs one refused
+    #: connection per retry, not one per arriving message. 0: connect at once.
+    connect_retry_at: float = 0.0
     next_send_at: float = 0.0
     next_connect_at: float = 0.0  # max-connect-rate: the next connection's earliest time
     priority: int | None = None  # `set priority --queue`: replaces its queue-priority
@@ -290,6 +295,7 @@ class Queue:
         """Every item waiting for its retry time becomes ready, in the order due."""
         self.ready.extend(item for _, item in self.retrying())
         self.retry.clear()
+        self.connect_retry_at = 0.0
 
     def select(self, pick: Callable[[WorkItem], tuple[int, ...]]) -> list[WorkItem]:
         """Take out the recipients `pick` names of each waiting item, where they wait.

@@ -256,6 +256,8 @@ class Scheduler:
             item = WorkItem(envelope.msg_id, chunk, failed_attempts)
             if retry_at is not None and retry_at > self.clock.seconds():
                 queue.add_retry(retry_at, item)
+            elif queue.connect_retry_at > self.clock.seconds():
+                queue.add_retry(queue.connect_retry_at, item)  # joins the next attempt
             else:
                 queue.ready.append(item)
         self.arm_timer(queue)
@@ -662,6 +664,8 @@ class Scheduler:
                 queue, expired, "4.4.7", failure.diag, failure.dsn_mta, expired_reason=True
             )
         self.retry(queue, settings, waiting, now)
+        if waiting:
+            queue.connect_retry_at = queue.next_due() or 0.0
         if self.delay_notices is not None:
             await self.delay_notices.queue_failed(
                 settings, waiting, self.messages, failure.status, failure.diag, failure.dsn_mta

@@ -160,6 +160,7 @@ class Session:
                 )
             await deliverer.run(job)
             queue.consecutive_failures = 0
+            queue.connect_retry_at = 0.0
         except QueueLevelFailure as failure:
             await owner.queue_failure(queue, settings, failure)
         except defer.CancelledError:
