@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 from smtp_helpers import holder_from_text, run_now
 from twisted.internet import defer, task
+from twisted.internet.address import IPv4Address
 
 from mtaserver.config.model import DomainSettings, SourceSettings, TransmissionsApiSettings
 from mtaserver.maillog import MailLog
@@ -234,12 +235,13 @@ def test_traces_are_off_unless_switched_on() -> None:
             lines.append((tag, text))
 
     sink = Sink(task.Clock())
-    assert sink.inbound("1.2.3.4:5", "6.7.8.9:25", SourceSettings()) is OFF_INBOUND
+    client, server = IPv4Address("TCP", "1.2.3.4", 5), IPv4Address("TCP", "6.7.8.9", 25)
+    assert sink.inbound(client, lambda: server, SourceSettings()) is OFF_INBOUND
     assert sink.outbound("a.test/v", DomainSettings()) is OFF_OUTBOUND
     sink.disabled_ip(DomainSettings(), "a.test/v", "10.0.0.1", None)
     sink.api(TransmissionsApiSettings()).request(None, "1.2.3.4", 200, "x")
     assert lines == []
-    trace = sink.inbound("1.2.3.4:5", "6.7.8.9:25", SourceSettings(log_commands=True))
+    trace = sink.inbound(client, lambda: server, SourceSettings(log_commands=True))
     trace.command(b"EHLO x")
     trace.reply(Reply(250, "", "a\nb"))
     trace.closed()  # log-connections is off

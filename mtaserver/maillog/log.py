@@ -102,8 +102,14 @@ class MailLog:
 
     # -- traces --------------------------------------------------------------------
 
-    def inbound(self, client: str, server: str, settings: SourceSettings) -> InboundTrace:
-        """A received SMTP session from `client` (IP:PORT) on `server` (IP:PORT)."""
+    def inbound(
+        self, client: Any, server: Callable[[], Any], settings: SourceSettings
+    ) -> InboundTrace:
+        """A received SMTP session from `client` (a twisted address) on `server()`.
+
+        The addresses are formatted only when the session is logged: nothing is spent
+        on a session whose source logs nothing.
+        """
         if not (
             settings.log_connections
             or settings.log_commands
@@ -113,7 +119,8 @@ class MailLog:
             return OFF_INBOUND
         trace = InboundTrace(self, self._tag("in"), settings)
         if trace.connections:
-            self.emit(trace.tag, f"connection from {escape(client)} to {escape(server)}")
+            where = f"from {_address(client)} to {_address(server())}"
+            self.emit(trace.tag, f"connection {where}")
         return trace
 
     def outbound(self, queue: str, settings: DomainSettings) -> OutboundTrace:
@@ -374,6 +381,11 @@ class ApiTrace:
             get_handle = getattr(request.transport, "getHandle", None)
             if get_handle is not None:
                 self.sink.emit(self.tag, "tls " + tls_description(get_handle()))
+
+
+def _address(address: Any) -> str:
+    """`IP:PORT` of a twisted address, escaped."""
+    return escape(f"{getattr(address, 'host', '?')}:{getattr(address, 'port', '?')}")
 
 
 def tls_description(handle: Any) -> str:

@@ -185,8 +185,7 @@ class SmtpServerProtocol(ESMTP):
         ip = str(getattr(peer, "host", "0.0.0.0"))
         settings = self.handler.settings_for(ip)
         self.session = Session(client_ip=ip, settings=settings)
-        local = self._transport.getHost()
-        self.trace = self.maillog.inbound(_address(peer), _address(local), settings)
+        self.trace = self.maillog.inbound(peer, self._transport.getHost, settings)
         self.stats.sessions_current += 1
         self.stats.sessions_total += 1
         self.stats.sessions_top = max(self.stats.sessions_top, self.stats.sessions_current)
@@ -877,11 +876,6 @@ class SmtpServerProtocol(ESMTP):
             self._close()
         else:
             self.reply(R.AUTH_FAILED)
-
-
-def _address(address: Any) -> str:
-    """`IP:PORT` of a twisted address (for the mail log)."""
-    return f"{getattr(address, 'host', '?')}:{getattr(address, 'port', '?')}"
 
 
 class LiveSessions:
