@@ -18,6 +18,7 @@ from server_process import ServerProcess, free_port, wait_until
 from test_maillog_e2e import assert_well_formed, read, session
 
 API_KEY = "maillog_key_0123456789_0123456789_abc"
+WRONG_KEY = "wrong_key_0123456789_0123456789_abcdef"
 
 
 def test_tls_handshakes_are_logged_both_ways(tmp_path: Path, ca: trustme.CA) -> None:
@@ -101,11 +102,11 @@ def test_api_requests_data_and_tls_go_to_the_mail_log(tmp_path: Path, ca: trustm
         "content": {"from": "s@api.test", "subject": "hi", "text": "hello"},
     }
 
-    def post(data: bytes) -> int:
+    def post(data: bytes, key: str = API_KEY) -> int:
         request = urllib.request.Request(
             f"https://127.0.0.1:{api_port}/api/v1/transmissions",
             data=data,
-            headers={"Authorization": API_KEY, "Content-Type": "application/json"},
+            headers={"Authorization": key, "Content-Type": "application/json"},
             method="POST",
         )
         context = ssl.create_default_context(cafile=None)
@@ -119,7 +120,8 @@ def test_api_requests_data_and_tls_go_to_the_mail_log(tmp_path: Path, ca: trustm
     with ServerProcess(tmp_path, conf, wait_ports=(api_port,)):
         assert post(json.dumps(body).encode()) == 200
         assert post(b'{"recipients": [\r\n\x1b') == 400
-        assert wait_until(lambda: read(log_file).count("] request POST") == 2)
+        assert post(b"{}", key=WRONG_KEY) == 403  # refused by the guard, before the body
+        assert wait_until(lambda: read(log_file).count("] request POST") == 3)
     text = read(log_file)
     assert_well_formed(log_file)
     first = session(text, ": 200 ")
@@ -130,4 +132,5 @@ def test_api_requests_data_and_tls_go_to_the_mail_log(tmp_path: Path, ca: trustm
     second = session(text, ": 400 ")
     assert 'data >>> {"recipients": [\\r\\n\\x1b' in second
     assert re.search(r"^request POST /api/v1/transmissions from 127\.0\.0\.1: 400 ", second, re.M)
-    assert API_KEY not in text
+    assert re.search(r"\] request POST /api/v1/transmissions from 127\.0\.0\.1: 403 \S", text)
+    assert API_KEY not in text and WRONG_KEY not in text

@@ -34,7 +34,7 @@ from __future__ import annotations
 import ipaddress
 import json
 import math
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any, Protocol
 
 import attrs
@@ -224,11 +224,20 @@ class TransmissionsPolicy:
 class RequestGuard:
     """The limits of one HTTP port: its policy, the running settings, a rate limiter."""
 
-    def __init__(self, holder: ConfigHolder, policy: PortPolicy, clock: IReactorTime) -> None:
+    def __init__(
+        self,
+        holder: ConfigHolder,
+        policy: PortPolicy,
+        clock: IReactorTime,
+        on_refused: Callable[[RequestHead, APIError], None] | None = None,
+    ) -> None:
         self.holder = holder
         self.policy = policy
         self.clock = clock
         self.limiter = RateLimiter(clock)
+        #: Told of each request refused before its body but a 429 (the mail log's
+        #: `log-requests`); a flood must not flood a log.
+        self.on_refused = on_refused
 
     @property
     def settings(self) -> GlobalSettings:
@@ -366,6 +375,8 @@ class GuardedChannel(HTTPChannel):
                 code=error.code,
                 message=error.message,
             )
+            if self.guard.on_refused is not None and error.code != 429:
+                self.guard.on_refused(head, error)
             self.refuse(error, headers)
             return
         self._body_bytes = 0
@@ -458,6 +469,10 @@ def management_guard(holder: ConfigHolder, clock: IReactorTime) -> RequestGuard:
     return RequestGuard(holder, ManagementPolicy(holder), clock)
 
 
-def transmissions_guard(holder: ConfigHolder, clock: IReactorTime) -> RequestGuard:
+def transmissions_guard(
+    holder: ConfigHolder,
+    clock: IReactorTime,
+    on_refused: Callable[[RequestHead, APIError], None] | None = None,
+) -> RequestGuard:
     """The Transmissions API's guard (one for all its listeners: one rate per client)."""
-    return RequestGuard(holder, TransmissionsPolicy(holder), clock)
+    return RequestGuard(holder, TransmissionsPolicy(holder), clock, on_refused)

@@ -322,6 +322,11 @@ class TransmissionsAPI:
             )
         return attrs.evolve(transmission, recipients=tuple(kept), rejected=tuple(rejected))
 
+    def log_refused(self, head: Any, error: APIError) -> None:
+        """A request the guard refused before its body (`log-requests`)."""
+        trace = self.maillog.api(self.holder.config.api)
+        trace.request(head, head.client_ip, error.code, error.description or error.message)
+
     def _authorize(self, request: IRequest, keys: tuple[str, ...]) -> None:
         refused = api_key_error(request.getHeader(b"authorization"), keys)
         if refused is not None:
@@ -374,7 +379,8 @@ def make_transmissions_services(
         holder, store, on_accepted, reactor, stats, run_in_thread, suppression, maillog
     )
     resource = api.app.resource()
-    guard = transmissions_guard(holder, reactor)  # deadlines, rate, key and size before the body
+    # deadlines, rate, key and size before the body; refusals go to the mail log too
+    guard = transmissions_guard(holder, reactor, api.log_refused)
     return [
         HttpListeners(
             holder,
