@@ -1,6 +1,6 @@
 """`mtactl`: the operator's command line, a thin client of `POST /command`.
 
-    mtactl [--url URL] [--api-key KEY] [--json|--dom] show status
+    mtactl [--url URL] [--api-key KEY] [--json|--xml|--dom] show status
     mtactl show topqueues --maxitems=10
     mtactl pause queue example.com/vmta1
     mtactl trace --timeout=60 example.com
@@ -10,12 +10,12 @@
 The command language lives in `mtaserver.commands` and runs on the server; mtactl
 sends the words it was given and prints the server's text table (`format=json-text`,
 PowerMTA's tables where `pmta` has one), or, with `--json`, the whole JSON reply for
-scripts (PowerMTA's `{"data":...,"status":...,"message":...}`), or with `--dom` the
-data as `name="value"` lines (pmta's `--dom`). The exit status is 0 on success, 1
-when the server reports an error, 2 when it cannot be reached or answers something
-that is not the command API. `mtactl completion bash|zsh` prints a completion script
-built from the command grammar (nothing is asked of a server). Blocking urllib is
-fine here.
+scripts (PowerMTA's `{"data":...,"status":...,"message":...}`), with `--xml` PowerMTA's
+`<rsp>` document, or with `--dom` the data as `name="value"` lines (pmta's `--dom`).
+The exit status is 0 on success, 1 when the server reports an error, 2 when it cannot
+be reached or answers something that is not the command API. `mtactl completion
+bash|zsh` prints a completion script built from the command grammar (nothing is asked
+of a server). Blocking urllib is fine here.
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import shlex
 import sys
 import urllib.error
@@ -36,7 +37,16 @@ from mtaserver.commands.grammar import SPECS, find_spec
 
 DEFAULT_URL = "http://127.0.0.1:8080"
 #: mtactl's own options (they may also follow the command).
-OWN_OPTIONS = ("--url=", "--api-key=", "--json", "--dom", "--timeout=", "--help", "--version")
+OWN_OPTIONS = (
+    "--url=",
+    "--api-key=",
+    "--json",
+    "--xml",
+    "--dom",
+    "--timeout=",
+    "--help",
+    "--version",
+)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -60,6 +70,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--json", action="store_true", help="print the JSON reply")
     parser.add_argument("--dom", action="store_true", help='print the data as name="value"')
+    parser.add_argument("--xml", action="store_true", help="print PowerMTA's XML reply")
     parser.add_argument("--version", action="version", version=f"mtactl {__version__}")
     parser.add_argument("--timeout", type=float, default=30.0, help="seconds (default 30)")
     parser.add_argument("command", nargs=argparse.REMAINDER, help="the command and its arguments")
@@ -89,20 +100,25 @@ def send(
         request.add_header("X-API-Key", api_key)
     try:
         with urllib.request.urlopen(request, timeout=timeout) as response:  # noqa: S310
-            return json.loads(response.read())
+            data = response.read()
     except urllib.error.HTTPError as error:
         data = error.read()
+        if fmt == "xml" and data.startswith(b"<"):
+            return data.decode("utf-8", "replace")
         try:
             return json.loads(data)
         except ValueError:
             raise ConnectionError(f"HTTP {error.code} from {url}") from None
+    if fmt == "xml":  # PowerMTA's `<rsp>` document, printed as it came
+        return data.decode("utf-8", "replace")
+    return json.loads(data)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     words = list(args.command)
     # options for mtactl itself may also follow the command (`show queues --json`)
-    for flag in ("--json", "--dom"):
+    for flag in ("--json", "--dom", "--xml"):
         if flag in words:
             words.remove(flag)
             setattr(args, flag[2:], True)
@@ -142,7 +158,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         reply = send(
             args.url,
             command,
-            "json" if args.json or args.dom else "json-text",
+            "xml" if args.xml else "json" if args.json or args.dom else "json-text",
             args.api_key,
             timeout,
             input_text,
@@ -150,6 +166,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (OSError, ConnectionError, ValueError) as exc:
         print(f"mtactl: cannot reach {args.url}: {exc}", file=sys.stderr)
         return 2
+    if args.xml and isinstance(reply, str):
+        print(reply)
+        return 0 if re.search(r"<succ\s*/>", reply) else 1
     if not isinstance(reply, dict) or "status" not in reply:
         print(f"mtactl: unexpected reply from {args.url}", file=sys.stderr)
         return 2

@@ -72,7 +72,7 @@ def test_parse_accepts_every_command(line: str, name: str, options: dict, args: 
         ("list --queue=a.test --max=ten", "--max: expected a number from 1"),
         ("reload now", "unexpected argument"),
         ("test config a b", "too many arguments"),
-        ("rotate acct x", "unexpected argument"),
+        ("rotate acct a b", "too many arguments"),
         ("rotate", "unknown command 'rotate'"),
         ("reset counters x", "unexpected argument"),
         ("show status 'unbalanced", "cannot parse the command"),

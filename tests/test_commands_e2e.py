@@ -442,6 +442,16 @@ def test_trace_returns_the_transcript_of_the_next_session(world: World) -> None:
     assert "no delivery session" in world.error("trace --timeout=1 trace.test")
     assert "no queue matches" in world.error("trace nosuch.test")
     assert "not supported" in world.error("trace --to-log trace.test")
+    world.ok("pause queue trace.test")
+    assert "is paused" in world.error("trace trace.test")
+    world.ok("resume queue trace.test")
+
+
+def test_rotate_acct_one_file(world: World) -> None:
+    """rotate acct FILE rotates that acct file (by name or path); another name is an error."""
+    assert world.ok("rotate acct acct.csv") == {"rotated": 1}
+    assert world.ok(f"rotate acct {world.server.directory}/acct.csv") == {"rotated": 1}
+    assert "no acct file 'other.csv'" in world.error("rotate acct other.csv")
 
 
 # -- bad and hostile input ------------------------------------------------------------

@@ -128,12 +128,18 @@ def test_tables_are_shaped_like_pmta(server: MgmtServer) -> None:
     assert settings.startswith("Virtual MTA Settings") and "\nmax-smtp-out 20\n" in settings
 
 
-def test_dom_output_and_errors(server: MgmtServer) -> None:
-    """`--dom` prints name="value" lines; a bad option exits 1 naming it on stderr."""
+def test_dom_xml_output_and_errors(server: MgmtServer) -> None:
+    """`--dom` prints name="value" lines, `--xml` PowerMTA's document; a bad option exits 1
+    naming it on stderr."""
     result = mtactl(server, "--dom", "show", "version")
     assert result.returncode == 0
     lines = dict(line.split("=", 1) for line in result.stdout.splitlines())
     assert json.loads(lines["product.name"]) == "mtaserver"
+    result = mtactl(server, "--xml", "show", "version")
+    assert result.returncode == 0 and result.stdout.startswith("<")
+    assert "<succ" in result.stdout and "<name>mtaserver</name>" in result.stdout
+    result = mtactl(server, "--xml", "show", "nothing")
+    assert result.returncode == 1 and "<fail" in result.stdout
     result = mtactl(server, "show", "queues", "--frobnicate")
     assert result.returncode == 1 and "unknown option --frobnicate" in result.stderr
 

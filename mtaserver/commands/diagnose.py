@@ -223,8 +223,11 @@ class Diagnostics:
 
     async def trace(self, command: Command) -> tuple[Any, str]:
         pattern = command.args[0]
-        if not self.control.queues(pattern):
+        queues = self.control.queues(pattern)
+        if not queues:
             raise CommandError(f"trace: no queue matches {pattern!r}")
+        if all(view.paused for view in queues):
+            raise CommandError(f"trace: {pattern} is paused (resume queue first)")
         timeout = int(command.options.get("timeout", TRACE_TIMEOUT))
         request = TraceRequest(pattern, command.options.get("source-ip"), clock=self.clock)
         self.control.trace(request)

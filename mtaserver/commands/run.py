@@ -433,9 +433,22 @@ class Commands:
     async def _rotate_acct(self, command: Command) -> tuple[Any, str]:
         if self.acct is None:
             return {"rotated": 0}, "no acct files"
-        await self.acct.rotate()
-        count = len(getattr(self.acct, "writers", ()))
-        return {"rotated": count}, f"rotated {count} acct file(s)"
+        if not command.args:
+            await self.acct.rotate()
+            count = len(getattr(self.acct, "writers", ()))
+            return {"rotated": count}, f"rotated {count} acct file(s)"
+        name = command.args[0]
+        chosen = [
+            writer
+            for writer in getattr(self.acct, "writers", ())
+            if (path := str(writer.status().get("acct_file", "")))
+            and (path == os.path.abspath(name) or os.path.basename(path) == name)
+        ]
+        if not chosen:
+            raise CommandError(f"rotate acct: no acct file {name!r}")
+        for writer in chosen:
+            await writer.rotate()
+        return {"rotated": len(chosen)}, f"rotated {len(chosen)} acct file(s)"
 
     async def _rotate_log(self, command: Command) -> tuple[Any, str]:
         path = self.holder.config.settings.log_file
