@@ -38,8 +38,10 @@ from mtaserver.maillog import MailLogService
 from mtaserver.message.intake import ReceptionStats
 from mtaserver.processors import ReportProcessor
 from mtaserver.queue.bounces import DsnSender
+from mtaserver.queue.control import QueueControl
 from mtaserver.queue.delay_notices import DelayNotices
 from mtaserver.queue.delivery import DiscardDeliverer, FileDeliverer, IDeliverer
+from mtaserver.queue.notices import QueueNotices
 from mtaserver.queue.scheduler import Scheduler
 from mtaserver.queue.service import SchedulerService
 from mtaserver.runtime import RunInThread
@@ -238,6 +240,9 @@ def compose(holder: ConfigHolder, reactor: Any) -> MultiService:
             recovered, messages={k: m for k, m in recovered.messages.items() if k not in taken}
         )
     SchedulerService(scheduler, recovered).setServiceParent(root)
+    QueueNotices(
+        holder, QueueControl(scheduler), store, scheduler.enqueue, reactor
+    ).setServiceParent(root)
     processor.setServiceParent(root)
 
     # Reception: SMTP listeners and the Transmissions API, sharing the password

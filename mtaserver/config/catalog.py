@@ -103,6 +103,12 @@ def _any(text: str) -> str:
     return text.strip()
 
 
+def _emails(text: str) -> tuple[str, ...]:
+    """`a@x.com,b@y.com`, or `""` (none: clears an inherited list)."""
+    words = [w for w in re.split(r"[,\s]+", text.strip().strip('"').strip()) if w]
+    return tuple(v.parse_email(w) for w in words)
+
+
 def _names(text: str) -> tuple[str, ...]:
     words = tuple(w for w in re.split(r"[,\s]+", text.strip()) if w)
     if not words:
@@ -341,6 +347,7 @@ FORMS: Mapping[str, tuple[Parser, str]] = {
     "names": (_names, "names (a,b)"),
     "file": (v.parse_string, "file"),
     "email": (v.parse_email, "email address"),
+    "emails": (_emails, 'email addresses (a@x.com,b@y.com) or ""'),
     "address-or-regex": (_address_or_regex, "address, domain or /REGEX/"),
     "domain": (v.parse_domain_pattern, "domain"),
     "domains": (_domain_list, "domains (a.com,b.com)"),
@@ -914,8 +921,22 @@ _add(
     "no data volume limits",
 )
 _add("retry-recipients-after", D, "interval-or-never", "", Y, "recipients retry with the queue")
-_add("backoff-notify", D, "any", "", Y, "no backoff notifications", repeatable=True)
-_add("disabled-source-ip-notify", D, "any", "", Y, "no source IP notifications")
+_add(
+    "backoff-notify",
+    D,
+    "emails",
+    "",
+    IMPLEMENTED,
+    "mailed (from the postmaster) when a queue of the domain enters or leaves backoff mode",
+)
+_add(
+    "disabled-source-ip-notify",
+    D,
+    "emails",
+    "",
+    IMPLEMENTED,
+    "mailed when a source of a queue of the domain is disabled and when it is enabled again",
+)
 _add(
     "backoff-to-normal-after-delivery",
     D,
@@ -924,7 +945,14 @@ _add(
     IMPLEMENTED,
     "a delivery in backoff mode returns the queue to normal",
 )
-_add("backoff-upon-all-sources-disabled", D, "bool", "false", Y, "source IPs are not disabled")
+_add(
+    "backoff-upon-all-sources-disabled",
+    D,
+    "bool",
+    "false",
+    IMPLEMENTED,
+    "a queue whose every source is disabled goes into backoff mode",
+)
 _add(
     "reenable-source-ip-after",
     D,

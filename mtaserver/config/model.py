@@ -206,6 +206,9 @@ class DomainSettings:
     smtp_data_termination_timeout: float | None = None
     assume_delivery_upon_data_termination_timeout: bool = False
     smtp_tls: TlsPolicy = TlsPolicy()  # STARTTLS to the MX: `smtp-tls-allow-*`, ciphers
+    backoff_notify: tuple[str, ...] = ()  # mailed when a queue enters or leaves backoff
+    disabled_source_ip_notify: tuple[str, ...] = ()  # mailed when a source is (re)enabled
+    backoff_upon_all_sources_disabled: bool = False  # every source disabled: backoff mode
     #: (CIDR, N): sessions of this domain (all its queues) at once per source IP in CIDR.
     source_ip_max_smtp_out: tuple[tuple[IPNetwork, int], ...] = ()
     #: (CIDR, rate): new connections of this domain per source IP in CIDR.
