@@ -177,9 +177,7 @@ def test_start_time_holds_the_message_until_then_and_survives_a_crash(
     server.process.kill9()
     server.process.start()
     listing = server.command("list --queue=dest.example/*")
-    assert [(r["state"], r["nextAttempt"]) for r in listing["recipients"]] == [
-        ("scheduled", start)
-    ]
+    assert [(r["state"], r["nextAttempt"]) for r in listing["recipients"]] == [("scheduled", start)]
 
     assert wait_until(lambda: read_acct(server.acct, "d"), timeout=90), server.process.read_log()
     (delivered,) = read_acct(server.acct, "d")
@@ -360,3 +358,45 @@ def test_tracking_options_set_to_false_and_metadata_are_accepted(
     response = server.post("/api/v1/transmissions", request_body)
     assert response.status_code == 200, response.text
     assert wait_until(lambda: receiver.messages)
+
+
+# -- transactional and skip_suppression ------------------------------------------------
+
+
+def test_transactional_and_skip_suppression_follow_sparkposts_rules(
+    server: Server, receiver: Receiver
+) -> None:
+    """transactional: only transactional entries refuse; skip_suppression: none does."""
+    for rcpt, entry in (
+        ("ok-nt@dest.example", {"type": "non_transactional"}),
+        ("ok-both@dest.example", {}),
+    ):
+        response = requests.put(
+            f"https://127.0.0.1:{server.api_port}/api/v1/suppression-list/{rcpt}",
+            json=entry,
+            headers={"Authorization": API_KEY},
+            verify=str(server.bundle),
+            timeout=30,
+        )
+        assert response.status_code == 200, response.text
+
+    def send(options: dict[str, Any]) -> requests.Response:
+        return server.post(
+            "/api/v1/transmissions",
+            body(
+                options=options,
+                recipients=[{"address": "ok-nt@dest.example"}, {"address": "ok-both@dest.example"}],
+            ),
+        )
+
+    refused = send({})
+    assert refused.status_code == 400 and "All recipients rejected" in refused.text
+    results = send({"transactional": True}).json()["results"]
+    assert results["total_accepted_recipients"] == 1
+    assert [e["code"] for e in results["rcpt_to_errors"]] == ["1902"]
+    assert "ok-both@dest.example" in results["rcpt_to_errors"][0]["description"]
+    results = send({"skip_suppression": True}).json()["results"]
+    assert results["total_accepted_recipients"] == 2
+    assert wait_until(lambda: sum(len(m.rcpt_tos) for m in receiver.messages) == 3)
+    delivered = sorted(r for m in receiver.messages for r in m.rcpt_tos)
+    assert delivered == ["ok-both@dest.example", "ok-nt@dest.example", "ok-nt@dest.example"]
