@@ -324,6 +324,11 @@ def test_disable_and_enable_a_source(world: World) -> None:
     assert world.ok("enable source 10.9.9.9 src.test/v1") == {"enabled": 0}
     assert world.ok("enable source 127.0.0.1 src.test/v1") == {"enabled": 1}
     assert world.ok("show disabled sources src.test/v1") == []
+    # trace --source-ip names one of the queue's sources
+    world.ok("resume queue src.test")
+    assert wait_until(lambda: world.arrived("a@src.test"))
+    assert "is not a source" in world.error("trace --source-ip=10.9.9.9 src.test/v1")
+    assert "no delivery session" in world.error("trace --timeout=1 --source-ip=127.0.0.1 src.test")
 
 
 # -- schedule, reset ------------------------------------------------------------------
@@ -424,20 +429,26 @@ def test_check_mfrom_and_rcpt(world: World) -> None:
 def test_trace_returns_the_transcript_of_the_next_session(world: World) -> None:
     """trace schedules the queue and returns its session's transcript when it ends."""
     world.send(["t1@trace.test"], sender="tracer@src.test")
-    assert wait_until(lambda: world.ok("show queues --errors trace.test"))
+    world.send(["t2@trace.test"], sender="tracer@src.test", port=world.smtp2)  # vmta v1
+    assert wait_until(lambda: len(world.ok("show queues --errors trace.test")) == 2)
     conf = world.server.directory / "conf.d" / "trace.conf"
     conf.write_text(
         f"<domain trace.test>\n smtp-hosts [127.0.0.1]:{world.receiver.port}\n"
         " retry-after 1h\n</domain>\n"
     )
     world.ok("reload")
-    data = world.slow("trace --timeout=180 trace.test")
+    data = world.slow("trace --timeout=180 trace.test/{default}")
     lines = [line.split(" ", 2)[2] for line in data["transcript"]]
     assert lines[0] == "starting trace.test/{default}" and lines[-1] == "done trace.test/{default}"
     assert any(line.startswith(">>> 220") for line in lines)
     assert "<<< MAIL FROM:<tracer@src.test>" in " ".join(lines)
     assert any(line.startswith("delivered ") and "t1@trace.test" in line for line in lines)
-    assert world.arrived("t1@trace.test")
+    assert world.arrived("t1@trace.test") and not world.arrived("t2@trace.test")
+    # --source-ip: the session of v1's queue from that source (EHLO with its name)
+    data = world.slow("trace --timeout=180 --source-ip=127.0.0.1 trace.test/v1")
+    lines = [line.split(" ", 2)[2] for line in data["transcript"]]
+    assert "source 127.0.0.1 v1.mta.test" in lines and "<<< EHLO v1.mta.test" in lines
+    assert any(line.startswith("delivered ") and "t2@trace.test" in line for line in lines)
     # nothing left to deliver: no session starts, and the trace says so
     assert "no delivery session" in world.error("trace --timeout=1 trace.test")
     assert "no queue matches" in world.error("trace nosuch.test")

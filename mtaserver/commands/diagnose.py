@@ -228,6 +228,16 @@ class Diagnostics:
             raise CommandError(f"trace: no queue matches {pattern!r}")
         if all(view.paused for view in queues):
             raise CommandError(f"trace: {pattern} is paused (resume queue first)")
+        source_ip = command.options.get("source-ip")
+        if source_ip is not None and not any(
+            key.split(" ", 1)[0] == source_ip
+            for view in queues
+            for key in self.control.vmta_sources(view.vmta)
+        ):
+            raise CommandError(
+                f"trace: {source_ip} is not a source (smtp-source-host) of the queues of "
+                f"{pattern!r}"
+            )
         timeout = int(command.options.get("timeout", TRACE_TIMEOUT))
         request = TraceRequest(pattern, command.options.get("source-ip"), clock=self.clock)
         self.control.trace(request)

@@ -411,7 +411,9 @@ class Scheduler:
         the per-IP limits hold every other one back (`source-ip-max-smtp-out`: a session's
         end wakes it; `source-ip-max-connect-rate` and `-msg-rate`: a timer does)."""
         vmta = self.holder.config.vmtas.get(queue.vmta)
-        hosts = vmta.smtp_source_host if vmta is not None else ()
+        hosts: Sequence[SourceHost] = vmta.smtp_source_host if vmta is not None else ()
+        if self.traces:  # `trace --source-ip`: the traced session uses that source
+            hosts = self._traced_sources(queue, hosts)
         now = self.clock.seconds()
         waits: list[float] = []
 
@@ -911,6 +913,14 @@ class Scheduler:
     def cancel_trace(self, request: TraceRequest) -> None:
         if request in self.traces:
             self.traces.remove(request)
+
+    def _traced_sources(
+        self, queue: Queue, hosts: Sequence[SourceHost]
+    ) -> Sequence[SourceHost]:
+        for request in self.traces:
+            if request.source_ip is not None and queue_matches(request.pattern, queue.name):
+                return [h for h in hosts if h.ip == request.source_ip] or hosts
+        return hosts
 
     def _take_trace(self, queue: Queue, source: SourceChoice) -> TraceRequest | None:
         for request in self.traces:
