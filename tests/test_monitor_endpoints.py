@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from dns_server import start_dns_server_in_thread
 from mgmt_client import API_KEY, MgmtServer, free_port, wait_until
 from mx_receiver import Receiver
 
@@ -128,12 +129,25 @@ def receiver() -> Iterator[Receiver]:
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory, receiver: Receiver) -> Iterator[MgmtServer]:
+def dns_port() -> Iterator[int]:
+    port, stop = start_dns_server_in_thread({"mx.dns.test": [("A", "127.0.0.1")]})
+    yield port
+    stop()
+
+
+@pytest.fixture(scope="module")
+def server(
+    tmp_path_factory: pytest.TempPathFactory, receiver: Receiver, dns_port: int
+) -> Iterator[MgmtServer]:
     directory: Path = tmp_path_factory.mktemp("monitor")
     mgmt = MgmtServer(directory, receiver.port)
-    # refused.test goes to a port nobody listens on: queue-level failures, a last error
+    # refused.test goes to a port nobody listens on: queue-level failures, a last error;
+    # dns.test's host is looked up in a real DNS server (namesCached)
     (directory / "conf.d" / "monitor.conf").write_text(
+        f"name-server 127.0.0.1:{dns_port}\n"
         f"<domain refused.test>\n    smtp-hosts [127.0.0.1]:{free_port()}\n</domain>\n"
+        f"<domain dns.test>\n    smtp-hosts mx.dns.test:{receiver.port}\n"
+        "    mx-allow-private-addresses yes\n</domain>\n"
         "<virtual-mta idle-vmta>\n</virtual-mta>\n"
     )
     mgmt.start()
@@ -233,6 +247,13 @@ def test_status_counts_real_traffic_and_queued_mail(server: MgmtServer, receiver
     assert status["queue"]["smtp"]["kb"] > 0
     assert status["spool"]["files"]["inUse"] >= 1 and status["spool"]["totalRcp"] >= 3
     assert status["conn"]["smtpIn"]["top"] >= 1
+
+
+def test_status_counts_cached_dns_names(server: MgmtServer, receiver: Receiver) -> None:
+    """resolver.namesCached counts the DNS cache's answers once a host was looked up."""
+    server.send(["n@dns.test"])
+    assert wait_until(lambda: any("n@dns.test" in m.rcpt_tos for m in receiver.messages))
+    assert data(server, "/status")["status"]["resolver"]["namesCached"] >= 1
 
 
 def test_queues_fields_and_filters(server: MgmtServer) -> None:

@@ -158,6 +158,7 @@ def make_management_api(
             commands,
             access,
             make_registry(scheduler.control, reception, traffic, webhooks, acct, suppression),
+            names_cached=getattr(mx_resolver, "names_cached", None),
         ),
         ConsoleUI(commands, access, History(), webhooks),  # History: memory only, kept by reload
     )

@@ -322,6 +322,14 @@ class MxResolver:
         self._resolver: Any = resolver
         self._turns: dict[str, int] = {}
 
+    def names_cached(self) -> int:
+        """How many answers the resolver's cache holds (`/status` resolver.namesCached)."""
+        cache = getattr(self._resolver, "cache", None)
+        try:
+            return len(cache) if cache is not None else 0
+        except TypeError:  # a resolver whose cache is not sized
+            return 0
+
     def clear_cache(self, domain: str | None = None) -> int:
         """Forget the resolver's cached answers (`clear dnscache`), all or those about
         `domain` and its subdomains, when it keeps any; how many."""
