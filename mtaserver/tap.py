@@ -275,11 +275,8 @@ def compose(holder: ConfigHolder, reactor: Any) -> MultiService:
     if workers:
         # SMTP reception in worker processes on sockets opened here (mtaserver.workers);
         # they commit message files and hand the journal records to this process.
-        handoff = Handoff(journal, store, processor.enqueue, stats)
-        try:
-            ReceptionWorkers(holder, handoff, workers, reactor).setServiceParent(root)
-        except OSError as exc:
-            raise ValueError(f"smtp-listener: {exc}") from exc
+        handoff = Handoff(journal, store, processor.enqueue, stats, suppression.counters)
+        ReceptionWorkers(holder, handoff, workers, reactor).setServiceParent(root)
         log.info("SMTP reception in {count} worker process(es)", count=workers)
     else:
         SmtpListeners(holder, smtp_listener, run_in_thread).setServiceParent(root)

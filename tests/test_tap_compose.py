@@ -21,8 +21,10 @@ from twisted.internet.testing import MemoryReactorClock
 from mtaserver.tap import Options, makeService
 
 # Memory reactor: these ports are never bound, so fixed numbers are fine here.
+# One process: the tree holds the SMTP listeners themselves (workers: test_workers_units).
 CONFIG = """
 host-name compose.test
+reception-workers 0
 spool {d}/spool
 smtp-listener 127.0.0.1:2525
 smtp-listener 127.0.0.1:2526

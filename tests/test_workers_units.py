@@ -5,6 +5,7 @@ hand-off over a real journal and message store."""
 from __future__ import annotations
 
 import os
+import signal
 import struct
 from pathlib import Path
 
@@ -133,3 +134,31 @@ def test_handoff_journals_tracks_counts_and_queues(tmp_path: Path) -> None:
     assert (stats.messages_received, stats.recipients_received, stats.bytes_received) == (1, 1, 10)
     assert store._live == {envelope.msg_id: journal.end().segment}  # kept for pruning
     journal.close()
+
+
+def test_compose_with_workers_holds_them_and_binds_nothing_yet(tmp_path: Path) -> None:
+    """With `reception-workers 2` the tree holds the workers' service; nothing is bound
+    until it starts, and no SMTP listener runs in the master."""
+    from twisted.application.internet import StreamServerEndpointService
+    from twisted.internet.testing import MemoryReactorClock
+
+    from mtaserver.tap import Options, makeService
+    from mtaserver.workers import ReceptionWorkers
+
+    conf = tmp_path / "mtaserver.conf"
+    conf.write_text(
+        f"host-name compose.test\nreception-workers 2\nspool {tmp_path}/spool\n"
+        "smtp-listener 127.0.0.1:2525\n"
+    )
+    options = Options()
+    options.parseOptions(["--config", str(conf)])
+    before = signal.getsignal(signal.SIGHUP)
+    try:
+        root = makeService(options, reactor=MemoryReactorClock())
+    finally:
+        signal.signal(signal.SIGHUP, before)
+    [workers] = [s for s in root if isinstance(s, ReceptionWorkers)]  # type: ignore[attr-defined]
+    assert (workers.count, workers.sockets) == (2, {})
+    names = [getattr(s, "name", None) for s in root]  # type: ignore[attr-defined]
+    assert not any(isinstance(s, StreamServerEndpointService) for s in root)  # type: ignore[attr-defined]
+    assert "smtp-listener 127.0.0.1:2525" not in names

@@ -28,9 +28,9 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import attrs
-from twisted.application.internet import TimerService
+from twisted.application.internet import StreamServerEndpointService, TimerService
 from twisted.application.service import MultiService, Service
-from twisted.internet import ssl
+from twisted.internet import ssl, task
 from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.stdio import StandardIO
 from twisted.internet.threads import deferToThreadPool
@@ -61,7 +61,7 @@ from mtaserver.spool.store import MessageStore
 from mtaserver.suppression import suppression_directory
 from mtaserver.workers.handoff import HandoffJournal, MasterLink
 from mtaserver.workers.suppression import WorkerSuppression
-from mtaserver.workers.wire import HANDOFF_FD, STATS_FIELDS
+from mtaserver.workers.wire import HANDOFF_FD, STATS_FIELDS, SUPPRESSION_FIELDS
 
 log = Logger()
 
@@ -100,7 +100,14 @@ class AdoptedPort:
     family: int
 
     def listen(self, factory: Any) -> Deferred[Any]:
-        return succeed(self.reactor.adoptStreamPort(self.fd, self.family, factory))
+        """Adopt (Twisted keeps a duplicate) and close the inherited descriptor, so the
+        port's own close is the worker's last reference to the socket."""
+        try:
+            port = self.reactor.adoptStreamPort(self.fd, self.family, factory)
+        except OSError as exc:
+            return fail(exc)
+        os.close(self.fd)
+        return succeed(port)
 
 
 @attrs.frozen
@@ -134,8 +141,12 @@ def compose(
     fds: dict[HostPort, int],
     workers: int,
     slot: int = 0,
-) -> MultiService:
-    """The worker's services: the pool, then the SMTP listeners on adopted sockets."""
+    spool: str | None = None,
+) -> tuple[MultiService, SmtpListeners]:
+    """The worker's services: the pool, then the SMTP listeners on adopted sockets.
+
+    `spool` is the master's (a restart-only directive: the file may name another by now).
+    """
     config = holder.config
     root = MultiService()
     pool = ThreadPool(minthreads=2, maxthreads=16, name="mtaserver-worker")
@@ -147,7 +158,7 @@ def compose(
     # the mail log: appended to beside the master, which alone rotates it
     maillog = MailLogService(holder, reactor, run_in_thread, owner=False, process=f"w{slot}")
     maillog.setServiceParent(root)
-    spool = config.settings.spool
+    spool = spool or config.settings.spool
     journal = HandoffJournal(link, os.path.join(spool, "journal"))
     store = MessageStore(
         spool,
@@ -196,27 +207,65 @@ def compose(
         service.setName(f"smtp-listener {listener.address}")
         return service
 
-    SmtpListeners(holder, smtp_listener, run_in_thread).setServiceParent(root)
-    reporter = TimerService(STATS_INTERVAL, StatsReporter(stats, link))
+    listeners = SmtpListeners(holder, smtp_listener, run_in_thread)
+    listeners.setServiceParent(root)
+    reporter = TimerService(STATS_INTERVAL, StatsReporter(stats, suppression, link))
     reporter.clock = reactor
     reporter.setServiceParent(root)
-    return root
+    return root, listeners
+
+
+class Retirement:
+    """The master moved to new sockets: stop accepting, exit once the last session ends.
+
+    A session in progress finishes its messages as after a reload in one process; only
+    the listening ports close (their sockets stay open in the master until we exit).
+    """
+
+    def __init__(self, listeners: SmtpListeners, reactor: Any) -> None:
+        self.listeners = listeners
+        self.reactor = reactor
+        self._check = task.LoopingCall(self._exit_when_idle)
+        self._check.clock = reactor
+
+    def __call__(self) -> None:
+        if self._check.running:
+            return
+        log.info("listeners moved: this worker takes no new sessions and exits when idle")
+        for service in self.listeners.listening:
+            if service.running:
+                StreamServerEndpointService.stopService(service)
+        self._check.start(0.5)
+
+    def _exit_when_idle(self) -> None:
+        if any(s.smtp_factory.live.sessions for s in self.listeners.listening):
+            return
+        self._check.stop()
+        if self.reactor.running:
+            self.reactor.stop()
 
 
 class StatsReporter:
     """Sends the changes of the worker's session counters to the master (`wire.STATS_FIELDS`)."""
 
-    def __init__(self, stats: ReceptionStats, link: MasterLink) -> None:
+    def __init__(
+        self, stats: ReceptionStats, suppression: WorkerSuppression, link: MasterLink
+    ) -> None:
         self.stats = stats
+        self.suppression = suppression
         self.link = link
         self.sent = dict.fromkeys(STATS_FIELDS, 0)
+        self.sent_suppression = dict.fromkeys(SUPPRESSION_FIELDS, 0)
 
     def __call__(self) -> None:
         now = {field: getattr(self.stats, field) for field in STATS_FIELDS}
         delta = {field: now[field] - self.sent[field] for field in STATS_FIELDS}
-        if any(delta.values()) and not self.link.lost:
-            self.link.send({"op": "stats", "delta": delta})
-            self.sent = now
+        counters = self.suppression.counters
+        now_s = {field: getattr(counters, field) for field in SUPPRESSION_FIELDS}
+        delta_s = {f: now_s[f] - self.sent_suppression[f] for f in SUPPRESSION_FIELDS}
+        if (any(delta.values()) or any(delta_s.values())) and not self.link.lost:
+            self.link.send({"op": "stats", "delta": delta, "suppression": delta_s})
+            self.sent, self.sent_suppression = now, now_s
 
 
 def _listen_arg(text: str) -> tuple[HostPort, int]:
@@ -231,6 +280,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--workers", type=int, default=1)
     parser.add_argument("--master-pid", type=int, default=os.getppid())
     parser.add_argument("--listen", type=_listen_arg, action="append", default=[])
+    parser.add_argument("--spool", help="the master's spool (the config may name another)")
     args = parser.parse_args(argv)
     die_with_parent(args.master_pid)
     signal.signal(signal.SIGHUP, signal.SIG_IGN)  # reloads come from the master
@@ -264,9 +314,15 @@ def main(argv: Sequence[str] | None = None) -> None:
         if reactor.running:
             reactor.stop()
 
-    link = MasterLink(reload, master_gone)
+    def retire() -> None:
+        retirement()
+
+    link = MasterLink(reload, master_gone, retire)
     StandardIO(link, stdin=0, stdout=HANDOFF_FD, reactor=reactor)  # type: ignore[call-arg]
-    root = compose(holder, reactor, link, dict(args.listen), args.workers, args.slot)
+    root, listeners = compose(
+        holder, reactor, link, dict(args.listen), args.workers, args.slot, args.spool
+    )
+    retirement = Retirement(listeners, reactor)
     reactor.callWhenRunning(root.startService)
     reactor.addSystemEventTrigger("before", "shutdown", root.stopService)
     log.info("reception worker {slot} running (pid {pid})", slot=args.slot, pid=os.getpid())

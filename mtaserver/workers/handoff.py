@@ -44,12 +44,18 @@ class MasterLink(Protocol):
     append still waiting fails, so no session answers `250` for it.
     """
 
-    def __init__(self, on_reload: Callable[[], None], on_lost: Callable[[], None]) -> None:
+    def __init__(
+        self,
+        on_reload: Callable[[], None],
+        on_lost: Callable[[], None],
+        on_retire: Callable[[], None] = lambda: None,
+    ) -> None:
         self._decoder = FrameDecoder()
         self._waiting: dict[int, Deferred[JournalPosition]] = {}
         self._next_id = 0
         self._on_reload = on_reload
         self._on_lost = on_lost
+        self._on_retire = on_retire
         self.lost = False
 
     def send(self, message: dict[str, Any]) -> None:
@@ -79,6 +85,9 @@ class MasterLink(Protocol):
         op = message["op"]
         if op == "reload":
             self._on_reload()
+            return
+        if op == "retire":
+            self._on_retire()
             return
         waiting = self._waiting.pop(message.get("id", -1), None)
         if waiting is None:

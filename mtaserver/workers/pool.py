@@ -49,7 +49,14 @@ from mtaserver.events import Envelope, Received, event_from_json
 from mtaserver.message.intake import OnAccepted, ReceptionStats
 from mtaserver.spool.journal import Journal, JournalPosition
 from mtaserver.spool.store import MessageStore
-from mtaserver.workers.wire import HANDOFF_FD, STATS_FIELDS, FrameDecoder, WireError, encode
+from mtaserver.workers.wire import (
+    HANDOFF_FD,
+    STATS_FIELDS,
+    SUPPRESSION_FIELDS,
+    FrameDecoder,
+    WireError,
+    encode,
+)
 
 log = Logger()
 
@@ -97,11 +104,13 @@ class Handoff:
         store: MessageStore,
         on_accepted: OnAccepted,
         stats: ReceptionStats,
+        suppression_counters: Any = None,
     ) -> None:
         self.journal = journal
         self.store = store
         self.on_accepted = on_accepted
         self.stats = stats
+        self.suppression_counters = suppression_counters
 
     def append(self, raw_events: Iterable[Any]) -> Deferred[JournalPosition]:
         """Journal a worker's events; fires once they are fsync'd and their messages queued."""
@@ -116,12 +125,11 @@ class Handoff:
 
         return d.addCallback(committed)
 
-    def add_stats(self, delta: dict[str, Any]) -> None:
-        """A worker's session counters changed by `delta` (unknown fields ignored)."""
-        for field in STATS_FIELDS:
-            value = delta.get(field)
-            if isinstance(value, int) and not isinstance(value, bool):
-                setattr(self.stats, field, getattr(self.stats, field) + value)
+    def add_stats(self, delta: dict[str, Any], suppression: dict[str, Any] | None = None) -> None:
+        """A worker's counters changed by `delta` and `suppression` (unknown fields ignored)."""
+        _add(self.stats, STATS_FIELDS, delta)
+        if self.suppression_counters is not None and isinstance(suppression, dict):
+            _add(self.suppression_counters, SUPPRESSION_FIELDS, suppression)
 
     def _accepted(self, envelope: Envelope, position: JournalPosition) -> None:
         self.store.track_committed(envelope.msg_id, position.segment)
@@ -132,6 +140,13 @@ class Handoff:
             self.on_accepted(envelope)
         except Exception:
             log.failure("on_accepted failed for {msg_id}", msg_id=envelope.msg_id)
+
+
+def _add(counters: Any, fields: tuple[str, ...], delta: dict[str, Any]) -> None:
+    for field in fields:
+        value = delta.get(field)
+        if isinstance(value, int) and not isinstance(value, bool):
+            setattr(counters, field, getattr(counters, field) + value)
 
 
 class WorkerProcess(ProcessProtocol):
@@ -185,7 +200,7 @@ class WorkerProcess(ProcessProtocol):
                 self._append(message)
             elif message["op"] == "stats" and isinstance(message.get("delta"), dict):
                 delta = message["delta"]
-                self.handoff.add_stats(delta)
+                self.handoff.add_stats(delta, message.get("suppression"))
                 current = delta.get("sessions_current")
                 if isinstance(current, int):
                     self.sessions_current += current
@@ -271,6 +286,7 @@ class ReceptionWorkers(Service):
         executable: str = sys.executable,
     ) -> None:
         self.holder = holder
+        self.spool = holder.config.settings.spool  # restart-only: the one we run on
         self.handoff = handoff
         self.count = count
         self.reactor = reactor
@@ -280,13 +296,35 @@ class ReceptionWorkers(Service):
         self._failures: dict[int, int] = {}
         self._restarts: dict[int, Any] = {}
         self._stopping = False
-        for listener in holder.config.settings.smtp_listener:
-            self.sockets[listener.address] = open_listening_socket(listener.address)
+        self._retiring: list[WorkerProcess] = []
+        self._bound = False
         holder.on_reload(self.reloaded)
 
     # -- lifetime ---------------------------------------------------------------------
 
+    def privilegedStartService(self) -> None:  # noqa: N802 - Twisted's name
+        """Bind the listeners (before twistd gives up root, as an endpoint service does).
+
+        An address that cannot be bound is logged and left out, as in one process.
+        """
+        super().privilegedStartService()
+        self._bound = True
+        for listener in self.holder.config.settings.smtp_listener:
+            self._open(listener.address)
+
+    def _open(self, address: HostPort) -> None:
+        if address in self.sockets:
+            return
+        try:
+            self.sockets[address] = open_listening_socket(address)
+        except OSError as exc:
+            log.error(
+                "smtp-listener {address}: Couldn't listen: {error}", address=address, error=exc
+            )
+
     def startService(self) -> None:  # noqa: N802 - Twisted's name
+        if not self._bound:
+            self.privilegedStartService()  # started without twistd's privileged step
         super().startService()
         self._stopping = False
         for slot in range(1, self.count + 1):
@@ -305,12 +343,13 @@ class ReceptionWorkers(Service):
             for sock in self.sockets.values():
                 sock.close()
             self.sockets.clear()
+            self._bound = False
 
         return ending.addCallback(close)
 
     def _stop_all(self) -> Deferred[None]:
         """SIGTERM every worker (they finish their sessions), SIGKILL what is left later."""
-        running = [w for w in self.workers.values() if not w.exited]
+        running = [w for w in [*self.workers.values(), *self._retiring] if not w.exited]
         if not running:
             return succeed(None)
         for worker in running:
@@ -347,6 +386,8 @@ class ReceptionWorkers(Service):
             str(self.count),
             "--master-pid",
             str(os.getpid()),
+            "--spool",
+            self.spool,
         ]
         for i, (address, sock) in enumerate(sorted(self.sockets.items(), key=str)):
             fd = FIRST_LISTEN_FD + i
@@ -388,23 +429,24 @@ class ReceptionWorkers(Service):
                 worker.send({"op": "reload"})
             return
         for address in wanted - set(self.sockets):
-            try:
-                self.sockets[address] = open_listening_socket(address)
-            except OSError as exc:
-                log.error(
-                    "smtp-listener {address} not started: {error}", address=address, error=exc
-                )
-        retired = [self.sockets.pop(a) for a in set(self.sockets) - wanted]
+            self._open(address)
+        for address in set(self.sockets) - wanted:
+            # Closed here at once: a worker holds its own descriptor for as long as its
+            # port is open, so the address refuses connections once the old workers stop
+            # accepting.
+            self.sockets.pop(address).close()
         log.info("smtp-listener addresses changed: restarting the reception workers")
-        old_workers = list(self.workers.values())
+        old_workers = [w for w in self.workers.values() if not w.exited]
         self.workers = {}
         for slot in range(1, self.count + 1):
             self._spawn(slot)
+        # The old ones stop accepting and exit when their sessions end (a session in
+        # progress finishes, as after a listener change in one process).
+        self._retiring += old_workers
         for worker in old_workers:
-            worker.signal("TERM")
+            worker.send({"op": "retire"})
 
-        def close_retired(_: object) -> None:
-            for sock in retired:
-                sock.close()
+        def forget(_: object) -> None:
+            self._retiring = [w for w in self._retiring if not w.exited]
 
-        DeferredList([w.done for w in old_workers]).addCallback(close_retired)
+        DeferredList([w.done for w in old_workers]).addCallback(forget)

@@ -12,11 +12,14 @@ Worker to master:
   suppressed recipients). The master answers with
 * `{"op": "appended", "id": N, "segment": S, "offset": O}` once they are fsync'd in its
   journal, or `{"op": "failed", "id": N, "error": "..."}`.
-* `{"op": "stats", "delta": {"sessions_current": 2, ...}}` about once a second while
-  the worker's session counters change (`STATS_FIELDS`), added to the master's.
+* `{"op": "stats", "delta": {"sessions_current": 2, ...}, "suppression": {...}}` about
+  once a second while the worker's session counters (`STATS_FIELDS`) or suppression
+  counters (`SUPPRESSION_FIELDS`) change, added to the master's.
 
 Master to worker, besides those answers: `{"op": "reload"}` after the master's own
-reload succeeded, so the worker reads the same file again.
+reload succeeded, so the worker reads the same file again; `{"op": "retire"}` when the
+master restarts the workers on a new set of listening sockets: stop accepting, finish
+the sessions in progress, exit.
 """
 
 from __future__ import annotations
@@ -42,6 +45,9 @@ STATS_FIELDS = (
     "auth_failures",
     "eight_bit_undeclared",
 )
+
+#: The suppression counters a worker's RCPT checks move (`show suppression`).
+SUPPRESSION_FIELDS = ("refused", "dropped")
 
 
 class WireError(ValueError):
