@@ -745,7 +745,15 @@ _add(
 )
 _add("pattern-list", S, "name", "", IMPLEMENTED, "chooses the virtual MTA by sender or recipient")
 _add("rewrite-list", S, "name", "", IMPLEMENTED, "rewrites MAIL FROM and the From domain")
-_add("rewrite-list", VM + POOL, "name", "", Y, "rewrite lists apply per <source> only")
+_add(
+    "rewrite-list",
+    VM + POOL,
+    "name",
+    "",
+    IMPLEMENTED,
+    "rewrites MAIL FROM on the wire and the From domain at delivery (the vmta's, else the "
+    "pool's; after the source's)",
+)
 _add("process-x-envid", S, "bool", "false", IMPLEMENTED, "X-EnvID: gives the envId")
 _add(
     "process-x-dkim-options",

@@ -432,7 +432,8 @@ def _check_routing(
             if child.value.strip() not in routing:
                 loader.problem(child, f"no <pattern-list {child.value.strip()}> is defined")
     rewrites = loader.named(catalog.REWRITE_LIST)
-    for scope in _find_scopes(nodes, reg.SOURCE):
+    users = [*_find_scopes(nodes, reg.SOURCE), *_find_scopes(nodes, reg.VMTA)]
+    for scope in users + _find_scopes(nodes, reg.VMTA_POOL):
         for child in scope.children:
             if not isinstance(child, Directive) or child.name != "rewrite-list":
                 continue

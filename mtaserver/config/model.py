@@ -206,6 +206,9 @@ class DomainSettings:
     smtp_data_termination_timeout: float | None = None
     assume_delivery_upon_data_termination_timeout: bool = False
     smtp_tls: TlsPolicy = TlsPolicy()  # STARTTLS to the MX: `smtp-tls-allow-*`, ciphers
+    #: The queue's virtual MTA's (else pool's) `rewrite-list`: MAIL FROM on the wire and
+    #: the From domains, rewritten at delivery.
+    rewrite_list: str | None = None
     backoff_notify: tuple[str, ...] = ()  # mailed when a queue enters or leaves backoff
     disabled_source_ip_notify: tuple[str, ...] = ()  # mailed when a source is (re)enabled
     backoff_upon_all_sources_disabled: bool = False  # every source disabled: backoff mode
@@ -256,6 +259,7 @@ class VirtualMta:
     domains: Mapping[str, Layer] = attrs.field(factory=dict)
     domain_key: tuple[DomainKey, ...] = ()  # signs this vmta's mail before the global keys
     cold_virtual_mta: tuple[str, ...] = ()  # warm-up: vmtas that take the day's first messages
+    rewrite_list: str | None = None  # a <rewrite-list> applied to this vmta's mail at delivery
 
 
 @attrs.frozen
@@ -264,6 +268,7 @@ class VirtualMtaPool:
     virtual_mta: tuple[str, ...] = ()
     domains: Mapping[str, Layer] = attrs.field(factory=dict)
     domain_key: tuple[DomainKey, ...] = ()
+    rewrite_list: str | None = None  # for its vmtas without a rewrite-list of their own
 
 
 @attrs.frozen
@@ -645,7 +650,17 @@ class Config:
                 for layer in layers
             ]
             smtp_tls = tls_policy(layers, "smtp_tls_")
-            self._cache[key] = build(DomainSettings, layers, domain_key=keys, smtp_tls=smtp_tls)
+            vmta_rewrites = self.vmtas[vmta].rewrite_list if vmta and vmta in self.vmtas else None
+            pool_rewrites = (
+                self.vmta_pools[pool].rewrite_list if pool and pool in self.vmta_pools else None
+            )
+            self._cache[key] = build(
+                DomainSettings,
+                layers,
+                domain_key=keys,
+                smtp_tls=smtp_tls,
+                rewrite_list=vmta_rewrites or pool_rewrites,
+            )
         result: DomainSettings = self._cache[key]
         return result
 

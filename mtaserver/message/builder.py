@@ -43,6 +43,31 @@ def _rewrite_domains(field: list[bytes], rewrite: Callable[[str], str]) -> list[
     return [first] + [_ADDRESS_DOMAIN.sub(one, line) for line in field[1:]]
 
 
+def rewrite_from_header(message: bytes, rewrite: Callable[[str], str]) -> bytes:
+    """A stored message with its From field's address domains as `rewrite` gives them.
+
+    For a `<virtual-mta>`'s `rewrite-list` `from-domain` lines, applied at delivery
+    (before DKIM signing); a `<source>`'s are applied at reception by `MessageBuilder`.
+    Only the header block is touched; a message without a From field is returned as is.
+    """
+    end = message.find(b"\r\n\r\n")
+    head_end = end + 2 if end >= 0 else len(message)
+    lines = message[:head_end].split(b"\r\n")
+    if lines and lines[-1] == b"":
+        lines.pop()
+    out: list[bytes] = []
+    changed = False
+    for field in _fields(lines):
+        match = _FIELD_NAME.match(field[0])
+        if match is not None and match.group(1).lower() == b"from" and not changed:
+            field = _rewrite_domains(field, rewrite)
+            changed = True
+        out.extend(field)
+    if not changed:
+        return message
+    return b"\r\n".join(out) + b"\r\n" + message[head_end:]
+
+
 class MessageBuilder:
     """Receives content lines (without CRLF), writes the stored message to `sink`."""
 

@@ -21,10 +21,11 @@ from twisted.internet import defer, task
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
-from mtaserver.config.model import DomainSettings
+from mtaserver.config.model import Config, DomainSettings, RewriteList
 from mtaserver.config.reload import ConfigHolder
 from mtaserver.events import Envelope, Outcome
 from mtaserver.inbound.verp import encode_verp
+from mtaserver.message.builder import rewrite_from_header
 from mtaserver.queue import outcomes, patterns
 from mtaserver.queue.delivery import (
     IDeliverer,
@@ -45,6 +46,15 @@ log = Logger()
 MAX_RATE_WAIT = 2.0
 
 BodyTransform = Callable[[Envelope, bytes, DomainSettings], Awaitable[bytes]]
+
+
+def _rewrites(config: Config, settings: DomainSettings, envelope: Envelope) -> RewriteList | None:
+    """The `rewrite-list` of the queue's vmta, else of the pool the message came through."""
+    name = settings.rewrite_list
+    pool = config.vmta_pools.get(envelope.vmta_pool or "")
+    if name is None and pool is not None:
+        name = pool.rewrite_list
+    return config.rewrite_lists.get(name or "")
 
 
 class SessionOwner(Protocol):
@@ -212,7 +222,10 @@ class Session:
                     log.error("cannot read {msg_id}: {error}", msg_id=item.msg_id, error=exc)
                     owner.retry(queue, settings, [item], owner.clock.seconds())
                 continue
+            rewrites = _rewrites(owner.holder.config, settings, message.envelope)
             try:
+                if rewrites is not None and rewrites.from_domain:  # before DKIM signs it
+                    body = rewrite_from_header(body, rewrites.rewrite_from_domain)
                 if owner.transform_body is not None:
                     body = await owner.transform_body(message.envelope, body, settings)
             except Exception as exc:
@@ -221,6 +234,11 @@ class Session:
                 continue
             self.transactions += 1
             envelope = message.envelope
+            if rewrites is not None and rewrites.mail_from:
+                # the vmta's `rewrite-list`: the wire's MAIL FROM (records keep orig)
+                envelope = attrs.evolve(
+                    envelope, sender=rewrites.rewrite_mail_from(envelope.sender)
+                )
             if envelope.verp and len(live) == 1 and envelope.sender:
                 # the wire's MAIL FROM only: records keep the original sender (orig)
                 rcpt = envelope.recipients[live[0]].address
