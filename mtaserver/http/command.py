@@ -62,15 +62,12 @@ class CommandAPI:
             return json_response(
                 request, error_body(APIError(400, exc.message), data=exc.data), 400
             )
-        if fmt.startswith("xml"):  # the data, or mtactl's text, in PowerMTA's XML envelope
-            shown = result.data
-            if fmt == "xml-text":
-                shown = render_text(result.command, result.data, result.message)
-            return xmlout.reply(request, shown, result.message)
         data = result.data
-        if fmt == "json-text":
+        if fmt.endswith("-text"):
             errors = "errors" in parsed.options  # --errors: error texts in full
             data = render_text(result.command, result.data, result.message, errors)
+        if fmt.startswith("xml"):  # the same, in PowerMTA's XML envelope
+            return xmlout.reply(request, data, result.message)
         return json_response(
             request, {"status": "success", "data": data, "message": result.message}
         )
