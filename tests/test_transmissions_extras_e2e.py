@@ -100,6 +100,18 @@ class Server:
             timeout=30,
         )
 
+    def monitor(self, path: str) -> Any:
+        """A monitoring endpoint's `data` (JSON)."""
+        connection = http.client.HTTPConnection("127.0.0.1", self.mgmt_port, timeout=30)
+        try:
+            connection.request("GET", path, headers={"X-API-Key": MGMT_KEY})
+            response = connection.getresponse()
+            reply = json.loads(response.read())
+        finally:
+            connection.close()
+        assert response.status == 200, reply
+        return reply["data"]
+
     def command(self, line: str) -> Any:
         """One Command API command (JSON); its `data`."""
         connection = http.client.HTTPConnection("127.0.0.1", self.mgmt_port, timeout=30)
@@ -173,6 +185,10 @@ def test_start_time_holds_the_message_until_then_and_survives_a_crash(
     ]
     (queue,) = server.command("show queues")
     assert (queue["recipients"], queue["scheduled"]) == (1, 1)
+    (row,) = server.monitor("/queues?format=mtaserver")
+    assert (row["recipients"], row["scheduled"]) == (1, 1)
+    (item,) = server.monitor("/queues")["queue"]
+    assert item["rcp"] == 1 and item["retryTime"]  # PowerMTA's shape: the start time
 
     server.process.kill9()
     server.process.start()
