@@ -416,3 +416,26 @@ def test_transactional_and_skip_suppression_follow_sparkposts_rules(
     assert wait_until(lambda: sum(len(m.rcpt_tos) for m in receiver.messages) == 3)
     delivered = sorted(r for m in receiver.messages for r in m.rcpt_tos)
     assert delivered == ["ok-both@dest.example", "ok-nt@dest.example", "ok-nt@dest.example"]
+
+
+def test_hostile_option_values_are_400_naming_the_option(server: Server, tmp_path: Path) -> None:
+    """Control characters, wrong types and oversized names in options: a 400 naming it."""
+    cases: list[tuple[dict[str, Any], str]] = [
+        ({"ip_pool": "pool1\r\nX-Injected: yes"}, "options.ip_pool"),
+        ({"ip_pool": ""}, "options.ip_pool"),
+        ({"ip_pool": 5}, "options.ip_pool"),
+        ({"ip_pool": "p" * 300}, "options.ip_pool"),
+        ({"start_time": "2030-01-01T00:00:00+00:00\r\nX: y"}, "options.start_time"),
+        ({"start_time": ["now"]}, "options.start_time"),
+        ({"transactional": "yes"}, "options.transactional"),
+        ({"skip_suppression": 1}, "options.skip_suppression"),
+        ({"perform_substitutions": "false"}, "options.perform_substitutions"),
+        ({"open_tracking": "no"}, "options.open_tracking"),
+    ]
+    for options, field in cases:
+        response = server.post("/api/v1/transmissions", body(options=options))
+        assert response.status_code == 400, (options, response.text)
+        assert field in response.json()["errors"][0]["description"], options
+    response = server.post("/api/v1/transmissions", body(options=["start_time"]))
+    assert response.status_code == 400 and "options must be an object" in response.text
+    assert spool_files(tmp_path) == []

@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import email
 import email.policy
+import json
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -311,3 +313,25 @@ def test_hostile_template_paths_are_404(server: Server, path: str) -> None:
     assert response.status_code == 404
     assert response.json()["errors"]
     assert [t["id"] for t in call(server, "GET", TEMPLATES).json()["results"]] == ["t1"]
+
+
+def test_concurrent_creates_and_updates_keep_one_whole_template(
+    server: Server, tmp_path: Path
+) -> None:
+    """Ten clients creating one id at once: one 200, nine 409; parallel PUTs leave valid JSON."""
+    with ThreadPoolExecutor(max_workers=10) as pool:
+        codes = sorted(
+            pool.map(lambda _: call(server, "POST", TEMPLATES, VALID).status_code, range(10))
+        )
+    assert codes == [200] + [409] * 9
+
+    def rename(n: int) -> int:
+        return call(server, "PUT", f"{TEMPLATES}/t1", {"name": f"name-{n}"}).status_code
+
+    with ThreadPoolExecutor(max_workers=10) as pool:
+        assert set(pool.map(rename, range(10))) == {200}
+    shown = call(server, "GET", f"{TEMPLATES}/t1").json()["results"]
+    assert shown["name"] in {f"name-{n}" for n in range(10)}
+    files = sorted(p.name for p in (tmp_path / "spool" / "templates").iterdir())
+    assert files == ["t1.json"]  # no temporary file left behind
+    json.loads((tmp_path / "spool" / "templates" / "t1.json").read_text())
