@@ -460,6 +460,9 @@ def test_hostile_and_unknown_parameters_are_a_clear_400(server: MgmtServer) -> N
     refused("/queues", "sort=%3Cscript%3E", "sort must be one of")
     refused("/queues", "paused=maybe", "paused must be yes or no")
     refused("/status", "format=yaml", "format must be one of")
+    refused("/status", "format=json&FORMAT=xml", "format must be one of")
+    status, content_type, _ = get(server, "/status", FORMAT="XML")  # names, values: any case
+    assert status == 200 and content_type.startswith("application/xml")
     refused("/jobDetail", "", "jobid is required")
     refused("/queueDetail", "queue=*/*", "must be a name, not a pattern")
     refused("/listQueue", "queue=a/*&domain=b", "not both")

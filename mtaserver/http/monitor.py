@@ -162,13 +162,13 @@ class Query:
         return int(value)
 
     def name(self, name: str, required: bool = True) -> str | None:
-        """An exact name (a detail view's queue, domain, vmta or job), not a pattern."""
+        """An exact name (a detail view's queue, domain or vmta), not a pattern."""
         value = self.values.get(name)
         if value is None or value == "":
             if required:
                 raise APIError(400, "Missing parameter", f"{name} is required")
             return None
-        if _PATTERN_CHARS.search(value) and name != "job":
+        if _PATTERN_CHARS.search(value):
             raise APIError(400, "Invalid parameter", f"{name} must be a name, not a pattern")
         return value
 
@@ -179,17 +179,27 @@ class Query:
         return f"{domain}/{vmta}"
 
 
+def _format_values(request: IRequest) -> list[bytes]:
+    """The values of `format` (its name in any case, like every parameter's)."""
+    return [
+        bytes(value)
+        for name, values in request.args.items()
+        if bytes(name).lower() == b"format"
+        for value in values
+    ]
+
+
 def requested_format(request: IRequest) -> str:
-    values = request.args.get(b"format") or [b"json"]
-    fmt = bytes(values[0]).decode("utf-8", "replace").lower()
+    values = _format_values(request) or [b"json"]
+    fmt = values[0].decode("utf-8", "replace").lower()
     if len(values) > 1 or fmt not in FORMATS:
         raise APIError(400, "Invalid format", f"format must be one of {', '.join(FORMATS)}")
     return fmt
 
 
 def _wants_xml(request: IRequest) -> bool:
-    values = request.args.get(b"format") or [b""]
-    return bytes(values[0]).lower() in (b"xml", b"xml-text")
+    values = _format_values(request) or [b""]
+    return values[0].lower() in (b"xml", b"xml-text")
 
 
 def handle_monitor_errors(
