@@ -14,7 +14,8 @@ from twisted.internet import defer, task
 
 from mtaserver.events import Envelope, Received, Recipient
 from mtaserver.message.intake import ReceptionStats
-from mtaserver.spool import open_spool
+from mtaserver.spool import MessageStore, open_spool
+from mtaserver.spool.errors import JournalOutcomeUnknown, SpoolIOError
 from mtaserver.suppression.model import Entry
 from mtaserver.suppression.store import SuppressionStore, SuppressionStoreError
 from mtaserver.workers import Handoff, workers_for
@@ -162,3 +163,43 @@ def test_compose_with_workers_holds_them_and_binds_nothing_yet(tmp_path: Path) -
     names = [getattr(s, "name", None) for s in root]  # type: ignore[attr-defined]
     assert not any(isinstance(s, StreamServerEndpointService) for s in root)  # type: ignore[attr-defined]
     assert "smtp-listener 127.0.0.1:2525" not in names
+
+
+class _Journal:
+    """A journal neighbour whose appends fail with `error` (the store is under test)."""
+
+    def __init__(self, error: Exception) -> None:
+        self.error = error
+
+    def append(self, events: object) -> defer.Deferred[object]:
+        return defer.fail(self.error)
+
+    def set_oldest_live_segment(self, segment: int | None) -> None:
+        pass
+
+
+@pytest.mark.parametrize(
+    ("error", "kept"),
+    [(JournalOutcomeUnknown("master gone mid-append"), True), (SpoolIOError("refused"), False)],
+)
+def test_file_stays_when_the_journal_outcome_is_unknown(
+    tmp_path: Path, error: Exception, kept: bool
+) -> None:
+    """A commit whose journal append ended unanswered keeps its file for recovery; one the
+    journal refused removes it (no 250 either way)."""
+    store = MessageStore(
+        str(tmp_path), _Journal(error), lambda work: defer.maybeDeferred(work), track_live=False
+    )
+    writer = store.begin()
+    writer.write(b"Subject: x\r\n\r\nbody\r\n")
+    envelope = Envelope(
+        msg_id=writer.msg_id,
+        sender="s@x.test",
+        recipients=(Recipient("r@y.test"),),
+        time_queued=0.0,
+    )
+    failures: list[BaseException] = []
+    writer.commit(envelope).addErrback(lambda f: failures.append(f.value))
+    assert [type(e) for e in failures] == [type(error)]
+    assert os.path.exists(writer.final_path) is kept
+    assert not os.path.exists(writer.tmp_path)

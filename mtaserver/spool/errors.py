@@ -24,6 +24,15 @@ class SpoolIOError(SpoolError):
     """Any other I/O failure of the spool: answer 451 4.3.0."""
 
 
+class JournalOutcomeUnknown(SpoolIOError):
+    """The journal's writer went away before saying whether it journaled our records.
+
+    A reception worker whose master died mid-append: the `Received` may be in the
+    journal or not, so the message file is left where it is (recovery matches it to
+    its record, or adopts it) rather than removed under a record that may exist.
+    """
+
+
 class CorruptMessageError(SpoolIOError):
     """A message file failed its checks (torn, flipped bytes, wrong id)."""
 

@@ -38,7 +38,13 @@ from twisted.python.failure import Failure
 
 from mtaserver.events import Envelope, Event, Received, Removed
 from mtaserver.runtime import RunInThread
-from mtaserver.spool.errors import SpoolError, SpoolFullError, SpoolIOError, spool_error
+from mtaserver.spool.errors import (
+    JournalOutcomeUnknown,
+    SpoolError,
+    SpoolFullError,
+    SpoolIOError,
+    spool_error,
+)
 from mtaserver.spool.fileops import REAL_FILE_OPS, FileOps
 from mtaserver.spool.groupcommit import GroupCommit
 from mtaserver.spool.journal import JournalPosition
@@ -410,6 +416,8 @@ class MessageWriter:
             assert self.journaled is not None
             position = await self.journaled
         except BaseException as e:
+            if isinstance(e, JournalOutcomeUnknown) and self.renamed:
+                raise  # the file stays for recovery: its Received may be journaled
             self._discard()
             if isinstance(e, SpoolError):
                 raise

@@ -16,7 +16,10 @@ offset files and de-duplication after a crash between the two. With the hand-off
 "exactly one `Received` per acknowledged message" holds by construction, and a kill
 -9 of either side at any moment leaves only the windows one process already has: a
 file renamed whose `Received` was not journaled (no `250` was sent) is adopted by
-the master's next recovery, as it always was.
+the master's next recovery, as it always was. When the master goes away with an
+append unanswered, the worker cannot know whether the `Received` made it, so that
+message's file is left in place (`JournalOutcomeUnknown`) for recovery to match to its
+record or adopt; removing it could leave a journaled message without its file.
 """
 
 from __future__ import annotations
@@ -30,7 +33,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from mtaserver.events import Event
-from mtaserver.spool.errors import SpoolIOError
+from mtaserver.spool.errors import JournalOutcomeUnknown, SpoolIOError
 from mtaserver.spool.journal import JournalPosition
 from mtaserver.workers.wire import FrameDecoder, WireError, encode
 
@@ -65,7 +68,7 @@ class MasterLink(Protocol):
     def request_append(self, events: Sequence[Event]) -> Deferred[JournalPosition]:
         """Ask the master to journal `events`; fires with its journal position."""
         if self.lost:
-            return fail(SpoolIOError("the master process is gone"))
+            return fail(SpoolIOError("the master process is gone"))  # nothing was sent
         self._next_id += 1
         waiting: Deferred[JournalPosition] = Deferred()
         self._waiting[self._next_id] = waiting
@@ -104,7 +107,7 @@ class MasterLink(Protocol):
         self.lost = True
         waiting, self._waiting = self._waiting, {}
         for d in waiting.values():
-            d.errback(Failure(SpoolIOError("the master process is gone")))
+            d.errback(Failure(JournalOutcomeUnknown("the master went away mid-append")))
         self._on_lost()
 
 
