@@ -820,13 +820,33 @@ class Scheduler:
         )
 
     def schedule(self, pattern: str) -> list[str]:
-        """Retry now: every item waiting for its retry time becomes ready."""
+        """Retry now: every item waiting for its retry time becomes ready.
+
+        Messages held for their `start_time` (never tried yet) keep waiting for it:
+        `schedule` and `trace` retry mail, they do not send a campaign early.
+        """
         queues = self.matching(pattern)
+        now = self.clock.seconds()
         for queue in queues:
+            later = [(due, item) for due, item in queue.retrying() if self._not_yet(item, now)]
             queue.schedule_now()
+            if later:
+                kept = {id(item) for _, item in later}
+                queue.ready = type(queue.ready)(i for i in queue.ready if id(i) not in kept)
+                for due, item in later:
+                    queue.add_retry(due, item)
+                self.arm_timer(queue)
             self.order_ready(queue)
             self._pump(queue)
         return [q.name for q in queues]
+
+    def _not_yet(self, item: WorkItem, now: float) -> bool:
+        """Is this item held for its message's `start_time` (not tried yet)?"""
+        message = self.messages.get(item.msg_id)
+        if message is None or item.failed_attempts:
+            return False
+        start = message.envelope.start_time
+        return start is not None and start > now
 
     def set_mode(self, pattern: str, mode: str) -> list[str]:
         if mode not in ("normal", "backoff"):
