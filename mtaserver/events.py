@@ -13,7 +13,7 @@ accounting side never has to look a message up: a journal is enough to write the
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 import attrs
@@ -59,6 +59,9 @@ class Envelope:
     #: Not delivered before this time (the Transmissions API's `options.start_time`);
     #: `bounce-after` counts from it. None: at once.
     start_time: float | None = None
+    #: Each recipient's `recipient-priority` (0-100, a `<pattern-list>` result), in
+    #: recipient order; () when all have the default, 50 (then not even journaled).
+    recipient_priorities: tuple[int, ...] = ()
 
     @property
     def expiry_start(self) -> float:
@@ -69,7 +72,18 @@ class Envelope:
 
     def only(self, rcpt_indexes: tuple[int, ...]) -> Envelope:
         """This envelope with only the recipients at `rcpt_indexes`, in that order."""
-        return attrs.evolve(self, recipients=tuple(self.recipients[i] for i in rcpt_indexes))
+        priorities = self.recipient_priorities
+        return attrs.evolve(
+            self,
+            recipients=tuple(self.recipients[i] for i in rcpt_indexes),
+            recipient_priorities=tuple(priorities[i] for i in rcpt_indexes) if priorities else (),
+        )
+
+    def priority_of(self, rcpt_indexes: Iterable[int]) -> int:
+        """The highest `recipient-priority` among these recipients (50 without any)."""
+        if not self.recipient_priorities:
+            return 50
+        return max((self.recipient_priorities[i] for i in rcpt_indexes), default=50)
 
     def to_json(self) -> dict[str, Any]:
         # Written out rather than attrs.asdict: this runs for every journal record on
@@ -99,13 +113,19 @@ class Envelope:
             "dkim_options": self.dkim_options,
             "suppress_local_dsn": self.suppress_local_dsn,
             "start_time": self.start_time,
-        }
+        } | (
+            {"recipient_priorities": list(self.recipient_priorities)}
+            if self.recipient_priorities
+            else {}
+        )
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> Envelope:
         fields = dict(data)
         fields["recipients"] = tuple(Recipient(**r) for r in data["recipients"])
         fields["acct_headers"] = dict(data.get("acct_headers") or {})
+        if "recipient_priorities" in fields:
+            fields["recipient_priorities"] = tuple(fields["recipient_priorities"])
         return cls(**fields)
 
 

@@ -183,21 +183,9 @@ def test_guide_examples_are_read() -> None:
     assert len(guide_examples()) > 350
 
 
-#: Example lines of the guide that do not load yet, each with the reason.
-EXAMPLE_GAPS: dict[tuple[str, str], str] = {
-    ("rcpt-to", value): "recipient-priority=N in a <pattern-list> result is not understood yet"
-    for value in (
-        "/password-reset@customer.com/ recipient-priority=90",
-        "/special@customer.com/ virtual-mta=students,recipient-priority=90",
-    )
-}
-
-
 @pytest.mark.parametrize(("section", "name", "value"), guide_examples())
 def test_every_guide_example_value_parses(section: str, name: str, value: str) -> None:
     """Each example line of the guide's directive reference parses in its scope."""
-    if (name, value) in EXAMPLE_GAPS:
-        pytest.skip(EXAMPLE_GAPS[(name, value)])
     scope = SECTION_SCOPES[section]
     scope = MISFILED.get((name, scope), scope)
     if name == "include":

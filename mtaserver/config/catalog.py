@@ -191,12 +191,31 @@ def _pattern_result(text: str) -> tuple[re.Pattern[str], str]:
 
 
 def _routing_pattern(text: str) -> tuple[re.Pattern[str], str]:
-    """`/REGEX/ virtual-mta=NAME`: a `<pattern-list>` line (patterns ignore case)."""
+    """`/REGEX/ RESULT`: a `<pattern-list>` line (patterns ignore case).
+
+    RESULT is `virtual-mta=NAME`, `recipient-priority=N` (0-100) or both, joined by a
+    comma (`virtual-mta=high, recipient-priority=60`); it is kept normalised as
+    `virtual-mta=NAME,recipient-priority=N` (see `model.routing_result`).
+    """
     regex, result = _pattern_result(text)
-    key, _, name = result.partition("=")
-    if key.strip().lower() != "virtual-mta" or not name.strip():
-        raise ValueError(f"expected /REGEX/ virtual-mta=NAME, not {text!r}")
-    return re.compile(regex.pattern, re.IGNORECASE), f"virtual-mta={v.parse_name(name)}"
+    vmta, priority = None, None
+    for part in (p.strip() for p in result.split(",")):
+        key, _, value = part.partition("=")
+        key, value = key.strip().lower(), value.strip()
+        if key == "virtual-mta" and value and vmta is None:
+            vmta = v.parse_name(value)
+        elif key == "recipient-priority" and value.isdigit() and priority is None:
+            priority = int(value)
+            if priority > 100:
+                raise ValueError(f"recipient-priority is 0 to 100, not {priority}")
+        else:
+            raise ValueError(
+                "expected /REGEX/ virtual-mta=NAME and/or recipient-priority=N, e.g. "
+                f"/^vip@/ virtual-mta=fast,recipient-priority=90, not {text!r}"
+            )
+    parts = [f"virtual-mta={vmta}"] if vmta else []
+    parts += [f"recipient-priority={priority}"] if priority is not None else []
+    return re.compile(regex.pattern, re.IGNORECASE), ",".join(parts)
 
 
 def _header_pattern(text: str) -> tuple[str, re.Pattern[str], str]:
@@ -357,7 +376,10 @@ FORMS: Mapping[str, tuple[Parser, str]] = {
     "url": (v.parse_url, "URL"),
     "pattern": (_pattern_result, "/REGEX/ RESULT"),
     "smtp-hosts": (v.parse_smtp_hosts, "smtp-hosts value"),
-    "routing-pattern": (_routing_pattern, "/REGEX/ virtual-mta=NAME"),
+    "routing-pattern": (
+        _routing_pattern,
+        "/REGEX/ virtual-mta=NAME and/or recipient-priority=N",
+    ),
     "header-pattern": (_header_pattern, "HEADER /REGEX/ RESULT"),
     "rewrite": (_two_words("*@a.com *@b.com"), "SOURCE TARGET"),
     "rewrite-mail-from": (_rewrite_mail_from, "SOURCE-ADDRESS TARGET-ADDRESS"),
@@ -1215,7 +1237,8 @@ _add(
     "routing-pattern",
     "",
     IMPLEMENTED,
-    "the first matching line chooses the virtual MTA or pool",
+    "the first matching line naming one chooses the virtual MTA or pool; "
+    "recipient-priority=N orders a queue's recipients (higher first)",
     repeatable=True,
 )
 _add(

@@ -419,7 +419,7 @@ def _check_routing(
         results += [r for _, r in patterns.mail_from + patterns.rcpt_to]
         for result in results:
             target = routing_result(result)
-            if target not in targets:
+            if target is not None and target not in targets:
                 for scope in _find_scopes(nodes, catalog.PATTERN_LIST):
                     if scope.arg.strip() == name:
                         message = f"<pattern-list {name}>: no <virtual-mta {target}> is defined"

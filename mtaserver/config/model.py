@@ -312,19 +312,52 @@ class RoutingPatternList:
     def virtual_mta_for(
         self, sender: str, recipients: Iterable[str], headers: Mapping[str, str] | None = None
     ) -> str | None:
-        """The vmta or pool named by the first matching pattern, or None."""
+        """The vmta or pool named by the first matching pattern that names one, or None."""
         for field, regex, result in self.header:
             value = (headers or {}).get(field)
-            if value is not None and regex.search(value):
+            if value is not None and regex.search(value) and routing_result(result):
                 return routing_result(result)
         for regex, result in self.mail_from:
-            if regex.search(sender):
+            if regex.search(sender) and routing_result(result):
                 return routing_result(result)
         for rcpt in recipients:
             for regex, result in self.rcpt_to:
-                if regex.search(rcpt):
+                if regex.search(rcpt) and routing_result(result):
                     return routing_result(result)
         return None
+
+    def recipient_priorities(
+        self, sender: str, recipients: Iterable[str], headers: Mapping[str, str] | None = None
+    ) -> tuple[int, ...]:
+        """Each recipient's `recipient-priority`; () when no line sets one.
+
+        For each recipient, the first matching line that sets a priority: header lines,
+        then mail-from lines (both for every recipient), then that recipient's rcpt-to
+        lines. A recipient no line gives one has PowerMTA's default, 50.
+        """
+        found: int | None = None
+        for field, regex, result in self.header:
+            value = (headers or {}).get(field)
+            if value is not None and regex.search(value) and routing_priority(result) is not None:
+                found = routing_priority(result)
+                break
+        if found is None:
+            for regex, result in self.mail_from:
+                if regex.search(sender) and routing_priority(result) is not None:
+                    found = routing_priority(result)
+                    break
+        priorities = []
+        for rcpt in recipients:
+            mine = found
+            if mine is None:
+                for regex, result in self.rcpt_to:
+                    if regex.search(rcpt) and routing_priority(result) is not None:
+                        mine = routing_priority(result)
+                        break
+            priorities.append(DEFAULT_PRIORITY if mine is None else mine)
+        if all(p == DEFAULT_PRIORITY for p in priorities):
+            return ()
+        return tuple(priorities)
 
 
 @attrs.frozen
@@ -372,12 +405,26 @@ def _sender_matches(source: str, sender: str) -> bool:
     return s_local in ("*", local) and s_domain in ("*", domain)
 
 
-def routing_result(result: str) -> str:
-    """`virtual-mta=NAME` -> NAME (the only result form a `<pattern-list>` line has here)."""
-    key, _, name = result.partition("=")
-    if key.strip().lower() != "virtual-mta" or not name.strip():
-        raise ValueError(f"expected virtual-mta=NAME, not {result!r}")
-    return name.strip()
+#: PowerMTA's recipient priority when no `recipient-priority` is given (0-100).
+DEFAULT_PRIORITY = 50
+
+
+def _result_parts(result: str) -> dict[str, str]:
+    return {
+        k.strip().lower(): val.strip()
+        for k, _, val in (p.partition("=") for p in result.split(","))
+    }
+
+
+def routing_result(result: str) -> str | None:
+    """`virtual-mta=NAME[,recipient-priority=N]` -> NAME; None for a priority-only line."""
+    return _result_parts(result).get("virtual-mta") or None
+
+
+def routing_priority(result: str) -> int | None:
+    """`...recipient-priority=N` -> N; None when the line sets no priority."""
+    value = _result_parts(result).get("recipient-priority")
+    return int(value) if value is not None and value.isdigit() else None
 
 
 @attrs.frozen

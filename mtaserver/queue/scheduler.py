@@ -141,6 +141,8 @@ class Scheduler:
         self.paused_jobs: set[str] = set()
         #: `set priority`: queued messages' priorities (0-100; unset: 50), ready is ordered.
         self.priorities: dict[str, int] = {}
+        #: Some message had `recipient-priority` results: ready items are kept ordered.
+        self.recipient_priorities = False
         #: `trace`: requests waiting for the next session of a matching queue.
         self.traces: list[TraceRequest] = []
 
@@ -260,6 +262,9 @@ class Scheduler:
                 queue.add_retry(queue.connect_retry_at, item)  # joins the next attempt
             else:
                 queue.ready.append(item)
+        if envelope.recipient_priorities:
+            self.recipient_priorities = True
+            self.order_ready(queue)
         self.arm_timer(queue)
         self._pump(queue)
 
@@ -884,13 +889,18 @@ class Scheduler:
         return count
 
     def order_ready(self, queue: Queue) -> None:
-        """`set priority`: a queue's ready messages, higher priority first (stable)."""
-        if not self.priorities or len(queue.ready) < 2:
+        """`set priority` and `recipient-priority`: ready items, higher priority first (stable)."""
+        if not (self.priorities or self.recipient_priorities) or len(queue.ready) < 2:
             return
-        priorities = self.priorities
-        queue.ready = type(queue.ready)(
-            sorted(queue.ready, key=lambda item: -priorities.get(item.msg_id, 50))
-        )
+        queue.ready = type(queue.ready)(sorted(queue.ready, key=lambda i: -self.item_priority(i)))
+
+    def item_priority(self, item: WorkItem) -> int:
+        """`set priority` of its message if given, else its recipients' `recipient-priority`."""
+        priority = self.priorities.get(item.msg_id)
+        if priority is not None:
+            return priority
+        message = self.messages.get(item.msg_id)
+        return message.envelope.priority_of(item.rcpt_indexes) if message is not None else 50
 
     def set_message_priority(self, selection: RecipientFilter, priority: int) -> int:
         """Give the queued messages with recipients `selection` picks this priority."""
@@ -934,9 +944,7 @@ class Scheduler:
         if request in self.traces:
             self.traces.remove(request)
 
-    def _traced_sources(
-        self, queue: Queue, hosts: Sequence[SourceHost]
-    ) -> Sequence[SourceHost]:
+    def _traced_sources(self, queue: Queue, hosts: Sequence[SourceHost]) -> Sequence[SourceHost]:
         for request in self.traces:
             if request.source_ip is not None and queue_matches(request.pattern, queue.name):
                 return [h for h in hosts if h.ip == request.source_ip] or hosts

@@ -291,6 +291,12 @@ class ReceptionHandler:
             or session.settings.default_virtual_mta
         )
         config = self.holder.config
+        patterns = config.routing_patterns.get(session.settings.pattern_list or "")
+        if patterns is not None:  # `recipient-priority=N` results
+            priorities = patterns.recipient_priorities(
+                envelope.sender, (r.address for r in envelope.recipients), message.routing_headers
+            )
+            envelope = attrs.evolve(envelope, recipient_priorities=priorities)
         known = not vmta_name or vmta_name in config.vmtas or vmta_name in config.vmta_pools
         if not known and not session.settings.reject_invalid_virtual_mta:
             # `reject-invalid-virtual-mta no`: the fallback (or the default) instead of 550
