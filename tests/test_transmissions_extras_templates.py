@@ -335,3 +335,24 @@ def test_concurrent_creates_and_updates_keep_one_whole_template(
     files = sorted(p.name for p in (tmp_path / "spool" / "templates").iterdir())
     assert files == ["t1.json"]  # no temporary file left behind
     json.loads((tmp_path / "spool" / "templates" / "t1.json").read_text())
+
+
+def test_hostile_substitution_into_a_template_is_refused(server: Server, tmp_path: Path) -> None:
+    """CR/LF substituted into a template's header fields: a 400 (preview and send), no mail."""
+    sp = server.sparkpost()
+    create_welcome(sp, published=True)
+    hostile = {"name": "Ann\r\nBcc: victim@example.com"}
+    response = call(server, "POST", f"{TEMPLATES}/welcome/preview", {"substitution_data": hostile})
+    assert response.status_code == 400 and "injection" in response.text
+    response = call(
+        server,
+        "POST",
+        "/api/v1/transmissions",
+        {
+            "recipients": [{"address": "ok@dest.example", "substitution_data": hostile}],
+            "content": {"template_id": "welcome"},
+        },
+    )
+    assert response.status_code == 400 and "injection" in response.text
+    messages = tmp_path / "spool" / "msg"
+    assert not messages.exists() or not any(p.is_file() for p in messages.rglob("*"))
