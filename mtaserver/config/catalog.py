@@ -783,7 +783,8 @@ _add(
     "bool",
     "false",
     IMPLEMENTED,
-    "X-DKIM-Options s=, d=, i= choose the key and identity (q=, key-list= are ignored)",
+    "X-DKIM-Options s=, d=, i= choose the key and identity, key-list= a <domain-key-list>; "
+    "q= may only be dns/txt",
 )
 _add("retain-x-dkim-options", S, "bool", "false", IMPLEMENTED, "else the header is removed")
 _add(
@@ -1224,9 +1225,10 @@ _add(
     (DOMAIN_KEY_LIST,),
     "domain-key",
     "",
-    Y,
-    "no <domain-key-list>: keys are global or per virtual MTA",
+    IMPLEMENTED,
+    "the list's keys: used only for a message whose X-DKIM-Options says key-list=NAME",
     repeatable=True,
+    caveat=lambda text: _wildcard_key(text),
 )
 _add("max-smtp-out", POOL, "int", "", Y, "max-smtp-out applies per queue and virtual MTA")
 
@@ -1363,7 +1365,7 @@ CATALOG_SCOPES: Mapping[str, ScopeEntry] = {
         ScopeEntry(SOURCE_GROUP, v.parse_name, _TOP, Y, "no <source-group> limits yet"),
         ScopeEntry(PATTERN_LIST, v.parse_name, _TOP, IMPLEMENTED, ""),
         ScopeEntry(REWRITE_LIST, v.parse_name, _TOP, IMPLEMENTED, ""),
-        ScopeEntry(DOMAIN_KEY_LIST, v.parse_name, _TOP, Y, "DKIM keys are global only"),
+        ScopeEntry(DOMAIN_KEY_LIST, v.parse_name, _TOP, IMPLEMENTED, ""),
         ScopeEntry(EMAIL_PATTERNS, _optional_name, _TOP, Y, "no pattern files are read"),
         ScopeEntry(BOUNCE_CATEGORY_PATTERNS, _no_arg, _TOP, IMPLEMENTED, ""),
         ScopeEntry(DNS, _no_arg, _TOP, Y, "no DNS precaching"),

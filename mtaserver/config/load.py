@@ -337,6 +337,10 @@ def _assemble(loader: _Loader, path: str, files: list[str], nodes: list[Node]) -
         pattern_lists=patterns,
         routing_patterns=routing,
         rewrite_lists=rewrites,
+        domain_key_lists={
+            name: tuple(layer.get("domain_key", ()))
+            for name, layer in loader.named(catalog.DOMAIN_KEY_LIST).items()
+        },
         bounce_category_patterns=tuple(
             (re.compile(regex.pattern, re.IGNORECASE), category)
             for regex, category in loader.layers.get(

@@ -624,6 +624,8 @@ class Config:
     pattern_lists: Mapping[str, SmtpPatternList] = attrs.field(factory=dict)
     routing_patterns: Mapping[str, RoutingPatternList] = attrs.field(factory=dict)
     rewrite_lists: Mapping[str, RewriteList] = attrs.field(factory=dict)
+    #: `<domain-key-list NAME>`: keys an X-DKIM-Options `key-list=NAME` signs with.
+    domain_key_lists: Mapping[str, tuple[DomainKey, ...]] = attrs.field(factory=dict)
     #: `<bounce-category-patterns>`: (regex, category) tried before the built-in rules.
     bounce_category_patterns: tuple[tuple[re.Pattern[str], str], ...] = ()
     acct_files: tuple[AcctFileSettings, ...] = ()

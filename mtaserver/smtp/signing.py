@@ -77,10 +77,30 @@ class DkimTransform:
     async def __call__(self, envelope: Envelope, body: bytes, settings: DomainSettings) -> bytes:
         if not settings.dkim_sign:
             return body
+        # `process-x-dkim-options`: the message's X-DKIM-Options, kept in its envelope
+        options = parse_x_dkim_options(envelope.dkim_options or "")
+        if options.get("q", "dns/txt").lower() != "dns/txt":
+            log.warn(
+                "X-DKIM-Options q={q} of {msg_id} ignored: dns/txt is DKIM's only query method",
+                q=options["q"],
+                msg_id=envelope.msg_id,
+            )
+        key_list = options.get("key-list")
         try:
-            signers = [await self.signer()]
-            if settings.domain_key:  # the virtual MTA's own keys come first
-                signers.insert(0, await self._vmta_signer(settings.domain_key))
+            if key_list is not None:  # only that <domain-key-list>: no key there, no signature
+                keys = self.holder.config.domain_key_lists.get(key_list)
+                if keys is None:
+                    log.warn(
+                        "not DKIM-signing {msg_id}: no <domain-key-list {name}>",
+                        msg_id=envelope.msg_id,
+                        name=key_list,
+                    )
+                    return body
+                signers = [await self._vmta_signer(keys)]
+            else:
+                signers = [await self.signer()]
+                if settings.domain_key:  # the virtual MTA's own keys come first
+                    signers.insert(0, await self._vmta_signer(settings.domain_key))
         except DkimError as exc:
             log.warn("not DKIM-signing {msg_id}: {error}", msg_id=envelope.msg_id, error=exc)
             return body
@@ -93,8 +113,6 @@ class DkimTransform:
             )
             extra_headers = ()
 
-        # `process-x-dkim-options`: the message's X-DKIM-Options, kept in its envelope
-        options = parse_x_dkim_options(envelope.dkim_options or "")
         selector = options.get("s")
         identity = options.get("i") or settings.dkim_identity
         named_domain = options.get("d") or (
@@ -143,6 +161,7 @@ def check_keys(config: Config) -> list[ConfigProblem]:
     """Every `domain-key` of `config` loads (a reload check: runs in the loading thread)."""
     vmta_keys = [k for v in config.vmtas.values() for k in v.domain_key]
     vmta_keys += [k for p in config.vmta_pools.values() for k in p.domain_key]
+    vmta_keys += [k for keys in config.domain_key_lists.values() for k in keys]
     try:
         DkimSigner(config.settings.domain_key)
         DkimSigner(vmta_keys)
