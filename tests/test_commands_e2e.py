@@ -189,6 +189,9 @@ def test_errors_option_shows_queues_with_a_recorded_error(world: World) -> None:
     assert wait_until(lambda: world.ok("show queues --errors err.test"))
     (row,) = world.ok("show queues --errors err.test")
     assert "4.4.1" in row["lastError"] and str(world.closed) in row["lastError"]
+    assert wait_until(lambda: world.ok("show queues --errors err.test")[0]["errors"])
+    (row,) = world.ok("show queues --errors err.test")
+    assert any(str(world.closed) in error["text"] for error in row["errors"])
     domains = {d["domain"]: d for d in world.ok("show topdomains --errors --maxitems=1000")}
     assert domains["err.test"]["lastError"] == row["lastError"]
     assert all(d["lastError"] for d in domains.values())
@@ -444,6 +447,11 @@ def test_trace_returns_the_transcript_of_the_next_session(world: World) -> None:
     assert "<<< MAIL FROM:<tracer@src.test>" in " ".join(lines)
     assert any(line.startswith("delivered ") and "t1@trace.test" in line for line in lines)
     assert world.arrived("t1@trace.test") and not world.arrived("t2@trace.test")
+    # show queues: PowerMTA's recipient events (the acct records' d/b/t), unless asked not
+    assert wait_until(lambda: world.ok("show queues trace.test/{default}")[0]["rcptEvents"])
+    (row,) = world.ok("show queues trace.test/{default}")
+    assert [(e["type"], e["rcpt"]) for e in row["rcptEvents"]][-1] == ("delivered", "t1@trace.test")
+    assert "rcptEvents" not in world.ok("show queues --no-rcpt-events trace.test/{default}")[0]
     # --source-ip: the session of v1's queue from that source (EHLO with its name)
     data = world.slow("trace --timeout=180 --source-ip=127.0.0.1 trace.test/v1")
     lines = [line.split(" ", 2)[2] for line in data["transcript"]]

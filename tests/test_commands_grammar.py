@@ -172,3 +172,25 @@ def test_docs_list_every_command_and_option() -> None:
     ]
     missing += [" ".join(spec.words) for spec in SPECS if " ".join(spec.words) not in text]
     assert missing == []
+
+
+def test_queue_tables_show_recipient_events_and_escape_control_characters() -> None:
+    """show queues appends PowerMTA's Recipient Events; a hostile reply text is escaped."""
+    rows = [{"name": "a.test/v", "recipients": 0, "kb": 0.0, "connections": 0,
+             "paused": False, "mode": "normal", "nextRetry": None,
+             "lastError": "4.0.0 \x1b[2Jevil",
+             "rcptEvents": [
+                 {"type": "delivered", "time": 60.0, "rcpt": "a@a.test", "job": "j",
+                  "source_ip": "10.0.0.1", "destination_ip": "192.0.2.1",
+                  "diag": "smtp;250 ok"},
+                 {"type": "deferred", "time": 120.0, "rcpt": "b@a.test", "job": "",
+                  "source_ip": "10.0.0.1", "destination_ip": "192.0.2.1",
+                  "diag": "smtp;451 \x1b]0;owned\x07"},
+             ]}]  # fmt: skip
+    text = render_text("show queues", rows, "1 of 1 queues shown.")
+    assert all(line.isprintable() for line in text.splitlines())
+    lines = text.splitlines()
+    start = lines.index("Recipient Events (deliveries:1, bounces:0, deferrals:1)")
+    assert lines[start + 2].startswith("deferred | 1970-01-01 00:02:00 | 10.0.0.1 | b@a.test")
+    assert lines[start + 3].startswith("delivered | 1970-01-01 00:01:00")
+    assert "\\x1b[2Jevil" in text

@@ -36,8 +36,16 @@ def _stamp(value: Any) -> str:
     return time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(float(value)))
 
 
+def printable(text: str) -> str:
+    """`text` with control characters escaped (`\\x1b`): a terminal is a sink too, and a
+    remote MX's reply text reaches this table."""
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+
+
 def _text(value: Any) -> str:
-    return "" if value is None else str(value)
+    return "" if value is None else printable(str(value))
 
 
 _PMTA: dict[str, tuple[Column, ...]] = {
@@ -159,6 +167,8 @@ def render_text(command: str, data: Any, message: str = "", errors: bool = False
         return _render_status(data)
     if command in _PMTA and isinstance(data, list):
         text = pmta_table(_prepared(command, data, errors), _PMTA[command])
+        if command.endswith("queues") and any("rcptEvents" in row for row in data):
+            text += "\n\n" + _rcpt_events(data)
         return f"{text}\n\n{message}" if message else text
     if command == "list" and isinstance(data, dict):
         shown = data.get("columns", {})
@@ -179,6 +189,32 @@ def render_text(command: str, data: Any, message: str = "", errors: bool = False
     if message:
         return message
     return _render_mapping(data) if isinstance(data, dict) else str(data)
+
+
+#: Recipient events `show queues` prints (PowerMTA's last 50), newest first.
+MAX_EVENTS_SHOWN = 50
+
+
+def _rcpt_events(rows: list[dict[str, Any]]) -> str:
+    """PowerMTA's "Recipient Events" section: the shown queues' latest events."""
+    events = sorted(
+        (e for row in rows for e in row.get("rcptEvents", ())), key=lambda e: -e["time"]
+    )
+    counts = {kind: sum(1 for e in events if e["type"] == kind) for kind in
+              ("delivered", "bounced", "deferred")}  # fmt: skip
+    title = (
+        f"Recipient Events (deliveries:{counts['delivered']}, bounces:{counts['bounced']}, "
+        f"deferrals:{counts['deferred']})"
+    )
+    lines = [title, "-" * len(title)]
+    for e in events[:MAX_EVENTS_SHOWN]:
+        lines.append(
+            " | ".join(
+                printable(str(v)) for v in (e["type"], _stamp(e["time"]), e["source_ip"],
+                                            e["rcpt"], e["job"], e["destination_ip"], e["diag"])
+            )  # fmt: skip
+        )
+    return "\n".join(lines)
 
 
 def _render_settings(data: Mapping[str, Any]) -> str:

@@ -236,6 +236,13 @@ class Commands:
             errors="errors" in options,
         )
         shown = _top(rows, options.get("sort", sort), options.get("maxitems"))
+        recent = getattr(self.traffic, "recent", {})
+        for row in shown:  # PowerMTA's recipient events and recorded errors, per queue
+            events = recent.get(row["name"])
+            if "no-rcpt-events" not in options:
+                row["rcptEvents"] = [_jsonable(e) for e in events.rcpt] if events else []
+            if "errors" in options:
+                row["errors"] = [_jsonable(e) for e in events.errors] if events else []
         return shown, f"{len(shown)} of {len(rows)} queues shown."
 
     async def _show_topqueues(self, command: Command) -> tuple[Any, str]:
