@@ -1,6 +1,7 @@
-"""What the commands ask of the scheduler, on a `task.Clock`: `delete` selections keep the
-rest in place, `set priority` orders a queue, `schedule` leaves `start_time` mail alone,
-and `trace` gets the transcript of the next session."""
+"""What the commands ask of the scheduler and the delivery side, on a `task.Clock`:
+`delete` selections keep the rest in place, `set priority` orders a queue, `schedule`
+leaves `start_time` mail alone, and `trace` gets the transcript of the next session
+(also written in full to the mail log)."""
 
 from __future__ import annotations
 
@@ -8,9 +9,12 @@ from pathlib import Path
 
 import attrs
 from test_scheduler import World
-from twisted.internet import defer
+from twisted.internet import defer, task
 
+from mtaserver.config.model import DomainSettings
+from mtaserver.maillog import MailLog
 from mtaserver.queue.control import RecipientFilter, TraceRequest
+from mtaserver.smtp.deliverer import traced
 from mtaserver.smtp_reply import Reply
 
 
@@ -80,3 +84,25 @@ def test_trace_takes_the_next_session_of_a_matching_queue(tmp_path: Path) -> Non
     assert any(t.startswith("delivered ") and "ok@a.test" in t for t in texts)
     assert not any("ok@b.test" in t for t in texts)
     assert world.scheduler.traces == []
+
+
+def test_a_traced_session_is_logged_in_full_to_the_mail_log_too() -> None:
+    """trace turns the domain's log switches on for its session: the mail log and the
+    transcript get every line (AUTH masked), message data excepted."""
+    logged: list[tuple[str, str]] = []
+
+    class Sink(MailLog):
+        def emit(self, tag: str, text: str) -> None:
+            logged.append((tag, text))
+
+    transcript: list[str] = []
+    trace = traced(Sink(task.Clock()), "a.test/v", DomainSettings(), transcript.append)
+    trace.connecting("mx.a.test", "192.0.2.1", 25, None)
+    trace.sent(["EHLO me.test", "AUTH PLAIN c2VjcmV0"])
+    trace.replied(250, ("ok",))
+    trace.body(b"Subject: secret\r\n\r\nbody\r\n")
+    assert [text for _, text in logged] == transcript
+    assert {tag for tag, _ in logged} == {"trace"}
+    assert "<<< EHLO me.test" in transcript and ">>> 250 ok" in transcript
+    assert not any("c2VjcmV0" in line or "Subject" in line for line in transcript)
+    assert any(line.startswith("connecting to mx.a.test [192.0.2.1]:25") for line in transcript)
