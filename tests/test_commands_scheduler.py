@@ -106,3 +106,15 @@ def test_a_traced_session_is_logged_in_full_to_the_mail_log_too() -> None:
     assert "<<< EHLO me.test" in transcript and ">>> 250 ok" in transcript
     assert not any("c2VjcmV0" in line or "Subject" in line for line in transcript)
     assert any(line.startswith("connecting to mx.a.test [192.0.2.1]:25") for line in transcript)
+
+
+def test_new_mail_goes_before_a_lower_set_priority(tmp_path: Path) -> None:
+    """After set priority 10, mail queued later (unset: 50) is delivered before it."""
+    world = World(tmp_path)
+    world.scheduler.pause("a.test")
+    low = world.submit("ok1@a.test")
+    assert world.scheduler.control.set_message_priority(RecipientFilter(rcpt="ok1@a.test"), 10)
+    later = world.submit("ok2@a.test")
+    world.scheduler.resume("a.test")
+    sent = [msg_id for session in world.deliverer.sessions for msg_id, _ in session]
+    assert sent == [later, low]

@@ -265,6 +265,8 @@ class Scheduler:
         if envelope.recipient_priorities:
             self.recipient_priorities = True
             self.order_ready(queue)
+        elif self.priorities:  # `set priority`: new mail (50) goes before lower priorities
+            self.order_ready(queue)
         self.arm_timer(queue)
         self._pump(queue)
 
@@ -812,6 +814,7 @@ class Scheduler:
                 continue
             queue.held = [i for i in queue.held if self.job_paused(i.msg_id)]
             queue.ready.extend(held)
+            self.order_ready(queue)
             self._pump(queue)
         return self._job_recipients(job)
 
