@@ -31,7 +31,7 @@ from mtaserver.config import ConfigError
 from mtaserver.config.model import Listener
 from mtaserver.config.reload import ConfigHolder
 from mtaserver.events import Envelope
-from mtaserver.http.listen import InsecureListenerError
+from mtaserver.http.listen import InsecureListenerError, check_http_certificates
 from mtaserver.http.mgmt import make_mgmt_service
 from mtaserver.http.transmissions import make_transmissions_services
 from mtaserver.maillog import MailLogService
@@ -171,6 +171,7 @@ def compose(holder: ConfigHolder, reactor: Any) -> MultiService:
         return deferToThreadPool(reactor, pool, work)
 
     install_sighup(holder, reactor, run_in_thread)
+    holder.check_at_start(check_http_certificates)  # `test config` refuses what start does
 
     # The operator's mail log (`log-file`) first: everything after may write to it.
     maillog_service = MailLogService(holder, reactor, run_in_thread)

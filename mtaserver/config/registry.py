@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import email.utils
 import re
+import shlex
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -83,6 +84,19 @@ def _listener_arg(text: str) -> tuple[v.HostPort, str | None]:
     if option and not (option.startswith("source=") and v.parse_name(option[7:])):
         raise ValueError(f"expected IP:PORT [source=NAME], e.g. 0/0:25 source=mta1, not {text!r}")
     return v.parse_host_port(address), (option[7:] if option else None)
+
+
+def _acct_file_arg(text: str) -> str:
+    """`<acct-file PATH>` or `<acct-file |COMMAND ARGS>` (a pipe: the command must be there)."""
+    path = v.parse_string(text)
+    if path.startswith("|"):
+        try:
+            words = shlex.split(path[1:])
+        except ValueError as exc:
+            raise ValueError(f"cannot split the command {path[1:]!r}: {exc}") from None
+        if not words:
+            raise ValueError("expected a command after |, e.g. |/usr/local/bin/acct-etl --x")
+    return path
 
 
 def _host_port_arg(text: str) -> str:
@@ -230,7 +244,7 @@ SCOPES: Mapping[str, Callable[[str], str]] = {
     VMTA_POOL: v.parse_name,
     DOMAIN: v.parse_domain_pattern,
     PATTERN_LIST: v.parse_name,
-    ACCT_FILE: _path,
+    ACCT_FILE: _acct_file_arg,
     API_LISTENER: _host_port_arg,
     API: _no_arg,
     SMTP_LISTENER: _host_port_arg,

@@ -66,6 +66,7 @@ class ConfigHolder:
         self.config = config
         self._listeners: list[ReloadListener] = []
         self._checks: list[ReloadCheck] = []
+        self._start_checks: list[ReloadCheck] = []
         #: What the last successful reload changed but could not apply.
         self.last_restart_only: list[str] = []
 
@@ -81,12 +82,25 @@ class ConfigHolder:
         """Refuse a reload for which `check(new)` finds problems (called off the reactor)."""
         self._checks.append(check)
 
-    def load_checked(self, path: str) -> Config:
-        """Load `path` and run every service check: what reload and startup accept.
+    def check_at_start(self, check: ReloadCheck) -> None:
+        """A check that refuses a start (and `test config`), not a reload.
 
-        `test config` calls this too, so a config it passes always starts and reloads.
+        For what a reload deliberately survives: a certificate file that does not load
+        is logged at reload and the old one kept, but a server cannot start without it.
         """
-        return self._load(path)
+        self._start_checks.append(check)
+
+    def load_checked(self, path: str) -> Config:
+        """Load `path` and run every service check: what startup accepts.
+
+        `test config` calls this, so a config it passes always starts (and reloads: the
+        start checks are the reload checks and a few more).
+        """
+        new = self._load(path)
+        problems = [problem for check in self._start_checks for problem in check(new)]
+        if problems:
+            raise ConfigError(problems)
+        return new
 
     def _load(self, path: str) -> Config:
         """Load and check `path`; raises ConfigError with every problem."""

@@ -19,6 +19,7 @@ from collections.abc import Callable
 from functools import partial
 from typing import Any
 
+from OpenSSL import SSL, crypto
 from twisted.application.internet import StreamServerEndpointService
 from twisted.application.service import MultiService
 from twisted.internet import ssl
@@ -30,6 +31,7 @@ from twisted.web.resource import IResource
 from twisted.web.server import Site
 from zope.interface import implementer
 
+from mtaserver.config.grammar import ConfigProblem
 from mtaserver.config.model import Config, Listener
 from mtaserver.config.reload import ConfigHolder
 from mtaserver.config.values import HostPort
@@ -44,17 +46,37 @@ class InsecureListenerError(Exception):
 
 
 def tls_options_from_pem(pem_path: str) -> ssl.CertificateOptions:
-    """Server TLS options from one PEM with the key and the certificate chain."""
+    """Server TLS options from one PEM with the key and the certificate chain.
+
+    A file that is not such a PEM is a ValueError naming it (OpenSSL's own error is no
+    reason a start-up should end in a traceback).
+    """
     with open(pem_path, "rb") as stream:
         pem = stream.read()
-    certificate = ssl.PrivateCertificate.loadPEM(pem)
-    chain = [ssl.Certificate.loadPEM(block).original for block in _pem_certificates(pem)[1:]]
+    try:
+        certificate = ssl.PrivateCertificate.loadPEM(pem)
+        chain = [ssl.Certificate.loadPEM(block).original for block in _pem_certificates(pem)[1:]]
+    except (crypto.Error, SSL.Error, ValueError) as exc:
+        raise ValueError(f"{pem_path}: not a PEM private key and certificate ({exc})") from None
     return ssl.CertificateOptions(
         privateKey=certificate.privateKey.original,
         certificate=certificate.original,
         extraCertChain=chain or None,
         raiseMinimumTo=ssl.TLSVersion.TLSv1_2,
     )
+
+
+def check_http_certificates(config: Config) -> list[ConfigProblem]:
+    """The management and API ports' certificates load (a start check: `test config`)."""
+    paths = [config.settings.http_mgmt_tls_certificate]
+    paths += [listener.tls_certificate for listener in config.api_listeners]
+    problems = []
+    for path in filter(None, paths):
+        try:
+            tls_options_from_pem(path)
+        except (OSError, ValueError) as exc:
+            problems.append(ConfigProblem(config.path, 0, str(exc)))
+    return problems
 
 
 def _pem_certificates(pem: bytes) -> list[bytes]:

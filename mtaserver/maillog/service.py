@@ -13,12 +13,14 @@ synchronously after the reactor stops, when the thread pool may be gone.
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 from twisted.application.service import Service
 from twisted.internet import defer, task
 from twisted.logger import Logger
 
+from mtaserver.config.grammar import ConfigProblem
 from mtaserver.config.model import Config
 from mtaserver.config.reload import ConfigHolder
 from mtaserver.maillog.log import MailLog
@@ -56,6 +58,8 @@ class MailLogService(Service):
         self._size_check.clock = reactor
         self._apply(holder.config, starting=True)
         holder.on_reload(lambda old, new: self._apply(new))
+        if owner:
+            holder.check_at_start(check_log_file)
 
     def _apply(self, config: Config, starting: bool = False) -> None:
         settings = config.settings
@@ -119,3 +123,31 @@ class MailLogService(Service):
     def _check_size(self) -> None:
         if self.maillog.file is not None:
             self.maillog.file.check_size()
+
+
+def check_log_file(config: Config) -> list[ConfigProblem]:
+    """`log-file` can be opened as a start would open it (a start check: `test config`).
+
+    Without side effects: the path, if it exists, must be a writable file; else its
+    nearest existing ancestor must be a writable directory (a start makes the rest).
+    """
+    path = config.settings.log_file
+    if path is None:
+        return []
+    problem = None
+    if os.path.exists(path):
+        if not os.path.isfile(path):
+            problem = "not a file"
+        elif not os.access(path, os.W_OK):
+            problem = "not writable"
+    else:
+        ancestor = os.path.dirname(os.path.abspath(path))
+        while not os.path.exists(ancestor):
+            ancestor = os.path.dirname(ancestor)
+        if not os.path.isdir(ancestor):
+            problem = f"{ancestor} is not a directory"
+        elif not os.access(ancestor, os.W_OK | os.X_OK):
+            problem = f"cannot create it under {ancestor}"
+    if problem is None:
+        return []
+    return [ConfigProblem(config.path, 0, f"log-file {path}: {problem}")]

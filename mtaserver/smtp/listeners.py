@@ -23,6 +23,7 @@ from twisted.internet import ssl
 from twisted.internet.defer import Deferred, gatherResults, succeed
 from twisted.logger import Logger
 
+from mtaserver.config.grammar import ConfigProblem
 from mtaserver.config.model import Config, Listener, TlsPolicy
 from mtaserver.config.reload import ConfigHolder
 from mtaserver.config.values import HostPort
@@ -48,6 +49,24 @@ def tls_policy_of(listener: Listener, config: Config) -> TlsPolicy:
     return listener.tls or config.settings.smtp_server_tls
 
 
+def check_listener_certificates(config: Config) -> list[ConfigProblem]:
+    """Each SMTP listener's STARTTLS certificate loads (a start check: `test config`).
+
+    Not a reload check: a reload keeps a listener's old certificate when the new file
+    does not load (see `SmtpListeners.apply`).
+    """
+    problems = []
+    for listener in config.settings.smtp_listener:
+        pem = certificate_of(listener, config)
+        try:
+            _load(pem, tls_policy_of(listener, config))
+        except (TlsConfigError, OSError) as exc:
+            problems.append(
+                ConfigProblem(config.path, 0, f"smtp-listener {listener.address}: {exc}")
+            )
+    return problems
+
+
 class SmtpListeners(MultiService):
     """One `SmtpListenerService` per configured address, re-bound on reload."""
 
@@ -63,6 +82,7 @@ class SmtpListeners(MultiService):
         for listener in holder.config.settings.smtp_listener:
             self._bind(listener, None)
         holder.on_reload(self.reloaded)
+        holder.check_at_start(check_listener_certificates)
 
     def reloaded(self, old: Config, new: Config) -> None:
         """A reload listener: see `apply`."""

@@ -21,6 +21,7 @@ from functools import partial
 from typing import Any
 
 import attrs
+from OpenSSL import SSL, crypto
 from twisted.application.service import Service
 from twisted.internet import defer
 from twisted.logger import Logger
@@ -54,7 +55,7 @@ def webhook_files(acct: AcctFileSettings) -> WebhookFiles:
     try:
         policy = policy_from_files(acct.http_webhook_ca_file, acct.http_webhook_certificate)
         extra = read_extra_headers(acct.http_webhook_extra_headers)
-    except (OSError, ValueError) as e:
+    except (OSError, ValueError, crypto.Error, SSL.Error) as e:  # OpenSSL: a bad PEM
         raise ValueError(f"<acct-file {acct.path}> webhook: {e}") from e
     return policy, extra
 
