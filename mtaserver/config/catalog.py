@@ -109,6 +109,18 @@ def _emails(text: str) -> tuple[str, ...]:
     return tuple(v.parse_email(w) for w in words)
 
 
+def _global_source_host(text: str) -> v.SourceHost | None:
+    """`IP HOSTNAME`, or `CIDR HOSTNAME` (None for a range: not expanded yet; warned)."""
+    parts = text.split()
+    if len(parts) == 2 and "/" in parts[0]:
+        network = v.parse_cidr(parts[0])
+        v.parse_hostname(parts[1])
+        if network.num_addresses > 1:
+            return None
+        return v.SourceHost(str(network.network_address), v.parse_hostname(parts[1]))
+    return v.parse_source_host(text)
+
+
 def _names(text: str) -> tuple[str, ...]:
     words = tuple(w for w in re.split(r"[,\s]+", text.strip()) if w)
     if not words:
@@ -386,7 +398,7 @@ FORMS: Mapping[str, tuple[Parser, str]] = {
     "dkim-headers": (_dkim_headers, "header names or /REGEX/ (a, /b/)"),
     "rewrite-from-domain": (_rewrite_from_domain, "DOMAIN-PATTERN DOMAIN"),
     "source-host": (v.parse_source_host, "IP HOSTNAME"),
-    "cidr-host": (_two_words("10/8 mail.example.com"), "CIDR HOSTNAME"),
+    "global-source-host": (_global_source_host, "IP HOSTNAME (or CIDR HOSTNAME)"),
     "domain-key": (v.parse_domain_key, "SELECTOR,DOMAIN,KEYFILE"),
     "macro": (_macro, "NAME DOMAIN-LIST"),
     "category-pattern": (_category_pattern, "/REGEX/ CATEGORY"),
@@ -502,10 +514,18 @@ _add(
 _add(
     "smtp-source-host",
     G,
-    "cidr-host",
+    "global-source-host",
     "",
-    Y,
-    "outbound source addresses come from <virtual-mta> smtp-source-host only",
+    IMPLEMENTED,
+    "the source IP and EHLO name of the {default} queues and of each <virtual-mta> "
+    "without its own (in turn); a CIDR range is not yet expanded (a warning)",
+    repeatable=True,
+    caveat=lambda text: (
+        None
+        if _global_source_host(text) is not None
+        else "smtp-source-host CIDR is not yet implemented: a range is not expanded to the "
+        "host's addresses; give each IP on its own line (this line is ignored)"
+    ),
 )
 _add("alias", G, "rewrite", "", Y, "local aliases are not expanded", repeatable=True)
 _add(
@@ -1094,6 +1114,14 @@ _add(
     repeatable=True,
 )
 _add(
+    "max-msg-per-hour backoff-max-msg-per-hour",
+    D,
+    "int",
+    "unlimited",
+    IMPLEMENTED,
+    "deprecated: N is max-msg-rate (backoff-max-msg-rate) N/h, unless that is set",
+)
+_add(
     "max-smtp-out-per-source-ip",
     D,
     "cidr-int",
@@ -1125,7 +1153,23 @@ _add(
     "assumed); no: retried (the message may arrive twice)",
 )
 _add("disable-mx-rollup", D, "bool", "false", N, "queues are never rolled up by MX")
-_add("use-dane", D, "bool", "true", Y, "no DANE")
+_add(
+    "use-dane",
+    D,
+    "bool",
+    "true",
+    Y,
+    "no DANE: TLSA records are not looked up; STARTTLS follows use-starttls and require-starttls",
+)
+_add(
+    "use-mta-sts",
+    D,
+    "bool",
+    "false",
+    Y,
+    "no MTA-STS (PowerMTA 5.5): policies are not fetched; STARTTLS follows use-starttls "
+    "and require-starttls",
+)
 _add("reuse-ssl-session", D, "bool", "false", Y, "TLS sessions are not resumed")
 _add(
     "smtp-tls-allow-tlsv1 smtp-tls-allow-tlsv1.1 smtp-tls-allow-tlsv1.2 smtp-tls-allow-sslv3",

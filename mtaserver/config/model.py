@@ -538,6 +538,8 @@ class GlobalSettings:
     smtp_listener: tuple[Listener, ...] = ()
     smtp_server_tls_certificate: str | None = None
     smtp_server_tls: TlsPolicy = TlsPolicy()  # `smtp-server-tls-allow-*`, `-ciphers`
+    #: Global `smtp-source-host`: {default}'s sources, and those of vmtas without their own.
+    smtp_source_host: tuple[SourceHost | None, ...] = ()
     name_server: tuple[HostPort, ...] = ()
     relay_domain: tuple[str, ...] = ()
     total_max_smtp_out: int = 1000
@@ -584,6 +586,18 @@ def build(cls: type[Any], layers: list[Layer], **fixed: Any) -> Any:
         merged.update((k, val) for k, val in layer.items() if k in names)
     merged.update(fixed)
     return cls(**merged)
+
+
+def _per_hour(layer: Layer) -> Layer:
+    """`max-msg-per-hour N` (deprecated) is `max-msg-rate N/h` where that is not set."""
+    extra = {}
+    for old, new in (
+        ("max_msg_per_hour", "max_msg_rate"),
+        ("backoff_max_msg_per_hour", "backoff_max_msg_rate"),
+    ):
+        if old in layer and new not in layer:
+            extra[new] = Rate(layer[old], 3600.0) if layer[old] > 0 else None
+    return {**layer, **extra} if extra else layer
 
 
 def domain_matches(pattern: str, domain: str) -> bool:
@@ -691,6 +705,7 @@ class Config:
             vmta_keys = self.vmtas[vmta].domain_key if vmta and vmta in self.vmtas else ()
             pool_keys = self.vmta_pools[pool].domain_key if pool and pool in self.vmta_pools else ()
             keys = vmta_keys + pool_keys
+            layers = [_per_hour(layer) for layer in layers]
             # `route` is the deprecated name of smtp-hosts, in the scope that says it
             layers = [
                 {**layer, "smtp_hosts": layer["route"]}
@@ -712,6 +727,13 @@ class Config:
             )
         result: DomainSettings = self._cache[key]
         return result
+
+    def source_hosts(self, vmta_name: str | None) -> tuple[SourceHost, ...]:
+        """The sources (IP, EHLO name) of a vmta: its own, else the global ones."""
+        vmta = self.vmtas.get(vmta_name or "")
+        if vmta is not None and vmta.smtp_source_host:
+            return vmta.smtp_source_host
+        return tuple(h for h in self.settings.smtp_source_host if h is not None)
 
     def bounce_category(self, status: str, diag: str) -> str:
         """The category the first `<bounce-category-patterns>` line matching gives, or ""."""

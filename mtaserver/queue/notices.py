@@ -132,8 +132,7 @@ class QueueNotices(Service):
                 or not self._settings(queue).backoff_upon_all_sources_disabled
             ):
                 continue
-            vmta = config.vmtas.get(queue.vmta)
-            hosts = vmta.smtp_source_host if vmta is not None else ()
+            hosts = config.source_hosts(queue.vmta)
             keys = {source_key(h) for h in hosts} or {source_key(None)}
             if all((name, key) in disabled for key in keys):
                 log.info("queue {queue}: every source disabled, backoff mode", queue=name)

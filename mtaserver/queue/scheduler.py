@@ -417,8 +417,8 @@ class Scheduler:
         has disabled every source of the queue (it wakes when the first is enabled), or
         the per-IP limits hold every other one back (`source-ip-max-smtp-out`: a session's
         end wakes it; `source-ip-max-connect-rate` and `-msg-rate`: a timer does)."""
-        vmta = self.holder.config.vmtas.get(queue.vmta)
-        hosts: Sequence[SourceHost] = vmta.smtp_source_host if vmta is not None else ()
+        # the vmta's smtp-source-host lines, else the global ones
+        hosts: Sequence[SourceHost] = self.holder.config.source_hosts(queue.vmta)
         if self.traces:  # `trace --source-ip`: the traced session uses that source
             hosts = self._traced_sources(queue, hosts)
         now = self.clock.seconds()
@@ -923,8 +923,7 @@ class Scheduler:
 
     def source_keys(self, vmta_name: str) -> list[str]:
         """The source keys of a vmta's sessions (`default` without smtp-source-host)."""
-        vmta = self.holder.config.vmtas.get(vmta_name)
-        hosts = vmta.smtp_source_host if vmta is not None else ()
+        hosts = self.holder.config.source_hosts(vmta_name)
         return [source_key(host) for host in hosts] or [DEFAULT_SOURCE]
 
     def disable_sources(self, pattern: str, ip: str, after: float | None) -> list[str]:

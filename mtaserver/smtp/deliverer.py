@@ -35,6 +35,7 @@ from mtaserver.smtp_reply import Reply
 
 log = Logger()
 
+
 class _Transcript:
     """A mail log sink that also hands each line to a `trace` command's transcript."""
 
@@ -94,11 +95,12 @@ class SmtpDeliverer:
         default_name = (vmta.host_name if vmta and vmta.host_name else None) or (
             config.settings.host_name
         )
-        if vmta is None or not vmta.smtp_source_host:
+        hosts = config.source_hosts(vmta_name)  # its own, else the global smtp-source-host
+        if not hosts:
             return None, default_name
-        key = (vmta_name, vmta.smtp_source_host)
+        key = (vmta_name, hosts)
         if key not in self._source_cycles:
-            self._source_cycles[key] = itertools.cycle(vmta.smtp_source_host)
+            self._source_cycles[key] = itertools.cycle(hosts)
         source = next(self._source_cycles[key])
         return source.ip, source.host_name
 
