@@ -141,3 +141,42 @@ def test_tls_policy_layers(tmp_path: Path) -> None:
     assert config.domain_settings("x.test").smtp_tls.allow == {"tlsv1.1", "tlsv1.2"}
     old = config.domain_settings("old.test").smtp_tls
     assert old.allow == {"tlsv1", "tlsv1.1", "tlsv1.2"} and old.ciphers == "HIGH"
+
+
+def test_smtp_tls_ca_file_verifies_the_mx(tmp_path: Path, ca: trustme.CA) -> None:
+    """require-starttls with smtp-tls-ca-file trusts that CA; without it, the MX is refused."""
+    ca.cert_pem.write_to_path(str(tmp_path / "ca.pem"))
+    port = free_port()
+    with Receiver(tls_cert=ca.issue_cert("127.0.0.1"), require_tls=True) as mx:
+        config = relay_config(
+            tmp_path,
+            port,
+            acct_file(tmp_path / "acct.csv"),
+            domain(f"smtp-hosts [127.0.0.1]:{mx.port}\nretry-after 1h\nrequire-starttls yes"),
+            domain(f"smtp-tls-ca-file {tmp_path}/ca.pem", name="private.test"),
+        )
+        with ServerProcess(tmp_path, config, wait_ports=(port,)):
+            with smtplib.SMTP("127.0.0.1", port, timeout=30) as smtp:
+                smtp.sendmail(
+                    "s@src.test", ["a@private.test", "b@public.test"], b"Subject: x\r\n\r\nx\r\n"
+                )
+
+            def outcome() -> dict[str, str]:
+                rows = read_acct(tmp_path / "acct.csv", "d,b,t,tq")
+                return {r["rcpt"] or r["queue"]: r["type"] for r in rows}
+
+            assert wait_until(
+                lambda: "a@private.test" in outcome() and "public.test/{default}" in outcome()
+            )
+    assert outcome()["a@private.test"] == "d"
+    assert "b@public.test" not in outcome() or outcome()["b@public.test"] != "d"
+    assert [m.rcpt_tos for m in mx.messages if m.tls] == [["a@private.test"]]
+
+
+def test_smtp_tls_ca_file_without_a_certificate_is_an_error(tmp_path: Path) -> None:
+    """An smtp-tls-ca-file holding no PEM certificate is refused at load."""
+    (tmp_path / "empty.pem").write_text("nothing here\n")
+    text = f"<domain *>\n smtp-tls-ca-file {tmp_path}/empty.pem\n</domain>\n"
+    assert errors(tmp_path, text) == [
+        f"smtp-tls-ca-file {tmp_path}/empty.pem: no PEM certificate in it"
+    ]

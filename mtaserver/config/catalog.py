@@ -1179,7 +1179,14 @@ _add(
     IMPLEMENTED,
     "STARTTLS to the MX: " + _TLS_VERSIONS_REASON,
 )
-_add("smtp-tls-ca-file", D, "file", "", Y, "STARTTLS peers are not verified (opportunistic)")
+_add(
+    "smtp-tls-ca-file",
+    D,
+    "file",
+    "the system CAs",
+    IMPLEMENTED,
+    "the CAs (PEM) an MX certificate must chain to under require-starttls",
+)
 _add(
     "smtp-tls-ciphers",
     D,

@@ -192,6 +192,7 @@ class _Loader:
             "http-delivery-extra-headers",
             "http-webhook-extra-headers",
             "address-file",
+            "smtp-tls-ca-file",
         }
         if node.name in files:
             self.files_to_check.append((value, node.file, node.line))
@@ -234,6 +235,7 @@ def load_config(path: str) -> Config:
     loader.walk(nodes, reg.GLOBAL, loader.global_layer)
     loader.check_references()
     config = _assemble(loader, path, files, nodes)
+    config = attrs.evolve(config, ca_pems=_read_ca_files(loader, config))
     check_targets(nodes, config, loader.problems)
     _check_http_listeners(loader, nodes, config)
     order = {name: index for index, name in enumerate([path, *files])}
@@ -352,6 +354,26 @@ def _assemble(loader: _Loader, path: str, files: list[str], nodes: list[Node]) -
         api=api,
         report_processors=processors,
     )
+
+
+def _read_ca_files(loader: _Loader, config: Config) -> dict[str, bytes]:
+    """The PEM of each `smtp-tls-ca-file` (a file without a certificate is an error)."""
+    layers = list(config.domains.values())
+    layers += [layer for vmta in config.vmtas.values() for layer in vmta.domains.values()]
+    layers += [layer for pool in config.vmta_pools.values() for layer in pool.domains.values()]
+    pems: dict[str, bytes] = {}
+    for ca_file in {layer["smtp_tls_ca_file"] for layer in layers if "smtp_tls_ca_file" in layer}:
+        try:
+            with open(ca_file, "rb") as stream:
+                pem = stream.read()
+        except OSError:
+            continue  # check_references reports it
+        if b"-----BEGIN CERTIFICATE-----" not in pem:
+            message = f"smtp-tls-ca-file {ca_file}: no PEM certificate in it"
+            loader.problems.append(ConfigProblem(config.path, 0, message))
+            continue
+        pems[ca_file] = pem
+    return pems
 
 
 def _spool_scope(loader: _Loader, nodes: list[Node]) -> None:

@@ -206,6 +206,8 @@ class DomainSettings:
     smtp_data_termination_timeout: float | None = None
     assume_delivery_upon_data_termination_timeout: bool = False
     smtp_tls: TlsPolicy = TlsPolicy()  # STARTTLS to the MX: `smtp-tls-allow-*`, ciphers
+    smtp_tls_ca_file: str | None = None  # CAs for require-starttls (else the system's)
+    smtp_tls_ca: bytes | None = None  # that file's PEM, read when the config was loaded
     #: The queue's virtual MTA's (else pool's) `rewrite-list`: MAIL FROM on the wire and
     #: the From domains, rewritten at delivery.
     rewrite_list: str | None = None
@@ -638,6 +640,8 @@ class Config:
     pattern_lists: Mapping[str, SmtpPatternList] = attrs.field(factory=dict)
     routing_patterns: Mapping[str, RoutingPatternList] = attrs.field(factory=dict)
     rewrite_lists: Mapping[str, RewriteList] = attrs.field(factory=dict)
+    #: Each `smtp-tls-ca-file`'s PEM certificates, read (in the loading thread) at load.
+    ca_pems: Mapping[str, bytes] = attrs.field(factory=dict)
     #: `<domain-key-list NAME>`: keys an X-DKIM-Options `key-list=NAME` signs with.
     domain_key_lists: Mapping[str, tuple[DomainKey, ...]] = attrs.field(factory=dict)
     #: `<bounce-category-patterns>`: (regex, category) tried before the built-in rules.
@@ -725,6 +729,11 @@ class Config:
                 smtp_tls=smtp_tls,
                 rewrite_list=vmta_rewrites or pool_rewrites,
             )
+            ca_file = self._cache[key].smtp_tls_ca_file
+            if ca_file is not None:
+                self._cache[key] = attrs.evolve(
+                    self._cache[key], smtp_tls_ca=self.ca_pems.get(ca_file)
+                )
         result: DomainSettings = self._cache[key]
         return result
 

@@ -23,7 +23,7 @@ from mtaserver.config.model import DomainSettings
 from mtaserver.maillog.log import OFF_OUTBOUND, OutboundTrace
 from mtaserver.queue.delivery import ConnectionInfo, Transaction
 from mtaserver.smtp.client_protocol import Broken, ReplyProtocol, make_reply, parse_ehlo
-from mtaserver.smtp.client_tls import tls_creator
+from mtaserver.smtp.client_tls import ca_trust_root, tls_creator
 from mtaserver.smtp.client_wire import (
     auth_plain,
     encode_data,
@@ -271,6 +271,8 @@ class Session:
                 polite=False,
             )
         assert self.proto.transport is not None
+        if self.settings.smtp_tls_ca is not None:  # `smtp-tls-ca-file`
+            trust_root = ca_trust_root(self.settings.smtp_tls_ca)
         creator = tls_creator(self.target.host, required, trust_root, self.settings.smtp_tls)
         self.proto.transport.startTLS(creator)  # type: ignore[attr-defined]
         # Forget everything learned in plaintext (RFC 3207 section 4.2).

@@ -12,18 +12,32 @@ always sent for a host name.
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 from typing import Any
 
 from OpenSSL import SSL
 from twisted.internet.interfaces import IOpenSSLClientConnectionCreator
-from twisted.internet.ssl import CertificateOptions, optionsForClientTLS
+from twisted.internet.ssl import (
+    Certificate,
+    CertificateOptions,
+    optionsForClientTLS,
+    trustRootFromCertificates,
+)
 from zope.interface import implementer
 
 from mtaserver.config.model import TlsPolicy
 from mtaserver.smtp.tls import certificate_options, restrict_context
 
-__all__ = ["OpportunisticTLS", "tls_creator"]
+__all__ = ["OpportunisticTLS", "ca_trust_root", "tls_creator"]
+
+
+@functools.lru_cache(maxsize=64)
+def ca_trust_root(pem: bytes) -> Any:
+    """A trust root of the certificates in `pem` (`smtp-tls-ca-file`, read at config load)."""
+    marker = b"-----BEGIN CERTIFICATE-----"
+    certificates = [Certificate.loadPEM(marker + part) for part in pem.split(marker)[1:]]
+    return trustRootFromCertificates(certificates)
 
 
 @implementer(IOpenSSLClientConnectionCreator)
