@@ -11,6 +11,7 @@ from __future__ import annotations
 import smtplib
 from pathlib import Path
 
+import pytest
 from mx_receiver import Receiver
 from server_configs import acct_file, domain, relay_config
 from server_process import ServerProcess, free_port, read_acct, wait_until
@@ -89,3 +90,45 @@ def test_dane_and_mta_sts_are_recognised_not_yet(tmp_path: Path) -> None:
     messages = [w.message for w in config.warnings]
     assert [m.split(" ")[0] for m in messages] == ["use-dane", "use-mta-sts"]
     assert all("is not yet implemented" in m and "require-starttls" in m for m in messages)
+
+
+def test_disconnect_on_transient_error_closes_instead_of_4xx(tmp_path: Path) -> None:
+    """With disconnect-on-transient-error a 452 (too many recipients) closes the session."""
+    for flag, expect_close in (("no", False), ("yes", True)):
+        port = free_port()
+        base = tmp_path / flag
+        base.mkdir()
+        config = relay_config(
+            base,
+            port,
+            domain("type discard"),
+            source=f"max-rcpt-per-message 1\ndisconnect-on-transient-error {flag}",
+        )
+        server = ServerProcess(base, config, wait_ports=(port,))
+        with server, smtplib.SMTP("127.0.0.1", port, timeout=30) as client:
+            client.ehlo()
+            assert client.mail("s@src.test")[0] == 250
+            assert client.rcpt("a@dst.test")[0] == 250
+            if expect_close:
+                with pytest.raises(smtplib.SMTPServerDisconnected):
+                    client.rcpt("b@dst.test")
+            else:
+                assert client.rcpt("b@dst.test")[0] == 452
+
+
+def test_allow_auth_no_neither_offers_nor_takes_auth(tmp_path: Path) -> None:
+    """allow-auth no: EHLO has no AUTH line and AUTH gets 502 5.5.1, though users exist."""
+    port = free_port()
+    config = relay_config(
+        tmp_path,
+        port,
+        domain("type discard"),
+        "<smtp-user u>\n    password p\n</smtp-user>\n",
+        source="allow-auth no\nallow-unencrypted-plain-auth yes",
+    )
+    server = ServerProcess(tmp_path, config, wait_ports=(port,))
+    with server, smtplib.SMTP("127.0.0.1", port, timeout=30) as client:
+        client.ehlo()
+        assert not client.has_extn("auth")
+        code, text = client.docmd("AUTH", "PLAIN AHUAcA==")
+        assert (code, text[:5]) == (502, b"5.5.1")

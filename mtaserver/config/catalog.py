@@ -713,7 +713,14 @@ _add(
     "an added Date: is the reception time",
 )
 _add("bcc", S, "email", "", Y, "no copies are sent", repeatable=True)
-_add("allow-auth", S, "bool", "true", Y, "AUTH is offered wherever users exist")
+_add(
+    "allow-auth",
+    S,
+    "bool",
+    "true",
+    IMPLEMENTED,
+    "no: AUTH is not offered, and the AUTH command gets 502 5.5.1",
+)
 _add(
     "remove-header",
     S,
@@ -775,7 +782,14 @@ _add(
     IMPLEMENTED,
     "no: an unknown virtual MTA is replaced by invalid-virtual-mta-fallback",
 )
-_add("disconnect-on-transient-error", S, "bool", "false", Y, "a 4xx keeps the session open")
+_add(
+    "disconnect-on-transient-error",
+    S,
+    "bool",
+    "false",
+    IMPLEMENTED,
+    "yes: where a 4xx reply would be sent, the connection is closed instead",
+)
 _add("hide-message-source", S, "bool", "false", IMPLEMENTED, "Received: without the client")
 _add(
     "too-many-rcpts-fails-message",

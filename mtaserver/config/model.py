@@ -130,6 +130,8 @@ class SourceSettings:
     remove_header: tuple[tuple[str, ...], ...] = ()  # header names dropped at reception
     reject_invalid_virtual_mta: bool = True  # no: an unknown vmta becomes the fallback
     suppression_lists: tuple[str, ...] = ()  # checked at RCPT as scopes source:<name>
+    allow_auth: bool = True  # no: AUTH is neither offered nor accepted
+    disconnect_on_transient_error: bool = False  # close instead of any 4xx reply
     suppressed_recipient_action: str = "refuse"  # refuse (550 5.7.1) | drop (250 and a b record)
     suppress_local_dsn: bool = False  # no DSN of ours (failure, delay, success) for its mail
     dsn_return_default: str = "system"  # RET when MAIL gave none: headers | full | system (HDRS)

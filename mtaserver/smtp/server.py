@@ -272,6 +272,15 @@ class SmtpServerProtocol(ESMTP):
         """Send `reply`; the tenth 5xx of a session ends it (421)."""
         if self._closing:
             return
+        if 400 <= reply.code < 500 and self.session.settings.disconnect_on_transient_error:
+            # PowerMTA's `disconnect-on-transient-error`: for feeders that cannot handle 4xx
+            log.info(
+                "closing the connection of {client_ip} instead of replying {code}",
+                client_ip=self.session.client_ip,
+                code=reply.code,
+            )
+            self._close()
+            return
         self.trace.reply(reply)
         self._transport.write(b"".join(reply.lines()))
         if reply.code >= 500:
@@ -532,7 +541,7 @@ class SmtpServerProtocol(ESMTP):
         lines += ["ENHANCEDSTATUSCODES", "DSN"]
         if self._can_starttls():
             lines.append("STARTTLS")
-        if self._auth_allowed() and self._checker() is not None:
+        if settings.allow_auth and self._auth_allowed() and self._checker() is not None:
             lines.append("AUTH " + " ".join(MECHANISMS))
         return lines
 
@@ -773,6 +782,9 @@ class SmtpServerProtocol(ESMTP):
             return
         if self._txn is not None:
             self.reply(Reply(503, "5.5.1", "AUTH not allowed during a mail transaction"))
+            return
+        if not session.settings.allow_auth:  # `allow-auth no`
+            self.reply(Reply(502, "5.5.1", "AUTH not available"))
             return
         if not self._auth_allowed():
             self.reply(R.ENCRYPTION_REQUIRED)
