@@ -15,7 +15,7 @@ session of a queue, filled by the delivery side and read by the command).
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from typing import TYPE_CHECKING, Any
 
 import attrs
@@ -187,6 +187,33 @@ def _scheduled(item: WorkItem, message: MessageState | None, now: float) -> bool
     return start is not None and start > now
 
 
+def _waiting(
+    queue: Queue,
+    state: str,
+    due: float | None,
+    item: WorkItem,
+    envelope: Envelope,
+    address: str,
+    size: int = 0,
+    priority: int | None = None,
+) -> WaitingRecipient:
+    """The `WaitingRecipient` row of one recipient of a waiting item."""
+    return WaitingRecipient(
+        queue=queue.name,
+        msg_id=item.msg_id,
+        rcpt=address,
+        job=envelope.job_id or "",
+        attempts=item.failed_attempts,
+        state=state,
+        next_attempt=due,
+        orig=envelope.sender,
+        env_id=envelope.env_id or "",
+        time_queued=envelope.time_queued,
+        size=size,
+        priority=priority,
+    )
+
+
 def _view(queue: Queue, messages: Mapping[str, MessageState], now: float) -> QueueView:
     counters = queue.counters
     waiting = [messages[m].envelope for m in queue.message_ids() if m in messages]
@@ -279,39 +306,22 @@ class QueueControl:
         """Up to `limit` recipients waiting in the matching queues, and how many wait."""
         rows: list[WaitingRecipient] = []
         total = 0
-        messages = self._scheduler.messages
-        now = self._scheduler.clock.seconds()
         selection = pattern if isinstance(pattern, RecipientFilter) else RecipientFilter(pattern)
-        for queue in self._scheduler.matching(selection.queue):
-            entries = (
-                [("ready", None, item) for item in queue.ready]
-                + [("retry", due, item) for due, item in queue.retrying()]
-                + [("paused", None, item) for item in queue.held]
-            )
-            for state, due, item in entries:
-                message = messages.get(item.msg_id)
-                if message is None:
-                    continue
-                if state == "retry" and _scheduled(item, message, now):
-                    state = "scheduled"
-                for index in selection.split(message.envelope, item.rcpt_indexes):
-                    total += 1
-                    if len(rows) < limit:
-                        rows.append(
-                            WaitingRecipient(
-                                queue=queue.name,
-                                msg_id=item.msg_id,
-                                rcpt=message.envelope.recipients[index].address,
-                                job=message.envelope.job_id or "",
-                                attempts=item.failed_attempts,
-                                state=state,
-                                next_attempt=due,
-                                orig=message.envelope.sender,
-                                env_id=message.envelope.env_id or "",
-                                time_queued=message.envelope.time_queued,
-                                priority=self._scheduler.priorities.get(item.msg_id),
-                            )
+        for queue, state, due, item, message in self._waiting_items(selection.queue):
+            for index in selection.split(message.envelope, item.rcpt_indexes):
+                total += 1
+                if len(rows) < limit:
+                    rows.append(
+                        _waiting(
+                            queue,
+                            state,
+                            due,
+                            item,
+                            message.envelope,
+                            message.envelope.recipients[index].address,
+                            priority=self._scheduler.priorities.get(item.msg_id),
                         )
+                    )
         return rows, total
 
     def listing(
@@ -330,6 +340,29 @@ class QueueControl:
         rows: list[WaitingRecipient] = []
         total = 0
         per_queue: dict[str, int] = {}
+        for queue, state, due, item, message in self._waiting_items(pattern):
+            envelope = message.envelope
+            for index in item.rcpt_indexes:
+                address = envelope.recipients[index].address
+                if not select(envelope, address):
+                    continue
+                if offset <= total < offset + limit:
+                    rows.append(
+                        _waiting(queue, state, due, item, envelope, address, size=envelope.size)
+                    )
+                total += 1
+                per_queue[queue.name] = per_queue.get(queue.name, 0) + 1
+        return rows, total, per_queue
+
+    def _waiting_items(
+        self, pattern: str
+    ) -> Iterator[tuple[Queue, str, float | None, WorkItem, MessageState]]:
+        """Each waiting item of the matching queues with its state, due time and message.
+
+        Queues by name; in a queue ready, then retry in the order due, then held. A
+        retry item held for its message's `start_time` is `scheduled`; an item whose
+        message is gone is skipped.
+        """
         messages = self._scheduler.messages
         now = self._scheduler.clock.seconds()
         for queue in self._scheduler.matching(pattern):
@@ -344,30 +377,7 @@ class QueueControl:
                     continue
                 if state == "retry" and _scheduled(item, message, now):
                     state = "scheduled"
-                envelope = message.envelope
-                for index in item.rcpt_indexes:
-                    address = envelope.recipients[index].address
-                    if not select(envelope, address):
-                        continue
-                    if offset <= total < offset + limit:
-                        rows.append(
-                            WaitingRecipient(
-                                queue=queue.name,
-                                msg_id=item.msg_id,
-                                rcpt=address,
-                                job=envelope.job_id or "",
-                                attempts=item.failed_attempts,
-                                state=state,
-                                next_attempt=due,
-                                orig=envelope.sender,
-                                env_id=envelope.env_id or "",
-                                time_queued=envelope.time_queued,
-                                size=envelope.size,
-                            )
-                        )
-                    total += 1
-                    per_queue[queue.name] = per_queue.get(queue.name, 0) + 1
-        return rows, total, per_queue
+                yield queue, state, due, item, message
 
     # -- commands ------------------------------------------------------------------
 
