@@ -47,6 +47,52 @@ include conf.d/*.conf
 """
 
 
+def call(
+    port: int,
+    method: str,
+    path: str,
+    fields: dict[str, str] | None = None,
+    key: str | None = None,
+    headers: dict[str, str] | None = None,
+    timeout: float = 30,
+) -> tuple[int, Any]:
+    """One request to the management port on `port`; returns (status, decoded JSON or text)."""
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
+    headers = dict(headers or {})
+    body = None
+    if key is not None:
+        headers["X-API-Key"] = key
+    if fields is not None:
+        if method == "GET":
+            path = f"{path}?{urllib.parse.urlencode(fields)}"
+        else:
+            body = urllib.parse.urlencode(fields).encode()
+            headers["Content-Type"] = "application/x-www-form-urlencoded"
+    try:
+        connection.request(method, path, body=body, headers=headers)
+        response = connection.getresponse()
+        raw = response.read()
+    finally:
+        connection.close()
+    if response.getheader("Content-Type", "").startswith("application/json"):
+        return response.status, json.loads(raw)
+    return response.status, raw.decode()
+
+
+def reply_data(
+    port: int,
+    method: str,
+    path: str,
+    fields: dict[str, str] | None = None,
+    key: str | None = API_KEY,
+    timeout: float = 30,
+) -> Any:
+    """The `data` of a JSON reply that must be a 200 (a monitoring endpoint, a command)."""
+    status, reply = call(port, method, path, fields, key, timeout=timeout)
+    assert status == 200, reply
+    return reply["data"]
+
+
 class MgmtServer:
     def __init__(self, directory: Path, mx_port: int, access: str = "127.0.0.1/32 monitor") -> None:
         self.directory = directory
@@ -79,28 +125,10 @@ class MgmtServer:
         fields: dict[str, str] | None = None,
         key: str | None = None,
         headers: dict[str, str] | None = None,
+        timeout: float = 30,
     ) -> tuple[int, Any]:
         """One request; returns (status, decoded JSON or text)."""
-        connection = http.client.HTTPConnection("127.0.0.1", self.mgmt, timeout=30)
-        headers = dict(headers or {})
-        body = None
-        if key is not None:
-            headers["X-API-Key"] = key
-        if fields is not None:
-            if method == "GET":
-                path = f"{path}?{urllib.parse.urlencode(fields)}"
-            else:
-                body = urllib.parse.urlencode(fields).encode()
-                headers["Content-Type"] = "application/x-www-form-urlencoded"
-        try:
-            connection.request(method, path, body=body, headers=headers)
-            response = connection.getresponse()
-            data = response.read()
-        finally:
-            connection.close()
-        if response.getheader("Content-Type", "").startswith("application/json"):
-            return response.status, json.loads(data)
-        return response.status, data.decode()
+        return call(self.mgmt, method, path, fields, key, headers, timeout)
 
     def command(self, line: str, key: str | None = API_KEY, **kw: Any) -> tuple[int, Any]:
         return self.call("POST", "/command", {"command": line, "format": "json"}, key=key, **kw)

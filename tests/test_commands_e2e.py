@@ -10,18 +10,15 @@ changes.
 
 from __future__ import annotations
 
-import http.client
-import json
 import smtplib
 import time
-import urllib.parse
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 from dns_server import start_dns_server_in_thread
-from mgmt_client import API_KEY, MgmtServer, wait_until
+from mgmt_client import MgmtServer, reply_data, wait_until
 from mx_receiver import Receiver
 from server_process import free_port, read_acct, wait_for_port
 
@@ -48,17 +45,8 @@ class World:
 
     def slow(self, line: str, timeout: float = 200) -> Any:
         """A command that may take long (`trace`): a client that waits `timeout` seconds."""
-        connection = http.client.HTTPConnection("127.0.0.1", self.server.mgmt, timeout=timeout)
-        body = urllib.parse.urlencode({"command": line, "format": "json"})
-        headers = {"Content-Type": "application/x-www-form-urlencoded", "X-API-Key": API_KEY}
-        try:
-            connection.request("POST", "/command", body=body, headers=headers)
-            response = connection.getresponse()
-            reply = json.loads(response.read())
-        finally:
-            connection.close()
-        assert response.status == 200, reply
-        return reply["data"]
+        fields = {"command": line, "format": "json"}
+        return reply_data(self.server.mgmt, "POST", "/command", fields, timeout=timeout)
 
     def message(self, line: str) -> str:
         status, reply = self.server.command(line)

@@ -11,10 +11,8 @@ from __future__ import annotations
 import calendar
 import email
 import email.policy
-import http.client
 import json
 import time
-import urllib.parse
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -23,6 +21,7 @@ from typing import Any
 import pytest
 import requests
 import trustme
+from mgmt_client import reply_data
 from mx_receiver import Receiver
 from server_process import ServerProcess, free_port, read_acct, wait_until
 from sparkpost import SparkPost
@@ -102,35 +101,12 @@ class Server:
 
     def monitor(self, path: str) -> Any:
         """A monitoring endpoint's `data` (JSON)."""
-        connection = http.client.HTTPConnection("127.0.0.1", self.mgmt_port, timeout=30)
-        try:
-            connection.request("GET", path, headers={"X-API-Key": MGMT_KEY})
-            response = connection.getresponse()
-            reply = json.loads(response.read())
-        finally:
-            connection.close()
-        assert response.status == 200, reply
-        return reply["data"]
+        return reply_data(self.mgmt_port, "GET", path, key=MGMT_KEY)
 
     def command(self, line: str) -> Any:
         """One Command API command (JSON); its `data`."""
-        connection = http.client.HTTPConnection("127.0.0.1", self.mgmt_port, timeout=30)
-        try:
-            connection.request(
-                "POST",
-                "/command",
-                body=urllib.parse.urlencode({"command": line, "format": "json"}).encode(),
-                headers={
-                    "X-API-Key": MGMT_KEY,
-                    "Content-Type": "application/x-www-form-urlencoded",
-                },
-            )
-            response = connection.getresponse()
-            reply = json.loads(response.read())
-        finally:
-            connection.close()
-        assert response.status == 200, reply
-        return reply["data"]
+        fields = {"command": line, "format": "json"}
+        return reply_data(self.mgmt_port, "POST", "/command", fields, key=MGMT_KEY)
 
 
 @pytest.fixture
