@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from test_scheduler import ScriptedDeliverer
 from twisted.internet import defer, task
 
 from mtaserver.config.load import ConfigError, load_config
@@ -25,14 +26,8 @@ from mtaserver.inbound.dsn import parse_bounce
 from mtaserver.message.dsn import FailedRecipient, build_dsn, default_ret
 from mtaserver.queue.bounces import DsnSender, reports_for
 from mtaserver.queue.delay_notices import DelayNotices, notice_due
-from mtaserver.queue.delivery import (
-    ConnectionInfo,
-    QueueLevelFailure,
-    SessionJob,
-    TransactionResult,
-)
+from mtaserver.queue.delivery import ConnectionInfo, QueueLevelFailure
 from mtaserver.queue.scheduler import Scheduler
-from mtaserver.smtp_reply import Reply
 from mtaserver.spool import Journal, MessageStore
 from mtaserver.spool.testing import run_now
 
@@ -275,28 +270,6 @@ def test_notice_due(last: float | None, now: float, every: float | None, due: bo
 # -- delay notices through the scheduler, on a Clock -------------------------------------
 
 
-def rule(address: str) -> Reply:
-    if address.startswith("ok"):
-        return Reply(250, "2.0.0", "ok")
-    if address.startswith("soft"):
-        return Reply(451, "4.2.0", "mailbox busy")
-    return Reply(550, "5.1.1", "no such user")
-
-
-class Deliverer:
-    """Answers by `rule`, or fails the whole queue when `failure` is set."""
-
-    def __init__(self) -> None:
-        self.failure: Exception | None = None
-
-    async def run(self, job: SessionJob) -> None:
-        if self.failure is not None:
-            raise self.failure
-        while (tx := await job.next_transaction()) is not None:
-            replies = tuple(rule(r.address) for r in tx.recipients)
-            job.report(TransactionResult(tx, replies, INFO))
-
-
 class World:
     """Scheduler, spool, journal, DsnSender and DelayNotices on a task.Clock.
 
@@ -314,7 +287,7 @@ class World:
         self.store = MessageStore(spool, self.journal, run_now, clock=self.clock.seconds)
         self.store.resume({})
         self.dsns: list[Envelope] = []
-        self.deliverer = Deliverer()
+        self.deliverer = ScriptedDeliverer()
         sender = DsnSender(self.holder, self.store, self.dsns.append, self.clock, run_now)
         self.notices = DelayNotices(sender.send, sender.may_send, self.clock)
         self.scheduler = Scheduler(
@@ -394,7 +367,7 @@ def test_delay_dsn_each_interval_for_notify_delay_only(tmp_path: Path) -> None:
         ]
         per_message, first, second = _blocks(report)
         assert per_message["Original-Envelope-Id"] == "ENV-9"
-        assert "451 4.2.0 mailbox busy" in str(first["Diagnostic-Code"])
+        assert "451 4.2.0 try later" in str(first["Diagnostic-Code"])
         assert first["Will-Retry-Until"] is not None
         assert second["Original-Recipient"] == "rfc822; five@dst.test"
     assert all(dsn.sender == "" and dsn.is_dsn for dsn in world.dsns)
