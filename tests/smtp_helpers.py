@@ -10,6 +10,7 @@ from __future__ import annotations
 import itertools
 import os
 import tempfile
+from collections.abc import Callable
 from typing import Any
 
 from twisted.internet import task
@@ -105,6 +106,29 @@ class FakeStore:
 LISTENER = Listener(HostPort("127.0.0.1", 0))
 
 
+def server_factory(
+    holder: ConfigHolder,
+    store: FakeStore,
+    clock: task.Clock,
+    accept: Callable[[Envelope], object] = lambda envelope: None,
+    **options: Any,
+) -> SmtpServerFactory:
+    """The reception factory protocol tests drive: `LISTENER`, local-user AUTH checks.
+
+    `accept` sees each accepted envelope; `options` go to `SmtpServerFactory` as they
+    are (`maillog=`, `connections=`, ...).
+    """
+    return SmtpServerFactory(
+        holder,
+        store,
+        accept,
+        clock,
+        LISTENER,
+        checkers=CheckerChoice(LocalUserChecker(holder, run_now)),
+        **options,
+    )
+
+
 class Session:
     """One protocol instance over a StringTransport, with a Clock."""
 
@@ -119,13 +143,8 @@ class Session:
         self.clock = clock or task.Clock()
         self.store = store or FakeStore()
         self.accepted: list[Envelope] = []
-        self.factory = factory or SmtpServerFactory(
-            holder,
-            self.store,
-            self.accepted.append,
-            self.clock,
-            LISTENER,
-            checkers=CheckerChoice(LocalUserChecker(holder, run_now)),
+        self.factory = factory or server_factory(
+            holder, self.store, self.clock, self.accepted.append
         )
         self.protocol: SmtpServerProtocol = self.factory.buildProtocol(None)
         self.transport = StringTransport(peerAddress=IPv4Address("TCP", peer, 40000))

@@ -8,11 +8,9 @@ the same against the real server process.
 
 from __future__ import annotations
 
-from smtp_helpers import LISTENER, FakeStore, Session, holder_from_text, run_now
+from smtp_helpers import FakeStore, Session, holder_from_text, server_factory
 from twisted.internet import task
 
-from mtaserver.auth.checkers import CheckerChoice
-from mtaserver.auth.users import LocalUserChecker
 from mtaserver.smtp.connections import InboundConnections, fd_reserve
 from mtaserver.smtp.server import SmtpServerFactory
 
@@ -29,16 +27,7 @@ def config(source: str = "", extra: str = "") -> str:
 def factory(
     text: str, clock: task.Clock, store: FakeStore, connections: InboundConnections | None = None
 ) -> SmtpServerFactory:
-    holder = holder_from_text(text)
-    return SmtpServerFactory(
-        holder,
-        store,
-        lambda envelope: None,
-        clock,
-        LISTENER,
-        checkers=CheckerChoice(LocalUserChecker(holder, run_now)),
-        connections=connections,
-    )
+    return server_factory(holder_from_text(text), store, clock, connections=connections)
 
 
 class Server:

@@ -4,13 +4,10 @@ from __future__ import annotations
 
 import base64
 
-from smtp_helpers import LISTENER, FakeStore, Session, holder_from_text, run_now
+from smtp_helpers import FakeStore, Session, holder_from_text, server_factory
 from twisted.internet import task
 
-from mtaserver.auth.checkers import CheckerChoice
-from mtaserver.auth.users import LocalUserChecker
 from mtaserver.maillog import MailLog
-from mtaserver.smtp.server import SmtpServerFactory
 
 CONFIG = """
 host-name mx.test
@@ -49,15 +46,7 @@ def session(config: str = CONFIG) -> tuple[Session, Lines]:
     lines = Lines()
     clock = task.Clock()
     store = FakeStore()
-    factory = SmtpServerFactory(
-        holder,
-        store,
-        lambda envelope: None,
-        clock,
-        LISTENER,
-        checkers=CheckerChoice(LocalUserChecker(holder, run_now)),
-        maillog=lines,
-    )
+    factory = server_factory(holder, store, clock, maillog=lines)
     return Session(holder, store, factory=factory, clock=clock), lines
 
 
