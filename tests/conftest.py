@@ -10,7 +10,9 @@
 * `acct_rows`: reads a CSV acct file (`server_process.read_acct`);
 * `wait_until`: polls a condition up to a generous deadline (never a wall-clock window);
 * `free_port`: a loopback port for a config handed to a subprocess. Servers inside the
-  test process bind port 0 and read the port back instead.
+  test process bind port 0 and read the port back instead;
+* `receiver`: an aiosmtpd receiver on loopback (`mx_receiver.Receiver`) for one test,
+  stopped after it (a module that shares one across its tests defines its own).
 
 It also loads a Hypothesis profile without the per-example deadline.
 
@@ -20,13 +22,14 @@ Module-level helpers import the plain functions from `reactor_thread` and
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
 import server_process
 import trustme
 from hypothesis import settings
+from mx_receiver import Receiver
 
 # Hypothesis's per-example deadline (200 ms) is a wall-clock window: under load (`-n 2`
 # on a shared machine) a round trip through the spool can take longer and the test
@@ -69,3 +72,9 @@ def wait_until() -> Callable[..., bool]:
 @pytest.fixture
 def free_port() -> Callable[[], int]:
     return server_process.free_port
+
+
+@pytest.fixture
+def receiver() -> Iterator[Receiver]:
+    with Receiver() as running:
+        yield running

@@ -12,7 +12,6 @@ import email
 import email.policy
 import smtplib
 import threading
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -35,12 +34,6 @@ def config(tmp_path: Path, smtp_port: int, domain_block: str, extra: str = "") -
 
 def acct(tmp_path: Path) -> list[dict[str, str]]:
     return read_acct(tmp_path / "acct.csv")
-
-
-@pytest.fixture
-def receiver() -> Iterator[Receiver]:
-    with Receiver() as r:
-        yield r
 
 
 def test_relay_records_r_d_b_t_and_sends_a_dsn(tmp_path: Path, receiver: Receiver) -> None:

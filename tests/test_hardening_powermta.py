@@ -8,7 +8,6 @@ Source IPs are 127.0.0.1 only: virtual MTAs differ by their EHLO name.
 from __future__ import annotations
 
 import smtplib
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -35,12 +34,6 @@ smtp-listener 127.0.0.1:{smtp_port}
 
 def acct(tmp_path: Path, types: str | None = None) -> list[dict[str, str]]:
     return read_acct(tmp_path / "acct.csv", types)
-
-
-@pytest.fixture
-def receiver() -> Iterator[Receiver]:
-    with Receiver() as r:
-        yield r
 
 
 def send(port: int, sender: str, rcpts: list[str], subject: str = "x") -> None:

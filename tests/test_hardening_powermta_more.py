@@ -10,7 +10,6 @@ from __future__ import annotations
 import hashlib
 import hmac
 import smtplib
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -18,12 +17,6 @@ from mx_receiver import Receiver
 from server_configs import write_rsa_key
 from server_process import ServerProcess, free_port, read_acct, wait_until
 from test_hardening_powermta import base_config
-
-
-@pytest.fixture
-def receiver() -> Iterator[Receiver]:
-    with Receiver() as r:
-        yield r
 
 
 def acct(tmp_path: Path, types: str | None = None) -> list[dict[str, str]]:

@@ -11,7 +11,6 @@ from __future__ import annotations
 import base64
 import os
 import socket
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -394,12 +393,6 @@ class Client:
 
     def close(self) -> None:
         self.sock.close()
-
-
-@pytest.fixture
-def receiver() -> Iterator[Receiver]:
-    with Receiver() as r:
-        yield r
 
 
 def test_orcpt_injection_refused_end_to_end(tmp_path: Path, receiver: Receiver) -> None:

@@ -7,22 +7,14 @@ import signal
 import smtplib
 import socket
 import ssl
-from collections.abc import Iterator
 from pathlib import Path
 
 import dkim
-import pytest
 import trustme
 from mgmt_client import MgmtServer
 from mx_receiver import Receiver
 from server_configs import DISCARD, acct_file, domain, relay_config, write_rsa_key
 from server_process import ServerProcess, free_port, read_acct, wait_until
-
-
-@pytest.fixture
-def receiver() -> Iterator[Receiver]:
-    with Receiver() as r:
-        yield r
 
 
 def config(tmp_path: Path, smtp_port: int, mx_port: int) -> str:

@@ -108,13 +108,6 @@ class Server:
         )
 
 
-@pytest.fixture
-def receiver() -> Iterator[Receiver]:
-    mx = Receiver()
-    yield mx
-    mx.stop()
-
-
 def start_server(
     tmp_path: Path,
     ca: trustme.CA,

@@ -14,10 +14,8 @@ import smtplib
 import socket
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
-import pytest
 from dns_server import start_dns_server_in_thread
 from mx_receiver import Receiver
 from server_configs import DISCARD, domain, relay_config
@@ -61,12 +59,6 @@ def mtactl(mgmt: int, *args: str) -> subprocess.CompletedProcess[str]:
         timeout=60,
         env=env,
     )
-
-
-@pytest.fixture
-def receiver() -> Iterator[Receiver]:
-    with Receiver() as running:
-        yield running
 
 
 def test_received_session_transcript_with_auth_masked(tmp_path: Path) -> None:

@@ -50,13 +50,6 @@ spool {dir}/spool
 
 
 @pytest.fixture
-def receiver() -> Iterator[Receiver]:
-    mx = Receiver()
-    yield mx
-    mx.stop()
-
-
-@pytest.fixture
 def server(
     tmp_path: Path, ca: trustme.CA, receiver: Receiver, monkeypatch: pytest.MonkeyPatch
 ) -> Iterator[tuple[ServerProcess, int]]:

@@ -110,13 +110,6 @@ class Server:
 
 
 @pytest.fixture
-def receiver() -> Iterator[Receiver]:
-    mx = Receiver()
-    yield mx
-    mx.stop()
-
-
-@pytest.fixture
 def server(
     tmp_path: Path, ca: trustme.CA, receiver: Receiver, monkeypatch: pytest.MonkeyPatch
 ) -> Iterator[Server]:

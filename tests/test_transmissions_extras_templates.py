@@ -28,13 +28,6 @@ TEMPLATES = "/api/v1/templates"
 
 
 @pytest.fixture
-def receiver() -> Iterator[Receiver]:
-    mx = Receiver()
-    yield mx
-    mx.stop()
-
-
-@pytest.fixture
 def server(
     tmp_path: Path, ca: trustme.CA, receiver: Receiver, monkeypatch: pytest.MonkeyPatch
 ) -> Iterator[Server]:
