@@ -74,7 +74,10 @@ def workers_for(setting: int | None, cpus: int | None = None) -> int:
     """The number of reception workers: `auto` (None) is one per core but one (0 on one core)."""
     if setting is not None:
         return setting
-    count = cpus if cpus is not None else (os.cpu_count() or 1)
+    if cpus is None:  # the cores this process may run on (a container's or taskset's)
+        affinity = getattr(os, "sched_getaffinity", None)
+        cpus = len(affinity(0)) if affinity is not None else (os.cpu_count() or 1)
+    count = cpus
     return max(0, count - 1)
 
 
