@@ -48,7 +48,7 @@ def test_tls_handshakes_are_logged_both_ways(tmp_path: Path, ca: trustme.CA) -> 
             assert wait_until(lambda: "[out 1] tls" in read(log_file))
     text = read(log_file)
     assert_well_formed(log_file)
-    assert re.search(r"\[in \d+\] tls TLSv1\.[23] [A-Z0-9_-]+$", text, re.M), text
+    assert re.search(r"\[(w\d+ )?in \d+\] tls TLSv1\.[23] [A-Z0-9_-]+$", text, re.M), text
     assert re.search(r"\[out 1\] tls TLSv1\.[23] [A-Z0-9_-]+$", text, re.M), text
     assert ">>>" not in text  # log-commands is off: handshakes only
 

@@ -66,8 +66,10 @@ from mtaserver.workers.wire import HANDOFF_FD, STATS_FIELDS, SUPPRESSION_FIELDS
 log = Logger()
 
 PR_SET_PDEATHSIG = 1
-#: Seconds between reports of the session counters to the master.
-STATS_INTERVAL = 1.0
+#: Seconds between looks at the session counters; a report goes to the master only when
+#: they changed (at most ten small messages a second, however busy), and before every
+#: hand-off, so a session is counted before its message shows in the master.
+STATS_INTERVAL = 0.1
 
 
 def die_with_parent(parent: int) -> None:
@@ -142,7 +144,7 @@ def compose(
     workers: int,
     slot: int = 0,
     spool: str | None = None,
-) -> tuple[MultiService, SmtpListeners]:
+) -> tuple[MultiService, SmtpListeners, StatsReporter]:
     """The worker's services: the pool, then the SMTP listeners on adopted sockets.
 
     `spool` is the master's (a restart-only directive: the file may name another by now).
@@ -209,10 +211,11 @@ def compose(
 
     listeners = SmtpListeners(holder, smtp_listener, run_in_thread)
     listeners.setServiceParent(root)
-    reporter = TimerService(STATS_INTERVAL, StatsReporter(stats, suppression, link))
-    reporter.clock = reactor
-    reporter.setServiceParent(root)
-    return root, listeners
+    reporter = StatsReporter(stats, suppression, link)
+    timer = TimerService(STATS_INTERVAL, reporter)
+    timer.clock = reactor
+    timer.setServiceParent(root)
+    return root, listeners, reporter
 
 
 class Retirement:
@@ -256,6 +259,7 @@ class StatsReporter:
         self.link = link
         self.sent = dict.fromkeys(STATS_FIELDS, 0)
         self.sent_suppression = dict.fromkeys(SUPPRESSION_FIELDS, 0)
+        self.sent_top = 0
 
     def __call__(self) -> None:
         now = {field: getattr(self.stats, field) for field in STATS_FIELDS}
@@ -263,9 +267,12 @@ class StatsReporter:
         counters = self.suppression.counters
         now_s = {field: getattr(counters, field) for field in SUPPRESSION_FIELDS}
         delta_s = {f: now_s[f] - self.sent_suppression[f] for f in SUPPRESSION_FIELDS}
-        if (any(delta.values()) or any(delta_s.values())) and not self.link.lost:
-            self.link.send({"op": "stats", "delta": delta, "suppression": delta_s})
-            self.sent, self.sent_suppression = now, now_s
+        top = self.stats.sessions_top
+        changed = any(delta.values()) or any(delta_s.values()) or top != self.sent_top
+        if changed and not self.link.lost:
+            message = {"op": "stats", "delta": delta, "suppression": delta_s, "top": top}
+            self.link.send(message)
+            self.sent, self.sent_suppression, self.sent_top = now, now_s, top
 
 
 def _listen_arg(text: str) -> tuple[HostPort, int]:
@@ -317,9 +324,12 @@ def main(argv: Sequence[str] | None = None) -> None:
     def retire() -> None:
         retirement()
 
-    link = MasterLink(reload, master_gone, retire)
+    def report_counters() -> None:
+        reporter()
+
+    link = MasterLink(reload, master_gone, retire, report_counters)
     StandardIO(link, stdin=0, stdout=HANDOFF_FD, reactor=reactor)  # type: ignore[call-arg]
-    root, listeners = compose(
+    root, listeners, reporter = compose(
         holder, reactor, link, dict(args.listen), args.workers, args.slot, args.spool
     )
     retirement = Retirement(listeners, reactor)

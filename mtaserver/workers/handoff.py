@@ -52,6 +52,7 @@ class MasterLink(Protocol):
         on_reload: Callable[[], None],
         on_lost: Callable[[], None],
         on_retire: Callable[[], None] = lambda: None,
+        before_append: Callable[[], None] = lambda: None,
     ) -> None:
         self._decoder = FrameDecoder()
         self._waiting: dict[int, Deferred[JournalPosition]] = {}
@@ -59,6 +60,9 @@ class MasterLink(Protocol):
         self._on_reload = on_reload
         self._on_lost = on_lost
         self._on_retire = on_retire
+        # sends the session counters first, so the master has counted a session before
+        # it makes the session's message visible
+        self._before_append = before_append
         self.lost = False
 
     def send(self, message: dict[str, Any]) -> None:
@@ -69,6 +73,7 @@ class MasterLink(Protocol):
         """Ask the master to journal `events`; fires with its journal position."""
         if self.lost:
             return fail(SpoolIOError("the master process is gone"))  # nothing was sent
+        self._before_append()
         self._next_id += 1
         waiting: Deferred[JournalPosition] = Deferred()
         self._waiting[self._next_id] = waiting

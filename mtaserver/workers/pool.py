@@ -164,6 +164,8 @@ class WorkerProcess(ProcessProtocol):
         self._err_tail = b""
         self.started_at = 0.0
         self.sessions_current = 0  # what this worker has added to the master's counter
+        self.sessions_top = 0  # the worker's own most sessions at once
+        self.report_top: Callable[[], None] = lambda: None
         self.done: Deferred[None] = Deferred()
         self.exited = False
 
@@ -203,10 +205,14 @@ class WorkerProcess(ProcessProtocol):
                 self._append(message)
             elif message["op"] == "stats" and isinstance(message.get("delta"), dict):
                 delta = message["delta"]
-                self.handoff.add_stats(delta, message.get("suppression"))
                 current = delta.get("sessions_current")
                 if isinstance(current, int):
                     self.sessions_current += current
+                top = message.get("top")
+                if isinstance(top, int):
+                    self.sessions_top = top
+                self.handoff.add_stats(delta, message.get("suppression"))
+                self.report_top()
             else:
                 log.error("reception worker {slot}: unknown op", slot=self.slot)
 
@@ -376,6 +382,7 @@ class ReceptionWorkers(Service):
     def _spawn(self, slot: int) -> None:
         self._restarts.pop(slot, None)
         worker = WorkerProcess(slot, self.handoff, self._worker_ended)
+        worker.report_top = self._sessions_top
         child_fds: dict[int, int | str] = {0: "w", 1: "r", 2: "r", HANDOFF_FD: "r"}
         args = [
             self.executable,
@@ -416,6 +423,13 @@ class ReceptionWorkers(Service):
             delay=delay,
         )
         self._restarts[worker.slot] = self.reactor.callLater(delay, self._spawn, worker.slot)
+
+    def _sessions_top(self) -> None:
+        """The most sessions open at once: exact with one worker; with several, the sum
+        of their own peaks (which may not have coincided) bounds it from above."""
+        stats = self.handoff.stats
+        peaks = sum(w.sessions_top for w in self.workers.values())
+        stats.sessions_top = max(stats.sessions_top, stats.sessions_current, peaks)
 
     @property
     def pids(self) -> list[int]:

@@ -14,7 +14,8 @@ Worker to master:
   journal, or `{"op": "failed", "id": N, "error": "..."}`.
 * `{"op": "stats", "delta": {"sessions_current": 2, ...}, "suppression": {...}}` about
   once a second while the worker's session counters (`STATS_FIELDS`) or suppression
-  counters (`SUPPRESSION_FIELDS`) change, added to the master's.
+  counters (`SUPPRESSION_FIELDS`) change, added to the master's; `"top"` is the
+  worker's own most sessions at once (an absolute value, not a change).
 
 Master to worker, besides those answers: `{"op": "reload"}` after the master's own
 reload succeeded, so the worker reads the same file again; `{"op": "retire"}` when the
