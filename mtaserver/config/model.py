@@ -556,7 +556,7 @@ class GlobalSettings:
     http_auth_ldap_group: tuple[LdapGroupAccess, ...] = ()
     total_max_smtp_in: int = 1000
     # SMTP reception processes: None = auto (cores - 1), 0 = everything in one process
-    reception_workers: int | None = 0
+    reception_workers: int | None = None
     max_auth_failures_per_user: int = 10
     auth_lockout_time: float = 900.0
     http_webhook_allow_addresses: tuple[IPNetwork, ...] = ()
