@@ -526,7 +526,7 @@ def _post_transmissions(port: int, requests: int, rcpts: int, clients: int) -> t
                 "campaign_id": "bench",
                 "return_path": "bench@source.test",
                 "recipients": [{"address": f"r{n}.{i}@sink.test"} for i in range(rcpts)],
-                "content": {"email_rfc822": body_rfc822 + "Y" * 4000 + "\r\n"},
+                "content": {"email_rfc822": body_rfc822 + ("Y" * 78 + "\r\n") * 50},
             }
         ).encode()
         for n in range(clients)
@@ -535,6 +535,7 @@ def _post_transmissions(port: int, requests: int, rcpts: int, clients: int) -> t
     lock = threading.Lock()
     accepted = [0]
     failed = [0]
+    errors: list[str] = []
 
     def client(n: int) -> None:
         conn = http.client.HTTPConnection("127.0.0.1", port, timeout=120)
@@ -553,6 +554,8 @@ def _post_transmissions(port: int, requests: int, rcpts: int, clients: int) -> t
                 reply = conn.getresponse()
                 data = reply.read()
                 ok = reply.status == 200
+                if not ok and not errors:
+                    errors.append(f"{reply.status} {data[:300]!r}")
                 count = json.loads(data)["results"]["total_accepted_recipients"] if ok else 0
             except (OSError, http.client.HTTPException, ValueError, KeyError):
                 conn.close()
@@ -568,6 +571,8 @@ def _post_transmissions(port: int, requests: int, rcpts: int, clients: int) -> t
         thread.start()
     for thread in threads:
         thread.join(timeout=1800)
+    if errors:
+        print(f"P2: first refused transmission: {errors[0]}", flush=True)
     return accepted[0], failed[0]
 
 
