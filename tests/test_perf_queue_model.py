@@ -7,9 +7,10 @@ from pathlib import Path
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
+from twisted.internet import defer
 
 from mtaserver.events import Envelope, QueueFailure, Recipient
-from mtaserver.queue.delivery import QueueLevelFailure
+from mtaserver.queue.delivery import QueueLevelFailure, SessionJob, TransactionResult
 from mtaserver.queue.model import (
     PackedRecipients,
     PendingRecipients,
@@ -17,7 +18,7 @@ from mtaserver.queue.model import (
     index_span,
     shared_indexes,
 )
-from tests.test_scheduler import World
+from tests.test_scheduler import INFO, World, rule_by_prefix
 
 
 @given(
@@ -151,3 +152,72 @@ def test_schedule_ends_the_wait(tmp_path: Path) -> None:
     world.submit("ok-second@a.test")
     delivered = sorted(rcpt for _, rcpts, _ in world.outcomes() for rcpt in rcpts)
     assert delivered == ["ok-first@a.test", "ok-second@a.test"]
+
+
+def restore_messages(world: World, count: int) -> None:
+    """`count` single-recipient messages to ok@a.test, as recovery hands them over."""
+    for n in range(count):
+        envelope = world.write_message(f"ok{n}@a.test")
+        world.scheduler.restore(envelope, [(0, 0, None)])
+
+
+class HeldDeliverer:
+    """Sessions wait to "connect" and, after each message, to go on, until released."""
+
+    def __init__(self) -> None:
+        self.started = 0
+        self.waiting: list[defer.Deferred[None]] = []
+
+    async def wait(self) -> None:
+        held: defer.Deferred[None] = defer.Deferred()
+        self.waiting.append(held)
+        await held
+
+    def release(self) -> None:
+        waiting, self.waiting = self.waiting, []
+        for held in waiting:
+            held.callback(None)
+
+    async def run(self, job: SessionJob) -> None:
+        self.started += 1
+        await self.wait()  # connecting
+        while (tx := await job.next_transaction()) is not None:
+            replies = tuple(rule_by_prefix(r.address) for r in tx.recipients)
+            job.report(TransactionResult(tx, replies, INFO))
+            await self.wait()
+
+
+def test_a_restored_queue_opens_one_session_until_one_connects(tmp_path: Path) -> None:
+    """After a restart a queue runs one session; once it connects, up to max-smtp-out."""
+    deliverer = HeldDeliverer()
+    world = World(tmp_path, "max-smtp-out 4", deliverer=deliverer)
+    restore_messages(world, 10)
+    assert deliverer.started == 1
+    deliverer.release()  # the first session connects and takes its first message
+    world.clock.advance(0)
+    assert deliverer.started == 4
+    for _ in range(20):
+        deliverer.release()
+        world.clock.advance(0)
+    assert len(world.outcomes()) == 10
+
+
+def test_a_restored_dead_destination_costs_one_connection(tmp_path: Path) -> None:
+    """Restored mail for a refusing destination: one refused connection, then retry."""
+    world = World(tmp_path, "max-smtp-out 20\nretry-after 1h")
+    world.deliverer.failure = QueueLevelFailure("4.4.1", "connection refused")
+    restore_messages(world, 50)
+    failures = [e for e in world.events() if isinstance(e, QueueFailure)]
+    assert len(failures) == 1
+    assert world.scheduler.queues["a.test/{default}"].connect_retry_at == 3600.0
+
+
+def test_fresh_mail_opens_sessions_up_to_max_smtp_out_at_once(tmp_path: Path) -> None:
+    """New mail (not restored) to a queue with no failure starts max-smtp-out sessions."""
+    world = World(tmp_path, "max-smtp-out 3")
+    world.deliverer.gate = defer.Deferred()
+    for n in range(10):
+        world.submit(f"ok{n}@a.test")
+    assert world.deliverer.running == 3
+    world.deliverer.gate.callback(None)
+    assert len(world.outcomes()) == 10

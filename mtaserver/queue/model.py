@@ -264,6 +264,12 @@ class Queue:
     #: (Postfix's dead-destination cache), so a down destination costs one refused
     #: connection per retry, not one per arriving message. 0: connect at once.
     connect_retry_at: float = 0.0
+    #: False after a refused connection, and for a queue restored from the spool until
+    #: one of its sessions connects: until then the queue runs one session, not
+    #: `max-smtp-out` (like Postfix's initial destination concurrency). A restart with
+    #: a thousand queues for dead destinations then opens a thousand doomed
+    #: connections, not twenty thousand, and live queues get their slots at once.
+    connected: bool = True
     next_send_at: float = 0.0
     next_connect_at: float = 0.0  # max-connect-rate: the next connection's earliest time
     priority: int | None = None  # `set priority --queue`: replaces its queue-priority

@@ -135,6 +135,7 @@ class Scheduler:
         self._vmtas = VmtaChooser()
         self._sessions: set[defer.Deferred[None]] = set()
         self.stopping = False
+        self._restoring = False  # `restore` is placing a message recovery found
         self._paused_patterns: set[str] = set()
         #: `pause job`: job ids whose recipients wait in `queue.held` (in memory, like
         #: queue pauses: a restart resumes every job).
@@ -250,6 +251,8 @@ class Scheduler:
         if envelope.msg_id not in self.messages:
             return  # gone meanwhile (deleted while its rollup name was looked up)
         queue = self._queue(domain, vmta, pool)
+        if self._restoring and not queue.counters.connections:
+            queue.connected = False  # unproven since the restart: one session first
         settings = self.settings_for(queue)
         # a VERP return path names one recipient: one recipient a transaction
         size = 1 if envelope.verp else max(settings.max_rcpt_per_transaction, 1)
@@ -289,7 +292,11 @@ class Scheduler:
             )
         if self.delay_notices is not None:
             self.delay_notices.restored(envelope, pending)
-        self.enqueue(envelope, [i for i, _, _ in pending], attempts, retry_at)
+        self._restoring = True
+        try:
+            self.enqueue(envelope, [i for i, _, _ in pending], attempts, retry_at)
+        finally:
+            self._restoring = False
 
     async def bounce_lost(self, envelope: Envelope, indexes: Sequence[int]) -> None:
         """Recipients whose message file recovery found gone or corrupt: a `b` and a DSN.
@@ -374,7 +381,7 @@ class Scheduler:
         )
         self.slots.wake_idle(queue)
         settings = self.settings_for(queue)
-        limit = self.slots.limit(queue, settings, config)
+        limit = self.slots.limit(queue, settings, config) if queue.connected else 1
         while self.slots.unclaimed(queue) and queue.active < limit:
             if self.slots.at_total(config.settings.total_max_smtp_out):
                 # An idle session elsewhere holds a slot this queue could use: end it;
@@ -673,6 +680,7 @@ class Scheduler:
                 queue, expired, "4.4.7", failure.diag, failure.dsn_mta, expired_reason=True
             )
         self.retry(queue, settings, waiting, now)
+        queue.connected = False
         if waiting:
             queue.connect_retry_at = queue.next_due() or 0.0
         if self.delay_notices is not None:

@@ -192,6 +192,11 @@ class Session:
         if not self.took_first:
             self.took_first = True
             owner.slots.took_work(queue)
+            if not queue.connected:
+                # Connected: the queue may now run its `max-smtp-out` sessions, once
+                # this one has taken its item.
+                queue.connected = True
+                owner.arm_timer(queue, at=owner.clock.seconds())
         per_connection = settings.max_msg_per_connection
         while True:
             if self.stop or queue.paused or owner.stopping:
