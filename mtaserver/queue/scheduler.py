@@ -136,6 +136,11 @@ class Scheduler:
         self._sessions: set[defer.Deferred[None]] = set()
         self.stopping = False
         self._restoring = False  # `restore` is placing a message recovery found
+        #: Queues with ready work that could not start a session for want of a slot
+        #: (`total-max-smtp-out`, a source's cap): a session's end pumps these, not
+        #: every queue (with a million recipients in a thousand queues, that scan
+        #: was the largest cost of a session's end).
+        self._slot_waiters: dict[str, Queue] = {}
         self._paused_patterns: set[str] = set()
         #: `pause job`: job ids whose recipients wait in `queue.held` (in memory, like
         #: queue pauses: a restart resumes every job).
@@ -386,6 +391,7 @@ class Scheduler:
             if self.slots.at_total(config.settings.total_max_smtp_out):
                 # An idle session elsewhere holds a slot this queue could use: end it;
                 # its session's end pumps the queues that wait for a slot.
+                self._slot_waiters[queue.name] = queue
                 self.slots.release_one_idle(self.queues.values(), except_queue=queue)
                 return
             if not self._rate_allows(queue, settings) or not self._connect_rate_allows(
@@ -394,6 +400,7 @@ class Scheduler:
                 return
             source = self._source_for(queue, settings)
             if source is None:
+                self._slot_waiters[queue.name] = queue  # a source's cap: a session end
                 return
             self._start_session(queue, settings, source)
 
@@ -523,14 +530,18 @@ class Scheduler:
         first; this queue first among equals), so when `total-max-smtp-out` is the
         bottleneck a high-priority queue is served before a low one.
         """
-        waiting = [queue] + [q for q in self.queues.values() if q is not queue and q.ready]
+        waiters = self._slot_waiters
+        waiting = [queue] + [q for q in waiters.values() if q is not queue and q.ready]
         waiting.sort(key=lambda q: -self.priority(q))
         for other in waiting:
             if other is not queue and self.slots.at_total(
                 self.holder.config.settings.total_max_smtp_out
             ):
                 break
+            waiters.pop(other.name, None)  # `_pump` puts it back if it still has to wait
             self._pump(other)
+        for name in [name for name, q in waiters.items() if not q.ready]:
+            del waiters[name]
 
     # -- records, in the order of durability (sessions call these too) ------------
 
