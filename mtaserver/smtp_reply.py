@@ -68,6 +68,8 @@ UNKNOWN_COMMAND = Reply(500, "5.5.1", "Command unrecognized")
 TOO_MANY_ERRORS = Reply(421, "4.7.0", "Too many errors, closing connection")
 TIMEOUT = Reply(421, "4.4.2", "Timeout exceeded, closing connection")
 RELAY_DENIED = Reply(550, "5.7.1", "Relaying denied")
+#: `relay-debug yes`: the same refusal, transient, while the relaying rules are checked.
+RELAY_DEBUG = Reply(450, "4.7.1", "Relaying denied (relay-debug: temporary)")
 AUTH_REQUIRED = Reply(530, "5.7.0", "Authentication required")
 ENCRYPTION_REQUIRED = Reply(
     538, "5.7.11", "Encryption required for requested authentication mechanism"

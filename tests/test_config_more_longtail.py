@@ -132,3 +132,22 @@ def test_allow_auth_no_neither_offers_nor_takes_auth(tmp_path: Path) -> None:
         assert not client.has_extn("auth")
         code, text = client.docmd("AUTH", "PLAIN AHUAcA==")
         assert (code, text[:5]) == (502, b"5.5.1")
+
+
+def test_relay_address_and_relay_debug(tmp_path: Path) -> None:
+    """Any client may send to a relay-address (or /REGEX/); relay-debug makes refusals 450."""
+    port = free_port()
+    config = (
+        f"host-name mta.test\nspool {tmp_path}/spool\nsmtp-listener 127.0.0.1:{port}\n"
+        "relay-address bounce@in.test\nrelay-address /@lists\\.in\\.test$/\nrelay-debug yes\n"
+        "<domain *>\n    type discard\n</domain>\n"
+    )
+    server = ServerProcess(tmp_path, config, wait_ports=(port,))
+    with server, smtplib.SMTP("127.0.0.1", port, timeout=30) as client:
+        client.ehlo()
+        assert client.mail("s@elsewhere.test")[0] == 250
+        assert client.rcpt("Bounce@IN.test")[0] == 250
+        assert client.rcpt("x@LISTS.in.test")[0] == 250
+        code, text = client.rcpt("other@in.test")
+        assert (code, text[:5]) == (450, b"4.7.1")
+    assert load(tmp_path, "relay-debug yes\nrelay-address a@b.test\n").warnings == ()

@@ -546,11 +546,18 @@ _add(
     G,
     "address-or-regex",
     "",
-    Y,
-    "relaying is by relay-domain and <source> only",
+    IMPLEMENTED,
+    "any client may send to this address (or to addresses /REGEX/ finds, ignoring case)",
     repeatable=True,
 )
-_add("relay-debug", G, "bool", "false", Y, "relay decisions are not logged in detail")
+_add(
+    "relay-debug",
+    G,
+    "bool",
+    "false",
+    IMPLEMENTED,
+    "yes: a recipient refused for relaying gets 450 4.7.1 (retried) instead of 550 5.7.1",
+)
 _add(
     "invalid-virtual-mta-fallback",
     G,

@@ -546,6 +546,8 @@ class GlobalSettings:
     smtp_source_host: tuple[SourceHost | None, ...] = ()
     name_server: tuple[HostPort, ...] = ()
     relay_domain: tuple[str, ...] = ()
+    relay_address: tuple[str | re.Pattern[str], ...] = ()  # addresses anyone may send to
+    relay_debug: bool = False  # relaying refusals are 450 (retried), not 550
     total_max_smtp_out: int = 1000
     domain_key: tuple[DomainKey, ...] = ()
     http_mgmt_port: HostPort | None = None
@@ -753,6 +755,17 @@ class Config:
             if regex.search(text):
                 return category
         return ""
+
+    def is_relay_address(self, address: str) -> bool:
+        """A `relay-address` (the address, or a /REGEX/ finding it; case ignored)."""
+        lower = address.lower()
+        for entry in self.settings.relay_address:
+            if isinstance(entry, str):
+                if entry.lower() == lower:
+                    return True
+            elif re.search(entry.pattern, address, re.IGNORECASE):
+                return True
+        return False
 
     def is_relay_domain(self, domain: str) -> bool:
         return any(domain_matches(p, domain.lower()) for p in self.settings.relay_domain)

@@ -52,6 +52,7 @@ from mtaserver.smtp.server_params import MailParams, RcptParams
 from mtaserver.smtp_reply import (
     AUTH_REQUIRED,
     DELIVER_ONLY,
+    RELAY_DEBUG,
     RELAY_DENIED,
     SPOOL_ERROR,
     SPOOL_FULL,
@@ -199,7 +200,7 @@ class ReceptionHandler:
         if limit and len(txn.recipients) >= limit:
             return TOO_MANY_RCPTS
         if not self.may_relay(session, rcpt):
-            return RELAY_DENIED
+            return RELAY_DEBUG if self.holder.config.settings.relay_debug else RELAY_DENIED
         if self.suppression is not None:
             sender = txn.sender.address
             try:
@@ -221,7 +222,8 @@ class ReceptionHandler:
             return True
         if rcpt.routed:
             return False
-        return self.holder.config.is_relay_domain(rcpt.domain)
+        config = self.holder.config
+        return config.is_relay_domain(rcpt.domain) or config.is_relay_address(rcpt.address)
 
     def begin_message(self, session: Session, txn: Transaction) -> MessageWriterLike | Reply:
         """A spool writer for the body, or the 4xx reply to DATA if the spool cannot."""
