@@ -23,8 +23,11 @@ encoded word holding CR or LF as a raw line break, i.e. a new header or the body
 
 from __future__ import annotations
 
+import array
 import base64
 import binascii
+import itertools
+import json
 import re
 from collections.abc import Iterator
 from email import policy as email_policy
@@ -48,23 +51,21 @@ def check_json_depth(raw: bytes, limit: int = MAX_JSON_DEPTH) -> None:
 
     Brackets inside strings do not count (a backslash escapes the next byte), so this
     is exact for valid JSON and harmless for invalid JSON (json.loads refuses it next).
+    Fewer brackets than `limit` cannot nest deeper (a single-recipient transmission
+    costs two `count` calls); otherwise the strings are cut out with one regular
+    expression and the running depth summed in C (`accumulate` over signed bytes):
+    a Python loop per bracket cost ~2 ms of the reactor's time per 1,000-recipient
+    body. Only a body that is too deep is walked again, to name the byte.
     """
+    if raw.count(b"[") + raw.count(b"{") <= limit:
+        return
+    brackets = _JSON_STRING.sub(b"", raw).translate(_DEPTH_STEP, _NOT_A_BRACKET)
+    if max(itertools.accumulate(array.array("b", brackets)), default=0) <= limit:
+        return
     depth = 0
-    in_string = False
-    escaped = False
-    # Only these bytes matter; jumping between them keeps the scan fast on big bodies.
-    for match in _JSON_SIGNIFICANT.finditer(raw):
+    for match in _JSON_STRING_OR_BRACKET.finditer(raw):
         char = match.group()
-        if in_string:
-            if escaped:
-                escaped = False
-            elif char == b"\\":
-                escaped = True
-            elif char == b'"':
-                in_string = False
-        elif char == b'"':
-            in_string = True
-        elif char in (b"[", b"{"):
+        if char in (b"[", b"{"):
             depth += 1
             if depth > limit:
                 raise UnsafeInput(
@@ -74,15 +75,35 @@ def check_json_depth(raw: bytes, limit: int = MAX_JSON_DEPTH) -> None:
             depth -= 1
 
 
-_JSON_SIGNIFICANT = re.compile(rb'[\\"\[\]{}]')
+# A JSON string, "unrolled" so that the engine does not backtrack per character; an
+# unterminated one is not matched and its brackets count (harmless: invalid JSON).
+_JSON_STRING_TEXT = rb'"[^"\\]*(?:\\.[^"\\]*)*"'
+_JSON_STRING = re.compile(_JSON_STRING_TEXT, re.DOTALL)
+_JSON_STRING_OR_BRACKET = re.compile(_JSON_STRING_TEXT + rb"|[\[\]{}]", re.DOTALL)
+_DEPTH_STEP = bytes.maketrans(b"[{]}", b"\x01\x01\xff\xff")  # +1, +1, -1, -1 as signed
+_NOT_A_BRACKET = bytes(c for c in range(256) if c not in b"[]{}")
 _UNSAFE_IN_JSON = re.compile("[\x00\ud800-\udfff]")
+# What can decode to NUL or a lone surrogate in UTF-8 JSON: a \u escape of one (a
+# raw NUL or control byte is invalid JSON), or UTF-8 bytes of a surrogate (0xED 0xA0-
+# 0xBF, so any 0xED is walked), which json.loads decodes with "surrogatepass".
+_MAY_DECODE_UNSAFE = re.compile(rb"\\u(?:0000|[dD][89a-fA-F])")
 
 
-def check_json_strings(document: Any, root: str = "") -> None:
+def check_json_strings(document: Any, root: str = "", raw: bytes | None = None) -> None:
     """Refuse NUL or a lone surrogate in any string (key or value) of a decoded document.
 
     The error names the JSON path (`content.subject`, `recipients[2].address.name`).
+    With `raw`, the UTF-8 text `document` was decoded from, the walk is skipped when
+    nothing in `raw` can decode to either (`_MAY_DECODE_UNSAFE`): walking every key
+    and value of a 1,000-recipient body cost ~3 ms of the reactor's time.
     """
+    if (
+        raw is not None
+        and json.detect_encoding(raw) in ("utf-8", "utf-8-sig")
+        and b"\xed" not in raw
+        and (b"\\u" not in raw or _MAY_DECODE_UNSAFE.search(raw) is None)
+    ):
+        return
     stack: list[tuple[str, Any]] = [(root, document)]
     while stack:
         path, value = stack.pop()

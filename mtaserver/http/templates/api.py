@@ -64,7 +64,7 @@ def parse_body(raw: bytes) -> Any:
     try:
         check_json_depth(raw)
         body = json.loads(raw)
-        check_json_strings(body)
+        check_json_strings(body, raw=raw)
     except UnsafeInput as exc:
         raise bad_request(str(exc)) from None
     except (ValueError, UnicodeDecodeError, RecursionError) as exc:

@@ -79,7 +79,7 @@ def parse_json(raw: bytes) -> Any:
     try:
         check_json_depth(raw)
         body = json.loads(raw)
-        check_json_strings(body)
+        check_json_strings(body, raw=raw)
     except UnsafeInput as exc:
         raise bad_request(str(exc)) from None
     except RecursionError:  # cannot happen after check_json_depth; never a 500 anyway
