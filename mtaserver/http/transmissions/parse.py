@@ -249,10 +249,22 @@ def parse_transmission(
         raise bad_request("recipients must be a non-empty list")
     accepted: list[ApiRecipient] = []
     rejected: list[dict[str, str]] = []
+    # Recipients without fields of their own share one copy of the message's data.
+    shared_data: Mapping[str, Any] = dict(message_data)
     for index, item in enumerate(recipients_in):
         where = f"recipients[{index}]"
-        email_address, name, header_to, rcpt = _recipient_fields(item, where)
-        rp = _return_path(rcpt.get("return_path"), f"{where}.return_path", smtputf8)
+        if type(item) is dict and len(item) == 1 and type(item.get("address")) is str:
+            # The bulk shape {"address": "..."}: nothing but the address to check.
+            email_address, name, header_to, rcpt = item["address"], None, None, item
+            own_fields = False
+        else:
+            email_address, name, header_to, rcpt = _recipient_fields(item, where)
+            own_fields = bool(rcpt)
+        rp = (
+            _return_path(rcpt.get("return_path"), f"{where}.return_path", smtputf8)
+            if own_fields
+            else None
+        )
         sender = rp or message_rp
         if sender is None:
             if content is None:
@@ -267,14 +279,17 @@ def parse_transmission(
         except ContentError as exc:
             rejected.append({"message": "invalid recipient address", "description": str(exc)})
             continue
-        data = dict(message_data)
-        data.update(_object(rcpt.get("substitution_data"), f"{where}.substitution_data"))
-        _object(rcpt.get("metadata"), f"{where}.metadata")
-        tags = rcpt.get("tags")
-        if tags is not None and (
-            not isinstance(tags, list) or not all(isinstance(t, str) for t in tags)
-        ):
-            raise bad_request(f"{where}.tags must be a list of strings")
+        data = shared_data
+        if own_fields:
+            own_data = _object(rcpt.get("substitution_data"), f"{where}.substitution_data")
+            if own_data:
+                data = {**message_data, **own_data}
+            _object(rcpt.get("metadata"), f"{where}.metadata")
+            tags = rcpt.get("tags")
+            if tags is not None and (
+                not isinstance(tags, list) or not all(isinstance(t, str) for t in tags)
+            ):
+                raise bad_request(f"{where}.tags must be a list of strings")
         to = header_to if header_to is not None else _display(address, name)
         accepted.append(ApiRecipient(address, to, sender, data))
     if not accepted:
