@@ -251,6 +251,7 @@ def parse_transmission(
     rejected: list[dict[str, str]] = []
     # Recipients without fields of their own share one copy of the message's data.
     shared_data: Mapping[str, Any] = dict(message_data)
+    rcpt: Mapping[str, Any]
     for index, item in enumerate(recipients_in):
         where = f"recipients[{index}]"
         if type(item) is dict and len(item) == 1 and type(item.get("address")) is str:
