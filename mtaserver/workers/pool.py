@@ -49,6 +49,7 @@ from mtaserver.events import Envelope, Received, event_from_json
 from mtaserver.message.intake import OnAccepted, ReceptionStats
 from mtaserver.spool.journal import Journal, JournalPosition
 from mtaserver.spool.store import MessageStore
+from mtaserver.suppression.service import SuppressionCounters
 from mtaserver.workers.wire import (
     HANDOFF_FD,
     STATS_FIELDS,
@@ -107,7 +108,7 @@ class Handoff:
         store: MessageStore,
         on_accepted: OnAccepted,
         stats: ReceptionStats,
-        suppression_counters: Any = None,
+        suppression_counters: SuppressionCounters | None = None,
     ) -> None:
         self.journal = journal
         self.store = store
@@ -155,7 +156,13 @@ def _add(counters: Any, fields: tuple[str, ...], delta: dict[str, Any]) -> None:
 class WorkerProcess(ProcessProtocol):
     """One worker as the master sees it: its hand-off pipe, its log, its end."""
 
-    def __init__(self, slot: int, handoff: Handoff, ended: Callable[[WorkerProcess], None]):
+    def __init__(
+        self,
+        slot: int,
+        handoff: Handoff,
+        ended: Callable[[WorkerProcess], None],
+        report_top: Callable[[], None] = lambda: None,
+    ):
         self.slot = slot
         self.handoff = handoff
         self._ended = ended
@@ -165,7 +172,7 @@ class WorkerProcess(ProcessProtocol):
         self.started_at = 0.0
         self.sessions_current = 0  # what this worker has added to the master's counter
         self.sessions_top = 0  # the worker's own most sessions at once
-        self.report_top: Callable[[], None] = lambda: None
+        self.report_top = report_top  # the pool sums the workers' peaks
         self.done: Deferred[None] = Deferred()
         self.exited = False
 
@@ -381,8 +388,7 @@ class ReceptionWorkers(Service):
 
     def _spawn(self, slot: int) -> None:
         self._restarts.pop(slot, None)
-        worker = WorkerProcess(slot, self.handoff, self._worker_ended)
-        worker.report_top = self._sessions_top
+        worker = WorkerProcess(slot, self.handoff, self._worker_ended, self._sessions_top)
         child_fds: dict[int, int | str] = {0: "w", 1: "r", 2: "r", HANDOFF_FD: "r"}
         args = [
             self.executable,
