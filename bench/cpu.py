@@ -150,7 +150,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--recipients", type=int, default=1)
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--cprofile", help="write a pstats file of one profiled run here")
-    parser.add_argument("--workers", type=int, default=0, help="reception-workers (default 0)")
+    parser.add_argument(
+        "--workers", help="reception-workers: auto or N (default: the server's default)"
+    )
     parser.add_argument(
         "--compare",
         help="comma-separated git revisions: interleaved runs of each (what a change bought)",

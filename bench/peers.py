@@ -285,8 +285,9 @@ class Postfix:
             _postfixes.remove(self.conf)
 
 
-#: `reception-workers` in every mtaserver config the benchmark writes (`--workers`).
-RECEPTION_WORKERS = 0
+#: `reception-workers` in every mtaserver config the benchmark writes (`--workers`);
+#: None writes nothing (the server's default).
+RECEPTION_WORKERS: str | None = None
 
 API_KEY = "bench_0123456789_0123456789_0123456789"
 
@@ -366,7 +367,8 @@ class MtaServer:
                 ),
             )
             + extra_config
-            + (f"reception-workers {RECEPTION_WORKERS}\n" if RECEPTION_WORKERS else "")
+            + ("http-webhook-allow-addresses 127.0.0.1/32\n" if webhook_url else "")
+            + (f"reception-workers {RECEPTION_WORKERS}\n" if RECEPTION_WORKERS is not None else "")
         )
         self.log = workdir / "twistd.log"
         self.proc: subprocess.Popen[bytes] | None = None

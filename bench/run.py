@@ -793,9 +793,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--profile-out", default="/tmp/mtaserver-profile")
     parser.add_argument(
         "--workers",
-        type=int,
-        default=0,
-        help="reception-workers in mtaserver's config (default 0: one process)",
+        help="reception-workers in mtaserver's config (auto, or N; 0 is one process; "
+        "default: not written, the server's default)",
     )
     parser.add_argument("--json", help="write the results here")
     args = parser.parse_args(argv)
@@ -807,7 +806,7 @@ def main(argv: list[str] | None = None) -> int:
     results: dict[str, object] = {
         "machine": machine(),
         "started": time.ctime(),
-        "reception_workers": args.workers,
+        "reception_workers": args.workers or "server default",
     }
     durations: dict[str, float] = {}
     results["durations_s"] = durations
