@@ -66,6 +66,26 @@ def handle_errors(handler: Handler) -> Callable[..., Awaitable[Any]]:
     return wrapper
 
 
+def routing_error(request: IRequest, failure: Any, resource: str, methods: str) -> bytes:
+    """A failure outside any handler, for a Klein app's `handle_errors(Exception)`.
+
+    No route matched (404 naming the `resource`), the method is not routed (405
+    listing `methods`), or something else (a logged 500): SparkPost's error shape.
+    """
+    from werkzeug.exceptions import MethodNotAllowed, NotFound
+
+    if failure.check(NotFound):
+        error = APIError(404, "Not found", f"no such {resource} resource")
+    elif failure.check(MethodNotAllowed):
+        error = APIError(405, "Method not allowed", f"use {methods}")
+    else:
+        log.failure("{api} API error", failure, api=resource)
+        error = APIError(500, "Internal server error", "see the server log")
+    request.setResponseCode(error.code)
+    request.setHeader(b"Content-Type", b"application/json")
+    return error.body()
+
+
 def read_body(request: IRequest, limit: int) -> bytes:
     """The request body, or a 413 when it is larger than `limit` bytes."""
     length = request.getHeader(b"content-length")

@@ -32,12 +32,11 @@ from datetime import UTC, datetime
 from typing import Any
 
 from klein import Klein
-from twisted.logger import Logger
 from twisted.web.iweb import IRequest
 
 from mtaserver.config.reload import ConfigHolder
 from mtaserver.http.access import api_key_error, form_field
-from mtaserver.http.errors import APIError, handle_errors, json_response, read_body
+from mtaserver.http.errors import APIError, handle_errors, json_response, read_body, routing_error
 from mtaserver.suppression.model import (
     GLOBAL_SCOPE,
     Entry,
@@ -47,8 +46,6 @@ from mtaserver.suppression.model import (
     normalize_scope,
 )
 from mtaserver.suppression.service import SuppressionService
-
-log = Logger()
 
 PATH = "/api/v1/suppression-list"
 DEFAULT_PAGE = 1000
@@ -210,18 +207,7 @@ class SuppressionAPI:
     @app.handle_errors(Exception)
     def unexpected(self, request: IRequest, failure: Any) -> bytes:
         """Anything outside a handler (a route that does not match): SparkPost's shape."""
-        from werkzeug.exceptions import MethodNotAllowed, NotFound
-
-        if failure.check(NotFound):
-            error = APIError(404, "Not found", "no such suppression-list resource")
-        elif failure.check(MethodNotAllowed):
-            error = APIError(405, "Method not allowed", "use GET, PUT or DELETE")
-        else:
-            log.failure("suppression-list API error", failure)
-            error = APIError(500, "Internal server error", "see the server log")
-        request.setResponseCode(error.code)
-        request.setHeader(b"Content-Type", b"application/json")
-        return error.body()
+        return routing_error(request, failure, "suppression-list", "GET, PUT or DELETE")
 
     # -- the parts ---------------------------------------------------------------------
 

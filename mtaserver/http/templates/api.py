@@ -35,7 +35,13 @@ from twisted.web.iweb import IRequest
 from mtaserver.config.reload import ConfigHolder
 from mtaserver.http.access import api_key_error, form_field
 from mtaserver.http.content import Content, ContentError, personal_headers, render
-from mtaserver.http.errors import APIError, handle_errors, json_response, read_body
+from mtaserver.http.errors import (
+    APIError,
+    handle_errors,
+    json_response,
+    read_body,
+    routing_error,
+)
 from mtaserver.http.safety import UnsafeInput, check_json_depth, check_json_strings
 from mtaserver.http.templates.model import (
     bad_request,
@@ -156,18 +162,7 @@ class TemplatesAPI:
     @app.handle_errors(Exception)
     def unexpected(self, request: IRequest, failure: Any) -> bytes:
         """Anything outside a handler (a route that does not match): SparkPost's shape."""
-        from werkzeug.exceptions import MethodNotAllowed, NotFound
-
-        if failure.check(NotFound):
-            error = APIError(404, "Not found", "no such templates resource")
-        elif failure.check(MethodNotAllowed):
-            error = APIError(405, "Method not allowed", "use GET, POST, PUT or DELETE")
-        else:
-            log.failure("templates API error", failure)
-            error = APIError(500, "Internal server error", "see the server log")
-        request.setResponseCode(error.code)
-        request.setHeader(b"Content-Type", b"application/json")
-        return error.body()
+        return routing_error(request, failure, "templates", "GET, POST, PUT or DELETE")
 
     # -- the parts ---------------------------------------------------------------------
 
