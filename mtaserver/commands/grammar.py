@@ -94,22 +94,20 @@ def _interval(text: str) -> str:
     return text
 
 
-def _count(text: str) -> str:
-    if not text.isdigit() or not 1 <= int(text) <= MAX_ITEMS:
-        raise ValueError(f"expected a number from 1 to {MAX_ITEMS}, not {text[:40]!r}")
-    return text
+def _whole(low: int, high: int, expected: str) -> Callable[[str], str]:
+    """A check for a whole number from `low` to `high`; `expected` says so when it fails."""
+
+    def check(text: str) -> str:
+        if not text.isdigit() or not low <= int(text) <= high:
+            raise ValueError(f"{expected}, not {text[:40]!r}")
+        return text
+
+    return check
 
 
-def _priority(text: str) -> str:
-    if not text.isdigit() or int(text) > 100:
-        raise ValueError(f"the priority is 0 to 100, not {text[:40]!r}")
-    return text
-
-
-def _timeout(text: str) -> str:
-    if not text.isdigit() or not 1 <= int(text) <= MAX_TRACE_TIMEOUT:
-        raise ValueError(f"expected seconds from 1 to {MAX_TRACE_TIMEOUT}, not {text[:40]!r}")
-    return text
+_count = _whole(1, MAX_ITEMS, f"expected a number from 1 to {MAX_ITEMS}")
+_priority = _whole(0, 100, "the priority is 0 to 100")
+_timeout = _whole(1, MAX_TRACE_TIMEOUT, f"expected seconds from 1 to {MAX_TRACE_TIMEOUT}")
 
 
 def _ip(text: str) -> str:
