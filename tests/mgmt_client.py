@@ -11,7 +11,10 @@ from __future__ import annotations
 
 import http.client
 import json
+import os
 import smtplib
+import subprocess
+import sys
 import urllib.parse
 from pathlib import Path
 from typing import Any
@@ -19,6 +22,23 @@ from typing import Any
 from server_process import ServerProcess, free_port, wait_until  # noqa: F401 - re-exported
 
 API_KEY = "s3cret-key"
+#: The `mtactl` installed next to the running Python (the console script users run).
+MTACTL = str(Path(sys.executable).with_name("mtactl"))
+
+
+def run_mtactl(
+    *args: str, env: dict[str, str] | None = None, timeout: float = 60
+) -> subprocess.CompletedProcess[str]:
+    """Run `mtactl args` and capture its text output.
+
+    The test's own `MTACTL_*` variables are dropped so only `args` and `env` choose
+    the server and key a run talks to.
+    """
+    environment = {k: v for k, v in os.environ.items() if not k.startswith("MTACTL_")}
+    environment.update(env or {})
+    return subprocess.run(
+        [MTACTL, *args], capture_output=True, text=True, timeout=timeout, env=environment
+    )
 
 
 def config_text(

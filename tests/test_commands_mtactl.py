@@ -4,20 +4,15 @@ command, and its bash completion run by bash itself."""
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import subprocess
-import sys
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
-from mgmt_client import API_KEY, MgmtServer, wait_until
+from mgmt_client import API_KEY, MgmtServer, run_mtactl, wait_until
 from mx_receiver import Receiver
 
 from mtaserver.commands import SPECS
-
-MTACTL = str(Path(sys.executable).with_name("mtactl"))
 
 #: One harmless line per command (reading, or acting on a domain no test uses).
 LINES = {
@@ -77,12 +72,8 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MgmtServer]:
 
 
 def mtactl(server: MgmtServer | None, *args: str) -> subprocess.CompletedProcess[str]:
-    environment = {k: v for k, v in os.environ.items() if not k.startswith("MTACTL_")}
-    if server is not None:
-        environment.update(MTACTL_URL=server.url, MTACTL_API_KEY=API_KEY)
-    return subprocess.run(
-        [MTACTL, *args], capture_output=True, text=True, timeout=90, env=environment
-    )
+    env = None if server is None else {"MTACTL_URL": server.url, "MTACTL_API_KEY": API_KEY}
+    return run_mtactl(*args, env=env, timeout=90)
 
 
 def test_every_command_answers_json(server: MgmtServer) -> None:

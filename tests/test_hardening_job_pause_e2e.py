@@ -8,21 +8,16 @@ result with `show jobs` over the command API.
 
 from __future__ import annotations
 
-import os
 import subprocess
-import sys
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
 from browser import chromium, console_errors
-from mgmt_client import API_KEY, MgmtServer, wait_until
+from mgmt_client import API_KEY, MgmtServer, run_mtactl, wait_until
 from mx_receiver import Receiver
 from refusing_mx import RefusingMX
 from test_console_browser import HTML_ERROR, ConsoleServer, open_view, row_cells
-
-MTACTL = str(Path(sys.executable).with_name("mtactl"))
 
 
 @pytest.fixture(scope="module")
@@ -55,11 +50,7 @@ def waiting(server: MgmtServer, queue: str) -> list[tuple[str, str, str]]:
 
 
 def mtactl(server: MgmtServer, *args: str) -> subprocess.CompletedProcess[str]:
-    environment = {k: v for k, v in os.environ.items() if not k.startswith("MTACTL_")}
-    environment.update({"MTACTL_URL": server.url, "MTACTL_API_KEY": API_KEY})
-    return subprocess.run(
-        [MTACTL, *args], capture_output=True, text=True, timeout=60, env=environment
-    )
+    return run_mtactl(*args, env={"MTACTL_URL": server.url, "MTACTL_API_KEY": API_KEY})
 
 
 def test_paused_job_waits_while_the_other_job_of_the_queue_arrives(

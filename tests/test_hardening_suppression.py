@@ -14,7 +14,6 @@ import json
 import os
 import smtplib
 import subprocess
-import sys
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -23,6 +22,7 @@ from typing import Any
 import attrs
 import pytest
 import trustme
+from mgmt_client import run_mtactl
 from mx_receiver import Receiver
 from server_process import ServerProcess, free_port, read_acct, wait_until
 from sparkpost import SparkPost
@@ -36,7 +36,6 @@ from mtaserver.suppression.service import automatic_entries, scopes_for
 
 API_KEY = "test_key_0123456789_0123456789_abcdef"
 MGMT_KEY = "s3cret-key"
-MTACTL = str(Path(sys.executable).with_name("mtactl"))
 
 CONFIG = """
 host-name mta.test
@@ -98,14 +97,7 @@ class Server:
             return dict(client.sendmail(sender, rcpts, b"Subject: t\r\n\r\nbody\r\n"))
 
     def mtactl(self, *args: str) -> subprocess.CompletedProcess[str]:
-        environment = {k: v for k, v in os.environ.items() if not k.startswith("MTACTL_")}
-        return subprocess.run(
-            [MTACTL, "--url", self.url, "--api-key", MGMT_KEY, *args],
-            capture_output=True,
-            text=True,
-            timeout=60,
-            env=environment,
-        )
+        return run_mtactl("--url", self.url, "--api-key", MGMT_KEY, *args)
 
 
 def start_server(

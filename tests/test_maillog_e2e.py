@@ -8,22 +8,20 @@ deliveries), and reads the log file back.
 from __future__ import annotations
 
 import base64
-import os
 import re
 import smtplib
 import socket
 import subprocess
-import sys
 from pathlib import Path
 
 from dns_server import start_dns_server_in_thread
+from mgmt_client import run_mtactl
 from mx_receiver import Receiver
 from server_configs import DISCARD, domain, relay_config
 from server_process import ServerProcess, free_port, wait_until
 
 PASSWORD = "Pa55-w0rd-never-logged"
 API_KEY = "maillog-admin-key"
-MTACTL = str(Path(sys.executable).with_name("mtactl"))
 #: Every line of the log: a UTC timestamp, a tag, text; nothing else, ever.
 LINE = re.compile(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d{3} \[[a-z0-9 ]+\] [\x20-\x7e\u00a0-\uffff]*")
 
@@ -50,15 +48,7 @@ def session(text: str, marker: str) -> str:
 
 
 def mtactl(mgmt: int, *args: str) -> subprocess.CompletedProcess[str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("MTACTL_")}
-    url = f"http://127.0.0.1:{mgmt}"
-    return subprocess.run(
-        [MTACTL, "--url", url, "--api-key", API_KEY, *args],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        env=env,
-    )
+    return run_mtactl("--url", f"http://127.0.0.1:{mgmt}", "--api-key", API_KEY, *args)
 
 
 def test_received_session_transcript_with_auth_masked(tmp_path: Path) -> None:

@@ -3,18 +3,13 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 from mgmt_client import API_KEY, MgmtServer
+from mgmt_client import run_mtactl as mtactl
 from mx_receiver import Receiver
 from server_process import free_port
-
-MTACTL = str(Path(sys.executable).with_name("mtactl"))
 
 
 @pytest.fixture(scope="module")
@@ -23,14 +18,6 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MgmtServer]:
         mgmt = MgmtServer(tmp_path_factory.mktemp("mtactl"), receiver.port).start()
         yield mgmt
         mgmt.stop()
-
-
-def mtactl(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    environment = {k: v for k, v in os.environ.items() if not k.startswith("MTACTL_")}
-    environment.update(env or {})
-    return subprocess.run(
-        [MTACTL, *args], capture_output=True, text=True, timeout=60, env=environment
-    )
 
 
 def test_show_queues_json(server: MgmtServer) -> None:
