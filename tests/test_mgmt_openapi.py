@@ -10,14 +10,8 @@ from collections.abc import Iterator
 
 import pytest
 import schemathesis
-from hypothesis import HealthCheck, settings
 from mgmt_client import API_KEY, MgmtServer
-from schemathesis.checks import not_a_server_error
-from schemathesis.specs.openapi.checks import (
-    content_type_conformance,
-    response_schema_conformance,
-    status_code_conformance,
-)
+from openapi_checks import BOUNDED, CHECKS
 
 from mtaserver.http.openapi import document
 
@@ -27,12 +21,6 @@ schema = schemathesis.openapi.from_dict(document()).include(
         r"|queueDetail|domainDetail|vmtaDetail|jobDetail|listQueue)$"
     )
 )
-CHECKS = [
-    not_a_server_error,
-    status_code_conformance,
-    content_type_conformance,
-    response_schema_conformance,
-]
 
 
 @pytest.fixture(scope="module")
@@ -49,12 +37,7 @@ def test_served_document_is_ours(server: MgmtServer) -> None:
 
 
 @schema.parametrize()
-@settings(
-    max_examples=8,
-    deadline=5000,
-    suppress_health_check=list(HealthCheck),
-    derandomize=True,
-)
+@BOUNDED
 def test_api_conforms_to_its_document(case: schemathesis.Case, server: MgmtServer) -> None:
     """Every generated request gets a documented status, content type and body; no 500."""
     response = case.call(base_url=server.url, headers={"X-API-Key": API_KEY}, timeout=10)

@@ -12,14 +12,8 @@ from pathlib import Path
 
 import pytest
 import schemathesis
-from hypothesis import HealthCheck, settings
 from mx_receiver import Receiver
-from schemathesis.checks import not_a_server_error
-from schemathesis.specs.openapi.checks import (
-    content_type_conformance,
-    response_schema_conformance,
-    status_code_conformance,
-)
+from openapi_checks import BOUNDED, CHECKS
 from server_process import ServerProcess, free_port
 
 from mtaserver.http.openapi import document
@@ -29,12 +23,6 @@ KEY = "schema_key_0123456789_0123456789_abcdef"
 schema = schemathesis.openapi.from_dict(document()).include(
     path_regex=r"^/api/v1/(transmissions|templates)"
 )
-CHECKS = [
-    not_a_server_error,
-    status_code_conformance,
-    content_type_conformance,
-    response_schema_conformance,
-]
 
 
 @pytest.fixture(scope="module")
@@ -70,12 +58,7 @@ spool {directory}/spool
 
 
 @schema.parametrize()
-@settings(
-    max_examples=8,
-    deadline=5000,
-    suppress_health_check=list(HealthCheck),
-    derandomize=True,
-)
+@BOUNDED
 def test_transmissions_api_conforms_to_its_document(case: schemathesis.Case, base_url: str) -> None:
     """Every generated request gets a documented status, content type and body; no 500."""
     response = case.call(base_url=base_url, headers={"Authorization": KEY}, timeout=10)
