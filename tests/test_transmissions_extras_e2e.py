@@ -14,6 +14,7 @@ import email.policy
 import json
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -109,13 +110,22 @@ class Server:
         return reply_data(self.mgmt_port, "POST", "/command", fields, key=MGMT_KEY)
 
 
+@contextmanager
+def running_server(
+    tmp_path: Path, ca: trustme.CA, mx_port: int, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[Server]:
+    """A started `Server` whose CA the `sparkpost` client trusts (`REQUESTS_CA_BUNDLE`)."""
+    running = Server(tmp_path, ca, mx_port)
+    monkeypatch.setenv("REQUESTS_CA_BUNDLE", str(running.bundle))
+    with running.process:
+        yield running
+
+
 @pytest.fixture
 def server(
     tmp_path: Path, ca: trustme.CA, receiver: Receiver, monkeypatch: pytest.MonkeyPatch
 ) -> Iterator[Server]:
-    running = Server(tmp_path, ca, receiver.port)
-    monkeypatch.setenv("REQUESTS_CA_BUNDLE", str(running.bundle))
-    with running.process:
+    with running_server(tmp_path, ca, receiver.port, monkeypatch) as running:
         yield running
 
 
@@ -255,9 +265,7 @@ def test_smtputf8_with_ascii_addresses_is_delivered_without_smtputf8(
     """options.smtputf8 with all-ASCII addresses: a receiver without SMTPUTF8 takes the mail."""
     plain = Receiver(smtputf8=False)
     try:
-        running = Server(tmp_path, ca, plain.port)
-        monkeypatch.setenv("REQUESTS_CA_BUNDLE", str(running.bundle))
-        with running.process:
+        with running_server(tmp_path, ca, plain.port, monkeypatch) as running:
             response = running.post(
                 "/api/v1/transmissions",
                 {

@@ -22,7 +22,7 @@ from mx_receiver import Receiver
 from server_process import read_acct, wait_until
 from sparkpost import SparkPost
 from sparkpost.exceptions import SparkPostAPIException
-from test_transmissions_extras_e2e import API_KEY, Server
+from test_transmissions_extras_e2e import API_KEY, Server, running_server
 
 TEMPLATES = "/api/v1/templates"
 
@@ -31,9 +31,7 @@ TEMPLATES = "/api/v1/templates"
 def server(
     tmp_path: Path, ca: trustme.CA, receiver: Receiver, monkeypatch: pytest.MonkeyPatch
 ) -> Iterator[Server]:
-    running = Server(tmp_path, ca, receiver.port)
-    monkeypatch.setenv("REQUESTS_CA_BUNDLE", str(running.bundle))
-    with running.process:
+    with running_server(tmp_path, ca, receiver.port, monkeypatch) as running:
         yield running
 
 
