@@ -90,6 +90,18 @@ def records(tmp_path: Path, kind: str) -> list[dict[str, str]]:
     return [r for r in read_acct(tmp_path / "acct.csv") if r["type"] == kind]
 
 
+def dst_and_src_config(tmp_path: Path, port: int, dst: Receiver, src: Receiver, *extra: str) -> str:
+    """Relaying to `dst.test` and the senders' `src.test` (where DSNs go), acct on."""
+    return relay_config(
+        tmp_path,
+        port,
+        acct_file(tmp_path / "acct.csv"),
+        domain(f"smtp-hosts [127.0.0.1]:{dst.port}", "dst.test"),
+        domain(f"smtp-hosts [127.0.0.1]:{src.port}", "src.test"),
+        *extra,
+    )
+
+
 def test_delay_dsns_repeat_for_notify_delay_only(
     tmp_path: Path, dst: Receiver, src: Receiver
 ) -> None:
@@ -147,13 +159,7 @@ def test_delay_dsns_repeat_for_notify_delay_only(
 def test_success_dsn_and_notify_never(tmp_path: Path, dst: Receiver, src: Receiver) -> None:
     """NOTIFY=SUCCESS is reported relayed (the MX has no DSN); NOTIFY=NEVER silences a bounce."""
     port = free_port()
-    conf = relay_config(
-        tmp_path,
-        port,
-        acct_file(tmp_path / "acct.csv"),
-        domain(f"smtp-hosts [127.0.0.1]:{dst.port}", "dst.test"),
-        domain(f"smtp-hosts [127.0.0.1]:{src.port}", "src.test"),
-    )
+    conf = dst_and_src_config(tmp_path, port, dst, src)
     with ServerProcess(tmp_path, conf, wait_ports=(port,)):
         send(
             port,
@@ -266,12 +272,11 @@ def test_transmissions_api_source_options(
 ) -> None:
     """{transmissions-api}: dsn-return-default full returns the body; suppress-local-dsn none."""
     port, api_port = free_port(), free_port()
-    conf = relay_config(
+    conf = dst_and_src_config(
         tmp_path,
         port,
-        acct_file(tmp_path / "acct.csv"),
-        domain(f"smtp-hosts [127.0.0.1]:{dst.port}", "dst.test"),
-        domain(f"smtp-hosts [127.0.0.1]:{src.port}", "src.test"),
+        dst,
+        src,
         f"<transmissions-api-listener 127.0.0.1:{api_port}>\n</transmissions-api-listener>\n"
         f"<transmissions-api>\n api-key {API_KEY}\n</transmissions-api>\n"
         "<source {transmissions-api}>\n dsn-return-default full\n"
