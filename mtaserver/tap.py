@@ -48,7 +48,7 @@ from mtaserver.runtime import RunInThread
 from mtaserver.smtp.connections import InboundConnections, raise_nofile_limit
 from mtaserver.smtp.deliverer import SmtpDeliverer
 from mtaserver.smtp.dkim import DkimError, DkimSigner
-from mtaserver.smtp.listeners import SmtpListeners
+from mtaserver.smtp.listeners import SmtpListeners, check_listener_certificates
 from mtaserver.smtp.mx import MxResolver
 from mtaserver.smtp.nameservers import NameServerResolver
 from mtaserver.smtp.server import SmtpListenerService, make_smtp_service
@@ -156,6 +156,9 @@ def makeService(options: Options, reactor: Any = None) -> IService:  # noqa: N80
         root = compose(holder, reactor)
     except (InsecureListenerError, DkimError, ValueError) as exc:
         refuse_to_start(str(exc))
+    problems = holder.start_problems(holder.config)  # the checks `test config` runs
+    if problems:
+        refuse_to_start("; ".join(str(p) for p in problems))
     log.info("mtaserver configured from {path}", path=holder.config.path)
     return root
 
@@ -171,7 +174,9 @@ def compose(holder: ConfigHolder, reactor: Any) -> MultiService:
         return deferToThreadPool(reactor, pool, work)
 
     install_sighup(holder, reactor, run_in_thread)
-    holder.check_at_start(check_http_certificates)  # `test config` refuses what start does
+    # `test config` refuses what a start refuses (in one process or with reception workers)
+    holder.check_at_start(check_http_certificates)
+    holder.check_at_start(check_listener_certificates)
 
     # The operator's mail log (`log-file`) first: everything after may write to it.
     maillog_service = MailLogService(holder, reactor, run_in_thread)

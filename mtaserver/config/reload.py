@@ -90,6 +90,14 @@ class ConfigHolder:
         """
         self._start_checks.append(check)
 
+    def start_problems(self, config: Config) -> list[ConfigProblem]:
+        """What every registered check (reload and start) finds in `config`.
+
+        Startup runs this once the services have registered their checks, so a start
+        refuses exactly what `test config` (`load_checked`) refuses.
+        """
+        return [problem for check in self._checks + self._start_checks for problem in check(config)]
+
     def load_checked(self, path: str) -> Config:
         """Load `path` and run every service check: what startup accepts.
 

@@ -82,7 +82,6 @@ class SmtpListeners(MultiService):
         for listener in holder.config.settings.smtp_listener:
             self._bind(listener, None)
         holder.on_reload(self.reloaded)
-        holder.check_at_start(check_listener_certificates)
 
     def reloaded(self, old: Config, new: Config) -> None:
         """A reload listener: see `apply`."""
