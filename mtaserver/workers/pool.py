@@ -47,6 +47,7 @@ from mtaserver.config.reload import ConfigHolder
 from mtaserver.config.values import HostPort
 from mtaserver.events import Envelope, Received, event_from_json
 from mtaserver.message.intake import OnAccepted, ReceptionStats
+from mtaserver.smtp.listeners import check_listener_certificates
 from mtaserver.spool.journal import Journal, JournalPosition
 from mtaserver.spool.store import MessageStore
 from mtaserver.suppression.service import SuppressionCounters
@@ -290,7 +291,11 @@ class WorkerProcess(ProcessProtocol):
 
 
 class ReceptionWorkers(Service):
-    """Starts, supervises and stops the reception workers; owns their listening sockets."""
+    """Starts, supervises and stops the reception workers; owns their listening sockets.
+
+    ValueError when a listener's STARTTLS certificate does not load (the server refuses
+    to start, as `SmtpListeners` makes it in one process).
+    """
 
     def __init__(
         self,
@@ -314,6 +319,12 @@ class ReceptionWorkers(Service):
         self._stopping = False
         self._retiring: list[WorkerProcess] = []
         self._bound = False
+        # The workers load the STARTTLS certificates; a start (and `test config`) is
+        # refused here when one does not load, as in one process.
+        problems = check_listener_certificates(holder.config)
+        if problems:
+            raise ValueError("; ".join(str(problem) for problem in problems))
+        holder.check_at_start(check_listener_certificates)
         holder.on_reload(self.reloaded)
 
     # -- lifetime ---------------------------------------------------------------------
