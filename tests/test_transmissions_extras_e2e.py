@@ -9,6 +9,7 @@ shows the queues, and the acct file what happened.
 from __future__ import annotations
 
 import calendar
+import copy
 import email
 import email.policy
 import json
@@ -293,17 +294,25 @@ def test_smtputf8_with_ascii_addresses_is_delivered_without_smtputf8(
 # -- fields never ignored --------------------------------------------------------------
 
 
-def body(**changes: Any) -> dict[str, Any]:
-    base: dict[str, Any] = {
-        "recipients": [{"address": "ok@dest.example"}],
-        "content": {"from": "s@api.example.test", "subject": "s", "text": "x"},
-    }
+def with_changes(base: dict[str, Any], **changes: Any) -> dict[str, Any]:
+    """A deep copy of the request body `base` with `changes`; `content_X=` sets `content.X`."""
+    result = copy.deepcopy(base)
     for key, value in changes.items():
         if key.startswith("content_"):
-            base["content"][key.removeprefix("content_")] = value
+            result["content"][key.removeprefix("content_")] = value
         else:
-            base[key] = value
-    return base
+            result[key] = value
+    return result
+
+
+BODY: dict[str, Any] = {
+    "recipients": [{"address": "ok@dest.example"}],
+    "content": {"from": "s@api.example.test", "subject": "s", "text": "x"},
+}
+
+
+def body(**changes: Any) -> dict[str, Any]:
+    return with_changes(BODY, **changes)
 
 
 @pytest.mark.parametrize(

@@ -22,7 +22,7 @@ from mx_receiver import Receiver
 from server_process import read_acct, wait_until
 from sparkpost import SparkPost
 from sparkpost.exceptions import SparkPostAPIException
-from test_transmissions_extras_e2e import API_KEY, Server, running_server
+from test_transmissions_extras_e2e import API_KEY, Server, running_server, with_changes
 
 TEMPLATES = "/api/v1/templates"
 
@@ -209,20 +209,14 @@ def test_rfc822_template_needs_a_return_path_and_is_sent_as_is(
     assert parsed(message.data)["Subject"] == "stored raw"
 
 
-VALID = {
+VALID: dict[str, Any] = {
     "id": "t1",
     "content": {"from": "s@api.example.test", "subject": "s", "text": "t"},
 }
 
 
 def with_(**changes: Any) -> dict[str, Any]:
-    body = {"id": VALID["id"], "content": dict(VALID["content"])}  # type: ignore[arg-type]
-    for key, value in changes.items():
-        if key.startswith("content_"):
-            body["content"][key.removeprefix("content_")] = value
-        else:
-            body[key] = value
-    return body
+    return with_changes(VALID, **changes)
 
 
 @pytest.mark.parametrize(
