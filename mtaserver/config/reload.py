@@ -88,7 +88,8 @@ class ConfigHolder:
         For what a reload deliberately survives: a certificate file that does not load
         is logged at reload and the old one kept, but a server cannot start without it.
         """
-        self._start_checks.append(check)
+        if check not in self._start_checks:  # two owners may register the same check
+            self._start_checks.append(check)
 
     def start_problems(self, config: Config) -> list[ConfigProblem]:
         """What every registered check (reload and start) finds in `config`.
