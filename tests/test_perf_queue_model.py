@@ -221,3 +221,20 @@ def test_fresh_mail_opens_sessions_up_to_max_smtp_out_at_once(tmp_path: Path) ->
     assert world.deliverer.running == 3
     world.deliverer.gate.callback(None)
     assert len(world.outcomes()) == 10
+
+
+def test_queue_states_list_modes_without_counting(tmp_path: Path) -> None:
+    """`QueueControl.states` names each queue with its mode and pause, like `queues`."""
+    world = World(tmp_path, "retry-after 1h")
+    world.deliverer.failure = QueueLevelFailure("4.4.1", "connection refused")
+    world.submit("ok@a.test")
+    world.submit("ok@b.test")
+    world.scheduler.pause("b.test/*")
+    control = world.scheduler.control
+    states = control.states()
+    views = control.queues()
+    assert [s.name for s in states] == [v.name for v in views]
+    assert [(s.mode, s.paused, s.last_error) for s in states] == [
+        (v.mode, v.paused, v.last_error) for v in views
+    ]
+    assert states[1].paused and "connection refused" in states[0].last_error

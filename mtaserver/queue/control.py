@@ -54,6 +54,24 @@ class QueueView:
 
 
 @attrs.frozen
+class QueueState:
+    """A queue's name, place and mode, without the counts: cheap for a periodic reader.
+
+    A `QueueView` counts the queue's recipients, messages and bytes, which walks every
+    waiting item; a watcher that only needs modes reads this instead, so its cost does
+    not grow with the number of queued recipients.
+    """
+
+    name: str
+    domain: str
+    vmta: str
+    pool: str | None
+    mode: str
+    paused: bool
+    last_error: str
+
+
+@attrs.frozen
 class WaitingRecipient:
     """One recipient waiting in a queue (`list --queue=...`)."""
 
@@ -265,6 +283,13 @@ class QueueControl:
         messages = self._scheduler.messages
         now = self._scheduler.clock.seconds()
         return [_view(queue, messages, now) for queue in self._scheduler.matching(pattern)]
+
+    def states(self, pattern: str = "*") -> list[QueueState]:
+        """The queues matching `pattern`, by name, without counts (O(queues), not items)."""
+        return [
+            QueueState(q.name, q.domain, q.vmta, q.pool, q.mode, q.paused, q.last_error)
+            for q in self._scheduler.matching(pattern)
+        ]
 
     def totals(self) -> QueueTotals:
         queues = list(self._scheduler.queues.values())

@@ -27,7 +27,7 @@ from twisted.logger import Logger
 
 from mtaserver.config.reload import ConfigHolder
 from mtaserver.events import Envelope, Recipient
-from mtaserver.queue.control import QueueControl, QueueView
+from mtaserver.queue.control import QueueControl, QueueState
 from mtaserver.queue.sources import source_key
 
 log = Logger()
@@ -103,10 +103,10 @@ class QueueNotices(Service):
             log.failure("queue notices: a look failed")
 
     def _look(self) -> None:
-        queues = {q.name: q for q in self.control.queues()}
+        queues = {q.name: q for q in self.control.states()}
         disabled = {(d.queue, d.source) for d in self.control.disabled_sources()}
         self._backoff_when_all_disabled(queues, disabled)
-        queues = {q.name: q for q in self.control.queues()}
+        queues = {q.name: q for q in self.control.states()}
         for name, queue in queues.items():
             before = self._modes.get(name, "normal")
             if queue.mode != before:
@@ -118,11 +118,11 @@ class QueueNotices(Service):
             self._source_changed(queues.get(name), name, source, "enabled again")
         self._disabled = disabled
 
-    def _settings(self, queue: QueueView) -> Any:
+    def _settings(self, queue: QueueState) -> Any:
         return self.holder.config.domain_settings(queue.domain, queue.vmta, queue.pool)
 
     def _backoff_when_all_disabled(
-        self, queues: dict[str, QueueView], disabled: set[tuple[str, str]]
+        self, queues: dict[str, QueueState], disabled: set[tuple[str, str]]
     ) -> None:
         """`backoff-upon-all-sources-disabled`: a normal queue with no source left backs off."""
         config = self.holder.config
@@ -138,7 +138,7 @@ class QueueNotices(Service):
                 log.info("queue {queue}: every source disabled, backoff mode", queue=name)
                 self.control.set_mode(name, "backoff")
 
-    def _mode_changed(self, queue: QueueView, before: str) -> None:
+    def _mode_changed(self, queue: QueueState, before: str) -> None:
         verb = "entered backoff mode" if queue.mode == "backoff" else "left backoff mode"
         recipients = self._settings(queue).backoff_notify
         text = f"Queue {queue.name} {verb}."
@@ -146,7 +146,7 @@ class QueueNotices(Service):
             text += f"\r\n\r\nLast error: {queue.last_error}"
         self._notify(recipients, f"{queue.name} {verb}", text, "backoff-notify")
 
-    def _source_changed(self, queue: QueueView | None, name: str, source: str, what: str) -> None:
+    def _source_changed(self, queue: QueueState | None, name: str, source: str, what: str) -> None:
         if queue is None:
             return
         recipients = self._settings(queue).disabled_source_ip_notify
