@@ -24,7 +24,6 @@ durably in the thread pool (`store`). Errors are SparkPost's
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 from klein import Klein
@@ -42,7 +41,6 @@ from mtaserver.http.errors import (
     read_body,
     routing_error,
 )
-from mtaserver.http.safety import UnsafeInput, check_json_depth, check_json_strings
 from mtaserver.http.templates.model import (
     bad_request,
     check_unknown,
@@ -59,23 +57,11 @@ from mtaserver.http.templates.store import (
     TemplateStore,
     TooManyTemplates,
 )
+from mtaserver.http.transmissions.parse import parse_json
 
 log = Logger()
 
 PATH = "/api/v1/templates"
-
-
-def parse_body(raw: bytes) -> Any:
-    """The decoded JSON body, or 400 (too deep, invalid, NUL, lone surrogates)."""
-    try:
-        check_json_depth(raw)
-        body = json.loads(raw)
-        check_json_strings(body, raw=raw)
-    except UnsafeInput as exc:
-        raise bad_request(str(exc)) from None
-    except (ValueError, UnicodeDecodeError, RecursionError) as exc:
-        raise bad_request(f"the body is not valid JSON: {exc}") from None
-    return body
 
 
 def not_found(template_id: str) -> APIError:
@@ -183,7 +169,7 @@ class TemplatesAPI:
         content_type = (request.getHeader(b"content-type") or b"").split(b";")[0].strip()
         if content_type.lower() != b"application/json":
             raise APIError(415, "Unsupported media type", "send Content-Type: application/json")
-        return parse_body(read_body(request, self.holder.config.api.max_request_size))
+        return parse_json(read_body(request, self.holder.config.api.max_request_size))
 
 
 def _rendered(content: dict[str, Any], data: dict[str, Any]) -> dict[str, Any]:
