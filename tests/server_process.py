@@ -151,11 +151,18 @@ class ServerProcess:
         return False
 
     def kill9(self) -> None:
-        """SIGKILL, as a crash: nothing gets to clean up."""
+        """SIGKILL, as a crash: nothing gets to clean up.
+
+        Returns once the server's reception workers (killed by the kernel when it dies)
+        are gone too: until then their copy of a listening socket still accepts, and a
+        client of the restarted server could connect to a dying process.
+        """
         if self.proc is not None:
+            workers = children_of(self.proc.pid)
             self.proc.send_signal(signal.SIGKILL)
             self.proc.wait(timeout=30)
             self.proc = None
+            wait_until(lambda: not any(_alive(pid) for pid in workers))
 
     def stop(self) -> None:
         if self.proc is not None and self.proc.poll() is None:
@@ -172,6 +179,33 @@ class ServerProcess:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+def children_of(pid: int) -> list[int]:
+    """The live child processes of `pid` (a server's reception workers), from /proc."""
+    found = []
+    for name in os.listdir("/proc"):
+        if name.isdigit() and _parent(int(name)) == pid and _alive(int(name)):
+            found.append(int(name))
+    return found
+
+
+def _stat(pid: int) -> list[str]:
+    try:
+        with open(f"/proc/{pid}/stat") as stream:
+            return stream.read().rsplit(")", 1)[1].split()
+    except OSError:
+        return []
+
+
+def _parent(pid: int) -> int:
+    fields = _stat(pid)
+    return int(fields[1]) if fields else 0
+
+
+def _alive(pid: int) -> bool:
+    fields = _stat(pid)
+    return bool(fields) and fields[0] != "Z"
 
 
 def wait_until(predicate: Callable[[], Any], timeout: float = 30.0) -> bool:
