@@ -203,3 +203,29 @@ def test_file_stays_when_the_journal_outcome_is_unknown(
     assert [type(e) for e in failures] == [type(error)]
     assert os.path.exists(writer.final_path) is kept
     assert not os.path.exists(writer.tmp_path)
+
+
+def test_a_port_held_by_dying_workers_is_waited_for_at_start(tmp_path: Path) -> None:
+    """At start, an smtp-listener port still in use is tried again until it frees up."""
+    import socket
+    import threading
+
+    from mtaserver.config.reload import ConfigHolder
+    from mtaserver.config.values import HostPort
+    from mtaserver.workers import ReceptionWorkers
+
+    holder_sock = socket.socket()
+    holder_sock.bind(("127.0.0.1", 0))
+    holder_sock.listen(1)  # the old socket a dying worker still holds
+    port = holder_sock.getsockname()[1]
+    conf = tmp_path / "mtaserver.conf"
+    conf.write_text(f"spool {tmp_path}/spool\nsmtp-listener 127.0.0.1:{port}\n")
+    holder = ConfigHolder.from_file(str(conf))
+    workers = ReceptionWorkers(holder, None, 1, task.Clock())  # type: ignore[arg-type]
+    threading.Timer(0.5, holder_sock.close).start()
+    workers.privilegedStartService()
+    try:
+        assert set(workers.sockets) == {HostPort("127.0.0.1", port)}
+    finally:
+        for sock in workers.sockets.values():
+            sock.close()

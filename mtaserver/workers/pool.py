@@ -29,9 +29,11 @@ opens and closes sockets in the master and restarts the workers on the new set.
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import socket
 import sys
+import time
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -68,6 +70,8 @@ FIRST_LISTEN_FD = 10
 STOP_GRACE = 20.0
 BACKOFF_FIRST = 0.5
 BACKOFF_MAX = 30.0
+#: Seconds a start waits for a port still held by the dying workers of a crashed master.
+BIND_PATIENCE = 3.0
 #: A worker that lived this long had a fair run: its next restart starts the back-off over.
 STABLE_AFTER = 30.0
 
@@ -337,17 +341,31 @@ class ReceptionWorkers(Service):
         super().privilegedStartService()
         self._bound = True
         for listener in self.holder.config.settings.smtp_listener:
-            self._open(listener.address)
+            self._open(listener.address, BIND_PATIENCE)
 
-    def _open(self, address: HostPort) -> None:
+    def _open(self, address: HostPort, patience: float = 0.0) -> None:
+        """Bind `address`; at start, an address in use is tried again for `patience` s.
+
+        After a crash of the master its workers die a moment later than it does (the
+        kernel's SIGKILL), and until then their copy of the old socket holds the port: a
+        supervisor restarting the server at once must not start it without a listener.
+        """
         if address in self.sockets:
             return
-        try:
-            self.sockets[address] = open_listening_socket(address)
-        except OSError as exc:
-            log.error(
-                "smtp-listener {address}: Couldn't listen: {error}", address=address, error=exc
-            )
+        deadline = time.monotonic() + patience
+        while True:
+            try:
+                self.sockets[address] = open_listening_socket(address)
+                return
+            except OSError as exc:
+                if exc.errno != errno.EADDRINUSE or time.monotonic() >= deadline:
+                    log.error(
+                        "smtp-listener {address}: Couldn't listen: {error}",
+                        address=address,
+                        error=exc,
+                    )
+                    return
+            time.sleep(0.1)  # at start, before the reactor runs: nothing else waits
 
     def startService(self) -> None:  # noqa: N802 - Twisted's name
         if not self._bound:
