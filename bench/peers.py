@@ -73,6 +73,23 @@ def wait_for_port(port: int, timeout: float = 30.0) -> bool:
     return False
 
 
+def wait_for_banner(port: int, timeout: float = 60.0) -> bool:
+    """Wait until an SMTP server on `port` answers `220`: listening is not enough when
+    reception workers take over sockets the master opened (the backlog fills until
+    they run), and a timed run must not include their start-up."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
+                if sock.makefile("rb").readline().startswith(b"220"):
+                    sock.sendall(b"QUIT\r\n")
+                    return True
+        except OSError:
+            pass
+        time.sleep(0.05)
+    return False
+
+
 def _spawn(cmd: list[str], **kwargs: object) -> subprocess.Popen[bytes]:
     proc = subprocess.Popen(cmd, **kwargs)  # type: ignore[call-overload]
     _live.append(proc)
@@ -402,7 +419,7 @@ class MtaServer:
                 **({"PYTHONPATH": self.pythonpath} if self.pythonpath else {}),
             ),
         )
-        if not wait_for_port(self.port, timeout):
+        if not wait_for_port(self.port, timeout) or not wait_for_banner(self.port, timeout):
             self.stop()
             raise RuntimeError(f"mtaserver did not listen:\n{self.read_log()[-3000:]}")
         return time.monotonic() - started
