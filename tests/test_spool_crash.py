@@ -71,10 +71,11 @@ def run_and_kill(spool: str, acks_wanted: int) -> tuple[set[str], set[str]]:
     finally:
         child.send_signal(signal.SIGKILL)
         rest = child.communicate()[0]
-    for line in rest.decode().splitlines():
-        if line.count(" ") == 1:  # a line cut by the kill was never flushed whole
-            kind, msg_id = line.split()
-            (acked if kind == "ack" else delivered).add(msg_id)
+    # Only whole lines count: the piece after the last newline may have been cut by the
+    # kill anywhere, even inside the message id.
+    for line in rest.decode().split("\n")[:-1]:
+        kind, msg_id = line.split()
+        (acked if kind == "ack" else delivered).add(msg_id)
     return acked, delivered
 
 
