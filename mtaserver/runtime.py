@@ -11,8 +11,10 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any, Protocol, TypeVar
 
+from twisted.application.service import Service
 from twisted.internet import defer
 from twisted.internet.threads import deferToThread, deferToThreadPool
+from twisted.python.threadpool import ThreadPool
 
 T = TypeVar("T")
 
@@ -50,3 +52,21 @@ def default_run_in_thread(reactor: Any) -> RunInThread:
     if hasattr(reactor, "getThreadPool"):
         return lambda f: deferToThreadPool(reactor, reactor.getThreadPool(), f)
     return deferToThread
+
+
+class ThreadPoolService(Service):
+    """The bounded pool for blocking work (fsync, file I/O, DKIM, LDAP).
+
+    MultiService stops its children all at once, so services still finishing work
+    in the pool (a last acct catch-up, a session's final journal record) would find
+    it gone. The pool therefore stops after shutdown, once every service has.
+    """
+
+    def __init__(self, pool: ThreadPool, reactor: Any) -> None:
+        self.pool = pool
+        self.reactor = reactor
+
+    def startService(self) -> None:  # noqa: N802 - Twisted's name
+        super().startService()
+        self.pool.start()
+        self.reactor.addSystemEventTrigger("after", "shutdown", self.pool.stop)

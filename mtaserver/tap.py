@@ -44,7 +44,7 @@ from mtaserver.queue.delivery import DiscardDeliverer, FileDeliverer, IDeliverer
 from mtaserver.queue.notices import QueueNotices
 from mtaserver.queue.scheduler import Scheduler
 from mtaserver.queue.service import SchedulerService
-from mtaserver.runtime import RunInThread
+from mtaserver.runtime import RunInThread, ThreadPoolService
 from mtaserver.smtp.connections import InboundConnections, raise_nofile_limit
 from mtaserver.smtp.deliverer import SmtpDeliverer
 from mtaserver.smtp.dkim import DkimError, DkimSigner
@@ -95,24 +95,6 @@ def install_sighup(holder: ConfigHolder, reactor: Any, run_in_thread: RunInThrea
 
     if hasattr(signal, "SIGHUP"):
         signal.signal(signal.SIGHUP, lambda *_: reactor.callFromThread(reload))
-
-
-class ThreadPoolService(Service):
-    """The bounded pool for blocking work (fsync, file I/O, DKIM, LDAP).
-
-    MultiService stops its children all at once, so services still finishing work
-    in the pool (a last acct catch-up, a session's final journal record) would find
-    it gone. The pool therefore stops after shutdown, once every service has.
-    """
-
-    def __init__(self, pool: ThreadPool, reactor: Any) -> None:
-        self.pool = pool
-        self.reactor = reactor
-
-    def startService(self) -> None:  # noqa: N802 - Twisted's name
-        super().startService()
-        self.pool.start()
-        self.reactor.addSystemEventTrigger("after", "shutdown", self.pool.stop)
 
 
 class JournalService(Service):

@@ -29,7 +29,7 @@ from typing import Any
 
 import attrs
 from twisted.application.internet import StreamServerEndpointService, TimerService
-from twisted.application.service import MultiService, Service
+from twisted.application.service import MultiService
 from twisted.internet import ssl, task
 from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.stdio import StandardIO
@@ -54,6 +54,7 @@ from mtaserver.config.values import HostPort, parse_host_port
 from mtaserver.events import Envelope
 from mtaserver.maillog import MailLogService
 from mtaserver.message.intake import ReceptionStats
+from mtaserver.runtime import ThreadPoolService
 from mtaserver.smtp.connections import InboundConnections
 from mtaserver.smtp.listeners import SmtpListeners
 from mtaserver.smtp.server import SmtpListenerService, SmtpServerFactory
@@ -123,19 +124,6 @@ class NoSocket:
         return fail(error)
 
 
-class PoolService(Service):
-    """The worker's thread pool (fsync, TLS certificates, password checks)."""
-
-    def __init__(self, pool: ThreadPool, reactor: Any) -> None:
-        self.pool = pool
-        self.reactor = reactor
-
-    def startService(self) -> None:  # noqa: N802 - Twisted's name
-        super().startService()
-        self.pool.start()
-        self.reactor.addSystemEventTrigger("after", "shutdown", self.pool.stop)
-
-
 def compose(
     holder: ConfigHolder,
     reactor: Any,
@@ -152,7 +140,7 @@ def compose(
     config = holder.config
     root = MultiService()
     pool = ThreadPool(minthreads=2, maxthreads=16, name="mtaserver-worker")
-    PoolService(pool, reactor).setServiceParent(root)
+    ThreadPoolService(pool, reactor).setServiceParent(root)
 
     def run_in_thread(work: Callable[[], Any]) -> Deferred[Any]:
         return deferToThreadPool(reactor, pool, work)
