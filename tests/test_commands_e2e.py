@@ -334,8 +334,14 @@ def test_schedule_with_retry_recipients(world: World) -> None:
 
 def test_reset_status_is_reset_counters(world: World) -> None:
     """reset status zeroes the counters, as reset counters does."""
+    world.send(["a@reset.top.test"])
+    assert wait_until(
+        lambda: world.ok("show status")["traffic"]["in"]["total"]["recipients"] > 0
+    )
     assert world.message("reset status") == "Traffic counters reset."
-    assert world.ok("show status")["traffic"]["out"]["total"]["recipients"] == 0
+    traffic = world.ok("show status")["traffic"]
+    assert traffic["in"]["total"]["recipients"] == 0
+    assert traffic["out"]["total"]["recipients"] == 0
 
 
 # -- settings and version -------------------------------------------------------------
