@@ -162,7 +162,8 @@ class ServerProcess:
             self.proc.send_signal(signal.SIGKILL)
             self.proc.wait(timeout=30)
             self.proc = None
-            wait_until(lambda: not any(_alive(pid) for pid in workers))
+            if not wait_until(lambda: not any(alive(pid) for pid in workers)):
+                raise RuntimeError(f"reception workers {workers} outlived their master")
 
     def stop(self) -> None:
         if self.proc is not None and self.proc.poll() is None:
@@ -185,9 +186,9 @@ def children_of(pid: int) -> list[int]:
     """The live child processes of `pid` (a server's reception workers), from /proc."""
     found = []
     for name in os.listdir("/proc"):
-        if name.isdigit() and _parent(int(name)) == pid and _alive(int(name)):
+        if name.isdigit() and _parent(int(name)) == pid and alive(int(name)):
             found.append(int(name))
-    return found
+    return sorted(found)
 
 
 def _stat(pid: int) -> list[str]:
@@ -203,9 +204,27 @@ def _parent(pid: int) -> int:
     return int(fields[1]) if fields else 0
 
 
-def _alive(pid: int) -> bool:
-    fields = _stat(pid)
-    return bool(fields) and fields[0] != "Z"
+def alive(pid: int) -> bool:
+    """Whether any thread of process `pid` still runs (so its descriptors may be open).
+
+    The thread-group leader turns zombie as soon as it exits, but a SIGKILL'd process
+    keeps its descriptors (a listening socket that still accepts) until its last
+    thread is gone; one in the middle of an fsync can take a while. So every task
+    under /proc/PID/task counts, not the leader's state alone.
+    """
+    try:
+        tasks = os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        return False
+    for task in tasks:
+        try:
+            with open(f"/proc/{pid}/task/{task}/stat") as stream:
+                state = stream.read().rsplit(")", 1)[1].split()[0]
+        except (OSError, IndexError):
+            continue
+        if state not in ("Z", "X"):
+            return True
+    return False
 
 
 def wait_until(predicate: Callable[[], Any], timeout: float = 30.0) -> bool:

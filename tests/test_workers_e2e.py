@@ -25,7 +25,14 @@ from typing import Any
 import pytest
 from mx_receiver import Receiver
 from server_configs import acct_file, domain, relay_config
-from server_process import ServerProcess, free_port, read_acct, wait_until
+from server_process import (
+    ServerProcess,
+    alive,
+    children_of,
+    free_port,
+    read_acct,
+    wait_until,
+)
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -38,30 +45,6 @@ def config(tmp_path: Path, port: int, mx_port: int, workers: str = "2", more: st
         domain(f"smtp-hosts [127.0.0.1]:{mx_port}\nretry-after 1s\nmax-smtp-out 10"),
         settings=f"reception-workers {workers}\n{more}",
     )
-
-
-def children(pid: int) -> list[int]:
-    """The live child processes of `pid` (zombies excluded), from /proc."""
-    found = []
-    for name in os.listdir("/proc"):
-        if not name.isdigit():
-            continue
-        try:
-            with open(f"/proc/{name}/stat") as stream:
-                fields = stream.read().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        if int(fields[1]) == pid and fields[0] != "Z":
-            found.append(int(name))
-    return sorted(found)
-
-
-def alive(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as stream:
-            return stream.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except OSError:
-        return False
 
 
 def delivered(tmp_path: Path) -> Counter[str]:
@@ -134,7 +117,7 @@ def test_workers_receive_and_the_master_delivers(tmp_path: Path, receiver: Recei
     server = ServerProcess(tmp_path, config(tmp_path, port, receiver.port), wait_ports=(port,))
     with server:
         assert server.proc is not None
-        assert wait_until(lambda: len(children(server.proc.pid)) == 2)  # type: ignore[union-attr]
+        assert wait_until(lambda: len(children_of(server.proc.pid)) == 2)  # type: ignore[union-attr]
         with Senders(port, count=4, limit=10) as senders:
             senders.finish()
         assert senders.count() == 40
@@ -160,7 +143,7 @@ def test_one_process_mode_runs_no_worker(tmp_path: Path, receiver: Receiver) -> 
         with smtplib.SMTP("127.0.0.1", port) as client:
             client.sendmail("s@src.test", ["ok-1@dst.test"], b"Subject: one\r\n\r\nx\r\n")
         assert wait_until(lambda: delivered(tmp_path)["ok-1@dst.test"] == 1)
-        assert children(server.proc.pid) == []
+        assert children_of(server.proc.pid) == []
     assert "[worker" not in server.read_log()
 
 
@@ -173,13 +156,15 @@ def test_kill9_worker_under_load_is_restarted_and_loses_nothing(
     with server:
         assert server.proc is not None
         master = server.proc.pid
-        assert wait_until(lambda: len(children(master)) == 2)
-        victim = children(master)[0]
+        assert wait_until(lambda: len(children_of(master)) == 2)
+        victim = children_of(master)[0]
         with Senders(port, count=6, limit=40) as senders:
             assert wait_until(lambda: senders.count() >= 30, timeout=120)
             os.kill(victim, signal.SIGKILL)
             assert server.wait_for_log("restarting it in")
-            assert wait_until(lambda: len(children(master)) == 2 and victim not in children(master))
+            assert wait_until(
+                lambda: len(children_of(master)) == 2 and victim not in children_of(master)
+            )
         assert senders.count() > 30
         expected = set(senders.acknowledged)
         assert wait_until(lambda: expected <= set(delivered(tmp_path)), timeout=180)
@@ -197,8 +182,8 @@ def test_kill9_master_under_load_loses_nothing_after_restart(
     server = ServerProcess(tmp_path, config(tmp_path, port, down), wait_ports=(port,)).start()
     assert server.proc is not None
     master = server.proc.pid
-    assert wait_until(lambda: len(children(master)) == 2)
-    workers = children(master)
+    assert wait_until(lambda: len(children_of(master)) == 2)
+    workers = children_of(master)
     with Senders(port, count=6, limit=40, reconnect=False) as senders:
         assert wait_until(lambda: senders.count() >= 40, timeout=120)
         server.kill9()
@@ -361,7 +346,7 @@ def test_session_counters_of_workers_reach_the_master(tmp_path: Path, receiver: 
             assert wait_until(lambda: smtp_in()["cur"] == 3)
             total = smtp_in()["total"]
             assert total >= 3  # and the start-up probe of the port
-            [worker] = children(server.proc.pid)
+            [worker] = children_of(server.proc.pid)
             os.kill(worker, signal.SIGKILL)
             assert wait_until(lambda: smtp_in()["cur"] == 0)
             assert smtp_in()["total"] == total
