@@ -65,6 +65,9 @@ class FakeWriter:
         self.store.messages[self.msg_id] = (envelope, b"".join(self.chunks))
         return succeed(None)
 
+    def acknowledge(self, envelope: Envelope) -> Deferred[None]:
+        return self.commit(envelope)
+
     def abort(self) -> None:
         self.aborted = True
         self.store.aborted.append(self.msg_id)

@@ -174,6 +174,9 @@ class _Journal:
     def append(self, events: object) -> defer.Deferred[object]:
         return defer.fail(self.error)
 
+    def hand_over(self, events: object) -> tuple[defer.Deferred[None], defer.Deferred[object]]:
+        return defer.fail(self.error), defer.fail(self.error)
+
     def set_oldest_live_segment(self, segment: int | None) -> None:
         pass
 

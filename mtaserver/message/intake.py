@@ -3,9 +3,13 @@
 Both intake paths end the same way: the message's virtual MTA is resolved
 (`X-Virtual-MTA` when processed, else the source's `default-virtual-mta`; a name
 that is neither a `<virtual-mta>` nor a `<virtual-mta-pool>` is refused), the spool
-writer commits it (file, directory and journal fsync'd), the counters the monitoring
-API reads go up, and the scheduler gets the envelope (`on_accepted`). Only then does
-the client hear `250` or `200`: nothing acknowledged is lost.
+writer makes it durable (`acknowledge`: file and directory fsync'd, its `Received`
+taken by the journal's writer), the counters the monitoring API reads go up, the
+scheduler gets the envelope (`on_accepted`), and the client hears `250` or `200`:
+nothing acknowledged is lost. In the process that owns the journal, `acknowledge`
+fires once the `Received` is fsync'd, so nothing is queued before its record exists;
+in a reception worker `on_accepted` does nothing, and the master queues the message
+once it has journaled it.
 
 `Intake.accept` does that; the callers only say what they refuse and how their
 protocol answers spool errors (SMTP: always 4xx; the API: 503 or 500).
@@ -36,7 +40,7 @@ class MessageWriterLike(Protocol):
 
     def write(self, data: bytes) -> None: ...
 
-    def commit(self, envelope: Envelope) -> Deferred[None]: ...
+    def acknowledge(self, envelope: Envelope) -> Deferred[None]: ...
 
     def abort(self) -> None: ...
 
@@ -94,7 +98,7 @@ class Intake:
     async def accept(
         self, writer: MessageWriterLike, envelope: Envelope, vmta_name: str | None
     ) -> Envelope:
-        """Resolve `vmta_name`, commit, count and enqueue; the envelope as queued.
+        """Resolve `vmta_name`, make durable, count and enqueue; the envelope as queued.
 
         Raises UnknownVirtualMTA (the writer is aborted) or the spool's errors
         (`SpoolFullError`, `SpoolError`: the writer leaves nothing behind).
@@ -105,7 +109,7 @@ class Intake:
             writer.abort()
             raise
         envelope = attrs.evolve(envelope, vmta=vmta, vmta_pool=pool)
-        await writer.commit(envelope)
+        await writer.acknowledge(envelope)
         self.stats.messages_received += 1
         self.stats.recipients_received += len(envelope.recipients)
         self.stats.bytes_received += envelope.size

@@ -51,6 +51,10 @@ class JournalPosition:
     offset: int
 
 
+#: What `hand_over` gives: (the journal's writer has the events, they are fsync'd there).
+HandOver = tuple[Deferred[None], Deferred[JournalPosition]]
+
+
 def frame(event: Event) -> bytes:
     """One event as a framed journal record."""
     payload = json.dumps(event.to_json(), separators=(",", ":")).encode("ascii")
@@ -262,6 +266,23 @@ class Journal:
         the reactor: a message to thousands of recipients is a large record.
         """
         return self._group.submit(tuple(events))
+
+    def hand_over(self, events: Sequence[Event]) -> HandOver:
+        """`append`, for the message store. In the journal's own process the events
+        count as taken only once they are fsync'd: the process that acknowledges the
+        message also queues it, and must not deliver (or account for) a message whose
+        record might still fail to be written."""
+        journaled = self.append(events)
+        taken: Deferred[None] = Deferred()
+
+        def settle(result: JournalPosition | Failure) -> JournalPosition | Failure:
+            if isinstance(result, Failure):
+                taken.errback(result)
+            else:
+                taken.callback(None)
+            return result
+
+        return taken, journaled.addBoth(settle)
 
     def subscribe(self, callback: Callable[[], None]) -> None:
         """Call `callback` on the reactor thread after every commit."""

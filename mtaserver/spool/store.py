@@ -1,11 +1,25 @@
 """The message store: the only writer of message files in `<spool>/msg/`.
 
 One file per message, written once under a temporary name, fsync'd, renamed, its
-directory fsync'd, never modified again; then a `Received` event is journaled. Only
-when all of that is durable does `MessageWriter.commit` fire, and only then may
-reception answer `250`. Files live in `msg/<first 8 hex digits of the id>/`: ids
-start with the time in milliseconds, so one directory holds about a minute of mail
-and the messages synced together share one directory fsync.
+directory fsync'd, never modified again; then a `Received` event is journaled.
+`MessageWriter.acknowledge` fires, and reception may answer `250`, once the file and
+its directory entry are durable and the journal's writer has *taken* the `Received`
+(`hand_over`). In the process that owns the journal that is once the record is
+fsync'd too (that process also queues the message, and must not deliver one whose
+record could still fail). A reception worker waits only for the master's word that
+it has the record (`mtaserver.workers.handoff`), not for the master's fsync. Why that
+is enough: the file carries the whole envelope and a checksum, so it is the message;
+the journal is the index of states. A crash before the `Received` reached the journal
+leaves a durable file with no record, and recovery adopts it (journals its
+`Received`), as it always did for a file renamed in place whose record did not make
+it. So a worker's 250 costs one fsync chain (file, then directory) instead of two in
+series, as Postfix's queue file does; the journal still group-commits.
+`MessageWriter.commit` (the spool's own DSNs and copies) fires once the record is
+fsync'd as well.
+
+Files live in `msg/<first 8 hex digits of the id>/`: ids start with the time in
+milliseconds, so one directory holds about a minute of mail and the messages synced
+together share one directory fsync.
 
 How the syncs are grouped (measured on ext4, 20 files of 20 kB: fdatasync one after
 the other 8-14 ms, the same from 20 threads at once 4.5-9.5 ms, one `syncfs` 3.5-8.5
@@ -47,7 +61,7 @@ from mtaserver.spool.errors import (
 )
 from mtaserver.spool.fileops import REAL_FILE_OPS, FileOps
 from mtaserver.spool.groupcommit import GroupCommit
-from mtaserver.spool.journal import JournalPosition
+from mtaserver.spool.journal import HandOver, JournalPosition
 from mtaserver.spool.msgfile import HEADER, BodyReader, encode_tail
 
 log = Logger()
@@ -72,6 +86,12 @@ class StoreJournal(Protocol):
     reception worker."""
 
     def append(self, events: Sequence[Event]) -> Deferred[JournalPosition]: ...
+
+    def hand_over(self, events: Sequence[Event]) -> HandOver:
+        """Append `events`: the first Deferred fires once the journal's writer has them
+        (a crash from then on leaves recovery to journal them), the second once they
+        are fsync'd, with the position after them."""
+        ...
 
     def set_oldest_live_segment(self, segment: int | None) -> None: ...
 
@@ -298,7 +318,7 @@ class MessageStore:
     def _journal_received(
         self, results: list[None | Exception], writers: list[MessageWriter]
     ) -> list[None | Exception]:
-        """Journal the batch's `Received` events in one append, shared by its writers."""
+        """Hand the batch's `Received` events to the journal in one append."""
         durable = [w for w, r in zip(writers, results, strict=True) if r is None]
         if not durable:
             return results
@@ -307,19 +327,25 @@ class MessageStore:
         for writer in durable:
             assert writer.envelope is not None  # set by commit()
             events.append(Received(writer.envelope, now))
-        journaled = self.journal.append(events)
-        waiting = {w: Deferred[JournalPosition]() for w in durable}
-        for writer, d in waiting.items():
-            writer.journaled = d
+        taken, journaled = self.journal.hand_over(events)
+        for writer in durable:
+            writer.taken = Deferred()
 
-        def fan_out(result: JournalPosition | Failure) -> None:
-            for d in waiting.values():
+        def fan_out_taken(result: None | Failure) -> None:
+            for writer in durable:
+                assert writer.taken is not None
                 if isinstance(result, Failure):
-                    d.errback(result)
+                    writer.taken.errback(result)
                 else:
-                    d.callback(result)
+                    writer.taken.callback(None)
 
-        journaled.addBoth(fan_out)
+        def fan_out_journaled(result: JournalPosition | Failure) -> None:
+            for writer in durable:
+                writer.journal_result(result)
+
+        # the fsync's outcome first: a synchronous failure must be known before `taken`
+        journaled.addBoth(fan_out_journaled)
+        taken.addBoth(fan_out_taken)
         return results
 
     def _unlink_batch(self, paths: list[str]) -> Deferred[Sequence[None | Exception]]:
@@ -354,7 +380,13 @@ class MessageWriter:
         self.final_path = os.path.join(bucket, msg_id)
         self.envelope: Envelope | None = None
         self.renamed = False
-        self.journaled: Deferred[JournalPosition] | None = None
+        self.taken: Deferred[None] | None = None  # the journal's writer has the Received
+        self._committed = False  # commit() has fired: the sender may have its 250
+        self._position: JournalPosition | None = None  # the Received fsync'd here
+        self._journal_error: Exception | None = None
+        # after the 250: True once the Received is fsync'd, or why it could not be
+        self._recorded: bool | Failure | None = None
+        self._recorded_waiters: list[Deferred[None]] = []
         self._buffer: list[bytes] = []
         self._buffered = 0
         self._flushing = False
@@ -380,7 +412,17 @@ class MessageWriter:
     def commit(self, envelope: Envelope) -> Deferred[None]:
         """Make the message durable; fires once file, directory and journal are synced.
 
-        Fails with SpoolFullError or SpoolIOError, leaving no file behind.
+        Fails with SpoolFullError or SpoolIOError, leaving no file behind. For the
+        spool's own messages (DSNs, copies), which are queued as soon as this fires.
+        """
+        return self.acknowledge(envelope).addCallback(lambda _: self.when_recorded())
+
+    def acknowledge(self, envelope: Envelope) -> Deferred[None]:
+        """Make the message durable; fires once the sender may have its `250`.
+
+        That is once the file and its directory entry are fsync'd and the journal's
+        writer has taken the `Received` (see the module docstring); `when_recorded`
+        says when the journal has it too. Fails as `commit` does.
         """
         if self._done:
             raise RuntimeError(f"message {self.msg_id} already committed or aborted")
@@ -389,6 +431,18 @@ class MessageWriter:
         self._done = True
         self.envelope = envelope
         return Deferred.fromCoroutine(self._commit(envelope))
+
+    def when_recorded(self) -> Deferred[None]:
+        """Fires once the `Received` is fsync'd in the journal (call after `acknowledge`
+        fired); fails if the journal could not take it (the file stays for the next start)."""
+        d: Deferred[None] = Deferred()
+        if self._recorded is None:
+            self._recorded_waiters.append(d)
+        elif isinstance(self._recorded, Failure):
+            d.errback(self._recorded)
+        else:
+            d.callback(None)
+        return d
 
     def abort(self) -> None:
         """Give the message up and remove its temporary file."""
@@ -413,8 +467,10 @@ class MessageWriter:
             self._buffer = []
             await self._store._run_in_thread(lambda: self._finish(tail, envelope))
             await self._store._renames.submit(self)
-            assert self.journaled is not None
-            position = await self.journaled
+            assert self.taken is not None
+            await self.taken
+            if self._journal_error is not None:  # refused before we could answer 250
+                raise self._journal_error
         except BaseException as e:
             if isinstance(e, JournalOutcomeUnknown) and self.renamed:
                 raise  # the file stays for recovery: its Received may be journaled
@@ -422,8 +478,44 @@ class MessageWriter:
             if isinstance(e, SpoolError):
                 raise
             raise SpoolIOError(f"committing {self.msg_id}: {e}") from e
+        self._committed = True
+        if self._position is not None:
+            self._tracked(self._position)
+
+    def journal_result(self, result: JournalPosition | Failure) -> None:
+        """The `Received`'s fsync is done (a position) or failed (after a 250 or not)."""
+        if isinstance(result, Failure):
+            error = result.value
+            if not self._committed:
+                self._journal_error = (
+                    error if isinstance(error, Exception) else SpoolIOError(str(error))
+                )
+                return
+            log.error(
+                "journaling message {msg_id} failed ({error}): its file stays, and the next "
+                "start journals it",
+                msg_id=self.msg_id,
+                error=str(error),
+            )
+            self._set_recorded(result)
+        elif self._committed:
+            self._tracked(result)
+        else:
+            self._position = result
+
+    def _tracked(self, position: JournalPosition) -> None:
         self._store._track(self.msg_id, position.segment)
         self._store._report_oldest()
+        self._set_recorded(True)
+
+    def _set_recorded(self, outcome: bool | Failure) -> None:
+        self._recorded = outcome
+        waiters, self._recorded_waiters = self._recorded_waiters, []
+        for d in waiters:
+            if isinstance(outcome, Failure):
+                d.errback(outcome)
+            else:
+                d.callback(None)
 
     def _flush(self) -> None:
         chunk = b"".join(self._buffer)
