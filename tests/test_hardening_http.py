@@ -8,6 +8,7 @@ Transmissions API listener.
 from __future__ import annotations
 
 import contextlib
+import io
 import json
 import socket
 import time
@@ -269,6 +270,48 @@ def test_transmissions_key_and_length_before_the_body(tmp_path: Path, clock: Clo
     client = Connection(site)
     client.send(head + key + b"Content-Length: 2\r\n\r\n{}")
     assert client.status() == 200 and recorder.bodies == [b"{}"]
+
+
+class ArgsRecorder(Recorder):
+    """Also remembers what Twisted made of the request's arguments."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.args: list[dict[bytes, list[bytes]]] = []
+
+    def render(self, request: Request) -> bytes:
+        self.args.append(dict(request.args))
+        return super().render(request)
+
+
+@pytest.mark.parametrize("json_api", [False, True])
+def test_a_json_api_site_parses_no_forms_and_logs_no_access_lines(
+    tmp_path: Path, clock: Clock, json_api: bool
+) -> None:
+    """The Transmissions API's site (`json_api`): a form body stays a body, and Twisted's
+    access-log line is not written per request; the management site keeps both."""
+    holder = holder_for(
+        tmp_path, f"<transmissions-api>\n  api-key {API_KEY_TX}\n</transmissions-api>\n"
+    )
+    recorder = ArgsRecorder()
+    site = GuardedSite(recorder, transmissions_guard(holder, clock), json_api=json_api)
+    access_log = io.StringIO()
+    site.logFile = access_log  # where twistd's service log would be
+    client = Connection(site)
+    body = b"a=1&b=2"
+    client.send(
+        b"POST /api/v1/transmissions?q=3 HTTP/1.1\r\nHost: x\r\n"
+        + f"Authorization: {API_KEY_TX}\r\n".encode()
+        + b"Content-Type: application/x-www-form-urlencoded\r\n"
+        + f"Content-Length: {len(body)}\r\n\r\n".encode()
+        + body
+    )
+    assert client.status() == 200 and recorder.bodies == [body]
+    expected = {b"q": [b"3"]} if json_api else {b"q": [b"3"], b"a": [b"1"], b"b": [b"2"]}
+    assert recorder.args == [expected]
+    request_line = '"POST /api/v1/transmissions?q=3'
+    access_lines = [line for line in access_log.getvalue().splitlines() if request_line in line]
+    assert len(access_lines) == (0 if json_api else 1)
 
 
 def test_guard_reads_settings_at_each_request(tmp_path: Path, clock: Clock) -> None:

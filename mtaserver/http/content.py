@@ -412,8 +412,13 @@ _LINE_END = re.compile(rb"\r\n|\r|\n")
 
 
 def to_crlf(data: bytes) -> bytes:
-    """Every line ending (CRLF, bare CR, bare LF) as CRLF, and a final CRLF."""
-    data = _LINE_END.sub(b"\r\n", data)
+    """Every line ending (CRLF, bare CR, bare LF) as CRLF, and a final CRLF.
+
+    Two `bytes.replace` when there is no bare CR (the usual case): a regular
+    expression substitution per line ending cost several times as much."""
+    lf_only = data.replace(b"\r\n", b"\n")
+    bare_cr = b"\r" in lf_only
+    data = _LINE_END.sub(b"\r\n", data) if bare_cr else lf_only.replace(b"\n", b"\r\n")
     if data and not data.endswith(b"\r\n"):
         data += b"\r\n"
     return data

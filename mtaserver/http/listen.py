@@ -153,12 +153,18 @@ class HttpListeners(MultiService):
         name: str,
         guard: RequestGuard | None,
         run_in_thread: RunInThread,
+        *,
+        json_api: bool = False,
     ) -> None:
-        """Binds nothing yet; raises `InsecureListenerError` for a listener that may not run."""
+        """Binds nothing yet; raises `InsecureListenerError` for a listener that may not run.
+
+        `json_api`: see `GuardedSite` (the Transmissions API's listeners)."""
         super().__init__()
         self.setName(f"{name}s")
         self._listeners_of = listeners_of
-        self._site = GuardedSite(resource, guard) if guard is not None else Site(resource)
+        self._site = (
+            GuardedSite(resource, guard, json_api=json_api) if guard is not None else Site(resource)
+        )
         self._site.displayTracebacks = False
         self._reactor = reactor
         self._kind = name

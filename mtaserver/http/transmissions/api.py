@@ -396,5 +396,6 @@ def make_transmissions_services(
             "transmissions-api-listener",
             guard,
             api.run_in_thread,
+            json_api=True,
         )
     ]
