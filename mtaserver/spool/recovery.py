@@ -7,12 +7,13 @@ or corrupt files go to `<spool>/corrupt/` with an error in the log, leftover
 temporary files are removed, and the journal is replayed (its torn tail cut off) to
 learn each recipient's state: the last record about it wins.
 
-A file with no `Received` record was renamed into place but the journal fsync did
-not finish, so its sender never got a `250`. It is kept and a `Received` is
-journaled for it now ("adopted"): the sender will most likely send it again, and a
-duplicate is a small harm next to the loss we would risk if the record were missing
-for any other reason (a damaged segment, an operator's copy of the spool). Dropping
-it would be the one unrepairable mistake.
+A file with no `Received` record was renamed into place but its record did not reach
+the journal's fsync. In one process its sender never got a `250`; a reception worker
+answers `250` once the master has the record, before the master's fsync (see
+`mtaserver.spool.store`), so such a file may be an acknowledged message. Either way
+it is kept and a `Received` is journaled for it now ("adopted"): a sender without a
+`250` will most likely send it again, and a duplicate is a small harm next to the
+loss we would risk by dropping it. Dropping it would be the one unrepairable mistake.
 """
 
 from __future__ import annotations
@@ -221,7 +222,8 @@ def _journal_adopted(
 ) -> JournalPosition:
     for envelope in adopted:
         log.warn(
-            "spool: message {msg_id} has no Received record (crash before its 250); kept",
+            "spool: message {msg_id} has no Received record (a crash before it was "
+            "journaled); kept and journaled now",
             msg_id=envelope.msg_id,
         )
     data = b"".join(frame(Received(envelope, envelope.time_queued)) for envelope in adopted)
