@@ -1,10 +1,11 @@
 """When a message may be acknowledged: the store's `acknowledge` against its journal's
-`hand_over`, the worker's two answers from the master (`got`, then `appended`), and
-what a crash between them leaves for recovery.
+`hand_over`, the worker's pipe to the master and the master's answer, and what a
+crash between them leaves for recovery.
 
-A reception worker answers `250` once its file is durable and the master has the
-`Received` (`got`), not after the master's journal fsync; the process that owns the
-journal answers only after its fsync, because it queues the message at once.
+A reception worker answers `250` once its file is durable and its request is in the
+pipe to the master (bytes in a pipe outlive their writer), not after the master's
+journal fsync; the process that owns the journal answers only after its fsync,
+because it queues the message at once.
 """
 
 from __future__ import annotations
@@ -23,34 +24,51 @@ from mtaserver.spool.journal import Journal, JournalPosition, list_segments, rea
 from mtaserver.spool.recovery import recover
 from mtaserver.spool.store import MessageStore
 from mtaserver.spool.testing import ManualThreads, make_envelope, run_now
-from mtaserver.workers.handoff import HandoffJournal, MasterLink
+from mtaserver.workers.handoff import HandoffJournal, MasterLink, PipeSender
 from mtaserver.workers.pool import Handoff, WorkerProcess
 from mtaserver.workers.wire import HANDOFF_FD, FrameDecoder, encode
 
 
-class Pipe:
-    """The worker's end of the pipe to the master, as a transport: what was written."""
+class Writers:
+    """The reactor as a `PipeSender` sees it: who waits to write (driven by the test)."""
 
     def __init__(self) -> None:
-        self.written = b""
+        self.writers: set[Any] = set()
 
-    def write(self, data: bytes) -> None:
-        self.written += data
+    def addWriter(self, writer: Any) -> None:  # noqa: N802 - Twisted's name
+        self.writers.add(writer)
 
-    def loseConnection(self) -> None:  # noqa: N802 - Twisted's name
-        pass
+    def removeWriter(self, writer: Any) -> None:  # noqa: N802 - Twisted's name
+        self.writers.discard(writer)
+
+
+class Master:
+    """The master's end of a real pipe: reads the worker's requests."""
+
+    def __init__(self) -> None:
+        self.read_fd, self.write_fd = os.pipe()
+        os.set_blocking(self.read_fd, False)
+        self.decoder = FrameDecoder()
 
     def requests(self) -> list[dict[str, Any]]:
-        return list(FrameDecoder().feed(self.written))
+        found = []
+        while True:
+            try:
+                data = os.read(self.read_fd, 1 << 20)
+            except BlockingIOError:
+                return found
+            found += list(self.decoder.feed(data))
+
+    def close(self) -> None:
+        os.close(self.read_fd)
 
 
-def worker_store(tmp_path: Path) -> tuple[MessageStore, MasterLink, Pipe]:
-    link = MasterLink(on_reload=lambda: None, on_lost=lambda: None)
-    pipe = Pipe()
-    link.makeConnection(pipe)
+def worker_store(tmp_path: Path) -> tuple[MessageStore, MasterLink, Master, Writers]:
+    master, reactor = Master(), Writers()
+    link = MasterLink(PipeSender(reactor, master.write_fd), lambda: None, lambda: None)
     spool = str(tmp_path / "spool")
     journal = HandoffJournal(link, os.path.join(spool, "journal"))
-    return MessageStore(spool, journal, run_now, track_live=False), link, pipe
+    return MessageStore(spool, journal, run_now, track_live=False), link, master, reactor
 
 
 def outcome(d: defer.Deferred[Any]) -> list[Any]:
@@ -59,16 +77,22 @@ def outcome(d: defer.Deferred[Any]) -> list[Any]:
     return seen
 
 
-def test_a_worker_acknowledges_when_the_master_has_the_record(tmp_path: Path) -> None:
-    """`got` lets the 250 go; `appended` (the master's fsync) comes later."""
-    store, link, pipe = worker_store(tmp_path)
+def new_message(store: MessageStore) -> Any:
     writer = store.begin()
     writer.write(b"Subject: x\r\n\r\nbody\r\n")
+    return writer
+
+
+def test_a_worker_acknowledges_once_its_request_is_in_the_pipe(tmp_path: Path) -> None:
+    """The 250 needs the request in the kernel's pipe, not the master's answer; the
+    master's `appended` (after its fsync) comes later."""
+    store, link, master, _ = worker_store(tmp_path)
+    writer = new_message(store)
     acknowledged = outcome(writer.acknowledge(make_envelope(writer.msg_id)))
-    [request] = pipe.requests()
-    assert request["op"] == "append" and acknowledged == []  # the master has said nothing
-    link.dataReceived(encode({"op": "got", "id": request["id"]}))
     assert acknowledged == [None]
+    [request] = master.requests()  # already there, whatever happens to the worker now
+    assert request["op"] == "append"
+    assert request["events"][0]["envelope"]["msg_id"] == writer.msg_id
     recorded = outcome(writer.when_recorded())
     assert recorded == []
     link.dataReceived(encode({"op": "appended", "id": request["id"], "segment": 1, "offset": 9}))
@@ -76,15 +100,28 @@ def test_a_worker_acknowledges_when_the_master_has_the_record(tmp_path: Path) ->
     assert os.path.exists(writer.final_path)
 
 
-def test_a_worker_keeps_the_file_when_the_master_dies_after_got(tmp_path: Path) -> None:
+def test_a_full_pipe_holds_the_250_until_the_request_is_through(tmp_path: Path) -> None:
+    """What the pipe cannot take at once waits, in order; the 250 waits with it."""
+    store, link, master, reactor = worker_store(tmp_path)
+    sender = link._sender
+    filler = b"x" * 4096
+    while sender.send(filler).called and not reactor.writers:
+        pass  # the pipe is full once a frame has to wait
+    writer = new_message(store)
+    acknowledged = outcome(writer.acknowledge(make_envelope(writer.msg_id)))
+    assert acknowledged == [] and reactor.writers == {sender}
+    while reactor.writers:  # the master reads, the reactor says the pipe is writable
+        os.read(master.read_fd, 1 << 20)
+        sender.doWrite()
+    assert acknowledged == [None]
+
+
+def test_a_worker_keeps_the_file_when_the_master_dies_after_the_250(tmp_path: Path) -> None:
     """Acknowledged, then the master went away before its fsync: the file stays, and the
     master's next recovery adopts it (journals its `Received`)."""
-    store, link, pipe = worker_store(tmp_path)
-    writer = store.begin()
-    writer.write(b"Subject: x\r\n\r\nbody\r\n")
+    store, link, master, _ = worker_store(tmp_path)
+    writer = new_message(store)
     acknowledged = outcome(writer.acknowledge(make_envelope(writer.msg_id)))
-    [request] = pipe.requests()
-    link.dataReceived(encode({"op": "got", "id": request["id"]}))
     recorded = outcome(writer.when_recorded())
     link.connectionLost(Failure(ConnectionError("master killed")))
     assert acknowledged == [None]
@@ -95,27 +132,38 @@ def test_a_worker_keeps_the_file_when_the_master_dies_after_got(tmp_path: Path) 
     assert list(found.messages) == [writer.msg_id]
 
 
-def test_a_worker_refused_before_got_answers_no_250_and_leaves_no_file(tmp_path: Path) -> None:
-    """`failed` instead of `got`: the commit fails and the file is removed."""
-    store, link, pipe = worker_store(tmp_path)
-    writer = store.begin()
-    writer.write(b"Subject: x\r\n\r\nbody\r\n")
+def test_a_refusal_after_the_250_keeps_the_file_for_recovery(tmp_path: Path) -> None:
+    """The master could not journal it (`failed`): the sender has its 250, so the file
+    stays and the next start adopts it."""
+    store, link, master, _ = worker_store(tmp_path)
+    writer = new_message(store)
     acknowledged = outcome(writer.acknowledge(make_envelope(writer.msg_id)))
-    [request] = pipe.requests()
+    [request] = master.requests()
+    recorded = outcome(writer.when_recorded())
     link.dataReceived(encode({"op": "failed", "id": request["id"], "error": "disk full"}))
-    [failure] = acknowledged
+    assert acknowledged == [None]
+    [failure] = recorded
     assert failure.check(SpoolIOError) and "disk full" in str(failure.value)
+    assert os.path.exists(writer.final_path)
+
+
+def test_a_worker_whose_master_is_gone_answers_no_250_and_leaves_no_file(tmp_path: Path) -> None:
+    """The master's end closed before the request: nothing was sent, so no 250 and no file."""
+    store, link, master, _ = worker_store(tmp_path)
+    link.connectionLost(Failure(ConnectionError("master killed")))
+    writer = new_message(store)
+    [failure] = outcome(writer.acknowledge(make_envelope(writer.msg_id)))
+    assert failure.check(SpoolIOError)
     assert not os.path.exists(writer.final_path) and not os.path.exists(writer.tmp_path)
 
 
-def test_a_worker_whose_master_is_gone_before_got_keeps_the_file(tmp_path: Path) -> None:
-    """No answer at all: no 250, and the file stays (the master may have journaled it)."""
-    store, link, pipe = worker_store(tmp_path)
-    writer = store.begin()
-    writer.write(b"Subject: x\r\n\r\nbody\r\n")
-    acknowledged = outcome(writer.acknowledge(make_envelope(writer.msg_id)))
-    link.connectionLost(Failure(ConnectionError("master killed")))
-    [failure] = acknowledged
+def test_a_broken_pipe_answers_no_250_and_keeps_the_file(tmp_path: Path) -> None:
+    """The pipe broke under the request (EPIPE): no 250; the file stays, since part of
+    the request may have reached the master."""
+    store, link, master, _ = worker_store(tmp_path)
+    master.close()
+    writer = new_message(store)
+    [failure] = outcome(writer.acknowledge(make_envelope(writer.msg_id)))
     assert failure.check(JournalOutcomeUnknown)
     assert os.path.exists(writer.final_path)
 
@@ -142,14 +190,13 @@ def test_the_journals_own_process_acknowledges_only_after_the_fsync(tmp_path: Pa
     journal.close()
 
 
-def test_a_worker_stores_messages_the_master_tracks_only_once_journaled(tmp_path: Path) -> None:
-    """`when_recorded` of a message already recorded fires at once with the position's
-    end kept by the worker's journal."""
-    store, link, pipe = worker_store(tmp_path)
-    writer = store.begin()
-    writer.write(b"body")
+def test_when_recorded_after_the_record_fires_at_once(tmp_path: Path) -> None:
+    """`when_recorded` asked after `appended` fires at once; the worker's journal keeps
+    the master's end."""
+    store, link, master, _ = worker_store(tmp_path)
+    writer = new_message(store)
     writer.acknowledge(make_envelope(writer.msg_id))
-    [request] = pipe.requests()
+    [request] = master.requests()
     position = {"segment": 3, "offset": 77}
     link.dataReceived(encode({"op": "appended", "id": request["id"], **position}))
     assert outcome(writer.when_recorded()) == [None]
@@ -172,8 +219,8 @@ class ChildPipes:
         return list(FrameDecoder().feed(self.written))
 
 
-def test_the_master_says_got_at_once_and_appended_after_its_fsync(tmp_path: Path) -> None:
-    """The master's two answers to a worker's append, in that order."""
+def test_the_master_answers_and_queues_only_after_its_fsync(tmp_path: Path) -> None:
+    """A worker's append: `appended` and the message queued once the journal has it."""
     threads = ManualThreads()
     spool = str(tmp_path / "spool")
     journal = Journal(os.path.join(spool, "journal"), threads)
@@ -186,9 +233,9 @@ def test_the_master_says_got_at_once_and_appended_after_its_fsync(tmp_path: Path
     envelope = make_envelope("0" * 26)
     request = {"op": "append", "id": 7, "events": [Received(envelope, 0.0).to_json()]}
     worker.childDataReceived(HANDOFF_FD, encode(request))
-    assert pipes.answers() == [{"op": "got", "id": 7}] and queued == []
+    assert pipes.answers() == [] and queued == []
     threads.run_all()
-    got, appended = pipes.answers()
+    [appended] = pipes.answers()
     assert appended["op"] == "appended" and appended["id"] == 7
-    assert queued == [envelope.msg_id]  # queued once journaled, not before
+    assert queued == [envelope.msg_id]
     journal.close()

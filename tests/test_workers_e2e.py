@@ -132,6 +132,41 @@ def test_workers_receive_and_the_master_delivers(tmp_path: Path, receiver: Recei
     assert set(received.values()) == {1}
 
 
+def test_envelopes_larger_than_the_pipe_arrive_whole(tmp_path: Path, receiver: Receiver) -> None:
+    """Messages of 1,000 long recipients from three sessions at once: their requests overflow
+    the pipe to the master (64 KiB), wait in the worker and still arrive, each recipient
+    with one `r` record; the 250s wait for them."""
+    port = free_port()
+    server = ServerProcess(
+        tmp_path, config(tmp_path, port, receiver.port, workers="1"), wait_ports=(port,)
+    )
+    recipients = {n: [f"ok-{n}-{i:04d}-{'x' * 40}@dst.test" for i in range(1000)] for n in range(3)}
+    errors: list[BaseException] = []
+
+    def send(n: int) -> None:
+        try:
+            with smtplib.SMTP("127.0.0.1", port, timeout=60) as client:
+                refused = client.sendmail("s@src.test", recipients[n], f"Subject: {n}\r\n\r\nx\r\n")
+                assert refused == {}
+        except BaseException as exc:  # noqa: BLE001 - reported below
+            errors.append(exc)
+
+    with server:
+        threads = [threading.Thread(target=send, args=(n,)) for n in recipients]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(timeout=120)
+        assert errors == []
+        expected = {a for addresses in recipients.values() for a in addresses}
+
+        def received() -> Counter[str]:
+            return Counter(row["rcpt"] for row in read_acct(tmp_path / "acct.csv", "r"))
+
+        assert wait_until(lambda: set(received()) == expected, timeout=120)
+    assert set(received().values()) == {1}
+
+
 def test_one_process_mode_runs_no_worker(tmp_path: Path, receiver: Receiver) -> None:
     """`reception-workers 0` receives and delivers in the one server process."""
     port = free_port()

@@ -6,8 +6,8 @@ directory fsync'd, never modified again; then a `Received` event is journaled.
 its directory entry are durable and the journal's writer has *taken* the `Received`
 (`hand_over`). In the process that owns the journal that is once the record is
 fsync'd too (that process also queues the message, and must not deliver one whose
-record could still fail). A reception worker waits only for the master's word that
-it has the record (`mtaserver.workers.handoff`), not for the master's fsync. Why that
+record could still fail). A reception worker waits only until its request is in the
+pipe to the master (`mtaserver.workers.handoff`), not for the master's fsync. Why that
 is enough: the file carries the whole envelope and a checksum, so it is the message;
 the journal is the index of states. A crash before the `Received` reached the journal
 leaves a durable file with no record, and recovery adopts it (journals its

@@ -60,7 +60,7 @@ from mtaserver.smtp.listeners import SmtpListeners
 from mtaserver.smtp.server import SmtpListenerService, SmtpServerFactory
 from mtaserver.spool.store import MessageStore
 from mtaserver.suppression import suppression_directory
-from mtaserver.workers.handoff import HandoffJournal, MasterLink
+from mtaserver.workers.handoff import HandoffJournal, MasterLink, PipeSender
 from mtaserver.workers.suppression import WorkerSuppression
 from mtaserver.workers.wire import HANDOFF_FD, STATS_FIELDS, SUPPRESSION_FIELDS
 
@@ -259,7 +259,7 @@ class StatsReporter:
         changed = any(delta.values()) or any(delta_s.values()) or top != self.sent_top
         if changed and not self.link.lost:
             message = {"op": "stats", "delta": delta, "suppression": delta_s, "top": top}
-            self.link.send(message)
+            self.link.send(message).addErrback(lambda _: None)  # the link reports a broken pipe
             self.sent, self.sent_suppression, self.sent_top = now, now_s, top
 
 
@@ -315,8 +315,13 @@ def main(argv: Sequence[str] | None = None) -> None:
     def report_counters() -> None:
         reporter()
 
-    link = MasterLink(reload, master_gone, retire, report_counters)
-    StandardIO(link, stdin=0, stdout=HANDOFF_FD, reactor=reactor)  # type: ignore[call-arg]
+    # Requests go out through our own sender, which knows when they are in the pipe.
+    # The StandardIO only reads the master's answers: its writer gets /dev/null, since
+    # Twisted's writer on a pipe also watches it for reading, and the reactor takes one
+    # reader or writer per descriptor.
+    link = MasterLink(PipeSender(reactor, HANDOFF_FD), reload, master_gone, retire, report_counters)
+    nowhere = os.open(os.devnull, os.O_WRONLY | os.O_CLOEXEC)
+    StandardIO(link, stdin=0, stdout=nowhere, reactor=reactor)  # type: ignore[call-arg]
     root, listeners, reporter = compose(
         holder, reactor, link, dict(args.listen), args.workers, args.slot, args.spool
     )

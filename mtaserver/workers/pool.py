@@ -229,25 +229,19 @@ class WorkerProcess(ProcessProtocol):
                 log.error("reception worker {slot}: unknown op", slot=self.slot)
 
     def _append(self, message: dict[str, Any]) -> None:
-        """Journal a worker's events: `got` at once (the worker may answer 250 from
-        then on), `appended` once they are fsync'd, or `failed`."""
+        """Journal a worker's events; answer `appended` once they are fsync'd, or `failed`."""
         request = message.get("id")
         try:
             d = self.handoff.append(message.get("events") or ())
         except (KeyError, TypeError, ValueError) as exc:
             self.send({"op": "failed", "id": request, "error": f"bad events: {exc}"})
             return
-        answered = False
 
         def done(position: JournalPosition) -> None:
-            nonlocal answered
-            answered = True
             segment, offset = position.segment, position.offset
             self.send({"op": "appended", "id": request, "segment": segment, "offset": offset})
 
         def failed(failure: Failure) -> None:
-            nonlocal answered
-            answered = True
             log.error(
                 "journal append for reception worker {slot} failed: {error}",
                 slot=self.slot,
@@ -256,8 +250,6 @@ class WorkerProcess(ProcessProtocol):
             self.send({"op": "failed", "id": request, "error": str(failure.value)})
 
         d.addCallbacks(done, failed)
-        if not answered:
-            self.send({"op": "got", "id": request})
 
     @staticmethod
     def _lines(buffer: bytes, each: Callable[[bytes], None]) -> bytes:

@@ -9,10 +9,10 @@ Worker to master:
 
 * `{"op": "append", "id": N, "events": [...]}`: journal these events (the `Received`
   of a message whose file the worker has made durable, or the `b` records of dropped
-  suppressed recipients). The master answers `{"op": "got", "id": N}` at once (it
-  has them: the worker may answer 250), then
+  suppressed recipients). The master answers with
   `{"op": "appended", "id": N, "segment": S, "offset": O}` once they are fsync'd in
-  its journal, or `{"op": "failed", "id": N, "error": "..."}` instead of either.
+  its journal, or `{"op": "failed", "id": N, "error": "..."}`. (A worker may answer
+  `250` as soon as its request is in the pipe: see `mtaserver.workers.handoff`.)
 * `{"op": "stats", "delta": {"sessions_current": 2, ...}, "suppression": {...}}` about
   once a second while the worker's session counters (`STATS_FIELDS`) or suppression
   counters (`SUPPRESSION_FIELDS`) change, added to the master's; `"top"` is the
