@@ -294,6 +294,8 @@ def test_set_priority_orders_a_queue(world: World) -> None:
 
 def test_set_priority_of_a_queue_alone(world: World) -> None:
     """set priority --queue=Q N with no other selection also sets the queue's priority."""
+    world.send(["b@err.test"])  # the queue exists whichever tests ran before in this process
+    assert wait_until(lambda: world.ok("show queues --errors err.test"))
     data = world.ok("set priority --queue=err.test 80")
     assert data["queues"] == ["err.test/{default}"] and data["priority"] == 80
 
@@ -334,7 +336,10 @@ def test_schedule_with_retry_recipients(world: World) -> None:
 
 def test_reset_status_is_reset_counters(world: World) -> None:
     """reset status zeroes the counters, as reset counters does."""
+    world.ok("pause queue reset.top.test")  # so that it stays listed
     world.send(["a@reset.top.test"])
+    # a reception worker's 250 comes before the master journals, counts and queues it
+    assert wait_until(lambda: world.ok("list --queue=reset.top.test")["total"] == 1)
     assert wait_until(
         lambda: world.ok("show status")["traffic"]["in"]["total"]["recipients"] > 0
     )

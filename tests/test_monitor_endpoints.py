@@ -338,9 +338,12 @@ def test_detail_endpoints(server: MgmtServer, receiver: Receiver) -> None:
     )  # a bare domain is its {default} queue
 
     server.send(["r@refused.test"])
-    assert wait_until(
-        lambda: data(server, "/queueDetail", queue="refused.test")["queue"]["event"] != []
-    )
+
+    def refused_events() -> bool:  # 404 until the master has queued it (after the 250)
+        status, reply = server.call("GET", "/queueDetail", {"queue": "refused.test"})
+        return status == 200 and reply["data"]["queue"]["event"] != []
+
+    assert wait_until(refused_events)
     refused = data(server, "/queueDetail", queue="refused.test")["queue"]
     assert refused["lastError"] != "" and refused["event"][0]["type"] == "error"
     domain = data(server, "/domainDetail", domain="refused.test")["domain"]

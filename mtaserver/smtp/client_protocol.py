@@ -257,9 +257,8 @@ class ReplyProtocol(LineReceiver):
 
         waiter: defer.Deferred[tuple[int, tuple[str, ...]]] = defer.Deferred(cancel)
         self._waiter = waiter
-        timer = self._clock.callLater(
-            timeout, self._break, Broken("4.4.2", f"timeout after {timeout:g}s", timed_out=True)
-        )
+        # the Broken is made only if the timer fires: not once per command read
+        timer = self._clock.callLater(timeout, self._timed_out, timeout)
 
         def stop_timer(result: Any) -> Any:
             if timer.active():
@@ -272,6 +271,9 @@ class ReplyProtocol(LineReceiver):
     def abort(self) -> None:
         if self.transport is not None and self.lost_reason is None:
             self.transport.abortConnection()  # type: ignore[attr-defined]
+
+    def _timed_out(self, timeout: float) -> None:
+        self._break(Broken("4.4.2", f"timeout after {timeout:g}s", timed_out=True))
 
     def _break(self, broken: Broken) -> None:
         if self._broken is None:

@@ -83,6 +83,7 @@ from mtaserver.message.intake import (
 from mtaserver.message.limits import ContentLimits
 from mtaserver.runtime import RunInThread, default_run_in_thread
 from mtaserver.smtp.connections import InboundConnections
+from mtaserver.smtp.eager import EagerEndpoint
 from mtaserver.smtp.reception import ReceptionHandler, Session, Transaction
 from mtaserver.smtp.server_auth import MECHANISMS, Challenge, Credentials, SaslExchange
 from mtaserver.smtp.server_data import DataReader
@@ -1012,7 +1013,7 @@ class SmtpListenerService(StreamServerEndpointService):
     shutdown_grace = 10.0  # seconds a session gets to take its 421 before it is aborted
 
     def __init__(self, endpoint: Any, factory: SmtpServerFactory) -> None:
-        super().__init__(endpoint, factory)
+        super().__init__(EagerEndpoint(endpoint), factory)  # replies sent at once
         self.smtp_factory = factory
 
     def stopService(self) -> Deferred[None]:  # noqa: N802 - Twisted's name
