@@ -8,8 +8,9 @@ from typing import Any
 
 from twisted.internet import tcp
 from twisted.internet.protocol import Protocol
+from twisted.internet.testing import StringTransport
 
-from mtaserver.smtp.eager import EagerServer, make_eager
+from mtaserver.smtp.eager import EagerServer, make_eager, write_now
 
 
 class Watched:
@@ -68,3 +69,13 @@ def test_only_plain_tcp_ports_are_made_eager() -> None:
     assert make_eager(port).transport is EagerServer
     other = object()
     assert make_eager(other) is other
+
+
+def test_write_now_sends_on_a_tcp_connection_and_buffers_elsewhere() -> None:
+    """The SMTP client's writes: at once on TCP, Twisted's way on anything else (TLS)."""
+    server, peer, reactor = connection()
+    write_now(server, b"MAIL FROM:<a@b.test>\r\n")
+    assert peer.recv(100) == b"MAIL FROM:<a@b.test>\r\n" and reactor.writers == set()
+    other = StringTransport()
+    write_now(other, b"QUIT\r\n")
+    assert other.value() == b"QUIT\r\n"

@@ -22,6 +22,7 @@ from twisted.internet.protocol import connectionDone
 from twisted.protocols.basic import LineReceiver
 from twisted.python.failure import Failure
 
+from mtaserver.smtp.eager import write_now
 from mtaserver.smtp_reply import Reply
 
 __all__ = [
@@ -234,7 +235,7 @@ class ReplyProtocol(LineReceiver):
         """Write `data`, which is owed `replies` replies (commands, or 1 for a body)."""
         if self._broken is None and self.transport is not None:
             self._due += replies
-            self.transport.write(data)
+            write_now(self.transport, data)  # commands and bodies go out at once
 
     def desync(self, text: str) -> Broken:
         """Break the connection for a reply that makes no sense where it came."""

@@ -9,7 +9,8 @@ P1 (docs/benchmarks.rst). `EagerServer` sends the bytes with one `send()` when t
 transport has nothing buffered and is plain TCP, and falls back to Twisted's buffered
 write for whatever the kernel did not take, so the order of bytes and Twisted's
 producer and disconnect handling stay as they were. With TLS (after STARTTLS) every
-write goes Twisted's way.
+write goes Twisted's way. The delivery side (`write_now`) does the same for the SMTP
+client's commands and bodies.
 """
 
 from __future__ import annotations
@@ -20,27 +21,41 @@ from twisted.internet import tcp
 from twisted.internet.defer import Deferred
 
 
+def send_at_once(connection: tcp.Connection, data: bytes) -> bytes:
+    """Send what the socket takes of `data` now, if `connection` is plain TCP with
+    nothing buffered; the rest, for Twisted's buffered `write`."""
+    if (
+        data
+        and not connection.TLS
+        and connection.connected
+        and not connection.disconnecting
+        and not connection._writeDisconnected
+        and not connection._tempDataLen
+        and connection.offset == len(connection.dataBuffer)
+    ):
+        try:
+            sent = connection.socket.send(data)
+        except OSError:  # would block, or broken: the buffered write finds out
+            sent = 0
+        return data[sent:]
+    return data
+
+
+def write_now(transport: Any, data: bytes) -> None:
+    """`transport.write(data)`, the eager way when `transport` is a TCP connection (the
+    SMTP client's commands and bodies)."""
+    rest = send_at_once(transport, data) if isinstance(transport, tcp.Connection) else data
+    if rest:
+        transport.write(rest)
+
+
 class EagerServer(tcp.Server):
     """A server-side TCP connection whose writes go out at once when they can."""
 
     def write(self, data: bytes) -> None:
-        if (
-            data
-            and not self.TLS
-            and self.connected
-            and not self.disconnecting
-            and not self._writeDisconnected
-            and not self._tempDataLen
-            and self.offset == len(self.dataBuffer)
-        ):
-            try:
-                sent = self.socket.send(data)
-            except OSError:  # would block, or broken: the buffered write finds out
-                sent = 0
-            if sent == len(data):
-                return
-            data = data[sent:]
-        super().write(data)
+        rest = send_at_once(self, data)
+        if rest:
+            super().write(rest)
 
 
 class EagerEndpoint:
