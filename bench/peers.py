@@ -295,11 +295,24 @@ class Postfix:
         return True
 
     def stop(self) -> None:
+        """`postfix stop`, then wait until its master process is gone: `stop` only
+        signals it, and a run started meanwhile would share the cores with its exit."""
+        master = self._master_pid()
         subprocess.run(
             [tool("postfix"), "-c", str(self.conf), "stop"], capture_output=True, timeout=60
         )
+        if master is not None:
+            deadline = time.monotonic() + 30
+            while time.monotonic() < deadline and os.path.exists(f"/proc/{master}"):
+                time.sleep(0.05)
         if self.conf in _postfixes:
             _postfixes.remove(self.conf)
+
+    def _master_pid(self) -> int | None:
+        try:
+            return int((self.queue / "pid" / "master.pid").read_text().split()[0])
+        except (OSError, ValueError, IndexError):
+            return None
 
 
 #: `reception-workers` in every mtaserver config the benchmark writes (`--workers`);
