@@ -4,39 +4,20 @@ buffered path keeps the order when the socket cannot take everything."""
 from __future__ import annotations
 
 import socket
-from typing import Any
 
 from twisted.internet import tcp
 from twisted.internet.protocol import Protocol
 from twisted.internet.testing import StringTransport
+from watched_reactor import WatchedReactor
 
 from mtaserver.smtp.eager import EagerServer, make_eager, write_now
 
 
-class Watched:
-    """The reactor as a transport sees it: who asked to be told when writable."""
-
-    def __init__(self) -> None:
-        self.writers: set[Any] = set()
-
-    def addWriter(self, writer: Any) -> None:  # noqa: N802 - Twisted's name
-        self.writers.add(writer)
-
-    def removeWriter(self, writer: Any) -> None:  # noqa: N802 - Twisted's name
-        self.writers.discard(writer)
-
-    def addReader(self, reader: Any) -> None:  # noqa: N802 - Twisted's name
-        pass
-
-    def removeReader(self, reader: Any) -> None:  # noqa: N802 - Twisted's name
-        pass
-
-
-def connection() -> tuple[EagerServer, socket.socket, Watched]:
+def connection() -> tuple[EagerServer, socket.socket, WatchedReactor]:
     ours, peer = socket.socketpair()
     ours.setblocking(False)
     peer.settimeout(5)
-    reactor = Watched()
+    reactor = WatchedReactor()
     server = EagerServer(ours, Protocol(), ("127.0.0.1", 2525), None, 1, reactor)  # type: ignore[arg-type]
     return server, peer, reactor
 

@@ -16,6 +16,7 @@ from typing import Any
 
 from twisted.internet import defer
 from twisted.python.failure import Failure
+from watched_reactor import WatchedReactor
 
 from mtaserver.events import Received
 from mtaserver.message.intake import ReceptionStats
@@ -27,19 +28,6 @@ from mtaserver.spool.testing import ManualThreads, make_envelope, run_now
 from mtaserver.workers.handoff import HandoffJournal, MasterLink, PipeSender
 from mtaserver.workers.pool import Handoff, WorkerProcess
 from mtaserver.workers.wire import HANDOFF_FD, FrameDecoder, encode
-
-
-class Writers:
-    """The reactor as a `PipeSender` sees it: who waits to write (driven by the test)."""
-
-    def __init__(self) -> None:
-        self.writers: set[Any] = set()
-
-    def addWriter(self, writer: Any) -> None:  # noqa: N802 - Twisted's name
-        self.writers.add(writer)
-
-    def removeWriter(self, writer: Any) -> None:  # noqa: N802 - Twisted's name
-        self.writers.discard(writer)
 
 
 class Master:
@@ -63,8 +51,8 @@ class Master:
         os.close(self.read_fd)
 
 
-def worker_store(tmp_path: Path) -> tuple[MessageStore, MasterLink, Master, Writers]:
-    master, reactor = Master(), Writers()
+def worker_store(tmp_path: Path) -> tuple[MessageStore, MasterLink, Master, WatchedReactor]:
+    master, reactor = Master(), WatchedReactor()
     link = MasterLink(PipeSender(reactor, master.write_fd), lambda: None, lambda: None)
     spool = str(tmp_path / "spool")
     journal = HandoffJournal(link, os.path.join(spool, "journal"))
