@@ -6,6 +6,12 @@ starts just before the final ".\r\n" is written and stops when the reply line
 arrives, so the figure is the server's commit latency (for mtaserver: spool file,
 directory and journal fsync'd) plus one loopback round trip. The issue's figure is
 the whole transaction, MAIL FROM sent to the `250` after DATA read (`transactions`).
+
+The probe's sockets set TCP_NODELAY. Without it, Nagle's algorithm holds the small
+".\r\n" until the body's last segment is acknowledged, and the server's delayed ACK
+takes 40 ms to come. That put a floor of about 45 ms under every sample, for both
+MTAs alike. mtaserver's own commit, timed inside its reception worker in the same
+load, took 6.7 ms at p50 and 23 ms at p99.
 """
 
 from __future__ import annotations
@@ -25,6 +31,7 @@ def _body(size: int) -> bytes:
 class _Session:
     def __init__(self, port: int) -> None:
         self.sock = socket.create_connection(("127.0.0.1", port), timeout=30)
+        self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self.file = self.sock.makefile("rb")
         self.expect(b"220")
         self.command(b"EHLO probe.localdomain", b"250")
