@@ -206,7 +206,8 @@ def p3(base: Path, messages: int, runs: int, results: dict[str, object]) -> None
     samples: dict[str, list[float]] = {"plain": [], "webhook": []}
     try:
         for run in range(runs):
-            for kind, url in (("plain", None), ("webhook", receiver.url)):
+            pair = [("plain", None), ("webhook", receiver.url)]
+            for kind, url in pair if run % 2 == 0 else reversed(pair):  # as P1: order alternates
                 sample = _relay_once("mtaserver", base, "5k", messages, webhook_url=url)
                 samples[kind].append(sample["seconds"])
                 print(f"P3 run {run + 1}/{runs} {kind}: {sample['seconds']:.2f} s", flush=True)

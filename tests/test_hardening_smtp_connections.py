@@ -76,6 +76,19 @@ def test_max_smtp_in_per_client_ip() -> None:
     assert again.lines()[0].startswith("220 "), "a freed slot is usable again"
 
 
+def test_quit_frees_the_slot_before_the_connection_is_gone() -> None:
+    """A client that connects again as soon as it hears 221 (smtp-source at exactly
+    max-smtp-in sessions) is greeted, though its old connection has not closed yet."""
+    server = Server("max-smtp-in 2")
+    first, second = server.connect(), server.connect()
+    assert first.lines()[0].startswith("220 ") and second.lines()[0].startswith("220 ")
+    assert first.command("QUIT").startswith("221 ")
+    assert server.factory.connections.per_ip == {"192.0.2.1": 1}
+    assert server.connect().lines()[0].startswith("220 ")
+    hang_up(first)  # its connectionLost comes later and frees nothing twice
+    assert server.factory.connections.per_ip == {"192.0.2.1": 2}
+
+
 def test_max_smtp_in_applies_to_trusted_sources() -> None:
     """A relaying source is capped too, unless the operator raises max-smtp-in."""
     server = Server("always-allow-relaying yes\nmax-smtp-in 2")

@@ -238,11 +238,15 @@ class SmtpServerProtocol(ESMTP):
         if self.mode == DATA and self._writer is not None:
             self._writer.abort()
             self._writer = None
+        self._release_slot()
+        self.stats.sessions_current -= 1
+        self.live.remove(self)
+
+    def _release_slot(self) -> None:
+        """Give back this session's place under `max-smtp-in`/`total-max-smtp-in`."""
         if self._admitted:
             self._admitted = False
             self.connections.release(self.session.client_ip)
-        self.stats.sessions_current -= 1
-        self.live.remove(self)
 
     def abort(self) -> None:
         """Drop the connection without flushing: a client that would not take its 421."""
@@ -711,6 +715,10 @@ class SmtpServerProtocol(ESMTP):
         self.reply(R.OK)
 
     def do_QUIT(self, rest: bytes) -> None:
+        # The place is free before the 221 goes out: a client that connects again as
+        # soon as it hears it (smtp-source at exactly max-smtp-in sessions) must not
+        # be refused because our side of the old connection is still closing.
+        self._release_slot()
         self.reply(Reply(221, "2.0.0", "Bye"))
         self._close()
 
