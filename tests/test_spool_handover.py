@@ -154,6 +154,7 @@ def test_a_broken_pipe_answers_no_250_and_keeps_the_file(tmp_path: Path) -> None
     [failure] = outcome(writer.acknowledge(make_envelope(writer.msg_id)))
     assert failure.check(JournalOutcomeUnknown)
     assert os.path.exists(writer.final_path)
+    assert link._waiting == {}  # no answer will come: nothing is left waiting for one
 
 
 def test_the_journals_own_process_acknowledges_only_after_the_fsync(tmp_path: Path) -> None:

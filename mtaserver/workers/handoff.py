@@ -155,12 +155,6 @@ class MasterLink(Protocol):
         """Send `message`; fires once it is in the pipe (failures are the caller's)."""
         return self._sender.send(encode(message))
 
-    def request_append(self, events: Sequence[Event]) -> Deferred[JournalPosition]:
-        """Ask the master to journal `events`; fires with its journal position."""
-        taken, journaled = self.request_hand_over(events)
-        taken.addErrback(lambda _: None)  # the same failure reaches `journaled`
-        return journaled
-
     def request_hand_over(self, events: Sequence[Event]) -> HandOver:
         """Ask the master to journal `events`: the first Deferred fires once the request
         is in the pipe (the master will read it whatever happens to us), the second
@@ -170,10 +164,15 @@ class MasterLink(Protocol):
             return fail(error), fail(error)
         self._before_append()
         self._next_id += 1
-        request = _Request()
-        self._waiting[self._next_id] = request
-        message = {"op": "append", "id": self._next_id, "events": [e.to_json() for e in events]}
-        self.send(message).addCallbacks(lambda _: request.took(), request.fail)
+        request_id, request = self._next_id, _Request()
+        self._waiting[request_id] = request
+
+        def unsent(failure: Failure) -> None:  # the pipe broke: no answer will come
+            self._waiting.pop(request_id, None)
+            request.fail(failure)
+
+        message = {"op": "append", "id": request_id, "events": [e.to_json() for e in events]}
+        self.send(message).addCallbacks(lambda _: request.took(), unsent)
         return request.taken, request.journaled
 
     def dataReceived(self, data: bytes) -> None:  # noqa: N802 - Twisted's name
@@ -198,8 +197,7 @@ class MasterLink(Protocol):
         if request is None:
             log.error("answer from the master to no request: {op}", op=op)
         elif op == "appended":
-            del self._waiting[request_id]
-            request.took()
+            del self._waiting[request_id]  # `taken` fired: the master read the request
             request.journaled.callback(
                 JournalPosition(int(message["segment"]), int(message["offset"]))
             )
